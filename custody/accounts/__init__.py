@@ -1,0 +1,1 @@
+"""Custody accounts: one per exchange user, keyed by the exchange's external id."""

@@ -1,0 +1,83 @@
+"""Creating and reading accounts and their balances."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import re
+
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from custody.db import schema as t
+from custody.db.engine import is_postgres, read_transaction, write_transaction
+from custody.errors import InvalidArgument, NotFound
+from custody.ledger.model import user_available, user_held
+
+_EXTERNAL_ID = re.compile(r"[\x21-\x7e]{1,128}")
+_ACCOUNT_ID = re.compile(r"[1-9][0-9]{0,17}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Account:
+    account_id: int
+    external_id: str
+    frozen: bool
+    created: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Balance:
+    asset: str
+    available: int
+    held: int
+    pending: int
+
+
+def parse_account_id(text: str, field: str = "account_id") -> int:
+    if not text:
+        raise InvalidArgument(f"{field} is required")
+    if not _ACCOUNT_ID.fullmatch(text):
+        raise InvalidArgument(f"{field} must be a positive decimal number: {text[:40]!r}")
+    return int(text)
+
+
+def create_account(engine: Engine, external_id: str) -> Account:
+    """Creates the account, or returns the one that already has this external_id."""
+    if not _EXTERNAL_ID.fullmatch(external_id or ""):
+        raise InvalidArgument("external_id must be 1-128 printable ASCII characters without spaces")
+    table = t.accounts
+    dialect_insert = postgresql.insert if is_postgres(engine) else sqlite.insert
+    with write_transaction(engine) as conn:
+        inserted = conn.execute(
+            dialect_insert(table)
+            .values(external_id=external_id, created_at=datetime.datetime.now(datetime.timezone.utc), frozen=False)
+            .on_conflict_do_nothing(index_elements=["external_id"])
+            .returning(table.c.id)
+        ).scalar()
+        row = conn.execute(select(table).where(table.c.external_id == external_id)).one()
+    return Account(row.id, row.external_id, bool(row.frozen), created=inserted is not None)
+
+
+def get_account(engine: Engine, account_id: int) -> Account:
+    with read_transaction(engine) as conn:
+        row = conn.execute(select(t.accounts).where(t.accounts.c.id == account_id)).first()
+    if row is None:
+        raise NotFound(f"account {account_id} does not exist")
+    return Account(row.id, row.external_id, bool(row.frozen))
+
+
+def get_balances(engine: Engine, account_id: int, assets: list[str]) -> list[Balance]:
+    """One balance per configured asset, zeros included, in the order given."""
+    la = t.ledger_accounts
+    with read_transaction(engine) as conn:
+        if conn.execute(select(t.accounts.c.id).where(t.accounts.c.id == account_id)).first() is None:
+            raise NotFound(f"account {account_id} does not exist")
+        rows = conn.execute(
+            select(la.c.code, la.c.asset, la.c.debits, la.c.credits).where(la.c.account_id == account_id)
+        ).all()
+    totals = {(r.code, r.asset): r.credits - r.debits for r in rows}
+    available, held = user_available(account_id), user_held(account_id)
+    return [
+        Balance(asset, totals.get((available, asset), 0), totals.get((held, asset), 0), 0)
+        for asset in assets
+    ]

@@ -1,0 +1,1 @@
+"""gRPC entry points: thin servicers, auth and error mapping interceptors, the server."""

@@ -1,0 +1,63 @@
+"""Bearer tokens with scopes.
+
+Clients send `authorization: Bearer <token>`; the config lists each client's
+name, the SHA-256 of its token and its scopes. The server never stores tokens.
+Every method needs exactly one scope; the health and reflection services are
+open so that load balancers and tools can use them.
+"""
+from __future__ import annotations
+
+import contextvars
+import hashlib
+
+import grpc
+
+from custody.config import ClientConfig
+
+REQUIRED_SCOPE = {
+    "/custody.v1.CustodyService/CreateAccount": "accounts",
+    "/custody.v1.CustodyService/GetBalances": "accounts",
+    "/custody.v1.CustodyService/Transfer": "accounts",
+    "/custody.v1.CustodyService/ListAssets": "accounts",
+    "/custody.v1.CustodyService/StreamEvents": "accounts",
+    "/custody.v1.BackofficeService/AdjustBalance": "admin",
+}
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+_client: contextvars.ContextVar[str] = contextvars.ContextVar("custody_client")
+
+
+def current_client() -> str:
+    """The authenticated client (or staff member) of the call being served."""
+    return _client.get()
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Authenticator:
+    def __init__(self, clients: tuple[ClientConfig, ...]):
+        self._by_digest = {c.token_sha256: c for c in clients}
+
+    def authorize(self, method: str, metadata) -> tuple[str | None, grpc.StatusCode | None, str]:
+        """Returns (client name, None, "") or (None, status, message)."""
+        if method.startswith(OPEN_PREFIXES):
+            return "anonymous", None, ""
+        token = None
+        for key, value in metadata or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                token = value[len("Bearer "):]
+        if not token:
+            return None, grpc.StatusCode.UNAUTHENTICATED, "missing bearer token"
+        client = self._by_digest.get(token_digest(token))
+        if client is None:
+            return None, grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token"
+        scope = REQUIRED_SCOPE.get(method)
+        if scope is None or scope not in client.scopes:
+            return None, grpc.StatusCode.PERMISSION_DENIED, f"client {client.name} lacks scope {scope or 'for ' + method}"
+        return client.name, None, ""
+
+
+def set_current_client(name: str) -> contextvars.Token:
+    return _client.set(name)

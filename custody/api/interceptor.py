@@ -1,0 +1,85 @@
+"""The one place where calls are authenticated and domain errors become gRPC statuses."""
+from __future__ import annotations
+
+import grpc
+import structlog
+
+from custody import errors
+from custody.api.auth import Authenticator, set_current_client
+
+log = structlog.get_logger("custody.api")
+
+STATUS_FOR = (
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.IdempotencyConflict, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.LimitExceeded, grpc.StatusCode.OUT_OF_RANGE),
+)
+
+
+def status_for(exc: errors.CustodyError) -> grpc.StatusCode:
+    for kind, code in STATUS_FOR:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+async def _abort_for(exc: Exception, context, method: str):
+    if isinstance(exc, errors.CustodyError):
+        await context.abort(status_for(exc), str(exc))
+    log.error("unhandled error", method=method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+
+class CustodyInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, authenticator: Authenticator):
+        self.authenticator = authenticator
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        client, status, message = self.authenticator.authorize(method, details.invocation_metadata)
+
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary_unary(request, context):
+                if client is None:
+                    await context.abort(status, message)
+                set_current_client(client)
+                try:
+                    return await inner(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort_for(exc, context, method)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer)
+
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request, context):
+                if client is None:
+                    await context.abort(status, message)
+                set_current_client(client)
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort_for(exc, context, method)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer)
+
+        if client is None:  # streaming-request methods: none of ours, but never let one through unchecked
+            async def refuse(request, context):
+                await context.abort(status, message)
+            return grpc.unary_unary_rpc_method_handler(refuse)
+        return handler

@@ -1,0 +1,82 @@
+"""`custody serve`: the gRPC server with health, reflection, TLS and token auth."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import signal
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from custody.api.auth import Authenticator
+from custody.api.interceptor import CustodyInterceptor
+from custody.api.servicers import BackofficeServicer, CustodyServicer
+from custody.app import Custody
+from custody.config import Config
+from custody.v1 import backoffice_pb2, backoffice_pb2_grpc, custody_pb2, custody_pb2_grpc
+
+log = structlog.get_logger("custody.server")
+SERVICES = (
+    custody_pb2.DESCRIPTOR.services_by_name["CustodyService"].full_name,
+    backoffice_pb2.DESCRIPTOR.services_by_name["BackofficeService"].full_name,
+)
+
+
+class Server:
+    """A running server; `port` is the bound port (useful with listen port 0)."""
+
+    def __init__(self, config: Config, app: Custody | None = None):
+        self.config = config
+        self.app = app or Custody(config)
+        self._owns_app = app is None
+        self.server = grpc.aio.server(
+            interceptors=[CustodyInterceptor(Authenticator(config.clients))],
+            options=[("grpc.max_receive_message_length", 1 << 20)],
+        )
+        custody_pb2_grpc.add_CustodyServiceServicer_to_server(CustodyServicer(self.app), self.server)
+        backoffice_pb2_grpc.add_BackofficeServiceServicer_to_server(BackofficeServicer(self.app), self.server)
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                                             reflection.SERVICE_NAME), self.server)
+        self.port = self._bind(config)
+
+    def _bind(self, config: Config) -> int:
+        srv = config.server
+        if srv.tls_cert:
+            ca = srv.tls_client_ca.read_bytes() if srv.tls_client_ca else None
+            creds = grpc.ssl_server_credentials(
+                [(srv.tls_key.read_bytes(), srv.tls_cert.read_bytes())],
+                root_certificates=ca, require_client_auth=ca is not None)
+            return self.server.add_secure_port(srv.listen, creds)
+        return self.server.add_insecure_port(srv.listen)
+
+    async def start(self) -> None:
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="custody-io"))
+        await self.server.start()
+        for name in ("", *SERVICES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("listening", address=self.config.server.listen, port=self.port,
+                 tls=bool(self.config.server.tls_cert), mutual_tls=bool(self.config.server.tls_client_ca))
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+        if self._owns_app:
+            self.app.close()
+        log.info("stopped")
+
+
+async def serve(config: Config) -> None:
+    server = Server(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()

@@ -1,0 +1,72 @@
+"""Engines and transactions for SQLite (embedded default) and PostgreSQL.
+
+Commits are durable on both: SQLite runs in WAL mode with synchronous=FULL,
+PostgreSQL with its default synchronous_commit=on.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from sqlalchemy import Connection, Engine, create_engine, event
+
+
+def make_engine(url: str, *, pool_size: int = 8) -> Engine:
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite"):
+        engine = create_engine(url, poolclass=_sqlite_pool(url))
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+@contextlib.contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """One unit of work that writes. On SQLite it takes the write lock at BEGIN
+    (BEGIN IMMEDIATE), so a transaction never fails half-way on lock upgrade."""
+    with engine.connect().execution_options(custody_write=True) as conn:
+        with conn.begin():
+            yield conn
+
+
+@contextlib.contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A consistent snapshot for reads."""
+    with engine.connect() as conn:
+        with conn.begin():
+            yield conn
+
+
+def _sqlite_pool(url: str):
+    if ":memory:" in url or url in ("sqlite://", "sqlite:///"):
+        raise ValueError("an in-memory SQLite database is not durable; give a file path")
+    return None  # SQLAlchemy's default QueuePool for files
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling issues BEGIN late and never
+    # BEGIN IMMEDIATE; take it over as SQLAlchemy's documentation recommends.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        if conn.get_execution_options().get("custody_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+__all__ = ["make_engine", "is_postgres", "write_transaction", "read_transaction"]

@@ -1,0 +1,127 @@
+"""Tables. Migrations in db/migrations must produce exactly this schema."""
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from custody.db.types import Amount
+
+metadata = MetaData()
+
+# SQLite auto-increments only an "INTEGER PRIMARY KEY" (the rowid).
+Id = BigInteger().with_variant(Integer, "sqlite")
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("external_id", String(128), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("frozen", Boolean, nullable=False, default=False),
+    Column("frozen_reason", Text, nullable=True),
+)
+
+# One row per (ledger account code, asset): user:<id>:available, user:<id>:held,
+# wallet:<chain>:<deposit|hot|cold>, inflight:withdrawals, fees:network,
+# fees:revenue, equity, suspense. debits and credits are running totals, so a
+# balance is credits - debits for liabilities (users, fees, equity) and
+# debits - credits for assets (wallets).
+ledger_accounts = Table(
+    "ledger_accounts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("code", String(96), nullable=False),
+    Column("asset", String(16), nullable=False),
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=True),
+    Column("debits", Amount, nullable=False),
+    Column("credits", Amount, nullable=False),
+    # User accounts may never have debits above credits (no overdraft).
+    Column("no_overdraft", Boolean, nullable=False),
+    UniqueConstraint("code", "asset", name="uq_ledger_accounts_code_asset"),
+    Index("ix_ledger_accounts_account_id", "account_id"),
+)
+
+# An atomic group of transfers, with what caused it.
+ledger_batches = Table(
+    "ledger_batches",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("reference", String(128), nullable=True),
+    Column("actor", String(64), nullable=False),
+    Column("memo", Text, nullable=True),
+    # A correction that broke a normal rule on purpose (reported by the check).
+    Column("flagged", Boolean, nullable=False, default=False),
+    Column("event_cursor", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+ledger_transfers = Table(
+    "ledger_transfers",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("batch_id", String(32), ForeignKey("ledger_batches.id"), nullable=False),
+    Column("asset", String(16), nullable=False),
+    Column("debit_account_id", Id, ForeignKey("ledger_accounts.id"), nullable=False),
+    Column("credit_account_id", Id, ForeignKey("ledger_accounts.id"), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Index("ix_ledger_transfers_batch_id", "batch_id"),
+)
+
+# Two-phase holds: funds moved from user:<id>:available to user:<id>:held,
+# later posted (fully or in parts) or voided.
+ledger_holds = Table(
+    "ledger_holds",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=False),
+    Column("asset", String(16), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("remaining", Amount, nullable=False),
+    Column("status", String(12), nullable=False),  # OPEN, CLOSED
+    Column("reference", String(128), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("closed_at", DateTime(timezone=True), nullable=True),
+    Index("ix_ledger_holds_account_status", "account_id", "status"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("scope", String(64), nullable=False),
+    Column("key", String(128), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("result", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("scope", "key", name="pk_idempotency_keys"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("cursor", BigInteger, primary_key=True, autoincrement=False),
+    Column("type", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# One row. Taking the next cursors by UPDATE holds its row lock until commit,
+# so cursors become visible in commit order and a reader never skips a cursor
+# that commits late.
+event_sequence = Table(
+    "event_sequence",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_cursor", BigInteger, nullable=False),
+)

@@ -1,0 +1,33 @@
+"""The domain's errors. api/errors.py maps each to one gRPC status code."""
+
+
+class CustodyError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+
+class InvalidArgument(CustodyError):
+    """The request is malformed or out of range; nothing was changed."""
+
+
+class NotFound(CustodyError):
+    """A referenced object (account, hold, ...) does not exist."""
+
+
+class FailedPrecondition(CustodyError):
+    """The request is well formed but the current state forbids it."""
+
+
+class InsufficientFunds(FailedPrecondition):
+    """An available balance is smaller than the amount asked for."""
+
+
+class AccountFrozen(FailedPrecondition):
+    """The account is frozen for outgoing movements."""
+
+
+class IdempotencyConflict(CustodyError):
+    """An idempotency key was reused with a different request."""
+
+
+class LimitExceeded(CustodyError):
+    """A stored total would exceed what the ledger can represent exactly."""

@@ -1,0 +1,1 @@
+"""The event journal: every balance-changing batch, in commit order, resumable by cursor."""

@@ -1,0 +1,493 @@
+"""Runs ledger commands against the database.
+
+`apply_commands` applies a list of commands inside one transaction: each
+command is checked against the balances as the commands before it left them,
+and becomes one batch or, when a check fails, nothing at all. `LedgerWriter`
+feeds it from a queue on one thread, so transfers that arrive together share
+one durable commit (group commit): the fsync is paid once per group, not once
+per transfer.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import json
+import logging
+import queue
+import threading
+from typing import Callable
+
+from sqlalchemy import Connection, Engine, bindparam, insert, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+
+from custody.db import schema as t
+from custody.db.engine import is_postgres, write_transaction
+from custody.errors import CustodyError, FailedPrecondition, IdempotencyConflict, InvalidArgument, NotFound
+from custody.ledger.commands import BatchResult, Command
+from custody.ledger.model import AccountState, Posting, Staging, new_id, owner_of, user_available, user_held
+
+log = logging.getLogger(__name__)
+Result = BatchResult | CustodyError
+
+
+class AccountIds:
+    """(code, asset) -> ledger account id. Ledger accounts are never deleted, so
+    an id seen committed stays right; ids created in a transaction become
+    visible here only once that transaction commits."""
+
+    def __init__(self) -> None:
+        self._committed: dict[tuple[str, str], int] = {}
+        self._pending: dict[tuple[str, str], int] = {}
+
+    def get(self, key):
+        return self._committed.get(key) or self._pending.get(key)
+
+    def add_committed(self, key, id_):
+        self._committed[key] = id_
+
+    def add_pending(self, key, id_):
+        self._pending[key] = id_
+
+    def commit(self):
+        self._committed.update(self._pending)
+        self._pending.clear()
+
+    def rollback(self):
+        self._pending.clear()
+
+
+def apply_commands(conn: Connection, commands: list[Command], ids: AccountIds) -> list[Result]:
+    """Applies commands in order in the caller's transaction; returns one result or error each."""
+    return _Group(conn, commands, ids).run()
+
+
+class _Group:
+    def __init__(self, conn: Connection, commands: list[Command], ids: AccountIds):
+        self.conn = conn
+        self.commands = commands
+        self.ids = ids
+        self.lock = is_postgres(conn.engine)
+        self.now = datetime.datetime.now(datetime.timezone.utc)
+        self.results: list[Result | None] = [None] * len(commands)
+
+    def run(self) -> list[Result]:
+        first_by_key = self._replay_idempotent()
+        active = [i for i, r in enumerate(self.results) if r is None and i not in first_by_key]
+        if active:
+            self._execute(active)
+        for i, first in first_by_key.items():  # the same key twice in one group
+            self.results[i] = _same_key_again(self.commands[first], self.commands[i], self.results[first])
+        return self.results  # type: ignore[return-value]
+
+    # -- idempotency ---------------------------------------------------------
+    def _replay_idempotent(self) -> dict[int, int]:
+        keyed = [(i, c.idempotency) for i, c in enumerate(self.commands) if c.idempotency]
+        if not keyed:
+            return {}
+        rows = self.conn.execute(
+            select(t.idempotency_keys.c.scope, t.idempotency_keys.c.key,
+                   t.idempotency_keys.c.request_hash, t.idempotency_keys.c.result)
+            .where(tuple_(t.idempotency_keys.c.scope, t.idempotency_keys.c.key)
+                   .in_({(k.scope, k.key) for _, k in keyed}))
+        ).all()
+        stored = {(r.scope, r.key): (r.request_hash, r.result) for r in rows}
+        seen: dict[tuple[str, str], int] = {}
+        later: dict[int, int] = {}
+        for i, k in keyed:
+            hit = stored.get((k.scope, k.key))
+            if hit is not None:
+                request_hash, result = hit
+                self.results[i] = (
+                    BatchResult.from_json(result) if request_hash == k.request_hash
+                    else IdempotencyConflict(f"idempotency key {k.key!r} was used for a different request")
+                )
+            elif (k.scope, k.key) in seen:
+                later[i] = seen[(k.scope, k.key)]
+            else:
+                seen[(k.scope, k.key)] = i
+        return later
+
+    # -- loading -------------------------------------------------------------
+    def _execute(self, active: list[int]) -> None:
+        commands = [self.commands[i] for i in active]
+        owners = self._load_owners(commands)
+        holds = self._load_holds(commands)
+        keys: set[tuple[str, str]] = set()
+        for c in commands:
+            keys.update(_account_keys(c, holds))
+        staging = Staging(self._load_accounts(keys))
+        writes = _Writes()
+        for i in active:
+            try:
+                self.results[i] = self._apply(self.commands[i], owners, holds, staging, writes)
+            except CustodyError as exc:
+                staging.rollback()
+                writes.rollback()
+                self.results[i] = exc
+        if writes.batches:
+            self._write(writes, staging)
+
+    def _load_owners(self, commands: list[Command]) -> dict[int, bool]:
+        wanted = set()
+        for c in commands:
+            wanted.update(c.not_frozen, c.must_exist, (h.account_id for h in c.hold_creates))
+            for p in c.postings:
+                for code in (p.debit, p.credit):
+                    owner = owner_of(code)
+                    if owner is not None:
+                        wanted.add(owner)
+        if not wanted:
+            return {}
+        rows = self.conn.execute(
+            select(t.accounts.c.id, t.accounts.c.frozen).where(t.accounts.c.id.in_(wanted))
+        ).all()
+        return {r.id: bool(r.frozen) for r in rows}
+
+    def _load_holds(self, commands: list[Command]) -> dict[str, dict]:
+        wanted = {h.hold_id for c in commands for h in (*c.hold_posts, *c.hold_voids)}
+        if not wanted:
+            return {}
+        q = select(t.ledger_holds).where(t.ledger_holds.c.id.in_(wanted)).order_by(t.ledger_holds.c.id)
+        if self.lock:
+            q = q.with_for_update()
+        return {r.id: dict(r._mapping) for r in self.conn.execute(q)}
+
+    def _load_accounts(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], AccountState]:
+        unknown = [k for k in keys if self.ids.get(k) is None]
+        if unknown:
+            self._find_or_create(unknown)
+        table = t.ledger_accounts
+        q = select(table).where(table.c.id.in_([self.ids.get(k) for k in keys])).order_by(table.c.id)
+        if self.lock:
+            q = q.with_for_update()
+        return {
+            (r.code, r.asset): AccountState(r.id, r.code, r.asset, r.account_id, r.debits, r.credits, r.no_overdraft)
+            for r in self.conn.execute(q)
+        }
+
+    def _find_or_create(self, keys: list[tuple[str, str]]) -> None:
+        table = t.ledger_accounts
+
+        def find() -> None:
+            rows = self.conn.execute(
+                select(table.c.id, table.c.code, table.c.asset)
+                .where(tuple_(table.c.code, table.c.asset).in_(keys))
+            )
+            for r in rows:
+                self.ids.add_pending((r.code, r.asset), r.id)
+
+        find()
+        missing = [k for k in keys if self.ids.get(k) is None]
+        if not missing:
+            return
+        dialect_insert = postgresql.insert if self.lock else sqlite.insert
+        self.conn.execute(
+            dialect_insert(table).on_conflict_do_nothing(index_elements=["code", "asset"]),
+            [
+                {"code": code, "asset": asset, "account_id": owner_of(code), "debits": 0, "credits": 0,
+                 "no_overdraft": owner_of(code) is not None}
+                for code, asset in missing
+            ],
+        )
+        find()
+
+    # -- applying one command -------------------------------------------------
+    def _apply(self, c: Command, owners, holds, staging: Staging, writes: "_Writes") -> BatchResult:
+        staging.begin()
+        for account_id in (*c.not_frozen, *c.must_exist):
+            if account_id not in owners:
+                raise NotFound(f"account {account_id} does not exist")
+        for account_id in c.not_frozen:
+            if owners[account_id]:
+                raise FailedPrecondition(f"account {account_id} is frozen")
+        postings = list(c.postings)
+        for p in c.postings:
+            for code in (p.debit, p.credit):
+                owner = owner_of(code)
+                if owner is not None and owner not in owners:
+                    raise NotFound(f"account {owner} does not exist")
+        batch_id = new_id()
+        hold_ids = []
+        for h in c.hold_creates:
+            if h.account_id not in owners:
+                raise NotFound(f"account {h.account_id} does not exist")
+            hold_id = new_id()
+            hold_ids.append(hold_id)
+            postings.append(Posting(h.asset, user_available(h.account_id), user_held(h.account_id), h.amount))
+            writes.hold_inserts.append({
+                "id": hold_id, "account_id": h.account_id, "asset": h.asset, "amount": h.amount,
+                "remaining": h.amount, "status": "OPEN", "reference": h.reference,
+                "created_at": self.now, "closed_at": None,
+            })
+        for hp in c.hold_posts:
+            hold = writes.hold(holds, hp.hold_id)
+            spent = sum(amount for _, amount in hp.legs)
+            if not hp.legs or any(amount <= 0 for _, amount in hp.legs):
+                raise InvalidArgument("each posted amount must be greater than zero")
+            if spent > hold["remaining"]:
+                raise FailedPrecondition(
+                    f"hold {hp.hold_id} has {hold['remaining']} left, cannot post {spent}"
+                )
+            held = user_held(hold["account_id"])
+            postings.extend(Posting(hold["asset"], held, code, amount) for code, amount in hp.legs)
+            hold["remaining"] -= spent
+            if hp.close or hold["remaining"] == 0:
+                self._close_hold(hold, postings)
+        for hv in c.hold_voids:
+            self._close_hold(writes.hold(holds, hv.hold_id), postings)
+
+        for p in postings:
+            p.validate()
+            staging.apply(p)
+        if not c.flagged:
+            staging.check_no_overdraft()
+        writes.add_batch(c, batch_id, postings, staging, self.now)
+        return BatchResult(batch_id, 0, tuple(hold_ids))
+
+    def _close_hold(self, hold: dict, postings: list[Posting]) -> None:
+        if hold["remaining"]:
+            account = hold["account_id"]
+            postings.append(Posting(hold["asset"], user_held(account), user_available(account), hold["remaining"]))
+            hold["remaining"] = 0
+        hold["status"] = "CLOSED"
+        hold["closed_at"] = self.now
+
+    # -- writing ---------------------------------------------------------------
+    def _write(self, writes: "_Writes", staging: Staging) -> None:
+        conn = self.conn
+        n = len(writes.batches)
+        # Taken last-but-inserts so that on PostgreSQL the sequence row's lock
+        # (which orders commits by cursor) is held as briefly as possible.
+        last = conn.execute(
+            update(t.event_sequence).where(t.event_sequence.c.id == 1)
+            .values(last_cursor=t.event_sequence.c.last_cursor + n)
+            .returning(t.event_sequence.c.last_cursor)
+        ).scalar_one()
+        first = last - n + 1
+        events = []
+        for offset, batch in enumerate(writes.batches):
+            cursor = first + offset
+            batch["event_cursor"] = cursor
+            events.append({"cursor": cursor, "type": f"ledger.{batch['kind']}",
+                           "payload": writes.payloads[offset], "created_at": self.now})
+        for i, result in enumerate(self.results):
+            if isinstance(result, BatchResult) and not result.replayed:
+                offset = writes.batch_offset[result.batch_id]
+                self.results[i] = result = BatchResult(result.batch_id, first + offset, result.hold_ids)
+                c = self.commands[i]
+                if c.idempotency:
+                    writes.idempotency.append({
+                        "scope": c.idempotency.scope, "key": c.idempotency.key,
+                        "request_hash": c.idempotency.request_hash, "result": result.to_json(),
+                        "created_at": self.now,
+                    })
+        conn.execute(insert(t.ledger_batches), writes.batches)
+        conn.execute(insert(t.ledger_transfers), writes.transfers)
+        conn.execute(insert(t.events), events)
+        if writes.hold_inserts:
+            conn.execute(insert(t.ledger_holds), writes.hold_inserts)
+        if writes.hold_updates:
+            conn.execute(_UPDATE_HOLD, [
+                {"b_id": h["id"], "b_remaining": h["remaining"], "b_status": h["status"], "b_closed_at": h["closed_at"]}
+                for h in writes.hold_updates.values()
+            ])
+        if writes.idempotency:
+            conn.execute(insert(t.idempotency_keys), writes.idempotency)
+        dirty = [s for s in staging.accounts.values() if s.dirty]
+        conn.execute(_UPDATE_ACCOUNT, [{"b_id": s.id, "b_debits": s.debits, "b_credits": s.credits} for s in dirty])
+        for s in dirty:
+            s.dirty = False
+
+
+_UPDATE_ACCOUNT = (
+    update(t.ledger_accounts)
+    .where(t.ledger_accounts.c.id == bindparam("b_id"))
+    .values(debits=bindparam("b_debits"), credits=bindparam("b_credits"))
+)
+_UPDATE_HOLD = (
+    update(t.ledger_holds)
+    .where(t.ledger_holds.c.id == bindparam("b_id"))
+    .values(remaining=bindparam("b_remaining"), status=bindparam("b_status"), closed_at=bindparam("b_closed_at"))
+)
+
+
+class _Writes:
+    """Rows a group will insert, with an undo for the command being applied."""
+
+    def __init__(self):
+        self.batches: list[dict] = []
+        self.payloads: list[str] = []
+        self.transfers: list[dict] = []
+        self.hold_inserts: list[dict] = []
+        self.hold_updates: dict[str, dict] = {}
+        self.idempotency: list[dict] = []
+        self.batch_offset: dict[str, int] = {}
+        self._mark = (0, 0, 0)
+        self._touched: dict[str, dict | None] = {}
+
+    def hold(self, loaded: dict[str, dict], hold_id: str) -> dict:
+        current = self.hold_updates.get(hold_id) or loaded.get(hold_id)
+        if current is None:
+            raise NotFound(f"hold {hold_id} does not exist")
+        if current["status"] != "OPEN":
+            raise FailedPrecondition(f"hold {hold_id} is already closed")
+        if hold_id not in self._touched:
+            self._touched[hold_id] = self.hold_updates.get(hold_id)
+        copy = dict(current)
+        self.hold_updates[hold_id] = copy
+        return copy
+
+    def add_batch(self, c: Command, batch_id: str, postings: list[Posting], staging: Staging, now) -> None:
+        self.batch_offset[batch_id] = len(self.batches)
+        self.batches.append({
+            "id": batch_id, "kind": c.kind, "reference": c.reference, "actor": c.actor, "memo": c.memo,
+            "flagged": c.flagged, "event_cursor": 0, "created_at": now,
+        })
+        accounts = staging.accounts
+        self.transfers.extend(
+            {"batch_id": batch_id, "asset": p.asset, "debit_account_id": accounts[(p.debit, p.asset)].id,
+             "credit_account_id": accounts[(p.credit, p.asset)].id, "amount": p.amount}
+            for p in postings
+        )
+        self.payloads.append(json.dumps({
+            "batch_id": batch_id, "kind": c.kind, "reference": c.reference, "actor": c.actor, "memo": c.memo,
+            "flagged": c.flagged,
+            "postings": [{"asset": p.asset, "debit": p.debit, "credit": p.credit, "amount": str(p.amount)}
+                         for p in postings],
+        }, separators=(",", ":")))
+        self._commit_command()
+
+    def _commit_command(self) -> None:
+        self._mark = (len(self.batches), len(self.transfers), len(self.hold_inserts))
+        self._touched.clear()
+
+    def rollback(self) -> None:
+        nb, nt, nh = self._mark
+        del self.batches[nb:], self.payloads[nb:], self.transfers[nt:], self.hold_inserts[nh:]
+        for hold_id, before in self._touched.items():
+            if before is None:
+                self.hold_updates.pop(hold_id, None)
+            else:
+                self.hold_updates[hold_id] = before
+        self._touched.clear()
+
+
+def _account_keys(c: Command, holds: dict[str, dict]) -> set[tuple[str, str]]:
+    keys = set()
+    for p in c.postings:
+        keys.add((p.debit, p.asset))
+        keys.add((p.credit, p.asset))
+    for h in c.hold_creates:
+        keys.add((user_available(h.account_id), h.asset))
+        keys.add((user_held(h.account_id), h.asset))
+    for op in (*c.hold_posts, *c.hold_voids):
+        hold = holds.get(op.hold_id)
+        if hold is None:
+            continue
+        keys.add((user_available(hold["account_id"]), hold["asset"]))
+        keys.add((user_held(hold["account_id"]), hold["asset"]))
+        for code, _ in getattr(op, "legs", ()):
+            keys.add((code, hold["asset"]))
+    return keys
+
+
+def _same_key_again(first: Command, again: Command, first_result: Result | None) -> Result:
+    if first.idempotency.request_hash != again.idempotency.request_hash:
+        return IdempotencyConflict(f"idempotency key {again.idempotency.key!r} was used for a different request")
+    if isinstance(first_result, BatchResult):
+        return BatchResult(first_result.batch_id, first_result.event_cursor, first_result.hold_ids, replayed=True)
+    return first_result
+
+
+_STOP = object()
+
+
+class LedgerWriter:
+    """One thread that applies queued commands in groups, one transaction per group."""
+
+    def __init__(self, engine: Engine, *, max_group: int = 1000):
+        self.engine = engine
+        self.max_group = max_group
+        self.ids = AccountIds()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._listeners: list[Callable[[int], None]] = []
+        self._thread = threading.Thread(target=self._loop, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    def on_commit(self, listener: Callable[[int], None]) -> None:
+        """listener(last_cursor) runs on the writer thread after each commit that wrote events."""
+        self._listeners.append(listener)
+
+    def submit(self, command: Command) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((command, future))
+        return future
+
+    def execute(self, command: Command) -> BatchResult:
+        return self.submit(command).result()
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            group = [item]
+            while len(group) < self.max_group:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    self._run(group)
+                    return
+                group.append(item)
+            self._run(group)
+
+    def _run(self, group: list) -> None:
+        try:
+            results = self._commit([c for c, _ in group])
+        except DBAPIError:
+            if len(group) == 1:
+                results = [self._commit_alone(group[0][0])]
+            else:
+                # Something in the group hit a database error (a key taken by
+                # another instance, a deadlock): retry each command on its own
+                # so one failure cannot sink the others.
+                log.warning("group of %d failed, retrying one by one", len(group), exc_info=True)
+                results = [self._commit_alone(c) for c, _ in group]
+        except Exception as exc:  # a bug: fail the callers, keep the writer alive
+            log.exception("ledger writer failed")
+            results = [exc] * len(group)
+        for (_, future), result in zip(group, results):
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    def _commit(self, commands: list[Command]) -> list[Result]:
+        try:
+            with write_transaction(self.engine) as conn:
+                results = apply_commands(conn, commands, self.ids)
+        except BaseException:
+            self.ids.rollback()
+            raise
+        self.ids.commit()
+        cursors = [r.event_cursor for r in results if isinstance(r, BatchResult) and not r.replayed]
+        if cursors:
+            for listener in self._listeners:
+                listener(max(cursors))
+        return results
+
+    def _commit_alone(self, command: Command, attempts: int = 3) -> Result | Exception:
+        for attempt in range(attempts):
+            try:
+                return self._commit([command])[0]
+            except DBAPIError as exc:
+                if attempt == attempts - 1:
+                    return exc
+        raise AssertionError("unreachable")

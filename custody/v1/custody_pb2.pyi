@@ -1,0 +1,125 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CreateAccountRequest(_message.Message):
+    __slots__ = ("external_id",)
+    EXTERNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    external_id: str
+    def __init__(self, external_id: _Optional[str] = ...) -> None: ...
+
+class CreateAccountResponse(_message.Message):
+    __slots__ = ("account_id", "external_id", "created", "frozen")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    external_id: str
+    created: bool
+    frozen: bool
+    def __init__(self, account_id: _Optional[str] = ..., external_id: _Optional[str] = ..., created: _Optional[bool] = ..., frozen: _Optional[bool] = ...) -> None: ...
+
+class GetBalancesRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class Balance(_message.Message):
+    __slots__ = ("asset", "available", "held", "pending")
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    asset: str
+    available: str
+    held: str
+    pending: str
+    def __init__(self, asset: _Optional[str] = ..., available: _Optional[str] = ..., held: _Optional[str] = ..., pending: _Optional[str] = ...) -> None: ...
+
+class GetBalancesResponse(_message.Message):
+    __slots__ = ("account_id", "balances")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    BALANCES_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    balances: _containers.RepeatedCompositeFieldContainer[Balance]
+    def __init__(self, account_id: _Optional[str] = ..., balances: _Optional[_Iterable[_Union[Balance, _Mapping]]] = ...) -> None: ...
+
+class TransferRequest(_message.Message):
+    __slots__ = ("idempotency_key", "from_account_id", "to_account_id", "asset", "amount", "memo")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    FROM_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    TO_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    MEMO_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    from_account_id: str
+    to_account_id: str
+    asset: str
+    amount: str
+    memo: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., from_account_id: _Optional[str] = ..., to_account_id: _Optional[str] = ..., asset: _Optional[str] = ..., amount: _Optional[str] = ..., memo: _Optional[str] = ...) -> None: ...
+
+class TransferResponse(_message.Message):
+    __slots__ = ("transfer_id", "event_cursor")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    event_cursor: int
+    def __init__(self, transfer_id: _Optional[str] = ..., event_cursor: _Optional[int] = ...) -> None: ...
+
+class ListAssetsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Asset(_message.Message):
+    __slots__ = ("asset", "chain", "decimals", "contract", "confirmations", "withdrawal_fee", "min_withdrawal", "max_withdrawal", "daily_withdrawal_limit")
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    DECIMALS_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAWAL_FEE_FIELD_NUMBER: _ClassVar[int]
+    MIN_WITHDRAWAL_FIELD_NUMBER: _ClassVar[int]
+    MAX_WITHDRAWAL_FIELD_NUMBER: _ClassVar[int]
+    DAILY_WITHDRAWAL_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    asset: str
+    chain: str
+    decimals: int
+    contract: str
+    confirmations: int
+    withdrawal_fee: str
+    min_withdrawal: str
+    max_withdrawal: str
+    daily_withdrawal_limit: str
+    def __init__(self, asset: _Optional[str] = ..., chain: _Optional[str] = ..., decimals: _Optional[int] = ..., contract: _Optional[str] = ..., confirmations: _Optional[int] = ..., withdrawal_fee: _Optional[str] = ..., min_withdrawal: _Optional[str] = ..., max_withdrawal: _Optional[str] = ..., daily_withdrawal_limit: _Optional[str] = ...) -> None: ...
+
+class ListAssetsResponse(_message.Message):
+    __slots__ = ("assets",)
+    ASSETS_FIELD_NUMBER: _ClassVar[int]
+    assets: _containers.RepeatedCompositeFieldContainer[Asset]
+    def __init__(self, assets: _Optional[_Iterable[_Union[Asset, _Mapping]]] = ...) -> None: ...
+
+class StreamEventsRequest(_message.Message):
+    __slots__ = ("after_cursor",)
+    AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    after_cursor: int
+    def __init__(self, after_cursor: _Optional[int] = ...) -> None: ...
+
+class StreamEventsResponse(_message.Message):
+    __slots__ = ("cursor", "type", "payload", "created_at")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    cursor: int
+    type: str
+    payload: str
+    created_at: str
+    def __init__(self, cursor: _Optional[int] = ..., type: _Optional[str] = ..., payload: _Optional[str] = ..., created_at: _Optional[str] = ...) -> None: ...
