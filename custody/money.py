@@ -13,6 +13,8 @@ MAX_AMOUNT = 2**256 - 1
 MAX_TOTAL = 10**78 - 1
 
 _CANONICAL = re.compile(r"(0|[1-9][0-9]{0,77})")
+_FRACTION_OR_EXPONENT = re.compile(r"[0-9]*\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+(\.[0-9]*)?[eE][+-]?[0-9]+")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def parse_amount(text: str, field: str = "amount", *, allow_zero: bool = False) -> int:
@@ -22,11 +24,11 @@ def parse_amount(text: str, field: str = "amount", *, allow_zero: bool = False) 
     if not _CANONICAL.fullmatch(text):
         if text.startswith("-"):
             raise InvalidArgument(f"{field} must not be negative: {text[:80]!r}")
-        if "." in text or "e" in text.lower():
+        if _FRACTION_OR_EXPONENT.fullmatch(text):
             raise InvalidArgument(
                 f"{field} must be a whole number of base units, not a fraction: {text[:80]!r}"
             )
-        if len(text) > 78 and text.isdigit():
+        if len(text) > 78 and _DIGITS.fullmatch(text) and text[0] != "0":
             raise InvalidArgument(f"{field} exceeds 2^256-1")
         raise InvalidArgument(
             f"{field} must be decimal digits without sign or leading zeros: {text[:80]!r}"

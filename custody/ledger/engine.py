@@ -111,11 +111,14 @@ class _Group:
     # -- loading -------------------------------------------------------------
     def _execute(self, active: list[int]) -> None:
         commands = [self.commands[i] for i in active]
-        owners = self._load_owners(commands)
         holds = self._load_holds(commands)
+        owners = self._load_owners(commands, holds)
         keys: set[tuple[str, str]] = set()
         for c in commands:
             keys.update(_account_keys(c, holds))
+        # Never create ledger accounts for custody accounts that do not exist;
+        # the commands naming them fail with NotFound below.
+        keys = {k for k in keys if owner_of(k[0]) is None or owner_of(k[0]) in owners}
         staging = Staging(self._load_accounts(keys))
         writes = _Writes()
         for i in active:
@@ -128,15 +131,13 @@ class _Group:
         if writes.batches:
             self._write(writes, staging)
 
-    def _load_owners(self, commands: list[Command]) -> dict[int, bool]:
+    def _load_owners(self, commands: list[Command], holds: dict[str, dict]) -> dict[int, bool]:
+        """custody account id -> frozen, for every account the commands name."""
         wanted = set()
         for c in commands:
             wanted.update(c.not_frozen, c.must_exist, (h.account_id for h in c.hold_creates))
-            for p in c.postings:
-                for code in (p.debit, p.credit):
-                    owner = owner_of(code)
-                    if owner is not None:
-                        wanted.add(owner)
+            wanted.update(_owners_named(c))
+        wanted.update(h["account_id"] for h in holds.values())
         if not wanted:
             return {}
         rows = self.conn.execute(
@@ -201,12 +202,10 @@ class _Group:
         for account_id in c.not_frozen:
             if owners[account_id]:
                 raise FailedPrecondition(f"account {account_id} is frozen")
+        for owner in _owners_named(c):
+            if owner not in owners:
+                raise NotFound(f"account {owner} does not exist")
         postings = list(c.postings)
-        for p in c.postings:
-            for code in (p.debit, p.credit):
-                owner = owner_of(code)
-                if owner is not None and owner not in owners:
-                    raise NotFound(f"account {owner} does not exist")
         batch_id = new_id()
         hold_ids = []
         for h in c.hold_creates:
@@ -390,6 +389,12 @@ def _account_keys(c: Command, holds: dict[str, dict]) -> set[tuple[str, str]]:
         for code, _ in getattr(op, "legs", ()):
             keys.add((code, hold["asset"]))
     return keys
+
+
+def _owners_named(c: Command) -> set[int]:
+    codes = [code for p in c.postings for code in (p.debit, p.credit)]
+    codes += [code for hp in c.hold_posts for code, _ in hp.legs]
+    return {owner for owner in map(owner_of, codes) if owner is not None}
 
 
 def _same_key_again(first: Command, again: Command, first_result: Result | None) -> Result:

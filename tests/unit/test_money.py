@@ -21,6 +21,10 @@ def test_parses_canonical_amounts(text, value):
     (" 1", "leading zeros"),
     ("+1", "leading zeros"),
     ("abc", "leading zeros"),
+    ("ten", "decimal digits"),
+    ("1.", "fraction"),
+    (".5", "fraction"),
+    ("1E18", "fraction"),
     ("１", "leading zeros"),  # a full-width digit: str.isdigit() says yes, we say no
     (str(MAX_AMOUNT + 1), "exceeds 2^256-1"),
     ("9" * 200, "exceeds 2^256-1"),

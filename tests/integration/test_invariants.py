@@ -1,0 +1,97 @@
+"""`custody admin check` finds each kind of corruption and says what it found."""
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import delete, select, update
+
+from custody.db import schema as t
+from custody.ledger.commands import Command, HoldCreate
+from custody.ledger.invariants import check
+from custody.ledger.model import EQUITY, Posting, user_available
+
+
+@pytest.fixture
+def funded(app, request):
+    a = app.create_account("alice").account_id
+    b = app.create_account("bob").account_id
+    app.adjust_balance("admin", "fund", str(a), "BTC", "1000", True, "test funding")
+    app.transfer("exchange", "t", str(a), str(b), "BTC", "100", "")
+    app.writer.execute(Command(kind="hold", actor="t", hold_creates=(HoldCreate(a, "BTC", 50),)))
+    request.node.skip_invariants = True  # these tests corrupt the ledger on purpose
+    return a, b
+
+
+def findings(app, invariant):
+    report = check(app.engine)
+    assert not report.ok
+    return [f.message for f in report.findings if f.invariant == invariant and f.severity == "violation"]
+
+
+def test_clean_ledger_passes(app, funded, request):
+    request.node.skip_invariants = False
+    assert check(app.engine).ok
+
+
+def test_changed_balance_is_found(app, funded):
+    a, _ = funded
+    with app.engine.begin() as conn:
+        conn.execute(update(t.ledger_accounts).where(t.ledger_accounts.c.code == user_available(a))
+                     .values(credits=2000))
+    messages = findings(app, "1")
+    assert any(f"user:{a}:available" in m and "differ from its transfers" in m for m in messages)
+    assert any("BTC: debits" in m for m in messages)
+
+
+def test_deleted_transfer_is_found(app, funded):
+    with app.engine.begin() as conn:
+        first = conn.execute(select(t.ledger_transfers.c.id).order_by(t.ledger_transfers.c.id)).scalars().first()
+        conn.execute(delete(t.ledger_transfers).where(t.ledger_transfers.c.id == first))
+    assert findings(app, "1")
+
+
+def test_negative_user_balance_is_found(app, funded):
+    _, b = funded
+    app.writer.execute(Command(kind="correction", actor="t", flagged=True,
+                               postings=(Posting("BTC", user_available(b), EQUITY, 150),)))
+    assert any("is negative: -50" in m for m in findings(app, "2"))
+
+
+def test_flagged_correction_on_a_frozen_account_is_reported_not_failed(app, funded, request):
+    _, b = funded
+    with app.engine.begin() as conn:
+        conn.execute(update(t.accounts).where(t.accounts.c.id == b).values(frozen=True))
+    app.writer.execute(Command(kind="correction", actor="t", flagged=True,
+                               postings=(Posting("BTC", user_available(b), EQUITY, 150),)))
+    report = check(app.engine)
+    assert report.ok
+    assert [f.severity for f in report.findings if f.invariant == "2"] == ["flagged"]
+    request.node.skip_invariants = False
+
+
+def test_held_balance_not_matching_holds_is_found(app, funded):
+    with app.engine.begin() as conn:
+        conn.execute(update(t.ledger_holds).values(remaining=49))
+    assert any("open holds sum to 49" in m for m in findings(app, "3"))
+
+
+def test_event_gap_is_found(app, funded):
+    with app.engine.begin() as conn:
+        conn.execute(delete(t.events).where(t.events.c.cursor == 2))
+    assert findings(app, "events")
+
+
+def test_cli_exits_non_zero_with_a_readable_report(app, funded, tmp_path):
+    config_file = tmp_path / "custody.toml"
+    config_file.write_text(f'[database]\nurl = "{app.config.database_url}"\n')
+    ok = subprocess.run([sys.executable, "-m", "custody.cli", "admin", "check", "--config", str(config_file)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "RESULT: OK" in ok.stdout
+    with app.engine.begin() as conn:
+        conn.execute(update(t.ledger_holds).values(remaining=1))
+    bad = subprocess.run([sys.executable, "-m", "custody.cli", "admin", "check", "--config", str(config_file)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "invariant 3: VIOLATION" in bad.stdout
+    assert "RESULT: VIOLATIONS FOUND" in bad.stdout
