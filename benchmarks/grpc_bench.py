@@ -1,0 +1,296 @@
+"""grpc_transfer: Transfer RPCs through a real `custody serve` process, against health Check on the same server."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import multiprocessing
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from benchmarks.common import ASSET, FUNDING, ROOT, BenchResult, Row, Target, check_invariants, database, progress, rate
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    rounds: int
+    seconds: float       # length of each measured phase
+    warmup: float
+    concurrency: int = 64
+    clients: int = 1     # client processes; the 64 calls are split between them
+
+
+FULL = Sizes(rounds=3, seconds=8.0, warmup=2.0)
+QUICK = Sizes(rounds=1, seconds=2.0, warmup=1.0)
+GAP = 0.5  # seconds between phases, so one phase's stragglers do not overlap the next
+
+
+# -- the server ------------------------------------------------------------------------------
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def write_config(path: pathlib.Path, url: str) -> None:
+    from custody.api.auth import token_digest
+    from tests.support.config import TEST_ASSETS
+    from tests.support.servers import SCOPES, TOKENS
+
+    lines = ["[database]", f"url = {_toml_value(url)}", "", "[server]", 'listen = "127.0.0.1:0"', ""]
+    for name, token in TOKENS.items():
+        lines += ["[[clients]]", f"name = {_toml_value(name)}", f"token_sha256 = {_toml_value(token_digest(token))}",
+                  f"scopes = {_toml_value(SCOPES[name])}", ""]
+    for asset in TEST_ASSETS:
+        lines += ["[[assets]]", *[f"{k} = {_toml_value(v)}" for k, v in asset.items()], ""]
+    path.write_text("\n".join(lines))
+
+
+def start_server(config: pathlib.Path, log: pathlib.Path) -> tuple[subprocess.Popen, int]:
+    script = ROOT / ".venv" / "bin" / "custody"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "custody.cli"]
+    cmd += ["serve", "--config", str(config)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"), cwd=ROOT)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"custody serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        for line in log.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") == "listening":
+                return proc, int(entry["port"])
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"custody serve did not start listening:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# -- the clients (separate processes) --------------------------------------------------------------
+
+def _client_main(address: str, plan: list[tuple[str, float, float, bool]], first_task: int, tasks: int,
+                 accounts: list[tuple[str, str]], out) -> None:
+    out.put(asyncio.run(_client(address, plan, first_task, tasks, accounts)))
+
+
+async def _client(address, plan, first_task, tasks, accounts):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from custody.v1 import custody_pb2, custody_pb2_grpc
+    from tests.support.servers import bearer
+
+    channel = grpc.aio.insecure_channel(address)
+    await asyncio.wait_for(channel.channel_ready(), 30)
+    health = health_pb2_grpc.HealthStub(channel).Check
+    transfer = custody_pb2_grpc.CustodyServiceStub(channel).Transfer
+    metadata = tuple(bearer("exchange"))
+    check_request = health_pb2.HealthCheckRequest(service="")
+    prefix = uuid.uuid4().hex[:12]
+    results = []
+    for phase, (kind, start, seconds, recorded) in enumerate(plan):
+        await asyncio.sleep(max(0.0, start - time.time()))
+        end_wall = start + seconds
+        end = time.perf_counter() + (end_wall - time.time())
+        stats = {"kind": kind, "recorded": recorded, "latencies": [], "errors": 0, "first_error": ""}
+        phase_started = time.perf_counter()
+
+        async def worker(i: int) -> None:
+            lat = stats["latencies"]
+            a, b = accounts[first_task + i]
+            j = 0
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                try:
+                    if kind == "health":
+                        await health(check_request)
+                    else:
+                        source, target = (a, b) if j % 2 == 0 else (b, a)
+                        await transfer(custody_pb2.TransferRequest(
+                            idempotency_key=f"{prefix}-{phase}-{i}-{j}", from_account_id=source,
+                            to_account_id=target, asset=ASSET, amount="1"), metadata=metadata)
+                    lat.append(time.perf_counter() - t0)
+                except grpc.aio.AioRpcError as exc:
+                    stats["errors"] += 1
+                    stats["first_error"] = stats["first_error"] or f"{exc.code().name}: {exc.details()}"
+                j += 1
+
+        await asyncio.gather(*(worker(i) for i in range(tasks)))
+        stats["elapsed"] = time.perf_counter() - phase_started
+        results.append(stats)
+    await channel.close()
+    return results
+
+
+# -- the benchmark ---------------------------------------------------------------------------------
+
+def _percentile(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p))]
+
+
+def _cpu_seconds(pid: int) -> float:
+    import psutil
+
+    try:
+        times = psutil.Process(pid).cpu_times()
+        return times.user + times.system + times.children_user + times.children_system
+    except psutil.Error:
+        return float("nan")
+
+
+def grpc_transfer(sizes: Sizes) -> BenchResult:
+    from custody.app import Custody
+    from tests.support.config import make_config
+
+    result = BenchResult("grpc_transfer")
+    result.details.append(
+        f"`custody serve` runs as its own process (SQLite database, 127.0.0.1, insecure port, no TLS) so the client "
+        f"and server do not share a GIL. {sizes.clients} client process(es) keep {sizes.concurrency} calls in flight "
+        f"with grpc.aio: one asyncio task per call slot, each issuing its next call as soon as the last returns. "
+        f"Transfer calls carry the 'exchange' bearer token and a unique idempotency key; task i moves 1 unit between "
+        f"its own two funded accounts, alternating direction. Baseline: grpc.health.v1.Health/Check (no auth) "
+        f"on the same server and channel. {sizes.rounds} interleaved rounds of {sizes.seconds:.0f} s per phase after "
+        f"a {sizes.warmup:.0f} s warm-up; rate = calls completed / phase time, best round of each; latencies are per "
+        f"call, client-side, over all rounds.")
+    progress("grpc_transfer sqlite: setting up")
+    pairs = sizes.concurrency
+    with database("sqlite") as (url, _engine):
+        folder = pathlib.Path(url.removeprefix("sqlite:///")).parent
+        app = Custody(make_config(url))
+        try:
+            accounts = [app.create_account(f"grpc-{i}").account_id for i in range(2 * pairs)]
+            futures = [app.submit_adjustment("alice-admin", f"fund-{a}", str(a), ASSET, str(FUNDING), True,
+                                             "benchmark funding") for a in accounts]
+            for f in futures:
+                f.result()
+        finally:
+            app.close()
+        config = folder / "custody.toml"
+        write_config(config, url)
+        log = folder / "server.log"
+        server, port = start_server(config, log)
+        progress(f"grpc_transfer sqlite: `custody serve` pid {server.pid} listening on 127.0.0.1:{port}")
+        try:
+            address = f"127.0.0.1:{port}"
+            start = time.time() + 3.0  # time for the client processes to start and connect
+            plan = [("transfer", start, sizes.warmup, False), ("health", start + sizes.warmup + GAP, sizes.warmup / 2, False)]
+            t = start + sizes.warmup * 1.5 + 2 * GAP
+            for r in range(sizes.rounds):
+                for kind in (("health", "transfer") if r % 2 == 0 else ("transfer", "health")):
+                    plan.append((kind, t, sizes.seconds, True))
+                    t += sizes.seconds + GAP
+            slots = [(str(accounts[2 * i]), str(accounts[2 * i + 1])) for i in range(pairs)]
+            ctx = multiprocessing.get_context("spawn")
+            queue = ctx.Queue()
+            per = [sizes.concurrency // sizes.clients + (1 if c < sizes.concurrency % sizes.clients else 0)
+                   for c in range(sizes.clients)]
+            procs = []
+            first = 0
+            for n in per:
+                p = ctx.Process(target=_client_main, args=(address, plan, first, n, slots, queue), daemon=True)
+                p.start()
+                procs.append(p)
+                first += n
+            # Sample server and client CPU time at the phase boundaries.
+            cpu = []
+            for kind, phase_start, seconds, recorded in plan:
+                time.sleep(max(0.0, phase_start - time.time()))
+                before = (_cpu_seconds(server.pid), sum(_cpu_seconds(p.pid) for p in procs))
+                time.sleep(max(0.0, phase_start + seconds - time.time()))
+                after = (_cpu_seconds(server.pid), sum(_cpu_seconds(p.pid) for p in procs))
+                cpu.append((after[0] - before[0], after[1] - before[1]))
+                if recorded:
+                    progress(f"grpc_transfer sqlite: {kind} phase done "
+                             f"(server cpu {100 * cpu[-1][0] / seconds:.0f}%, clients cpu {100 * cpu[-1][1] / seconds:.0f}%)")
+            outputs = [queue.get(timeout=120) for _ in procs]
+            for p in procs:
+                p.join(30)
+        finally:
+            stop_server(server)
+        progress(f"grpc_transfer sqlite: server stopped (exit code {server.returncode})")
+
+        from custody.db.engine import make_engine
+        from sqlalchemy import text
+
+        engine = make_engine(url)
+        try:
+            check_invariants(engine, "grpc_transfer sqlite", result)
+            with engine.connect() as conn:
+                transfers, commits = conn.execute(text(
+                    "SELECT count(*), count(DISTINCT created_at) FROM ledger_batches WHERE kind = 'transfer'")).one()
+        finally:
+            engine.dispose()
+        errors_in_log = [line for line in log.read_text().splitlines() if '"level": "error"' in line or '"level":"error"' in line]
+
+    phases: dict[str, list[dict]] = {"health": [], "transfer": []}
+    for idx, (kind, _start, seconds, recorded) in enumerate(plan):
+        if not recorded:
+            continue
+        merged = {"count": 0, "errors": 0, "first_error": "", "latencies": [],
+                  "elapsed": max(o[idx]["elapsed"] for o in outputs),
+                  "server_cpu": cpu[idx][0] / seconds, "client_cpu": cpu[idx][1] / seconds}
+        for o in outputs:
+            merged["count"] += len(o[idx]["latencies"])
+            merged["errors"] += o[idx]["errors"]
+            merged["first_error"] = merged["first_error"] or o[idx]["first_error"]
+            merged["latencies"] += o[idx]["latencies"]
+        merged["rate"] = merged["count"] / merged["elapsed"]
+        phases[kind].append(merged)
+
+    summary = {}
+    for kind, runs in phases.items():
+        lat = sorted(x for r in runs for x in r["latencies"])
+        summary[kind] = {
+            "rate": max(r["rate"] for r in runs), "rates": [r["rate"] for r in runs],
+            "p50": _percentile(lat, 0.50) * 1000, "p99": _percentile(lat, 0.99) * 1000,
+            "errors": sum(r["errors"] for r in runs), "first_error": next((r["first_error"] for r in runs if r["first_error"]), ""),
+            "server_cpu": max(r["server_cpu"] for r in runs), "client_cpu": max(r["client_cpu"] for r in runs),
+            "server_cpu_per_call_ms": min(r["server_cpu"] * 1000 / r["rate"] for r in runs if r["rate"]),
+        }
+    tr, hc = summary["transfer"], summary["health"]
+    ratio = tr["rate"] / hc["rate"]
+    result.rows.append(Row(
+        "grpc_transfer", "sqlite", f"Transfer calls/s, {sizes.concurrency} in flight", tr["rate"], "/s",
+        "health Check calls/s", hc["rate"], ratio,
+        [Target(">= 60% of health", ratio >= 0.6), Target(">= 3,000/s", tr["rate"] >= 3000),
+         Target(f"p99 < 20 ms (is {tr['p99']:.1f} ms)", tr["p99"] < 20)]))
+    result.rows.append(Row(
+        "grpc_transfer", "sqlite", f"Transfer p50 / p99 latency (health: {hc['p50']:.1f} / {hc['p99']:.1f} ms)",
+        tr["p50"], "ms", "health Check p50", hc["p50"], tr["p50"] / hc["p50"]))
+    for kind in ("transfer", "health"):
+        s = summary[kind]
+        result.details.append(
+            f"- {kind}: rounds {', '.join(rate(x) for x in s['rates'])} calls/s; p50 {s['p50']:.1f} ms, "
+            f"p99 {s['p99']:.1f} ms; errors {s['errors']}{' (first: ' + s['first_error'] + ')' if s['errors'] else ''}; "
+            f"server process CPU {100 * s['server_cpu']:.0f}% of one core, client process(es) {100 * s['client_cpu']:.0f}%; "
+            f"server CPU per call {s['server_cpu_per_call_ms']:.3f} ms")
+    result.details.append(f"- transfers committed: {transfers:,} in {commits:,} ledger commits "
+                          f"(mean {transfers / max(commits, 1):.1f} per commit, counted from ledger_batches.created_at, "
+                          f"which is one timestamp per group)")
+    if errors_in_log:
+        result.details.append(f"- server log has {len(errors_in_log)} error lines, first: `{errors_in_log[0][:300]}`")
+    progress(f"grpc_transfer sqlite: transfer {rate(tr['rate'])}/s (p50 {tr['p50']:.1f} ms, p99 {tr['p99']:.1f} ms), "
+             f"health {rate(hc['rate'])}/s (p50 {hc['p50']:.1f} ms, p99 {hc['p99']:.1f} ms), ratio {ratio:.2f}; "
+             f"{transfers / max(commits, 1):.1f} transfers per commit")
+    return result

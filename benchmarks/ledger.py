@@ -1,0 +1,389 @@
+"""Ledger benchmarks: batched group commit, one-transfer calls from many threads, a hot account."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import threading
+import time
+import uuid
+from typing import Callable
+
+from sqlalchemy import Boolean, Column, DateTime, ForeignKey, Index, MetaData, PrimaryKeyConstraint, String, Table, Text, select
+
+from benchmarks.common import (
+    ASSET, GROUP, BenchResult, Ledger, Row, Target, best, check_invariants, create_accounts, database, fmt_rounds,
+    fund, progress, rate, transfer_command,
+)
+from custody.db import schema as t
+from custody.db.engine import write_transaction
+from custody.db.types import Amount
+from custody.ledger.commands import BatchResult
+from custody.ledger.model import new_id, user_available
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    rounds: int            # interleaved rounds; each figure is the best round
+    groups: int            # transactions of GROUP transfers per workload per round
+    single_per_thread: int  # calls per thread per round in ledger_single
+    threads: int = 64
+    accounts: int = 2 * GROUP  # disjoint pairs: no account appears twice in a group
+
+
+FULL = Sizes(rounds=5, groups=8, single_per_thread=100)
+QUICK = Sizes(rounds=2, groups=2, single_per_thread=15)
+
+
+class Workload:
+    """prepare(round) builds its input untimed; run(prepared) is the timed part; returns transfers."""
+
+    def __init__(self, label: str, prepare: Callable[[int], object], run: Callable[[object], int]):
+        self.label = label
+        self.prepare = prepare
+        self.run = run
+        self.rates: list[float] = []
+
+
+def interleave(name: str, backend: str, workloads: list[Workload], rounds: int) -> None:
+    """Runs the workloads in alternating order (ABBA...) so that drift and noise hit all of them."""
+    for r in range(rounds):
+        order = workloads if r % 2 == 0 else list(reversed(workloads))
+        parts = []
+        for w in order:
+            prepared = w.prepare(r)
+            started = time.perf_counter()
+            n = w.run(prepared)
+            elapsed = time.perf_counter() - started
+            w.rates.append(n / elapsed)
+            parts.append(f"{w.label} {rate(n / elapsed)}/s")
+        progress(f"{name} {backend}: round {r + 1}/{rounds}: " + ", ".join(parts))
+
+
+# -- the plain-insert baseline -------------------------------------------------------
+
+def _baseline_tables(metadata: MetaData) -> dict[str, Table]:
+    """Copies of the four tables a transfer writes, with the same columns, types,
+    keys, indexes and foreign keys, under bench_* names."""
+    batches = Table(
+        "bench_ledger_batches", metadata,
+        Column("id", String(32), primary_key=True),
+        Column("kind", String(32), nullable=False),
+        Column("reference", String(128), nullable=True),
+        Column("actor", String(64), nullable=False),
+        Column("memo", Text, nullable=True),
+        Column("flagged", Boolean, nullable=False),
+        Column("event_cursor", t.Id, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+    transfers = Table(
+        "bench_ledger_transfers", metadata,
+        Column("id", t.Id, primary_key=True, autoincrement=True),
+        Column("batch_id", String(32), ForeignKey("bench_ledger_batches.id"), nullable=False),
+        Column("asset", String(16), nullable=False),
+        Column("debit_account_id", t.Id, ForeignKey(t.ledger_accounts.c.id), nullable=False),
+        Column("credit_account_id", t.Id, ForeignKey(t.ledger_accounts.c.id), nullable=False),
+        Column("amount", Amount, nullable=False),
+        Index("ix_bench_ledger_transfers_batch_id", "batch_id"),
+    )
+    transfers_only = Table(  # informational: the transfer rows alone (no batch row to point at)
+        "bench_transfers_only", metadata,
+        Column("id", t.Id, primary_key=True, autoincrement=True),
+        Column("batch_id", String(32), nullable=False),
+        Column("asset", String(16), nullable=False),
+        Column("debit_account_id", t.Id, ForeignKey(t.ledger_accounts.c.id), nullable=False),
+        Column("credit_account_id", t.Id, ForeignKey(t.ledger_accounts.c.id), nullable=False),
+        Column("amount", Amount, nullable=False),
+        Index("ix_bench_transfers_only_batch_id", "batch_id"),
+    )
+    events = Table(
+        "bench_events", metadata,
+        Column("cursor", t.Id, primary_key=True, autoincrement=False),
+        Column("type", String(64), nullable=False),
+        Column("payload", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+    idempotency = Table(
+        "bench_idempotency_keys", metadata,
+        Column("scope", String(64), nullable=False),
+        Column("key", String(128), nullable=False),
+        Column("request_hash", String(64), nullable=False),
+        Column("result", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        PrimaryKeyConstraint("scope", "key", name="pk_bench_idempotency_keys"),
+    )
+    return {"batches": batches, "transfers": transfers, "transfers_only": transfers_only,
+            "events": events, "idempotency": idempotency}
+
+
+class PlainInsert:
+    """Inserts prepared rows with the driver's own executemany (sqlite3 or psycopg)
+    inside custody's write_transaction, one commit per GROUP transfers."""
+
+    def __init__(self, engine, ledger_ids: list[tuple[int, int]]):
+        self.engine = engine
+        self.pg = engine.dialect.name == "postgresql"
+        self.pairs = ledger_ids  # (debit ledger account id, credit ledger account id) per transfer in a group
+        metadata = MetaData()
+        self.tables = _baseline_tables(metadata)
+        metadata.create_all(engine)
+        self.cursor = 0
+        mark = "%s" if self.pg else "?"
+        self.sql = {
+            name: f"INSERT INTO {table.name} ({', '.join(c.name for c in table.columns if c.name != 'id' or name in ('batches',))}) "
+                  f"VALUES ({', '.join(mark for c in table.columns if c.name != 'id' or name in ('batches',))})"
+            for name, table in self.tables.items()
+        }
+        self.sql["events"] = self.sql["events"].replace("(cursor,", '("cursor",')  # a reserved word on PostgreSQL
+
+    def _value(self, v):
+        if self.pg:
+            return v
+        if isinstance(v, bool):
+            return int(v)
+        if isinstance(v, int) and v > 2**62:
+            return str(v)
+        if isinstance(v, datetime.datetime):  # as SQLAlchemy stores DateTime on SQLite
+            return v.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return v
+
+    def prepare(self, groups: int, *, full: bool) -> list[dict[str, list[tuple]]]:
+        out = []
+        for g in range(groups):
+            now = datetime.datetime.now(datetime.timezone.utc)
+            rows = {"batches": [], "transfers": [], "events": [], "idempotency": []}
+            for k, (debit, credit) in enumerate(self.pairs):
+                if g % 2:
+                    debit, credit = credit, debit
+                batch_id = new_id()
+                amount = 1 + k % 100
+                self.cursor += 1
+                v = self._value
+                rows["transfers"].append((batch_id, ASSET, debit, credit, v(str(amount) if not self.pg else amount)))
+                if full:
+                    rows["batches"].append((batch_id, "transfer", None, "bench", None, v(False), self.cursor, v(now)))
+                    payload = json.dumps({"batch_id": batch_id, "kind": "transfer", "reference": None, "actor": "bench",
+                                          "memo": None, "flagged": False, "postings": [
+                                              {"asset": ASSET, "debit": f"user:{debit}:available",
+                                               "credit": f"user:{credit}:available", "amount": str(amount)}]},
+                                         separators=(",", ":"))
+                    rows["events"].append((self.cursor, "ledger.transfer", payload, v(now)))
+                    rows["idempotency"].append(("bench", uuid.uuid4().hex, "%064x" % self.cursor,
+                                                BatchResult(batch_id, self.cursor).to_json(), v(now)))
+            if not full:
+                rows = {"transfers_only": rows["transfers"]}
+            out.append(rows)
+        return out
+
+    def run(self, prepared: list[dict[str, list[tuple]]]) -> int:
+        n = 0
+        for rows in prepared:
+            with write_transaction(self.engine) as conn:
+                cur = conn.connection.dbapi_connection.cursor()
+                try:
+                    for name in ("batches", "transfers", "transfers_only", "events", "idempotency"):
+                        if name in rows:
+                            cur.executemany(self.sql[name], rows[name])
+                finally:
+                    cur.close()
+            n += len(next(iter(rows.values())))
+        return n
+
+
+# -- shared setup ------------------------------------------------------------------------
+
+def _setup_accounts(engine, n: int, prefix: str) -> tuple[Ledger, list[int]]:
+    started = time.perf_counter()
+    accounts = create_accounts(engine, n, prefix)
+    ledger = Ledger(engine)
+    fund(ledger, accounts)
+    progress(f"  {n:,} accounts created (create_account, one commit each) and funded in "
+             f"{time.perf_counter() - started:.1f}s")
+    return ledger, accounts
+
+
+def _ledger_workload(label: str, ledger: Ledger, pairs: list[tuple[int, int]], groups: int) -> Workload:
+    def prepare(r: int):
+        out = []
+        for g in range(groups):
+            group = []
+            for k, (a, b) in enumerate(pairs):
+                if g % 2:
+                    a, b = b, a
+                group.append(transfer_command(a, b, 1 + k % 100, f"{label}-{uuid.uuid4().hex}"))
+            out.append(group)
+        return out
+
+    def run(prepared) -> int:
+        for group in prepared:
+            ledger.commit(group)
+        return sum(len(g) for g in prepared)
+
+    return Workload(label, prepare, run)
+
+
+# -- 1. ledger_batched ---------------------------------------------------------------------
+
+def ledger_batched(backends: list[str], sizes: Sizes) -> BenchResult:
+    result = BenchResult("ledger_batched")
+    result.details.append(
+        f"Transfers arrive in groups of {GROUP:,}; each group is one `apply_commands` call in one "
+        f"`write_transaction` (one durable commit). Each transfer is the command `Custody.submit_transfer` "
+        f"builds (one posting user:a:available -> user:b:available, not_frozen/must_exist, an idempotency key "
+        f"with a SHA-256 request hash); commands are built before the clock starts. {GROUP:,} transfers per group "
+        f"over {2 * GROUP:,} accounts in disjoint pairs, direction alternating by group. "
+        f"Baseline (plain insert): the same four rows per transfer the ledger inserts "
+        f"(ledger_batches, ledger_transfers, events, idempotency_keys rows, with the same sizes of ids, JSON payload "
+        f"and result) into bench_* copies of those tables (same columns, types, primary keys, indexes and foreign keys), "
+        f"prepared before the clock starts, inserted with the driver's executemany (sqlite3 / psycopg 3) inside the same "
+        f"`write_transaction`, one commit per {GROUP:,} transfers. Informational: the transfer rows alone. "
+        f"{sizes.rounds} interleaved rounds of {sizes.groups} groups each; each figure is the best round.")
+    for backend in backends:
+        progress(f"ledger_batched {backend}: setting up")
+        with database(backend) as (_url, engine):
+            ledger, accounts = _setup_accounts(engine, sizes.accounts, "batched")
+            pairs = [(accounts[2 * k], accounts[2 * k + 1]) for k in range(GROUP)]
+            with engine.connect() as conn:
+                la = t.ledger_accounts
+                ids = dict(conn.execute(select(la.c.code, la.c.id).where(la.c.asset == ASSET)).all())
+            ledger_pairs = [(ids[user_available(a)], ids[user_available(b)]) for a, b in pairs]
+            plain = PlainInsert(engine, ledger_pairs)
+            ledger_w = _ledger_workload("ledger", ledger, pairs, sizes.groups)
+            plain_w = Workload("plain insert", lambda r: plain.prepare(sizes.groups, full=True), plain.run)
+            only_w = Workload("transfer rows only", lambda r: plain.prepare(sizes.groups, full=False), plain.run)
+            interleave("ledger_batched", backend, [plain_w, ledger_w, only_w], sizes.rounds)
+            check_invariants(engine, f"ledger_batched {backend}", result)
+        ledger_rate, plain_rate, only_rate = best(ledger_w.rates), best(plain_w.rates), best(only_w.rates)
+        ratio = ledger_rate / plain_rate
+        result.rows.append(Row(
+            "ledger_batched", backend, f"transfers/s, {GROUP:,} per commit", ledger_rate, "/s",
+            "plain insert of the same rows", plain_rate, ratio,
+            [Target(">= 0.5 x plain insert", ratio >= 0.5), Target(">= 20,000/s", ledger_rate >= 20_000)]))
+        result.details.append(
+            f"- {backend}: ledger rounds {fmt_rounds(ledger_w.rates)}/s; plain insert rounds {fmt_rounds(plain_w.rates)}/s; "
+            f"transfer rows only rounds {fmt_rounds(only_w.rates)}/s (best {rate(only_rate)}/s, "
+            f"ledger = {ledger_rate / only_rate:.2f} x that)")
+    return result
+
+
+# -- 3. hot_account ---------------------------------------------------------------------------
+
+def hot_account(backends: list[str], sizes: Sizes) -> BenchResult:
+    result = BenchResult("hot_account")
+    result.details.append(
+        f"As ledger_batched ({GROUP:,} transfers per commit), in interleaved rounds: 'disjoint' moves funds between "
+        f"{GROUP:,} disjoint pairs of accounts; 'hot' has every transfer touch one shared account: "
+        f"{GROUP:,} different accounts pay into it (even groups) or it pays out to them (odd groups). "
+        f"Slowdown = disjoint rate / hot rate, from the best round of each.")
+    for backend in backends:
+        progress(f"hot_account {backend}: setting up")
+        with database(backend) as (_url, engine):
+            ledger, accounts = _setup_accounts(engine, sizes.accounts + 1, "hot")
+            hot = accounts.pop()
+            disjoint = [(accounts[2 * k], accounts[2 * k + 1]) for k in range(GROUP)]
+            hot_pairs = [(accounts[k], hot) for k in range(GROUP)]
+            disjoint_w = _ledger_workload("disjoint", ledger, disjoint, sizes.groups)
+            hot_w = _ledger_workload("hot", ledger, hot_pairs, sizes.groups)
+            interleave("hot_account", backend, [disjoint_w, hot_w], sizes.rounds)
+            check_invariants(engine, f"hot_account {backend}", result)
+        hot_rate, disjoint_rate = best(hot_w.rates), best(disjoint_w.rates)
+        slowdown = disjoint_rate / hot_rate
+        result.rows.append(Row(
+            "hot_account", backend, "hot-account transfers/s", hot_rate, "/s",
+            "disjoint accounts", disjoint_rate, hot_rate / disjoint_rate,
+            [Target(f"slowdown <= 1.5 (is {slowdown:.2f})", slowdown <= 1.5)]))
+        result.details.append(f"- {backend}: hot rounds {fmt_rounds(hot_w.rates)}/s; "
+                              f"disjoint rounds {fmt_rounds(disjoint_w.rates)}/s; slowdown {slowdown:.2f}x")
+    return result
+
+
+# -- 2. ledger_single ---------------------------------------------------------------------------
+
+def ledger_single(backends: list[str], sizes: Sizes) -> BenchResult:
+    from custody.app import Custody
+    from tests.support.config import make_config
+
+    threads = sizes.threads
+    n = threads * sizes.single_per_thread
+    result = BenchResult("ledger_single")
+    result.details.append(
+        f"{threads} threads each call `Custody(config).transfer(...)` (validation, idempotency hash, "
+        f"LedgerWriter.submit, wait for the result) {sizes.single_per_thread} times per round, one transfer per call, "
+        f"thread i between its own two accounts; the writer's group commit (max_group=1000) decides the commits. "
+        f"Baseline: the same number of transfers as ledger_batched does them ({GROUP:,} per apply_commands call) on the "
+        f"same database, interleaved; {sizes.rounds} rounds, best of each.")
+    for backend in backends:
+        progress(f"ledger_single {backend}: setting up")
+        with database(backend) as (url, _engine):
+            app = Custody(make_config(url))
+            try:
+                ledger, accounts = _setup_accounts(app.engine, 2 * GROUP, "single")
+                commits = [0]
+                app.writer.on_commit(lambda _cursor: commits.__setitem__(0, commits[0] + 1))
+                groups_seen: list[float] = []
+                latencies: list[float] = []
+
+                def prepare_single(r: int):
+                    commits[0] = 0
+                    return r
+
+                def run_single(r: int) -> int:
+                    barrier = threading.Barrier(threads + 1)
+                    errors: list[BaseException] = []
+                    lat: list[list[float]] = [[] for _ in range(threads)]
+
+                    def caller(i: int) -> None:
+                        a, b = str(accounts[2 * i]), str(accounts[2 * i + 1])
+                        mine = lat[i]
+                        barrier.wait()
+                        try:
+                            for j in range(sizes.single_per_thread):
+                                source, target = (a, b) if j % 2 == 0 else (b, a)
+                                started = time.perf_counter()
+                                app.transfer("bench", f"s{r}-{i}-{j}-{uuid.uuid4().hex[:8]}", source, target, ASSET, "1")
+                                mine.append(time.perf_counter() - started)
+                        except BaseException as exc:  # reported below; never silently counted
+                            errors.append(exc)
+
+                    pool = [threading.Thread(target=caller, args=(i,)) for i in range(threads)]
+                    for th in pool:
+                        th.start()
+                    barrier.wait()
+                    for th in pool:
+                        th.join()
+                    if errors:
+                        raise RuntimeError(f"{len(errors)} transfers failed, first: {errors[0]!r}")
+                    groups_seen.append(n / max(commits[0], 1))
+                    latencies.extend(x for part in lat for x in part)
+                    return n
+
+                single_w = Workload(f"{threads} threads x 1 transfer/call", prepare_single, run_single)
+                pairs = [(accounts[2 * k], accounts[2 * k + 1]) for k in range(GROUP)]
+                batched = _ledger_workload("batched", ledger, pairs, 1)
+                orig_prepare = batched.prepare
+
+                def prepare_batched(r: int):  # n transfers in groups of GROUP
+                    out = []
+                    while sum(len(g) for g in out) < n:
+                        out.extend(orig_prepare(r))
+                    flat = [c for g in out for c in g][:n]
+                    return [flat[i:i + GROUP] for i in range(0, n, GROUP)]
+
+                batched.prepare = prepare_batched
+                interleave("ledger_single", backend, [single_w, batched], sizes.rounds)
+                check_invariants(app.engine, f"ledger_single {backend}", result)
+            finally:
+                app.close()
+        single_rate, batched_rate = best(single_w.rates), best(batched.rates)
+        latencies.sort()
+        p50 = latencies[len(latencies) // 2] * 1000
+        p99 = latencies[int(len(latencies) * 0.99)] * 1000
+        result.rows.append(Row(
+            "ledger_single", backend, f"transfers/s, {threads} threads, 1 per call", single_rate, "/s",
+            f"batched ({GROUP:,}/commit)", batched_rate, single_rate / batched_rate,
+            [Target(">= 3,000/s", single_rate >= 3000)]))
+        result.details.append(
+            f"- {backend}: single rounds {fmt_rounds(single_w.rates)}/s; batched rounds {fmt_rounds(batched.rates)}/s; "
+            f"mean transfers per commit {', '.join(f'{g:.1f}' for g in groups_seen)}; "
+            f"call latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    return result

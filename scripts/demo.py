@@ -1,0 +1,224 @@
+"""The scripted end-to-end story behind `make demo`.
+
+Starts the custody server on a fresh SQLite database under var/demo/, then, as
+a client over gRPC: creates two accounts, funds one by a staff adjustment,
+transfers between them, shows balances and the event stream, and runs the
+invariant check. Stops what it started and exits 0, or non-zero if a step
+failed. With --keep-running the server stays up for your own clients.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from custody.api.auth import token_digest  # noqa: E402
+from custody.v1 import backoffice_pb2 as bo  # noqa: E402
+from custody.v1 import backoffice_pb2_grpc, custody_pb2_grpc  # noqa: E402
+from custody.v1 import custody_pb2 as pb  # noqa: E402
+
+DEMO = ROOT / "var" / "demo"
+CUSTODY = [sys.executable, "-m", "custody.cli"]
+
+
+def step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(port: int, tokens: dict[str, str]) -> pathlib.Path:
+    clients = "".join(
+        f'\n[[clients]]\nname = "{name}"\ntoken_sha256 = "{token_digest(token)}"\nscopes = {json.dumps(scopes)}\n'
+        for name, (token, scopes) in tokens.items()
+    )
+    path = DEMO / "custody.toml"
+    path.write_text(f"""# Written by scripts/demo.py
+[server]
+listen = "127.0.0.1:{port}"
+
+[database]
+url = "sqlite:///custody.db"
+{clients}
+[[assets]]
+asset = "BTC"
+chain = "bitcoin"
+decimals = 8
+confirmations = 2
+withdrawal_fee = "10000"
+min_withdrawal = "50000"
+
+[[assets]]
+asset = "ETH"
+chain = "ethereum"
+decimals = 18
+confirmations = 12
+withdrawal_fee = "1000000000000000"
+min_withdrawal = "10000000000000000"
+""")
+    return path
+
+
+def wait_serving(address: str, server: subprocess.Popen, timeout_s: float = 30) -> None:
+    channel = grpc.insecure_channel(address)
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with code {server.returncode}; see {DEMO / 'server.log'}")
+        try:
+            if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            time.sleep(0.2)
+    raise SystemExit("the server did not become healthy in time")
+
+
+def btc(sats: str) -> str:
+    whole, frac = divmod(int(sats), 10**8)
+    return f"{whole}.{frac:08d} BTC"
+
+
+def story(address: str, tokens: dict[str, tuple[str, list[str]]]) -> None:
+    channel = grpc.insecure_channel(address)
+    custody = custody_pb2_grpc.CustodyServiceStub(channel)
+    backoffice = backoffice_pb2_grpc.BackofficeServiceStub(channel)
+    exchange = [("authorization", f"Bearer {tokens['exchange'][0]}")]
+    admin = [("authorization", f"Bearer {tokens['alice-admin'][0]}")]
+
+    step("ListAssets: what this service handles")
+    for a in custody.ListAssets(pb.ListAssetsRequest(), metadata=exchange).assets:
+        print(f"  {a.asset:5} chain={a.chain:9} decimals={a.decimals:2} confirmations={a.confirmations}")
+
+    step("CreateAccount for two exchange users")
+    ann = custody.CreateAccount(pb.CreateAccountRequest(external_id="user-ann"), metadata=exchange)
+    ben = custody.CreateAccount(pb.CreateAccountRequest(external_id="user-ben"), metadata=exchange)
+    print(f"  user-ann -> account {ann.account_id}; user-ben -> account {ben.account_id}")
+    again = custody.CreateAccount(pb.CreateAccountRequest(external_id="user-ann"), metadata=exchange)
+    assert again.account_id == ann.account_id and not again.created
+    print(f"  asking again for user-ann returns account {again.account_id} (created={again.created})")
+
+    step("AdjustBalance: staff member alice-admin credits Ann 1.5 BTC against equity")
+    adj = backoffice.AdjustBalance(bo.AdjustBalanceRequest(
+        idempotency_key="demo-fund-ann", account_id=ann.account_id, asset="BTC", amount="150000000",
+        direction=bo.ADJUSTMENT_DIRECTION_CREDIT, reason="demo: opening balance"), metadata=admin)
+    print(f"  adjustment {adj.adjustment_id} at event cursor {adj.event_cursor}")
+
+    step("Transfer 0.4 BTC from Ann to Ben (internal, nothing touches a chain)")
+    request = pb.TransferRequest(idempotency_key="demo-t1", from_account_id=ann.account_id,
+                                 to_account_id=ben.account_id, asset="BTC", amount="40000000", memo="demo")
+    t1 = custody.Transfer(request, metadata=exchange)
+    replay = custody.Transfer(request, metadata=exchange)
+    assert replay.transfer_id == t1.transfer_id
+    print(f"  transfer {t1.transfer_id}; retried with the same idempotency key -> same transfer, no second move")
+
+    step("Transfer refused: Ben tries to send more than he has")
+    try:
+        custody.Transfer(pb.TransferRequest(idempotency_key="demo-t2", from_account_id=ben.account_id,
+                                            to_account_id=ann.account_id, asset="BTC", amount="40000001"),
+                         metadata=exchange)
+        raise AssertionError("an overdraft was accepted")
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+        print(f"  {exc.code().name}: {exc.details()}")
+
+    step("GetBalances")
+    expected = {ann.account_id: "110000000", ben.account_id: "40000000"}
+    for name, acc in (("Ann", ann), ("Ben", ben)):
+        for b in custody.GetBalances(pb.GetBalancesRequest(account_id=acc.account_id), metadata=exchange).balances:
+            if b.asset == "BTC":
+                assert b.available == expected[acc.account_id], (name, b.available)
+                print(f"  {name}: available {btc(b.available)}, held {btc(b.held)}, pending {btc(b.pending)}")
+
+    step("StreamEvents from the start (a consumer resumes from its last cursor)")
+    call = custody.StreamEvents(pb.StreamEventsRequest(after_cursor=0), metadata=exchange, timeout=10)
+    for n, event in enumerate(call, start=1):
+        payload = json.loads(event.payload)
+        moves = ", ".join(f"{p['amount']} {p['asset']} {p['debit']} -> {p['credit']}" for p in payload["postings"])
+        print(f"  cursor {event.cursor}: {event.type} by {payload['actor']}: {moves}")
+        if n == 2:
+            break
+    call.cancel()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep-running", action="store_true", help="leave the server running after the story")
+    args = parser.parse_args()
+
+    if DEMO.exists():
+        for f in DEMO.iterdir():
+            f.unlink()
+    DEMO.mkdir(parents=True, exist_ok=True)
+    tokens = {
+        "exchange": (secrets.token_urlsafe(24), ["accounts"]),
+        "alice-admin": (secrets.token_urlsafe(24), ["admin"]),
+    }
+    port = free_port()
+    config = write_config(port, tokens)
+    address = f"127.0.0.1:{port}"
+
+    step("Database: custody db upgrade (SQLite, WAL, synchronous=FULL)")
+    subprocess.run([*CUSTODY, "db", "upgrade", "--config", str(config)], check=True, cwd=ROOT)
+
+    step(f"Starting the custody server on {address}")
+    log = open(DEMO / "server.log", "w")
+    server = subprocess.Popen([*CUSTODY, "serve", "--config", str(config), "--no-migrate"], cwd=ROOT,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    failed = False
+    try:
+        wait_serving(address, server)
+        print("  healthy (grpc.health.v1 says SERVING)")
+        story(address, tokens)
+        step("custody admin check: the ledger invariants")
+        check = subprocess.run([*CUSTODY, "admin", "check", "--config", str(config)], cwd=ROOT,
+                               capture_output=True, text=True)
+        print("  " + check.stdout.strip().replace("\n", "\n  "))
+        if check.returncode != 0:
+            raise SystemExit("the invariant check failed")
+        if args.keep_running:
+            step("The server keeps running; press Ctrl-C to stop it")
+            print(f"  address  {address}\n  config   {config}\n  log      {DEMO / 'server.log'}")
+            for name, (token, scopes) in tokens.items():
+                print(f"  token    {name} ({', '.join(scopes)}): {token}")
+            print("  try:     grpcurl/buf curl with -H 'authorization: Bearer <token>', or the stubs in custody.v1")
+            try:
+                server.wait()
+            except KeyboardInterrupt:
+                pass
+    except (Exception, SystemExit) as exc:
+        failed = True
+        print(f"\nDEMO FAILED: {exc}", file=sys.stderr)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+    if failed:
+        return 1
+    step("Demo finished: everything above was checked")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
