@@ -200,3 +200,12 @@ def test_health_and_reflection_are_on(clients):
     reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in reply.list_services_response.service}
     assert {"custody.v1.CustodyService", "custody.v1.BackofficeService", "grpc.health.v1.Health"} <= names
+
+
+def test_wei_amounts_with_thirty_digits_round_trip_exactly(clients):
+    """FAILURE_MODES item 15: no float anywhere near an amount."""
+    a = create(clients, "wei-holder").account_id
+    adjust(clients, a, "123456789012345678901234567890", "wei-1", asset="ETH")
+    adjust(clients, a, "1", "wei-2", asset="ETH")
+    adjust(clients, a, str(MAX_AMOUNT - 123456789012345678901234567891), "wei-3", asset="ETH")
+    assert balances(clients, a)["ETH"] == (str(MAX_AMOUNT), "0", "0")

@@ -1,0 +1,95 @@
+"""The `custody` command as an operator runs it."""
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from custody.api.auth import token_digest
+from custody.v1 import custody_pb2 as pb
+from custody.v1 import custody_pb2_grpc
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CUSTODY = [sys.executable, "-m", "custody.cli"]
+
+
+def run(*args, **kw):
+    return subprocess.run([*CUSTODY, *args], capture_output=True, text=True, cwd=ROOT, timeout=60, **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_token_prints_a_token_and_its_digest():
+    out = run("token").stdout.split()
+    token, digest = out[1], out[3]
+    assert digest == token_digest(token) and len(token) >= 32
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[clients]]\nname = "x"\ntoken_sha256 = "nothex"\n')
+    result = run("admin", "check", "--config", str(bad))
+    assert result.returncode == 2
+    assert "token_sha256 must be 64 hex digits" in result.stderr
+    assert run("db", "upgrade", "--config", str(tmp_path / "missing.toml")).returncode == 2
+
+
+def test_serve_migrates_serves_and_stops_on_sigterm(tmp_path):
+    port = free_port()
+    config = tmp_path / "custody.toml"
+    config.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+[database]
+url = "sqlite:///data/custody.db"
+[[clients]]
+name = "exchange"
+token_sha256 = "{token_digest('secret-token')}"
+scopes = ["accounts"]
+[[assets]]
+asset = "BTC"
+chain = "bitcoin"
+decimals = 8
+""")
+    (tmp_path / "data").mkdir()
+    server = subprocess.Popen([*CUSTODY, "serve", "--config", str(config)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline and server.poll() is None, "server did not start"
+                time.sleep(0.2)
+        stub = custody_pb2_grpc.CustodyServiceStub(channel)
+        reply = stub.CreateAccount(pb.CreateAccountRequest(external_id="e2e"),
+                                   metadata=[("authorization", "Bearer secret-token")])
+        assert reply.account_id == "1"
+        channel.close()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=30)
+    assert server.returncode == 0, output
+    assert '"event": "listening"' in output and '"event": "stopped"' in output
+    assert (tmp_path / "data" / "custody.db").exists()  # relative to the config file
+    check = run("admin", "check", "--config", str(config))
+    assert check.returncode == 0 and "RESULT: OK" in check.stdout
+
+
+def test_the_quick_start_demo_runs_and_checks_itself():
+    result = subprocess.run([sys.executable, "scripts/demo.py"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "RESULT: OK" in result.stdout
+    assert "Demo finished" in result.stdout
