@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import asyncio
 
+import structlog
+
 from custody.api.auth import current_client
 from custody.app import Custody
 from custody.errors import InvalidArgument
 from custody.money import format_amount
 from custody.v1 import backoffice_pb2, backoffice_pb2_grpc, custody_pb2, custody_pb2_grpc
 
+log = structlog.get_logger("custody.api")
 EVENT_PAGE = 500
 # Events committed by another instance are seen within this many seconds.
 EVENT_POLL_S = 1.0
@@ -83,4 +86,7 @@ class BackofficeServicer(backoffice_pb2_grpc.BackofficeServiceServicer):
             current_client(), request.idempotency_key, request.account_id, request.asset, request.amount,
             directions[request.direction], request.reason)
         result = await asyncio.wrap_future(future)
+        log.info("balance adjusted", staff=current_client(), account_id=request.account_id, asset=request.asset,
+                 amount=request.amount, direction=backoffice_pb2.AdjustmentDirection.Name(request.direction),
+                 reason=request.reason, batch_id=result.batch_id, replayed=result.replayed)
         return backoffice_pb2.AdjustBalanceResponse(adjustment_id=result.batch_id, event_cursor=result.event_cursor)
