@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from custody.db import schema as t
+from custody.db.bulk import insert_rows, update_account_totals
 from custody.db.engine import is_postgres, write_transaction
 from custody.errors import CustodyError, FailedPrecondition, IdempotencyConflict, InvalidArgument, NotFound
 from custody.ledger.commands import BatchResult, Command
@@ -268,22 +269,18 @@ class _Group:
         for offset, batch in enumerate(writes.batches):
             cursor = first + offset
             batch["event_cursor"] = cursor
-            events.append({"cursor": cursor, "type": f"ledger.{batch['kind']}",
-                           "payload": writes.payloads[offset], "created_at": self.now})
+            events.append((cursor, f"ledger.{batch['kind']}", writes.payloads[offset], self.now))
         for i, result in enumerate(self.results):
             if isinstance(result, BatchResult) and not result.replayed:
                 offset = writes.batch_offset[result.batch_id]
                 self.results[i] = result = BatchResult(result.batch_id, first + offset, result.hold_ids)
                 c = self.commands[i]
                 if c.idempotency:
-                    writes.idempotency.append({
-                        "scope": c.idempotency.scope, "key": c.idempotency.key,
-                        "request_hash": c.idempotency.request_hash, "result": result.to_json(),
-                        "created_at": self.now,
-                    })
-        conn.execute(insert(t.ledger_batches), writes.batches)
-        conn.execute(insert(t.ledger_transfers), writes.transfers)
-        conn.execute(insert(t.events), events)
+                    writes.idempotency.append((c.idempotency.scope, c.idempotency.key,
+                                               c.idempotency.request_hash, result.to_json(), self.now))
+        insert_rows(conn, t.ledger_batches, _BATCH_COLUMNS, [tuple(b[c] for c in _BATCH_COLUMNS) for b in writes.batches])
+        insert_rows(conn, t.ledger_transfers, _TRANSFER_COLUMNS, writes.transfers)
+        insert_rows(conn, t.events, _EVENT_COLUMNS, events)
         if writes.hold_inserts:
             conn.execute(insert(t.ledger_holds), writes.hold_inserts)
         if writes.hold_updates:
@@ -291,19 +288,17 @@ class _Group:
                 {"b_id": h["id"], "b_remaining": h["remaining"], "b_status": h["status"], "b_closed_at": h["closed_at"]}
                 for h in writes.hold_updates.values()
             ])
-        if writes.idempotency:
-            conn.execute(insert(t.idempotency_keys), writes.idempotency)
+        insert_rows(conn, t.idempotency_keys, _IDEMPOTENCY_COLUMNS, writes.idempotency)
         dirty = [s for s in staging.accounts.values() if s.dirty]
-        conn.execute(_UPDATE_ACCOUNT, [{"b_id": s.id, "b_debits": s.debits, "b_credits": s.credits} for s in dirty])
+        update_account_totals(conn, [(s.id, s.debits, s.credits) for s in dirty])
         for s in dirty:
             s.dirty = False
 
 
-_UPDATE_ACCOUNT = (
-    update(t.ledger_accounts)
-    .where(t.ledger_accounts.c.id == bindparam("b_id"))
-    .values(debits=bindparam("b_debits"), credits=bindparam("b_credits"))
-)
+_BATCH_COLUMNS = ("id", "kind", "reference", "actor", "memo", "flagged", "event_cursor", "created_at")
+_TRANSFER_COLUMNS = ("batch_id", "asset", "debit_account_id", "credit_account_id", "amount")
+_EVENT_COLUMNS = ("cursor", "type", "payload", "created_at")
+_IDEMPOTENCY_COLUMNS = ("scope", "key", "request_hash", "result", "created_at")
 _UPDATE_HOLD = (
     update(t.ledger_holds)
     .where(t.ledger_holds.c.id == bindparam("b_id"))
@@ -317,10 +312,10 @@ class _Writes:
     def __init__(self):
         self.batches: list[dict] = []
         self.payloads: list[str] = []
-        self.transfers: list[dict] = []
+        self.transfers: list[tuple] = []
         self.hold_inserts: list[dict] = []
         self.hold_updates: dict[str, dict] = {}
-        self.idempotency: list[dict] = []
+        self.idempotency: list[tuple] = []
         self.batch_offset: dict[str, int] = {}
         self._mark = (0, 0, 0)
         self._touched: dict[str, dict | None] = {}
@@ -345,8 +340,7 @@ class _Writes:
         })
         accounts = staging.accounts
         self.transfers.extend(
-            {"batch_id": batch_id, "asset": p.asset, "debit_account_id": accounts[(p.debit, p.asset)].id,
-             "credit_account_id": accounts[(p.credit, p.asset)].id, "amount": p.amount}
+            (batch_id, p.asset, accounts[(p.debit, p.asset)].id, accounts[(p.credit, p.asset)].id, p.amount)
             for p in postings
         )
         self.payloads.append(json.dumps({
