@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import BigInteger, Connection, String, Table, any_, bindparam, func, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 
 
 def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
@@ -71,3 +72,23 @@ def _processors(conn: Connection, table: Table, columns: tuple[str, ...]) -> tup
     if key not in _cache:
         _cache[key] = tuple(table.c[name].type._cached_bind_processor(conn.dialect) for name in columns)
     return _cache[key]
+
+
+def in_values(conn: Connection, column, values):
+    """column IN values; on PostgreSQL one array parameter instead of one parameter per value."""
+    values = list(values)
+    if conn.dialect.name == "postgresql":
+        kind = BigInteger() if isinstance(values[0], int) else String()
+        return column == any_(bindparam(None, values, type_=ARRAY(kind)))
+    return column.in_(values)
+
+
+def in_pairs(conn: Connection, first, second, pairs):
+    """(first, second) IN pairs of strings, with two array parameters on PostgreSQL."""
+    pairs = list(pairs)
+    if conn.dialect.name == "postgresql":
+        a, b = zip(*pairs)
+        rows = select(func.unnest(bindparam(None, list(a), type_=ARRAY(String()))),
+                      func.unnest(bindparam(None, list(b), type_=ARRAY(String()))))
+        return tuple_(first, second).in_(rows)
+    return tuple_(first, second).in_(pairs)

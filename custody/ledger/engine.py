@@ -17,12 +17,12 @@ import queue
 import threading
 from typing import Callable
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, tuple_, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from custody.db import schema as t
-from custody.db.bulk import insert_rows, update_account_totals
+from custody.db.bulk import in_pairs, in_values, insert_rows, update_account_totals
 from custody.db.engine import is_postgres, write_transaction
 from custody.errors import CustodyError, FailedPrecondition, IdempotencyConflict, InvalidArgument, NotFound
 from custody.ledger.commands import BatchResult, Command
@@ -89,8 +89,8 @@ class _Group:
         rows = self.conn.execute(
             select(t.idempotency_keys.c.scope, t.idempotency_keys.c.key,
                    t.idempotency_keys.c.request_hash, t.idempotency_keys.c.result)
-            .where(tuple_(t.idempotency_keys.c.scope, t.idempotency_keys.c.key)
-                   .in_({(k.scope, k.key) for _, k in keyed}))
+            .where(in_pairs(self.conn, t.idempotency_keys.c.scope, t.idempotency_keys.c.key,
+                            {(k.scope, k.key) for _, k in keyed}))
         ).all()
         stored = {(r.scope, r.key): (r.request_hash, r.result) for r in rows}
         seen: dict[tuple[str, str], int] = {}
@@ -142,7 +142,7 @@ class _Group:
         if not wanted:
             return {}
         rows = self.conn.execute(
-            select(t.accounts.c.id, t.accounts.c.frozen).where(t.accounts.c.id.in_(wanted))
+            select(t.accounts.c.id, t.accounts.c.frozen).where(in_values(self.conn, t.accounts.c.id, wanted))
         ).all()
         return {r.id: bool(r.frozen) for r in rows}
 
@@ -150,7 +150,7 @@ class _Group:
         wanted = {h.hold_id for c in commands for h in (*c.hold_posts, *c.hold_voids)}
         if not wanted:
             return {}
-        q = select(t.ledger_holds).where(t.ledger_holds.c.id.in_(wanted)).order_by(t.ledger_holds.c.id)
+        q = select(t.ledger_holds).where(in_values(self.conn, t.ledger_holds.c.id, wanted)).order_by(t.ledger_holds.c.id)
         if self.lock:
             q = q.with_for_update()
         return {r.id: dict(r._mapping) for r in self.conn.execute(q)}
@@ -160,7 +160,7 @@ class _Group:
         if unknown:
             self._find_or_create(unknown)
         table = t.ledger_accounts
-        q = select(table).where(table.c.id.in_([self.ids.get(k) for k in keys])).order_by(table.c.id)
+        q = select(table).where(in_values(self.conn, table.c.id, [self.ids.get(k) for k in keys])).order_by(table.c.id)
         if self.lock:
             q = q.with_for_update()
         return {
@@ -174,7 +174,7 @@ class _Group:
         def find() -> None:
             rows = self.conn.execute(
                 select(table.c.id, table.c.code, table.c.asset)
-                .where(tuple_(table.c.code, table.c.asset).in_(keys))
+                .where(in_pairs(self.conn, table.c.code, table.c.asset, keys))
             )
             for r in rows:
                 self.ids.add_pending((r.code, r.asset), r.id)
