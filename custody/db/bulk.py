@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from sqlalchemy import BigInteger, Connection, String, Table, any_, bindparam, func, select, tuple_
+from sqlalchemy import BigInteger, Connection, String, Table, any_, bindparam, false, func, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 
 
@@ -77,6 +77,8 @@ def _processors(conn: Connection, table: Table, columns: tuple[str, ...]) -> tup
 def in_values(conn: Connection, column, values):
     """column IN values; on PostgreSQL one array parameter instead of one parameter per value."""
     values = list(values)
+    if not values:
+        return false()
     if conn.dialect.name == "postgresql":
         kind = BigInteger() if isinstance(values[0], int) else String()
         return column == any_(bindparam(None, values, type_=ARRAY(kind)))
@@ -86,6 +88,8 @@ def in_values(conn: Connection, column, values):
 def in_pairs(conn: Connection, first, second, pairs):
     """(first, second) IN pairs of strings, with two array parameters on PostgreSQL."""
     pairs = list(pairs)
+    if not pairs:
+        return false()
     if conn.dialect.name == "postgresql":
         a, b = zip(*pairs)
         rows = select(func.unnest(bindparam(None, list(a), type_=ARRAY(String()))),
