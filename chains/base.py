@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
-from typing import ClassVar, Container, Mapping, Sequence
+from typing import ClassVar, Container, Mapping, NamedTuple, Sequence
 
 
 class ChainError(Exception):
@@ -89,13 +89,13 @@ class BlockRef:
     hash: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Receipt:
+class Receipt(NamedTuple):
     """Value arriving at a watched key in one block.
 
     (txid, index) is unique on the chain: the output index for UTXO chains,
     the log index (or a per-transaction index for native value) elsewhere.
-    asset_contract is "" for the native asset."""
+    asset_contract is "" for the native asset. (A NamedTuple, not a
+    dataclass: a block can hold thousands and they are made in the hot loop.)"""
 
     txid: str
     index: int
@@ -105,8 +105,7 @@ class Receipt:
     coinbase: bool = False
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Spend:
+class Spend(NamedTuple):
     """A transaction in the block spending an outpoint the caller said it owns."""
 
     txid: str  # the spending transaction
@@ -196,6 +195,9 @@ class ChainPlugin(abc.ABC):
     def __init__(self, settings: Mapping[str, object]):
         """settings: the config section (rpc_url, network, ...). Raises ValueError
         naming the bad field."""
+
+    def close(self) -> None:
+        """Releases connections and threads; the instance is not used after."""
 
     # -- parameters and addresses ---------------------------------------------
     @property

@@ -47,6 +47,8 @@ class Custody:
     def close(self) -> None:
         if self._jobs is not None:
             self._jobs.stop()
+        for plugin in self.chains.values():
+            plugin.close()
         self.writer.close()
         self.engine.dispose()
 

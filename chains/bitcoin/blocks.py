@@ -86,18 +86,21 @@ def _parse(data: bytes, height: int, keys, outpoints) -> Block:
             n_out, pos = _varint(data, pos)
         matched = None
         for vout in range(n_out):
-            value_at = pos
-            pos += 8
-            n = data[pos]
+            # value (8 bytes), script length, script; the value is read only on a match.
+            n = data[pos + 8]
             if n < 0xFD:
-                pos += 1
+                end = pos + 9 + n
+                if data[pos + 9:end] in keys:
+                    matched = matched or []
+                    matched.append((vout, data[pos + 9:end], _from_le(data[pos:pos + 8], "little")))
+                pos = end
             else:
-                n, pos = _varint(data, pos)
-            script = data[pos:pos + n]
-            pos += n
-            if script in keys:
-                matched = matched or []
-                matched.append((vout, script, _from_le(data[value_at:value_at + 8], "little")))
+                n, start_script = _varint(data, pos + 8)
+                end = start_script + n
+                if data[start_script:end] in keys:
+                    matched = matched or []
+                    matched.append((vout, data[start_script:end], _from_le(data[pos:pos + 8], "little")))
+                pos = end
         output_count += n_out
         body_end = pos
         if segwit:

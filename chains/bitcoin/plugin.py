@@ -9,6 +9,7 @@ both behaviours are handled here:
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import time
 from typing import Mapping, Sequence
@@ -38,6 +39,8 @@ from chains.bitcoin.rpc import BitcoinRPC, RpcError
 _NOT_FOUND_CODES = (-8, -5)
 # Blocks fetched in one JSON-RPC batch while catching up.
 FETCH_BATCH = 16
+# Raw blocks per request while pipelining fetch and parse.
+PIPELINE_CHUNK = 4
 # How long broadcast waits for a sent transaction to show in the mempool.
 MEMPOOL_WAIT_S = 3.0
 
@@ -57,11 +60,21 @@ class BitcoinChain(ChainPlugin):
             backoff_s=float(settings.get("rpc_backoff_s", 0.25)),
             max_backoff_s=float(settings.get("rpc_max_backoff_s", 8)),
         )
+        # A second connection, used only by the prefetch thread (one HTTP
+        # connection can't carry two requests at once).
+        self._prefetch_rpc = BitcoinRPC(str(url), timeout_s=self.rpc.timeout_s, retries=self.rpc.retries,
+                                        backoff_s=self.rpc.backoff_s, max_backoff_s=self.rpc.max_backoff_s)
+        self._prefetch = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bitcoin-prefetch")
         self._params = NetworkParams("bitcoin", self.network.name, AssetInfo("BTC", 8), COINBASE_MATURITY)
 
     @property
     def params(self) -> NetworkParams:
         return self._params
+
+    def close(self) -> None:
+        self._prefetch.shutdown(wait=True)
+        self.rpc.close()
+        self._prefetch_rpc.close()
 
     # -- addresses -------------------------------------------------------------------------
     def derive_address(self, extended_public_key: str, index: int, change: bool = False) -> DerivedAddress:
@@ -124,19 +137,31 @@ class BitcoinChain(ChainPlugin):
                     break
         if not hashes:
             return []
+        # Parsing is CPU work in this process, fetching mostly waits on the
+        # node: fetch the next chunk of raw blocks on another connection while
+        # this one is parsed, so scanning costs little more than fetching.
+        chunks = [hashes[i:i + PIPELINE_CHUNK] for i in range(0, len(hashes), PIPELINE_CHUNK)]
+        pending = self._prefetch.submit(self._raw_blocks, chunks[0], self._prefetch_rpc)
+        blocks = []
+        for n, chunk in enumerate(chunks):
+            raws = pending.result()
+            if n + 1 < len(chunks):
+                pending = self._prefetch.submit(self._raw_blocks, chunks[n + 1], self._prefetch_rpc)
+            for expected, raw_hex in zip(chunk, raws):
+                block = parse_block(bytes.fromhex(raw_hex), start + len(blocks), watch.keys, watch.outpoints)
+                if block.hash != expected:
+                    raise NodeError(f"getblock {expected} returned a block whose hash is {block.hash}")
+                blocks.append(block)
+        return blocks
+
+    @staticmethod
+    def _raw_blocks(hashes: list[str], rpc: BitcoinRPC) -> list[str]:
         try:
-            raws = self.rpc.batch([("getblock", h, False) for h in hashes])
+            return rpc.batch([("getblock", h, False) for h in hashes])
         except RpcError as exc:
             if exc.code in _NOT_FOUND_CODES:  # reorged away between the two calls
-                raise BlockNotFound(f"a block from height {start} left the best chain while fetching") from None
+                raise BlockNotFound(f"block {hashes[0]} or one after it left the best chain while fetching") from None
             raise
-        blocks = []
-        for offset, (expected, raw_hex) in enumerate(zip(hashes, raws)):
-            block = parse_block(bytes.fromhex(raw_hex), start + offset, watch.keys, watch.outpoints)
-            if block.hash != expected:
-                raise NodeError(f"getblock {expected} returned a block whose hash is {block.hash}")
-            blocks.append(block)
-        return blocks
 
     # -- reconciliation ----------------------------------------------------------------------
     def balances(self, addresses_: Sequence[str]) -> dict[str, dict[str, int]]:

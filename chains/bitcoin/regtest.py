@@ -74,7 +74,9 @@ class RegtestMiner:
     def pay(self, outputs: list[tuple[bytes, int]], broadcast: bool = True) -> tuple[str, bytes]:
         """A transaction paying each (scriptPubKey, sats); returns (txid, raw).
         broadcast=False only signs it (to send later, or never)."""
-        need = sum(amount for _, amount in outputs) + FEE_SATS
+        # About 2 sat/vB whatever the size (one p2wpkh output is 31 vB): above the relay minimum.
+        fee = FEE_SATS + 100 * len(outputs)
+        need = sum(amount for _, amount in outputs) + fee
         coin = self._take_coin(need)
         tx = Transaction(version=2, vin=[TransactionInput(bytes.fromhex(coin.txid), coin.index,
                                                           sequence=0xFFFFFFFD)],

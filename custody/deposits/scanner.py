@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import logging
 import threading
@@ -50,6 +51,8 @@ log = structlog.get_logger("custody.scanner")
 stdlog = logging.getLogger(__name__)
 
 
+# Loading more watched keys than this at once freezes them out of the garbage collector.
+FREEZE_AFTER = 10_000
 # Blocks below the starting cursor remembered when a scanner first starts.
 START_HISTORY = 6
 
@@ -200,11 +203,17 @@ class Scanner:
 
     def _refresh_watch(self) -> None:
         with read_transaction(self.engine) as conn:
-            for address_id, key in store.addresses_after(conn, self.chain, self._last_address_id):
+            new = store.addresses_after(conn, self.chain, self._last_address_id)
+            for address_id, key in new:
                 self.keys[key] = address_id
                 self._last_address_id = address_id
             if self.outpoints is None:
                 self.outpoints = store.unspent_outpoints(conn, self.chain)
+        if len(new) > FREEZE_AFTER:
+            # A million watched keys would otherwise be traversed by every
+            # full garbage collection while blocks are parsed; they live as
+            # long as the process, so take them out of the collector's view.
+            gc.freeze()
 
     # -- applying blocks -----------------------------------------------------------------------
     def _apply(self, cursor: Cursor, blocks: list[Block]) -> Cursor:
