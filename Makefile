@@ -1,17 +1,20 @@
 # Quick start: `make demo` (set up, run the end-to-end story) and `make test`.
+# npm packages (buf, bcoin, anvil) are pinned in package-lock.json and installed by `npm ci`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo demo-serve test install tools proto lint bench clean
+.PHONY: demo demo-serve test install tools proto lint bench bench-scanning nodes-up nodes-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# The example chain plugin (docs/chain-plugins.md) is installed too: the tests
+# load it through its entry point, as a third party's plugin would be.
+$(VENV)/.installed: pyproject.toml examples/chain-plugin/pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e examples/chain-plugin
 	touch $@
 
 install: $(VENV)/.installed
@@ -22,11 +25,17 @@ node_modules/.installed: package.json package-lock.json
 
 tools: node_modules/.installed
 
-demo: install
+demo: install tools
 	$(BIN)/python scripts/demo.py
 
-demo-serve: install
+demo-serve: install tools
 	$(BIN)/python scripts/demo.py --keep-running
+
+nodes-up: install tools
+	$(BIN)/custody nodes up
+
+nodes-down: install
+	$(BIN)/custody nodes down
 
 lint: install tools
 	cd proto && ../node_modules/.bin/buf lint
@@ -41,5 +50,9 @@ proto: install
 bench: install
 	$(BIN)/python -m benchmarks.run
 
+bench-scanning: install tools
+	$(BIN)/python -m benchmarks.scanning
+
 clean:
+	-$(BIN)/custody nodes down 2>/dev/null
 	rm -rf var build *.egg-info

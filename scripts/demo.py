@@ -1,10 +1,13 @@
 """The scripted end-to-end story behind `make demo`.
 
-Starts the custody server on a fresh SQLite database under var/demo/, then, as
-a client over gRPC: creates two accounts, funds one by a staff adjustment,
-transfers between them, shows balances and the event stream, and runs the
-invariant check. Stops what it started and exits 0, or non-zero if a step
-failed. With --keep-running the server stays up for your own clients.
+Starts local chain nodes (`custody nodes up`: bcoin regtest and anvil) and the
+custody server on a fresh SQLite database under var/demo/, then, as a client
+over gRPC: creates two accounts, funds one by a staff adjustment, transfers
+between them, gives Ann a Bitcoin deposit address, pays it from a regtest
+miner, watches the deposit go PENDING then CREDITED, shows balances and the
+event stream, and runs the invariant check. Stops everything it started and
+exits 0, or non-zero if a step failed. With --keep-running the server and
+nodes stay up for your own clients until Ctrl-C.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import json
 import os
 import pathlib
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,13 +29,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from chains.bitcoin.regtest import RegtestMiner  # noqa: E402
+from chains.bitcoin.rpc import BitcoinRPC  # noqa: E402
+from chains.nodes import Nodes  # noqa: E402
 from custody.api.auth import token_digest  # noqa: E402
 from custody.v1 import backoffice_pb2 as bo  # noqa: E402
 from custody.v1 import backoffice_pb2_grpc, custody_pb2_grpc  # noqa: E402
 from custody.v1 import custody_pb2 as pb  # noqa: E402
 
 DEMO = ROOT / "var" / "demo"
+NODES = DEMO / "nodes"
 CUSTODY = [sys.executable, "-m", "custody.cli"]
+# The deposit wallet's account key (BIP84, m/84'/1'/0') of the public BIP84
+# test mnemonic "abandon ... about": fine for a regtest demo, never for money.
+DEMO_DEPOSIT_VPUB = ("vpub5Y6cjg78GGuNLsaPhmYsiw4gYX3HoQiRBiSwDaBXKUafCt9bNwWQiitDk5VZ5BVxYnQdwoTyXSs2JHRPAgjAvtbBrf"
+                     "8ZhDYe2jWAqvZVnsc")
+CONFIRMATIONS = 2
 
 
 def step(title: str) -> None:
@@ -44,7 +57,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(port: int, tokens: dict[str, str]) -> pathlib.Path:
+def write_config(port: int, tokens: dict[str, str], bitcoin_rpc: str) -> pathlib.Path:
     clients = "".join(
         f'\n[[clients]]\nname = "{name}"\ntoken_sha256 = "{token_digest(token)}"\nscopes = {json.dumps(scopes)}\n'
         for name, (token, scopes) in tokens.items()
@@ -61,7 +74,7 @@ url = "sqlite:///custody.db"
 asset = "BTC"
 chain = "bitcoin"
 decimals = 8
-confirmations = 2
+confirmations = {CONFIRMATIONS}
 withdrawal_fee = "10000"
 min_withdrawal = "50000"
 
@@ -72,6 +85,12 @@ decimals = 18
 confirmations = 12
 withdrawal_fee = "1000000000000000"
 min_withdrawal = "10000000000000000"
+
+[chains.bitcoin]
+network = "regtest"
+rpc_url = "{bitcoin_rpc}"
+deposit_xpub = "{DEMO_DEPOSIT_VPUB}"
+poll_interval_s = 0.3
 """)
     return path
 
@@ -91,12 +110,29 @@ def wait_serving(address: str, server: subprocess.Popen, timeout_s: float = 30) 
     raise SystemExit("the server did not become healthy in time")
 
 
+def custody_script(address: str) -> bytes:
+    from chains.bitcoin.addresses import parse_address
+    from chains.bitcoin.params import network
+
+    return parse_address(address, network("regtest"))[1]
+
+
 def btc(sats: str) -> str:
     whole, frac = divmod(int(sats), 10**8)
     return f"{whole}.{frac:08d} BTC"
 
 
-def story(address: str, tokens: dict[str, tuple[str, list[str]]]) -> None:
+def wait_for_deposit(custody, account_id: str, metadata, status: int, timeout_s: float = 30):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        deposits = custody.ListDeposits(pb.ListDepositsRequest(account_id=account_id), metadata=metadata).deposits
+        if deposits and deposits[-1].status == status:
+            return deposits[-1]
+        time.sleep(0.1)
+    raise SystemExit(f"the deposit did not become {pb.DepositStatus.Name(status)} within {timeout_s:.0f}s")
+
+
+def story(address: str, tokens: dict[str, tuple[str, list[str]]], miner: RegtestMiner) -> None:
     channel = grpc.insecure_channel(address)
     custody = custody_pb2_grpc.CustodyServiceStub(channel)
     backoffice = backoffice_pb2_grpc.BackofficeServiceStub(channel)
@@ -139,8 +175,32 @@ def story(address: str, tokens: dict[str, tuple[str, list[str]]]) -> None:
         assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
         print(f"  {exc.code().name}: {exc.details()}")
 
+    step("GetDepositAddress: Ann's Bitcoin deposit address (BIP84, derived from the deposit wallet's vpub)")
+    deposit_address = custody.GetDepositAddress(
+        pb.GetDepositAddressRequest(account_id=ann.account_id, chain="bitcoin"), metadata=exchange).address
+    print(f"  {deposit_address} (asking again returns the same address until a new one is requested)")
+
+    step("A regtest miner pays 0.25 BTC to it; one block is mined")
+    script = custody_script(deposit_address)
+    txid, _ = miner.pay([(script, 25_000_000)])
+    miner.mine(1)
+    print(f"  transaction {txid}")
+    pending = wait_for_deposit(custody, ann.account_id, exchange, pb.DEPOSIT_STATUS_PENDING)
+    print(f"  ListDeposits: {pb.DepositStatus.Name(pending.status)} with {pending.confirmations} confirmation "
+          f"(needs {CONFIRMATIONS}); output {pending.txid}:{pending.index}, {btc(pending.amount)}")
+    btc_balance = [b for b in custody.GetBalances(pb.GetBalancesRequest(account_id=ann.account_id),
+                                                  metadata=exchange).balances if b.asset == "BTC"][0]
+    assert btc_balance.pending == "25000000", btc_balance
+    print(f"  Ann: available {btc(btc_balance.available)}, pending {btc(btc_balance.pending)} (shown, not spendable)")
+
+    step(f"One more block: the deposit reaches {CONFIRMATIONS} confirmations and is credited")
+    miner.mine(1)
+    credited = wait_for_deposit(custody, ann.account_id, exchange, pb.DEPOSIT_STATUS_CREDITED)
+    print(f"  ListDeposits: {pb.DepositStatus.Name(credited.status)} at {credited.confirmations} confirmations "
+          f"(ledger: wallet:bitcoin:deposit -> user:{ann.account_id}:available)")
+
     step("GetBalances")
-    expected = {ann.account_id: "110000000", ben.account_id: "40000000"}
+    expected = {ann.account_id: "135000000", ben.account_id: "40000000"}
     for name, acc in (("Ann", ann), ("Ben", ben)):
         for b in custody.GetBalances(pb.GetBalancesRequest(account_id=acc.account_id), metadata=exchange).balances:
             if b.asset == "BTC":
@@ -149,11 +209,15 @@ def story(address: str, tokens: dict[str, tuple[str, list[str]]]) -> None:
 
     step("StreamEvents from the start (a consumer resumes from its last cursor)")
     call = custody.StreamEvents(pb.StreamEventsRequest(after_cursor=0), metadata=exchange, timeout=10)
-    for n, event in enumerate(call, start=1):
+    for event in call:
         payload = json.loads(event.payload)
-        moves = ", ".join(f"{p['amount']} {p['asset']} {p['debit']} -> {p['credit']}" for p in payload["postings"])
-        print(f"  cursor {event.cursor}: {event.type} by {payload['actor']}: {moves}")
-        if n == 2:
+        if event.type.startswith("ledger."):
+            moves = ", ".join(f"{p['amount']} {p['asset']} {p['debit']} -> {p['credit']}" for p in payload["postings"])
+            print(f"  cursor {event.cursor}: {event.type} by {payload['actor']}: {moves}")
+        else:
+            print(f"  cursor {event.cursor}: {event.type}: {payload['txid']}:{payload['index']} "
+                  f"{payload['amount']} sats, {payload['confirmations']} confirmations")
+        if event.type == "deposit.credited":
             break
     call.cancel()
 
@@ -164,16 +228,23 @@ def main() -> int:
     args = parser.parse_args()
 
     if DEMO.exists():
-        for f in DEMO.iterdir():
-            f.unlink()
+        shutil.rmtree(DEMO)
     DEMO.mkdir(parents=True, exist_ok=True)
     tokens = {
         "exchange": (secrets.token_urlsafe(24), ["accounts"]),
         "alice-admin": (secrets.token_urlsafe(24), ["admin"]),
     }
     port = free_port()
-    config = write_config(port, tokens)
     address = f"127.0.0.1:{port}"
+    nodes = Nodes(NODES, {"bitcoin": free_port(), "ethereum": free_port()})
+    step("custody nodes up: bcoin (regtest, Bitcoin Core's address prefixes) and anvil, under var/demo/nodes")
+    for status in nodes.up(fresh=True):
+        print("  " + status.render())
+    bitcoin_rpc = nodes.rpc_url("bitcoin")
+    miner = RegtestMiner(BitcoinRPC(bitcoin_rpc))
+    miner.ensure_ready(spendable=2)
+    print(f"  mined {miner.height()} regtest blocks (segwit active, mature coinbases for the miner)")
+    config = write_config(port, tokens, bitcoin_rpc)
 
     step("Database: custody db upgrade (SQLite, WAL, synchronous=FULL)")
     subprocess.run([*CUSTODY, "db", "upgrade", "--config", str(config)], check=True, cwd=ROOT)
@@ -186,7 +257,7 @@ def main() -> int:
     try:
         wait_serving(address, server)
         print("  healthy (grpc.health.v1 says SERVING)")
-        story(address, tokens)
+        story(address, tokens, miner)
         step("custody admin check: the ledger invariants")
         check = subprocess.run([*CUSTODY, "admin", "check", "--config", str(config)], cwd=ROOT,
                                capture_output=True, text=True)
@@ -214,6 +285,9 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
         log.close()
+        nodes.down()
+        print("\n  custody nodes down: " + ", ".join(f"{s.kind} {'running' if s.running else 'stopped'}"
+                                                   for s in nodes.status()))
     if failed:
         return 1
     step("Demo finished: everything above was checked")

@@ -20,6 +20,8 @@ REQUIRED_SCOPE = {
     "/custody.v1.CustodyService/Transfer": "accounts",
     "/custody.v1.CustodyService/ListAssets": "accounts",
     "/custody.v1.CustodyService/StreamEvents": "accounts",
+    "/custody.v1.CustodyService/GetDepositAddress": "accounts",
+    "/custody.v1.CustodyService/ListDeposits": "accounts",
     "/custody.v1.BackofficeService/AdjustBalance": "admin",
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")

@@ -28,8 +28,10 @@ SERVICES = (
 class Server:
     """A running server; `port` is the bound port (useful with listen port 0)."""
 
-    def __init__(self, config: Config, app: Custody | None = None):
+    def __init__(self, config: Config, app: Custody | None = None, start_jobs: bool = False):
         self.config = config
+        # `custody serve` runs the background jobs (scanners) in the server's process.
+        self.start_jobs = start_jobs
         self.app = app or Custody(config)
         self._owns_app = app is None
         self.server = grpc.aio.server(
@@ -58,6 +60,8 @@ class Server:
         asyncio.get_running_loop().set_default_executor(
             concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="custody-io"))
         await self.server.start()
+        if self.start_jobs:
+            self.app.start_jobs()
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening", address=self.config.server.listen, port=self.port,
@@ -72,7 +76,7 @@ class Server:
 
 
 async def serve(config: Config) -> None:
-    server = Server(config)
+    server = Server(config, start_jobs=True)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -71,6 +71,22 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
             self.app.notifier.unsubscribe(wake)
 
 
+    async def GetDepositAddress(self, request, context):
+        account_id, address = await asyncio.to_thread(
+            self.app.deposit_address, request.account_id, request.chain, request.new_address)
+        return custody_pb2.GetDepositAddressResponse(account_id=str(account_id), chain=request.chain, address=address)
+
+    async def ListDeposits(self, request, context):
+        account_id, deposits = await asyncio.to_thread(self.app.list_deposits, request.account_id)
+        return custody_pb2.ListDepositsResponse(account_id=str(account_id), deposits=[
+            custody_pb2.Deposit(
+                deposit_id=str(d.deposit_id), chain=d.chain, asset=d.asset, txid=d.txid, index=d.index,
+                address=d.address, amount=format_amount(d.amount), confirmations=d.confirmations,
+                status=custody_pb2.DepositStatus.Value(f"DEPOSIT_STATUS_{d.status}"),
+                block_height=d.block_height or 0, block_hash=d.block_hash or "", coinbase=d.coinbase)
+            for d in deposits])
+
+
 class BackofficeServicer(backoffice_pb2_grpc.BackofficeServiceServicer):
     def __init__(self, app: Custody):
         self.app = app

@@ -1,10 +1,24 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class DepositStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEPOSIT_STATUS_UNSPECIFIED: _ClassVar[DepositStatus]
+    DEPOSIT_STATUS_PENDING: _ClassVar[DepositStatus]
+    DEPOSIT_STATUS_CREDITED: _ClassVar[DepositStatus]
+    DEPOSIT_STATUS_ORPHANED: _ClassVar[DepositStatus]
+    DEPOSIT_STATUS_REVERSED: _ClassVar[DepositStatus]
+DEPOSIT_STATUS_UNSPECIFIED: DepositStatus
+DEPOSIT_STATUS_PENDING: DepositStatus
+DEPOSIT_STATUS_CREDITED: DepositStatus
+DEPOSIT_STATUS_ORPHANED: DepositStatus
+DEPOSIT_STATUS_REVERSED: DepositStatus
 
 class CreateAccountRequest(_message.Message):
     __slots__ = ("external_id",)
@@ -123,3 +137,65 @@ class StreamEventsResponse(_message.Message):
     payload: str
     created_at: str
     def __init__(self, cursor: _Optional[int] = ..., type: _Optional[str] = ..., payload: _Optional[str] = ..., created_at: _Optional[str] = ...) -> None: ...
+
+class GetDepositAddressRequest(_message.Message):
+    __slots__ = ("account_id", "chain", "new_address")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    NEW_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    chain: str
+    new_address: bool
+    def __init__(self, account_id: _Optional[str] = ..., chain: _Optional[str] = ..., new_address: _Optional[bool] = ...) -> None: ...
+
+class GetDepositAddressResponse(_message.Message):
+    __slots__ = ("account_id", "chain", "address")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    chain: str
+    address: str
+    def __init__(self, account_id: _Optional[str] = ..., chain: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class ListDepositsRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class Deposit(_message.Message):
+    __slots__ = ("deposit_id", "chain", "asset", "txid", "index", "address", "amount", "confirmations", "status", "block_height", "block_hash", "coinbase")
+    DEPOSIT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    TXID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_HASH_FIELD_NUMBER: _ClassVar[int]
+    COINBASE_FIELD_NUMBER: _ClassVar[int]
+    deposit_id: str
+    chain: str
+    asset: str
+    txid: str
+    index: int
+    address: str
+    amount: str
+    confirmations: int
+    status: DepositStatus
+    block_height: int
+    block_hash: str
+    coinbase: bool
+    def __init__(self, deposit_id: _Optional[str] = ..., chain: _Optional[str] = ..., asset: _Optional[str] = ..., txid: _Optional[str] = ..., index: _Optional[int] = ..., address: _Optional[str] = ..., amount: _Optional[str] = ..., confirmations: _Optional[int] = ..., status: _Optional[_Union[DepositStatus, str]] = ..., block_height: _Optional[int] = ..., block_hash: _Optional[str] = ..., coinbase: _Optional[bool] = ...) -> None: ...
+
+class ListDepositsResponse(_message.Message):
+    __slots__ = ("account_id", "deposits")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPOSITS_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    deposits: _containers.RepeatedCompositeFieldContainer[Deposit]
+    def __init__(self, account_id: _Optional[str] = ..., deposits: _Optional[_Iterable[_Union[Deposit, _Mapping]]] = ...) -> None: ...

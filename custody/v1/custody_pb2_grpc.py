@@ -62,6 +62,16 @@ class CustodyServiceStub:
                 request_serializer=custody_dot_v1_dot_custody__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=custody_dot_v1_dot_custody__pb2.StreamEventsResponse.FromString,
                 _registered_method=True)
+        self.GetDepositAddress = channel.unary_unary(
+                '/custody.v1.CustodyService/GetDepositAddress',
+                request_serializer=custody_dot_v1_dot_custody__pb2.GetDepositAddressRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_custody__pb2.GetDepositAddressResponse.FromString,
+                _registered_method=True)
+        self.ListDeposits = channel.unary_unary(
+                '/custody.v1.CustodyService/ListDeposits',
+                request_serializer=custody_dot_v1_dot_custody__pb2.ListDepositsRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_custody__pb2.ListDepositsResponse.FromString,
+                _registered_method=True)
 
 
 class CustodyServiceServicer:
@@ -109,6 +119,22 @@ class CustodyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDepositAddress(self, request, context):
+        """The account's deposit address on a chain: the same one on every call
+        until new_address is set, which issues a fresh one (old ones stay
+        watched). An address is never given to another account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeposits(self, request, context):
+        """Every payment seen to the account's deposit addresses, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CustodyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -136,6 +162,16 @@ def add_CustodyServiceServicer_to_server(servicer, server):
                     servicer.StreamEvents,
                     request_deserializer=custody_dot_v1_dot_custody__pb2.StreamEventsRequest.FromString,
                     response_serializer=custody_dot_v1_dot_custody__pb2.StreamEventsResponse.SerializeToString,
+            ),
+            'GetDepositAddress': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDepositAddress,
+                    request_deserializer=custody_dot_v1_dot_custody__pb2.GetDepositAddressRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_custody__pb2.GetDepositAddressResponse.SerializeToString,
+            ),
+            'ListDeposits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeposits,
+                    request_deserializer=custody_dot_v1_dot_custody__pb2.ListDepositsRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_custody__pb2.ListDepositsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -276,6 +312,60 @@ class CustodyService:
             '/custody.v1.CustodyService/StreamEvents',
             custody_dot_v1_dot_custody__pb2.StreamEventsRequest.SerializeToString,
             custody_dot_v1_dot_custody__pb2.StreamEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDepositAddress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.CustodyService/GetDepositAddress',
+            custody_dot_v1_dot_custody__pb2.GetDepositAddressRequest.SerializeToString,
+            custody_dot_v1_dot_custody__pb2.GetDepositAddressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeposits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.CustodyService/ListDeposits',
+            custody_dot_v1_dot_custody__pb2.ListDepositsRequest.SerializeToString,
+            custody_dot_v1_dot_custody__pb2.ListDepositsResponse.FromString,
             options,
             channel_credentials,
             insecure,

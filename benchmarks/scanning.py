@@ -1,0 +1,262 @@
+"""Scanning cost against the physical limit (issue 3), self-contained.
+
+    .venv/bin/python -m benchmarks.scanning            # 50 blocks, 1,000,000 watched; writes SCANNING_RESULTS.md
+    .venv/bin/python -m benchmarks.scanning --quick    # smoke run: 5 blocks, 100,000 watched; writes nothing
+
+Starts its own bcoin regtest node (the code behind `custody nodes up`) under
+var/bench-nodes/, fills N blocks with at least 2,000 outputs each (half to
+watched scripts, half to others), then, in the same run and interleaved:
+- bare fetch: the same RPC batches the plugin sends (getblockhash, then
+  getblock <hash> false for up to 16 blocks), answers decoded from JSON, nothing else;
+- scan: the Bitcoin plugin's fetch_blocks with the scanner's watched set
+  (a dict of 1,000,000 scriptPubKeys -> address ids) and 100,000 owned
+  outpoints: the same RPCs plus hex decoding, parsing and matching.
+Also: the parser alone on blocks in memory (outputs/s), and the process's
+peak memory with the watched set built. Timings are reported, never asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import sys
+import time
+
+from chains.base import Watch
+from chains.bitcoin.blocks import parse_block
+from chains.bitcoin.plugin import FETCH_BATCH, BitcoinChain
+from chains.bitcoin.regtest import RegtestMiner
+from chains.bitcoin.rpc import BitcoinRPC
+from chains.nodes import Nodes
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = pathlib.Path(__file__).resolve().parent / "SCANNING_RESULTS.md"
+OUTPUTS_PER_TX = 520
+TXS_PER_BLOCK = 4  # 2,080 outputs + change + coinbase per block
+_T0 = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    print(f"[{time.perf_counter() - _T0:6.1f}s] {message}", flush=True)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def script(i: int, salt: bytes) -> bytes:
+    return b"\x00\x14" + (salt + i.to_bytes(8, "big")).rjust(20, b"\x00")[-20:]
+
+
+def build_blocks(miner: RegtestMiner, blocks: int) -> tuple[int, int, list[bytes]]:
+    """Mines `blocks` blocks of >= 2,000 outputs; returns (first height, last height, watched scripts used)."""
+    miner.ensure_ready(spendable=blocks * TXS_PER_BLOCK + 5)
+    watched = []
+    first = miner.height() + 1
+    n = 0
+    for b in range(blocks):
+        for _ in range(TXS_PER_BLOCK):
+            outputs = []
+            for k in range(OUTPUTS_PER_TX):
+                n += 1
+                if k % 2 == 0:
+                    s = script(n, b"watched")
+                    watched.append(s)
+                else:
+                    s = script(n, b"other--")
+                outputs.append((s, 1_000))
+            miner.pay(outputs)
+        miner.mine(1)
+        if (b + 1) % 10 == 0:
+            progress(f"  mined {b + 1}/{blocks} full blocks")
+    return first, miner.height(), watched
+
+
+def bare_fetch(rpc: BitcoinRPC, first: int, last: int) -> int:
+    size = 0
+    for start in range(first, last + 1, FETCH_BATCH):
+        heights = range(start, min(start + FETCH_BATCH, last + 1))
+        hashes = rpc.batch([("getblockhash", h) for h in heights])
+        raws = rpc.batch([("getblock", h, False) for h in hashes])
+        size += sum(len(r) for r in raws)
+    return size
+
+
+def scan(plugin: BitcoinChain, first: int, last: int, watch: Watch) -> tuple[int, int]:
+    receipts = outputs = 0
+    for start in range(first, last + 1, FETCH_BATCH):
+        for block in plugin.fetch_blocks(start, min(FETCH_BATCH, last + 1 - start), watch):
+            receipts += len(block.receipts)
+            outputs += block.output_count
+    return receipts, outputs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run; does not write the results file")
+    parser.add_argument("--blocks", type=int, default=None)
+    parser.add_argument("--watched", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    n_blocks = args.blocks or (5 if args.quick else 50)
+    n_watched = args.watched or (100_000 if args.quick else 1_000_000)
+
+    baseline_rss = current_rss_mb()
+    nodes = Nodes(ROOT / "var" / "bench-nodes", {"bitcoin": _free_port()})
+    progress("starting bcoin regtest (custody nodes up)")
+    nodes.up(("bitcoin",), fresh=True)
+    try:
+        url = nodes.rpc_url("bitcoin")
+        rpc = BitcoinRPC(url, timeout_s=120)
+        miner = RegtestMiner(rpc)
+        progress(f"filling {n_blocks} blocks with {OUTPUTS_PER_TX * TXS_PER_BLOCK:,} payment outputs each")
+        first, last, used = build_blocks(miner, n_blocks)
+
+        progress(f"building the watched set: {n_watched:,} scriptPubKeys (dict, as the scanner keeps it)")
+        gc.collect()
+        before_watch = current_rss_mb()
+        keys: dict[bytes, int] = {s: i for i, s in enumerate(used)}
+        i = len(keys)
+        while len(keys) < n_watched:
+            keys[script(i, b"filler-")] = i
+            i += 1
+        outpoints = {(os.urandom(32).hex(), k % 4) for k in range(100_000)}
+        gc.collect()
+        gc.freeze()  # as the scanner does after loading a large watched set
+        watch_mb = current_rss_mb() - before_watch
+        # Same blocks, two mixes: half of each block's outputs are ours (the
+        # worst case: a Receipt per match), or one in ten (the other half's
+        # "watched" scripts left out of the set, so they count as foreign).
+        sparse = dict(keys)
+        for n_used, s in enumerate(used):
+            if n_used % 5:
+                del sparse[s]
+        while len(sparse) < n_watched:
+            sparse[script(i, b"filler-")] = i
+            i += 1
+        mixes = {"50% ours": (Watch(keys, outpoints), len(used)),
+                 "10% ours": (Watch(sparse, outpoints), len(used[::5]))}
+        plugin = BitcoinChain({"rpc_url": url, "network": "regtest", "rpc_timeout_s": 120})
+
+        progress("timing bare fetch and scan, interleaved")
+        fetch_s, scan_s = [], {name: [] for name in mixes}
+        outputs = size = 0
+        for _ in range(args.rounds):
+            for name, (watch, expected_receipts) in mixes.items():
+                t = time.perf_counter()
+                size = bare_fetch(rpc, first, last)
+                fetch_s.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                receipts, outputs = scan(plugin, first, last, watch)
+                scan_s[name].append(time.perf_counter() - t)
+                assert receipts == expected_receipts, f"found {receipts} watched outputs, expected {expected_receipts}"
+        expected_receipts = len(used)
+
+        progress("timing the parser alone on blocks in memory")
+        raws = []
+        for start in range(first, last + 1, FETCH_BATCH):
+            heights = range(start, min(start + FETCH_BATCH, last + 1))
+            hashes = rpc.batch([("getblockhash", h) for h in heights])
+            raws += [bytes.fromhex(r) for r in rpc.batch([("getblock", h, False) for h in hashes])]
+        parse_s = []
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            for height, raw in enumerate(raws, start=first):
+                parse_block(raw, height, keys, outpoints)
+            parse_s.append(time.perf_counter() - t)
+        peak = peak_rss_mb()
+    finally:
+        nodes.down()
+
+    fetch, parse = statistics.median(fetch_s), min(parse_s)
+    rows = [
+        ("blocks", f"{n_blocks} (heights {first}-{last})"),
+        ("outputs scanned", f"{outputs:,} ({outputs / n_blocks:,.0f} per block; {expected_receipts:,} watched)"),
+        ("raw block data fetched", f"{size / 2 / 2**20:.1f} MiB per pass (hex over JSON-RPC: {size / 2**20:.1f} MiB)"),
+        ("watched addresses", f"{len(keys):,} scriptPubKeys + {len(outpoints):,} owned outpoints"),
+        ("bare fetch (median of {})".format(len(fetch_s)), f"{fetch:.3f} s ({n_blocks / fetch:,.0f} blocks/s)"),
+    ]
+    for name, times in scan_s.items():
+        scanned = statistics.median(times)
+        ratio = scanned / fetch
+        rows += [
+            (f"scan, {name} (median of {len(times)})", f"{scanned:.3f} s ({outputs / scanned:,.0f} outputs/s end to end)"),
+            (f"scan / bare fetch, {name}", f"{ratio:.2f}x (target <= 1.5x: {'met' if ratio <= 1.5 else 'MISSED'})"),
+        ]
+    rows += [
+        ("parser alone, 50% ours (best of {})".format(args.rounds), f"{outputs / parse:,.0f} outputs/s "
+                                                                    f"({parse / n_blocks * 1000:.2f} ms per block)"),
+        ("watched set in memory", f"{watch_mb:,.0f} MB"),
+        ("peak RSS of the process", f"{peak:,.0f} MB (target < 500 MB: {'met' if peak < 500 else 'MISSED'}; "
+                                    f"Python and libraries alone: {baseline_rss:,.0f} MB)"),
+    ]
+    print()
+    for name, value in rows:
+        print(f"{name:32} {value}")
+    if not args.quick:
+        write_results(rows, fetch_s, scan_s)
+        print(f"\nwrote {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+def write_results(rows, fetch_s, scan_s) -> None:
+    lines = [
+        "# Scanning benchmark",
+        "",
+        "`.venv/bin/python -m benchmarks.scanning` (see its docstring for what is measured).",
+        f"Run {datetime.date.today().isoformat()} on {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, bcoin 1.0.2 (regtest, Node {_node_version()}), "
+        "the node on the same machine; load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (other work shared the 2 cores).",
+        "",
+        "| measure | result |",
+        "|---|---|",
+        *[f"| {name} | {value} |" for name, value in rows],
+        "",
+        f"Each round, bare fetch: {', '.join(f'{s:.3f}' for s in fetch_s)} s; "
+        + "; ".join(f"scan {name}: {', '.join(f'{s:.3f}' for s in times)} s" for name, times in scan_s.items())
+        + ".",
+        "",
+        "Where the time goes: the bare fetch is mostly bcoin serialising blocks (in its own",
+        "process) and JSON decoding; the scan adds hex decoding and the pure-Python parse",
+        "(about 0.5 us per output, most of it unavoidable interpreter work per output: read",
+        "the length byte, slice the script, one dict lookup), and a Receipt per matching",
+        "output. The plugin overlaps parsing with fetching the next 4 blocks on a second",
+        "connection, which helps only when a core is free for the node.",
+        "",
+        "Not included: database writes. Blocks with no payment to us cost the scanner one",
+        "small transaction per `blocks_per_commit` blocks; deposits cost a few rows and a",
+        "ledger batch each (see benchmarks/RESULTS.md for ledger throughput).",
+    ]
+    RESULTS.write_text("\n".join(lines) + "\n")
+
+
+def _node_version() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

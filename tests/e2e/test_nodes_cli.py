@@ -1,0 +1,46 @@
+"""`custody nodes up|status|down` as a developer runs it."""
+import json
+import pathlib
+import socket
+import subprocess
+import sys
+
+from chains.nodes import json_rpc
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CUSTODY = [sys.executable, "-m", "custody.cli"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(*args):
+    return subprocess.run([*CUSTODY, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_nodes_up_status_down_with_configurable_ports_and_one_data_folder(tmp_path):
+    folder = tmp_path / "nodes"
+    btc_port, eth_port = free_port(), free_port()
+    try:
+        up = run("nodes", "up", "--dir", str(folder), "--bitcoin-port", str(btc_port), "--ethereum-port", str(eth_port))
+        assert up.returncode == 0, up.stderr
+        assert "bitcoin   running" in up.stdout and "ethereum  running" in up.stdout
+        btc_url = json.loads((folder / "bitcoin" / "node.json").read_text())["rpc_url"]
+        assert f":{btc_port}/" in btc_url
+        # bcoin answers with Bitcoin Core's regtest address prefixes.
+        json_rpc(btc_url, "generatetoaddress", [1, "bcrt1q6rz28mcfaxtmd6v789l9rrlrusdprr9pz3cppk"])
+        assert json_rpc(btc_url, "getblockchaininfo", [])["chain"] == "regtest"
+        assert json_rpc(f"http://127.0.0.1:{eth_port}/", "eth_chainId", []) == "0x7a69"  # 31337
+        status = run("nodes", "status", "--dir", str(folder))
+        assert "height 1" in status.stdout and "height 0" in status.stdout
+        again = run("nodes", "up", "--dir", str(folder), "--only", "bitcoin")
+        assert again.returncode == 0 and "height 1" in again.stdout  # already running: left alone
+        assert (folder / "bitcoin" / "node.log").exists() and (folder / "bitcoin" / "data").is_dir()
+    finally:
+        down = run("nodes", "down", "--dir", str(folder))
+    assert down.returncode == 0
+    assert "bitcoin   stopped" in down.stdout and "ethereum  stopped" in down.stdout
+    assert "stopped" in run("nodes", "status", "--dir", str(folder)).stdout

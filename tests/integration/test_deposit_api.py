@@ -1,0 +1,75 @@
+"""GetDepositAddress, ListDeposits, GetBalances.pending and deposit events over gRPC."""
+import json
+
+import grpc
+import pytest
+
+from custody.v1 import custody_pb2 as pb
+from tests.support.bitcoin import CONFIRMATIONS
+from tests.support.servers import Clients, ServerThread
+
+
+@pytest.fixture
+def api(btc_app):
+    server = ServerThread(btc_app.config, btc_app)
+    clients = Clients(server.address)
+    yield clients
+    clients.close()
+    server.stop()
+
+
+def test_deposit_flow_over_grpc(api, btc_app, chain):
+    md = api.md()
+    account = api.custody.CreateAccount(pb.CreateAccountRequest(external_id="grpc-ann"), metadata=md).account_id
+    first = api.custody.GetDepositAddress(pb.GetDepositAddressRequest(account_id=account, chain="bitcoin"), metadata=md)
+    again = api.custody.GetDepositAddress(pb.GetDepositAddressRequest(account_id=account, chain="bitcoin"), metadata=md)
+    fresh = api.custody.GetDepositAddress(pb.GetDepositAddressRequest(account_id=account, chain="bitcoin",
+                                                                      new_address=True), metadata=md)
+    assert first.address == again.address != fresh.address
+    assert first.address.startswith("bcrt1q") and first.chain == "bitcoin" and first.account_id == account
+
+    txid, _ = chain.pay((btc_app.plugin("bitcoin").watch_key(first.address), 123_456))
+    chain.mine(1)
+    btc_app.scanner("bitcoin").catch_up()
+    (d,) = api.custody.ListDeposits(pb.ListDepositsRequest(account_id=account), metadata=md).deposits
+    assert (d.txid, d.index, d.address, d.amount, d.confirmations, d.status, d.asset, d.chain, d.coinbase) == (
+        txid, 0, first.address, "123456", 1, pb.DEPOSIT_STATUS_PENDING, "BTC", "bitcoin", False)
+    btc = {b.asset: b for b in api.custody.GetBalances(pb.GetBalancesRequest(account_id=account),
+                                                       metadata=md).balances}["BTC"]
+    assert (btc.available, btc.pending) == ("0", "123456")
+
+    chain.mine(CONFIRMATIONS - 1)
+    btc_app.scanner("bitcoin").catch_up()
+    (d,) = api.custody.ListDeposits(pb.ListDepositsRequest(account_id=account), metadata=md).deposits
+    assert (d.status, d.confirmations, d.block_height) == (pb.DEPOSIT_STATUS_CREDITED, CONFIRMATIONS,
+                                                          chain.height() - CONFIRMATIONS + 1)
+    btc = {b.asset: b for b in api.custody.GetBalances(pb.GetBalancesRequest(account_id=account),
+                                                       metadata=md).balances}["BTC"]
+    assert (btc.available, btc.pending) == ("123456", "0")
+
+    stream = api.custody.StreamEvents(pb.StreamEventsRequest(after_cursor=0), metadata=md, timeout=10)
+    seen = []
+    for event in stream:
+        seen.append((event.type, json.loads(event.payload)))
+        if event.type == "deposit.credited":
+            break
+    stream.cancel()
+    assert [s[0] for s in seen] == ["deposit.pending", "ledger.deposit", "deposit.credited"]
+    assert seen[2][1]["txid"] == txid and seen[2][1]["amount"] == "123456" and seen[2][1]["confirmations"] == 3
+
+
+def test_deposit_rpcs_refuse_bad_requests(api):
+    md = api.md()
+    with pytest.raises(grpc.RpcError) as err:
+        api.custody.GetDepositAddress(pb.GetDepositAddressRequest(account_id="999", chain="bitcoin"), metadata=md)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    account = api.custody.CreateAccount(pb.CreateAccountRequest(external_id="x"), metadata=md).account_id
+    with pytest.raises(grpc.RpcError) as err:
+        api.custody.GetDepositAddress(pb.GetDepositAddressRequest(account_id=account, chain="dogecoin"), metadata=md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown chain 'dogecoin'" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        api.custody.ListDeposits(pb.ListDepositsRequest(account_id="999"), metadata=md)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        api.custody.ListDeposits(pb.ListDepositsRequest(account_id=account), metadata=api.md("reviewer"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -1,0 +1,194 @@
+"""The scanner under failure: killed mid-scan, node outages, two instances,
+changed settings; and the raw parser against the node's own decoding."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select, text, update
+
+from chains.base import Watch
+from chains.bitcoin.blocks import parse_block
+from chains.bitcoin.regtest import RegtestMiner
+from custody.app import Custody
+from custody.db import schema as t
+from tests.support.bitcoin import (
+    CONFIRMATIONS,
+    chain_config,
+    deposit_key,
+    make_chain_config,
+    node_folder,
+    random_script,
+    spend,
+    start_node,
+)
+from tests.support.databases import ROOT
+
+
+def scanned_heights(app):
+    with app.engine.connect() as conn:
+        return [r.height for r in conn.execute(select(t.scanned_blocks.c.height).order_by(t.scanned_blocks.c.height))]
+
+
+def cursor_height(engine):
+    with engine.connect() as conn:
+        return conn.execute(select(t.scan_cursors.c.height)).scalar()
+
+
+def credited_once(app, expected: dict[int, int]):
+    with app.engine.connect() as conn:
+        batches = conn.execute(select(t.ledger_batches.c.reference).where(t.ledger_batches.c.kind == "deposit")).all()
+        deposits = conn.execute(select(t.deposits)).all()
+    assert len(batches) == len({b.reference for b in batches}) == len(deposits), "a deposit was credited twice"
+    assert all(d.status == "CREDITED" for d in deposits)
+    for account, amount in expected.items():
+        assert {b.asset: b for b in app.get_balances(str(account))[1]}["BTC"].available == amount
+
+
+def write_config(path, db_url, rpc_url, **chain):
+    settings = chain_config(rpc_url, **chain)
+    lines = ['[database]', f'url = "{db_url}"', '[[assets]]', 'asset = "BTC"', 'chain = "bitcoin"', 'decimals = 8',
+             f'confirmations = {CONFIRMATIONS}', '[chains.bitcoin]']
+    for key, value in settings.items():
+        lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_scanner_killed_mid_scan_resumes_with_no_gap_and_no_double_credit(db_url, chain, tmp_path):
+    config = make_chain_config(db_url, chain.rpc.url, blocks_per_commit=1, max_reorg_depth=5000)
+    app = Custody(config)
+    try:
+        app.scanner("bitcoin").catch_up()
+        start = cursor_height(app.engine)
+        accounts = [app.create_account(f"user-{i}").account_id for i in range(4)]
+        scripts = [app.plugin("bitcoin").watch_key(app.deposit_address(str(a), "bitcoin")[1]) for a in accounts]
+        expected = dict.fromkeys(accounts, 0)
+        for i in range(24):  # one deposit in each of 24 blocks, then many empty blocks
+            chain.pay((scripts[i % 4], 1_000 + i))
+            expected[accounts[i % 4]] += 1_000 + i
+            chain.mine(1)
+        chain.mine(400)
+        tip = chain.height()
+        config_file = write_config(tmp_path / "custody.toml", db_url, chain.rpc.url, blocks_per_commit=1,
+                                   max_reorg_depth=5000)
+        scan = subprocess.Popen([sys.executable, "-m", "custody.cli", "scan", "--config", str(config_file), "--once"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while (cursor_height(app.engine) or 0) < start + 30:
+            assert scan.poll() is None and time.monotonic() < deadline, scan.stderr.read().decode()[-2000:]
+            time.sleep(0.005)
+        os.kill(scan.pid, signal.SIGKILL)
+        scan.wait()
+        killed_at = cursor_height(app.engine)
+        assert start + 30 <= killed_at < tip, "the kill should land in the middle of the scan"
+
+        done = subprocess.run([sys.executable, "-m", "custody.cli", "scan", "--config", str(config_file), "--once"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert cursor_height(app.engine) == tip
+        assert scanned_heights(app) == list(range(start - 6, tip + 1)), "every block applied exactly once, in order"
+        credited_once(app, expected)
+    finally:
+        app.close()
+
+
+def test_a_node_outage_is_retried_with_backoff_and_no_block_is_skipped(db_url, tmp_path):
+    nodes = start_node(node_folder("outage"))
+    try:
+        rpc_url = nodes.rpc_url("bitcoin")
+        miner = RegtestMiner(__import__("chains.bitcoin.rpc", fromlist=["BitcoinRPC"]).BitcoinRPC(rpc_url))
+        miner.ensure_ready(spendable=3)
+        app = Custody(make_chain_config(db_url, rpc_url, rpc_retries=3, rpc_backoff_s=0.01, rpc_timeout_s=2))
+        now = [1000.0]
+        scanner = app.scanner("bitcoin")
+        scanner.clock = lambda: now[0]
+        sleeps = []
+        app.plugin("bitcoin").rpc.sleep = sleeps.append
+        try:
+            assert scanner.tick().status == "ok"
+            account = app.create_account("ann").account_id
+            script = app.plugin("bitcoin").watch_key(app.deposit_address(str(account), "bitcoin")[1])
+            miner.pay([(script, 5_000)])
+            miner.mine(1)
+            before = cursor_height(app.engine)
+
+            nodes.down(("bitcoin",))
+            first = scanner.tick()
+            assert first.status == "node unavailable" and "unreachable after 4 attempts" in first.detail
+            assert sleeps == [0.01, 0.02, 0.04], "the client retries with exponential backoff"
+            assert scanner.tick().status == "waiting", "the scanner itself backs off between runs"
+            now[0] += 1.0
+            assert scanner.tick().status == "node unavailable"
+            assert scanner.next_attempt - now[0] == 2.0  # doubled
+            assert cursor_height(app.engine) == before, "nothing moved while the node was away"
+
+            nodes.up(("bitcoin",))  # same data folder: the same chain comes back
+            miner.mine(CONFIRMATIONS)
+            now[0] += 2.0
+            assert scanner.tick().status == "ok"
+            assert cursor_height(app.engine) == miner.height()
+            heights = scanned_heights(app)
+            assert heights == list(range(heights[0], heights[-1] + 1))
+            credited_once(app, {account: 5_000})
+        finally:
+            app.close()
+    finally:
+        nodes.down()
+
+
+@pytest.mark.postgres_only
+def test_only_one_scanner_per_chain_runs_at_a_time_across_instances(pg_url, chain):
+    first = Custody(make_chain_config(pg_url, chain.rpc.url))
+    second = Custody(make_chain_config(pg_url, chain.rpc.url))
+    try:
+        first.scanner("bitcoin").catch_up()
+        chain.mine(2)
+        with first.engine.connect() as holder:
+            holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": first.scanner("bitcoin")._lock_key})
+            assert second.scanner("bitcoin").run_once().busy
+            holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": first.scanner("bitcoin")._lock_key})
+            holder.commit()
+        result = second.scanner("bitcoin").run_once()
+        assert not result.busy and result.applied == 2
+        assert first.scanner("bitcoin").run_once().applied == 0
+    finally:
+        first.close()
+        second.close()
+
+
+def test_changed_settings_stop_the_scanner_until_an_operator_acts(btc_app, chain):
+    """FAILURE_MODES 34: blocks scanned under one network/asset are not continued under another."""
+    with btc_app.engine.begin() as conn:
+        conn.execute(update(t.scan_cursors).values(config_digest="0" * 64))
+    chain.mine(1)
+    result = btc_app.scanner("bitcoin").tick()
+    assert result.status == "halted" and "changed since the cursor was stored" in result.detail
+
+
+def test_the_parser_agrees_with_the_nodes_own_decoding_of_a_varied_block(chain, btc_app):
+    """FAILURE_MODES 19 (golden block): every output of every transaction, matched on raw
+    scriptPubKey, with the txid, index and value the node reports."""
+    scripts = [random_script(), b"\x00\x20" + bytes(range(32)), b"\x51\x20" + bytes(range(32, 64)),
+               b"\x76\xa9\x14" + bytes(20) + b"\x88\xac", b"\xa9\x14" + bytes(range(20)) + b"\x87",
+               b"\x6a\x04test"]
+    account = btc_app.create_account("ann").account_id
+    address = btc_app.deposit_address(str(account), "bitcoin")[1]
+    txid, _ = chain.pay(*[(s, 1_000 + i) for i, s in enumerate(scripts)],
+                        (btc_app.plugin("bitcoin").watch_key(address), 70_000))
+    block_hash = chain.mine(1)[0]
+    chain.miner.send(spend((txid, 6), 70_000, deposit_key(0), random_script()))  # a segwit spend, next block
+    chain.mine(1)
+    for h in (block_hash, chain.rpc.call("getbestblockhash")):
+        decoded = chain.rpc.call("getblock", h, True, True)
+        expected = [(tx["txid"], out["n"], int(Decimal(out["value"]) * 100_000_000))
+                    for tx in decoded["tx"] for out in tx["vout"]]
+        keys = {bytes.fromhex(out["scriptPubKey"]["hex"]) for tx in decoded["tx"] for out in tx["vout"]}
+        parsed = parse_block(bytes.fromhex(chain.rpc.call("getblock", h, False)), decoded["height"], keys)
+        assert [(r.txid, r.index, r.amount) for r in parsed.receipts] == expected
+        assert parsed.hash == h and parsed.parent_hash == decoded["previousblockhash"]
+    spent = btc_app.plugin("bitcoin").fetch_block(decoded["height"], Watch(set(), {(txid, 6)}))
+    assert [(s.spent_txid, s.spent_index) for s in spent.spends] == [(txid, 6)]
