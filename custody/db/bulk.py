@@ -13,16 +13,24 @@ from typing import Sequence
 
 from sqlalchemy import BigInteger, Connection, String, Table, any_, bindparam, false, func, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import DBAPIError
 
 
 def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
     if not rows:
         return
     if conn.dialect.name == "postgresql":
+        statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
         cursor = conn.connection.driver_connection.cursor()
-        with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+        try:
+            with cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            # Raise what SQLAlchemy would have raised, so callers handle one
+            # family of database errors (IntegrityError, OperationalError...).
+            raise DBAPIError.instance(statement, None, exc, conn.dialect.loaded_dbapi.Error,
+                                      dialect=conn.dialect) from exc
         return
     processors = [(i, p) for i, p in enumerate(_processors(conn, table, tuple(columns))) if p]
     placeholders = ", ".join("?" for _ in columns)
