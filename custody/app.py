@@ -6,9 +6,14 @@ import concurrent.futures
 import re
 
 from custody import config as config_mod
+from chains import registry
+from chains.base import ChainError, ChainPlugin
 from custody.accounts import service as accounts
 from custody.db.engine import make_engine
 from custody.errors import InvalidArgument
+from custody.deposits import service as deposits
+from custody.deposits.model import Deposit
+from custody.deposits.scanner import Scanner
 from custody.events.journal import EventNotifier, read_after
 from custody.ledger.commands import BatchResult, Command, Idempotency
 from custody.ledger.engine import LedgerWriter
@@ -35,16 +40,71 @@ class Custody:
         self.notifier = EventNotifier()
         self.writer = LedgerWriter(self.engine, max_group=config.server.max_group_commit)
         self.writer.on_commit(self.notifier.notify)
+        self.chains: dict[str, ChainPlugin] = {c.name: _make_plugin(c) for c in config.chains}
+        self._scanners: dict[str, Scanner] = {}
+        self._jobs = None
 
     def close(self) -> None:
+        if self._jobs is not None:
+            self._jobs.stop()
         self.writer.close()
         self.engine.dispose()
+
+    # -- chains and deposits -------------------------------------------------
+    def plugin(self, chain: str) -> ChainPlugin:
+        if chain not in self.chains:
+            self.config.chain(chain)  # raises InvalidArgument naming the configured chains
+        return self.chains[chain]
+
+    def deposit_address(self, account_id: str, chain: str, new: bool = False) -> tuple[int, str]:
+        account = accounts.parse_account_id(account_id)
+        if not chain:
+            raise InvalidArgument("chain is required")
+        plugin = self.plugin(chain)
+        return account, deposits.deposit_address(self.engine, plugin, chain, self.config.chain(chain).deposit_xpub,
+                                                 account, new)
+
+    def list_deposits(self, account_id: str) -> tuple[int, list[Deposit]]:
+        account = accounts.parse_account_id(account_id)
+        return account, deposits.list_deposits(self.engine, account)
+
+    def scanner_names(self, only=None) -> list[str]:
+        names = [c.name for c in self.config.chains if c.scan]
+        if only:
+            unknown = set(only) - set(names)
+            if unknown:
+                raise config_mod.ConfigError(f"no scanned chain named {', '.join(sorted(unknown))}")
+            names = [n for n in names if n in only]
+        return names
+
+    def scanner(self, chain: str) -> Scanner:
+        """The one scanner of this process for chain (hot/cold addresses registered first)."""
+        if chain not in self._scanners:
+            cfg = self.config.chain(chain)
+            plugin = self.plugin(chain)
+            deposits.ensure_wallet_addresses(self.engine, plugin, chain, "hot", cfg.hot_xpub, cfg.wallet_addresses)
+            deposits.ensure_wallet_addresses(self.engine, plugin, chain, "cold", cfg.cold_xpub, cfg.wallet_addresses)
+            self._scanners[chain] = Scanner(self.engine, plugin, cfg, self.config.assets, notify=self.notifier.notify)
+        return self._scanners[chain]
+
+    def start_jobs(self, only=None) -> None:
+        """Starts the background jobs (the scanners of every chain with scan = true)."""
+        from custody.jobs.runner import JobRunner
+
+        if self._jobs is not None:
+            return
+        runner = JobRunner()
+        for name in self.scanner_names(only):
+            runner.add_scanner(self.scanner(name), self.config.chain(name).poll_interval_s)
+        runner.start()
+        self._jobs = runner
 
     # -- accounts -----------------------------------------------------------
     def create_account(self, external_id: str) -> accounts.Account:
         return accounts.create_account(self.engine, external_id)
 
     def get_balances(self, account_id: str) -> tuple[int, list[accounts.Balance]]:
+        """Available and held from the ledger; pending: deposits seen, not yet credited."""
         account = accounts.parse_account_id(account_id)
         return account, accounts.get_balances(self.engine, account, [a.asset for a in self.config.assets])
 
@@ -114,3 +174,23 @@ class Custody:
     # -- events -------------------------------------------------------------
     def events_after(self, cursor: int, limit: int = 500):
         return read_after(self.engine, cursor, limit)
+
+
+def _make_plugin(chain: config_mod.ChainConfig) -> ChainPlugin:
+    """The plugin for a [chains.<name>] section, its keys checked now so a bad
+    config stops the server at start (exit 2), not at the first deposit."""
+    where = f"chains.{chain.name}"
+    try:
+        plugin = registry.create(chain.name, chain.settings)
+    except registry.UnknownChain as exc:
+        raise config_mod.ConfigError(f"{where}: {exc}") from None
+    except ValueError as exc:
+        raise config_mod.ConfigError(f"{where}: {exc}") from None
+    for key in ("deposit_xpub", "hot_xpub", "cold_xpub"):
+        xpub = getattr(chain, key)
+        if xpub:
+            try:
+                plugin.derive_address(xpub, 0)
+            except ChainError as exc:
+                raise config_mod.ConfigError(f"{where}.{key}: {exc}") from None
+    return plugin

@@ -31,6 +31,26 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--config", required=True)
     check.set_defaults(run=_admin_check)
 
+    nodes = sub.add_parser("nodes", help="local regtest/dev chain nodes (bcoin, anvil) for development and tests")
+    nodes_sub = nodes.add_subparsers(dest="nodes_command", required=True)
+    for name, help_text in (("up", "start the nodes that are not running"), ("down", "stop the nodes"),
+                            ("status", "show which nodes run, their heights and RPC URLs")):
+        p = nodes_sub.add_parser(name, help=help_text)
+        p.add_argument("--dir", default=None, help="folder for node data and logs (default var/nodes)")
+        p.add_argument("--only", choices=["bitcoin", "ethereum"], action="append",
+                       help="act on this node only (repeatable)")
+        if name == "up":
+            p.add_argument("--bitcoin-port", type=int, default=None, help="bcoin JSON-RPC port (default 18443)")
+            p.add_argument("--ethereum-port", type=int, default=None, help="anvil JSON-RPC port (default 8545)")
+            p.add_argument("--fresh", action="store_true", help="wipe the nodes' data first")
+        p.set_defaults(run=_nodes)
+
+    scan = sub.add_parser("scan", help="run the chain scanners without the gRPC server")
+    scan.add_argument("--config", required=True)
+    scan.add_argument("--chain", action="append", help="scan this chain only (repeatable)")
+    scan.add_argument("--once", action="store_true", help="catch up to the tip once, then exit")
+    scan.set_defaults(run=_scan)
+
     token = sub.add_parser("token", help="make a new client token and the SHA-256 to put in the config")
     token.set_defaults(run=_token)
 
@@ -75,6 +95,56 @@ def _admin_check(args) -> int:
         engine.dispose()
     print(report.render())
     return 0 if report.ok else 1
+
+
+def _nodes(args) -> int:
+    from chains.nodes import DEFAULT_DIR, KINDS, NodeStartError, Nodes
+
+    ports = {}
+    if getattr(args, "bitcoin_port", None):
+        ports["bitcoin"] = args.bitcoin_port
+    if getattr(args, "ethereum_port", None):
+        ports["ethereum"] = args.ethereum_port
+    nodes = Nodes(args.dir or DEFAULT_DIR, ports)
+    kinds = tuple(args.only or KINDS)
+    try:
+        if args.nodes_command == "up":
+            statuses = nodes.up(kinds, fresh=args.fresh)
+        elif args.nodes_command == "down":
+            statuses = nodes.down(kinds)
+        else:
+            statuses = nodes.status(kinds)
+    except NodeStartError as exc:
+        print(f"custody: {exc}", file=sys.stderr)
+        return 1
+    for status in statuses:
+        print(status.render())
+    return 0
+
+
+def _scan(args) -> int:
+    from custody.app import Custody
+    from custody.db.migrate import upgrade
+
+    config = config_mod.load(args.config)
+    upgrade(config.database_url)
+    app = Custody(config)
+    try:
+        if args.once:
+            for name in app.scanner_names(args.chain):
+                app.scanner(name).catch_up()
+            return 0
+        app.start_jobs(args.chain)
+        import signal
+        import threading
+
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        return 0
+    finally:
+        app.close()
 
 
 def _token(args) -> int:

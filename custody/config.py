@@ -53,11 +53,45 @@ class ServerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ChainConfig:
+    """A `[chains.<name>]` section: one chain plugin, its node and its keys.
+
+    settings is the whole section as written, handed to the plugin, which
+    reads its own keys (rpc_url, network, timeouts...)."""
+
+    name: str
+    network: str
+    rpc_url: str
+    deposit_xpub: str
+    hot_xpub: str = ""
+    cold_xpub: str = ""
+    # Hot and cold receive addresses registered (and so watched) up front.
+    wallet_addresses: int = 20
+    # First height to scan when no cursor is stored yet; None: the tip at first start.
+    start_height: int | None = None
+    scan: bool = True
+    poll_interval_s: float = 5.0
+    # Blocks a scanner applies per database transaction (and fetches per RPC batch).
+    blocks_per_commit: int = 16
+    # A reorg deeper than this stops the scanner with an alert instead of unwinding.
+    max_reorg_depth: int = 100
+    settings: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     database_url: str
     server: ServerConfig
     clients: tuple[ClientConfig, ...]
     assets: tuple[AssetConfig, ...]
+    chains: tuple[ChainConfig, ...] = ()
+
+    def chain(self, name: str) -> ChainConfig:
+        for c in self.chains:
+            if c.name == name:
+                return c
+        raise InvalidArgument(f"unknown chain {name[:32]!r}"
+                              + (f"; configured: {', '.join(c.name for c in self.chains)}" if self.chains else ""))
 
     def asset(self, name: str) -> AssetConfig:
         for a in self.assets:
@@ -110,6 +144,7 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
         server=server,
         clients=tuple(_client(c, i) for i, c in enumerate(raw.get("clients", []))),
         assets=_assets(raw.get("assets", [])),
+        chains=_chains(raw.get("chains", {})),
     )
 
 
@@ -166,4 +201,44 @@ def _assets(items: list[dict]) -> tuple[AssetConfig, ...]:
                 daily_withdrawal_limit=amount("daily_withdrawal_limit", MAX_AMOUNT),
             )
         )
+    return tuple(out)
+
+
+def _chains(section: dict) -> tuple[ChainConfig, ...]:
+    if not isinstance(section, dict):
+        raise ConfigError("chains: must be a table of [chains.<name>] sections")
+    out = []
+    for name, raw in section.items():
+        where = f"chains.{name}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: must be a table")
+        for key in ("network", "rpc_url", "deposit_xpub"):
+            if not isinstance(raw.get(key), str) or not raw[key]:
+                raise ConfigError(f"{where}: {key} is required")
+
+        def number(key, default, kind=int, minimum=0):
+            value = raw.get(key, default)
+            if value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or kind is int and not isinstance(value, int):
+                raise ConfigError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'}")
+            if value < minimum:
+                raise ConfigError(f"{where}: {key} must be at least {minimum}")
+            return kind(value)
+
+        out.append(ChainConfig(
+            name=name,
+            network=raw["network"],
+            rpc_url=raw["rpc_url"],
+            deposit_xpub=raw["deposit_xpub"],
+            hot_xpub=raw.get("hot_xpub", ""),
+            cold_xpub=raw.get("cold_xpub", ""),
+            wallet_addresses=number("wallet_addresses", 20),
+            start_height=number("start_height", None),
+            scan=bool(raw.get("scan", True)),
+            poll_interval_s=number("poll_interval_s", 5.0, float, 0.01),
+            blocks_per_commit=number("blocks_per_commit", 16, int, 1),
+            max_reorg_depth=number("max_reorg_depth", 100, int, 1),
+            settings=dict(raw),
+        ))
     return tuple(out)

@@ -73,3 +73,33 @@ def clients(server):
     c = Clients(server.address)
     yield c
     c.close()
+
+
+# -- Bitcoin: one real bcoin regtest node per worker (tests/support/bitcoin.py) ----------------
+@pytest.fixture(scope="session")
+def bitcoin_node():
+    from tests.support.bitcoin import node_folder, start_node
+
+    nodes = start_node(node_folder("session"))
+    yield nodes
+    nodes.down()
+
+
+@pytest.fixture(scope="session")
+def chain(bitcoin_node):
+    from tests.support.bitcoin import Chain
+
+    c = Chain(bitcoin_node.rpc_url("bitcoin"))
+    c.miner.ensure_ready(spendable=150)
+    return c
+
+
+@pytest.fixture
+def btc_app(db_url, chain):
+    """The custody app on a fresh database, its Bitcoin scanner starting at the current tip."""
+    from tests.support.bitcoin import make_chain_config
+
+    custody = Custody(make_chain_config(db_url, chain.rpc.url))
+    custody.scanner("bitcoin").catch_up()
+    yield custody
+    custody.close()

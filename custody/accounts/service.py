@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from custody.db import schema as t
 from custody.db.engine import is_postgres, read_transaction, write_transaction
+from custody.deposits.store import pending_by_asset
 from custody.errors import InvalidArgument, NotFound
 from custody.ledger.model import user_available, user_held
 
@@ -75,9 +76,10 @@ def get_balances(engine: Engine, account_id: int, assets: list[str]) -> list[Bal
         rows = conn.execute(
             select(la.c.code, la.c.asset, la.c.debits, la.c.credits).where(la.c.account_id == account_id)
         ).all()
+        pending = pending_by_asset(conn, account_id)
     totals = {(r.code, r.asset): r.credits - r.debits for r in rows}
     available, held = user_available(account_id), user_held(account_id)
     return [
-        Balance(asset, totals.get((available, asset), 0), totals.get((held, asset), 0), 0)
+        Balance(asset, totals.get((available, asset), 0), totals.get((held, asset), 0), pending.get(asset, 0))
         for asset in assets
     ]

@@ -7,6 +7,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -124,4 +125,101 @@ event_sequence = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("last_cursor", BigInteger, nullable=False),
+)
+
+# -- chains and deposits (issue 3) ---------------------------------------------------------
+
+# Every address the service owns on a chain: user deposit addresses and the
+# exchange's hot and cold wallet addresses. An address is never reassigned.
+# watch_key is what the scanner matches in blocks (Bitcoin: the scriptPubKey).
+chain_addresses = Table(
+    "chain_addresses",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("chain", String(32), nullable=False),
+    Column("wallet", String(16), nullable=False),  # deposit, hot, cold
+    # BIP32 path under the wallet's account key: <branch>/<key_index>, branch 0 receive, 1 change.
+    Column("branch", Integer, nullable=False),
+    Column("key_index", BigInteger, nullable=False),
+    Column("address", String(128), nullable=False),
+    Column("watch_key", LargeBinary, nullable=False),
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=True),  # deposit addresses only
+    # The scanner's height when the address was issued; blocks above it are scanned with it watched.
+    Column("created_height", BigInteger, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("chain", "address", name="uq_chain_addresses_chain_address"),
+    UniqueConstraint("chain", "wallet", "branch", "key_index", name="uq_chain_addresses_chain_wallet_path"),
+    Index("ix_chain_addresses_account_chain", "account_id", "chain"),
+)
+
+# A payment to a deposit address, one per (chain, txid, output or log index).
+# PENDING -> CREDITED at the asset's confirmations; ORPHANED if its block is
+# dropped before that (PENDING again if re-mined); REVERSED if dropped after.
+deposits = Table(
+    "deposits",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("chain", String(32), nullable=False),
+    Column("txid", String(80), nullable=False),
+    Column("output_index", Integer, nullable=False),
+    Column("address_id", Id, ForeignKey("chain_addresses.id"), nullable=False),
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=False),
+    Column("asset", String(16), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("coinbase", Boolean, nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("block_height", BigInteger, nullable=True),
+    Column("block_hash", String(80), nullable=True),
+    Column("credit_batch_id", String(32), nullable=True),
+    Column("reversal_batch_id", String(32), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("chain", "txid", "output_index", name="uq_deposits_chain_txid_index"),
+    Index("ix_deposits_account_id", "account_id"),
+    Index("ix_deposits_chain_status", "chain", "status"),
+)
+
+# The service's own UTXO set (UTXO chains): every output paying an address in
+# chain_addresses, and the transaction that spent it. Rows of blocks dropped
+# by a reorg are deleted (outputs) or un-spent (spends).
+utxos = Table(
+    "utxos",
+    metadata,
+    Column("chain", String(32), nullable=False),
+    Column("txid", String(80), nullable=False),
+    Column("output_index", Integer, nullable=False),
+    Column("address_id", Id, ForeignKey("chain_addresses.id"), nullable=False),
+    Column("wallet", String(16), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("coinbase", Boolean, nullable=False),
+    Column("block_height", BigInteger, nullable=False),
+    Column("block_hash", String(80), nullable=False),
+    Column("spent_txid", String(80), nullable=True),
+    Column("spent_height", BigInteger, nullable=True),
+    PrimaryKeyConstraint("chain", "txid", "output_index", name="pk_utxos"),
+    Index("ix_utxos_chain_wallet_spent", "chain", "wallet", "spent_txid"),
+)
+
+# Where each chain's scanner is: the last block it applied. config_digest
+# fingerprints the settings that decide what a block means (network, keys);
+# a scanner refuses to go on under different ones (FAILURE_MODES 34).
+scan_cursors = Table(
+    "scan_cursors",
+    metadata,
+    Column("chain", String(32), primary_key=True),
+    Column("height", BigInteger, nullable=False),
+    Column("hash", String(80), nullable=False),
+    Column("config_digest", String(64), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# The recent blocks each scanner applied, to find the fork point of a reorg.
+scanned_blocks = Table(
+    "scanned_blocks",
+    metadata,
+    Column("chain", String(32), nullable=False),
+    Column("height", BigInteger, nullable=False),
+    Column("hash", String(80), nullable=False),
+    Column("parent_hash", String(80), nullable=False),
+    PrimaryKeyConstraint("chain", "height", name="pk_scanned_blocks"),
 )

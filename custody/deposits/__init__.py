@@ -1,0 +1,1 @@
+"""Deposits: addresses issued to users, block scanning, PENDING -> CREDITED, reorgs."""

@@ -1,0 +1,52 @@
+"""Deposit rules with no database: statuses, the confirmation count, when to credit."""
+from __future__ import annotations
+
+import dataclasses
+
+PENDING = "PENDING"  # seen in a block on the best chain; shown, not spendable
+CREDITED = "CREDITED"  # reached its confirmations; the ledger credited the user
+ORPHANED = "ORPHANED"  # its block left the best chain before it was credited
+REVERSED = "REVERSED"  # its block left the best chain after it was credited
+STATUSES = (PENDING, CREDITED, ORPHANED, REVERSED)
+
+DEPOSIT_WALLET = "deposit"
+WALLETS = ("deposit", "hot", "cold")
+
+
+def confirmations(view_height: int, block_height: int | None) -> int:
+    """Depth of a block as the scanner sees the chain: 1 for the block at its
+    cursor. Never negative, whatever a reorg did (FAILURE_MODES 30)."""
+    if block_height is None:
+        return 0
+    return max(0, view_height - block_height + 1)
+
+
+def required_confirmations(asset_confirmations: int, coinbase: bool, coinbase_maturity: int) -> int:
+    """Confirmations before a deposit is credited. A coinbase output is spendable
+    only in a block at depth maturity+1 (Bitcoin: 101), so it waits at least
+    that long whatever the asset says (FAILURE_MODES 17)."""
+    required = max(1, asset_confirmations)
+    if coinbase and coinbase_maturity:
+        required = max(required, coinbase_maturity + 1)
+    return required
+
+
+def credit_due(block_height: int, view_height: int, required: int) -> bool:
+    return confirmations(view_height, block_height) >= required
+
+
+@dataclasses.dataclass(frozen=True)
+class Deposit:
+    deposit_id: int
+    account_id: int
+    chain: str
+    asset: str
+    txid: str
+    index: int
+    address: str
+    amount: int
+    confirmations: int
+    status: str
+    block_height: int | None
+    block_hash: str | None
+    coinbase: bool

@@ -1,0 +1,421 @@
+"""One scanner per chain: follows the chain block by block from a stored cursor.
+
+Per run: read the node's tip, refresh the watched set (so every address
+issued before that tip is watched), then fetch blocks after the cursor and
+apply them. Applying a group of blocks is one database transaction: deposits
+and UTXOs recorded, due deposits credited through the ledger, the blocks
+remembered and the cursor moved (compare-and-set), all or nothing. A crash
+at any moment leaves the cursor at the last group that committed; the next
+run continues from there with no gap and no double credit (FAILURE_MODES 16,
+18).
+
+A block whose parent is not the cursor (or a cursor no longer on the best
+chain) means a reorg: walk back through the remembered blocks to the fork,
+then in one transaction orphan the pending deposits above it, reverse the
+credited ones (flagged ledger correction, account frozen, alert event), and
+unwind the UTXO set (FAILURE_MODES 6).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import threading
+import time
+
+import structlog
+from sqlalchemy import Engine, text
+
+from chains.base import Block, BlockNotFound, ChainError, ChainPlugin, NodeUnavailable, Watch
+from custody.config import AssetConfig, ChainConfig
+from custody.db.engine import is_postgres, read_transaction, write_transaction
+from custody.deposits import store
+from custody.deposits.model import (
+    CREDITED,
+    DEPOSIT_WALLET,
+    ORPHANED,
+    PENDING,
+    REVERSED,
+    confirmations,
+    credit_due,
+    required_confirmations,
+)
+from custody.deposits.store import Cursor
+from custody.ledger.commands import BatchResult, Command
+from custody.ledger.engine import AccountIds, apply_commands
+from custody.ledger.model import Posting, user_available, wallet
+
+log = structlog.get_logger("custody.scanner")
+stdlog = logging.getLogger(__name__)
+
+
+# Blocks below the starting cursor remembered when a scanner first starts.
+START_HISTORY = 6
+
+
+class ScannerHalted(Exception):
+    """The scanner must not go on without an operator (deep reorg, changed settings)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    applied: int = 0
+    reorgs: int = 0
+    height: int | None = None
+    busy: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TickResult:
+    status: str  # "ok", "busy", "waiting", "node unavailable", "halted", "error"
+    applied: int = 0
+    detail: str = ""
+
+
+class Scanner:
+    # Backoff between failed runs: base * 2^failures, capped.
+    BACKOFF_BASE_S = 1.0
+    BACKOFF_MAX_S = 60.0
+
+    def __init__(self, engine: Engine, plugin: ChainPlugin, config: ChainConfig, assets: tuple[AssetConfig, ...],
+                 notify=None, clock=time.monotonic):
+        self.engine = engine
+        self.plugin = plugin
+        self.config = config
+        self.chain = config.name
+        native = [a for a in assets if a.chain == self.chain and not a.contract]
+        if not native:
+            raise ValueError(f"no [[assets]] entry for the native asset of chain {self.chain!r} (chain = "
+                             f"\"{self.chain}\", no contract)")
+        self.asset = native[0]
+        self.digest = hashlib.sha256(f"{self.chain}|{plugin.params.network}|{self.asset.asset}".encode()).hexdigest()
+        self.notify = notify
+        self.clock = clock
+        self.ids = AccountIds()
+        self.keys: dict[bytes, int] = {}  # watch key -> chain_addresses.id
+        self._last_address_id = 0
+        self.outpoints: set[tuple[str, int]] | None = None  # unspent outputs we own
+        self._mutex = threading.Lock()
+        self.failures = 0
+        self.next_attempt = 0.0
+        self._lock_key = int.from_bytes(hashlib.sha256(f"custody.scan.{self.chain}".encode()).digest()[:8],
+                                        "big", signed=True)
+
+    # -- entry points --------------------------------------------------------------------
+    def tick(self, max_blocks: int | None = None) -> TickResult:
+        """One scheduled run: never raises; after a failure it waits longer each time."""
+        if self.clock() < self.next_attempt:
+            return TickResult("waiting")
+        try:
+            result = self.run_once(max_blocks)
+        except NodeUnavailable as exc:
+            return self._failed("node unavailable", exc, logging.WARNING)
+        except ScannerHalted as exc:
+            return self._failed("halted", exc, logging.ERROR)
+        except Exception as exc:  # a bug or a database outage: keep the job alive, retry later
+            stdlog.exception("scanner %s failed", self.chain)
+            return self._failed("error", exc, logging.ERROR)
+        self.failures = 0
+        self.next_attempt = 0.0
+        return TickResult("busy" if result.busy else "ok", result.applied)
+
+    def catch_up(self) -> RunResult:
+        """Runs until the cursor is at the node's tip (raises on failure)."""
+        total = RunResult()
+        while True:
+            result = self.run_once()
+            total = RunResult(total.applied + result.applied, total.reorgs + result.reorgs, result.height)
+            if result.busy or result.applied == 0:
+                return total
+
+    def run_once(self, max_blocks: int | None = None) -> RunResult:
+        """Applies blocks from the cursor up to the tip read at the start (or max_blocks)."""
+        if not self._mutex.acquire(blocking=False):
+            return RunResult(busy=True)
+        try:
+            with self._exclusive() as mine:
+                if not mine:
+                    return RunResult(busy=True)
+                return self._run(max_blocks)
+        finally:
+            self._mutex.release()
+
+    # -- the loop --------------------------------------------------------------------------
+    def _run(self, max_blocks: int | None) -> RunResult:
+        cursor = self._cursor()
+        applied = reorgs = 0
+        while max_blocks is None or applied < max_blocks:
+            tip = self.plugin.tip()
+            self._refresh_watch()  # after the tip: every address issued before it is watched
+            if cursor.height >= tip.height and (cursor.height, cursor.hash) != (tip.height, tip.hash):
+                if cursor.height > tip.height or self.plugin.block_hash(cursor.height) != cursor.hash:
+                    cursor = self._unwind(cursor, tip)
+                    reorgs += 1
+                    continue
+            if cursor.height >= tip.height:
+                break
+            count = min(self.config.blocks_per_commit, tip.height - cursor.height)
+            if max_blocks is not None:
+                count = min(count, max_blocks - applied)
+            try:
+                blocks = self.plugin.fetch_blocks(cursor.height + 1, count, Watch(self.keys, self.outpoints))
+            except BlockNotFound:
+                continue  # the chain changed under us: read the tip again
+            linked = _linked(cursor, blocks)
+            if not linked:
+                if blocks:
+                    cursor = self._unwind(cursor, tip)
+                    reorgs += 1
+                continue
+            cursor = self._apply(cursor, linked)
+            applied += len(linked)
+        return RunResult(applied, reorgs, cursor.height)
+
+    def _cursor(self) -> Cursor:
+        with read_transaction(self.engine) as conn:
+            cursor = store.load_cursor(conn, self.chain)
+        if cursor is not None:
+            if cursor.config_digest != self.digest:
+                raise ScannerHalted(
+                    f"{self.chain}: the network or asset changed since the cursor was stored; blocks already "
+                    "scanned were read under other settings. Restore the settings, or reindex explicitly.")
+            return cursor
+        if self.config.start_height is not None:
+            height = max(0, self.config.start_height - 1)
+            start = Cursor(height, self.plugin.block_hash(height), self.digest)
+        else:
+            tip = self.plugin.tip()
+            start = Cursor(tip.height, tip.hash, self.digest)
+        # Remember a few blocks below the start too, so that a reorg of the
+        # starting block itself can be unwound like any other.
+        below = [(h, self.plugin.block_hash(h), "") for h in range(max(0, start.height - START_HISTORY), start.height)]
+        with write_transaction(self.engine) as conn:
+            if store.load_cursor(conn, self.chain) is None:
+                store.create_cursor(conn, self.chain, start)
+                store.record_blocks(conn, self.chain, [*below, (start.height, start.hash, "")],
+                                    self.config.max_reorg_depth)
+                log.info("scan cursor created", chain=self.chain, height=start.height, hash=start.hash)
+        return self._cursor()
+
+    def _refresh_watch(self) -> None:
+        with read_transaction(self.engine) as conn:
+            for address_id, key in store.addresses_after(conn, self.chain, self._last_address_id):
+                self.keys[key] = address_id
+                self._last_address_id = address_id
+            if self.outpoints is None:
+                self.outpoints = store.unspent_outpoints(conn, self.chain)
+
+    # -- applying blocks -----------------------------------------------------------------------
+    def _apply(self, cursor: Cursor, blocks: list[Block]) -> Cursor:
+        new_cursor = Cursor(blocks[-1].height, blocks[-1].hash, self.digest)
+        view = new_cursor.height
+        events: list[tuple[str, dict]] = []
+        new_outpoints, spent_outpoints = [], []
+        try:
+            with write_transaction(self.engine) as conn:
+                current = store.load_cursor(conn, self.chain, for_update=True)
+                if current is None or (current.height, current.hash) != (cursor.height, cursor.hash):
+                    raise store.CursorMoved(f"{self.chain}: cursor moved by another scanner")
+                owners = store.address_rows(conn, {self.keys[r.watch_key] for b in blocks for r in b.receipts})
+                existing = store.deposits_by_key(conn, self.chain, [(r.txid, r.index) for b in blocks
+                                                                    for r in b.receipts])
+                utxo_rows, spends = [], []
+                for block in blocks:
+                    for r in block.receipts:
+                        owner = owners[self.keys[r.watch_key]]
+                        utxo_rows.append({
+                            "chain": self.chain, "txid": r.txid, "output_index": r.index, "address_id": owner["id"],
+                            "wallet": owner["wallet"], "amount": r.amount, "coinbase": r.coinbase,
+                            "block_height": block.height, "block_hash": block.hash})
+                        new_outpoints.append((r.txid, r.index))
+                        if owner["wallet"] == DEPOSIT_WALLET and not r.asset_contract:
+                            events.append(self._record_deposit(conn, block, r, owner, existing.get((r.txid, r.index)),
+                                                               view))
+                    for s in block.spends:
+                        spends.append((s.spent_txid, s.spent_index, s.txid, block.height))
+                        spent_outpoints.append((s.spent_txid, s.spent_index))
+                store.add_utxos(conn, utxo_rows)
+                store.spend_utxos(conn, self.chain, spends)
+                events += self._credit_due(conn, view)
+                store.record_blocks(conn, self.chain, [(b.height, b.hash, b.parent_hash) for b in blocks],
+                                    self.config.max_reorg_depth)
+                store.move_cursor(conn, self.chain, cursor, new_cursor)
+                last_event = store.emit_events(conn, events)
+        except BaseException:
+            self.ids.rollback()
+            raise
+        self.ids.commit()
+        self.outpoints.update(new_outpoints)
+        self.outpoints.difference_update(spent_outpoints)
+        self._notify(last_event)
+        return new_cursor
+
+    def _record_deposit(self, conn, block: Block, receipt, owner: dict, existing: dict | None,
+                        view: int) -> tuple[str, dict]:
+        where = {"status": PENDING, "block_height": block.height, "block_hash": block.hash}
+        if existing is None:
+            deposit_id = store.insert_deposit(
+                conn, chain=self.chain, txid=receipt.txid, output_index=receipt.index, address_id=owner["id"],
+                account_id=owner["account_id"], asset=self.asset.asset, amount=receipt.amount,
+                coinbase=receipt.coinbase, **where)
+            row = {"id": deposit_id, "account_id": owner["account_id"], "amount": receipt.amount}
+        elif existing["status"] in (ORPHANED, REVERSED):  # re-mined after a reorg: same key, same deposit
+            store.set_deposit(conn, existing["id"], **where)
+            row = existing
+        else:
+            raise ScannerHalted(f"{self.chain}: deposit {receipt.txid}:{receipt.index} is {existing['status']} "
+                                f"in block {existing['block_hash']} yet appears again in {block.hash}")
+        return "deposit.pending", self._payload(row["id"], row["account_id"], receipt.txid, receipt.index,
+                                                row["amount"], PENDING, block.height, block.hash, view)
+
+    def _credit_due(self, conn, view: int) -> list[tuple[str, dict]]:
+        due = [d for d in store.pending_deposits(conn, self.chain)
+               if credit_due(d["block_height"], view, required_confirmations(
+                   self.asset.confirmations, d["coinbase"], self.plugin.params.coinbase_maturity))]
+        if not due:
+            return []
+        commands = [Command(
+            kind="deposit", actor=f"scanner:{self.chain}",
+            postings=(Posting(d["asset"], wallet(self.chain, DEPOSIT_WALLET), user_available(d["account_id"]),
+                              d["amount"]),),
+            reference=f"deposit:{d['id']}", memo=f"{d['txid']}:{d['output_index']}",
+            must_exist=(d["account_id"],)) for d in due]
+        results = apply_commands(conn, commands, self.ids)
+        events = []
+        for d, result in zip(due, results):
+            if not isinstance(result, BatchResult):
+                raise ScannerHalted(f"{self.chain}: crediting deposit {d['id']} failed: {result}")
+            store.set_deposit(conn, d["id"], status=CREDITED, credit_batch_id=result.batch_id)
+            events.append(("deposit.credited", self._payload(
+                d["id"], d["account_id"], d["txid"], d["output_index"], d["amount"], CREDITED, d["block_height"],
+                d["block_hash"], view, batch_id=result.batch_id)))
+            log.info("deposit credited", chain=self.chain, deposit_id=d["id"], account_id=d["account_id"],
+                     amount=str(d["amount"]), txid=d["txid"], index=d["output_index"])
+        return events
+
+    # -- reorgs ----------------------------------------------------------------------------------
+    def _unwind(self, cursor: Cursor, tip) -> Cursor:
+        with read_transaction(self.engine) as conn:
+            remembered = store.recent_blocks(conn, self.chain, self.config.max_reorg_depth + 1)
+        fork = None
+        for height, block_hash in remembered:
+            if height <= tip.height and self.plugin.block_hash(height) == block_hash:
+                fork = Cursor(height, block_hash, self.digest)
+                break
+        if fork is None:
+            log.error("ALERT reorg deeper than the scanner can unwind", chain=self.chain, cursor=cursor.height,
+                      max_reorg_depth=self.config.max_reorg_depth)
+            raise ScannerHalted(f"{self.chain}: no block remembered below height {cursor.height} is on the best "
+                                f"chain any more (reorg deeper than {self.config.max_reorg_depth}); halting")
+        events: list[tuple[str, dict]] = []
+        try:
+            with write_transaction(self.engine) as conn:
+                dropped = store.deposits_above(conn, self.chain, fork.height)
+                reversals = []
+                for d in dropped:
+                    if d["status"] == PENDING:
+                        store.set_deposit(conn, d["id"], status=ORPHANED)
+                        events.append(("deposit.orphaned", self._payload(
+                            d["id"], d["account_id"], d["txid"], d["output_index"], d["amount"], ORPHANED,
+                            d["block_height"], d["block_hash"], fork.height)))
+                    else:
+                        reversals.append(d)
+                events += self._reverse(conn, reversals, cursor, fork)
+                store.unwind_utxos(conn, self.chain, fork.height)
+                store.move_cursor(conn, self.chain, cursor, fork)
+                last_event = store.emit_events(conn, events)
+        except BaseException:
+            self.ids.rollback()
+            raise
+        self.ids.commit()
+        self.outpoints = None  # reloaded from the unwound UTXO set on the next refresh
+        self._refresh_watch()
+        log.warning("reorg unwound", chain=self.chain, from_height=cursor.height, from_hash=cursor.hash,
+                    fork_height=fork.height, fork_hash=fork.hash, depth=cursor.height - fork.height,
+                    orphaned=sum(1 for e in events if e[0] == "deposit.orphaned"),
+                    reversed=sum(1 for e in events if e[0] == "deposit.reversed"))
+        self._notify(last_event)
+        return fork
+
+    def _reverse(self, conn, credited: list[dict], cursor: Cursor, fork: Cursor) -> list[tuple[str, dict]]:
+        """Credited deposits whose block is gone: a flagged compensating transfer,
+        the account frozen for withdrawals, an alert."""
+        if not credited:
+            return []
+        reason = (f"reorg at {self.chain} height {fork.height + 1}..{cursor.height} dropped credited deposits")
+        commands = [Command(
+            kind="deposit_reversal", actor=f"scanner:{self.chain}",
+            postings=(Posting(d["asset"], user_available(d["account_id"]), wallet(self.chain, DEPOSIT_WALLET),
+                              d["amount"]),),
+            reference=f"deposit:{d['id']}", memo=f"{d['txid']}:{d['output_index']}: {reason}",
+            flagged=True) for d in credited]
+        for d in credited:
+            store.freeze_account(conn, d["account_id"], f"deposit {d['id']} reversed: {reason}")
+        results = apply_commands(conn, commands, self.ids)
+        events = []
+        for d, result in zip(credited, results):
+            if not isinstance(result, BatchResult):
+                raise ScannerHalted(f"{self.chain}: reversing deposit {d['id']} failed: {result}")
+            store.set_deposit(conn, d["id"], status=REVERSED, reversal_batch_id=result.batch_id)
+            payload = self._payload(d["id"], d["account_id"], d["txid"], d["output_index"], d["amount"], REVERSED,
+                                    d["block_height"], d["block_hash"], fork.height, batch_id=result.batch_id)
+            events.append(("deposit.reversed", payload))
+            events.append(("alert.deposit_reversed", {**payload, "account_frozen": True, "reason": reason}))
+            log.error("ALERT credited deposit reversed by a reorg; account frozen", chain=self.chain,
+                      deposit_id=d["id"], account_id=d["account_id"], amount=str(d["amount"]), txid=d["txid"],
+                      index=d["output_index"], batch_id=result.batch_id)
+        return events
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _payload(self, deposit_id, account_id, txid, index, amount, status, block_height, block_hash, view,
+                 **extra) -> dict:
+        return {"deposit_id": str(deposit_id), "account_id": str(account_id), "chain": self.chain,
+                "asset": self.asset.asset, "txid": txid, "index": index, "amount": str(amount), "status": status,
+                "block_height": block_height, "block_hash": block_hash,
+                "confirmations": confirmations(view, block_height) if status in (PENDING, CREDITED) else 0,
+                **extra}
+
+    def _notify(self, last_event: int | None) -> None:
+        if last_event is not None and self.notify is not None:
+            self.notify(last_event)
+
+    def _failed(self, status: str, exc: Exception, level: int) -> TickResult:
+        self.failures += 1
+        delay = min(self.BACKOFF_BASE_S * 2 ** (self.failures - 1), self.BACKOFF_MAX_S)
+        self.next_attempt = self.clock() + delay
+        log.log(level, "scanner run failed", chain=self.chain, status=status, error=str(exc),
+                failures=self.failures, retry_in_s=delay)
+        return TickResult(status, 0, str(exc))
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """On PostgreSQL, an advisory lock so that one scanner per chain runs
+        across all instances (DESIGN 6). SQLite serves one process; the cursor's
+        compare-and-set protects either way."""
+        if not is_postgres(self.engine):
+            yield True
+            return
+        with self.engine.connect() as conn:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._lock_key}).scalar()
+            conn.commit()
+            try:
+                yield bool(got)
+            finally:
+                if got:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._lock_key})
+                    conn.commit()
+
+
+def _linked(cursor: Cursor, blocks: list[Block]) -> list[Block]:
+    """The leading blocks that extend the cursor one parent at a time."""
+    out, parent = [], cursor.hash
+    for block in blocks:
+        if block.parent_hash != parent:
+            break
+        out.append(block)
+        parent = block.hash
+    return out
+
+
+__all__ = ["Scanner", "ScannerHalted", "RunResult", "TickResult", "ChainError"]

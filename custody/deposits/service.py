@@ -1,0 +1,84 @@
+"""Deposit use cases: issuing addresses and listing deposits."""
+from __future__ import annotations
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
+
+from chains.base import ChainPlugin
+from custody.db import schema as t
+from custody.db.engine import read_transaction, write_transaction
+from custody.deposits import store
+from custody.deposits.model import DEPOSIT_WALLET, Deposit, confirmations
+from custody.errors import NotFound
+
+# Two instances issuing addresses at once may pick the same index; the loser retries.
+ISSUE_ATTEMPTS = 5
+
+
+def deposit_address(engine: Engine, plugin: ChainPlugin, chain: str, xpub: str, account_id: int,
+                    new: bool = False) -> str:
+    """The account's current deposit address on chain; a new one if asked or if it has none.
+
+    The address is stored (and so watched by the scanner) before it is
+    returned, and never given to another account (FAILURE_MODES 23, 33)."""
+    for attempt in range(ISSUE_ATTEMPTS):
+        try:
+            with write_transaction(engine) as conn:
+                if conn.execute(select(t.accounts.c.id).where(t.accounts.c.id == account_id)).first() is None:
+                    raise NotFound(f"account {account_id} does not exist")
+                if not new:
+                    current = conn.execute(
+                        select(t.chain_addresses.c.address)
+                        .where(t.chain_addresses.c.account_id == account_id, t.chain_addresses.c.chain == chain,
+                               t.chain_addresses.c.wallet == DEPOSIT_WALLET)
+                        .order_by(t.chain_addresses.c.id.desc()).limit(1)).scalar()
+                    if current is not None:
+                        return current
+                return _issue(conn, plugin, chain, DEPOSIT_WALLET, xpub, account_id).address
+        except IntegrityError:
+            if attempt == ISSUE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def ensure_wallet_addresses(engine: Engine, plugin: ChainPlugin, chain: str, wallet: str, xpub: str,
+                            count: int) -> None:
+    """Registers the first `count` receive addresses of a hot or cold wallet so
+    the scanner tracks their outputs (UTXO set) without crediting anyone."""
+    if not xpub or count <= 0:
+        return
+    with write_transaction(engine) as conn:
+        have = conn.execute(select(func.count()).select_from(t.chain_addresses).where(
+            t.chain_addresses.c.chain == chain, t.chain_addresses.c.wallet == wallet)).scalar_one()
+        for _ in range(have, count):
+            _issue(conn, plugin, chain, wallet, xpub, None)
+
+
+def _issue(conn, plugin: ChainPlugin, chain: str, wallet: str, xpub: str, account_id: int | None):
+    c = t.chain_addresses.c
+    last = conn.execute(select(func.max(c.key_index)).where(c.chain == chain, c.wallet == wallet, c.branch == 0)
+                        ).scalar()
+    index = 0 if last is None else last + 1
+    derived = plugin.derive_address(xpub, index)
+    cursor = store.load_cursor(conn, chain)
+    conn.execute(t.chain_addresses.insert().values(
+        chain=chain, wallet=wallet, branch=0, key_index=index, address=derived.address, watch_key=derived.watch_key,
+        account_id=account_id, created_height=cursor.height if cursor else None, created_at=store.now()))
+    return derived
+
+
+def list_deposits(engine: Engine, account_id: int) -> list[Deposit]:
+    d, a = t.deposits, t.chain_addresses
+    with read_transaction(engine) as conn:
+        if conn.execute(select(t.accounts.c.id).where(t.accounts.c.id == account_id)).first() is None:
+            raise NotFound(f"account {account_id} does not exist")
+        rows = conn.execute(select(d, a.c.address).join(a, a.c.id == d.c.address_id)
+                            .where(d.c.account_id == account_id).order_by(d.c.id)).all()
+        views = {r.chain: r.height for r in conn.execute(select(t.scan_cursors.c.chain, t.scan_cursors.c.height))}
+    return [Deposit(
+        deposit_id=r.id, account_id=r.account_id, chain=r.chain, asset=r.asset, txid=r.txid, index=r.output_index,
+        address=r.address, amount=r.amount,
+        confirmations=confirmations(views.get(r.chain, 0), r.block_height) if r.status in ("PENDING", "CREDITED")
+        else 0,
+        status=r.status, block_height=r.block_height, block_hash=r.block_hash, coinbase=bool(r.coinbase))
+        for r in rows]

@@ -1,0 +1,1 @@
+"""Background jobs (APScheduler): chain scanners now; confirm, sweep, reconcile later."""

@@ -1,0 +1,39 @@
+"""Runs the background jobs of one process on an APScheduler background scheduler.
+
+Each job runs at most one instance at a time in this process (max_instances=1)
+and missed runs collapse into one (coalesce). Across processes, each job
+takes its own lock (the scanners: a PostgreSQL advisory lock per chain), so
+several core instances can all run the scheduler.
+"""
+from __future__ import annotations
+
+import datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from custody.deposits.scanner import Scanner
+
+
+class JobRunner:
+    def __init__(self) -> None:
+        self.scheduler = BackgroundScheduler(
+            timezone=datetime.timezone.utc,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+
+    def add_scanner(self, scanner: Scanner, interval_s: float) -> None:
+        self.scheduler.add_job(
+            scanner.tick, IntervalTrigger(seconds=interval_s), id=f"scan:{scanner.chain}",
+            name=f"scan {scanner.chain}", next_run_time=datetime.datetime.now(datetime.timezone.utc))
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [job.id for job in self.scheduler.get_jobs()]

@@ -1,0 +1,260 @@
+"""Bitcoin deposits against a real bcoin regtest node: detection, confirmations,
+crediting, reorgs, the UTXO set. The db_url fixture checks the ledger
+invariants after every test (on SQLite and on PostgreSQL)."""
+import json
+
+import pytest
+from sqlalchemy import select
+
+from custody.db import schema as t
+from custody.db.engine import make_engine
+from custody.deposits import store
+from custody.errors import FailedPrecondition
+from custody.ledger.invariants import check
+from tests.support.bitcoin import CONFIRMATIONS, deposit_key, random_script, spend
+
+SATS = 100_000_000
+
+
+def scan(app):
+    return app.scanner("bitcoin").catch_up()
+
+
+def script_of(app, address):
+    return app.plugin("bitcoin").watch_key(address)
+
+
+def account_with_address(app, name):
+    account = app.create_account(name)
+    _, address = app.deposit_address(str(account.account_id), "bitcoin")
+    return account.account_id, address
+
+
+def deposits_of(app, account_id):
+    return app.list_deposits(str(account_id))[1]
+
+
+def balance(app, account_id, asset="BTC"):
+    return {b.asset: b for b in app.get_balances(str(account_id))[1]}[asset]
+
+
+def rows(app, table, **where):
+    with app.engine.connect() as conn:
+        q = select(table)
+        for k, v in where.items():
+            q = q.where(table.c[k] == v)
+        return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def event_types(app):
+    return [e.type for e in app.events_after(0, 10_000)]
+
+
+def test_deposit_is_pending_then_credited_exactly_at_the_configured_depth(btc_app, chain):
+    """One payment: PENDING with 1, 2 confirmations, CREDITED at the asset's 3, shown as pending before."""
+    account, address = account_with_address(btc_app, "ann")
+    txid, _ = chain.pay((script_of(btc_app, address), 150_000_000))
+    scan(btc_app)
+    assert deposits_of(btc_app, account) == [], "a mempool transaction is not a deposit"
+    for depth in range(1, CONFIRMATIONS):
+        chain.mine(1)
+        scan(btc_app)
+        (d,) = deposits_of(btc_app, account)
+        assert (d.status, d.confirmations, d.txid, d.index, d.amount, d.address) == (
+            "PENDING", depth, txid, 0, 150_000_000, address)
+        b = balance(btc_app, account)
+        assert (b.available, b.pending) == (0, 150_000_000)
+    chain.mine(1)
+    scan(btc_app)
+    (d,) = deposits_of(btc_app, account)
+    assert (d.status, d.confirmations) == ("CREDITED", CONFIRMATIONS)
+    b = balance(btc_app, account)
+    assert (b.available, b.held, b.pending) == (150_000_000, 0, 0)
+    types = event_types(btc_app)
+    assert types.count("deposit.pending") == 1 and types.count("deposit.credited") == 1
+    assert types.count("ledger.deposit") == 1
+    ledger_event = next(e for e in btc_app.events_after(0, 100) if e.type == "ledger.deposit")
+    assert json.loads(ledger_event.payload)["postings"] == [{"asset": "BTC", "debit": "wallet:bitcoin:deposit",
+                                                               "credit": f"user:{account}:available",
+                                                               "amount": "150000000"}]
+
+
+def test_one_transaction_paying_several_users_and_repeat_payments_are_each_credited_once(btc_app, chain):
+    """Three users in one transaction (one of them twice), a second transaction to the same
+    address, and an unwatched output alongside: every deposit output credited once."""
+    users = [account_with_address(btc_app, f"user-{i}") for i in range(3)]
+    (a, addr_a), (b, addr_b), (c, addr_c) = users
+    chain.pay((script_of(btc_app, addr_a), 1_000), (script_of(btc_app, addr_b), 2_000),
+              (random_script(), 4_000), (script_of(btc_app, addr_c), 3_000), (script_of(btc_app, addr_a), 7))
+    chain.pay((script_of(btc_app, addr_a), 500))
+    chain.mine(CONFIRMATIONS)
+    scan(btc_app)
+    scan(btc_app)  # scanning again changes nothing
+    assert balance(btc_app, a).available == 1_507
+    assert balance(btc_app, b).available == 2_000
+    assert balance(btc_app, c).available == 3_000
+    deposits = rows(btc_app, t.deposits)
+    assert sorted((d["amount"], d["status"]) for d in deposits) == [
+        (7, "CREDITED"), (500, "CREDITED"), (1_000, "CREDITED"), (2_000, "CREDITED"), (3_000, "CREDITED")]
+    assert len({(d["txid"], d["output_index"]) for d in deposits}) == 5
+    assert len(rows(btc_app, t.ledger_batches, kind="deposit")) == 5
+    assert len(rows(btc_app, t.utxos)) == 5, "the unwatched output is not ours"
+
+
+def test_payments_to_addresses_the_service_does_not_watch_are_ignored(btc_app, chain):
+    """Outputs to foreign scripts leave no deposit, no UTXO and no ledger entry."""
+    account, _ = account_with_address(btc_app, "ann")
+    chain.pay((random_script(), 10_000), (random_script(), 20_000))
+    chain.mine(CONFIRMATIONS)
+    result = scan(btc_app)
+    assert result.applied == CONFIRMATIONS
+    assert rows(btc_app, t.deposits) == [] and rows(btc_app, t.utxos) == []
+    assert rows(btc_app, t.ledger_batches) == []
+    assert balance(btc_app, account).pending == 0
+
+
+def test_an_unconfirmed_deposit_replaced_by_a_conflicting_transaction_is_never_credited(btc_app, chain):
+    """FAILURE_MODES 12: the mempool is never counted; the conflicting transaction wins."""
+    account, address = account_with_address(btc_app, "ann")
+    chain.mine(1)
+    coin = chain.miner._take_coin(20_000)
+    chain.miner._used.discard((coin.txid, coin.index))
+    to_user, raw_user = chain.miner.pay([(script_of(btc_app, address), 10_000)], broadcast=False)
+    chain.miner._used.discard((coin.txid, coin.index))
+    chain.miner.send(raw_user)
+    scan(btc_app)
+    assert rows(btc_app, t.deposits) == []
+    chain.reorg(chain.height(), 0)  # bcoin: invalidating the tip wipes the mempool
+    chain.mine(1)
+    _, raw_back = chain.miner.pay([(random_script(), 10_000)], broadcast=False)  # the same coin, elsewhere
+    chain.miner.send(raw_back)
+    chain.mine(CONFIRMATIONS)
+    scan(btc_app)
+    assert rows(btc_app, t.deposits) == [] and balance(btc_app, account).available == 0
+
+
+def test_a_pending_deposit_orphaned_by_a_reorg_is_credited_once_when_mined_again(btc_app, chain):
+    account, address = account_with_address(btc_app, "ann")
+    txid, raw = chain.pay((script_of(btc_app, address), 42_000))
+    chain.mine(1)
+    scan(btc_app)
+    (d,) = deposits_of(btc_app, account)
+    first_height = d.block_height
+    assert d.status == "PENDING" and balance(btc_app, account).pending == 42_000
+
+    chain.reorg(first_height, 2)  # the block is replaced; bcoin drops its transactions
+    result = scan(btc_app)
+    assert result.reorgs == 1
+    (d,) = deposits_of(btc_app, account)
+    assert (d.status, d.confirmations) == ("ORPHANED", 0)
+    assert balance(btc_app, account).pending == 0
+    assert rows(btc_app, t.utxos) == []
+
+    chain.miner.send(raw)  # re-broadcast: mined again in another block
+    chain.mine(1)
+    scan(btc_app)
+    (d,) = deposits_of(btc_app, account)
+    assert (d.status, d.txid, d.confirmations) == ("PENDING", txid, 1)
+    assert d.block_height == first_height + 2
+    chain.mine(CONFIRMATIONS - 1)
+    scan(btc_app)
+    (d,) = deposits_of(btc_app, account)
+    assert d.status == "CREDITED"
+    assert balance(btc_app, account).available == 42_000
+    assert len(rows(btc_app, t.ledger_batches, kind="deposit")) == 1
+    assert event_types(btc_app).count("deposit.orphaned") == 1
+
+
+def test_a_credited_deposit_dropped_by_a_deeper_reorg_is_reversed_and_the_account_frozen(btc_app, chain, db_url):
+    account, address = account_with_address(btc_app, "ann")
+    other = btc_app.create_account("ben").account_id
+    chain.pay((script_of(btc_app, address), SATS))
+    chain.mine(CONFIRMATIONS)
+    scan(btc_app)
+    (d,) = deposits_of(btc_app, account)
+    assert d.status == "CREDITED"
+    # The user moves most of it away before the reorg: the reversal leaves a negative balance.
+    btc_app.transfer("exchange", "move-1", str(account), str(other), "BTC", str(60_000_000))
+
+    chain.reorg(d.block_height, CONFIRMATIONS + 1)  # deeper than the confirmation depth
+    scan(btc_app)
+    (d,) = deposits_of(btc_app, account)
+    assert d.status == "REVERSED"
+    assert balance(btc_app, account).available == 40_000_000 - SATS
+    (acct,) = rows(btc_app, t.accounts, id=account)
+    assert acct["frozen"] and "reversed" in acct["frozen_reason"]
+    (reversal,) = rows(btc_app, t.ledger_batches, kind="deposit_reversal")
+    assert reversal["flagged"] and reversal["reference"] == f"deposit:{d.deposit_id}"
+    alerts = [json.loads(e.payload) for e in btc_app.events_after(0, 100) if e.type == "alert.deposit_reversed"]
+    assert [(a["deposit_id"], a["account_frozen"]) for a in alerts] == [(str(d.deposit_id), True)]
+    engine = make_engine(db_url)
+    try:
+        report = check(engine)
+    finally:
+        engine.dispose()
+    assert report.ok, report.render()  # not a violation...
+    flagged = [f for f in report.findings if f.severity == "flagged"]
+    assert any(f"user:{account}:available" in f.message for f in flagged), report.render()  # ...but reported
+    with pytest.raises(FailedPrecondition, match="frozen"):
+        btc_app.transfer("exchange", "move-2", str(account), str(other), "BTC", "1")
+
+
+def test_a_coinbase_deposit_waits_for_maturity(btc_app, chain):
+    """FAILURE_MODES 17: a pool payout straight from a coinbase is not credited, nor spendable, before depth 101."""
+    account, address = account_with_address(btc_app, "pool")
+    chain.miner.mine(1, address)
+    chain.mine(CONFIRMATIONS + 96)  # 100 confirmations
+    scan(btc_app)
+    (d,) = deposits_of(btc_app, account)
+    assert (d.status, d.confirmations, d.coinbase) == ("PENDING", 100, True)
+    with btc_app.engine.connect() as conn:
+        assert store.spendable_utxos(conn, "bitcoin", "deposit", d.block_height + 99, 100) == []
+    chain.mine(1)
+    scan(btc_app)
+    (d,) = deposits_of(btc_app, account)
+    assert (d.status, d.confirmations) == ("CREDITED", 101)
+    with btc_app.engine.connect() as conn:
+        assert len(store.spendable_utxos(conn, "bitcoin", "deposit", d.block_height + 100, 100)) == 1
+
+
+def test_the_utxo_set_tracks_hot_wallet_outputs_and_spends_without_crediting_anyone(btc_app, chain):
+    """FAILURE_MODES 13: a sweep from a deposit address to the hot wallet is no deposit."""
+    account, address = account_with_address(btc_app, "ann")
+    txid, _ = chain.pay((script_of(btc_app, address), 80_000))
+    chain.mine(CONFIRMATIONS)
+    scan(btc_app)
+    (hot,) = [r for r in rows(btc_app, t.chain_addresses, wallet="hot") if r["key_index"] == 0]
+    assert len(rows(btc_app, t.chain_addresses, wallet="cold")) == 3
+    sweep = spend((txid, 0), 80_000, deposit_key(0), bytes(hot["watch_key"]))
+    sweep_txid = chain.miner.send(sweep)
+    chain.mine(1)
+    scan(btc_app)
+    (deposit_utxo,) = rows(btc_app, t.utxos, wallet="deposit")
+    (hot_utxo,) = rows(btc_app, t.utxos, wallet="hot")
+    assert (deposit_utxo["txid"], deposit_utxo["spent_txid"]) == (txid, sweep_txid)
+    assert (hot_utxo["txid"], hot_utxo["amount"], hot_utxo["spent_txid"]) == (sweep_txid, 79_000, None)
+    assert len(rows(btc_app, t.deposits)) == 1 and balance(btc_app, account).available == 80_000
+    with btc_app.engine.connect() as conn:
+        assert [u["txid"] for u in store.spendable_utxos(conn, "bitcoin", "hot", chain.height(), 100)] == [sweep_txid]
+        assert store.spendable_utxos(conn, "bitcoin", "deposit", chain.height(), 100) == []
+
+    # A reorg that drops the sweep un-spends the deposit output and forgets the hot one.
+    chain.reorg(chain.height(), 2)
+    scan(btc_app)
+    (deposit_utxo,) = rows(btc_app, t.utxos, wallet="deposit")
+    assert deposit_utxo["spent_txid"] is None and rows(btc_app, t.utxos, wallet="hot") == []
+
+
+def test_deposit_addresses_are_stable_never_shared_and_new_on_request(btc_app):
+    """FAILURE_MODES 33 and 23: one address per account until a new one is asked for."""
+    a = btc_app.create_account("ann").account_id
+    b = btc_app.create_account("ben").account_id
+    _, first = btc_app.deposit_address(str(a), "bitcoin")
+    assert btc_app.deposit_address(str(a), "bitcoin")[1] == first
+    _, second = btc_app.deposit_address(str(a), "bitcoin", new=True)
+    _, bens = btc_app.deposit_address(str(b), "bitcoin")
+    assert len({first, second, bens}) == 3
+    assert btc_app.deposit_address(str(a), "bitcoin")[1] == second
+    owners = {r["address"]: r["account_id"] for r in rows(btc_app, t.chain_addresses, wallet="deposit")}
+    assert owners == {first: a, second: a, bens: b}
+
