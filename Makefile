@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo demo-serve test install tools proto lint bench clean
+.PHONY: demo demo-serve test install tools softhsm proto lint bench bench-signer clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,21 @@ lint: install tools
 	cd proto && ../node_modules/.bin/buf lint
 	$(BIN)/python scripts/gen_proto.py --check
 
-test: lint
+# SoftHSM2 for the signer's PKCS#11 tests: installed here when missing and we
+# are root; otherwise those tests fail with a message saying how to install it.
+SOFTHSM_LIB := /usr/lib/softhsm/libsofthsm2.so
+softhsm:
+	@test -e $(SOFTHSM_LIB) || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing softhsm2"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 >/dev/null; }; \
+	  else \
+	    echo "WARNING: softhsm2 is not installed and we are not root: the PKCS#11 signer tests will fail." \
+	         "Install it with: sudo apt-get install softhsm2"; \
+	  fi; }
+
+test: lint softhsm
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
 
 proto: install
@@ -40,6 +54,9 @@ proto: install
 
 bench: install
 	$(BIN)/python -m benchmarks.run
+
+bench-signer: install softhsm
+	$(BIN)/python -m benchmarks.signer
 
 clean:
 	rm -rf var build *.egg-info
