@@ -98,7 +98,8 @@ class BitcoinDecoder:
             address = script_to_address(script, self.net)
             if address is None:
                 raise Refused("decode", f"output {j} pays a script with no address (OP_RETURN or non-standard)")
-            internal = address in self.internal_addresses or self._is_ours(out, script)
+            # Ours if it pays a key signing this very transaction, or re-derives from our keys.
+            internal = address in self.internal_addresses or script in signers or self._is_ours(out, script)
             transfers.append(Transfer(address, self.asset, "", out.value, internal))
             total_out += out.value
         fee = total_in - total_out

@@ -126,3 +126,74 @@ def eth_payload(to: str, value: int, *, chain_id: int = ANVIL_CHAIN_ID, nonce: i
 
 def hot_eth_address(store) -> str:
     return address_of(store.public_key(HOT, HOT_ETH_PATH))
+
+
+def to_toml(raw: dict) -> str:
+    """Enough TOML for signer.toml: tables, arrays of tables, strings, ints, bools, string lists."""
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    out: list[str] = []
+
+    def table(name: str, body: dict, array: bool = False):
+        out.append(f"[[{name}]]" if array else f"[{name}]")
+        nested = []
+        for k, v in body.items():
+            if isinstance(v, dict):
+                nested.append((f"{name}.{k}", v, False))
+            elif isinstance(v, list) and v and isinstance(v[0], dict):
+                nested.extend((f"{name}.{k}", item, True) for item in v)
+            else:
+                out.append(f"{k} = {value(v)}")
+        for n, b, a in nested:
+            table(n, b, a)
+
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            table(k, v)
+        else:
+            for item in v:
+                table(k, item, True)
+    return "\n".join(out) + "\n"
+
+
+class SignerProcess:
+    """`custody signer serve` in its own process on a Unix socket, and a client for it."""
+
+    def __init__(self, folder: pathlib.Path, raw: dict, env: dict | None = None):
+        import os
+        import subprocess
+        import sys
+        import time
+
+        from hsm.client import SignerClient
+
+        self.config_path = folder / "signer.toml"
+        self.config_path.write_text(to_toml(raw))
+        socket_path = pathlib.Path(raw["server"]["listen"].removeprefix("unix:"))
+        self.log = open(folder / "signer.out", "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "custody.cli", "signer", "serve", "--config", str(self.config_path)],
+            env={**os.environ, "TEST_SIGNER_PASS": PASSPHRASE, **(env or {})},
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not socket_path.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("signer did not start: " + (folder / "signer.out").read_text())
+            time.sleep(0.05)
+        self.client = SignerClient(f"unix:{socket_path}", CLIENT_TOKEN)
+
+    def stop(self) -> None:
+        if hasattr(self, "client"):
+            self.client.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)
+        self.log.close()
