@@ -44,7 +44,7 @@ class Signer:
         self.keystore = keystore
         self.clock = clock
         self.audit = AuditLog(config.audit_log, durable=config.durable)
-        self.limits = RollingLimits(config.limits_db, durable=config.durable)
+        self.limits = RollingLimits(config.limits_db, durable=config.durable, now_s=clock())
         self.policy = Policy(config.policy, self.limits)
         pc = config.policy
         btc = pc.asset("bitcoin", "")

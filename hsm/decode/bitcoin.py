@@ -13,10 +13,11 @@ import binascii
 import functools
 
 from embit.psbt import PSBT, DerivationPath
+from embit.hashes import hash160
 from embit.script import Witness
 from embit.transaction import SIGHASH
 
-from chains.bitcoin.addresses import derive, p2wpkh_address, parse_account_key, script_to_address
+from chains.bitcoin.addresses import derive, parse_account_key, script_to_address
 from chains.bitcoin.params import BitcoinNetwork
 from hsm.decode import Explained, Signed, Transfer
 from hsm.errors import Refused, UnknownKey
@@ -40,6 +41,19 @@ def psbt_bytes(payload: bytes) -> bytes:
 
 def path_text(derivation: DerivationPath) -> str:
     return "m/" + "/".join(f"{i - 2**31}h" if i >= 2**31 else str(i) for i in derivation.derivation)
+
+
+def p2wpkh_script(pub: bytes) -> bytes:
+    return b"\x00\x14" + hash160(pub)
+
+
+@functools.lru_cache(maxsize=100_000)
+def _address(script: bytes, net_name: str) -> str | None:
+    # embit's bech32 is pure Python (about 0.3 ms per address): hot-wallet and
+    # frequent payee addresses repeat, so they are encoded once.
+    from chains.bitcoin.params import network
+
+    return script_to_address(script, network(net_name))
 
 
 @functools.lru_cache(maxsize=64)
@@ -95,7 +109,7 @@ class BitcoinDecoder:
         transfers, total_out = [], 0
         for j, out in enumerate(psbt.outputs):
             script = out.script_pubkey.data
-            address = script_to_address(script, self.net)
+            address = _address(script, self.net.name)
             if address is None:
                 raise Refused("decode", f"output {j} pays a script with no address (OP_RETURN or non-standard)")
             # Ours if it pays a key signing this very transaction, or re-derives from our keys.
@@ -132,7 +146,7 @@ class BitcoinDecoder:
                 pub = self.keystore.public_key(key_id, path)
             except UnknownKey as exc:
                 raise Refused("keys", str(exc)) from None
-            out[p2wpkh_address(pub, self.net)[1]] = (key_id, path, pub)
+            out[p2wpkh_script(pub)] = (key_id, path, pub)
         return out
 
     def _is_ours(self, out, script: bytes) -> bool:
@@ -140,7 +154,7 @@ class BitcoinDecoder:
         or a configured internal account xpub)."""
         wallets = {k.fingerprint: k for k in self._keys()}
         for k in wallets.values():
-            if k.public_key and p2wpkh_address(k.public_key, self.net)[1] == script:
+            if k.public_key and p2wpkh_script(k.public_key) == script:
                 return True
         for pub, derivation in out.bip32_derivations.items():
             owner = wallets.get(derivation.fingerprint.hex())
@@ -149,7 +163,7 @@ class BitcoinDecoder:
                     mine = self.keystore.public_key(owner.key_id, path_text(derivation))
                 except UnknownKey:
                     continue
-                if mine == pub.sec() and p2wpkh_address(mine, self.net)[1] == script:
+                if mine == pub.sec() and p2wpkh_script(mine) == script:
                     return True
             tail = derivation.derivation[-2:]
             if len(tail) == 2 and tail[0] in (0, 1) and tail[1] < 2**31:

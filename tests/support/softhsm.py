@@ -19,7 +19,7 @@ from tests.support.databases import VAR
 LIBRARY = pathlib.Path("/usr/lib/softhsm/libsofthsm2.so")
 PIN = "123456"
 SO_PIN = "12345678"
-POOL_SIZE = 8
+POOL_SIZE = 16
 _conf: pathlib.Path | None = None
 _pool: list[str] = []
 
