@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo demo-serve test install tools proto lint bench bench-scanning nodes-up nodes-down clean
+.PHONY: demo demo-serve test install tools softhsm proto lint bench bench-scanning bench-signer nodes-up nodes-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,21 @@ lint: install tools
 	cd proto && ../node_modules/.bin/buf lint
 	$(BIN)/python scripts/gen_proto.py --check
 
-test: lint
+# SoftHSM2 for the signer's PKCS#11 tests: installed here when missing and we
+# are root; otherwise those tests fail with a message saying how to install it.
+SOFTHSM_LIB := /usr/lib/softhsm/libsofthsm2.so
+softhsm:
+	@test -e $(SOFTHSM_LIB) || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing softhsm2"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 >/dev/null; }; \
+	  else \
+	    echo "WARNING: softhsm2 is not installed and we are not root: the PKCS#11 signer tests will fail." \
+	         "Install it with: sudo apt-get install softhsm2"; \
+	  fi; }
+
+test: lint softhsm
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
 
 proto: install
@@ -52,6 +66,9 @@ bench: install
 
 bench-scanning: install tools
 	$(BIN)/python -m benchmarks.scanning
+
+bench-signer: install softhsm
+	$(BIN)/python -m benchmarks.signer
 
 clean:
 	-$(BIN)/custody nodes down 2>/dev/null

@@ -54,8 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     token = sub.add_parser("token", help="make a new client token and the SHA-256 to put in the config")
     token.set_defaults(run=_token)
 
+    from hsm import cli as signer_cli
+
+    signer_cli.register(sub)
+
     args = parser.parse_args(argv)
     logs.configure()
+    if args.command == "signer":
+        return signer_cli.run(args)
     try:
         return args.run(args)
     except config_mod.ConfigError as exc:

@@ -1,0 +1,1 @@
+"""The signer's gRPC entry point: thin servicer, bearer-token auth, server."""

@@ -1,0 +1,309 @@
+"""`custody signer ...`: run the signer, key ceremonies, approvals, audit, offline signing.
+
+Secrets never go on the command line: the keystore passphrase comes from an
+environment variable (--passphrase-env, default CUSTODY_SIGNER_PASSPHRASE),
+a key file (--key-file), or a prompt; a mnemonic to import from
+--mnemonic-env or standard input.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import sys
+
+from hsm.errors import ConfigError, KeystoreError, Refused, SignerError
+
+PASSPHRASE_ENV = "CUSTODY_SIGNER_PASSPHRASE"
+XPUB_VERSIONS = {  # BIP84 account keys: zpub/vpub say "native segwit"; xpub/tpub for tools that want those
+    ("mainnet", "bip84"): "04b24746", ("mainnet", "bip32"): "0488b21e",
+    ("testnet", "bip84"): "045f1cf6", ("testnet", "bip32"): "043587cf",
+}
+
+
+def register(sub) -> None:
+    signer = sub.add_parser("signer", help="the HSM-style signer and its key ceremonies")
+    s = signer.add_subparsers(dest="signer_command", required=True)
+
+    p = s.add_parser("serve", help="run hsm.v1.SignerService")
+    p.add_argument("--config", required=True)
+    p.set_defaults(run=_serve)
+
+    wallet = s.add_parser("wallet", help="create or import an HD wallet seed in a software keystore")
+    w = wallet.add_subparsers(dest="wallet_command", required=True)
+    for name, fn in (("create", _wallet_create), ("import", _wallet_import)):
+        p = w.add_parser(name)
+        _keystore_args(p)
+        p.add_argument("--wallet", required=True, help="the wallet's name (its key id)")
+        p.add_argument("--scrypt-n", type=int, default=None, help=argparse.SUPPRESS)
+        if name == "create":
+            p.add_argument("--words", type=int, choices=(12, 24), default=24)
+        else:
+            p.add_argument("--mnemonic-env", help="read the mnemonic from this variable (default: standard input)")
+        p.set_defaults(run=fn)
+
+    p = s.add_parser("xpub", help="export an account public key for the core's config")
+    _keystore_args(p)
+    p.add_argument("--wallet", required=True)
+    p.add_argument("--chain", choices=("bitcoin", "ethereum"), required=True)
+    p.add_argument("--network", default="regtest", choices=("mainnet", "testnet", "signet", "regtest"))
+    p.add_argument("--account", type=int, default=0)
+    p.add_argument("--format", choices=("bip84", "bip32"), default="bip84",
+                   help="bitcoin: zpub/vpub (bip84, default) or xpub/tpub (bip32)")
+    p.set_defaults(run=_xpub)
+
+    p = s.add_parser("fingerprint", help="show a wallet's master key fingerprint")
+    _keystore_args(p)
+    p.add_argument("--wallet", required=True)
+    p.set_defaults(run=_fingerprint)
+
+    p = s.add_parser("backup", help="copy the encrypted keystore after checking that it opens")
+    _keystore_args(p)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_backup)
+
+    p = s.add_parser("token-keygen", help="generate a secp256k1 key inside a PKCS#11 token")
+    p.add_argument("--library", required=True)
+    p.add_argument("--token-label", required=True)
+    p.add_argument("--pin-env", required=True)
+    p.add_argument("--label", required=True)
+    p.set_defaults(run=_token_keygen)
+
+    p = s.add_parser("staff-keygen", help="a staff member's Ed25519 approval key")
+    p.add_argument("--out", required=True, help="private key file (PEM, mode 0600)")
+    p.set_defaults(run=_staff_keygen)
+
+    p = s.add_parser("approve", help="approve one exact payload (prints the approval as JSON)")
+    p.add_argument("--staff-key", required=True)
+    p.add_argument("--name", required=True, help="your name as listed in the signer's config")
+    p.add_argument("--chain", choices=("bitcoin", "ethereum"), required=True)
+    p.add_argument("--payload", required=True)
+    p.set_defaults(run=_approve)
+
+    audit = s.add_parser("audit", help="the audit log")
+    a = audit.add_subparsers(dest="audit_command", required=True)
+    p = a.add_parser("verify", help="check the hash chain and the head; exit 1 if anything was changed")
+    p.add_argument("--config")
+    p.add_argument("--log")
+    p.add_argument("--expect-count", type=int)
+    p.add_argument("--expect-head")
+    p.set_defaults(run=_audit_verify)
+
+    p = s.add_parser("offline-sign", help="cold wallet: show, confirm and sign a transaction file, no network")
+    _keystore_args(p)
+    p.add_argument("--wallet", required=True)
+    p.add_argument("--chain", choices=("bitcoin", "ethereum"), required=True)
+    p.add_argument("--network", default="regtest", choices=("mainnet", "testnet", "signet", "regtest"))
+    p.add_argument("--chain-id", type=int, default=0, help="ethereum: the chain id the transaction must carry")
+    p.add_argument("--path", default="m/44h/60h/0h/0/0", help="ethereum: the key's derivation path")
+    p.add_argument("--token", action="append", default=[], metavar="CONTRACT=ASSET",
+                   help="ethereum: an ERC-20 contract whose transfers may be signed")
+    p.add_argument("--in", dest="in_path", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--yes", action="store_true", help="don't ask (for scripts)")
+    p.set_defaults(run=_offline_sign)
+
+
+def run(args) -> int:
+    """Called by custody.cli for `custody signer ...`; maps the signer's errors to exit codes."""
+    try:
+        return args.run(args)
+    except Refused as exc:
+        print(f"custody signer: refused by rule {exc.rule}: {exc.reason}", file=sys.stderr)
+        return 3
+    except ConfigError as exc:
+        print(f"custody signer: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except SignerError as exc:
+        print(f"custody signer: {exc}", file=sys.stderr)
+        return 1
+
+
+# -- keystore access -----------------------------------------------------------------------------
+def _keystore_args(p) -> None:
+    p.add_argument("--keystore", required=True, help="the encrypted keystore file")
+    p.add_argument("--key-file", help="unlock with this key file instead of a passphrase")
+    p.add_argument("--passphrase-env", default=PASSPHRASE_ENV)
+
+
+def _secret(args):
+    from hsm.keystores.software import KeyFile, Passphrase
+
+    if args.key_file:
+        return KeyFile(pathlib.Path(args.key_file))
+    if args.passphrase_env in os.environ:
+        return Passphrase(os.environ[args.passphrase_env])
+    if sys.stdin.isatty():
+        return Passphrase(getpass.getpass("keystore passphrase: "))
+    raise KeystoreError(f"no passphrase: set {args.passphrase_env} or give --key-file")
+
+
+def _open(args):
+    from hsm.keystores.software import SoftwareKeystore
+
+    return SoftwareKeystore.open(pathlib.Path(args.keystore), _secret(args))
+
+
+def _open_or_create(args):
+    from hsm.keystores.software import DEFAULT_SCRYPT_N, KeyFile, SoftwareKeystore
+
+    path = pathlib.Path(args.keystore)
+    if path.exists():
+        return _open(args)
+    if args.key_file and not pathlib.Path(args.key_file).exists():
+        KeyFile.generate(pathlib.Path(args.key_file))
+        print(f"wrote a new key file {args.key_file}: keep it apart from the keystore", file=sys.stderr)
+    return SoftwareKeystore.create(path, _secret(args), scrypt_n=args.scrypt_n or DEFAULT_SCRYPT_N)
+
+
+# -- commands ------------------------------------------------------------------------------------
+def _serve(args) -> int:
+    from hsm import config as config_mod
+    from hsm.api.server import serve
+    from hsm.keystores import open_keystore
+    from hsm.service import Signer
+
+    config = config_mod.load(args.config)
+    keystore = open_keystore(config)  # fails here, at start, on a wrong secret or a missing token
+    serve(config, Signer(config, keystore))
+    return 0
+
+
+def _wallet_create(args) -> int:
+    store = _open_or_create(args)
+    mnemonic = store.generate_wallet(args.wallet, words=args.words)
+    print(f"wallet {args.wallet} created, fingerprint {store.fingerprint(args.wallet)}")
+    print("write these words down, in order, and keep them offline; they are shown only now:")
+    print(mnemonic)
+    return 0
+
+
+def _wallet_import(args) -> int:
+    mnemonic = os.environ.get(args.mnemonic_env, "") if args.mnemonic_env else sys.stdin.readline()
+    store = _open_or_create(args)
+    store.import_wallet(args.wallet, mnemonic)
+    print(f"wallet {args.wallet} imported, fingerprint {store.fingerprint(args.wallet)}")
+    return 0
+
+
+def _xpub(args) -> int:
+    store = _open(args)
+    if args.chain == "bitcoin":
+        coin = 0 if args.network == "mainnet" else 1
+        path = f"m/84h/{coin}h/{args.account}h"
+        net = "mainnet" if args.network == "mainnet" else "testnet"
+        version = bytes.fromhex(XPUB_VERSIONS[(net, args.format)])
+    else:
+        path, version = f"m/44h/60h/{args.account}h", None
+    print(store.extended_public_key(args.wallet, path, version))
+    print(f"path {path}  fingerprint {store.fingerprint(args.wallet)}", file=sys.stderr)
+    return 0
+
+
+def _fingerprint(args) -> int:
+    print(_open(args).fingerprint(args.wallet))
+    return 0
+
+
+def _backup(args) -> int:
+    _open(args)  # a backup that doesn't open with today's secret is no backup
+    out = pathlib.Path(args.out)
+    if out.exists():
+        raise KeystoreError(f"{out} exists already; a backup never overwrites")
+    shutil.copyfile(args.keystore, out)
+    os.chmod(out, 0o600)
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    print(f"backup written to {out} (still encrypted), sha256 {digest}")
+    return 0
+
+
+def _token_keygen(args) -> int:
+    from hsm.keystores.pkcs11 import Pkcs11Keystore
+
+    if args.pin_env not in os.environ:
+        raise KeystoreError(f"the token PIN is not set: environment variable {args.pin_env}")
+    store = Pkcs11Keystore.open(pathlib.Path(args.library), args.token_label, os.environ[args.pin_env])
+    try:
+        pub = store.generate_key(args.label)
+    finally:
+        store.close()
+    from hsm.decode.ethereum import address_of
+
+    print(f"key {args.label} generated in token {args.token_label}: public key {pub.hex()} "
+          f"(ethereum address {address_of(pub)})")
+    return 0
+
+
+def _staff_keygen(args) -> int:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    print(f"ed25519_public_key = \"{public.hex()}\"  # add to [[policy.staff]] in signer.toml")
+    return 0
+
+
+def _approve(args) -> int:
+    from cryptography.hazmat.primitives import serialization
+
+    from hsm.approvals import payload_hash, sign_approval
+    from hsm.offline import read_payload
+
+    key = serialization.load_pem_private_key(pathlib.Path(args.staff_key).read_bytes(), password=None)
+    payload = read_payload(args.chain, pathlib.Path(args.payload))
+    approval = sign_approval(key, args.name, args.chain, payload)
+    print(json.dumps({"approver": approval.approver, "chain": args.chain,
+                      "payload_sha256": payload_hash(args.chain, payload).hex(),
+                      "signature": approval.signature.hex()}))
+    return 0
+
+
+def _audit_verify(args) -> int:
+    from hsm import audit
+
+    if args.log:
+        log = pathlib.Path(args.log)
+    elif args.config:
+        from hsm import config as config_mod
+
+        log = config_mod.load(args.config).audit_log
+    else:
+        raise ConfigError("give --config or --log")
+    report = audit.verify(log, args.expect_count, args.expect_head)
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+def _offline_sign(args) -> int:
+    from hsm import offline
+
+    tokens = []
+    for t in args.token:
+        contract, _, asset = t.partition("=")
+        tokens.append((contract.lower(), asset))
+    job = offline.OfflineJob(args.chain, args.wallet, args.network, args.chain_id, args.path, tuple(tokens))
+    payload = offline.read_payload(args.chain, pathlib.Path(args.in_path))
+    store = _open(args)
+    explained, decoder = offline.explain(job, payload, store)
+    print(offline.describe(explained))
+    if not args.yes:
+        try:
+            answer = input("sign this transaction? [y/N] ").strip().lower()
+        except EOFError:
+            answer = ""
+        if answer not in ("y", "yes"):
+            print("not signed")
+            return 1
+    signed = offline.sign(decoder, explained)
+    offline.write_signed(args.chain, signed, pathlib.Path(args.out))
+    print(f"signed: {args.out} (txid {signed.txid})")
+    return 0

@@ -1,0 +1,231 @@
+"""signer.toml: the signer's own configuration, validated in full at start.
+
+The signer trusts nothing the core says about policy: limits, lists, staff
+keys and chain ids all come from this file, which lives on the signer's
+machine. Relative paths are taken from the file's own folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+import tomllib
+
+from hsm.errors import ConfigError
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_HEX32 = re.compile(r"[0-9a-f]{64}")
+_ETH_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+NO_LIMIT = 2**256 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    # "unix:/path/signer.sock" or "127.0.0.1:PORT" (TCP needs TLS).
+    listen: str
+    tls_cert: pathlib.Path | None = None
+    tls_key: pathlib.Path | None = None
+    tls_client_ca: pathlib.Path | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    name: str
+    token_sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class KeystoreConfig:
+    kind: str  # "software" or "pkcs11"
+    path: pathlib.Path | None = None  # software
+    passphrase_env: str = ""  # software: the passphrase comes from this environment variable
+    key_file: pathlib.Path | None = None  # software: or a 32-byte key file
+    library: pathlib.Path | None = None  # pkcs11
+    token_label: str = ""
+    pin_env: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class AssetPolicy:
+    asset: str
+    chain: str
+    contract: str = ""  # ERC-20 contract (lower case); empty for the chain's native coin
+    max_per_transaction: int = NO_LIMIT
+    max_per_24h: int = NO_LIMIT
+    max_fee: int = NO_LIMIT  # for the chain's native asset: the fee one transaction may pay
+    approval_above: int = NO_LIMIT  # external amounts above this need the approval quorum
+
+
+@dataclasses.dataclass(frozen=True)
+class StaffKey:
+    name: str
+    public_key: bytes  # Ed25519, 32 bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    assets: tuple[AssetPolicy, ...]
+    # Destinations (addresses, normalised) refused always, and if allow is not
+    # None, the only external destinations allowed.
+    deny: frozenset[str] = frozenset()
+    allow: frozenset[str] | None = None
+    # Wallets of the exchange itself (cold wallet, other hot wallets): always allowed.
+    internal: frozenset[str] = frozenset()
+    # Bitcoin account xpubs whose addresses are internal (checked by derivation).
+    internal_xpubs: tuple[str, ...] = ()
+    staff: tuple[StaffKey, ...] = ()
+    approval_quorum: int = 1
+
+    def asset(self, chain: str, contract: str = "") -> AssetPolicy | None:
+        for a in self.assets:
+            if a.chain == chain and a.contract == contract.lower():
+                return a
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    server: ServerConfig
+    clients: tuple[ClientConfig, ...]
+    keystore: KeystoreConfig
+    audit_log: pathlib.Path
+    limits_db: pathlib.Path
+    bitcoin_network: str
+    ethereum_chain_id: int
+    policy: PolicyConfig
+    # fsync the audit log and the limits database on every sign (off only for benchmarks).
+    durable: bool = True
+
+
+def load(path: str | pathlib.Path) -> Config:
+    path = pathlib.Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse(raw, base_dir=path.parent)
+
+
+def normalise_address(chain: str, address: str) -> str:
+    """Ethereum addresses compare case-insensitively; bech32 too (lower case)."""
+    address = address.strip()
+    if chain == "ethereum" or address.lower().startswith(("bc1", "tb1", "bcrt1")):
+        return address.lower()
+    return address
+
+
+def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
+    def rel(value) -> pathlib.Path | None:
+        return (base_dir / value).resolve() if value else None
+
+    srv = raw.get("server", {})
+    listen = srv.get("listen", "")
+    if not listen:
+        raise ConfigError("server.listen is required: unix:/path/to/signer.sock or 127.0.0.1:PORT")
+    if listen.startswith("unix:"):
+        sock = listen.removeprefix("unix:")
+        listen = "unix:" + str(rel(sock))
+    server = ServerConfig(listen, rel(srv.get("tls_cert")), rel(srv.get("tls_key")), rel(srv.get("tls_client_ca")))
+    if not listen.startswith("unix:"):
+        host = listen.rsplit(":", 1)[0]
+        if host not in ("127.0.0.1", "localhost", "[::1]"):
+            raise ConfigError(f"server.listen: the signer listens on loopback only, not {host}")
+        if not (server.tls_cert and server.tls_key):
+            raise ConfigError("server: a TCP listener needs tls_cert and tls_key (or use unix:PATH)")
+    clients = []
+    for i, c in enumerate(raw.get("clients", [])):
+        digest = str(c.get("token_sha256", "")).lower()
+        if not c.get("name") or not _SHA256_HEX.fullmatch(digest):
+            raise ConfigError(f"clients[{i}]: name and token_sha256 (64 hex digits) are required")
+        clients.append(ClientConfig(c["name"], digest))
+    if not clients:
+        raise ConfigError("clients: at least one client (the custody core) must be configured")
+
+    ks = raw.get("keystore", {})
+    kind = ks.get("kind", "")
+    if kind == "software":
+        keystore = KeystoreConfig("software", path=rel(ks.get("path")), passphrase_env=ks.get("passphrase_env", ""),
+                                  key_file=rel(ks.get("key_file")))
+        if not keystore.path:
+            raise ConfigError("keystore.path is required for a software keystore")
+        if bool(keystore.passphrase_env) == bool(keystore.key_file):
+            raise ConfigError("keystore: give exactly one of passphrase_env and key_file")
+    elif kind == "pkcs11":
+        keystore = KeystoreConfig("pkcs11", library=rel(ks.get("library")), token_label=ks.get("token_label", ""),
+                                  pin_env=ks.get("pin_env", ""))
+        if not (keystore.library and keystore.token_label and keystore.pin_env):
+            raise ConfigError("keystore: a pkcs11 keystore needs library, token_label and pin_env")
+    else:
+        raise ConfigError(f"keystore.kind must be 'software' or 'pkcs11', got {kind!r}")
+
+    state = raw.get("state", {})
+    chains = raw.get("chains", {})
+    network = chains.get("bitcoin", {}).get("network", "regtest")
+    if network not in ("mainnet", "testnet", "signet", "regtest"):
+        raise ConfigError(f"chains.bitcoin.network: unknown network {network!r}")
+    chain_id = chains.get("ethereum", {}).get("chain_id")
+    if not isinstance(chain_id, int) or chain_id <= 0:
+        raise ConfigError("chains.ethereum.chain_id is required (a positive integer): "
+                          "the signer refuses transactions for any other chain")
+    return Config(
+        server=server, clients=tuple(clients), keystore=keystore,
+        audit_log=rel(state.get("audit_log", "signer-audit.log")),
+        limits_db=rel(state.get("limits_db", "signer-limits.sqlite")),
+        bitcoin_network=network, ethereum_chain_id=chain_id,
+        policy=_policy(raw.get("policy", {})),
+        durable=bool(state.get("durable", True)),
+    )
+
+
+def _amount(raw: dict, key: str, where: str) -> int:
+    if key not in raw:
+        return NO_LIMIT
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+        raise ConfigError(f"{where}.{key}: an amount in base units (a whole number, as a string), got {value!r}")
+    return int(value)
+
+
+def _policy(raw: dict) -> PolicyConfig:
+    assets, seen = [], set()
+    for i, a in enumerate(raw.get("assets", [])):
+        where = f"policy.assets[{i}]"
+        if not a.get("asset") or a.get("chain") not in ("bitcoin", "ethereum"):
+            raise ConfigError(f"{where}: asset and chain ('bitcoin' or 'ethereum') are required")
+        contract = str(a.get("contract", "")).lower()
+        if contract and not _ETH_ADDRESS.fullmatch(contract):
+            raise ConfigError(f"{where}.contract: not an Ethereum address")
+        if (a["chain"], contract) in seen:
+            raise ConfigError(f"{where}: a second policy for {a['chain']} {contract or 'native coin'}")
+        seen.add((a["chain"], contract))
+        assets.append(AssetPolicy(a["asset"], a["chain"], contract, _amount(a, "max_per_transaction", where),
+                                  _amount(a, "max_per_24h", where), _amount(a, "max_fee", where),
+                                  _amount(a, "approval_above", where)))
+    staff, keys_seen = [], set()
+    for i, s in enumerate(raw.get("staff", [])):
+        key = str(s.get("ed25519_public_key", "")).lower()
+        if not s.get("name") or not _HEX32.fullmatch(key):
+            raise ConfigError(f"policy.staff[{i}]: name and ed25519_public_key (64 hex digits) are required")
+        if key in keys_seen:
+            raise ConfigError(f"policy.staff[{i}] ({s['name']}): this public key is listed twice; "
+                              "one person must not count as two approvers")
+        keys_seen.add(key)
+        staff.append(StaffKey(s["name"], bytes.fromhex(key)))
+    quorum = int(raw.get("approval_quorum", 1))
+    if quorum < 1:
+        raise ConfigError("policy.approval_quorum must be at least 1")
+    if staff and quorum > len(staff):
+        raise ConfigError(f"policy.approval_quorum {quorum} is more than the {len(staff)} staff keys listed")
+
+    def addresses(key: str) -> frozenset[str]:
+        return frozenset(normalise_address("ethereum" if a.startswith("0x") else "bitcoin", a)
+                         for a in raw.get(key, []))
+
+    return PolicyConfig(
+        assets=tuple(assets), deny=addresses("deny"),
+        allow=addresses("allow") if "allow" in raw else None,
+        internal=addresses("internal"), internal_xpubs=tuple(raw.get("internal_xpubs", [])),
+        staff=tuple(staff), approval_quorum=quorum,
+    )

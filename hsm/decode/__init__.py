@@ -1,0 +1,34 @@
+"""Decoders: read an unsigned payload and say exactly what it does.
+
+Each chain's module offers explain(...) -> Explained (destinations, amounts,
+fee; refusing what it can't explain) and sign(...) -> Signed.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Transfer:
+    destination: str  # normalised address
+    asset: str
+    contract: str  # "" for the native coin
+    amount: int  # base units
+    internal: bool  # the signer's own wallet (change) or a configured internal wallet
+
+
+@dataclasses.dataclass
+class Explained:
+    chain: str
+    transfers: list[Transfer]
+    fee: int  # base units of the chain's native asset (Ethereum: the most the tx can pay)
+    fee_asset: str
+    # Chain-specific state for signing (the parsed PSBT, the RLP fields, the keys).
+    detail: object = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Signed:
+    signed_payload: bytes
+    raw_transaction: bytes
+    txid: str

@@ -1,0 +1,131 @@
+"""PKCS#11 keystore (python-pkcs11): secp256k1 keys generated inside a token.
+
+Keys never leave the token (sensitive, not extractable); a key's id is its
+label. Tested against SoftHSM2; any token offering CKM_ECDSA on secp256k1
+works the same way. The token returns raw r||s, about half of them high-S:
+we normalise to low-S and find Ethereum's recovery id by trial (base.normalise).
+Token keys are single keys, not HD wallets: their path is empty.
+"""
+from __future__ import annotations
+
+import pathlib
+import threading
+
+import coincurve
+import pkcs11
+from embit.hashes import hash160
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+
+from hsm.errors import KeystoreError, UnknownKey, WrongSecret
+from hsm.keystores.base import KeyInfo, Keystore, Signature, normalise
+
+SECP256K1_PARAMS = bytes.fromhex("06052b8104000a")  # DER OID 1.3.132.0.10
+
+
+def _load(library: pathlib.Path):
+    if not pathlib.Path(library).exists():
+        raise KeystoreError(f"PKCS#11 library {library} does not exist (for SoftHSM2: apt-get install softhsm2)")
+    try:
+        return pkcs11.lib(str(library))
+    except Exception as exc:
+        raise KeystoreError(f"PKCS#11 library {library} does not load: {exc}") from None
+
+
+class Pkcs11Keystore(Keystore):
+    kind = "pkcs11"
+
+    def __init__(self, session, token_label: str):
+        self._session = session
+        self.token_label = token_label
+        self._lock = threading.Lock()  # one session: PKCS#11 sessions are not for concurrent use
+        self._keys: dict[str, tuple[object, bytes]] = {}
+
+    @classmethod
+    def open(cls, library: pathlib.Path, token_label: str, pin: str) -> "Pkcs11Keystore":
+        lib = _load(library)
+        try:
+            token = lib.get_token(token_label=token_label)
+        except pkcs11.exceptions.NoSuchToken:
+            raise KeystoreError(f"no PKCS#11 token labelled {token_label!r} (library {library})") from None
+        except pkcs11.exceptions.MultipleTokensReturned:
+            raise KeystoreError(f"more than one PKCS#11 token labelled {token_label!r}") from None
+        try:
+            session = token.open(user_pin=pin, rw=True)
+        except (pkcs11.exceptions.PinIncorrect, pkcs11.exceptions.PinLenRange):
+            raise WrongSecret(f"wrong PIN for PKCS#11 token {token_label!r}") from None
+        except pkcs11.exceptions.PinLocked:
+            raise WrongSecret(f"the PIN of PKCS#11 token {token_label!r} is locked") from None
+        return cls(session, token_label)
+
+    def generate_key(self, label: str) -> bytes:
+        """A new secp256k1 key pair inside the token; returns its compressed public key."""
+        if not label:
+            raise KeystoreError("a token key needs a label")
+        with self._lock:
+            if self._find(ObjectClass.PRIVATE_KEY, label) is not None:
+                raise KeystoreError(f"the token has a key labelled {label!r} already")
+            params = self._session.create_domain_parameters(
+                KeyType.EC, {Attribute.EC_PARAMS: SECP256K1_PARAMS}, local=True)
+            params.generate_keypair(
+                store=True, label=label,
+                public_template={Attribute.VERIFY: True},
+                private_template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.SIGN: True})
+        return self.public_key(label, "")
+
+    # -- Keystore interface ------------------------------------------------------------------
+    def list_keys(self) -> list[KeyInfo]:
+        with self._lock:
+            labels = sorted({k.label for k in self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                                                                            Attribute.KEY_TYPE: KeyType.EC})})
+        out = []
+        for label in labels:
+            pub = self.public_key(label, "")
+            out.append(KeyInfo(label, self.kind, _hash160(pub)[:4].hex(), pub))
+        return out
+
+    def public_key(self, key_id: str, path: str) -> bytes:
+        return self._key(key_id, path)[1]
+
+    def sign_digest(self, key_id: str, path: str, digest: bytes) -> Signature:
+        private, public = self._key(key_id, path)
+        with self._lock:
+            raw = private.sign(digest, mechanism=Mechanism.ECDSA)
+        return normalise(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"), digest, public)
+
+    def close(self) -> None:
+        try:
+            self._session.close()
+        except Exception:
+            pass
+
+    # -- objects --------------------------------------------------------------------------------
+    def _key(self, key_id: str, path: str):
+        if path not in ("", "m"):
+            raise UnknownKey(f"token key {key_id!r} is a single key, not an HD wallet: path must be empty")
+        found = self._keys.get(key_id)
+        if found:
+            return found
+        with self._lock:
+            private = self._find(ObjectClass.PRIVATE_KEY, key_id)
+            public = self._find(ObjectClass.PUBLIC_KEY, key_id)
+        if private is None or public is None:
+            raise UnknownKey(f"no key pair labelled {key_id!r} in token {self.token_label!r}")
+        point = public[Attribute.EC_POINT]
+        # EC_POINT is DER-wrapped: OCTET STRING (04 41) around the 65-byte uncompressed point.
+        if len(point) == 67 and point[:2] == b"\x04\x41":
+            point = point[2:]
+        compressed = coincurve.PublicKey(bytes(point)).format(compressed=True)
+        self._keys[key_id] = (private, compressed)
+        return private, compressed
+
+    def _find(self, object_class, label: str):
+        try:
+            return self._session.get_key(object_class=object_class, key_type=KeyType.EC, label=label)
+        except pkcs11.exceptions.NoSuchKey:
+            return None
+        except pkcs11.exceptions.MultipleObjectsReturned:
+            raise KeystoreError(f"token {self.token_label!r} has several keys labelled {label!r}") from None
+
+
+def _hash160(data: bytes) -> bytes:
+    return hash160(data)

@@ -1,0 +1,218 @@
+"""Software keystore: one HD seed per wallet, encrypted at rest with AES-256-GCM.
+
+File format (JSON):
+    {"format": "custody-signer-keystore/1",
+     "kdf": {"name": "scrypt", "salt": b64, "n": 65536, "r": 8, "p": 1} | {"name": "key-file"},
+     "check": hex HMAC-SHA256(key, "custody keystore key check"),
+     "nonce": b64 (12 bytes), "ciphertext": b64}
+The header (format, kdf, check) is the GCM associated data, so changing the
+KDF parameters is detected like any other change. `check` lets us tell a
+wrong passphrase from a damaged file, which the GCM tag alone can't.
+The plaintext is {"wallets": {name: {"seed": hex}}}. Child keys are derived
+in memory when first used and kept only in this process.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import json
+import os
+import pathlib
+import secrets
+import threading
+
+import coincurve
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from embit import bip39
+from embit.bip32 import HDKey
+
+from hsm.errors import KeystoreCorrupted, KeystoreError, UnknownKey, WrongSecret
+from hsm.keystores.base import KeyInfo, Keystore, Signature
+
+FORMAT = "custody-signer-keystore/1"
+DEFAULT_SCRYPT_N = 2**16  # about 0.2 s and 64 MiB per unlock on a laptop
+_CHECK_LABEL = b"custody keystore key check"
+_MAX_CACHED_KEYS = 100_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Passphrase:
+    text: str
+
+    def key(self, kdf: dict) -> bytes:
+        if kdf.get("name") != "scrypt":
+            raise WrongSecret("this keystore is locked with a key file, not a passphrase")
+        n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
+        return hashlib.scrypt(self.text.encode(), salt=base64.b64decode(kdf["salt"]), n=n, r=r, p=p,
+                              maxmem=256 * n * r + (1 << 20), dklen=32)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyFile:
+    path: pathlib.Path
+
+    def key(self, kdf: dict) -> bytes:
+        if kdf.get("name") != "key-file":
+            raise WrongSecret("this keystore is locked with a passphrase, not a key file")
+        try:
+            key = bytes.fromhex(pathlib.Path(self.path).read_text().strip())
+        except FileNotFoundError:
+            raise KeystoreError(f"key file {self.path} does not exist") from None
+        except ValueError:
+            raise KeystoreError(f"key file {self.path} does not hold hex") from None
+        if len(key) != 32:
+            raise KeystoreError(f"key file {self.path} must hold 32 bytes (64 hex digits), got {len(key)}")
+        return key
+
+    @staticmethod
+    def generate(path: pathlib.Path) -> "KeyFile":
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        return KeyFile(path)
+
+
+def _header_aad(header: dict) -> bytes:
+    return json.dumps({k: header[k] for k in ("format", "kdf", "check")}, sort_keys=True).encode()
+
+
+class SoftwareKeystore(Keystore):
+    kind = "software-hd"
+
+    def __init__(self, path: pathlib.Path, key: bytes, kdf: dict, seeds: dict[str, bytes]):
+        self.path = pathlib.Path(path)
+        self._key = key
+        self._kdf = kdf
+        self._roots = {name: HDKey.from_seed(seed) for name, seed in seeds.items()}
+        self._seeds = seeds
+        self._children: dict[tuple[str, str], coincurve.PrivateKey] = {}
+        self._lock = threading.Lock()
+
+    # -- creating, opening, saving ----------------------------------------------------
+    @classmethod
+    def create(cls, path: pathlib.Path, secret: Passphrase | KeyFile,
+               scrypt_n: int = DEFAULT_SCRYPT_N) -> "SoftwareKeystore":
+        path = pathlib.Path(path)
+        if path.exists():
+            raise KeystoreError(f"{path} exists already; a keystore is never overwritten")
+        if isinstance(secret, Passphrase):
+            if len(secret.text) < 8:
+                raise KeystoreError("the passphrase must have at least 8 characters")
+            kdf = {"name": "scrypt", "salt": base64.b64encode(secrets.token_bytes(16)).decode(),
+                   "n": scrypt_n, "r": 8, "p": 1}
+        else:
+            kdf = {"name": "key-file"}
+        store = cls(path, secret.key(kdf), kdf, {})
+        store.save()
+        return store
+
+    @classmethod
+    def open(cls, path: pathlib.Path, secret: Passphrase | KeyFile) -> "SoftwareKeystore":
+        """Reads and decrypts; WrongSecret or KeystoreCorrupted say which went wrong."""
+        path = pathlib.Path(path)
+        try:
+            header = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise KeystoreError(f"no keystore at {path}") from None
+        except (ValueError, UnicodeDecodeError):
+            raise KeystoreCorrupted(f"keystore {path} is not valid JSON: damaged or not a keystore") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise KeystoreCorrupted(f"keystore {path}: unknown format {header.get('format') if isinstance(header, dict) else None!r}")
+        try:
+            kdf = header["kdf"]
+            key = secret.key(kdf)
+            nonce, ciphertext = base64.b64decode(header["nonce"]), base64.b64decode(header["ciphertext"])
+            check = bytes.fromhex(header["check"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KeystoreCorrupted(f"keystore {path}: header damaged ({exc})") from None
+        if not hmac.compare_digest(hmac.new(key, _CHECK_LABEL, hashlib.sha256).digest(), check):
+            raise WrongSecret(f"keystore {path}: wrong passphrase or key file")
+        try:
+            plain = AESGCM(key).decrypt(nonce, ciphertext, _header_aad(header))
+            wallets = json.loads(plain)["wallets"]
+            seeds = {name: bytes.fromhex(w["seed"]) for name, w in wallets.items()}
+        except InvalidTag:
+            raise KeystoreCorrupted(f"keystore {path}: the passphrase is right but the contents were changed "
+                                    "or damaged (authentication failed); restore it from a backup") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KeystoreCorrupted(f"keystore {path}: contents unreadable ({exc})") from None
+        return cls(path, key, kdf, seeds)
+
+    def save(self) -> None:
+        """Writes a fresh encryption (new nonce) atomically: a crash leaves the old or the new file."""
+        header = {"format": FORMAT, "kdf": self._kdf,
+                  "check": hmac.new(self._key, _CHECK_LABEL, hashlib.sha256).hexdigest()}
+        plain = json.dumps({"wallets": {n: {"seed": s.hex()} for n, s in self._seeds.items()}}).encode()
+        nonce = secrets.token_bytes(12)
+        header["nonce"] = base64.b64encode(nonce).decode()
+        header["ciphertext"] = base64.b64encode(AESGCM(self._key).encrypt(nonce, plain, _header_aad(header))).decode()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(header, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    # -- wallets ----------------------------------------------------------------------------
+    def generate_wallet(self, name: str, words: int = 24) -> str:
+        """A fresh seed from the OS's randomness; returns its mnemonic to write down once."""
+        mnemonic = bip39.mnemonic_from_bytes(secrets.token_bytes(words * 4 // 3))
+        self.import_wallet(name, mnemonic)
+        return mnemonic
+
+    def import_wallet(self, name: str, mnemonic: str, bip39_passphrase: str = "") -> None:
+        mnemonic = " ".join(mnemonic.split())
+        if not bip39.mnemonic_is_valid(mnemonic):
+            raise KeystoreError("not a valid BIP39 mnemonic (unknown word or bad checksum)")
+        if not name or name in self._seeds:
+            raise KeystoreError(f"wallet {name!r} exists already or has no name")
+        seed = bip39.mnemonic_to_seed(mnemonic, password=bip39_passphrase)
+        self._seeds[name] = seed
+        self._roots[name] = HDKey.from_seed(seed)
+        self.save()
+
+    # -- Keystore interface --------------------------------------------------------------------
+    def list_keys(self) -> list[KeyInfo]:
+        return [KeyInfo(name, self.kind, root.my_fingerprint.hex()) for name, root in sorted(self._roots.items())]
+
+    def fingerprint(self, key_id: str) -> str:
+        return self._root(key_id).my_fingerprint.hex()
+
+    def public_key(self, key_id: str, path: str) -> bytes:
+        return self._child(key_id, path).public_key.format(compressed=True)
+
+    def extended_public_key(self, key_id: str, path: str, version: bytes | None = None) -> str:
+        node = self._root(key_id).derive(path).to_public()
+        return node.to_base58(version=version) if version else node.to_base58()
+
+    def sign_digest(self, key_id: str, path: str, digest: bytes) -> Signature:
+        # libsecp256k1 signs deterministically (RFC 6979) and always low-S.
+        sig = self._child(key_id, path).sign_recoverable(digest, hasher=None)
+        return Signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"), sig[64])
+
+    # -- derivation ------------------------------------------------------------------------------
+    def _root(self, key_id: str) -> HDKey:
+        try:
+            return self._roots[key_id]
+        except KeyError:
+            raise UnknownKey(f"no wallet {key_id!r} in this keystore") from None
+
+    def _child(self, key_id: str, path: str) -> coincurve.PrivateKey:
+        cached = self._children.get((key_id, path))
+        if cached is not None:
+            return cached
+        root = self._root(key_id)
+        try:
+            node = root.derive(path) if path not in ("", "m") else root
+        except Exception:
+            raise UnknownKey(f"not a BIP32 path: {path!r}") from None
+        child = coincurve.PrivateKey(node.key.secret)
+        with self._lock:
+            if len(self._children) >= _MAX_CACHED_KEYS:
+                self._children.clear()
+            self._children[(key_id, path)] = child
+        return child

@@ -1,0 +1,98 @@
+"""Offline (cold) signing: read an unsigned transaction file, show a human what
+it does, sign with a cold keystore, write the signed file. No network.
+
+The human is the policy here: the signer's limits are for the hot keys. What
+is still enforced: the payload decodes completely, Bitcoin inputs carry their
+UTXOs (so the fee shown is the real fee), change is shown as ours only if it
+re-derives from the cold wallet, and Ethereum transactions must carry the
+chain id the operator named.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from chains.bitcoin.params import network
+from hsm.decode import Explained, Signed
+from hsm.decode.bitcoin import BitcoinDecoder, path_text, psbt_bytes
+from hsm.decode.ethereum import EthereumDecoder
+from hsm.errors import Refused
+from hsm.keystores.base import Keystore
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineJob:
+    chain: str
+    wallet: str
+    network: str = "regtest"  # bitcoin
+    chain_id: int = 0  # ethereum
+    eth_path: str = "m/44h/60h/0h/0/0"
+    tokens: tuple[tuple[str, str], ...] = ()  # (contract, asset) an Ethereum transaction may transfer
+
+
+def read_payload(chain: str, path: pathlib.Path) -> bytes:
+    data = pathlib.Path(path).read_bytes()
+    if chain == "bitcoin":
+        return psbt_bytes(data)
+    text = data.strip()
+    try:
+        return bytes.fromhex(text.decode().removeprefix("0x"))
+    except (UnicodeDecodeError, ValueError):
+        return data
+
+
+def decoder_for(job: OfflineJob, keystore: Keystore):
+    if job.chain == "bitcoin":
+        return BitcoinDecoder(network(job.network), keystore)
+    if job.chain == "ethereum":
+        if job.chain_id <= 0:
+            raise Refused("chain_id", "give the chain id the transaction must be for (--chain-id)")
+        return EthereumDecoder(job.chain_id, keystore, dict(job.tokens))
+    raise Refused("chain", f"unknown chain {job.chain!r}")
+
+
+def keys_for(job: OfflineJob, payload: bytes, keystore: Keystore) -> list[tuple[str, str]]:
+    """Bitcoin: the input derivation hints that name the cold wallet; Ethereum: the given path."""
+    if job.chain != "bitcoin":
+        return [(job.wallet, job.eth_path)]
+    from embit.psbt import PSBT
+
+    fingerprint = {k.key_id: k.fingerprint for k in keystore.list_keys()}.get(job.wallet)
+    keys = []
+    for inp in PSBT.parse(payload).inputs:
+        for derivation in inp.bip32_derivations.values():
+            if derivation.fingerprint.hex() == fingerprint:
+                keys.append((job.wallet, path_text(derivation)))
+    return keys
+
+
+def explain(job: OfflineJob, payload: bytes, keystore: Keystore) -> tuple[Explained, object]:
+    decoder = decoder_for(job, keystore)
+    return decoder.explain(payload, keys_for(job, payload, keystore)), decoder
+
+
+def describe(explained: Explained) -> str:
+    lines = [f"{explained.chain} transaction:"]
+    for t in explained.transfers:
+        tag = "  (ours: change / internal)" if t.internal else ""
+        lines.append(f"  pay {t.amount} {t.asset} (base units) to {t.destination}{tag}")
+    external = sum(t.amount for t in explained.transfers if not t.internal)
+    lines.append(f"  leaving our wallets: {external} (base units)")
+    lines.append(f"  fee: {explained.fee} {explained.fee_asset} (base units"
+                 + (", the most it can cost)" if explained.chain == "ethereum" else ")"))
+    return "\n".join(lines)
+
+
+def sign(decoder, explained: Explained) -> Signed:
+    return decoder.sign(explained)
+
+
+def write_signed(chain: str, signed: Signed, out: pathlib.Path) -> None:
+    import base64
+
+    out = pathlib.Path(out)
+    if chain == "bitcoin":
+        out.write_text(base64.b64encode(signed.signed_payload).decode() + "\n")
+        out.with_name(out.name + ".tx.hex").write_text(signed.raw_transaction.hex() + "\n")
+    else:
+        out.write_text("0x" + signed.raw_transaction.hex() + "\n")

@@ -1,0 +1,75 @@
+"""The rules a payload must pass before the signer signs it.
+
+Checked in this order, the first failing rule refuses (Refused.rule names it):
+  asset                - every asset moved has a policy entry in signer.toml
+  deny_list            - no destination is on the deny list (internal or not)
+  allow_list           - if an allow list is configured, every external destination is on it
+  max_fee              - the fee is at most the chain's native-asset max_fee
+  max_per_transaction  - external amount per asset
+  rolling_24h          - external amount per asset over the last 24 hours, this one included
+  approvals            - above approval_above, a quorum of distinct staff approvals of this payload
+Internal destinations (our change, configured internal wallets) are always
+allowed and don't count toward the amount limits: moving coins between the
+exchange's own wallets can't lose them. The fee is limited by max_fee only.
+"""
+from __future__ import annotations
+
+import collections
+
+from hsm.approvals import count_valid
+from hsm.config import PolicyConfig
+from hsm.decode import Explained
+from hsm.errors import Refused
+from hsm.limits import WINDOW_S, RollingLimits
+
+
+class Policy:
+    def __init__(self, config: PolicyConfig, limits: RollingLimits):
+        self.config = config
+        self.limits = limits
+
+    def check(self, tx: Explained, approvals, digest: bytes, now_s: float) -> dict[str, int]:
+        """Raises Refused, or returns the external amount per asset (to record once signed)."""
+        cfg = self.config
+        external: dict[str, int] = collections.defaultdict(int)
+        policies = {}
+        for t in tx.transfers:
+            policy = cfg.asset(tx.chain, t.contract)
+            if policy is None:
+                raise Refused("asset", f"no policy for {t.asset} on {tx.chain}: the signer moves only assets "
+                                       "its config lists")
+            policies[t.asset] = policy
+            if t.destination in cfg.deny:
+                raise Refused("deny_list", f"destination {t.destination} is on the deny list")
+            if t.internal:
+                continue
+            if cfg.allow is not None and t.destination not in cfg.allow:
+                raise Refused("allow_list", f"destination {t.destination} is not on the allow list")
+            external[t.asset] += t.amount
+        fee_policy = cfg.asset(tx.chain, "")
+        if fee_policy is None:
+            raise Refused("asset", f"no policy for {tx.fee_asset} on {tx.chain}, which pays the fee")
+        if tx.fee > fee_policy.max_fee:
+            raise Refused("max_fee", f"fee {tx.fee} is above the maximum {fee_policy.max_fee} {tx.fee_asset}")
+        for asset, amount in external.items():
+            if amount > policies[asset].max_per_transaction:
+                raise Refused("max_per_transaction", f"{amount} {asset} is above the maximum "
+                                                     f"{policies[asset].max_per_transaction} per transaction")
+        for asset, amount in external.items():
+            spent = self.limits.spent_since(asset, now_s - WINDOW_S)
+            if spent + amount > policies[asset].max_per_24h:
+                raise Refused("rolling_24h", f"{amount} {asset} on top of {spent} in the last 24 hours is above "
+                                             f"the maximum {policies[asset].max_per_24h}")
+        needs = [a for a, amount in external.items() if amount > policies[a].approval_above]
+        if needs:
+            valid, rejected = count_valid(approvals, cfg.staff, tx.chain, digest)
+            if len(valid) < cfg.approval_quorum:
+                detail = f"; not counted: {', '.join(rejected)}" if rejected else ""
+                raise Refused("approvals", f"{' and '.join(needs)} above the approval threshold needs "
+                                           f"{cfg.approval_quorum} staff approvals of this payload, "
+                                           f"{len(valid)} valid{detail}")
+        return dict(external)
+
+    def record(self, external: dict[str, int], now_s: float, payload_sha256: str) -> None:
+        for asset, amount in external.items():
+            self.limits.record(asset, amount, now_s, payload_sha256)

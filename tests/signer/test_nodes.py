@@ -1,0 +1,164 @@
+"""Acceptance by real nodes: transactions signed by `custody signer serve` (its own
+process, over its Unix socket) are accepted and mined by bcoin regtest and anvil,
+with keys in the software keystore and in a SoftHSM2 token."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from chains.nodes import ANVIL, Nodes, json_rpc
+from hsm.keystores.pkcs11 import Pkcs11Keystore
+from tests.support import signer as S
+from tests.support import softhsm
+from tests.support.bitcoin import node_folder
+
+ANVIL_ACCOUNT_0 = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"  # unlocked in anvil's default accounts
+TOKEN_KEY = "hot-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def anvil():
+    nodes = Nodes(node_folder("signer-anvil"), {"ethereum": free_port()})
+    nodes.up(("ethereum",), fresh=True)
+    yield nodes.rpc_url("ethereum")
+    nodes.down(("ethereum",))
+
+
+@pytest.fixture(params=["software", "softhsm"])
+def served(request, tmp_path):
+    """(signer process, key for bitcoin, key for ethereum) with keys in either keystore."""
+    raw = S.raw_config(tmp_path)
+    env = {}
+    if request.param == "software":
+        S.make_keystore(tmp_path)
+        keys = ((S.HOT, S.HOT_BTC_PATH), (S.HOT, S.HOT_ETH_PATH))
+    else:
+        label = softhsm.new_token()
+        store = Pkcs11Keystore.open(softhsm.LIBRARY, label, softhsm.PIN)
+        store.generate_key(TOKEN_KEY)
+        store.close()
+        raw["keystore"] = {"kind": "pkcs11", "library": str(softhsm.LIBRARY), "token_label": label,
+                           "pin_env": "TEST_SIGNER_PIN"}
+        env = {"TEST_SIGNER_PIN": softhsm.PIN, "SOFTHSM2_CONF": os.environ["SOFTHSM2_CONF"]}
+        keys = ((TOKEN_KEY, ""), (TOKEN_KEY, ""))
+    process = S.SignerProcess(tmp_path, raw, env)
+    yield process, keys
+    process.stop()
+
+
+def test_signed_psbt_is_accepted_and_mined_by_bcoin(served, chain):
+    process, (btc_key, _) = served
+    client = process.client
+    pub = client.public_key(*btc_key).public_key
+    ours = S.p2wpkh_script(pub)
+    funding_txid, _ = chain.pay((ours, S.BTC))
+    chain.mine(1)
+    destination = S.foreign_script(f"payee {time.time()}")
+    payload = S.make_psbt([(funding_txid, 0, S.BTC, ours)], [(destination, S.BTC // 10), (ours, S.BTC - S.BTC // 10 - 5_000)])
+    result = client.sign("bitcoin", payload, [btc_key], reference="withdrawal-1")
+    assert result.signed, result.refused_reason
+    assert result.destinations[1][3] is True and result.fee == 5_000
+    txid = chain.miner.send(result.raw_transaction)  # raises unless the mempool took it (bcoin says yes anyway)
+    assert txid == result.txid
+    chain.mine(1)
+    assert txid not in chain.rpc.call("getrawmempool")
+    coin = chain.rpc.call("gettxout", txid, 0)
+    assert coin and int(round(float(coin["value"]) * S.BTC)) == S.BTC // 10 and coin["confirmations"] == 1
+
+
+def test_tampered_signature_is_refused_by_bcoin(served, chain):
+    """The acceptance check above can fail: a transaction with a broken signature never enters the mempool."""
+    process, (btc_key, _) = served
+    ours = S.p2wpkh_script(process.client.public_key(*btc_key).public_key)
+    funding_txid, _ = chain.pay((ours, S.BTC))
+    chain.mine(1)
+    payload = S.make_psbt([(funding_txid, 0, S.BTC, ours)], [(S.foreign_script("x"), S.BTC // 10),
+                                                              (ours, S.BTC - S.BTC // 10 - 5_000)])
+    result = process.client.sign("bitcoin", payload, [btc_key])
+    assert result.signed, result.refused_reason
+    # The payee output's amount is the first 8 bytes after the outpoint and counts: change one bit.
+    raw = bytearray(result.raw_transaction)
+    index = raw.find((S.BTC // 10).to_bytes(8, "little"))
+    assert index > 0
+    raw[index] ^= 1
+    with pytest.raises(Exception, match="refused"):
+        chain.miner.send(bytes(raw))
+
+
+def eth_call(url, method, *params):
+    return json_rpc(url, method, list(params))
+
+
+def receipt(url, txhash, timeout_s=15.0):
+    """anvil mines each transaction, a moment after answering."""
+    deadline = time.monotonic() + timeout_s
+    while (found := eth_call(url, "eth_getTransactionReceipt", txhash)) is None:
+        assert time.monotonic() < deadline, f"{txhash} was not mined"
+        time.sleep(0.05)
+    return found
+
+
+def test_signed_eip1559_transaction_is_accepted_and_mined_by_anvil(served, anvil):
+    from hsm.decode.ethereum import address_of
+
+    process, (_, eth_key) = served
+    client = process.client
+    ours = address_of(client.public_key(*eth_key).public_key)
+    funding = eth_call(anvil, "eth_sendTransaction", {"from": ANVIL_ACCOUNT_0, "to": ours, "value": hex(3 * S.ETH)})
+    assert int(receipt(anvil, funding)["status"], 16) == 1
+    payee = "0x" + os.urandom(20).hex()
+    nonce = int(eth_call(anvil, "eth_getTransactionCount", ours, "pending"), 16)
+    payload = S.eth_payload(payee, S.ETH, nonce=nonce, max_fee=20 * 10**9, tip=10**9)
+    result = client.sign("ethereum", payload, [eth_key])
+    assert result.signed, result.refused_reason
+    txhash = eth_call(anvil, "eth_sendRawTransaction", "0x" + result.raw_transaction.hex())
+    assert txhash == result.txid
+    mined = receipt(anvil, txhash)
+    assert int(mined["status"], 16) == 1 and mined["from"].lower() == ours
+    assert int(eth_call(anvil, "eth_getBalance", payee, "latest"), 16) == S.ETH
+
+
+def test_transaction_for_anvil_is_rejected_by_a_node_with_another_chain_id(tmp_path):
+    """FAILURE_MODES 10: what the signer signs for chain 31337 can't be replayed on chain 1337."""
+    S.make_keystore(tmp_path)
+    from hsm.service import Signer
+    from hsm.keystores.software import Passphrase, SoftwareKeystore
+
+    store = SoftwareKeystore.open(tmp_path / "keystore.json", Passphrase(S.PASSPHRASE))
+    signer = Signer(S.make_config(tmp_path), store)
+    result = signer.sign("ethereum", S.eth_payload("0x" + "22" * 20, 1, max_fee=20 * 10**9),
+                         [(S.HOT, S.HOT_ETH_PATH)], [])
+    assert result.signed
+    port = free_port()
+    other = subprocess.Popen([str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--chain-id", "1337"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert int(eth_call(url, "eth_chainId"), 16) == 1337
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        address = S.hot_eth_address(store)
+        eth_call(url, "anvil_setBalance", address, hex(10 * S.ETH))
+        with pytest.raises(ValueError, match="(?i)chain"):
+            eth_call(url, "eth_sendRawTransaction", "0x" + result.raw_transaction.hex())
+    finally:
+        other.terminate()
+        other.wait(timeout=10)
+        signer.audit.close()
+        signer.limits.close()

@@ -1,0 +1,93 @@
+"""PKCS#11 keystore against a real SoftHSM2 token: keys made inside the token and
+not extractable, low-S signatures with the right recovery id, clear start failures."""
+from __future__ import annotations
+
+import coincurve
+import pytest
+from pkcs11 import Attribute, Mechanism, ObjectClass
+
+from hsm.errors import KeystoreError, UnknownKey, WrongSecret
+from hsm.keystores.base import HALF_N
+from hsm.keystores.pkcs11 import Pkcs11Keystore
+from hsm.service import Signer
+from tests.support import signer as S
+from tests.support import softhsm
+
+
+@pytest.fixture
+def token():
+    label = softhsm.new_token()
+    store = Pkcs11Keystore.open(softhsm.LIBRARY, label, softhsm.PIN)
+    yield label, store
+    store.close()
+
+
+def test_key_is_generated_in_the_token_and_cannot_be_extracted(token):
+    label, store = token
+    pub = store.generate_key("hot-1")
+    assert len(pub) == 33 and pub[0] in (2, 3)
+    private = store._session.get_key(object_class=ObjectClass.PRIVATE_KEY, label="hot-1")
+    assert private[Attribute.SENSITIVE] is True and private[Attribute.EXTRACTABLE] is False
+    assert [k.key_id for k in store.list_keys()] == ["hot-1"]
+    with pytest.raises(KeystoreError, match="already"):
+        store.generate_key("hot-1")
+
+
+def test_signatures_are_low_s_verify_and_recover_the_key(token):
+    _, store = token
+    pub = store.generate_key("k")
+    high_s_seen_by_token = 0
+    for i in range(40):
+        digest = (i + 1).to_bytes(32, "big")
+        sig = store.sign_digest("k", "", digest)
+        assert sig.low_s
+        assert coincurve.PublicKey(pub).verify(sig.der(), digest, hasher=None)
+        recovered = coincurve.PublicKey.from_signature_and_message(sig.compact() + bytes([sig.recovery_id]), digest,
+                                                                   hasher=None)
+        assert recovered.format() == pub
+        raw = store._keys["k"][0].sign(digest, mechanism=Mechanism.ECDSA)
+        high_s_seen_by_token += int.from_bytes(raw[32:], "big") > HALF_N
+    # About half of the token's own signatures are high-S, so normalising was exercised.
+    # (Its ECDSA is randomised, no RFC 6979: determinism is not available from this backend.)
+    assert high_s_seen_by_token > 0
+
+
+def test_token_keys_have_no_hd_paths(token):
+    _, store = token
+    store.generate_key("k")
+    with pytest.raises(UnknownKey, match="single key"):
+        store.public_key("k", "m/0")
+    with pytest.raises(UnknownKey, match="no key pair"):
+        store.public_key("missing", "")
+
+
+def test_missing_token_and_wrong_pin_fail_clearly_at_start(token):
+    label, _ = token
+    with pytest.raises(KeystoreError, match="no PKCS#11 token labelled 'no-such-token'"):
+        Pkcs11Keystore.open(softhsm.LIBRARY, "no-such-token", softhsm.PIN)
+    unopened = softhsm.new_token()  # a token with no session yet (login state is per token)
+    with pytest.raises(WrongSecret, match="wrong PIN"):
+        Pkcs11Keystore.open(softhsm.LIBRARY, unopened, "999999")
+    with pytest.raises(KeystoreError, match="does not exist"):
+        Pkcs11Keystore.open(softhsm.LIBRARY.with_name("nope.so"), label, softhsm.PIN)
+
+
+def test_signer_with_token_keys_signs_psbt_and_ethereum(token, tmp_path):
+    """The whole service on a token key: PSBT input and change recognised by key, EIP-1559 signed."""
+    from eth_account import Account
+
+    from hsm.decode.ethereum import address_of
+
+    _, store = token
+    pub = store.generate_key("hot-token")
+    config = S.make_config(tmp_path)
+    signer = Signer(config, store)
+    mine = S.p2wpkh_script(pub)
+    payload = S.make_psbt([("22" * 32, 1, S.BTC, mine)], [(S.foreign_script(), 10_000), (mine, S.BTC - 11_000)])
+    out = signer.sign("bitcoin", payload, [("hot-token", "")], [])
+    assert out.signed, out.refused_reason
+    assert [t.internal for t in out.transfers] == [False, True]
+    eth = signer.sign("ethereum", S.eth_payload("0x" + "22" * 20, S.ETH), [("hot-token", "")], [])
+    assert eth.signed and Account.recover_transaction(eth.raw_transaction).lower() == address_of(pub)
+    signer.audit.close()
+    signer.limits.close()
