@@ -24,12 +24,17 @@ class Idempotency:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HoldCreate:
-    """Moves amount from the user's available to held and opens a hold for it."""
+    """Moves amount from the user's available to held and opens a hold for it.
+
+    hold_id may be chosen by the caller (make it with model.new_id()): then later
+    commands in the same group can post to or void the hold before it is
+    committed, and the caller can record the id in its own rows beforehand."""
 
     account_id: int
     asset: str
     amount: int
     reference: str | None = None
+    hold_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
