@@ -3,29 +3,20 @@ and the tests all go through this object; none of it knows about gRPC."""
 from __future__ import annotations
 
 import concurrent.futures
-import re
 
 from custody import config as config_mod
 from custody.accounts import service as accounts
 from custody.db.engine import make_engine
 from custody.errors import InvalidArgument
 from custody.events.journal import EventNotifier, read_after
-from custody.ledger.commands import BatchResult, Command, Idempotency
+from custody.ledger.commands import BatchResult, Command, Idempotency, parse_idempotency_key
 from custody.ledger.engine import LedgerWriter
 from custody.ledger.model import EQUITY, Posting, user_available
 from custody.money import parse_amount
+from matching_stub.service import MatchingService
 
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 MAX_MEMO = 256
 MIN_REASON, MAX_REASON = 3, 512
-
-
-def parse_idempotency_key(key: str) -> str:
-    if not key:
-        raise InvalidArgument("idempotency_key is required")
-    if not _IDEMPOTENCY_KEY.fullmatch(key):
-        raise InvalidArgument("idempotency_key must be 1-128 printable ASCII characters without spaces")
-    return key
 
 
 class Custody:
@@ -35,8 +26,11 @@ class Custody:
         self.notifier = EventNotifier()
         self.writer = LedgerWriter(self.engine, max_group=config.server.max_group_commit)
         self.writer.on_commit(self.notifier.notify)
+        # Order books; fills are ledger batches too, so they wake StreamEvents readers.
+        self.matching = MatchingService(config, self.engine, on_ledger_commit=self.notifier.notify)
 
     def close(self) -> None:
+        self.matching.close()
         self.writer.close()
         self.engine.dispose()
 

@@ -4,8 +4,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 
+from custody.errors import InvalidArgument
 from custody.ledger.model import Posting
+
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def parse_idempotency_key(key: str) -> str:
+    if not key:
+        raise InvalidArgument("idempotency_key is required")
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidArgument("idempotency_key must be 1-128 printable ASCII characters without spaces")
+    return key
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -13,10 +13,10 @@ TEST_ASSETS = [
 ]
 
 # ETH/BTC: prices in satoshi per whole ether (price_unit 10^18 wei), a tick of
-# 1 satoshi; quantities in wei, in steps of 0.001 ETH, at least 0.01 ETH.
+# 10 satoshi; quantities in wei, in steps of 0.001 ETH, at least 0.01 ETH.
 # Fees: maker 0.1%, taker 0.2% of the quote amount.
 TEST_MARKETS = [
-    {"base": "ETH", "quote": "BTC", "price_unit": str(10**18), "price_tick": "1",
+    {"base": "ETH", "quote": "BTC", "price_unit": str(10**18), "price_tick": "10",
      "quantity_step": str(10**15), "min_quantity": str(10**16), "maker_fee_ppm": 1000, "taker_fee_ppm": 2000},
 ]
 
