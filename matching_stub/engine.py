@@ -289,7 +289,7 @@ class _Group:
         if outcome.expired_release:
             self._release(r.client, order, outcome.expired_release, "order_expire")
         self._book_changed(r.market, outcome.levels)
-        return _Pending(order, trades)
+        return _Pending(OrderView.of(order), trades)  # as this request left it
 
     def _fill(self, client: str, market: MarketConfig, f: Fill) -> dict:
         buy, sell = f.buy, f.sell
@@ -326,8 +326,10 @@ class _Group:
             if order is not None:
                 break
         else:
-            if r.order_id in self.new_orders:  # placed earlier in this group and no longer resting
-                return self._not_cancellable(r.order_id, self.new_orders[r.order_id].status)
+            # Placed or changed earlier in this group (the database does not show it yet).
+            seen = self.new_orders.get(r.order_id) or self.changed_orders.get(r.order_id)
+            if seen is not None:
+                return self._not_cancellable(r.order_id, seen.status)
             row = self.conn.execute(select(t.orders.c.status).where(t.orders.c.id == r.order_id)).first()
             if row is None:
                 raise NotFound(f"order {r.order_id} does not exist")
@@ -395,14 +397,14 @@ class _Group:
         return max((r.event_cursor for r in results), default=0)
 
     def finish(self, results: list) -> list:
-        """Results as committed: a placed order as the whole group left it, its trades with their batches."""
-        return [Placed(OrderView.of(r.order), tuple(trade_view_from_row(_Row(row)) for row in r.trades))
+        """Results with the batch ids the ledger gave the trades."""
+        return [Placed(r.order, tuple(trade_view_from_row(_Row(row)) for row in r.trades))
                 if isinstance(r, _Pending) else r for r in results]
 
 
 @dataclasses.dataclass(slots=True)
 class _Pending:
-    order: Order
+    order: OrderView
     trades: list[dict]
 
 
