@@ -47,8 +47,9 @@ class DictFunds:
         self.balances[key] = have - amount
 
     def give(self, account_id: int, asset: str, amount: int) -> None:
+        balances = self.balances
         key = (account_id, asset)
-        self.balances[key] = self.balances.get(key, 0) + amount
+        balances[key] = balances.get(key, 0) + amount
 
 
 @dataclasses.dataclass(slots=True)
@@ -102,6 +103,8 @@ class Matcher:
         self.unit = market.price_unit
         self.fee_unit = market.price_unit * PPM
         self.held_fee_ppm = amounts.held_fee_ppm(market)
+        self.maker_ppm, self.taker_ppm = market.maker_fee_ppm, market.taker_fee_ppm
+        self.base, self.quote = market.base, market.quote
 
     def place(self, order: Order) -> Outcome:
         """Holds, matches and rests or expires the order. Raises FailedPrecondition
@@ -114,7 +117,10 @@ class Matcher:
         if order.post_only and crosses:
             raise FailedPrecondition(
                 f"post-only order would match the resting order at {best.price}; nothing was placed")
-        asset, amount = amounts.hold_for(market, order.side, order.price, order.quantity)
+        if buying:
+            asset, amount = market.quote, amounts.buy_hold(market, order.price, order.quantity)
+        else:
+            asset, amount = market.base, order.quantity
         self.funds.take(order.account_id, asset, amount)  # the only check that may still refuse it
         order.hold_remaining = amount
         outcome = Outcome(order, [], [])
@@ -162,8 +168,9 @@ class Matcher:
             if level is None or ((level.price > taker.price) if buying else (level.price < taker.price)):
                 return
             outcome.levels.add((opposite.side, level.price))
-            while taker.remaining and level.orders:
-                maker = level.orders[next(iter(level.orders))]
+            orders = level.orders
+            while taker.remaining and orders:
+                maker = next(iter(orders.values()))
                 if maker.account_id == taker.account_id:
                     # Self-trade prevention: the resting order goes, the new one goes on.
                     book.cancel(maker)
@@ -179,9 +186,9 @@ class Matcher:
     def _settle(self, taker: Order, maker: Order, quantity: int, price: int) -> Fill:
         """The amounts of one fill (see amounts.py); updates both orders and the funds."""
         if taker.side == BUY:
-            buy, sell, buy_ppm, sell_ppm = taker, maker, self.market.taker_fee_ppm, self.market.maker_fee_ppm
+            buy, sell, buy_ppm, sell_ppm = taker, maker, self.taker_ppm, self.maker_ppm
         else:
-            buy, sell, buy_ppm, sell_ppm = maker, taker, self.market.maker_fee_ppm, self.market.taker_fee_ppm
+            buy, sell, buy_ppm, sell_ppm = maker, taker, self.maker_ppm, self.taker_ppm
         value = quantity * price
         unit, fee_unit = self.unit, self.fee_unit
 
@@ -211,12 +218,12 @@ class Matcher:
         buy.hold_remaining = still_needed
         sell.hold_remaining -= quantity
 
-        funds, market = self.funds, self.market
-        funds.give(buy.account_id, market.base, quantity)
+        give = self.funds.give
+        give(buy.account_id, self.base, quantity)
         if refund:
-            funds.give(buy.account_id, market.quote, refund)
+            give(buy.account_id, self.quote, refund)
         if seller_gross > seller_fee:
-            funds.give(sell.account_id, market.quote, seller_gross - seller_fee)
+            give(sell.account_id, self.quote, seller_gross - seller_fee)
         return Fill(taker, maker, price, quantity, buyer_paid, buyer_fee, seller_gross, seller_fee, refund)
 
     def _expire(self, order: Order, outcome: Outcome, reason: str) -> None:

@@ -331,15 +331,15 @@ class _Writes:
         self.batch_offset: dict[str, int] = {}
         self._mark = (0, 0, 0)
         self._touched: dict[str, dict | None] = {}
-        self._created: dict[str, dict] = {}  # hold id -> its row in hold_inserts
+        self._created: dict[str, dict] = {}  # hold id -> its row in hold_inserts[:_indexed]
+        self._indexed = 0
 
     def created(self, hold_id: str) -> dict | None:
         """The insert row of a hold created earlier in this group (by a command not rolled back)."""
-        row = self._created.get(hold_id)
-        if row is None and len(self._created) < len(self.hold_inserts):
-            self._created.update((r["id"], r) for r in self.hold_inserts)  # index rows added since
-            row = self._created.get(hold_id)
-        return row
+        if self._indexed < len(self.hold_inserts):  # index the rows added since the last look
+            self._created.update((r["id"], r) for r in self.hold_inserts[self._indexed:])
+            self._indexed = len(self.hold_inserts)
+        return self._created.get(hold_id)
 
     def hold(self, loaded: dict[str, dict], hold_id: str) -> dict:
         current = self.hold_updates.get(hold_id) or loaded.get(hold_id) or self.created(hold_id)
@@ -381,6 +381,7 @@ class _Writes:
         nb, nt, nh = self._mark
         for row in self.hold_inserts[nh:]:
             self._created.pop(row["id"], None)
+        self._indexed = min(self._indexed, nh)
         del self.batches[nb:], self.payloads[nb:], self.transfers[nt:], self.hold_inserts[nh:]
         for hold_id, before in self._touched.items():
             if before is None:
