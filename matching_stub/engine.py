@@ -157,9 +157,7 @@ class MatchingEngine:
         event cursor, last market-data cursor), both 0 when nothing was written."""
         try:
             return self._commit(requests)
-        except (_Rejected, DBAPIError) as exc:
-            self.ids.rollback()
-            self.load()
+        except (_Rejected, DBAPIError) as exc:  # nothing was committed and the books are back (see _commit)
             if len(requests) == 1:
                 if isinstance(exc, _Rejected):
                     return [exc.error], 0, 0

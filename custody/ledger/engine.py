@@ -117,9 +117,10 @@ class _Group:
         # id: later commands may post to them, so their accounts are needed too.
         created = {h.hold_id: {"account_id": h.account_id, "asset": h.asset}
                    for c in commands for h in c.hold_creates if h.hold_id}
+        known_holds = {**created, **holds}
         keys: set[tuple[str, str]] = set()
         for c in commands:
-            keys.update(_account_keys(c, {**created, **holds}))
+            keys.update(_account_keys(c, known_holds))
         # Never create ledger accounts for custody accounts that do not exist;
         # the commands naming them fail with NotFound below.
         keys = {k for k in keys if owner_of(k[0]) is None or owner_of(k[0]) in owners}

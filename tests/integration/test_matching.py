@@ -223,3 +223,31 @@ def test_the_book_survives_a_restart(config, app):
     finally:
         again.close()
         app.close = lambda: None  # closed above; the fixture would close it twice
+
+
+def test_when_the_ledger_refuses_what_memory_allowed_nothing_of_the_group_is_lost(app, monkeypatch):
+    """The in-memory forecast is wrong for one order (as after a concurrent transfer on PostgreSQL):
+    the ledger refuses its hold, the group rolls back, the books are rebuilt and each request is
+    retried alone: that order fails with InsufficientFunds, the others go through."""
+    from matching_stub import engine as engine_mod
+
+    rich, poor = accounts(app, 2, btc=BTC, eth=10 * ETH)
+    real_load = engine_mod._LedgerFunds.load
+
+    def optimistic_load(self, keys):
+        real_load(self, keys)
+        if (poor, "BTC") in keys:
+            self.balances[(poor, "BTC")] += 10**12  # the forecast thinks poor is rich
+
+    monkeypatch.setattr(engine_mod._LedgerFunds, "load", optimistic_load)
+    app.transfer("exchange", "drain", str(poor), str(rich), "BTC", str(BTC), "")  # poor has no BTC left
+    service = app.matching
+    requests = [service.parse_place("exchange", f"g-{i}", str(who), MARKET, side, "LIMIT", "GTC", False, "100000",
+                                    str(ETH)) for i, (who, side) in enumerate(((rich, "SELL"), (poor, "BUY"),
+                                                                                (rich, "BUY")))]
+    results, _, _ = service.engine.run(requests)
+    assert [type(r).__name__ for r in results] == ["Placed", "InsufficientFunds", "Placed"]
+    assert results[2].order.status == "OPEN"  # its own ask is cancelled by self-trade prevention
+    assert balances(app, poor)["BTC"] == (0, 0)
+    assert book(app) == ([(100_000, ETH)], [])
+    assert set(service.engine.books[MARKET].orders) == {results[2].order.order_id}
