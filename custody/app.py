@@ -3,7 +3,6 @@ and the tests all go through this object; none of it knows about gRPC."""
 from __future__ import annotations
 
 import concurrent.futures
-import re
 
 from custody import config as config_mod
 from chains import registry
@@ -15,22 +14,14 @@ from custody.deposits import service as deposits
 from custody.deposits.model import Deposit
 from custody.deposits.scanner import Scanner
 from custody.events.journal import EventNotifier, read_after
-from custody.ledger.commands import BatchResult, Command, Idempotency
+from custody.ledger.commands import BatchResult, Command, Idempotency, parse_idempotency_key
 from custody.ledger.engine import LedgerWriter
 from custody.ledger.model import EQUITY, Posting, user_available
 from custody.money import parse_amount
+from matching_stub.service import MatchingService
 
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 MAX_MEMO = 256
 MIN_REASON, MAX_REASON = 3, 512
-
-
-def parse_idempotency_key(key: str) -> str:
-    if not key:
-        raise InvalidArgument("idempotency_key is required")
-    if not _IDEMPOTENCY_KEY.fullmatch(key):
-        raise InvalidArgument("idempotency_key must be 1-128 printable ASCII characters without spaces")
-    return key
 
 
 class Custody:
@@ -43,10 +34,13 @@ class Custody:
         self.chains: dict[str, ChainPlugin] = {c.name: _make_plugin(c) for c in config.chains}
         self._scanners: dict[str, Scanner] = {}
         self._jobs = None
+        # Order books; fills are ledger batches too, so they wake StreamEvents readers.
+        self.matching = MatchingService(config, self.engine, on_ledger_commit=self.notifier.notify)
 
     def close(self) -> None:
         if self._jobs is not None:
             self._jobs.stop()
+        self.matching.close()
         for plugin in self.chains.values():
             plugin.close()
         self.writer.close()

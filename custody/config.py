@@ -36,6 +36,32 @@ class AssetConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MarketConfig:
+    """An order book: base bought and sold for quote. Every number is an integer.
+
+    quantity: base units of `base`, a multiple of quantity_step, at least min_quantity.
+    price: base units of `quote` paid for price_unit base units of `base` (for
+    ETH/BTC with price_unit 10^18, satoshi per whole ether), a multiple of price_tick.
+    Fees in parts per million of the quote amount of a fill."""
+
+    base: str
+    quote: str
+    price_unit: int
+    price_tick: int
+    quantity_step: int
+    min_quantity: int
+    maker_fee_ppm: int
+    taker_fee_ppm: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.base}/{self.quote}"
+
+
+MAX_FEE_PPM = 100_000  # 10%: a sell's fee always fits in its proceeds (see docs/matching.md)
+
+
+@dataclasses.dataclass(frozen=True)
 class ClientConfig:
     name: str
     token_sha256: str
@@ -85,6 +111,7 @@ class Config:
     clients: tuple[ClientConfig, ...]
     assets: tuple[AssetConfig, ...]
     chains: tuple[ChainConfig, ...] = ()
+    markets: tuple[MarketConfig, ...] = ()
 
     def chain(self, name: str) -> ChainConfig:
         for c in self.chains:
@@ -102,6 +129,12 @@ class Config:
     @property
     def asset_names(self) -> frozenset[str]:
         return frozenset(a.asset for a in self.assets)
+
+    def market(self, name: str) -> MarketConfig:
+        for m in self.markets:
+            if m.name == name:
+                return m
+        raise InvalidArgument(f"unknown market {name[:32]!r}")
 
 
 def load(path: str | pathlib.Path) -> Config:
@@ -139,12 +172,14 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
         raise ConfigError("server: tls_cert and tls_key must be given together")
     if server.tls_client_ca and not server.tls_cert:
         raise ConfigError("server: tls_client_ca needs tls_cert and tls_key")
+    assets = _assets(raw.get("assets", []))
     return Config(
         database_url=url,
         server=server,
         clients=tuple(_client(c, i) for i, c in enumerate(raw.get("clients", []))),
-        assets=_assets(raw.get("assets", [])),
+        assets=assets,
         chains=_chains(raw.get("chains", {})),
+        markets=_markets(raw.get("markets", []), assets),
     )
 
 
@@ -241,4 +276,51 @@ def _chains(section: dict) -> tuple[ChainConfig, ...]:
             max_reorg_depth=number("max_reorg_depth", 100, int, 1),
             settings=dict(raw),
         ))
+    return tuple(out)
+
+
+def _markets(items: list[dict], assets: tuple[AssetConfig, ...]) -> tuple[MarketConfig, ...]:
+    decimals = {a.asset: a.decimals for a in assets}
+    out: list[MarketConfig] = []
+    for i, raw in enumerate(items):
+        where = f"markets[{i}]"
+        base, quote = raw.get("base", ""), raw.get("quote", "")
+        for key, name in (("base", base), ("quote", quote)):
+            if name not in decimals:
+                raise ConfigError(f"{where}: {key} {name!r} is not a configured asset")
+        if base == quote:
+            raise ConfigError(f"{where}: base and quote must differ")
+        where = f"{where} ({base}/{quote})"
+
+        def amount(key: str, default: int | None = None) -> int:
+            if key not in raw:
+                if default is None:
+                    raise ConfigError(f"{where}: {key} is required")
+                return default
+            try:
+                return parse_amount(str(raw[key]), f"{where}.{key}")
+            except InvalidArgument as exc:
+                raise ConfigError(str(exc)) from None
+
+        def fee(key: str) -> int:
+            value = raw.get(key, 0)
+            if type(value) is not int or not 0 <= value <= MAX_FEE_PPM:
+                raise ConfigError(f"{where}: {key} must be an integer from 0 to {MAX_FEE_PPM} (parts per million)")
+            return value
+
+        market = MarketConfig(
+            base=base, quote=quote,
+            # Default: the price of one whole base coin, the way people quote it.
+            price_unit=amount("price_unit", 10 ** decimals[base]),
+            price_tick=amount("price_tick"),
+            quantity_step=amount("quantity_step"),
+            min_quantity=amount("min_quantity"),
+            maker_fee_ppm=fee("maker_fee_ppm"),
+            taker_fee_ppm=fee("taker_fee_ppm"),
+        )
+        if market.min_quantity % market.quantity_step:
+            raise ConfigError(f"{where}: min_quantity must be a multiple of quantity_step")
+        if any(m.name == market.name for m in out):
+            raise ConfigError(f"{where}: market {market.name} is listed twice")
+        out.append(market)
     return tuple(out)

@@ -5,8 +5,10 @@ custody server on a fresh SQLite database under var/demo/, then, as a client
 over gRPC: creates two accounts, funds one by a staff adjustment, transfers
 between them, gives Ann a Bitcoin deposit address, pays it from a regtest
 miner, watches the deposit go PENDING then CREDITED, shows balances and the
-event stream, and runs the invariant check. Stops everything it started and
-exits 0, or non-zero if a step failed. With --keep-running the server and
+event stream; then the trade story (A bids for 10 ETH at 0.001 BTC, B sells
+into it: both balances change in the ledger only, the event and market-data
+streams show it); and runs the invariant check. Stops everything it started
+and exits 0, or non-zero if a step failed. With --keep-running the server and
 nodes stay up for your own clients until Ctrl-C.
 """
 from __future__ import annotations
@@ -34,8 +36,9 @@ from chains.bitcoin.rpc import BitcoinRPC  # noqa: E402
 from chains.nodes import Nodes  # noqa: E402
 from custody.api.auth import token_digest  # noqa: E402
 from custody.v1 import backoffice_pb2 as bo  # noqa: E402
-from custody.v1 import backoffice_pb2_grpc, custody_pb2_grpc  # noqa: E402
+from custody.v1 import backoffice_pb2_grpc, custody_pb2_grpc, matching_pb2_grpc  # noqa: E402
 from custody.v1 import custody_pb2 as pb  # noqa: E402
+from custody.v1 import matching_pb2 as mpb  # noqa: E402
 
 DEMO = ROOT / "var" / "demo"
 NODES = DEMO / "nodes"
@@ -91,6 +94,17 @@ network = "regtest"
 rpc_url = "{bitcoin_rpc}"
 deposit_xpub = "{DEMO_DEPOSIT_VPUB}"
 poll_interval_s = 0.3
+
+# ETH/BTC: prices in satoshi per ETH (10^18 wei), quantities in wei.
+[[markets]]
+base = "ETH"
+quote = "BTC"
+price_unit = "1000000000000000000"
+price_tick = "1"
+quantity_step = "1000000000000000"
+min_quantity = "10000000000000000"
+maker_fee_ppm = 1000
+taker_fee_ppm = 2000
 """)
     return path
 
@@ -222,6 +236,103 @@ def story(address: str, tokens: dict[str, tuple[str, list[str]]], miner: Regtest
     call.cancel()
 
 
+def eth(wei: str) -> str:
+    whole, frac = divmod(int(wei), 10**18)
+    return f"{whole}.{frac:018d}".rstrip("0").rstrip(".") + " ETH"
+
+
+def trade_story(address: str, tokens: dict[str, tuple[str, list[str]]]) -> None:
+    """DESIGN section 4, Trade: A bids for 10 ETH at 0.001 BTC, B sells into it."""
+    channel = grpc.insecure_channel(address)
+    custody = custody_pb2_grpc.CustodyServiceStub(channel)
+    backoffice = backoffice_pb2_grpc.BackofficeServiceStub(channel)
+    matching = matching_pb2_grpc.MatchingServiceStub(channel)
+    exchange = [("authorization", f"Bearer {tokens['exchange'][0]}")]
+    admin = [("authorization", f"Bearer {tokens['alice-admin'][0]}")]
+    ten_eth, price = str(10 * 10**18), "100000"  # 100,000 sat = 0.001 BTC per ETH
+
+    step("Trade: accounts A and B; their deposits")
+    a = custody.CreateAccount(pb.CreateAccountRequest(external_id="user-a"), metadata=exchange).account_id
+    b = custody.CreateAccount(pb.CreateAccountRequest(external_id="user-b"), metadata=exchange).account_id
+    # Deposits arrive with the chain issues; until then the demo stands them in
+    # with staff adjustments, clearly labelled as such in the ledger.
+    last_cursor = 0
+    for account, asset, amount, what in ((a, "BTC", "2000000", "0.02 BTC"), (b, "ETH", ten_eth, "10 ETH")):
+        last_cursor = backoffice.AdjustBalance(bo.AdjustBalanceRequest(
+            idempotency_key=f"demo-deposit-{account}-{asset}", account_id=account, asset=asset, amount=amount,
+            direction=bo.ADJUSTMENT_DIRECTION_CREDIT, reason="demo: stands in for an on-chain deposit"),
+            metadata=admin).event_cursor
+        print(f"  account {account} 'deposits' {what} (a staff AdjustBalance standing in for a chain deposit)")
+    (market,) = matching.ListMarkets(mpb.ListMarketsRequest(), metadata=exchange).markets
+    print(f"  market {market.market}: price in sat per {eth(market.price_unit)}, tick {market.price_tick} sat, "
+          f"step {eth(market.quantity_step)}, fees maker {market.maker_fee_ppm / 10_000}% / taker {market.taker_fee_ppm / 10_000}%")
+
+    step("A bids for 10 ETH at 0.001 BTC (price 100000 sat per ETH)")
+    bid = matching.PlaceOrder(mpb.PlaceOrderRequest(
+        idempotency_key="demo-bid", account_id=a, market=market.market, side=mpb.SIDE_BUY,
+        type=mpb.ORDER_TYPE_LIMIT, price=price, quantity=ten_eth, time_in_force=mpb.TIME_IN_FORCE_GTC),
+        metadata=exchange).order
+    assert bid.status == mpb.ORDER_STATUS_OPEN and bid.held == "1002000", bid
+    print(f"  order {bid.order_id} OPEN; holds {btc(bid.held)} = 0.01 BTC + the highest fee (0.2%)")
+    book = matching.GetOrderBook(mpb.GetOrderBookRequest(market=market.market, depth=5), metadata=exchange)
+    assert [(lv.price, lv.quantity) for lv in book.bids] == [(price, ten_eth)] and not book.asks
+    print(f"  book: bids {[(lv.price, eth(lv.quantity)) for lv in book.bids]}, asks none (market-data cursor {book.cursor})")
+    balances = {x.asset: x for x in custody.GetBalances(pb.GetBalancesRequest(account_id=a), metadata=exchange).balances}
+    assert (balances["BTC"].available, balances["BTC"].held) == ("998000", "1002000")
+
+    step("B sells 10 ETH into A's bid")
+    ask = matching.PlaceOrder(mpb.PlaceOrderRequest(
+        idempotency_key="demo-ask", account_id=b, market=market.market, side=mpb.SIDE_SELL,
+        type=mpb.ORDER_TYPE_LIMIT, price=price, quantity=ten_eth), metadata=exchange)
+    (trade,) = ask.trades
+    assert ask.order.status == mpb.ORDER_STATUS_FILLED and trade.quantity == ten_eth and trade.price == price
+    print(f"  trade {trade.trade_id}: {eth(trade.quantity)} at {trade.price} sat/ETH, one ledger batch {trade.batch_id}")
+    print(f"  A (maker) paid {btc(trade.buyer_paid)} + fee {btc(trade.buyer_fee)}; "
+          f"B (taker) got {btc(trade.seller_gross)} - fee {btc(trade.seller_fee)}; rounding {trade.rounding} sat")
+
+    step("Balances: changed in the ledger only (nothing went on chain)")
+    expected = {a: {"BTC": ("999000", "0"), "ETH": (ten_eth, "0")},  # 0.02 - 0.01 BTC - 0.1% maker fee
+                b: {"BTC": ("998000", "0"), "ETH": ("0", "0")}}  # 0.01 BTC - 0.2% taker fee
+    for name, account in (("A", a), ("B", b)):
+        got = {x.asset: x for x in custody.GetBalances(pb.GetBalancesRequest(account_id=account),
+                                                        metadata=exchange).balances}
+        for asset, (available, held) in expected[account].items():
+            assert (got[asset].available, got[asset].held) == (available, held), (name, asset, got[asset])
+        print(f"  {name}: {btc(got['BTC'].available)} and {eth(got['ETH'].available)} available, nothing held")
+
+    step("StreamEvents: the order's hold and the fill are ledger batches")
+    call = custody.StreamEvents(pb.StreamEventsRequest(after_cursor=last_cursor), metadata=exchange, timeout=10)
+    seen = []
+    for event in call:
+        payload = json.loads(event.payload)
+        if event.type in ("ledger.order", "ledger.trade"):
+            seen.append(event.type)
+            moves = "; ".join(f"{p['amount']} {p['asset']} {p['debit']} -> {p['credit']}" for p in payload["postings"])
+            print(f"  cursor {event.cursor}: {event.type} ({payload['reference']}): {moves}")
+        if event.type == "ledger.trade":
+            break
+    call.cancel()
+    assert seen == ["ledger.order", "ledger.order", "ledger.trade"], seen
+
+    step("StreamMarketData: book changes and the trade, from cursor 0")
+    call = matching.StreamMarketData(mpb.StreamMarketDataRequest(market=market.market, after_cursor=0),
+                                     metadata=exchange, timeout=10)
+    kinds = []
+    for item in call:
+        kinds.append(item.WhichOneof("update"))
+        if item.WhichOneof("update") == "trade":
+            print(f"  cursor {item.cursor}: trade {eth(item.trade.quantity)} at {item.trade.price}, "
+                  f"taker {mpb.Side.Name(item.trade.taker_side)}")
+        else:
+            levels = [("bid", lv.price, lv.quantity) for lv in item.book.bids] + [
+                ("ask", lv.price, lv.quantity) for lv in item.book.asks]
+            print(f"  cursor {item.cursor}: book {levels}")
+        if len(kinds) == 3:
+            break
+    call.cancel()
+    assert kinds == ["book", "trade", "book"], kinds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep-running", action="store_true", help="leave the server running after the story")
@@ -258,6 +369,7 @@ def main() -> int:
         wait_serving(address, server)
         print("  healthy (grpc.health.v1 says SERVING)")
         story(address, tokens, miner)
+        trade_story(address, tokens)
         step("custody admin check: the ledger invariants")
         check = subprocess.run([*CUSTODY, "admin", "check", "--config", str(config)], cwd=ROOT,
                                capture_output=True, text=True)

@@ -23,6 +23,13 @@ REQUIRED_SCOPE = {
     "/custody.v1.CustodyService/GetDepositAddress": "accounts",
     "/custody.v1.CustodyService/ListDeposits": "accounts",
     "/custody.v1.BackofficeService/AdjustBalance": "admin",
+    "/custody.v1.MatchingService/ListMarkets": "accounts",
+    "/custody.v1.MatchingService/PlaceOrder": "accounts",
+    "/custody.v1.MatchingService/CancelOrder": "accounts",
+    "/custody.v1.MatchingService/GetOrder": "accounts",
+    "/custody.v1.MatchingService/GetOrderBook": "accounts",
+    "/custody.v1.MatchingService/ListTrades": "accounts",
+    "/custody.v1.MatchingService/StreamMarketData": "accounts",
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 

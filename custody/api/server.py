@@ -13,15 +13,17 @@ from grpc_reflection.v1alpha import reflection
 
 from custody.api.auth import Authenticator
 from custody.api.interceptor import CustodyInterceptor
+from custody.api.matching_servicer import MatchingServicer
 from custody.api.servicers import BackofficeServicer, CustodyServicer
 from custody.app import Custody
 from custody.config import Config
-from custody.v1 import backoffice_pb2, backoffice_pb2_grpc, custody_pb2, custody_pb2_grpc
+from custody.v1 import backoffice_pb2, backoffice_pb2_grpc, custody_pb2, custody_pb2_grpc, matching_pb2, matching_pb2_grpc
 
 log = structlog.get_logger("custody.server")
 SERVICES = (
     custody_pb2.DESCRIPTOR.services_by_name["CustodyService"].full_name,
     backoffice_pb2.DESCRIPTOR.services_by_name["BackofficeService"].full_name,
+    matching_pb2.DESCRIPTOR.services_by_name["MatchingService"].full_name,
 )
 
 
@@ -40,6 +42,7 @@ class Server:
         )
         custody_pb2_grpc.add_CustodyServiceServicer_to_server(CustodyServicer(self.app), self.server)
         backoffice_pb2_grpc.add_BackofficeServiceServicer_to_server(BackofficeServicer(self.app), self.server)
+        matching_pb2_grpc.add_MatchingServiceServicer_to_server(MatchingServicer(self.app), self.server)
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

@@ -223,3 +223,81 @@ scanned_blocks = Table(
     Column("parent_hash", String(80), nullable=False),
     PrimaryKeyConstraint("chain", "height", name="pk_scanned_blocks"),
 )
+
+# -- matching_stub: orders, trades and the market-data journal -------------------
+# Units (docs/matching.md): quantities are base units of the market's base
+# asset; prices are quote base units per the market's price_unit of base.
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("market", String(40), nullable=False),
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=False),
+    Column("side", String(4), nullable=False),  # BUY, SELL
+    Column("type", String(8), nullable=False),  # LIMIT, MARKET (price is then the protective limit)
+    Column("time_in_force", String(3), nullable=False),  # GTC, IOC, FOK
+    Column("post_only", Boolean, nullable=False),
+    Column("price", Amount, nullable=False),
+    Column("quantity", Amount, nullable=False),
+    Column("filled_quantity", Amount, nullable=False),
+    Column("status", String(16), nullable=False),  # OPEN, PARTIALLY_FILLED, FILLED, CANCELLED, EXPIRED
+    Column("reason", String(32), nullable=True),  # why it was cancelled or expired
+    # Settlement so far; the next fill's rounding depends on them (matching_stub/amounts.py).
+    Column("fill_value", Amount, nullable=False),  # sum of quantity x price (quote base units x price_unit)
+    Column("fee_value", Amount, nullable=False),  # sum of quantity x price x fee ppm
+    Column("quote_filled", Amount, nullable=False),  # quote paid (buy) or received (sell), before fees
+    Column("fee", Amount, nullable=False),  # quote charged as fees
+    Column("hold_id", String(32), ForeignKey("ledger_holds.id"), nullable=False),
+    # Time priority within the market: the order rests behind every lower sequence.
+    Column("sequence", BigInteger, nullable=False),
+    # Idempotency: the client's key, scoped to the client, and a digest of the request.
+    Column("client", String(64), nullable=False),
+    Column("client_key", String(128), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("client", "client_key", name="uq_orders_client_key"),
+    UniqueConstraint("market", "sequence", name="uq_orders_market_sequence"),
+    Index("ix_orders_market_status", "market", "status"),
+    Index("ix_orders_account_id", "account_id"),
+)
+
+trades = Table(
+    "trades",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("market", String(40), nullable=False),
+    Column("price", Amount, nullable=False),
+    Column("quantity", Amount, nullable=False),
+    Column("taker_order_id", String(32), ForeignKey("orders.id"), nullable=False),
+    Column("maker_order_id", String(32), ForeignKey("orders.id"), nullable=False),
+    Column("taker_side", String(4), nullable=False),
+    Column("buyer_account_id", Id, ForeignKey("accounts.id"), nullable=False),
+    Column("seller_account_id", Id, ForeignKey("accounts.id"), nullable=False),
+    # Quote base units: the buyer paid buyer_paid + buyer_fee, the seller got
+    # seller_gross - seller_fee; rounding = buyer_paid - seller_gross (0 or 1)
+    # went to fees:revenue with both fees.
+    Column("buyer_paid", Amount, nullable=False),
+    Column("buyer_fee", Amount, nullable=False),
+    Column("seller_gross", Amount, nullable=False),
+    Column("seller_fee", Amount, nullable=False),
+    Column("rounding", Amount, nullable=False),
+    Column("batch_id", String(32), ForeignKey("ledger_batches.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_trades_market_id", "market", "id"),
+    Index("ix_trades_taker_order_id", "taker_order_id"),
+)
+
+# StreamMarketData reads this journal by cursor: trades and book-level changes,
+# in commit order (one matching writer per database assigns the cursors).
+market_data = Table(
+    "market_data",
+    metadata,
+    Column("cursor", BigInteger, primary_key=True, autoincrement=False),
+    Column("market", String(40), nullable=False),
+    Column("type", String(16), nullable=False),  # trade, book
+    Column("payload", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_market_data_market_cursor", "market", "cursor"),
+)

@@ -4,8 +4,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 
+from custody.errors import InvalidArgument
 from custody.ledger.model import Posting
+
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def parse_idempotency_key(key: str) -> str:
+    if not key:
+        raise InvalidArgument("idempotency_key is required")
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidArgument("idempotency_key must be 1-128 printable ASCII characters without spaces")
+    return key
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -24,12 +36,17 @@ class Idempotency:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HoldCreate:
-    """Moves amount from the user's available to held and opens a hold for it."""
+    """Moves amount from the user's available to held and opens a hold for it.
+
+    hold_id may be chosen by the caller (make it with model.new_id()): then later
+    commands in the same group can post to or void the hold before it is
+    committed, and the caller can record the id in its own rows beforehand."""
 
     account_id: int
     asset: str
     amount: int
     reference: str | None = None
+    hold_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

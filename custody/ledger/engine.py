@@ -114,9 +114,14 @@ class _Group:
         commands = [self.commands[i] for i in active]
         holds = self._load_holds(commands)
         owners = self._load_owners(commands, holds)
+        # Holds that earlier commands of this group create under a caller-chosen
+        # id: later commands may post to them, so their accounts are needed too.
+        created = {h.hold_id: {"account_id": h.account_id, "asset": h.asset}
+                   for c in commands for h in c.hold_creates if h.hold_id}
+        known_holds = {**created, **holds}
         keys: set[tuple[str, str]] = set()
         for c in commands:
-            keys.update(_account_keys(c, holds))
+            keys.update(_account_keys(c, known_holds))
         # Never create ledger accounts for custody accounts that do not exist;
         # the commands naming them fail with NotFound below.
         keys = {k for k in keys if owner_of(k[0]) is None or owner_of(k[0]) in owners}
@@ -148,6 +153,7 @@ class _Group:
 
     def _load_holds(self, commands: list[Command]) -> dict[str, dict]:
         wanted = {h.hold_id for c in commands for h in (*c.hold_posts, *c.hold_voids)}
+        wanted.update(h.hold_id for c in commands for h in c.hold_creates if h.hold_id)  # to refuse reuse
         if not wanted:
             return {}
         q = select(t.ledger_holds).where(in_values(self.conn, t.ledger_holds.c.id, wanted)).order_by(t.ledger_holds.c.id)
@@ -212,7 +218,9 @@ class _Group:
         for h in c.hold_creates:
             if h.account_id not in owners:
                 raise NotFound(f"account {h.account_id} does not exist")
-            hold_id = new_id()
+            hold_id = h.hold_id or new_id()
+            if h.hold_id and (hold_id in holds or writes.created(hold_id)):
+                raise InvalidArgument(f"hold id {hold_id} is already taken")
             hold_ids.append(hold_id)
             postings.append(Posting(h.asset, user_available(h.account_id), user_held(h.account_id), h.amount))
             writes.hold_inserts.append({
@@ -319,9 +327,18 @@ class _Writes:
         self.batch_offset: dict[str, int] = {}
         self._mark = (0, 0, 0)
         self._touched: dict[str, dict | None] = {}
+        self._created: dict[str, dict] = {}  # hold id -> its row in hold_inserts[:_indexed]
+        self._indexed = 0
+
+    def created(self, hold_id: str) -> dict | None:
+        """The insert row of a hold created earlier in this group (by a command not rolled back)."""
+        if self._indexed < len(self.hold_inserts):  # index the rows added since the last look
+            self._created.update((r["id"], r) for r in self.hold_inserts[self._indexed:])
+            self._indexed = len(self.hold_inserts)
+        return self._created.get(hold_id)
 
     def hold(self, loaded: dict[str, dict], hold_id: str) -> dict:
-        current = self.hold_updates.get(hold_id) or loaded.get(hold_id)
+        current = self.hold_updates.get(hold_id) or loaded.get(hold_id) or self.created(hold_id)
         if current is None:
             raise NotFound(f"hold {hold_id} does not exist")
         if current["status"] != "OPEN":
@@ -357,6 +374,9 @@ class _Writes:
 
     def rollback(self) -> None:
         nb, nt, nh = self._mark
+        for row in self.hold_inserts[nh:]:
+            self._created.pop(row["id"], None)
+        self._indexed = min(self._indexed, nh)
         del self.batches[nb:], self.payloads[nb:], self.transfers[nt:], self.hold_inserts[nh:]
         for hold_id, before in self._touched.items():
             if before is None:

@@ -9,7 +9,7 @@ import grpc
 from custody.api.server import Server
 from custody.app import Custody
 from custody.config import Config
-from custody.v1 import backoffice_pb2_grpc, custody_pb2_grpc
+from custody.v1 import backoffice_pb2_grpc, custody_pb2_grpc, matching_pb2_grpc
 
 # Tokens the test config accepts; the config holds only their SHA-256.
 TOKENS = {
@@ -61,6 +61,7 @@ class Clients:
                         else grpc.insecure_channel(address))
         self.custody = custody_pb2_grpc.CustodyServiceStub(self.channel)
         self.backoffice = backoffice_pb2_grpc.BackofficeServiceStub(self.channel)
+        self.matching = matching_pb2_grpc.MatchingServiceStub(self.channel)
 
     @staticmethod
     def md(client: str = "exchange"):

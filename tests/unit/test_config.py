@@ -34,3 +34,42 @@ def test_in_memory_sqlite_is_refused():
     from custody.db.engine import make_engine
     with pytest.raises(ValueError, match="not durable"):
         make_engine("sqlite:///:memory:")
+
+
+ASSETS = [{"asset": "BTC", "chain": "bitcoin", "decimals": 8}, {"asset": "ETH", "chain": "ethereum", "decimals": 18}]
+MARKET = {"base": "ETH", "quote": "BTC", "price_tick": "1", "quantity_step": "1000", "min_quantity": "5000",
+          "maker_fee_ppm": 1000, "taker_fee_ppm": 2000}
+
+
+def test_a_market_is_read_with_integer_units():
+    cfg = config.parse({"assets": ASSETS, "markets": [MARKET]})
+    market = cfg.market("ETH/BTC")
+    assert (market.base, market.quote, market.price_unit, market.price_tick) == ("ETH", "BTC", 10**18, 1)
+    assert (market.quantity_step, market.min_quantity, market.maker_fee_ppm, market.taker_fee_ppm) == (1000, 5000, 1000, 2000)
+
+
+def test_the_example_config_has_a_market():
+    cfg = config.load(ROOT / "custody.example.toml")
+    assert [m.name for m in cfg.markets] == ["ETH/BTC"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"base": "DOGE"}, "not a configured asset"),
+    ({"quote": "ETH"}, "must differ"),
+    ({"price_tick": "0"}, "greater than zero"),
+    ({"price_tick": "0.5"}, "fraction"),
+    ({"quantity_step": None}, "quantity_step is required"),
+    ({"min_quantity": "5500"}, "multiple of quantity_step"),
+    ({"taker_fee_ppm": 0.002}, "parts per million"),
+    ({"maker_fee_ppm": -1}, "parts per million"),
+    ({"maker_fee_ppm": 100_001}, "parts per million"),
+])
+def test_bad_markets_are_refused_with_the_reason(change, message):
+    market = {k: v for k, v in {**MARKET, **change}.items() if v is not None}
+    with pytest.raises(config.ConfigError, match=message):
+        config.parse({"assets": ASSETS, "markets": [market]})
+
+
+def test_a_market_listed_twice_is_refused():
+    with pytest.raises(config.ConfigError, match="listed twice"):
+        config.parse({"assets": ASSETS, "markets": [MARKET, MARKET]})

@@ -1,0 +1,354 @@
+"""Matching benchmarks, self-contained: `.venv/bin/python -m benchmarks.matching [--quick] [--backends ...]`.
+
+1. In memory: order operations per second (place, cancel, fill in a realistic
+   mix) through matching_stub's book and matcher with its in-memory fund checks
+   and settlement arithmetic, against a bare price-time book loop written here,
+   on the same operations in the same process (rounds interleaved, best round
+   each). p50/p99 per operation from a separate, per-operation-timed run.
+2. End to end with ledger settlement (SQLite, PostgreSQL): orders through
+   MatchingService (queue, matching thread, one transaction per group, one
+   ledger batch per fill), fills settled per second, against the bare ledger
+   rate of the same run: fill-shaped batches (two hold posts each) applied with
+   apply_commands in groups of the same size, with nothing else around them.
+
+Nothing here asserts on timings: targets are printed as met or missed.
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import collections
+import gc
+import pathlib
+import random
+import shutil
+import tempfile
+import time
+
+from custody import config as config_mod
+from custody.db.engine import make_engine, write_transaction
+from custody.ledger import invariants
+from custody.ledger.commands import BatchResult, Command, HoldCreate, HoldPost
+from custody.ledger.engine import AccountIds, apply_commands
+from custody.ledger.model import EQUITY, FEES_REVENUE, Posting, new_id, user_available
+from matching_stub.book import Book, Order
+from matching_stub.matcher import DictFunds, Matcher
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ETH = 10**18
+STEP = 10**15
+MARKET = config_mod.MarketConfig(base="ETH", quote="BTC", price_unit=ETH, price_tick=10, quantity_step=STEP,
+                                 min_quantity=10 * STEP, maker_fee_ppm=1000, taker_fee_ppm=2000)
+TARGET_OPS = 100_000
+TARGET_RATIO = 0.25
+TARGET_FILLS = 10_000
+ACCOUNTS = 1000
+
+
+# -- 1. in memory ------------------------------------------------------------------------------
+
+def operations(n: int, accounts: int = ACCOUNTS, seed: int = 1) -> list[tuple]:
+    """A realistic mix: ~50% passive limit orders near the top of the book, ~35%
+    cancels (most of resting orders, some of orders already filled), ~15%
+    orders that cross the spread and fill one or more resting orders."""
+    rng = random.Random(seed)
+    ops: list[tuple] = []
+    live: list[str] = []
+    mid = 100_000
+    for k in range(n):
+        mid = min(max(mid + rng.choice((-10, 0, 10)), 95_000), 105_000)
+        roll = rng.random()
+        if roll < 0.35 and live:
+            i = rng.randrange(len(live))
+            live[i], live[-1] = live[-1], live[i]
+            ops.append(("cancel", live.pop()))
+            continue
+        side = "BUY" if rng.random() < 0.5 else "SELL"
+        quantity = rng.choice((10, 20, 50, 100, 200)) * STEP
+        if roll < 0.50:  # aggressive: crosses a few levels
+            price = mid + 50 if side == "BUY" else mid - 50
+        else:
+            offset = 10 * rng.randint(1, 20)
+            price = mid - offset if side == "BUY" else mid + offset
+        order_id = f"{k:032x}"
+        ops.append(("place", order_id, rng.randrange(accounts), side, price, quantity))
+        live.append(order_id)  # may have filled: cancelling it then is a no-op in both books
+    return ops
+
+
+class BareOrder:
+    __slots__ = ("id", "side", "price", "qty")
+
+    def __init__(self, id, side, price, qty):
+        self.id, self.side, self.price, self.qty = id, side, price, qty
+
+
+class BareBook:
+    """A bare price-time book, the way one writes it first: per side a dict
+    price -> deque of orders and a sorted price list (bids negated so the best
+    is first on both sides); fills at the resting price; cancel by id removes
+    the order from its level. No funds, no fees, no records of what happened."""
+
+    def __init__(self):
+        self.levels = ({}, {})  # 0: bids, 1: asks
+        self.prices = ([], [])
+        self.orders: dict[str, BareOrder] = {}
+        self.fills = 0
+
+    def place(self, order_id, side, price, qty):
+        s = 0 if side == "BUY" else 1
+        o = 1 - s
+        levels, prices = self.levels[o], self.prices[o]
+        while qty and prices:
+            best = -prices[0] if o == 0 else prices[0]
+            if (best > price) if s == 0 else (best < price):
+                break
+            level = levels[best]
+            while qty and level:
+                resting = level[0]
+                take = qty if qty < resting.qty else resting.qty
+                resting.qty -= take
+                qty -= take
+                self.fills += 1
+                if resting.qty == 0:
+                    level.popleft()
+                    del self.orders[resting.id]
+            if not level:
+                del levels[best]
+                prices.pop(0)
+        if qty:
+            order = BareOrder(order_id, side, price, qty)
+            level = self.levels[s].get(price)
+            if level is None:
+                level = self.levels[s][price] = collections.deque()
+                bisect.insort(self.prices[s], -price if s == 0 else price)
+            level.append(order)
+            self.orders[order_id] = order
+
+    def cancel(self, order_id):
+        order = self.orders.pop(order_id, None)
+        if order is None:
+            return
+        s = 0 if order.side == "BUY" else 1
+        level = self.levels[s][order.price]
+        level.remove(order)
+        if not level:
+            del self.levels[s][order.price]
+            key = -order.price if s == 0 else order.price
+            del self.prices[s][bisect.bisect_left(self.prices[s], key)]
+
+
+def run_bare(ops) -> tuple[int, int]:
+    book = BareBook()
+    place, cancel = book.place, book.cancel
+    for op in ops:
+        if op[0] == "place":
+            place(op[1], op[3], op[4], op[5])
+        else:
+            cancel(op[1])
+    return len(ops), book.fills
+
+
+def run_matcher(ops, timed: list[int] | None = None) -> tuple[int, int]:
+    book = Book("ETH/BTC")
+    funds = DictFunds({(a, asset): 10**30 for a in range(ACCOUNTS) for asset in ("BTC", "ETH")})
+    matcher = Matcher(MARKET, book, funds)
+    orders = book.orders
+    fills = 0
+    clock = time.perf_counter_ns
+    for op in ops:
+        started = clock() if timed is not None else 0
+        if op[0] == "place":
+            fills += len(matcher.place(Order(op[1], op[2], "ETH/BTC", op[3], op[4], op[5])).fills)
+        else:
+            order = orders.get(op[1])
+            if order is not None:
+                matcher.cancel(order)
+        if timed is not None:
+            timed.append(clock() - started)
+    return len(ops), fills
+
+
+def in_memory(n: int, rounds: int) -> dict:
+    ops = operations(n)
+    bare_rates, ours_rates = [], []
+    fills = (0, 0)
+    for r in range(rounds):
+        for name in (("bare", "ours") if r % 2 == 0 else ("ours", "bare")):
+            gc.collect()
+            started = time.perf_counter()
+            count, f = run_bare(ops) if name == "bare" else run_matcher(ops)
+            rate = count / (time.perf_counter() - started)
+            (bare_rates if name == "bare" else ours_rates).append(rate)
+            fills = (f, fills[1]) if name == "bare" else (fills[0], f)
+        print(f"  in memory round {r + 1}/{rounds}: bare {bare_rates[-1]:,.0f} ops/s, ours {ours_rates[-1]:,.0f} ops/s",
+              flush=True)
+    timed: list[int] = []
+    run_matcher(ops, timed)
+    timed.sort()
+    kinds = collections.Counter(op[0] for op in ops)
+    return {"ops": n, "places": kinds["place"], "cancels": kinds["cancel"], "fills": fills[1], "bare_fills": fills[0],
+            "bare": max(bare_rates), "ours": max(ours_rates),
+            "p50_us": timed[len(timed) // 2] / 1000, "p99_us": timed[int(len(timed) * 0.99)] / 1000,
+            "max_us": timed[-1] / 1000}
+
+
+# -- 2. end to end with the ledger ---------------------------------------------------------------
+
+def new_database(kind: str, folder: pathlib.Path) -> str:
+    from tests.support.databases import new_database as make
+    return make(kind, folder)
+
+
+def drop_database(url: str) -> None:
+    from tests.support.databases import drop_database as drop
+    drop(url)
+
+
+def bench_config(url: str, group: int) -> config_mod.Config:
+    return config_mod.parse({
+        "database": {"url": url}, "server": {"listen": "127.0.0.1:0", "max_group_commit": group},
+        "assets": [{"asset": "BTC", "chain": "bitcoin", "decimals": 8}, {"asset": "ETH", "chain": "ethereum", "decimals": 18}],
+        "markets": [{"base": "ETH", "quote": "BTC", "price_unit": str(ETH), "price_tick": "10",
+                     "quantity_step": str(STEP), "min_quantity": str(10 * STEP),
+                     "maker_fee_ppm": 1000, "taker_fee_ppm": 2000}],
+    })
+
+
+def funded_accounts(app, n: int, prefix: str) -> list[int]:
+    from custody.accounts.service import create_account
+    ids = [create_account(app.engine, f"{prefix}-{i}").account_id for i in range(n)]
+    ledger_ids = AccountIds()
+    with write_transaction(app.engine) as conn:
+        results = apply_commands(conn, [
+            Command(kind="adjustment", actor="bench", memo="benchmark funding", postings=(
+                Posting("BTC", EQUITY, user_available(a), 10**15), Posting("ETH", EQUITY, user_available(a), 10**30)))
+            for a in ids], ledger_ids)
+    assert all(isinstance(r, BatchResult) for r in results), results
+    return ids
+
+
+def end_to_end(kind: str, fills_per_taker: int, takers: int, group: int, rounds: int) -> dict:
+    from custody.app import Custody
+
+    folder = pathlib.Path(tempfile.mkdtemp(prefix=f"matching-{kind}-", dir=ROOT / "var"))
+    url = new_database(kind, folder)
+    app = Custody(bench_config(url, group))
+    try:
+        makers = funded_accounts(app, 200, "maker")
+        buyers = funded_accounts(app, 200, "taker")
+        matching = app.matching
+        fill_rates, bare_rates, maker_rates = [], [], []
+        key = 0
+        for r in range(rounds):
+            # Resting asks, oldest first at one price; each taker buy sweeps fills_per_taker of them.
+            price = 100_000 + 10 * r
+            futures = []
+            started = time.perf_counter()
+            for k in range(takers * fills_per_taker):
+                key += 1
+                futures.append(matching.submit_place("bench", f"m{key}", str(makers[k % len(makers)]), "ETH/BTC",
+                                                     "SELL", "LIMIT", "GTC", False, str(price), str(10 * STEP + STEP * (k % 7))))
+            for f in futures:
+                f.result()
+            maker_rates.append(len(futures) / (time.perf_counter() - started))
+            wanted = sum(10 * STEP + STEP * (k % 7) for k in range(fills_per_taker))
+            futures = []
+            started = time.perf_counter()
+            for k in range(takers):
+                key += 1
+                futures.append(matching.submit_place("bench", f"t{key}", str(buyers[k % len(buyers)]), "ETH/BTC",
+                                                     "BUY", "LIMIT", "IOC", False, str(price), str(wanted)))
+            fills = sum(len(f.result().trades) for f in futures)
+            elapsed = time.perf_counter() - started
+            fill_rates.append(fills / elapsed)
+            bare_rates.append(bare_ledger(app, makers, buyers, fills, group))
+            print(f"  {kind} round {r + 1}/{rounds}: {fills:,} fills at {fill_rates[-1]:,.0f}/s "
+                  f"({takers:,} taker orders); bare ledger {bare_rates[-1]:,.0f} fill-shaped batches/s; "
+                  f"resting orders placed at {maker_rates[-1]:,.0f}/s", flush=True)
+        report = invariants.check(app.engine)
+        return {"fills": max(fill_rates), "bare": max(bare_rates), "makers": max(maker_rates),
+                "invariants": report.ok, "fills_per_taker": fills_per_taker, "takers": takers, "group": group}
+    finally:
+        app.close()
+        drop_database(url)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def bare_ledger(app, makers: list[int], buyers: list[int], n: int, group: int) -> float:
+    """n fill-shaped batches (a buyer's quote hold and a seller's base hold each
+    posted: seller paid, fee, buyer's base) via apply_commands, `group` per commit.
+    The holds are made first, untimed."""
+    ids = AccountIds()
+    holds = []
+    for start in range(0, n, group):
+        commands = []
+        for k in range(start, min(n, start + group)):
+            buy, sell = buyers[k % len(buyers)], makers[k % len(makers)]
+            commands.append(Command(kind="bench_holds", actor="bench", hold_creates=(
+                HoldCreate(buy, "BTC", 2000, hold_id=new_id()), HoldCreate(sell, "ETH", 10 * STEP, hold_id=new_id()))))
+        with write_transaction(app.engine) as conn:
+            results = apply_commands(conn, commands, ids)
+        ids.commit()
+        holds += [r.hold_ids for r in results]
+    started = time.perf_counter()
+    for start in range(0, n, group):
+        commands = []
+        for k in range(start, min(n, start + group)):
+            buy_hold, sell_hold = holds[k]
+            buy, sell = buyers[k % len(buyers)], makers[k % len(makers)]
+            commands.append(Command(kind="trade", actor="bench", reference=f"bench:{k}", hold_posts=(
+                HoldPost(buy_hold, ((user_available(sell), 1000), (FEES_REVENUE, 3), (user_available(buy), 997))),
+                HoldPost(sell_hold, ((user_available(buy), 10 * STEP),)))))
+        with write_transaction(app.engine) as conn:
+            results = apply_commands(conn, commands, ids)
+        ids.commit()
+        assert all(isinstance(r, BatchResult) for r in results), results[:3]
+    return n / (time.perf_counter() - started)
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--backends", nargs="*", default=["sqlite", "postgresql"])
+    args = parser.parse_args()
+    (ROOT / "var").mkdir(exist_ok=True)
+    n, rounds = (20_000, 2) if args.quick else (200_000, 5)
+    print(f"in memory: {n:,} operations, {rounds} interleaved rounds", flush=True)
+    mem = in_memory(n, rounds)
+    ratio = mem["ours"] / mem["bare"]
+    lines = [
+        "## Matching (benchmarks/matching.py)",
+        "",
+        "### In memory: book + matcher with in-memory fund checks and settlement arithmetic",
+        f"- {mem['ops']:,} operations: {mem['places']:,} places ({mem['fills']:,} fills), {mem['cancels']:,} cancels; "
+        f"best of {rounds} interleaved rounds",
+        f"- matching_stub: **{mem['ours']:,.0f} ops/s**; bare price-time loop: {mem['bare']:,.0f} ops/s; "
+        f"ratio **{ratio:.2f}** (bare loop fills: {mem['bare_fills']:,})",
+        f"- per operation (separate timed run): p50 {mem['p50_us']:.1f} us, **p99 {mem['p99_us']:.1f} us**, "
+        f"max {mem['max_us']:.0f} us",
+        f"- target >= {TARGET_OPS:,}/s: {'MET' if mem['ours'] >= TARGET_OPS else 'MISSED'}; "
+        f"target >= {TARGET_RATIO} of bare: {'MET' if ratio >= TARGET_RATIO else 'MISSED'}",
+        "",
+        "### End to end: MatchingService, one ledger batch per fill, one transaction per group",
+    ]
+    for kind in args.backends:
+        takers, per = (300, 5) if args.quick else (2000, 5)
+        print(f"end to end on {kind}: {takers:,} taker orders x {per} fills per round", flush=True)
+        e2e = end_to_end(kind, per, takers, 1000, 2 if args.quick else 3)
+        ratio = e2e["fills"] / e2e["bare"]
+        lines += [
+            f"- {kind}: **{e2e['fills']:,.0f} fills settled/s** (taker orders of {e2e['fills_per_taker']} fills, "
+            f"{e2e['takers']:,} per round, groups of up to {e2e['group']} orders); bare ledger, fill-shaped batches "
+            f"in groups of {e2e['group']}: {e2e['bare']:,.0f}/s; ratio **{ratio:.2f}**; resting orders placed: "
+            f"{e2e['makers']:,.0f}/s; invariants {'ok' if e2e['invariants'] else 'VIOLATED'}; "
+            f"target >= {TARGET_FILLS:,} fills/s: {'MET' if e2e['fills'] >= TARGET_FILLS else 'MISSED'}",
+        ]
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,495 @@
+"""The books, settled through the ledger, and rebuilt from the database.
+
+`MatchingEngine.run` takes a group of requests (place or cancel) and handles
+them in one database transaction: each is matched in memory in turn (so each
+sees the book and the balances the ones before it left), and everything they
+did is written together at the end: their ledger commands (one batch per new
+order's hold, per fill, per release) through `apply_commands`, and the order,
+trade and market-data rows. Match and settlement commit together or not at all.
+
+The in-memory fund checks are a forecast of the ledger's own: the ledger
+re-checks every command in the same transaction. If the two ever disagree
+(a transfer committed by another writer between our read and our write), or
+the transaction fails, nothing is committed, the books are rebuilt from the
+database and each request is retried on its own.
+
+One engine per database drives the books (DESIGN: matching_stub is a stub of
+a single matching process); the unique keys on sequences and cursors make a
+second one fail rather than corrupt anything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import threading
+
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, tuple_, update
+from sqlalchemy.exc import DBAPIError
+
+from custody.config import MarketConfig
+from custody.db import schema as t
+from custody.db.engine import read_transaction, write_transaction
+from custody.errors import AccountFrozen, CustodyError, FailedPrecondition, IdempotencyConflict, NotFound
+from custody.ledger.commands import BatchResult, Command, HoldCreate, HoldPost, HoldVoid
+from custody.ledger.engine import AccountIds, apply_commands
+from custody.ledger.model import FEES_REVENUE, new_id, user_available
+from matching_stub import amounts
+from matching_stub.book import BUY, LIVE, Book, Order
+from matching_stub.matcher import DictFunds, Fill, Matcher, Outcome
+from matching_stub.views import OrderView, Placed, TradeView
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlaceRequest:
+    """A validated PlaceOrder (see service.py). price and quantity in market units."""
+
+    client: str
+    client_key: str
+    request_hash: str
+    account_id: int
+    market: str
+    side: str
+    type: str
+    time_in_force: str
+    post_only: bool
+    price: int
+    quantity: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CancelRequest:
+    client: str
+    order_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cancelled:
+    """CancelOrder succeeded (now or before): the service reads the order."""
+
+    order_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Replay:
+    """PlaceOrder with a key already used for the same request: the service reads that order."""
+
+    order_id: str
+
+
+class RecoveryError(Exception):
+    """The database's open orders and their ledger holds disagree: matching refuses to start."""
+
+
+class _Rejected(Exception):
+    """The ledger refused a command the in-memory checks accepted."""
+
+    def __init__(self, request_index: int, error: CustodyError):
+        super().__init__(str(error))
+        self.request_index = request_index
+        self.error = error
+
+
+class MatchingEngine:
+    """Books for every configured market. Not thread-safe: one thread calls run()."""
+
+    def __init__(self, db: Engine, markets: tuple[MarketConfig, ...]):
+        self.db = db
+        self.markets = {m.name: m for m in markets}
+        self.ids = AccountIds()
+        self._published_lock = threading.Lock()
+        self.load()
+
+    # -- recovery -------------------------------------------------------------------
+    def load(self) -> None:
+        """Rebuilds every book from the database: open orders in time priority,
+        each with its settlement state and its hold's remaining amount."""
+        self.books = {name: Book(name) for name in self.markets}
+        self.matchers = {name: Matcher(m, self.books[name], DictFunds()) for name, m in self.markets.items()}
+        o, h = t.orders, t.ledger_holds
+        with read_transaction(self.db) as conn:
+            rows = conn.execute(
+                select(o, h.c.remaining.label("hold_remaining"), h.c.status.label("hold_status"))
+                .join(h, h.c.id == o.c.hold_id)
+                .where(o.c.status.in_(sorted(LIVE)))
+                .order_by(o.c.market, o.c.sequence)
+            ).all()
+            self.next_sequence = {name: 1 for name in self.markets}
+            for market, top in conn.execute(select(o.c.market, func.max(o.c.sequence)).group_by(o.c.market)):
+                self.next_sequence[market] = top + 1
+            self.next_trade_id = (conn.execute(select(func.max(t.trades.c.id))).scalar() or 0) + 1
+            self.next_cursor = (conn.execute(select(func.max(t.market_data.c.cursor))).scalar() or 0) + 1
+        for r in rows:
+            if r.market not in self.books:
+                raise RecoveryError(f"open order {r.id} is in market {r.market}, which is not configured")
+            order = _order_from_row(r)
+            order.hold_remaining = r.hold_remaining if r.hold_status == "OPEN" else 0
+            expected = self._still_held(order)
+            if order.hold_remaining != expected:
+                raise RecoveryError(f"open order {order.id} should hold {expected} but its hold {order.hold_id} "
+                                    f"holds {order.hold_remaining}")
+            self.books[r.market].rest(order)
+        self.published = {name: _levels(book) for name, book in self.books.items()}
+        self.published_cursor = self.next_cursor - 1
+
+    def _still_held(self, order: Order) -> int:
+        market = self.markets[order.market]
+        if order.side != BUY:
+            return order.remaining
+        return amounts.buy_still_needed(market, order.fill_value, order.fee_value, order.quote_filled, order.fee,
+                                        order.remaining, order.price)
+
+    # -- the committed view, for readers on other threads ------------------------
+    def order_book(self, market: str, depth: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
+        """(bids best first, asks best first, market-data cursor) as last committed."""
+        with self._published_lock:
+            levels, cursor = self.published[market], self.published_cursor
+            bids = sorted(levels["BUY"].items(), reverse=True)[:depth]
+            asks = sorted(levels["SELL"].items())[:depth]
+        return bids, asks, cursor
+
+    # -- writing ------------------------------------------------------------------------
+    def run(self, requests: list) -> tuple[list, int, int]:
+        """Handles the requests; returns (one result or CustodyError each, last ledger
+        event cursor, last market-data cursor), both 0 when nothing was written."""
+        try:
+            return self._commit(requests)
+        except (_Rejected, DBAPIError) as exc:  # nothing was committed and the books are back (see _commit)
+            if len(requests) == 1:
+                if isinstance(exc, _Rejected):
+                    return [exc.error], 0, 0
+                raise
+            log.warning("matching group of %d failed (%s); retrying one by one", len(requests), exc)
+        results, last_event, last_data = [], 0, 0
+        for request in requests:
+            try:
+                (result,), event, data = self.run([request])
+            except DBAPIError as exc:
+                result, event, data = exc, 0, 0
+            results.append(result)
+            last_event, last_data = max(last_event, event), max(last_data, data)
+        return results, last_event, last_data
+
+    def _commit(self, requests: list) -> tuple[list, int, int]:
+        group = None
+        try:
+            with write_transaction(self.db) as conn:
+                group = _Group(self, conn)
+                results = group.handle_all(requests)
+                last_event = group.flush()
+        except BaseException:
+            self.ids.rollback()
+            if group is not None and group.changed_anything:
+                self.load()  # the books moved with the group that did not commit: back to what did
+            raise
+        self.ids.commit()
+        self._publish(group)
+        return group.finish(results), last_event, group.last_cursor
+
+    def _publish(self, group: "_Group") -> None:
+        with self._published_lock:
+            for market, side, price in group.touched:
+                total = self.books[market].side(side).total_at(price)
+                levels = self.published[market][side]
+                if total:
+                    levels[price] = total
+                else:
+                    levels.pop(price, None)
+            if group.last_cursor:
+                self.published_cursor = group.last_cursor
+
+
+class _Group:
+    """One transaction's worth of requests."""
+
+    def __init__(self, engine: MatchingEngine, conn: Connection):
+        self.engine = engine
+        self.conn = conn
+        self.now = datetime.datetime.now(datetime.timezone.utc)
+        self.funds = _LedgerFunds(conn)
+        self.commands: list[Command] = []
+        self.command_owner: list[int] = []  # request index of each command
+        self.fill_commands: list[tuple[int, dict]] = []  # (command index, trade row)
+        self.new_orders: dict[str, Order] = {}
+        self.changed_orders: dict[str, Order] = {}
+        self.market_data: list[dict] = []
+        self.touched: set[tuple[str, str, int]] = set()
+        self.keys: dict[tuple[str, str], tuple[str, str]] = {}  # (client, key) -> (request hash, order id)
+        self.owners: dict[int, bool] = {}
+        self.last_cursor = 0
+        self.changed_anything = False
+        self._index = 0
+
+    def handle_all(self, requests: list) -> list:
+        self._preload([r for r in requests if isinstance(r, PlaceRequest)])
+        for matcher in self.engine.matchers.values():
+            matcher.funds = self.funds
+        results = []
+        for i, request in enumerate(requests):
+            self._index = i
+            try:
+                if isinstance(request, PlaceRequest):
+                    results.append(self._place(request))
+                else:
+                    results.append(self._cancel(request))
+            except CustodyError as exc:
+                results.append(exc)
+        return results
+
+    def _preload(self, places: list[PlaceRequest]) -> None:
+        if not places:
+            return
+        o = t.orders
+        for r in self.conn.execute(
+            select(o.c.client, o.c.client_key, o.c.request_hash, o.c.id)
+            .where(tuple_(o.c.client, o.c.client_key).in_({(p.client, p.client_key) for p in places}))
+        ):
+            self.keys[(r.client, r.client_key)] = (r.request_hash, r.id)
+        accounts = {p.account_id for p in places}
+        for r in self.conn.execute(select(t.accounts.c.id, t.accounts.c.frozen).where(t.accounts.c.id.in_(accounts))):
+            self.owners[r.id] = bool(r.frozen)
+        markets = self.engine.markets
+        self.funds.load({(a, asset) for p in places if p.account_id in self.owners
+                         for a, asset in ((p.account_id, markets[p.market].base), (p.account_id, markets[p.market].quote))})
+
+    # -- place ------------------------------------------------------------------------
+    def _place(self, r: PlaceRequest) -> Placed | Replay:
+        seen = self.keys.get((r.client, r.client_key))
+        if seen is not None:
+            if seen[0] != r.request_hash:
+                raise IdempotencyConflict(f"idempotency key {r.client_key!r} was used for a different request")
+            return Replay(seen[1])
+        if r.account_id not in self.owners:
+            raise NotFound(f"account {r.account_id} does not exist")
+        if self.owners[r.account_id]:
+            raise AccountFrozen(f"account {r.account_id} is frozen")
+        engine = self.engine
+        market = engine.markets[r.market]
+        order = Order(new_id(), r.account_id, r.market, r.side, r.price, r.quantity, type=r.type,
+                      time_in_force=r.time_in_force, post_only=r.post_only,
+                      sequence=engine.next_sequence[r.market], hold_id=new_id(), client=r.client,
+                      client_key=r.client_key, request_hash=r.request_hash, created_at=self.now)
+        outcome = engine.matchers[r.market].place(order)  # raises with nothing changed
+        self.changed_anything = True
+        engine.next_sequence[r.market] += 1
+        self.keys[(r.client, r.client_key)] = (r.request_hash, order.id)
+        self.new_orders[order.id] = order
+        asset = market.quote if r.side == BUY else market.base
+        self._command(Command(kind="order", actor=r.client, reference=f"order:{order.id}", not_frozen=(r.account_id,),
+                              hold_creates=(HoldCreate(r.account_id, asset, outcome_held(outcome, market),
+                                                       reference=f"order:{order.id}", hold_id=order.hold_id),)))
+        trades = [self._fill(r.client, market, f) for f in outcome.fills]
+        for maker, released in outcome.self_trade_cancels:
+            self._release(r.client, maker, released, "order_cancel")
+        if outcome.expired_release:
+            self._release(r.client, order, outcome.expired_release, "order_expire")
+        self._book_changed(r.market, outcome.levels)
+        return _Pending(OrderView.of(order), trades)  # as this request left it
+
+    def _fill(self, client: str, market: MarketConfig, f: Fill) -> dict:
+        buy, sell = f.buy, f.sell
+        trade_id = self.engine.next_trade_id
+        self.engine.next_trade_id += 1
+        fees = f.buyer_fee + f.seller_fee + f.rounding
+        legs = tuple((code, amount) for code, amount in (
+            (user_available(sell.account_id), f.seller_gross - f.seller_fee),
+            (FEES_REVENUE, fees),
+            (user_available(buy.account_id), f.refund),
+        ) if amount)
+        posts = [HoldPost(sell.hold_id, ((user_available(buy.account_id), f.quantity),))]
+        if legs:
+            posts.insert(0, HoldPost(buy.hold_id, legs))
+        self._command(Command(kind="trade", actor=client, reference=f"trade:{trade_id}", hold_posts=tuple(posts)))
+        self.changed_orders[f.maker.id] = f.maker
+        row = {
+            "id": trade_id, "market": market.name, "price": f.price, "quantity": f.quantity,
+            "taker_order_id": f.taker.id, "maker_order_id": f.maker.id, "taker_side": f.taker.side,
+            "buyer_account_id": buy.account_id, "seller_account_id": sell.account_id,
+            "buyer_paid": f.buyer_paid, "buyer_fee": f.buyer_fee, "seller_gross": f.seller_gross,
+            "seller_fee": f.seller_fee, "rounding": f.rounding, "batch_id": None, "created_at": self.now,
+        }
+        self.fill_commands.append((len(self.commands) - 1, row))
+        self._data(market.name, "trade", {
+            "trade_id": trade_id, "price": str(f.price), "quantity": str(f.quantity), "taker_side": f.taker.side,
+            "maker_order_id": f.maker.id, "taker_order_id": f.taker.id})
+        return row
+
+    # -- cancel -------------------------------------------------------------------------
+    def _cancel(self, r: CancelRequest) -> Cancelled:
+        for name, book in self.engine.books.items():
+            order = book.orders.get(r.order_id)
+            if order is not None:
+                break
+        else:
+            # Placed or changed earlier in this group (the database does not show it yet).
+            seen = self.new_orders.get(r.order_id) or self.changed_orders.get(r.order_id)
+            if seen is not None:
+                return self._not_cancellable(r.order_id, seen.status)
+            row = self.conn.execute(select(t.orders.c.status).where(t.orders.c.id == r.order_id)).first()
+            if row is None:
+                raise NotFound(f"order {r.order_id} does not exist")
+            return self._not_cancellable(r.order_id, row.status)
+        self.changed_anything = True
+        released = self.engine.matchers[name].cancel(order)
+        self._release(r.client, order, released, "order_cancel")
+        self._book_changed(name, {(order.side, order.price)})
+        return Cancelled(r.order_id)
+
+    def _not_cancellable(self, order_id: str, status: str) -> Cancelled:
+        if status == "CANCELLED":
+            return Cancelled(order_id)  # cancelling twice is not an error: the order is cancelled
+        raise FailedPrecondition(f"order is {status} and can no longer be cancelled")
+
+    # -- rows and commands ----------------------------------------------------------------
+    def _release(self, client: str, order: Order, released: int, kind: str) -> None:
+        if released:
+            self._command(Command(kind=kind, actor=client, reference=f"order:{order.id}",
+                                  hold_voids=(HoldVoid(order.hold_id),)))
+        if order.id not in self.new_orders:
+            self.changed_orders[order.id] = order
+
+    def _command(self, command: Command) -> None:
+        self.commands.append(command)
+        self.command_owner.append(self._index)
+
+    def _book_changed(self, market: str, levels: set[tuple[str, int]]) -> None:
+        if not levels:
+            return
+        book = self.engine.books[market]
+        changes = {"BUY": [], "SELL": []}
+        for side, price in sorted(levels):
+            changes[side].append([str(price), str(book.side(side).total_at(price))])
+            self.touched.add((market, side, price))
+        self._data(market, "book", {"bids": changes["BUY"], "asks": changes["SELL"]})
+
+    def _data(self, market: str, type_: str, payload: dict) -> None:
+        cursor = self.engine.next_cursor
+        self.engine.next_cursor += 1
+        self.market_data.append({"cursor": cursor, "market": market, "type": type_,
+                                 "payload": json.dumps(payload, separators=(",", ":")), "created_at": self.now})
+        self.last_cursor = cursor
+
+    def flush(self) -> int:
+        """Writes the group; returns the last ledger event cursor (0 if none)."""
+        if not self.commands and not self.changed_orders:
+            return 0
+        results = apply_commands(self.conn, self.commands, self.engine.ids)
+        for i, result in enumerate(results):
+            if not isinstance(result, BatchResult):
+                raise _Rejected(self.command_owner[i], result)
+        for index, row in self.fill_commands:
+            row["batch_id"] = results[index].batch_id
+        conn = self.conn
+        if self.new_orders:
+            conn.execute(insert(t.orders), [_order_row(o, self.now) for o in self.new_orders.values()])
+        updates = [o for oid, o in self.changed_orders.items() if oid not in self.new_orders]
+        if updates:
+            conn.execute(_UPDATE_ORDER, [_order_update(o, self.now) for o in updates])
+        if self.fill_commands:
+            conn.execute(insert(t.trades), [row for _, row in self.fill_commands])
+        if self.market_data:
+            conn.execute(insert(t.market_data), self.market_data)
+        return max((r.event_cursor for r in results), default=0)
+
+    def finish(self, results: list) -> list:
+        """Results with the batch ids the ledger gave the trades."""
+        return [Placed(r.order, tuple(trade_view_from_row(_Row(row)) for row in r.trades))
+                if isinstance(r, _Pending) else r for r in results]
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    order: OrderView
+    trades: list[dict]
+
+
+class _Row:
+    """Attribute access to a row dict, so trade_view_from_row serves both."""
+
+    def __init__(self, row: dict):
+        self.__dict__.update(row)
+
+
+def outcome_held(outcome: Outcome, market: MarketConfig) -> int:
+    order = outcome.order
+    return amounts.hold_for(market, order.side, order.price, order.quantity)[1]
+
+
+class _LedgerFunds(DictFunds):
+    """Available balances read from the ledger in this transaction, plus what the group changed."""
+
+    def __init__(self, conn: Connection):
+        super().__init__()
+        self.conn = conn
+        self.loaded: set[tuple[int, str]] = set()
+
+    def load(self, keys: set[tuple[int, str]]) -> None:
+        keys = keys - self.loaded
+        if not keys:
+            return
+        la = t.ledger_accounts
+        stored = {(r.account_id, r.asset): r.credits - r.debits for r in self.conn.execute(
+            select(la.c.account_id, la.c.asset, la.c.debits, la.c.credits)
+            .where(tuple_(la.c.code, la.c.asset).in_([(user_available(a), asset) for a, asset in keys])))}
+        for key in keys:
+            self.balances[key] = stored.get(key, 0) + self.balances.get(key, 0)
+        self.loaded |= keys
+
+    def take(self, account_id: int, asset: str, amount: int) -> None:
+        if (account_id, asset) not in self.loaded:
+            self.load({(account_id, asset)})
+        super().take(account_id, asset, amount)
+
+
+def _levels(book: Book) -> dict[str, dict[int, int]]:
+    return {"BUY": {lv.price: lv.total for lv in book.bids}, "SELL": {lv.price: lv.total for lv in book.asks}}
+
+
+_ORDER_STATE = ("filled_quantity", "status", "reason", "fill_value", "fee_value", "quote_filled", "fee")
+_UPDATE_ORDER = (
+    update(t.orders).where(t.orders.c.id == bindparam("b_id"))
+    .values(**{c: bindparam(f"b_{c}") for c in _ORDER_STATE}, updated_at=bindparam("b_updated_at"))
+)
+
+
+def _order_update(o: Order, now) -> dict:
+    return {"b_id": o.id, "b_filled_quantity": o.filled, "b_status": o.status, "b_reason": o.reason,
+            "b_fill_value": o.fill_value, "b_fee_value": o.fee_value, "b_quote_filled": o.quote_filled,
+            "b_fee": o.fee, "b_updated_at": now}
+
+
+def _order_row(o: Order, now) -> dict:
+    return {
+        "id": o.id, "market": o.market, "account_id": o.account_id, "side": o.side, "type": o.type,
+        "time_in_force": o.time_in_force, "post_only": o.post_only, "price": o.price, "quantity": o.quantity,
+        "filled_quantity": o.filled, "status": o.status, "reason": o.reason, "fill_value": o.fill_value,
+        "fee_value": o.fee_value, "quote_filled": o.quote_filled, "fee": o.fee, "hold_id": o.hold_id,
+        "sequence": o.sequence, "client": o.client, "client_key": o.client_key, "request_hash": o.request_hash,
+        "created_at": o.created_at, "updated_at": now,
+    }
+
+
+def _order_from_row(r) -> Order:
+    order = Order(r.id, r.account_id, r.market, r.side, r.price, r.quantity, type=r.type,
+                  time_in_force=r.time_in_force, post_only=bool(r.post_only), sequence=r.sequence, hold_id=r.hold_id,
+                  client=r.client, client_key=r.client_key, request_hash=r.request_hash, created_at=r.created_at)
+    order.remaining = r.quantity - r.filled_quantity
+    order.filled = r.filled_quantity
+    order.status, order.reason = r.status, r.reason
+    order.fill_value, order.fee_value, order.quote_filled, order.fee = r.fill_value, r.fee_value, r.quote_filled, r.fee
+    return order
+
+
+def order_view_from_row(r, held: int) -> OrderView:
+    return OrderView(r.id, r.account_id, r.market, r.side, r.type, r.time_in_force, bool(r.post_only), r.price,
+                     r.quantity, r.filled_quantity, r.status, r.reason, r.quote_filled, r.fee, held, r.sequence,
+                     r.created_at)
+
+
+def trade_view_from_row(r) -> TradeView:
+    return TradeView(r.id, r.market, r.price, r.quantity, r.taker_order_id, r.maker_order_id, r.taker_side,
+                     r.buyer_account_id, r.seller_account_id, r.buyer_paid, r.buyer_fee, r.seller_gross,
+                     r.seller_fee, r.rounding, r.batch_id, r.created_at)

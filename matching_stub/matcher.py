@@ -1,0 +1,239 @@
+"""Matching one order against a book, with in-memory fund checks: pure, no I/O.
+
+`Matcher.place` decides everything an order does (what it holds, which
+resting orders it fills at which price, which of the owner's own resting
+orders it cancels, whether the rest rests or expires) and updates the book,
+the orders and `funds` to match. It returns an `Outcome` that the engine turns
+into ledger commands and rows; the engine commits both in one transaction and
+rebuilds the book from the database if that transaction fails.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+from custody.config import MarketConfig
+from custody.errors import FailedPrecondition, InsufficientFunds
+from matching_stub import amounts
+from matching_stub.book import BUY, CANCELLED, EXPIRED, FILLED, OPEN, PARTIALLY_FILLED, Book, Order
+
+PPM = amounts.PPM
+
+
+class Funds(Protocol):
+    """Available balances as the ledger will have them once this group commits."""
+
+    def take(self, account_id: int, asset: str, amount: int) -> None:
+        """Reserves amount; raises InsufficientFunds (and changes nothing) if it is not there."""
+
+    def give(self, account_id: int, asset: str, amount: int) -> None:
+        """Credits amount (a release, a refund, the proceeds of a fill)."""
+
+
+class DictFunds:
+    """Funds in a dict: {(account_id, asset): available}."""
+
+    def __init__(self, balances: dict[tuple[int, str], int] | None = None):
+        self.balances = balances if balances is not None else {}
+
+    def available(self, account_id: int, asset: str) -> int:
+        return self.balances.get((account_id, asset), 0)
+
+    def take(self, account_id: int, asset: str, amount: int) -> None:
+        key = (account_id, asset)
+        have = self.balances.get(key, 0)
+        if have < amount:
+            raise InsufficientFunds(f"insufficient {asset} in user:{account_id}:available: short by {amount - have}")
+        self.balances[key] = have - amount
+
+    def give(self, account_id: int, asset: str, amount: int) -> None:
+        balances = self.balances
+        key = (account_id, asset)
+        balances[key] = balances.get(key, 0) + amount
+
+
+@dataclasses.dataclass(slots=True)
+class Fill:
+    """One trade. Quote amounts in quote base units; quantity in base units.
+
+    The buyer's hold pays buyer_paid + buyer_fee (+ refund back to the buyer);
+    the seller gets seller_gross - seller_fee; fees:revenue gets
+    buyer_fee + seller_fee + rounding, where rounding = buyer_paid - seller_gross."""
+
+    taker: Order
+    maker: Order
+    price: int
+    quantity: int
+    buyer_paid: int
+    buyer_fee: int
+    seller_gross: int
+    seller_fee: int
+    refund: int  # released from the buy order's hold because it is no longer needed
+
+    @property
+    def buy(self) -> Order:
+        return self.taker if self.taker.side == BUY else self.maker
+
+    @property
+    def sell(self) -> Order:
+        return self.maker if self.taker.side == BUY else self.taker
+
+    @property
+    def rounding(self) -> int:
+        return self.buyer_paid - self.seller_gross
+
+
+@dataclasses.dataclass(slots=True)
+class Outcome:
+    order: Order
+    fills: list[Fill]
+    # The owner's own resting orders cancelled by self-trade prevention, and what each released.
+    self_trade_cancels: list[tuple[Order, int]]
+    # What the order's own hold released when its rest expired (IOC, FOK, market); 0 if none.
+    expired_release: int = 0
+    # (side, price) of every level this order changed.
+    levels: set[tuple[str, int]] = dataclasses.field(default_factory=set)
+
+
+class Matcher:
+    def __init__(self, market: MarketConfig, book: Book, funds: Funds):
+        self.market = market
+        self.book = book
+        self.funds = funds
+        self.unit = market.price_unit
+        self.fee_unit = market.price_unit * PPM
+        self.held_fee_ppm = amounts.held_fee_ppm(market)
+        self.maker_ppm, self.taker_ppm = market.maker_fee_ppm, market.taker_fee_ppm
+        self.base, self.quote = market.base, market.quote
+
+    def place(self, order: Order) -> Outcome:
+        """Holds, matches and rests or expires the order. Raises FailedPrecondition
+        (post-only would match) or InsufficientFunds with nothing changed."""
+        market, book = self.market, self.book
+        buying = order.side == BUY
+        opposite = book.asks if buying else book.bids
+        best = opposite.best()
+        crosses = best is not None and (order.price >= best.price if buying else order.price <= best.price)
+        if order.post_only and crosses:
+            raise FailedPrecondition(
+                f"post-only order would match the resting order at {best.price}; nothing was placed")
+        if buying:
+            asset, amount = market.quote, amounts.buy_hold(market, order.price, order.quantity)
+        else:
+            asset, amount = market.base, order.quantity
+        self.funds.take(order.account_id, asset, amount)  # the only check that may still refuse it
+        order.hold_remaining = amount
+        outcome = Outcome(order, [], [])
+        if order.time_in_force == "FOK" and not self._fillable(order, opposite):
+            self._expire(order, outcome, "fill_or_kill")
+            return outcome
+        if crosses:
+            self._match(order, opposite, outcome)
+        if order.remaining == 0:
+            order.status = FILLED
+        elif order.time_in_force == "GTC":
+            order.status = PARTIALLY_FILLED if order.filled else OPEN
+            book.rest(order)
+            outcome.levels.add((order.side, order.price))
+        else:
+            self._expire(order, outcome, "immediate_or_cancel" if order.time_in_force == "IOC" else "fill_or_kill")
+        return outcome
+
+    def cancel(self, order: Order) -> int:
+        """Cancels a resting order; returns what its hold released."""
+        self.book.cancel(order)
+        order.status, order.reason = CANCELLED, "cancelled"
+        return self._release(order)
+
+    # -- internals ------------------------------------------------------------------
+    def _fillable(self, order: Order, opposite) -> bool:
+        """Whether other owners' resting orders can fill all of it (own ones would be cancelled, not filled)."""
+        need = order.quantity
+        buying = order.side == BUY
+        for level in opposite:
+            if (level.price > order.price) if buying else (level.price < order.price):
+                return False
+            for resting in level.orders.values():
+                if resting.account_id != order.account_id:
+                    need -= resting.remaining
+                    if need <= 0:
+                        return True
+        return False
+
+    def _match(self, taker: Order, opposite, outcome: Outcome) -> None:
+        buying = taker.side == BUY
+        book = self.book
+        while taker.remaining:
+            level = opposite.best()
+            if level is None or ((level.price > taker.price) if buying else (level.price < taker.price)):
+                return
+            outcome.levels.add((opposite.side, level.price))
+            orders = level.orders
+            while taker.remaining and orders:
+                maker = next(iter(orders.values()))
+                if maker.account_id == taker.account_id:
+                    # Self-trade prevention: the resting order goes, the new one goes on.
+                    book.cancel(maker)
+                    maker.status, maker.reason = CANCELLED, "self_trade_prevention"
+                    outcome.self_trade_cancels.append((maker, self._release(maker)))
+                    continue
+                quantity = taker.remaining if taker.remaining < maker.remaining else maker.remaining
+                outcome.fills.append(self._settle(taker, maker, quantity, level.price))
+                book.take(maker, quantity)
+                taker.remaining -= quantity
+                maker.status = FILLED if maker.remaining == 0 else PARTIALLY_FILLED
+
+    def _settle(self, taker: Order, maker: Order, quantity: int, price: int) -> Fill:
+        """The amounts of one fill (see amounts.py); updates both orders and the funds."""
+        if taker.side == BUY:
+            buy, sell, buy_ppm, sell_ppm = taker, maker, self.taker_ppm, self.maker_ppm
+        else:
+            buy, sell, buy_ppm, sell_ppm = maker, taker, self.maker_ppm, self.taker_ppm
+        value = quantity * price
+        unit, fee_unit = self.unit, self.fee_unit
+
+        buy.fill_value += value
+        paid = -(-buy.fill_value // unit)
+        buyer_paid = paid - buy.quote_filled
+        buy.quote_filled = paid
+        buy.fee_value += value * buy_ppm
+        fee = -(-buy.fee_value // fee_unit)
+        buyer_fee = fee - buy.fee
+        buy.fee = fee
+        buy.filled += quantity
+
+        seller_gross = value // unit
+        seller_fee = min(-(-(value * sell_ppm) // fee_unit), seller_gross)
+        sell.fill_value += value
+        sell.fee_value += value * sell_ppm
+        sell.quote_filled += seller_gross
+        sell.fee += seller_fee
+        sell.filled += quantity
+
+        buy_remaining = buy.remaining - quantity  # remaining is reduced by the caller after this
+        still_needed = (-(-(buy.fill_value + buy_remaining * buy.price) // unit) - buy.quote_filled
+                        + -(-(buy.fee_value + buy_remaining * buy.price * self.held_fee_ppm) // fee_unit) - buy.fee)
+        refund = buy.hold_remaining - buyer_paid - buyer_fee - still_needed
+        assert refund >= 0 and 0 <= buyer_paid - seller_gross <= 1, (buy, sell, quantity, price)
+        buy.hold_remaining = still_needed
+        sell.hold_remaining -= quantity
+
+        give = self.funds.give
+        give(buy.account_id, self.base, quantity)
+        if refund:
+            give(buy.account_id, self.quote, refund)
+        if seller_gross > seller_fee:
+            give(sell.account_id, self.quote, seller_gross - seller_fee)
+        return Fill(taker, maker, price, quantity, buyer_paid, buyer_fee, seller_gross, seller_fee, refund)
+
+    def _expire(self, order: Order, outcome: Outcome, reason: str) -> None:
+        order.status, order.reason = EXPIRED, reason
+        outcome.expired_release = self._release(order)
+
+    def _release(self, order: Order) -> int:
+        released = order.hold_remaining
+        if released:
+            asset = self.market.quote if order.side == BUY else self.market.base
+            self.funds.give(order.account_id, asset, released)
+            order.hold_remaining = 0
+        return released

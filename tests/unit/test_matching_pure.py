@@ -1,0 +1,51 @@
+"""The pure parts of matching_stub: the book and the settlement arithmetic, no database."""
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from custody.config import MarketConfig
+from matching_stub import amounts
+from matching_stub.book import BUY, SELL, Book, Order
+from matching_stub.matcher import DictFunds, Matcher
+
+MARKET = MarketConfig(base="ETH", quote="BTC", price_unit=10**18, price_tick=10, quantity_step=10**15,
+                      min_quantity=10**16, maker_fee_ppm=1000, taker_fee_ppm=2000)
+
+
+def test_levels_keep_time_order_and_drop_when_empty():
+    book = Book("ETH/BTC")
+    orders = [Order(str(i), i, "ETH/BTC", SELL, price, 10) for i, price in enumerate((105, 100, 100, 101))]
+    for o in orders:
+        book.rest(o)
+    assert book.asks.depth(10) == [(100, 20), (101, 10), (105, 10)]
+    assert list(book.asks.best().orders) == ["1", "2"]
+    book.cancel(orders[1])
+    book.take(orders[2], 10)
+    assert book.asks.depth(10) == [(101, 10), (105, 10)]
+    assert not book.bids.depth(5) and book.asks.best().price == 101
+
+
+@settings(max_examples=150, deadline=None)
+@given(prices=st.lists(st.integers(1, 20_000), min_size=1, max_size=12),
+       steps=st.lists(st.integers(1, 3000), min_size=12, max_size=12),
+       limit_extra=st.integers(0, 500))
+def test_a_buy_never_pays_more_than_it_held_and_rounding_is_zero_or_one(prices, steps, limit_extra):
+    """Whatever fills it takes, a buy's hold covers them exactly: refunds never go negative,
+    the hold ends at zero, and each fill's rounding is 0 or 1 base unit."""
+    book = Book("ETH/BTC")
+    funds = DictFunds({(a, asset): 10**40 for a in range(20) for asset in ("ETH", "BTC")})
+    matcher = Matcher(MARKET, book, funds)
+    for i, (price, step) in enumerate(zip(prices, steps)):
+        matcher.place(Order(f"s{i}", i + 1, "ETH/BTC", SELL, price * 10, step * 10**15))
+    quantity = sum(steps[:len(prices)]) * 10**15
+    limit = (max(prices) + limit_extra) * 10
+    held = amounts.buy_hold(MARKET, limit, quantity)
+    before = funds.available(0, "BTC")
+    outcome = matcher.place(Order("b", 0, "ETH/BTC", BUY, limit, quantity))
+    assert outcome.order.status == "FILLED" and outcome.order.hold_remaining == 0
+    spent = sum(f.buyer_paid + f.buyer_fee for f in outcome.fills)
+    assert spent <= held and before - funds.available(0, "BTC") == spent
+    assert all(f.rounding in (0, 1) and f.refund >= 0 for f in outcome.fills)
+    exact = sum(f.quantity * f.price for f in outcome.fills)
+    assert spent - sum(f.buyer_fee for f in outcome.fills) == -(-exact // MARKET.price_unit)  # ceil, once
+    for f in outcome.fills:
+        assert 0 <= f.seller_fee <= f.seller_gross
