@@ -71,6 +71,11 @@ def best(values: list[float]) -> float:
     return max(values)
 
 
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of a[i] / b[i]: each round's two figures were measured back to back."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
 def fmt_rounds(values: list[float]) -> str:
     return ", ".join(rate(v) for v in values)
 
@@ -118,8 +123,12 @@ class Ledger:
 
 
 def create_accounts(engine, n: int, prefix: str) -> list[int]:
-    """Custody accounts made through accounts.service.create_account (one commit each)."""
-    return [create_account(engine, f"{prefix}-{i}").account_id for i in range(n)]
+    """Custody accounts made through accounts.service.create_account (one commit each),
+    from 8 threads (PostgreSQL commits them in parallel; SQLite one after another)."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return list(pool.map(lambda i: create_account(engine, f"{prefix}-{i}").account_id, range(n)))
 
 
 def fund(ledger: Ledger, account_ids: list[int], amount: int = FUNDING) -> None:
@@ -146,6 +155,40 @@ def transfer_command(source: int, target: int, amount: int, key: str) -> Command
         not_frozen=(source,),
         must_exist=(target,),
     )
+
+
+def store_idempotency_keys(engine, n: int, tables: tuple[str, ...] = ("idempotency_keys",)) -> None:
+    """Stores n more idempotency keys (scope 'bench', random 32-hex keys, as clients send them) in each
+    table, so that a benchmark can run against the key table of a ledger that has been live for a while.
+    These keys belong to no batch; the invariant check does not look at them."""
+    import datetime
+    import uuid
+
+    pg = engine.dialect.name == "postgresql"
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if not pg:  # as SQLAlchemy stores DateTime on SQLite
+        now = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+    result = BatchResult("0" * 32, 0).to_json()
+    chunk = 50_000
+    for start in range(0, n, chunk):
+        rows = [("bench", uuid.uuid4().hex, "%064x" % i, result, now) for i in range(start, min(n, start + chunk))]
+        with write_transaction(engine) as conn:
+            cur = conn.connection.dbapi_connection.cursor()
+            try:
+                for table in tables:
+                    columns = "(scope, key, request_hash, result, created_at)"
+                    if pg:
+                        with cur.copy(f"COPY {table} {columns} FROM STDIN") as copy:
+                            for row in rows:
+                                copy.write_row(row)
+                    else:
+                        cur.executemany(f"INSERT INTO {table} {columns} VALUES (?, ?, ?, ?, ?)", rows)
+            finally:
+                cur.close()
+    if pg:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for table in tables:
+                conn.exec_driver_sql(f"ANALYZE {table}")
 
 
 def check_invariants(engine, where: str, result: BenchResult) -> None:
@@ -180,15 +223,34 @@ def nproc() -> int:
 
 
 def commit_latency_ms(engine, n: int) -> float:
-    """Median time of a durable commit that changes one row (the fsync floor)."""
+    """Median time of a durable commit that changes one row (the fsync floor). Only for a
+    throwaway database: it moves the event sequence without writing events."""
     from sqlalchemy import text
 
     times = []
     for _ in range(n):
         started = time.perf_counter()
         with write_transaction(engine) as conn:
-            conn.execute(text("UPDATE event_sequence SET last_cursor = last_cursor WHERE id = 1"))
+            conn.execute(text("UPDATE event_sequence SET last_cursor = last_cursor + 1 WHERE id = 1"))
         times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def fsync_ms(n: int) -> float:
+    """Median os.fsync time after a 4 KiB write, on the filesystem the databases live on."""
+    VAR.mkdir(exist_ok=True)
+    path = VAR / f"fsync-probe-{os.getpid()}.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        times = []
+        for i in range(n):
+            os.pwrite(fd, os.urandom(4096), (i % 16) * 4096)
+            started = time.perf_counter()
+            os.fsync(fd)
+            times.append(time.perf_counter() - started)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
     return statistics.median(times) * 1000
 
 
@@ -207,6 +269,7 @@ def environment(kinds: list[str]) -> dict[str, str]:
         "psycopg": psycopg.__version__,
         "grpcio": grpc.__version__,
     }
+    env["fsync of a 4 KiB write under var/ (median of 100)"] = f"{fsync_ms(100):.2f} ms"
     if "sqlite" in kinds:
         with database("sqlite") as (_url, engine):
             with engine.connect() as conn:

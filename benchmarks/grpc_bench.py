@@ -5,6 +5,7 @@ import asyncio
 import dataclasses
 import json
 import multiprocessing
+import os
 import pathlib
 import signal
 import subprocess
@@ -12,7 +13,9 @@ import sys
 import time
 import uuid
 
-from benchmarks.common import ASSET, FUNDING, ROOT, BenchResult, Row, Target, check_invariants, database, progress, rate
+from benchmarks.common import (
+    ASSET, FUNDING, ROOT, BenchResult, Row, Target, check_invariants, database, progress, rate, store_idempotency_keys,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,12 +23,14 @@ class Sizes:
     rounds: int
     seconds: float       # length of each measured phase
     warmup: float
+    aged_keys: int = 500_000  # idempotency keys stored before the "aged" rounds
+    aged_rounds: int = 1
     concurrency: int = 64
     clients: int = 1     # client processes; the 64 calls are split between them
 
 
-FULL = Sizes(rounds=3, seconds=8.0, warmup=2.0)
-QUICK = Sizes(rounds=1, seconds=2.0, warmup=1.0)
+FULL = Sizes(rounds=4, seconds=8.0, warmup=2.0)
+QUICK = Sizes(rounds=1, seconds=2.0, warmup=1.0, aged_keys=20_000)
 GAP = 0.5  # seconds between phases, so one phase's stragglers do not overlap the next
 
 
@@ -159,8 +164,81 @@ def _cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def _run_clients(address: str, plan: list, slots: list, sizes: Sizes, server_pid: int, label: str) -> list[dict]:
+    """Runs the plan in the client process(es); returns one merged dict per recorded phase."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    per = [sizes.concurrency // sizes.clients + (1 if c < sizes.concurrency % sizes.clients else 0)
+           for c in range(sizes.clients)]
+    procs = []
+    first = 0
+    for n in per:
+        p = ctx.Process(target=_client_main, args=(address, plan, first, n, slots, queue), daemon=True)
+        p.start()
+        procs.append(p)
+        first += n
+    # Sample server and client CPU time at the phase boundaries.
+    cpu = []
+    for kind, phase_start, seconds, recorded in plan:
+        time.sleep(max(0.0, phase_start - time.time()))
+        before = (_cpu_seconds(server_pid), sum(_cpu_seconds(p.pid) for p in procs))
+        time.sleep(max(0.0, phase_start + seconds - time.time()))
+        after = (_cpu_seconds(server_pid), sum(_cpu_seconds(p.pid) for p in procs))
+        cpu.append((after[0] - before[0], after[1] - before[1]))
+        if recorded:
+            progress(f"grpc_transfer sqlite{label}: {kind} phase done (server process cpu "
+                     f"{100 * cpu[-1][0] / seconds:.0f}%, client cpu {100 * cpu[-1][1] / seconds:.0f}%)")
+    outputs = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    phases = []
+    for idx, (kind, _start, seconds, recorded) in enumerate(plan):
+        if not recorded:
+            continue
+        merged = {"kind": kind, "count": 0, "errors": 0, "first_error": "", "latencies": [],
+                  "elapsed": max(o[idx]["elapsed"] for o in outputs),
+                  "server_cpu": cpu[idx][0] / seconds, "client_cpu": cpu[idx][1] / seconds}
+        for o in outputs:
+            merged["count"] += len(o[idx]["latencies"])
+            merged["errors"] += o[idx]["errors"]
+            merged["first_error"] = merged["first_error"] or o[idx]["first_error"]
+            merged["latencies"] += o[idx]["latencies"]
+        merged["rate"] = merged["count"] / merged["elapsed"]
+        phases.append(merged)
+    return phases
+
+
+def _plan(start: float, rounds: int, seconds: float, warmup: float) -> list[tuple[str, float, float, bool]]:
+    plan = []
+    t = start
+    if warmup:
+        plan = [("transfer", t, warmup, False), ("health", t + warmup + GAP, warmup / 2, False)]
+        t += warmup * 1.5 + 2 * GAP
+    for r in range(rounds):
+        for kind in (("health", "transfer") if r % 2 == 0 else ("transfer", "health")):
+            plan.append((kind, t, seconds, True))
+            t += seconds + GAP
+    return plan
+
+
+def _summary(phases: list[dict], kind: str) -> dict:
+    runs = [p for p in phases if p["kind"] == kind]
+    lat = sorted(x for r in runs for x in r["latencies"])
+    return {
+        "rate": max(r["rate"] for r in runs), "rates": [r["rate"] for r in runs],
+        "p50": _percentile(lat, 0.50) * 1000, "p99": _percentile(lat, 0.99) * 1000,
+        "errors": sum(r["errors"] for r in runs),
+        "first_error": next((r["first_error"] for r in runs if r["first_error"]), ""),
+        "server_cpu": max(r["server_cpu"] for r in runs), "client_cpu": max(r["client_cpu"] for r in runs),
+        "server_cpu_per_call_ms": min(r["server_cpu"] * 1000 / r["rate"] for r in runs if r["rate"]),
+    }
+
+
 def grpc_transfer(sizes: Sizes) -> BenchResult:
+    from sqlalchemy import text
+
     from custody.app import Custody
+    from custody.db.engine import make_engine
     from tests.support.config import make_config
 
     result = BenchResult("grpc_transfer")
@@ -172,7 +250,9 @@ def grpc_transfer(sizes: Sizes) -> BenchResult:
         f"its own two funded accounts, alternating direction. Baseline: grpc.health.v1.Health/Check (no auth) "
         f"on the same server and channel. {sizes.rounds} interleaved rounds of {sizes.seconds:.0f} s per phase after "
         f"a {sizes.warmup:.0f} s warm-up; rate = calls completed / phase time, best round of each; latencies are per "
-        f"call, client-side, over all rounds.")
+        f"call, client-side, over all rounds. Then, with the server still running, {sizes.aged_keys:,} more "
+        f"idempotency keys are stored in its database and {sizes.aged_rounds} more round(s) are run "
+        f"(the '+N stored keys' rows). The machine has {os.cpu_count()} CPUs for server, client and everything else.")
     progress("grpc_transfer sqlite: setting up")
     pairs = sizes.concurrency
     with database("sqlite") as (url, _engine):
@@ -191,49 +271,21 @@ def grpc_transfer(sizes: Sizes) -> BenchResult:
         log = folder / "server.log"
         server, port = start_server(config, log)
         progress(f"grpc_transfer sqlite: `custody serve` pid {server.pid} listening on 127.0.0.1:{port}")
+        slots = [(str(accounts[2 * i]), str(accounts[2 * i + 1])) for i in range(pairs)]
+        address = f"127.0.0.1:{port}"
+        engine = make_engine(url)
         try:
-            address = f"127.0.0.1:{port}"
-            start = time.time() + 3.0  # time for the client processes to start and connect
-            plan = [("transfer", start, sizes.warmup, False), ("health", start + sizes.warmup + GAP, sizes.warmup / 2, False)]
-            t = start + sizes.warmup * 1.5 + 2 * GAP
-            for r in range(sizes.rounds):
-                for kind in (("health", "transfer") if r % 2 == 0 else ("transfer", "health")):
-                    plan.append((kind, t, sizes.seconds, True))
-                    t += sizes.seconds + GAP
-            slots = [(str(accounts[2 * i]), str(accounts[2 * i + 1])) for i in range(pairs)]
-            ctx = multiprocessing.get_context("spawn")
-            queue = ctx.Queue()
-            per = [sizes.concurrency // sizes.clients + (1 if c < sizes.concurrency % sizes.clients else 0)
-                   for c in range(sizes.clients)]
-            procs = []
-            first = 0
-            for n in per:
-                p = ctx.Process(target=_client_main, args=(address, plan, first, n, slots, queue), daemon=True)
-                p.start()
-                procs.append(p)
-                first += n
-            # Sample server and client CPU time at the phase boundaries.
-            cpu = []
-            for kind, phase_start, seconds, recorded in plan:
-                time.sleep(max(0.0, phase_start - time.time()))
-                before = (_cpu_seconds(server.pid), sum(_cpu_seconds(p.pid) for p in procs))
-                time.sleep(max(0.0, phase_start + seconds - time.time()))
-                after = (_cpu_seconds(server.pid), sum(_cpu_seconds(p.pid) for p in procs))
-                cpu.append((after[0] - before[0], after[1] - before[1]))
-                if recorded:
-                    progress(f"grpc_transfer sqlite: {kind} phase done "
-                             f"(server cpu {100 * cpu[-1][0] / seconds:.0f}%, clients cpu {100 * cpu[-1][1] / seconds:.0f}%)")
-            outputs = [queue.get(timeout=120) for _ in procs]
-            for p in procs:
-                p.join(30)
+            fresh = _run_clients(address, _plan(time.time() + 3.0, sizes.rounds, sizes.seconds, sizes.warmup),
+                                 slots, sizes, server.pid, "")
+            started = time.perf_counter()
+            store_idempotency_keys(engine, sizes.aged_keys)
+            progress(f"grpc_transfer sqlite: stored {sizes.aged_keys:,} more idempotency keys "
+                     f"({time.perf_counter() - started:.1f}s)")
+            aged = _run_clients(address, _plan(time.time() + 3.0, sizes.aged_rounds, sizes.seconds, 0),
+                                slots, sizes, server.pid, " (aged)")
         finally:
             stop_server(server)
-        progress(f"grpc_transfer sqlite: server stopped (exit code {server.returncode})")
-
-        from custody.db.engine import make_engine
-        from sqlalchemy import text
-
-        engine = make_engine(url)
+            progress(f"grpc_transfer sqlite: server stopped (exit code {server.returncode})")
         try:
             check_invariants(engine, "grpc_transfer sqlite", result)
             with engine.connect() as conn:
@@ -241,56 +293,34 @@ def grpc_transfer(sizes: Sizes) -> BenchResult:
                     "SELECT count(*), count(DISTINCT created_at) FROM ledger_batches WHERE kind = 'transfer'")).one()
         finally:
             engine.dispose()
-        errors_in_log = [line for line in log.read_text().splitlines() if '"level": "error"' in line or '"level":"error"' in line]
+        errors_in_log = [line for line in log.read_text().splitlines() if '"level": "error"' in line]
 
-    phases: dict[str, list[dict]] = {"health": [], "transfer": []}
-    for idx, (kind, _start, seconds, recorded) in enumerate(plan):
-        if not recorded:
-            continue
-        merged = {"count": 0, "errors": 0, "first_error": "", "latencies": [],
-                  "elapsed": max(o[idx]["elapsed"] for o in outputs),
-                  "server_cpu": cpu[idx][0] / seconds, "client_cpu": cpu[idx][1] / seconds}
-        for o in outputs:
-            merged["count"] += len(o[idx]["latencies"])
-            merged["errors"] += o[idx]["errors"]
-            merged["first_error"] = merged["first_error"] or o[idx]["first_error"]
-            merged["latencies"] += o[idx]["latencies"]
-        merged["rate"] = merged["count"] / merged["elapsed"]
-        phases[kind].append(merged)
-
-    summary = {}
-    for kind, runs in phases.items():
-        lat = sorted(x for r in runs for x in r["latencies"])
-        summary[kind] = {
-            "rate": max(r["rate"] for r in runs), "rates": [r["rate"] for r in runs],
-            "p50": _percentile(lat, 0.50) * 1000, "p99": _percentile(lat, 0.99) * 1000,
-            "errors": sum(r["errors"] for r in runs), "first_error": next((r["first_error"] for r in runs if r["first_error"]), ""),
-            "server_cpu": max(r["server_cpu"] for r in runs), "client_cpu": max(r["client_cpu"] for r in runs),
-            "server_cpu_per_call_ms": min(r["server_cpu"] * 1000 / r["rate"] for r in runs if r["rate"]),
-        }
-    tr, hc = summary["transfer"], summary["health"]
-    ratio = tr["rate"] / hc["rate"]
-    result.rows.append(Row(
-        "grpc_transfer", "sqlite", f"Transfer calls/s, {sizes.concurrency} in flight", tr["rate"], "/s",
-        "health Check calls/s", hc["rate"], ratio,
-        [Target(">= 60% of health", ratio >= 0.6), Target(">= 3,000/s", tr["rate"] >= 3000),
-         Target(f"p99 < 20 ms (is {tr['p99']:.1f} ms)", tr["p99"] < 20)]))
-    result.rows.append(Row(
-        "grpc_transfer", "sqlite", f"Transfer p50 / p99 latency (health: {hc['p50']:.1f} / {hc['p99']:.1f} ms)",
-        tr["p50"], "ms", "health Check p50", hc["p50"], tr["p50"] / hc["p50"]))
-    for kind in ("transfer", "health"):
-        s = summary[kind]
-        result.details.append(
-            f"- {kind}: rounds {', '.join(rate(x) for x in s['rates'])} calls/s; p50 {s['p50']:.1f} ms, "
-            f"p99 {s['p99']:.1f} ms; errors {s['errors']}{' (first: ' + s['first_error'] + ')' if s['errors'] else ''}; "
-            f"server process CPU {100 * s['server_cpu']:.0f}% of one core, client process(es) {100 * s['client_cpu']:.0f}%; "
-            f"server CPU per call {s['server_cpu_per_call_ms']:.3f} ms")
-    result.details.append(f"- transfers committed: {transfers:,} in {commits:,} ledger commits "
-                          f"(mean {transfers / max(commits, 1):.1f} per commit, counted from ledger_batches.created_at, "
-                          f"which is one timestamp per group)")
+    for label, phases in (("", fresh), (f" (+{sizes.aged_keys:,} stored keys)", aged)):
+        tr, hc = _summary(phases, "transfer"), _summary(phases, "health")
+        ratio = tr["rate"] / hc["rate"]
+        result.rows.append(Row(
+            "grpc_transfer", "sqlite", f"Transfer calls/s, {sizes.concurrency} in flight{label}", tr["rate"], "/s",
+            "health Check calls/s", hc["rate"], ratio,
+            [Target(">= 60% of health", ratio >= 0.6), Target(">= 3,000/s", tr["rate"] >= 3000),
+             Target(f"p99 < 20 ms (is {tr['p99']:.1f} ms)", tr["p99"] < 20)]))
+        result.rows.append(Row(
+            "grpc_transfer", "sqlite",
+            f"Transfer p50 latency{label} (p99 {tr['p99']:.1f} ms; health p99 {hc['p99']:.1f} ms)",
+            tr["p50"], "ms", "health Check p50", hc["p50"], tr["p50"] / hc["p50"]))
+        for kind, s in (("transfer", tr), ("health", hc)):
+            result.details.append(
+                f"- {kind}{label}: rounds {', '.join(rate(x) for x in s['rates'])} calls/s; p50 {s['p50']:.1f} ms, "
+                f"p99 {s['p99']:.1f} ms; errors {s['errors']}{' (first: ' + s['first_error'] + ')' if s['errors'] else ''}; "
+                f"server process CPU {100 * s['server_cpu']:.0f}% of one core, client process(es) "
+                f"{100 * s['client_cpu']:.0f}%; server CPU per call {s['server_cpu_per_call_ms']:.3f} ms")
+        progress(f"grpc_transfer sqlite{label}: transfer {rate(tr['rate'])}/s (p50 {tr['p50']:.1f} ms, "
+                 f"p99 {tr['p99']:.1f} ms), health {rate(hc['rate'])}/s (p50 {hc['p50']:.1f} ms, "
+                 f"p99 {hc['p99']:.1f} ms), ratio {ratio:.2f}"
+                 + (f"; ERRORS: transfer {tr['errors']} ({tr['first_error']}), health {hc['errors']}"
+                    if tr["errors"] or hc["errors"] else ""))
+    result.details.append(f"- transfers committed over the whole run (warm-up included): {transfers:,} in {commits:,} "
+                          f"ledger commits, mean {transfers / max(commits, 1):.1f} per commit (counted from "
+                          f"ledger_batches.created_at, one timestamp per group)")
     if errors_in_log:
         result.details.append(f"- server log has {len(errors_in_log)} error lines, first: `{errors_in_log[0][:300]}`")
-    progress(f"grpc_transfer sqlite: transfer {rate(tr['rate'])}/s (p50 {tr['p50']:.1f} ms, p99 {tr['p99']:.1f} ms), "
-             f"health {rate(hc['rate'])}/s (p50 {hc['p50']:.1f} ms, p99 {hc['p99']:.1f} ms), ratio {ratio:.2f}; "
-             f"{transfers / max(commits, 1):.1f} transfers per commit")
     return result

@@ -9,11 +9,11 @@ import time
 import uuid
 from typing import Callable
 
-from sqlalchemy import Boolean, Column, DateTime, ForeignKey, Index, MetaData, PrimaryKeyConstraint, String, Table, Text, select
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, ForeignKey, Index, MetaData, PrimaryKeyConstraint, String, Table, Text, select
 
 from benchmarks.common import (
     ASSET, GROUP, BenchResult, Ledger, Row, Target, best, check_invariants, create_accounts, database, fmt_rounds,
-    fund, progress, rate, transfer_command,
+    fund, median_ratio, progress, rate, store_idempotency_keys, transfer_command,
 )
 from custody.db import schema as t
 from custody.db.engine import write_transaction
@@ -29,12 +29,15 @@ class Sizes:
     single_per_thread: int  # calls per thread per round in ledger_single
     aged_keys: int          # idempotency keys already stored before the "aged" rounds of ledger_batched
     aged_rounds: int
+    aged_single_per_thread: int  # ledger_single after the keys are stored (kept small: it can be very slow)
+    sweep: bool = True      # ledger_single's informational group-size sweep
     threads: int = 64
     accounts: int = 2 * GROUP  # disjoint pairs: no account appears twice in a group
 
 
-FULL = Sizes(rounds=5, groups=8, single_per_thread=100, aged_keys=500_000, aged_rounds=3)
-QUICK = Sizes(rounds=2, groups=2, single_per_thread=15, aged_keys=20_000, aged_rounds=1)
+FULL = Sizes(rounds=5, groups=8, single_per_thread=100, aged_keys=500_000, aged_rounds=3, aged_single_per_thread=25)
+QUICK = Sizes(rounds=2, groups=2, single_per_thread=15, aged_keys=20_000, aged_rounds=1, aged_single_per_thread=10,
+              sweep=False)
 
 
 class Workload:
@@ -75,7 +78,7 @@ def _baseline_tables(metadata: MetaData) -> dict[str, Table]:
         Column("actor", String(64), nullable=False),
         Column("memo", Text, nullable=True),
         Column("flagged", Boolean, nullable=False),
-        Column("event_cursor", t.Id, nullable=False),
+        Column("event_cursor", BigInteger, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False),
     )
     transfers = Table(
@@ -100,7 +103,7 @@ def _baseline_tables(metadata: MetaData) -> dict[str, Table]:
     )
     events = Table(
         "bench_events", metadata,
-        Column("cursor", t.Id, primary_key=True, autoincrement=False),
+        Column("cursor", BigInteger, primary_key=True, autoincrement=False),
         Column("type", String(64), nullable=False),
         Column("payload", Text, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False),
@@ -119,8 +122,8 @@ def _baseline_tables(metadata: MetaData) -> dict[str, Table]:
 
 
 class PlainInsert:
-    """Inserts prepared rows with the driver's own executemany (sqlite3 or psycopg)
-    inside custody's write_transaction, one commit per GROUP transfers."""
+    """Inserts prepared rows with the driver directly inside custody's write_transaction,
+    one commit per GROUP transfers: COPY on PostgreSQL (psycopg), executemany on SQLite (sqlite3)."""
 
     def __init__(self, engine, ledger_ids: list[tuple[int, int]]):
         self.engine = engine
@@ -137,6 +140,11 @@ class PlainInsert:
             for name, table in self.tables.items()
         }
         self.sql["events"] = self.sql["events"].replace("(cursor,", '("cursor",')  # a reserved word on PostgreSQL
+        self.copy_sql = {
+            name: f"COPY {table.name} ({', '.join(c.name for c in table.columns if c.name != 'id' or name == 'batches')}) "
+                  f"FROM STDIN".replace("(cursor,", '("cursor",')
+            for name, table in self.tables.items()
+        }
 
     def _value(self, v):
         if self.pg:
@@ -178,30 +186,8 @@ class PlainInsert:
         return out
 
     def prefill_keys(self, n: int) -> None:
-        """Stores n more idempotency keys (scope 'bench', random keys, as clients send them) in both
-        idempotency_keys and the baseline's copy, so both run against an aged table."""
-        now = self._value(datetime.datetime.now(datetime.timezone.utc))
-        result = BatchResult(new_id(), 0).to_json()
-        chunk = 50_000
-        for start in range(0, n, chunk):
-            rows = [("bench", uuid.uuid4().hex, "%064x" % i, result, now) for i in range(start, min(n, start + chunk))]
-            with write_transaction(self.engine) as conn:
-                cur = conn.connection.dbapi_connection.cursor()
-                try:
-                    for table in ("idempotency_keys", "bench_idempotency_keys"):
-                        columns = "(scope, key, request_hash, result, created_at)"
-                        if self.pg:
-                            with cur.copy(f"COPY {table} {columns} FROM STDIN") as copy:
-                                for row in rows:
-                                    copy.write_row(row)
-                        else:
-                            cur.executemany(f"INSERT INTO {table} {columns} VALUES (?, ?, ?, ?, ?)", rows)
-                finally:
-                    cur.close()
-        if self.pg:
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.exec_driver_sql("ANALYZE idempotency_keys")
-                conn.exec_driver_sql("ANALYZE bench_idempotency_keys")
+        """n more idempotency keys in both idempotency_keys and the baseline's copy."""
+        store_idempotency_keys(self.engine, n, ("idempotency_keys", "bench_idempotency_keys"))
 
     def run(self, prepared: list[dict[str, list[tuple]]]) -> int:
         n = 0
@@ -210,7 +196,13 @@ class PlainInsert:
                 cur = conn.connection.dbapi_connection.cursor()
                 try:
                     for name in ("batches", "transfers", "transfers_only", "events", "idempotency"):
-                        if name in rows:
+                        if name not in rows:
+                            continue
+                        if self.pg:  # COPY: the fastest way psycopg has to insert rows
+                            with cur.copy(self.copy_sql[name]) as copy:
+                                for row in rows[name]:
+                                    copy.write_row(row)
+                        else:
                             cur.executemany(self.sql[name], rows[name])
                 finally:
                     cur.close()
@@ -263,7 +255,8 @@ def ledger_batched(backends: list[str], sizes: Sizes) -> BenchResult:
         f"Baseline (plain insert): the same four rows per transfer the ledger inserts "
         f"(ledger_batches, ledger_transfers, events, idempotency_keys rows, with the same sizes of ids, JSON payload "
         f"and result) into bench_* copies of those tables (same columns, types, primary keys, indexes and foreign keys), "
-        f"prepared before the clock starts, inserted with the driver's executemany (sqlite3 / psycopg 3) inside the same "
+        f"prepared before the clock starts, inserted by the driver directly (PostgreSQL: psycopg 3 COPY, its fastest "
+        f"path and the one the ledger's writes use; SQLite: sqlite3 executemany) inside the same "
         f"`write_transaction`, one commit per {GROUP:,} transfers. Informational: the transfer rows alone. "
         f"{sizes.rounds} interleaved rounds of {sizes.groups} groups each; each figure is the best round. "
         f"Then, because a live ledger keeps every idempotency key, {sizes.aged_keys:,} more keys (scope 'bench', "
@@ -303,10 +296,12 @@ def ledger_batched(backends: list[str], sizes: Sizes) -> BenchResult:
         result.details.append(
             f"- {backend}, fresh database: ledger rounds {fmt_rounds(ledger_w.rates)}/s; plain insert rounds "
             f"{fmt_rounds(plain_w.rates)}/s; transfer rows only rounds {fmt_rounds(only_w.rates)}/s "
-            f"(best {rate(only_rate)}/s, ledger = {best(ledger_w.rates) / only_rate:.2f} x that)")
+            f"(best {rate(only_rate)}/s, ledger = {best(ledger_w.rates) / only_rate:.2f} x that); median of the "
+            f"per-round ledger / plain insert ratios {median_ratio(ledger_w.rates, plain_w.rates):.2f}")
         result.details.append(
             f"- {backend}, after storing {sizes.aged_keys:,} more idempotency keys: ledger rounds "
-            f"{fmt_rounds(aged_ledger.rates)}/s; plain insert rounds {fmt_rounds(aged_plain.rates)}/s")
+            f"{fmt_rounds(aged_ledger.rates)}/s; plain insert rounds {fmt_rounds(aged_plain.rates)}/s; median of the "
+            f"per-round ratios {median_ratio(aged_ledger.rates, aged_plain.rates):.2f}")
     return result
 
 
@@ -337,11 +332,31 @@ def hot_account(backends: list[str], sizes: Sizes) -> BenchResult:
             "disjoint accounts", disjoint_rate, hot_rate / disjoint_rate,
             [Target(f"slowdown <= 1.5 (is {slowdown:.2f})", slowdown <= 1.5)]))
         result.details.append(f"- {backend}: hot rounds {fmt_rounds(hot_w.rates)}/s; "
-                              f"disjoint rounds {fmt_rounds(disjoint_w.rates)}/s; slowdown {slowdown:.2f}x")
+                              f"disjoint rounds {fmt_rounds(disjoint_w.rates)}/s; slowdown {slowdown:.2f}x "
+                              f"(median of the per-round slowdowns {median_ratio(disjoint_w.rates, hot_w.rates):.2f})")
     return result
 
 
 # -- 2. ledger_single ---------------------------------------------------------------------------
+
+def _group_size_sweep(ledger: Ledger, accounts: list[int], backend: str) -> list[str]:
+    """Informational: apply_commands cost per group size (one commit each), best of 2."""
+    pairs = [(accounts[2 * k], accounts[2 * k + 1]) for k in range(GROUP)]
+    out = []
+    for size, n in ((1, 200), (8, 800), (32, 2000), (128, 4000), (1000, 4000)):
+        seconds = []
+        for rep in range(2):
+            commands = [transfer_command(*(pairs[i % GROUP] if (i // GROUP + rep) % 2 == 0 else pairs[i % GROUP][::-1]),
+                                         1, f"sweep-{uuid.uuid4().hex}") for i in range(n)]
+            started = time.perf_counter()
+            for i in range(0, n, size):
+                ledger.commit(commands[i:i + size])
+            seconds.append(time.perf_counter() - started)
+        t = min(seconds)
+        out.append(f"| {backend} | {size:,} | {rate(n / t)}/s | {1000 * t / (n / size):.2f} ms | {1e6 * t / n:,.0f} us |")
+        progress(f"ledger_single {backend}: group-size sweep: {size:,} per commit -> {rate(n / t)}/s")
+    return out
+
 
 def ledger_single(backends: list[str], sizes: Sizes) -> BenchResult:
     from custody.app import Custody
@@ -355,7 +370,10 @@ def ledger_single(backends: list[str], sizes: Sizes) -> BenchResult:
         f"LedgerWriter.submit, wait for the result) {sizes.single_per_thread} times per round, one transfer per call, "
         f"thread i between its own two accounts; the writer's group commit (max_group=1000) decides the commits. "
         f"Baseline: the same number of transfers as ledger_batched does them ({GROUP:,} per apply_commands call) on the "
-        f"same database, interleaved; {sizes.rounds} rounds, best of each.")
+        f"same database, interleaved; {sizes.rounds} rounds, best of each. Then {sizes.aged_keys:,} more idempotency "
+        f"keys are stored and {sizes.aged_rounds} more interleaved rounds of {sizes.aged_single_per_thread} calls "
+        f"per thread are run (the '+N stored keys' rows).")
+    sweeps: list[str] = []
     for backend in backends:
         progress(f"ledger_single {backend}: setting up")
         with database(backend) as (url, _engine):
@@ -364,70 +382,98 @@ def ledger_single(backends: list[str], sizes: Sizes) -> BenchResult:
                 ledger, accounts = _setup_accounts(app.engine, 2 * GROUP, "single")
                 commits = [0]
                 app.writer.on_commit(lambda _cursor: commits.__setitem__(0, commits[0] + 1))
-                groups_seen: list[float] = []
-                latencies: list[float] = []
+                per_commit: dict[str, list[float]] = {"fresh": [], "aged": []}
+                latencies: dict[str, list[float]] = {"fresh": [], "aged": []}
 
-                def prepare_single(r: int):
-                    commits[0] = 0
-                    return r
+                def single_workload(phase: str, per_thread: int) -> Workload:
+                    total = threads * per_thread
 
-                def run_single(r: int) -> int:
-                    barrier = threading.Barrier(threads + 1)
-                    errors: list[BaseException] = []
-                    lat: list[list[float]] = [[] for _ in range(threads)]
+                    def prepare(r: int):
+                        commits[0] = 0
+                        return r
 
-                    def caller(i: int) -> None:
-                        a, b = str(accounts[2 * i]), str(accounts[2 * i + 1])
-                        mine = lat[i]
+                    def run(r: int) -> int:
+                        barrier = threading.Barrier(threads + 1)
+                        errors: list[BaseException] = []
+                        lat: list[list[float]] = [[] for _ in range(threads)]
+
+                        def caller(i: int) -> None:
+                            a, b = str(accounts[2 * i]), str(accounts[2 * i + 1])
+                            mine = lat[i]
+                            barrier.wait()
+                            try:
+                                for j in range(per_thread):
+                                    source, target = (a, b) if j % 2 == 0 else (b, a)
+                                    started = time.perf_counter()
+                                    app.transfer("bench", f"{phase}{r}-{i}-{j}-{uuid.uuid4().hex[:8]}",
+                                                 source, target, ASSET, "1")
+                                    mine.append(time.perf_counter() - started)
+                            except BaseException as exc:  # reported below; never silently counted
+                                errors.append(exc)
+
+                        pool = [threading.Thread(target=caller, args=(i,)) for i in range(threads)]
+                        for th in pool:
+                            th.start()
                         barrier.wait()
-                        try:
-                            for j in range(sizes.single_per_thread):
-                                source, target = (a, b) if j % 2 == 0 else (b, a)
-                                started = time.perf_counter()
-                                app.transfer("bench", f"s{r}-{i}-{j}-{uuid.uuid4().hex[:8]}", source, target, ASSET, "1")
-                                mine.append(time.perf_counter() - started)
-                        except BaseException as exc:  # reported below; never silently counted
-                            errors.append(exc)
+                        for th in pool:
+                            th.join()
+                        if errors:
+                            raise RuntimeError(f"{len(errors)} transfers failed, first: {errors[0]!r}")
+                        per_commit[phase].append(total / max(commits[0], 1))
+                        latencies[phase].extend(x for part in lat for x in part)
+                        return total
 
-                    pool = [threading.Thread(target=caller, args=(i,)) for i in range(threads)]
-                    for th in pool:
-                        th.start()
-                    barrier.wait()
-                    for th in pool:
-                        th.join()
-                    if errors:
-                        raise RuntimeError(f"{len(errors)} transfers failed, first: {errors[0]!r}")
-                    groups_seen.append(n / max(commits[0], 1))
-                    latencies.extend(x for part in lat for x in part)
-                    return n
+                    return Workload(f"{threads} threads x 1 transfer/call", prepare, run)
 
-                single_w = Workload(f"{threads} threads x 1 transfer/call", prepare_single, run_single)
-                pairs = [(accounts[2 * k], accounts[2 * k + 1]) for k in range(GROUP)]
-                batched = _ledger_workload("batched", ledger, pairs, 1)
-                orig_prepare = batched.prepare
+                def batched_workload(total: int) -> Workload:
+                    pairs = [(accounts[2 * k], accounts[2 * k + 1]) for k in range(GROUP)]
+                    w = _ledger_workload("batched", ledger, pairs, -(-total // GROUP))
+                    whole = w.prepare
 
-                def prepare_batched(r: int):  # n transfers in groups of GROUP
-                    out = []
-                    while sum(len(g) for g in out) < n:
-                        out.extend(orig_prepare(r))
-                    flat = [c for g in out for c in g][:n]
-                    return [flat[i:i + GROUP] for i in range(0, n, GROUP)]
+                    def prepare(r: int):  # exactly total transfers, in groups of GROUP
+                        flat = [c for g in whole(r) for c in g][:total]
+                        return [flat[i:i + GROUP] for i in range(0, total, GROUP)]
 
-                batched.prepare = prepare_batched
-                interleave("ledger_single", backend, [single_w, batched], sizes.rounds)
+                    w.prepare = prepare
+                    return w
+
+                single_w, batched_w = single_workload("fresh", sizes.single_per_thread), batched_workload(n)
+                interleave("ledger_single", backend, [single_w, batched_w], sizes.rounds)
                 check_invariants(app.engine, f"ledger_single {backend}", result)
+                if sizes.sweep:
+                    sweeps += _group_size_sweep(ledger, accounts, backend)
+                started = time.perf_counter()
+                store_idempotency_keys(app.engine, sizes.aged_keys)
+                progress(f"ledger_single {backend}: stored {sizes.aged_keys:,} more idempotency keys "
+                         f"({time.perf_counter() - started:.1f}s)")
+                aged_n = threads * sizes.aged_single_per_thread
+                aged_single = single_workload("aged", sizes.aged_single_per_thread)
+                aged_batched = batched_workload(aged_n)
+                interleave("ledger_single (aged)", backend, [aged_single, aged_batched], sizes.aged_rounds)
+                check_invariants(app.engine, f"ledger_single (aged) {backend}", result)
             finally:
                 app.close()
-        single_rate, batched_rate = best(single_w.rates), best(batched.rates)
-        latencies.sort()
-        p50 = latencies[len(latencies) // 2] * 1000
-        p99 = latencies[int(len(latencies) * 0.99)] * 1000
-        result.rows.append(Row(
-            "ledger_single", backend, f"transfers/s, {threads} threads, 1 per call", single_rate, "/s",
-            f"batched ({GROUP:,}/commit)", batched_rate, single_rate / batched_rate,
-            [Target(">= 3,000/s", single_rate >= 3000)]))
-        result.details.append(
-            f"- {backend}: single rounds {fmt_rounds(single_w.rates)}/s; batched rounds {fmt_rounds(batched.rates)}/s; "
-            f"mean transfers per commit {', '.join(f'{g:.1f}' for g in groups_seen)}; "
-            f"call latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        for phase, label, sw, bw in (("fresh", "", single_w, batched_w),
+                                     ("aged", f" (+{sizes.aged_keys:,} stored keys)", aged_single, aged_batched)):
+            single_rate, batched_rate = best(sw.rates), best(bw.rates)
+            lat = sorted(latencies[phase])
+            p50, p99 = lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
+            result.rows.append(Row(
+                "ledger_single", backend, f"transfers/s, {threads} threads, 1 per call{label}", single_rate, "/s",
+                f"batched ({GROUP:,}/commit)", batched_rate, single_rate / batched_rate,
+                [Target(">= 3,000/s", single_rate >= 3000)]))
+            result.details.append(
+                f"- {backend}{label or ', fresh database'}: single rounds {fmt_rounds(sw.rates)}/s; batched rounds "
+                f"{fmt_rounds(bw.rates)}/s (median per-round ratio {median_ratio(sw.rates, bw.rates):.2f}); "
+                f"mean transfers per commit {', '.join(f'{g:.1f}' for g in per_commit[phase])}; "
+                f"call latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    result.details += [] if not sweeps else [
+        "",
+        "Informational, on the fresh database: what one `apply_commands` group costs by size (transfers per commit, "
+        "best of 2). The fixed cost per group is what small groups (one-transfer calls) pay:",
+        "",
+        "| db | transfers per commit | transfers/s | time per commit | time per transfer |",
+        "|---|---|---|---|---|",
+        *sweeps,
+    ]
     return result

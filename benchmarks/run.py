@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import pathlib
 import sys
 import time
@@ -18,6 +19,7 @@ from benchmarks import common
 from benchmarks.common import BenchResult, Row, progress
 
 BENCHMARKS = ("ledger_batched", "ledger_single", "hot_account", "grpc_transfer")
+CPU_PRESSURE = "cpu pressure during the run (PSI 'some')"
 RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -93,6 +95,11 @@ def write_results(path: pathlib.Path, args, env: dict, results: list[BenchResult
         "`custody.db.engine.make_engine`), PostgreSQL with synchronous_commit=on and fsync=on; both are read back "
         "from the live connection above, not assumed.",
         "",
+        *([f"Noise: this run shared the machine with other work ({env.get(CPU_PRESSURE, '')}; "
+           "load averages above). Absolute figures are lower than an idle machine would give and vary between runs; "
+           "the interleaved ratios are steadier, but contention does not always hit both sides of a ratio alike "
+           "(for example a server process and its client process).", ""]
+          if _busy(env) else []),
         "## Method",
         "",
         "Machines like this one are noisy, so no figure stands alone: each benchmark measures its baseline in the same "
@@ -137,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = ledger.QUICK if args.quick else ledger.FULL
     started = time.perf_counter()
+    load_before = os.getloadavg()
+    pressure_before = _pressure()
     progress(f"benchmarks: {', '.join(chosen)} on {', '.join(backends)} ({'quick' if args.quick else 'full'} run)")
     env = common.environment(backends if any(b != "grpc_transfer" for b in chosen) else ["sqlite"])
     for k, v in env.items():
@@ -150,12 +159,24 @@ def main(argv: list[str] | None = None) -> int:
         else:
             results.append(getattr(ledger, name)(backends, sizes))
     elapsed = time.perf_counter() - started
+    env["load average (1/5/15 min) at start"] = " / ".join(f"{x:.2f}" for x in load_before)
+    env["load average (1/5/15 min) at end"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    pressure_after = _pressure()
+    for kind in ("cpu", "io"):
+        if kind in pressure_before and kind in pressure_after:
+            share = (pressure_after[kind] - pressure_before[kind]) / 1e6 / elapsed
+            env[f"{kind} pressure during the run (PSI 'some')"] = (
+                f"{100 * share:.0f}% of the time at least one task on the machine waited for "
+                f"{'a CPU' if kind == 'cpu' else 'I/O'}")
     rows = [r for res in results for r in res.rows]
     print()
     print(render_text(rows))
     print()
     missed = [f"{r.bench} ({r.backend}): {t.text}" for r in rows for t in r.targets if not t.met]
     print("targets missed: " + (", ".join(missed) if missed else "none"))
+    print(f"load average at start {env['load average (1/5/15 min) at start']}, at end "
+          f"{env['load average (1/5/15 min) at end']} ({common.nproc()} CPUs); "
+          + "; ".join(f"{k}: {v}" for k, v in env.items() if "pressure" in k))
     failures = [f for res in results for f in res.invariant_failures]
     print("invariant checks: " + ("all ok" if not failures else f"{len(failures)} FAILED"))
     for f in failures:
@@ -166,6 +187,26 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"done in {elapsed / 60:.1f} minutes")
     _cleanup()
     return 1 if failures else 0
+
+
+def _busy(env: dict) -> bool:
+    text = env.get(CPU_PRESSURE, "")
+    try:
+        return int(text.split("%", 1)[0]) >= 20
+    except ValueError:
+        return False
+
+
+def _pressure() -> dict[str, int]:
+    """Cumulative stall microseconds from Linux pressure-stall information, where available."""
+    out = {}
+    for kind in ("cpu", "io"):
+        try:
+            line = pathlib.Path(f"/proc/pressure/{kind}").read_text().splitlines()[0]
+            out[kind] = int(line.rsplit("total=", 1)[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
 
 
 def _cleanup() -> None:

@@ -116,7 +116,7 @@ def check(engine: Engine) -> Report:
     for asset, (debits, credits) in sorted(per_asset.items()):
         if debits != credits:
             findings.append(Finding("1", "violation", f"{asset}: debits {debits} != credits {credits}"))
-    findings.append(Finding("4", "skipped", "wallet accounts are not compared with the chains yet (no chain plugin is connected)"))
+    findings.append(Finding("4", "skipped", "wallet accounts are not yet compared with what the chains show (that needs the reconciliation job)"))
     return Report(findings, accounts=len(accounts), transfers=transfers, batches=batches)
 
 
