@@ -25,11 +25,12 @@ import json
 import logging
 import threading
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select, tuple_, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
 from custody.config import MarketConfig
 from custody.db import schema as t
+from custody.db.bulk import in_pairs
 from custody.db.engine import read_transaction, write_transaction
 from custody.errors import AccountFrozen, CustodyError, FailedPrecondition, IdempotencyConflict, NotFound
 from custody.ledger.commands import BatchResult, Command, HoldCreate, HoldPost, HoldVoid
@@ -245,7 +246,7 @@ class _Group:
         o = t.orders
         for r in self.conn.execute(
             select(o.c.client, o.c.client_key, o.c.request_hash, o.c.id)
-            .where(tuple_(o.c.client, o.c.client_key).in_({(p.client, p.client_key) for p in places}))
+            .where(in_pairs(self.conn, o.c.client, o.c.client_key, {(p.client, p.client_key) for p in places}))
         ):
             self.keys[(r.client, r.client_key)] = (r.request_hash, r.id)
         accounts = {p.account_id for p in places}
@@ -433,7 +434,7 @@ class _LedgerFunds(DictFunds):
         la = t.ledger_accounts
         stored = {(r.account_id, r.asset): r.credits - r.debits for r in self.conn.execute(
             select(la.c.account_id, la.c.asset, la.c.debits, la.c.credits)
-            .where(tuple_(la.c.code, la.c.asset).in_([(user_available(a), asset) for a, asset in keys])))}
+            .where(in_pairs(self.conn, la.c.asset, la.c.code, [(asset, user_available(a)) for a, asset in keys])))}
         for key in keys:
             self.balances[key] = stored.get(key, 0) + self.balances.get(key, 0)
         self.loaded |= keys

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from sqlalchemy import BigInteger, Connection, String, Table, any_, bindparam, false, func, select, tuple_
+from sqlalchemy import BigInteger, Connection, String, Table, and_, any_, bindparam, false, or_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 
@@ -94,13 +94,15 @@ def in_values(conn: Connection, column, values):
 
 
 def in_pairs(conn: Connection, first, second, pairs):
-    """(first, second) IN pairs of strings, with two array parameters on PostgreSQL."""
-    pairs = list(pairs)
-    if not pairs:
+    """(first, second) IN pairs, written so that a (first, second) index is used.
+
+    A row-value IN list makes SQLite scan the whole table (seen with EXPLAIN
+    QUERY PLAN), which grows with every idempotency key ever stored. Grouped by
+    the first column (a client, an asset: few per group) each branch is an
+    index search on both columns."""
+    grouped: dict = {}
+    for a, b in pairs:
+        grouped.setdefault(a, []).append(b)
+    if not grouped:
         return false()
-    if conn.dialect.name == "postgresql":
-        a, b = zip(*pairs)
-        rows = select(func.unnest(bindparam(None, list(a), type_=ARRAY(String()))),
-                      func.unnest(bindparam(None, list(b), type_=ARRAY(String()))))
-        return tuple_(first, second).in_(rows)
-    return tuple_(first, second).in_(pairs)
+    return or_(*(and_(first == a, in_values(conn, second, bs)) for a, bs in grouped.items()))

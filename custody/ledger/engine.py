@@ -180,7 +180,7 @@ class _Group:
         def find() -> None:
             rows = self.conn.execute(
                 select(table.c.id, table.c.code, table.c.asset)
-                .where(in_pairs(self.conn, table.c.code, table.c.asset, keys))
+                .where(in_pairs(self.conn, table.c.asset, table.c.code, [(asset, code) for code, asset in keys]))
             )
             for r in rows:
                 self.ids.add_pending((r.code, r.asset), r.id)
