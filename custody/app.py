@@ -36,6 +36,9 @@ class Custody:
         self._jobs = None
         # Order books; fills are ledger batches too, so they wake StreamEvents readers.
         self.matching = MatchingService(config, self.engine, on_ledger_commit=self.notifier.notify)
+        from custody.withdrawals.service import Withdrawals
+
+        self.withdrawals = Withdrawals(config, self.engine, self.plugin, self.notifier.notify)
 
     def close(self) -> None:
         if self._jobs is not None:

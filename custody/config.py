@@ -105,6 +105,46 @@ class ChainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class StaffKeyConfig:
+    """A staff member who may approve withdrawals, and the Ed25519 key their approvals verify with."""
+
+    name: str
+    public_key: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class WithdrawalConfig:
+    """The `[withdrawals]` section (docs/withdrawals.md)."""
+
+    # At or below: approved without review. Above: one staff approval;
+    # above two_approvals_above: two distinct approvers.
+    auto_approve_max: int = 0
+    two_approvals_above: int = MAX_AMOUNT
+    staff: tuple[StaffKeyConfig, ...] = ()
+    # Where the signer listens and the token the core uses with it.
+    signer_target: str = ""
+    signer_token: str = ""
+    signer_key_id: str = "hot"
+    # The hot wallet's account path in the signer (its keys sign our inputs).
+    hot_account_path: str = "m/84h/1h/1h"
+    # sat/vB when the node has no estimate (bcoin never has one).
+    fallback_fee_rate: int = 2
+    max_fee_rate: int = 500
+    max_batch: int = 500
+    max_inputs: int = 250
+    # UTXOs below this many satoshi are never selected (attacker dust, FAILURE_MODES 33).
+    min_utxo: int = 1000
+    include_deposit_wallet: bool = False
+    # Unconfirmed this long after broadcast: replaced with a higher fee (RBF).
+    replace_after_s: float = 600.0
+    replace_fee_multiplier: float = 2.0
+    # A transaction the node refuses: "fail" (void the holds) or "requeue" (up to max_requeues times).
+    on_node_rejection: str = "fail"
+    max_requeues: int = 3
+    poll_interval_s: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     database_url: str
     server: ServerConfig
@@ -112,6 +152,7 @@ class Config:
     assets: tuple[AssetConfig, ...]
     chains: tuple[ChainConfig, ...] = ()
     markets: tuple[MarketConfig, ...] = ()
+    withdrawals: WithdrawalConfig = WithdrawalConfig()
 
     def chain(self, name: str) -> ChainConfig:
         for c in self.chains:
@@ -180,6 +221,63 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
         assets=assets,
         chains=_chains(raw.get("chains", {})),
         markets=_markets(raw.get("markets", []), assets),
+        withdrawals=_withdrawals(raw.get("withdrawals", {})),
+    )
+
+
+def _withdrawals(raw: dict) -> WithdrawalConfig:
+    where = "withdrawals"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a table")
+    d = WithdrawalConfig()
+
+    def amount(key: str, default: int) -> int:
+        if key not in raw:
+            return default
+        try:
+            return parse_amount(str(raw[key]), f"{where}.{key}", allow_zero=True)
+        except InvalidArgument as exc:
+            raise ConfigError(str(exc)) from None
+
+    def number(key, default, kind=int, minimum=0):
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or kind is int and not isinstance(value, int):
+            raise ConfigError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'}")
+        if value < minimum:
+            raise ConfigError(f"{where}: {key} must be at least {minimum}")
+        return kind(value)
+
+    staff = []
+    for i, s in enumerate(raw.get("staff", [])):
+        try:
+            key = bytes.fromhex(s.get("ed25519_public_key", ""))
+        except ValueError:
+            key = b""
+        if not s.get("name") or len(key) != 32:
+            raise ConfigError(f"{where}.staff[{i}]: name and ed25519_public_key (64 hex digits) are required")
+        staff.append(StaffKeyConfig(s["name"], key))
+    rule = raw.get("on_node_rejection", d.on_node_rejection)
+    if rule not in ("fail", "requeue"):
+        raise ConfigError(f"{where}: on_node_rejection must be \"fail\" or \"requeue\"")
+    return WithdrawalConfig(
+        auto_approve_max=amount("auto_approve_max", d.auto_approve_max),
+        two_approvals_above=amount("two_approvals_above", d.two_approvals_above),
+        staff=tuple(staff),
+        signer_target=str(raw.get("signer_target", "")),
+        signer_token=str(raw.get("signer_token", "")),
+        signer_key_id=str(raw.get("signer_key_id", d.signer_key_id)),
+        hot_account_path=str(raw.get("hot_account_path", d.hot_account_path)),
+        fallback_fee_rate=number("fallback_fee_rate", d.fallback_fee_rate, int, 1),
+        max_fee_rate=number("max_fee_rate", d.max_fee_rate, int, 1),
+        max_batch=number("max_batch", d.max_batch, int, 1),
+        max_inputs=number("max_inputs", d.max_inputs, int, 1),
+        min_utxo=number("min_utxo", d.min_utxo, int, 0),
+        include_deposit_wallet=bool(raw.get("include_deposit_wallet", False)),
+        replace_after_s=number("replace_after_s", d.replace_after_s, float, 0),
+        replace_fee_multiplier=number("replace_fee_multiplier", d.replace_fee_multiplier, float, 1.0),
+        on_node_rejection=rule,
+        max_requeues=number("max_requeues", d.max_requeues, int, 0),
+        poll_interval_s=number("poll_interval_s", d.poll_interval_s, float, 0.01),
     )
 
 

@@ -30,7 +30,7 @@ from chains.base import (
     UnsignedTransaction,
     Watch,
 )
-from chains.bitcoin import addresses
+from chains.bitcoin import addresses, psbt
 from chains.bitcoin.blocks import parse_block, transaction_id
 from chains.bitcoin.params import COINBASE_MATURITY, network
 from chains.bitcoin.rpc import BitcoinRPC, RpcError
@@ -66,6 +66,8 @@ class BitcoinChain(ChainPlugin):
                                         backoff_s=self.rpc.backoff_s, max_backoff_s=self.rpc.max_backoff_s)
         self._prefetch = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bitcoin-prefetch")
         self._params = NetworkParams("bitcoin", self.network.name, AssetInfo("BTC", 8), COINBASE_MATURITY)
+        # The hot wallet's account key: change outputs carry its derivation hint for the signer.
+        self.change_xpub = str(settings.get("hot_xpub", ""))
 
     @property
     def params(self) -> NetworkParams:
@@ -172,10 +174,41 @@ class BitcoinChain(ChainPlugin):
     # -- transactions -------------------------------------------------------------------------
     def build_transaction(self, payments: Sequence[Payment], coins: Sequence[Coin], change: DerivedAddress,
                           fee_rate: int) -> UnsignedTransaction:
-        raise NotImplementedError("built in the withdrawal issue (PSBT from the service's own UTXO set)")
+        """A PSBT spending exactly `coins` (p2wpkh, each with its witness_utxo so
+        the signer can check the fee), paying `payments`, the rest less the fee
+        to `change` (left out when below the dust limit: the fee takes it)."""
+        branch, index = (int(x) for x in change.path.split("/"))
+        change_pub = None
+        if getattr(self, "change_xpub", ""):
+            change_pub = self._account_key(self.change_xpub).child(branch).child(index).sec()
+        return psbt.build(payments, coins, change, fee_rate, self.network, change_pub)
 
     def combine(self, unsigned: UnsignedTransaction, signatures: Sequence[bytes]) -> bytes:
-        raise NotImplementedError("built in the withdrawal issue")
+        """signatures: one signed PSBT (what the signer returns) -> the raw transaction."""
+        return psbt.finalize(signatures[0])
+
+    def fee_rate(self, target_blocks: int = 6) -> int | None:
+        """sat/vB for confirmation within target_blocks, or None when the node has
+        no estimate (bcoin answers {"fee": -1}; Core {"feerate": BTC/kvB} or errors)."""
+        try:
+            answer = self.rpc.call("estimatesmartfee", target_blocks)
+        except RpcError:
+            return None
+        rate = answer.get("feerate", answer.get("fee", -1)) if isinstance(answer, dict) else -1
+        if rate is None or float(rate) <= 0:
+            return None
+        return max(1, -(-int(round(float(rate) * 100_000_000)) // 1000))
+
+    def spent_on_chain(self, txid: str, index: int) -> bool:
+        """True if the output is spent in a block (gettxout includes the mempool on
+        Core, not on bcoin: ask without it where the node allows)."""
+        try:
+            return self.rpc.call("gettxout", txid, index, False) is None
+        except RpcError:
+            return self.rpc.call("gettxout", txid, index) is None
+
+    def in_mempool(self, txid: str) -> bool:
+        return self.transaction_status(txid).state is TxState.MEMPOOL
 
     def txid(self, raw: bytes) -> str:
         return transaction_id(raw)

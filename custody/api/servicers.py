@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 
 import structlog
 
@@ -87,6 +88,49 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
             for d in deposits])
 
 
+    async def RequestWithdrawal(self, request, context):
+        w, created = await asyncio.to_thread(
+            self.app.withdrawals.request, current_client(), request.idempotency_key, request.account_id,
+            request.asset, request.to_address, request.amount)
+        return custody_pb2.RequestWithdrawalResponse(withdrawal=withdrawal_message(w, []), created=created)
+
+    async def GetWithdrawal(self, request, context):
+        w, history = await asyncio.to_thread(self.app.withdrawals.get, request.withdrawal_id)
+        return custody_pb2.GetWithdrawalResponse(withdrawal=withdrawal_message(w, history))
+
+    async def ListWithdrawals(self, request, context):
+        rows = await asyncio.to_thread(self.app.withdrawals.list_for_account, request.account_id)
+        return custody_pb2.ListWithdrawalsResponse(withdrawals=[withdrawal_message(w, h) for w, h in rows])
+
+    async def CancelWithdrawal(self, request, context):
+        w = await asyncio.to_thread(self.app.withdrawals.cancel, current_client(), request.withdrawal_id)
+        return custody_pb2.CancelWithdrawalResponse(withdrawal=withdrawal_message(w, []))
+
+
+def _status(name: str | None) -> int:
+    return custody_pb2.WithdrawalStatus.Value(f"WITHDRAWAL_STATUS_{name}") if name else 0
+
+
+def _iso(value) -> str:
+    if value is None:
+        return ""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return value.astimezone(datetime.timezone.utc).isoformat()
+
+
+def withdrawal_message(w: dict, history: list[dict]) -> custody_pb2.Withdrawal:
+    return custody_pb2.Withdrawal(
+        withdrawal_id=w["id"], account_id=str(w["account_id"]), asset=w["asset"], to_address=w["to_address"],
+        amount=format_amount(w["amount"]), fee=format_amount(w["fee"]), status=_status(w["status"]),
+        txid=w.get("txid") or "", reason=w.get("reason") or "",
+        network_fee=format_amount(w["network_fee"]) if w.get("network_fee") is not None else "",
+        created_at=_iso(w["created_at"]),
+        history=[custody_pb2.WithdrawalHistoryEntry(
+            from_status=_status(h["from_status"]), to_status=_status(h["to_status"]), actor=h["actor"],
+            reason=h["reason"] or "", at=_iso(h["created_at"])) for h in history])
+
+
 class BackofficeServicer(backoffice_pb2_grpc.BackofficeServiceServicer):
     def __init__(self, app: Custody):
         self.app = app
@@ -106,3 +150,31 @@ class BackofficeServicer(backoffice_pb2_grpc.BackofficeServiceServicer):
                  amount=request.amount, direction=backoffice_pb2.AdjustmentDirection.Name(request.direction),
                  reason=request.reason, batch_id=result.batch_id, replayed=result.replayed)
         return backoffice_pb2.AdjustBalanceResponse(adjustment_id=result.batch_id, event_cursor=result.event_cursor)
+
+    async def ListWithdrawals(self, request, context):
+        status = (custody_pb2.WithdrawalStatus.Name(request.status).removeprefix("WITHDRAWAL_STATUS_")
+                  if request.status else "PENDING_REVIEW")
+        items = await asyncio.to_thread(self.app.withdrawals.review_list, status)
+        return backoffice_pb2.BackofficeServiceListWithdrawalsResponse(items=[
+            backoffice_pb2.ReviewItem(withdrawal=withdrawal_message(w, []), facts=backoffice_pb2.ReviewFacts(
+                account_age_days=f["account_age_days"], credited_deposits=f["credited_deposits"],
+                deposited_amount=format_amount(f["deposited_amount"]),
+                destination_seen_before=f["destination_seen_before"],
+                withdrawn_24h=format_amount(f["withdrawn_24h"]), daily_limit=format_amount(f["daily_limit"]),
+                max_withdrawal=format_amount(f["max_withdrawal"]), approvals_needed=f["approvals_needed"],
+                approvers=f["approvers"], requested_by=f["requested_by"]))
+            for w, f in items])
+
+    async def ApproveWithdrawal(self, request, context):
+        w = await asyncio.to_thread(self.app.withdrawals.approve, current_client(), request.withdrawal_id,
+                                    request.signature)
+        log.info("withdrawal approval", staff=current_client(), withdrawal_id=request.withdrawal_id,
+                 status=w["status"])
+        return backoffice_pb2.ApproveWithdrawalResponse(withdrawal=withdrawal_message(w, []))
+
+    async def RejectWithdrawal(self, request, context):
+        w = await asyncio.to_thread(self.app.withdrawals.reject, current_client(), request.withdrawal_id,
+                                    request.reason)
+        log.info("withdrawal rejected", staff=current_client(), withdrawal_id=request.withdrawal_id,
+                 reason=request.reason)
+        return backoffice_pb2.RejectWithdrawalResponse(withdrawal=withdrawal_message(w, []))

@@ -301,3 +301,106 @@ market_data = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_market_data_market_cursor", "market", "cursor"),
 )
+
+# -- withdrawals (docs/withdrawals.md) ---------------------------------------------
+# One row per RequestWithdrawal. (client, client_key) is the idempotency key;
+# request_hash tells a retry from a different request under the same key.
+withdrawals = Table(
+    "withdrawals",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("client", String(64), nullable=False),
+    Column("client_key", String(128), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=False),
+    Column("asset", String(16), nullable=False),
+    Column("chain", String(32), nullable=False),
+    Column("to_address", String(128), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("fee", Amount, nullable=False),  # the asset's withdrawal fee, charged to the user
+    Column("network_fee", Amount, nullable=True),  # this withdrawal's share of its transaction's fee
+    Column("status", String(16), nullable=False),
+    Column("reason", Text, nullable=True),  # why it was rejected, failed or refused
+    Column("hold_id", String(32), ForeignKey("ledger_holds.id"), nullable=False),
+    Column("batch_id", String(32), nullable=True),  # the transaction batch paying it
+    Column("txid", String(80), nullable=True),  # the transaction that paid it, once known
+    Column("requeues", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("client", "client_key", name="uq_withdrawals_client_key"),
+    Index("ix_withdrawals_status", "status"),
+    Index("ix_withdrawals_account_created", "account_id", "created_at"),
+    Index("ix_withdrawals_batch_id", "batch_id"),
+)
+
+# Every state change of a withdrawal: who, when, why.
+withdrawal_history = Table(
+    "withdrawal_history",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("withdrawal_id", String(32), ForeignKey("withdrawals.id"), nullable=False),
+    Column("from_status", String(16), nullable=True),
+    Column("to_status", String(16), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_withdrawal_history_withdrawal_id", "withdrawal_id"),
+)
+
+# Staff approvals: Ed25519 over the withdrawal's content (hsm/approvals.py format).
+withdrawal_approvals = Table(
+    "withdrawal_approvals",
+    metadata,
+    Column("withdrawal_id", String(32), ForeignKey("withdrawals.id"), nullable=False),
+    Column("approver", String(64), nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("withdrawal_id", "approver", name="pk_withdrawal_approvals"),
+)
+
+# One on-chain payment of a group of withdrawals (UTXO chains: one transaction
+# with many outputs). Its identity is the set of outpoints it reserves, not a
+# txid: every attempt (a fee bump) spends exactly the same inputs.
+withdrawal_batches = Table(
+    "withdrawal_batches",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("chain", String(32), nullable=False),
+    Column("status", String(16), nullable=False),  # QUEUED, SIGNING, SIGNED, BROADCAST, CONFIRMING, COMPLETED, FAILED
+    Column("reason", Text, nullable=True),
+    Column("psbt", LargeBinary, nullable=False),  # the unsigned transaction of the latest attempt
+    Column("fee_rate", BigInteger, nullable=False),
+    Column("fee", Amount, nullable=False),
+    Column("txid", String(80), nullable=True),  # the attempt that confirmed
+    Column("confirm_height", BigInteger, nullable=True),
+    Column("broadcast_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_withdrawal_batches_status", "status"),
+)
+
+# Each signed transaction of a batch, stored before it is first broadcast.
+withdrawal_attempts = Table(
+    "withdrawal_attempts",
+    metadata,
+    Column("txid", String(80), primary_key=True),
+    Column("batch_id", String(32), ForeignKey("withdrawal_batches.id"), nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("fee", Amount, nullable=False),
+    Column("fee_rate", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_withdrawal_attempts_batch_id", "batch_id"),
+)
+
+# UTXO reservations (FAILURE_MODES 7): an outpoint belongs to at most one
+# batch, ever; taken in the same transaction as the batch's QUEUED state.
+utxo_reservations = Table(
+    "utxo_reservations",
+    metadata,
+    Column("chain", String(32), nullable=False),
+    Column("txid", String(80), nullable=False),
+    Column("output_index", Integer, nullable=False),
+    Column("batch_id", String(32), ForeignKey("withdrawal_batches.id"), nullable=False),
+    PrimaryKeyConstraint("chain", "txid", "output_index", name="pk_utxo_reservations"),
+    Index("ix_utxo_reservations_batch_id", "batch_id"),
+)

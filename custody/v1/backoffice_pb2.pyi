@@ -1,6 +1,9 @@
+from custody.v1 import custody_pb2 as _custody_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -13,6 +16,78 @@ class AdjustmentDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 ADJUSTMENT_DIRECTION_UNSPECIFIED: AdjustmentDirection
 ADJUSTMENT_DIRECTION_CREDIT: AdjustmentDirection
 ADJUSTMENT_DIRECTION_DEBIT: AdjustmentDirection
+
+class BackofficeServiceListWithdrawalsRequest(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: _custody_pb2.WithdrawalStatus
+    def __init__(self, status: _Optional[_Union[_custody_pb2.WithdrawalStatus, str]] = ...) -> None: ...
+
+class ReviewFacts(_message.Message):
+    __slots__ = ("account_age_days", "credited_deposits", "deposited_amount", "destination_seen_before", "withdrawn_24h", "daily_limit", "max_withdrawal", "approvals_needed", "approvers", "requested_by")
+    ACCOUNT_AGE_DAYS_FIELD_NUMBER: _ClassVar[int]
+    CREDITED_DEPOSITS_FIELD_NUMBER: _ClassVar[int]
+    DEPOSITED_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_SEEN_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAWN_24H_FIELD_NUMBER: _ClassVar[int]
+    DAILY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_WITHDRAWAL_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    APPROVERS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    account_age_days: int
+    credited_deposits: int
+    deposited_amount: str
+    destination_seen_before: int
+    withdrawn_24h: str
+    daily_limit: str
+    max_withdrawal: str
+    approvals_needed: int
+    approvers: _containers.RepeatedScalarFieldContainer[str]
+    requested_by: str
+    def __init__(self, account_age_days: _Optional[int] = ..., credited_deposits: _Optional[int] = ..., deposited_amount: _Optional[str] = ..., destination_seen_before: _Optional[int] = ..., withdrawn_24h: _Optional[str] = ..., daily_limit: _Optional[str] = ..., max_withdrawal: _Optional[str] = ..., approvals_needed: _Optional[int] = ..., approvers: _Optional[_Iterable[str]] = ..., requested_by: _Optional[str] = ...) -> None: ...
+
+class ReviewItem(_message.Message):
+    __slots__ = ("withdrawal", "facts")
+    WITHDRAWAL_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    withdrawal: _custody_pb2.Withdrawal
+    facts: ReviewFacts
+    def __init__(self, withdrawal: _Optional[_Union[_custody_pb2.Withdrawal, _Mapping]] = ..., facts: _Optional[_Union[ReviewFacts, _Mapping]] = ...) -> None: ...
+
+class BackofficeServiceListWithdrawalsResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ReviewItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[ReviewItem, _Mapping]]] = ...) -> None: ...
+
+class ApproveWithdrawalRequest(_message.Message):
+    __slots__ = ("withdrawal_id", "signature")
+    WITHDRAWAL_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    withdrawal_id: str
+    signature: bytes
+    def __init__(self, withdrawal_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ApproveWithdrawalResponse(_message.Message):
+    __slots__ = ("withdrawal",)
+    WITHDRAWAL_FIELD_NUMBER: _ClassVar[int]
+    withdrawal: _custody_pb2.Withdrawal
+    def __init__(self, withdrawal: _Optional[_Union[_custody_pb2.Withdrawal, _Mapping]] = ...) -> None: ...
+
+class RejectWithdrawalRequest(_message.Message):
+    __slots__ = ("withdrawal_id", "reason")
+    WITHDRAWAL_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    withdrawal_id: str
+    reason: str
+    def __init__(self, withdrawal_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RejectWithdrawalResponse(_message.Message):
+    __slots__ = ("withdrawal",)
+    WITHDRAWAL_FIELD_NUMBER: _ClassVar[int]
+    withdrawal: _custody_pb2.Withdrawal
+    def __init__(self, withdrawal: _Optional[_Union[_custody_pb2.Withdrawal, _Mapping]] = ...) -> None: ...
 
 class AdjustBalanceRequest(_message.Message):
     __slots__ = ("idempotency_key", "account_id", "asset", "amount", "direction", "reason")

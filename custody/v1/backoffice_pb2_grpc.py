@@ -40,6 +40,21 @@ class BackofficeServiceStub:
                 request_serializer=custody_dot_v1_dot_backoffice__pb2.AdjustBalanceRequest.SerializeToString,
                 response_deserializer=custody_dot_v1_dot_backoffice__pb2.AdjustBalanceResponse.FromString,
                 _registered_method=True)
+        self.ListWithdrawals = channel.unary_unary(
+                '/custody.v1.BackofficeService/ListWithdrawals',
+                request_serializer=custody_dot_v1_dot_backoffice__pb2.BackofficeServiceListWithdrawalsRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_backoffice__pb2.BackofficeServiceListWithdrawalsResponse.FromString,
+                _registered_method=True)
+        self.ApproveWithdrawal = channel.unary_unary(
+                '/custody.v1.BackofficeService/ApproveWithdrawal',
+                request_serializer=custody_dot_v1_dot_backoffice__pb2.ApproveWithdrawalRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_backoffice__pb2.ApproveWithdrawalResponse.FromString,
+                _registered_method=True)
+        self.RejectWithdrawal = channel.unary_unary(
+                '/custody.v1.BackofficeService/RejectWithdrawal',
+                request_serializer=custody_dot_v1_dot_backoffice__pb2.RejectWithdrawalRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_backoffice__pb2.RejectWithdrawalResponse.FromString,
+                _registered_method=True)
 
 
 class BackofficeServiceServicer:
@@ -55,6 +70,29 @@ class BackofficeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWithdrawals(self, request, context):
+        """Withdrawals in one status (PENDING_REVIEW when unspecified) with the
+        facts a reviewer needs. Needs the review scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveWithdrawal(self, request, context):
+        """A staff approval: an Ed25519 signature over the withdrawal's content
+        (see docs/withdrawals.md). Needs the review scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectWithdrawal(self, request, context):
+        """Rejects a withdrawal under review and releases its hold. Needs the review scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BackofficeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +100,21 @@ def add_BackofficeServiceServicer_to_server(servicer, server):
                     servicer.AdjustBalance,
                     request_deserializer=custody_dot_v1_dot_backoffice__pb2.AdjustBalanceRequest.FromString,
                     response_serializer=custody_dot_v1_dot_backoffice__pb2.AdjustBalanceResponse.SerializeToString,
+            ),
+            'ListWithdrawals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWithdrawals,
+                    request_deserializer=custody_dot_v1_dot_backoffice__pb2.BackofficeServiceListWithdrawalsRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_backoffice__pb2.BackofficeServiceListWithdrawalsResponse.SerializeToString,
+            ),
+            'ApproveWithdrawal': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveWithdrawal,
+                    request_deserializer=custody_dot_v1_dot_backoffice__pb2.ApproveWithdrawalRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_backoffice__pb2.ApproveWithdrawalResponse.SerializeToString,
+            ),
+            'RejectWithdrawal': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectWithdrawal,
+                    request_deserializer=custody_dot_v1_dot_backoffice__pb2.RejectWithdrawalRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_backoffice__pb2.RejectWithdrawalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +145,87 @@ class BackofficeService:
             '/custody.v1.BackofficeService/AdjustBalance',
             custody_dot_v1_dot_backoffice__pb2.AdjustBalanceRequest.SerializeToString,
             custody_dot_v1_dot_backoffice__pb2.AdjustBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWithdrawals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.BackofficeService/ListWithdrawals',
+            custody_dot_v1_dot_backoffice__pb2.BackofficeServiceListWithdrawalsRequest.SerializeToString,
+            custody_dot_v1_dot_backoffice__pb2.BackofficeServiceListWithdrawalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveWithdrawal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.BackofficeService/ApproveWithdrawal',
+            custody_dot_v1_dot_backoffice__pb2.ApproveWithdrawalRequest.SerializeToString,
+            custody_dot_v1_dot_backoffice__pb2.ApproveWithdrawalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectWithdrawal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.BackofficeService/RejectWithdrawal',
+            custody_dot_v1_dot_backoffice__pb2.RejectWithdrawalRequest.SerializeToString,
+            custody_dot_v1_dot_backoffice__pb2.RejectWithdrawalResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,21 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class WithdrawalStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WITHDRAWAL_STATUS_UNSPECIFIED: _ClassVar[WithdrawalStatus]
+    WITHDRAWAL_STATUS_PENDING_REVIEW: _ClassVar[WithdrawalStatus]
+    WITHDRAWAL_STATUS_APPROVED: _ClassVar[WithdrawalStatus]
+    WITHDRAWAL_STATUS_QUEUED: _ClassVar[WithdrawalStatus]
+    WITHDRAWAL_STATUS_SIGNING: _ClassVar[WithdrawalStatus]
+    WITHDRAWAL_STATUS_SIGNED: _ClassVar[WithdrawalStatus]
+    WITHDRAWAL_STATUS_BROADCAST: _ClassVar[WithdrawalStatus]
+    WITHDRAWAL_STATUS_CONFIRMING: _ClassVar[WithdrawalStatus]
+    WITHDRAWAL_STATUS_COMPLETED: _ClassVar[WithdrawalStatus]
+    WITHDRAWAL_STATUS_REJECTED: _ClassVar[WithdrawalStatus]
+    WITHDRAWAL_STATUS_CANCELLED: _ClassVar[WithdrawalStatus]
+    WITHDRAWAL_STATUS_FAILED: _ClassVar[WithdrawalStatus]
+
 class DepositStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DEPOSIT_STATUS_UNSPECIFIED: _ClassVar[DepositStatus]
@@ -14,11 +29,123 @@ class DepositStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEPOSIT_STATUS_CREDITED: _ClassVar[DepositStatus]
     DEPOSIT_STATUS_ORPHANED: _ClassVar[DepositStatus]
     DEPOSIT_STATUS_REVERSED: _ClassVar[DepositStatus]
+WITHDRAWAL_STATUS_UNSPECIFIED: WithdrawalStatus
+WITHDRAWAL_STATUS_PENDING_REVIEW: WithdrawalStatus
+WITHDRAWAL_STATUS_APPROVED: WithdrawalStatus
+WITHDRAWAL_STATUS_QUEUED: WithdrawalStatus
+WITHDRAWAL_STATUS_SIGNING: WithdrawalStatus
+WITHDRAWAL_STATUS_SIGNED: WithdrawalStatus
+WITHDRAWAL_STATUS_BROADCAST: WithdrawalStatus
+WITHDRAWAL_STATUS_CONFIRMING: WithdrawalStatus
+WITHDRAWAL_STATUS_COMPLETED: WithdrawalStatus
+WITHDRAWAL_STATUS_REJECTED: WithdrawalStatus
+WITHDRAWAL_STATUS_CANCELLED: WithdrawalStatus
+WITHDRAWAL_STATUS_FAILED: WithdrawalStatus
 DEPOSIT_STATUS_UNSPECIFIED: DepositStatus
 DEPOSIT_STATUS_PENDING: DepositStatus
 DEPOSIT_STATUS_CREDITED: DepositStatus
 DEPOSIT_STATUS_ORPHANED: DepositStatus
 DEPOSIT_STATUS_REVERSED: DepositStatus
+
+class WithdrawalHistoryEntry(_message.Message):
+    __slots__ = ("from_status", "to_status", "actor", "reason", "at")
+    FROM_STATUS_FIELD_NUMBER: _ClassVar[int]
+    TO_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    from_status: WithdrawalStatus
+    to_status: WithdrawalStatus
+    actor: str
+    reason: str
+    at: str
+    def __init__(self, from_status: _Optional[_Union[WithdrawalStatus, str]] = ..., to_status: _Optional[_Union[WithdrawalStatus, str]] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., at: _Optional[str] = ...) -> None: ...
+
+class Withdrawal(_message.Message):
+    __slots__ = ("withdrawal_id", "account_id", "asset", "to_address", "amount", "fee", "status", "txid", "reason", "network_fee", "created_at", "history")
+    WITHDRAWAL_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    TO_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    FEE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    TXID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FEE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    withdrawal_id: str
+    account_id: str
+    asset: str
+    to_address: str
+    amount: str
+    fee: str
+    status: WithdrawalStatus
+    txid: str
+    reason: str
+    network_fee: str
+    created_at: str
+    history: _containers.RepeatedCompositeFieldContainer[WithdrawalHistoryEntry]
+    def __init__(self, withdrawal_id: _Optional[str] = ..., account_id: _Optional[str] = ..., asset: _Optional[str] = ..., to_address: _Optional[str] = ..., amount: _Optional[str] = ..., fee: _Optional[str] = ..., status: _Optional[_Union[WithdrawalStatus, str]] = ..., txid: _Optional[str] = ..., reason: _Optional[str] = ..., network_fee: _Optional[str] = ..., created_at: _Optional[str] = ..., history: _Optional[_Iterable[_Union[WithdrawalHistoryEntry, _Mapping]]] = ...) -> None: ...
+
+class RequestWithdrawalRequest(_message.Message):
+    __slots__ = ("idempotency_key", "account_id", "asset", "to_address", "amount")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    TO_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    account_id: str
+    asset: str
+    to_address: str
+    amount: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., account_id: _Optional[str] = ..., asset: _Optional[str] = ..., to_address: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...
+
+class RequestWithdrawalResponse(_message.Message):
+    __slots__ = ("withdrawal", "created")
+    WITHDRAWAL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    withdrawal: Withdrawal
+    created: bool
+    def __init__(self, withdrawal: _Optional[_Union[Withdrawal, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class GetWithdrawalRequest(_message.Message):
+    __slots__ = ("withdrawal_id",)
+    WITHDRAWAL_ID_FIELD_NUMBER: _ClassVar[int]
+    withdrawal_id: str
+    def __init__(self, withdrawal_id: _Optional[str] = ...) -> None: ...
+
+class GetWithdrawalResponse(_message.Message):
+    __slots__ = ("withdrawal",)
+    WITHDRAWAL_FIELD_NUMBER: _ClassVar[int]
+    withdrawal: Withdrawal
+    def __init__(self, withdrawal: _Optional[_Union[Withdrawal, _Mapping]] = ...) -> None: ...
+
+class ListWithdrawalsRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class ListWithdrawalsResponse(_message.Message):
+    __slots__ = ("withdrawals",)
+    WITHDRAWALS_FIELD_NUMBER: _ClassVar[int]
+    withdrawals: _containers.RepeatedCompositeFieldContainer[Withdrawal]
+    def __init__(self, withdrawals: _Optional[_Iterable[_Union[Withdrawal, _Mapping]]] = ...) -> None: ...
+
+class CancelWithdrawalRequest(_message.Message):
+    __slots__ = ("withdrawal_id",)
+    WITHDRAWAL_ID_FIELD_NUMBER: _ClassVar[int]
+    withdrawal_id: str
+    def __init__(self, withdrawal_id: _Optional[str] = ...) -> None: ...
+
+class CancelWithdrawalResponse(_message.Message):
+    __slots__ = ("withdrawal",)
+    WITHDRAWAL_FIELD_NUMBER: _ClassVar[int]
+    withdrawal: Withdrawal
+    def __init__(self, withdrawal: _Optional[_Union[Withdrawal, _Mapping]] = ...) -> None: ...
 
 class CreateAccountRequest(_message.Message):
     __slots__ = ("external_id",)

@@ -72,6 +72,26 @@ class CustodyServiceStub:
                 request_serializer=custody_dot_v1_dot_custody__pb2.ListDepositsRequest.SerializeToString,
                 response_deserializer=custody_dot_v1_dot_custody__pb2.ListDepositsResponse.FromString,
                 _registered_method=True)
+        self.RequestWithdrawal = channel.unary_unary(
+                '/custody.v1.CustodyService/RequestWithdrawal',
+                request_serializer=custody_dot_v1_dot_custody__pb2.RequestWithdrawalRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_custody__pb2.RequestWithdrawalResponse.FromString,
+                _registered_method=True)
+        self.GetWithdrawal = channel.unary_unary(
+                '/custody.v1.CustodyService/GetWithdrawal',
+                request_serializer=custody_dot_v1_dot_custody__pb2.GetWithdrawalRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_custody__pb2.GetWithdrawalResponse.FromString,
+                _registered_method=True)
+        self.ListWithdrawals = channel.unary_unary(
+                '/custody.v1.CustodyService/ListWithdrawals',
+                request_serializer=custody_dot_v1_dot_custody__pb2.ListWithdrawalsRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_custody__pb2.ListWithdrawalsResponse.FromString,
+                _registered_method=True)
+        self.CancelWithdrawal = channel.unary_unary(
+                '/custody.v1.CustodyService/CancelWithdrawal',
+                request_serializer=custody_dot_v1_dot_custody__pb2.CancelWithdrawalRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_custody__pb2.CancelWithdrawalResponse.FromString,
+                _registered_method=True)
 
 
 class CustodyServiceServicer:
@@ -135,6 +155,37 @@ class CustodyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestWithdrawal(self, request, context):
+        """Asks to send amount of asset to to_address; holds amount plus the
+        asset's withdrawal fee. Idempotent on idempotency_key (per client): the
+        same key and request returns the first withdrawal; the same key with a
+        different request fails with ALREADY_EXISTS and holds nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWithdrawal(self, request, context):
+        """One withdrawal with its history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWithdrawals(self, request, context):
+        """The account's withdrawals, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelWithdrawal(self, request, context):
+        """Cancels a withdrawal not yet being signed and releases its hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CustodyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +223,26 @@ def add_CustodyServiceServicer_to_server(servicer, server):
                     servicer.ListDeposits,
                     request_deserializer=custody_dot_v1_dot_custody__pb2.ListDepositsRequest.FromString,
                     response_serializer=custody_dot_v1_dot_custody__pb2.ListDepositsResponse.SerializeToString,
+            ),
+            'RequestWithdrawal': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestWithdrawal,
+                    request_deserializer=custody_dot_v1_dot_custody__pb2.RequestWithdrawalRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_custody__pb2.RequestWithdrawalResponse.SerializeToString,
+            ),
+            'GetWithdrawal': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWithdrawal,
+                    request_deserializer=custody_dot_v1_dot_custody__pb2.GetWithdrawalRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_custody__pb2.GetWithdrawalResponse.SerializeToString,
+            ),
+            'ListWithdrawals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWithdrawals,
+                    request_deserializer=custody_dot_v1_dot_custody__pb2.ListWithdrawalsRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_custody__pb2.ListWithdrawalsResponse.SerializeToString,
+            ),
+            'CancelWithdrawal': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelWithdrawal,
+                    request_deserializer=custody_dot_v1_dot_custody__pb2.CancelWithdrawalRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_custody__pb2.CancelWithdrawalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -366,6 +437,114 @@ class CustodyService:
             '/custody.v1.CustodyService/ListDeposits',
             custody_dot_v1_dot_custody__pb2.ListDepositsRequest.SerializeToString,
             custody_dot_v1_dot_custody__pb2.ListDepositsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestWithdrawal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.CustodyService/RequestWithdrawal',
+            custody_dot_v1_dot_custody__pb2.RequestWithdrawalRequest.SerializeToString,
+            custody_dot_v1_dot_custody__pb2.RequestWithdrawalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWithdrawal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.CustodyService/GetWithdrawal',
+            custody_dot_v1_dot_custody__pb2.GetWithdrawalRequest.SerializeToString,
+            custody_dot_v1_dot_custody__pb2.GetWithdrawalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWithdrawals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.CustodyService/ListWithdrawals',
+            custody_dot_v1_dot_custody__pb2.ListWithdrawalsRequest.SerializeToString,
+            custody_dot_v1_dot_custody__pb2.ListWithdrawalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelWithdrawal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.CustodyService/CancelWithdrawal',
+            custody_dot_v1_dot_custody__pb2.CancelWithdrawalRequest.SerializeToString,
+            custody_dot_v1_dot_custody__pb2.CancelWithdrawalResponse.FromString,
             options,
             channel_credentials,
             insecure,

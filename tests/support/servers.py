@@ -17,12 +17,20 @@ TOKENS = {
     "reviewer": "token-reviewer",
     "alice-admin": "token-alice-admin",
     "nobody": "token-nobody",
+    "wallet-service": "token-wallet-service",
+    "alice": "token-alice",
+    "bob": "token-bob",
+    "carol": "token-carol",
 }
 SCOPES = {
     "exchange": ["accounts"],
     "reviewer": ["review"],
     "alice-admin": ["admin"],
     "nobody": [],
+    "wallet-service": ["withdraw", "accounts"],
+    "alice": ["review"],
+    "bob": ["review"],
+    "carol": ["review", "withdraw"],  # staff who also requests: four-eyes tests
 }
 
 

@@ -1,0 +1,70 @@
+"""Unsigned withdrawal transactions as PSBTs (embit), their size, and finalising.
+
+Sizes are virtual bytes of p2wpkh spends: 68 vB per input (41 bytes plus a
+107-byte witness at a quarter weight, rounded up), 8 + 1 + len(script) per
+output, 11 vB of version, counts, locktime and the segwit marker.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from embit.ec import PublicKey
+from embit.psbt import PSBT, DerivationPath
+from embit.script import Script
+from embit.transaction import Transaction, TransactionInput, TransactionOutput
+
+from chains.base import Coin, DerivedAddress, NodeError, Payment, UnsignedTransaction
+from chains.bitcoin import addresses
+from chains.bitcoin.params import BitcoinNetwork
+
+INPUT_VSIZE = 68
+OVERHEAD_VSIZE = 11
+DUST = 546
+# Opt in to replacement (BIP125) so a stuck transaction can be fee-bumped.
+RBF_SEQUENCE = 0xFFFFFFFD
+# The master fingerprint is unknown to the core (it holds no private keys):
+# the signer recognises change by the path under its configured hot xpub.
+NO_FINGERPRINT = bytes(4)
+
+
+def output_vsize(script: bytes) -> int:
+    return 8 + 1 + len(script)
+
+
+def vsize(n_inputs: int, output_scripts: Sequence[bytes]) -> int:
+    return OVERHEAD_VSIZE + INPUT_VSIZE * n_inputs + sum(output_vsize(s) for s in output_scripts)
+
+
+def build(payments: Sequence[Payment], coins: Sequence[Coin], change: DerivedAddress, fee_rate: int,
+          net: BitcoinNetwork, change_pub: bytes | None = None) -> UnsignedTransaction:
+    scripts = [addresses.parse_address(p.destination, net)[1] for p in payments]
+    total_in = sum(c.amount for c in coins)
+    paid = sum(p.amount for p in payments)
+    fee = vsize(len(coins), scripts + [change.watch_key]) * fee_rate
+    rest = total_in - paid - fee
+    with_change = rest >= DUST
+    if not with_change:
+        fee = total_in - paid  # no change output: the fee takes the rest
+        if fee < vsize(len(coins), scripts) * fee_rate:
+            raise NodeError(f"coins of {total_in} sats can't pay {paid} sats plus the fee")
+    tx = Transaction(version=2, locktime=0,
+                     vin=[TransactionInput(bytes.fromhex(c.txid), c.index, sequence=RBF_SEQUENCE) for c in coins],
+                     vout=[TransactionOutput(p.amount, Script(s)) for p, s in zip(payments, scripts)])
+    if with_change:
+        tx.vout.append(TransactionOutput(rest, Script(change.watch_key)))
+    p = PSBT(tx)
+    for scope, coin in zip(p.inputs, coins):
+        scope.witness_utxo = TransactionOutput(coin.amount, Script(coin.watch_key))
+    if with_change and change_pub:
+        branch, index = (int(x) for x in change.path.split("/"))
+        p.outputs[-1].bip32_derivations[PublicKey.parse(change_pub)] = DerivationPath(NO_FINGERPRINT, [branch, index])
+    return UnsignedTransaction("bitcoin", p.serialize(), fee, tuple(coins))
+
+
+def finalize(signed_psbt: bytes) -> bytes:
+    p = PSBT.parse(signed_psbt)
+    for i, scope in enumerate(p.inputs):
+        if scope.final_scriptwitness is None:
+            raise NodeError(f"input {i} of the signed PSBT has no final witness")
+        p.tx.vin[i].witness = scope.final_scriptwitness
+    return p.tx.serialize()

@@ -1,0 +1,1 @@
+"""Withdrawals: requests, review, batching, signing, broadcast, confirmation (docs/withdrawals.md)."""

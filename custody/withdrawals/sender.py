@@ -1,0 +1,327 @@
+"""The Bitcoin withdrawal job: batch, select coins, sign, store, broadcast, confirm, complete.
+
+Each step is one database transaction that records where the batch is, so a
+crash at any point resumes from the stored state (docs/withdrawals.md):
+  APPROVED withdrawals -> a QUEUED batch (UTXOs reserved, PSBT stored, same transaction)
+  QUEUED -> SIGNING (committed before asking the signer) -> SIGNED (raw stored before any broadcast)
+  SIGNED -> BROADCAST (the same bytes, re-sent until the mempool or a block shows them)
+  BROADCAST -> CONFIRMING (the scanner saw our reserved outpoints spent) -> COMPLETED (holds posted)
+A batch is identified by the outpoints it reserves (FAILURE_MODES 2): any of
+its attempts (fee bumps spend the same inputs) confirming completes it once.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+
+from sqlalchemy import Engine, delete, insert, select, update
+
+from chains.base import Coin, NodeError, Payment
+from custody.config import Config
+from custody.db import schema as t
+from custody.db.engine import read_transaction, write_transaction
+from custody.deposits.store import load_cursor
+from custody.ledger.engine import AccountIds
+from custody.ledger.model import new_id
+from custody.withdrawals import model, store
+
+log = logging.getLogger(__name__)
+CHAIN = "bitcoin"
+
+
+class CrashForTest(BaseException):
+    """Raised at a named step when a test asks (crash_at): the process 'dies' there."""
+
+
+class BitcoinSender:
+    def __init__(self, config: Config, engine: Engine, plugin, signer, notify, crash_at: str | None = None):
+        self.config = config
+        self.rules = config.withdrawals
+        self.engine = engine
+        self.plugin = plugin
+        self.signer = signer
+        self.notify = notify
+        self.crash_at = crash_at
+        self.ids = AccountIds()
+        self.chain_cfg = config.chain(CHAIN)
+
+    def _crash(self, step: str) -> None:
+        if self.crash_at == step:
+            raise CrashForTest(step)
+
+    def _write(self, work):
+        try:
+            with write_transaction(self.engine) as conn:
+                result = work(conn)
+                last = conn.execute(select(t.event_sequence.c.last_cursor)).scalar_one()
+        except BaseException:
+            self.ids.rollback()
+            raise
+        self.ids.commit()
+        self.notify(last)
+        return result
+
+    def tick(self) -> None:
+        """One pass over every step; safe to run again at any time."""
+        for batch_id in self._batches("QUEUED", "SIGNING"):
+            self.sign(batch_id)
+        for batch_id in self._batches("SIGNED", "BROADCAST", "CONFIRMING"):
+            self.follow(batch_id)
+        batch_id = self.build()
+        if batch_id:
+            self.sign(batch_id)
+            self.follow(batch_id)
+
+    def _batches(self, *statuses) -> list[str]:
+        b = t.withdrawal_batches.c
+        with read_transaction(self.engine) as conn:
+            return list(conn.execute(select(b.id).where(b.chain == CHAIN, b.status.in_(statuses))
+                                     .order_by(b.created_at, b.id)).scalars())
+
+    # -- 1. batch and reserve -----------------------------------------------------------------------------
+    def build(self) -> str | None:
+        """APPROVED withdrawals -> one QUEUED batch with its UTXOs reserved, or None."""
+        fee_rate = min(self.plugin.fee_rate() or self.rules.fallback_fee_rate, self.rules.max_fee_rate)
+
+        def work(conn):
+            w = t.withdrawals.c
+            q = (select(t.withdrawals).where(w.chain == CHAIN, w.status == model.APPROVED)
+                 .order_by(w.created_at, w.id).limit(self.rules.max_batch))
+            if conn.dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            pending = [dict(r._mapping) for r in conn.execute(q)]
+            if not pending:
+                return None
+            coins = self._select(conn, pending, fee_rate)
+            if coins is None:
+                log.warning("not enough spendable hot-wallet coins for %d withdrawals", len(pending))
+                return None
+            payments = [Payment(p["to_address"], p["amount"]) for p in pending]
+            change = self.plugin.derive_address(self.chain_cfg.hot_xpub, 0, change=False)
+            unsigned = self.plugin.build_transaction(payments, coins, change, fee_rate)
+            batch_id, stamp = new_id(), store.now()
+            conn.execute(insert(t.withdrawal_batches).values(
+                id=batch_id, chain=CHAIN, status=model.QUEUED, reason=None, psbt=unsigned.payload,
+                fee_rate=fee_rate, fee=unsigned.fee, txid=None, confirm_height=None, broadcast_at=None,
+                created_at=stamp, updated_at=stamp))
+            # The primary key makes a second reservation of an outpoint fail the whole transaction.
+            conn.execute(insert(t.utxo_reservations), [
+                {"chain": CHAIN, "txid": c.txid, "output_index": c.index, "batch_id": batch_id} for c in coins])
+            for p in pending:
+                store.move(conn, self.ids, p, model.QUEUED, "withdrawal-job", f"batch {batch_id}", batch_id=batch_id)
+            return batch_id
+        return self._write(work)
+
+    def _select(self, conn, pending: list[dict], fee_rate: int) -> list[Coin] | None:
+        """Largest unreserved hot-wallet coins first (then deposit-wallet coins when configured)
+        until they pay the withdrawals and the fee; None if they can't."""
+        from chains.bitcoin.psbt import vsize
+
+        u, r, a = t.utxos.c, t.utxo_reservations.c, t.chain_addresses.c
+        view = (load_cursor(conn, CHAIN) or None)
+        height = view.height if view else 0
+        wallets = ["hot"] + (["deposit"] if self.rules.include_deposit_wallet else [])
+        rows = conn.execute(
+            select(t.utxos, a.watch_key, a.branch, a.key_index)
+            .join(t.chain_addresses, a.id == u.address_id)
+            .outerjoin(t.utxo_reservations, (r.chain == u.chain) & (r.txid == u.txid) & (r.output_index == u.output_index))
+            .where(u.chain == CHAIN, u.wallet.in_(wallets), u.spent_txid.is_(None), r.batch_id.is_(None),
+                   (u.coinbase == False) | (u.block_height <= height - self.plugin.params.coinbase_maturity))  # noqa: E712
+        ).all()
+        rows = [x for x in rows if x.amount >= self.rules.min_utxo]
+        rows.sort(key=lambda x: (wallets.index(x.wallet), -x.amount, x.txid, x.output_index))
+        need = sum(p["amount"] for p in pending)
+        scripts = [self.plugin.watch_key(p["to_address"]) for p in pending] + [b"\0" * 22]
+        chosen: list[Coin] = []
+        for x in rows[: self.rules.max_inputs]:
+            chosen.append(Coin(x.txid, x.output_index, x.amount, bytes(x.watch_key), f"{x.branch}/{x.key_index}"))
+            if sum(c.amount for c in chosen) >= need + vsize(len(chosen), scripts) * fee_rate:
+                return chosen
+        return None
+
+    # -- 2. sign ------------------------------------------------------------------------------------------
+    def _members(self, conn, batch_id: str) -> list[dict]:
+        w = t.withdrawals.c
+        return [dict(r._mapping) for r in conn.execute(
+            select(t.withdrawals).where(w.batch_id == batch_id).order_by(w.created_at, w.id))]
+
+    def _batch(self, conn, batch_id: str) -> dict:
+        return dict(conn.execute(select(t.withdrawal_batches).where(t.withdrawal_batches.c.id == batch_id)).one()._mapping)
+
+    def _set_batch(self, conn, batch_id: str, **values) -> None:
+        conn.execute(update(t.withdrawal_batches).where(t.withdrawal_batches.c.id == batch_id)
+                     .values(updated_at=store.now(), **values))
+
+    def sign(self, batch_id: str) -> None:
+        def start(conn):
+            batch = self._batch(conn, batch_id)
+            members = self._members(conn, batch_id)
+            if batch["status"] == model.QUEUED:
+                expected = len(_outputs_paid(batch["psbt"])) if batch["psbt"] else 0
+                if len(members) != expected or any(m["status"] != model.QUEUED for m in members):
+                    # A withdrawal was cancelled out of it: dissolve, the rest goes back to the queue.
+                    self._dissolve(conn, batch_id, members, "a withdrawal left the batch before signing",
+                                   requeue=True)
+                    return None
+                for m in members:
+                    store.move(conn, self.ids, m, model.SIGNING, "withdrawal-job", None)
+                self._set_batch(conn, batch_id, status=model.SIGNING)
+            return batch
+        batch = self._write(start)
+        if batch is None:
+            return
+        self._crash("before_sign")
+        keys = sorted({(self.rules.signer_key_id, f"{self.rules.hot_account_path}/{path}")
+                       for path in self._input_paths(batch_id)})
+        result = self.signer.sign(CHAIN, batch["psbt"], keys, reference=batch_id)
+        self._crash("after_sign")
+        if not result.signed:
+            reason = f"signer refused ({result.refused_rule}): {result.refused_reason}"
+            self._write(lambda conn: self._refused(conn, batch_id, reason))
+            return
+        raw = result.raw_transaction or self.plugin.combine(None, [result.signed_payload])
+        txid = self.plugin.txid(raw)
+
+        def stored(conn):
+            conn.execute(insert(t.withdrawal_attempts).values(
+                txid=txid, batch_id=batch_id, raw=raw, fee=result.fee or batch["fee"], fee_rate=batch["fee_rate"],
+                created_at=store.now()))
+            for m in self._members(conn, batch_id):
+                store.move(conn, self.ids, m, model.SIGNED, "withdrawal-job", None, txid=txid)
+            self._set_batch(conn, batch_id, status=model.SIGNED)
+        self._write(stored)
+        self._crash("after_store")
+
+    def _input_paths(self, batch_id: str) -> list[str]:
+        r, u, a = t.utxo_reservations.c, t.utxos.c, t.chain_addresses.c
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(select(a.branch, a.key_index).select_from(t.utxo_reservations)
+                                .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
+                                .join(t.chain_addresses, a.id == u.address_id).where(r.batch_id == batch_id)).all()
+        return [f"{x.branch}/{x.key_index}" for x in rows]
+
+    def _refused(self, conn, batch_id: str, reason: str) -> None:
+        """The signer said no: withdrawals whose destination the refusal names fail with
+        the reason (holds released); the others go back to the queue. No retry loop."""
+        members = self._members(conn, batch_id)
+        named = [m for m in members if m["to_address"] in reason] or members
+        for m in members:
+            if m in named:
+                store.move(conn, self.ids, m, model.FAILED, "signer", reason, batch_id=None)
+            else:
+                store.move(conn, self.ids, m, model.APPROVED, "withdrawal-job",
+                           f"requeued: another withdrawal of its batch was refused ({reason})", batch_id=None)
+        conn.execute(delete(t.utxo_reservations).where(t.utxo_reservations.c.batch_id == batch_id))
+        self._set_batch(conn, batch_id, status=model.FAILED, reason=reason)
+
+    def _dissolve(self, conn, batch_id: str, members: list[dict], reason: str, requeue: bool) -> None:
+        for m in members:
+            if m["status"] in model.TERMINAL:
+                continue
+            if requeue and m["requeues"] < self.rules.max_requeues:
+                store.move(conn, self.ids, m, model.APPROVED, "withdrawal-job", f"requeued: {reason}",
+                           batch_id=None, requeues=m["requeues"] + 1)
+            else:
+                store.move(conn, self.ids, m, model.FAILED, "withdrawal-job", reason, batch_id=None)
+        conn.execute(delete(t.utxo_reservations).where(t.utxo_reservations.c.batch_id == batch_id))
+        self._set_batch(conn, batch_id, status=model.FAILED, reason=reason)
+
+    # -- 3. broadcast, confirm, complete ------------------------------------------------------------------------
+    def follow(self, batch_id: str) -> None:
+        with read_transaction(self.engine) as conn:
+            batch = self._batch(conn, batch_id)
+            attempts = {r.txid: dict(r._mapping) for r in conn.execute(
+                select(t.withdrawal_attempts).where(t.withdrawal_attempts.c.batch_id == batch_id)
+                .order_by(t.withdrawal_attempts.c.created_at))}
+            r, u = t.utxo_reservations.c, t.utxos.c
+            spends = conn.execute(select(u.spent_txid, u.spent_height).select_from(t.utxo_reservations)
+                                  .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
+                                  .where(r.batch_id == batch_id)).all()
+            cursor = load_cursor(conn, CHAIN)
+        spenders = {s.spent_txid for s in spends}
+        if len(spenders) == 1 and None not in spenders:
+            (txid,) = spenders
+            if txid in attempts:
+                return self._confirmed(batch_id, attempts[txid], spends[0].spent_height, cursor.height)
+            log.error("batch %s: its inputs were spent by %s, none of its attempts: left for staff", batch_id, txid)
+            return
+        if batch["status"] == model.CONFIRMING:  # a reorg took its block away
+            self._write(lambda conn: self._back_to_broadcast(conn, batch_id))
+        self._broadcast(batch_id, batch, list(attempts.values()))
+
+    def _broadcast(self, batch_id: str, batch: dict, attempts: list[dict]) -> None:
+        if any(self.plugin.in_mempool(a["txid"]) for a in attempts):
+            if batch["status"] == model.SIGNED:
+                self._write(lambda conn: self._mark_broadcast(conn, batch_id))
+            return
+        latest = attempts[-1]
+        try:
+            self.plugin.broadcast(latest["raw"])
+        except NodeError as exc:
+            self._rejected(batch_id, exc)
+            return
+        self._crash("after_broadcast")
+        if batch["status"] in (model.SIGNED,):
+            self._write(lambda conn: self._mark_broadcast(conn, batch_id))
+
+    def _mark_broadcast(self, conn, batch_id: str) -> None:
+        for m in self._members(conn, batch_id):
+            if m["status"] == model.SIGNED:
+                store.move(conn, self.ids, m, model.BROADCAST, "withdrawal-job", None)
+        self._set_batch(conn, batch_id, status=model.BROADCAST, broadcast_at=store.now())
+
+    def _back_to_broadcast(self, conn, batch_id: str) -> None:
+        for m in self._members(conn, batch_id):
+            store.move(conn, self.ids, m, model.BROADCAST, "withdrawal-job", "its block left the best chain")
+        self._set_batch(conn, batch_id, status=model.BROADCAST, confirm_height=None)
+
+    def _rejected(self, batch_id: str, exc: Exception) -> None:
+        """The node refused every attempt. Only when every input is provably unspent on
+        chain (no attempt can still confirm) are the withdrawals failed or requeued."""
+        coins = self._reserved(batch_id)
+        if any(self.plugin.spent_on_chain(txid, index) for txid, index in coins):
+            log.warning("batch %s: refused but an input is spent on chain; waiting for the scanner", batch_id)
+            return
+        reason = f"the node refused the transaction: {exc}"
+        requeue = self.rules.on_node_rejection == "requeue"
+        self._write(lambda conn: self._dissolve(conn, batch_id, self._members(conn, batch_id), reason, requeue))
+
+    def _reserved(self, batch_id: str) -> list[tuple[str, int]]:
+        r = t.utxo_reservations.c
+        with read_transaction(self.engine) as conn:
+            return [(x.txid, x.output_index) for x in conn.execute(
+                select(r.txid, r.output_index).where(r.batch_id == batch_id))]
+
+    def _confirmed(self, batch_id: str, attempt: dict, height: int, view: int) -> None:
+        depth = view - height + 1
+        confirmations = self.config.asset("BTC").confirmations  # the chain's native asset
+
+        def work(conn):
+            batch = self._batch(conn, batch_id)
+            members = self._members(conn, batch_id)
+            if batch["status"] == model.SIGNED:
+                self._mark_broadcast(conn, batch_id)
+                members = self._members(conn, batch_id)
+            if batch["status"] in (model.SIGNED, model.BROADCAST):
+                for m in members:
+                    store.move(conn, self.ids, m, model.CONFIRMING, "scanner", f"in block {height}",
+                               txid=attempt["txid"])
+                self._set_batch(conn, batch_id, status=model.CONFIRMING, confirm_height=height)
+                members = self._members(conn, batch_id)
+            if depth < confirmations:
+                return
+            self._crash("before_complete")
+            shares = model.split_fee(attempt["fee"], [m["amount"] for m in members])
+            for m, share in zip(members, shares):
+                store.move(conn, self.ids, m, model.COMPLETED, "withdrawal-job",
+                           f"{depth} confirmations", network_fee=share, txid=attempt["txid"])
+            self._set_batch(conn, batch_id, status=model.COMPLETED, txid=attempt["txid"])
+        self._write(work)
+
+
+def _outputs_paid(psbt_bytes: bytes) -> list:
+    """The payment outputs of a stored PSBT (all but a change output with a derivation hint)."""
+    from embit.psbt import PSBT
+
+    p = PSBT.parse(psbt_bytes)
+    return [o for o in p.outputs if not o.bip32_derivations]

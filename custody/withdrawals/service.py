@@ -1,0 +1,263 @@
+"""Withdrawal use cases for clients and staff: request, read, cancel, review.
+
+No gRPC here. Each use case is one database transaction; events written in
+it wake StreamEvents readers after the commit (`notify`).
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from typing import Callable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import Engine, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from chains.base import ChainError
+from custody.accounts.service import parse_account_id
+from custody.config import Config
+from custody.db import schema as t
+from custody.db.engine import read_transaction, write_transaction
+from custody.deposits.model import CREDITED
+from custody.errors import (AccountFrozen, CustodyError, FailedPrecondition, IdempotencyConflict, InvalidArgument,
+                            NotFound)
+from custody.ledger.commands import Command, HoldCreate, parse_idempotency_key
+from custody.ledger.engine import AccountIds, apply_commands
+from custody.ledger.model import new_id
+from custody.money import parse_amount
+from custody.withdrawals import model, store
+from hsm.approvals import approval_message
+
+MIN_REASON, MAX_REASON = 3, 512
+DAY = datetime.timedelta(days=1)
+
+
+class Withdrawals:
+    def __init__(self, config: Config, engine: Engine, plugin_for: Callable, notify: Callable[[int], None]):
+        self.config = config
+        self.rules = config.withdrawals
+        self.engine = engine
+        self.plugin_for = plugin_for
+        self.notify = notify
+        self.ids = AccountIds()
+
+    # -- one transaction with ledger commands and events -------------------------------------------
+    def _write(self, work):
+        """Runs work(conn) in one write transaction; notifies readers of its last event after commit."""
+        try:
+            with write_transaction(self.engine) as conn:
+                result = work(conn)
+                last = conn.execute(select(t.event_sequence.c.last_cursor)).scalar_one()
+        except BaseException:
+            self.ids.rollback()
+            raise
+        self.ids.commit()
+        self.notify(last)
+        return result
+
+    # -- clients -------------------------------------------------------------------------------------
+    def request(self, client: str, idempotency_key: str, account_id: str, asset: str, to_address: str,
+                amount: str) -> tuple[dict, bool]:
+        """Validates, then holds amount + fee and records the withdrawal in one transaction.
+        Returns (withdrawal, created)."""
+        key = parse_idempotency_key(idempotency_key)
+        account = parse_account_id(account_id)
+        asset_cfg = self.config.asset(asset)
+        try:
+            plugin = self.plugin_for(asset_cfg.chain)
+        except CustodyError:
+            raise InvalidArgument(f"asset {asset} is on chain {asset_cfg.chain}, which has no withdrawals here") \
+                from None
+        try:
+            address = plugin.validate_address(to_address)
+        except ChainError as exc:
+            raise InvalidArgument(f"to_address: {exc}") from None
+        value = parse_amount(amount)
+        if value < asset_cfg.min_withdrawal:
+            raise InvalidArgument(f"amount {value} is below the minimum withdrawal of {asset_cfg.min_withdrawal}")
+        if value > asset_cfg.max_withdrawal:
+            raise InvalidArgument(f"amount {value} is above the maximum withdrawal of {asset_cfg.max_withdrawal}")
+        request_hash = hashlib.sha256(json.dumps(
+            {"account": account, "asset": asset, "to": address, "amount": value},
+            sort_keys=True).encode()).hexdigest()
+
+        def replay(conn):
+            row = conn.execute(select(t.withdrawals).where(t.withdrawals.c.client == client,
+                                                           t.withdrawals.c.client_key == key)).first()
+            if row is None:
+                return None
+            if row.request_hash != request_hash:
+                raise IdempotencyConflict(f"idempotency key {key!r} was used for a different withdrawal")
+            return dict(row._mapping)
+
+        with read_transaction(self.engine) as conn:
+            first = replay(conn)
+        if first:
+            return first, False
+
+        def work(conn):
+            q = select(t.accounts.c.frozen, t.accounts.c.frozen_reason).where(t.accounts.c.id == account)
+            if conn.dialect.name == "postgresql":
+                q = q.with_for_update()  # one request per account at a time: the daily limit can't be raced
+            owner = conn.execute(q).first()
+            if owner is None:
+                raise NotFound(f"account {account} does not exist")
+            if owner.frozen:
+                raise AccountFrozen(f"account {account} is frozen: {owner.frozen_reason or 'no reason given'}")
+            again = replay(conn)
+            if again:
+                return again, False
+            w = t.withdrawals.c
+            since = store.now() - DAY
+            recent = conn.execute(select(w.amount).where(
+                w.account_id == account, w.asset == asset, w.created_at >= since,
+                w.status.not_in(sorted(model.VOIDING)))).scalars().all()
+            if sum(recent) + value > asset_cfg.daily_withdrawal_limit:
+                raise FailedPrecondition(f"amount {value} would exceed the daily withdrawal limit of "
+                                         f"{asset_cfg.daily_withdrawal_limit} {asset} ({sum(recent)} used)")
+            withdrawal_id, hold_id = new_id(), new_id()
+            total = value + asset_cfg.withdrawal_fee
+            (result,) = apply_commands(conn, [Command(
+                kind="withdrawal_hold", actor=client, reference=withdrawal_id, not_frozen=(account,),
+                hold_creates=(HoldCreate(account, asset, total, reference=withdrawal_id, hold_id=hold_id),))],
+                self.ids)
+            if isinstance(result, CustodyError):
+                raise result
+            stamp = store.now()
+            row = {"id": withdrawal_id, "client": client, "client_key": key, "request_hash": request_hash,
+                   "account_id": account, "asset": asset, "chain": asset_cfg.chain, "to_address": address,
+                   "amount": value, "fee": asset_cfg.withdrawal_fee, "network_fee": None, "status": None,
+                   "reason": None, "hold_id": hold_id, "batch_id": None, "txid": None, "requeues": 0,
+                   "created_at": stamp, "updated_at": stamp}
+            needed = self._approvals_needed(value)
+            first_status = model.APPROVED if needed == 0 else model.PENDING_REVIEW
+            model.check_transition(None, first_status)
+            row["status"] = first_status
+            conn.execute(insert(t.withdrawals).values(**row))
+            why = "auto-approved: at or below the auto-approval amount" if needed == 0 else "awaiting staff review"
+            store.emit_events(conn, [store.record(conn, row, None, client, why)])
+            return row, True
+
+        try:
+            return self._write(work)
+        except IntegrityError:
+            # The same key committed by a concurrent request (another instance): answer as a replay.
+            with read_transaction(self.engine) as conn:
+                first = replay(conn)
+            if first is None:
+                raise
+            return first, False
+
+    def get(self, withdrawal_id: str) -> tuple[dict, list[dict]]:
+        with read_transaction(self.engine) as conn:
+            return store.load(conn, withdrawal_id), store.history(conn, withdrawal_id)
+
+    def list_for_account(self, account_id: str) -> list[tuple[dict, list[dict]]]:
+        account = parse_account_id(account_id)
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(select(t.withdrawals).where(t.withdrawals.c.account_id == account)
+                                .order_by(t.withdrawals.c.created_at.desc(), t.withdrawals.c.id.desc())).all()
+            return [(dict(r._mapping), store.history(conn, r.id)) for r in rows]
+
+    def cancel(self, client: str, withdrawal_id: str) -> dict:
+        def work(conn):
+            w = store.load(conn, withdrawal_id, for_update=True)
+            if w["client"] != client:
+                raise NotFound(f"withdrawal {withdrawal_id[:40]!r} does not exist")
+            if w["status"] == model.CANCELLED:
+                return w
+            if w["status"] not in model.CANCELLABLE:
+                raise FailedPrecondition(f"withdrawal {withdrawal_id} is {w['status']}: it can be cancelled only "
+                                         "until signing starts")
+            # A QUEUED one leaves its batch: the batch job sees it and rebuilds without it.
+            return store.move(conn, self.ids, w, model.CANCELLED, client, "cancelled by the client",
+                              batch_id=None)[0]
+        return self._write(work)
+
+    # -- staff ----------------------------------------------------------------------------------------
+    def _approvals_needed(self, amount: int) -> int:
+        return model.approvals_needed(amount, self.rules.auto_approve_max, self.rules.two_approvals_above)
+
+    def approval_digest(self, w: dict) -> bytes:
+        return model.content_digest(w["id"], w["account_id"], w["asset"], w["chain"], w["to_address"],
+                                    w["amount"], w["fee"])
+
+    def approval_message(self, w: dict) -> bytes:
+        """What a staff member signs with Ed25519 to approve w (hsm/approvals.py format)."""
+        return approval_message(w["chain"], self.approval_digest(w))
+
+    def approve(self, staff: str, withdrawal_id: str, signature: bytes) -> dict:
+        keys = {s.name: s.public_key for s in self.rules.staff}
+        if staff not in keys:
+            raise FailedPrecondition(f"{staff} has no approval key in the configuration")
+
+        def work(conn):
+            w = store.load(conn, withdrawal_id, for_update=True)
+            if w["status"] != model.PENDING_REVIEW:
+                raise FailedPrecondition(f"withdrawal {withdrawal_id} is {w['status']}, not PENDING_REVIEW")
+            if staff == w["client"]:
+                raise FailedPrecondition(f"{staff} requested withdrawal {withdrawal_id} and can't approve it")
+            try:
+                Ed25519PublicKey.from_public_bytes(keys[staff]).verify(bytes(signature), self.approval_message(w))
+            except (InvalidSignature, ValueError):
+                raise InvalidArgument("the approval signature does not verify for this withdrawal and "
+                                      f"{staff}'s key") from None
+            a = t.withdrawal_approvals.c
+            given = set(conn.execute(select(a.approver).where(a.withdrawal_id == w["id"])).scalars())
+            if staff in given:
+                raise FailedPrecondition(f"{staff} already approved withdrawal {withdrawal_id}")
+            conn.execute(insert(t.withdrawal_approvals).values(
+                withdrawal_id=w["id"], approver=staff, signature=bytes(signature), created_at=store.now()))
+            given.add(staff)
+            needed = self._approvals_needed(w["amount"])
+            if len(given) >= needed:
+                w, _ = store.move(conn, self.ids, w, model.APPROVED, staff,
+                                  f"approved by {', '.join(sorted(given))}")
+            else:
+                store.emit_events(conn, [("withdrawal.approval", {
+                    "withdrawal_id": w["id"], "approver": staff, "approvals": len(given), "needed": needed})])
+            return w
+        return self._write(work)
+
+    def reject(self, staff: str, withdrawal_id: str, reason: str) -> dict:
+        reason = (reason or "").strip()
+        if not MIN_REASON <= len(reason) <= MAX_REASON:
+            raise InvalidArgument(f"reason is required: {MIN_REASON} to {MAX_REASON} characters")
+
+        def work(conn):
+            w = store.load(conn, withdrawal_id, for_update=True)
+            if w["status"] != model.PENDING_REVIEW:
+                raise FailedPrecondition(f"withdrawal {withdrawal_id} is {w['status']}, not PENDING_REVIEW")
+            return store.move(conn, self.ids, w, model.REJECTED, staff, reason)[0]
+        return self._write(work)
+
+    def review_list(self, status: str = model.PENDING_REVIEW) -> list[tuple[dict, dict]]:
+        """Withdrawals in status with the facts a reviewer needs."""
+        w, d, a = t.withdrawals.c, t.deposits.c, t.withdrawal_approvals.c
+        since = store.now() - DAY
+        out = []
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(select(t.withdrawals).where(w.status == status).order_by(w.created_at, w.id)).all()
+            for r in rows:
+                created = conn.execute(select(t.accounts.c.created_at).where(t.accounts.c.id == r.account_id)
+                                       ).scalar_one()
+                if created.tzinfo is None:
+                    created = created.replace(tzinfo=datetime.timezone.utc)
+                credited = conn.execute(select(d.amount).where(
+                    d.account_id == r.account_id, d.asset == r.asset, d.status == CREDITED)).scalars().all()
+                seen = conn.execute(select(func.count()).select_from(t.withdrawals).where(
+                    w.account_id == r.account_id, w.to_address == r.to_address, w.id != r.id)).scalar_one()
+                day = conn.execute(select(w.amount).where(
+                    w.account_id == r.account_id, w.asset == r.asset, w.created_at >= since,
+                    w.status.not_in(sorted(model.VOIDING)))).scalars().all()
+                approvers = sorted(conn.execute(select(a.approver).where(a.withdrawal_id == r.id)).scalars())
+                asset = self.config.asset(r.asset)
+                out.append((dict(r._mapping), {
+                    "account_age_days": (store.now() - created).days, "credited_deposits": len(credited),
+                    "deposited_amount": sum(credited), "destination_seen_before": seen,
+                    "withdrawn_24h": sum(day), "daily_limit": asset.daily_withdrawal_limit,
+                    "max_withdrawal": asset.max_withdrawal, "approvals_needed": self._approvals_needed(r.amount),
+                    "approvers": approvers, "requested_by": r.client}))
+        return out

@@ -1,0 +1,203 @@
+"""RequestWithdrawal / Get / List / Cancel and staff review through the real gRPC server."""
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from custody.app import Custody
+from custody.v1 import backoffice_pb2, custody_pb2
+from tests.support.servers import Clients, ServerThread
+from tests.support.signer import STAFF
+from tests.support.withdrawals import BTC, PAYEE, TESTNET_PAYEE, WITHDRAWAL_FEE, approve_signature, fund, \
+    withdrawal_config
+
+S = custody_pb2
+
+
+@pytest.fixture
+def wapp(db_url):
+    app = Custody(withdrawal_config(db_url))
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def wclients(wapp):
+    server = ServerThread(wapp.config, wapp)
+    c = Clients(server.address)
+    yield c
+    c.close()
+    server.stop()
+
+
+def account(app, name="user-1", amount=5 * BTC) -> str:
+    a = app.create_account(name)
+    if amount:
+        fund(app, a.account_id, amount)
+    return str(a.account_id)
+
+
+def balances(app, account_id):
+    _, bs = app.get_balances(account_id)
+    b = next(b for b in bs if b.asset == "BTC")
+    return b.available, b.held
+
+
+def request(clients, account_id, amount, key="k1", to=PAYEE, asset="BTC", who="wallet-service"):
+    return clients.custody.RequestWithdrawal(S.RequestWithdrawalRequest(
+        idempotency_key=key, account_id=account_id, asset=asset, to_address=to, amount=str(amount)),
+        metadata=Clients.md(who)).withdrawal
+
+
+def test_request_holds_amount_plus_fee_and_is_idempotent(wapp, wclients):
+    acct = account(wapp)
+    w = request(wclients, acct, BTC // 2)
+    assert w.status == S.WITHDRAWAL_STATUS_PENDING_REVIEW and w.fee == str(WITHDRAWAL_FEE)
+    assert balances(wapp, acct) == (5 * BTC - BTC // 2 - WITHDRAWAL_FEE, BTC // 2 + WITHDRAWAL_FEE)
+    again = wclients.custody.RequestWithdrawal(S.RequestWithdrawalRequest(
+        idempotency_key="k1", account_id=acct, asset="BTC", to_address=PAYEE, amount=str(BTC // 2)),
+        metadata=Clients.md("wallet-service"))
+    assert again.withdrawal.withdrawal_id == w.withdrawal_id and not again.created
+    assert balances(wapp, acct) == (5 * BTC - BTC // 2 - WITHDRAWAL_FEE, BTC // 2 + WITHDRAWAL_FEE)
+    got = wclients.custody.GetWithdrawal(S.GetWithdrawalRequest(withdrawal_id=w.withdrawal_id),
+                                         metadata=Clients.md("wallet-service")).withdrawal
+    assert [h.to_status for h in got.history] == [S.WITHDRAWAL_STATUS_PENDING_REVIEW]
+    assert got.history[0].actor == "wallet-service"
+    listed = wclients.custody.ListWithdrawals(S.ListWithdrawalsRequest(account_id=acct),
+                                              metadata=Clients.md("wallet-service")).withdrawals
+    assert [x.withdrawal_id for x in listed] == [w.withdrawal_id]
+
+
+def test_small_amount_is_auto_approved(wapp, wclients):
+    acct = account(wapp)
+    w = request(wclients, acct, BTC // 10)
+    assert w.status == S.WITHDRAWAL_STATUS_APPROVED
+
+
+@pytest.mark.parametrize("case, fields, code, message", [
+    ("unknown asset", {"asset": "DOGE"}, grpc.StatusCode.INVALID_ARGUMENT, "unknown asset"),
+    ("wrong network", {"to": TESTNET_PAYEE}, grpc.StatusCode.INVALID_ARGUMENT, "not regtest"),
+    ("bad checksum", {"to": PAYEE[:-1] + "q"}, grpc.StatusCode.INVALID_ARGUMENT, "bad checksum"),
+    ("below minimum", {"amount": 9_999}, grpc.StatusCode.INVALID_ARGUMENT, "below the minimum"),
+    ("above maximum", {"amount": 10 * BTC + 1}, grpc.StatusCode.INVALID_ARGUMENT, "above the maximum"),
+    ("fraction", {"amount": "0.5"}, grpc.StatusCode.INVALID_ARGUMENT, "not a fraction"),
+    ("above balance", {"amount": 5 * BTC}, grpc.StatusCode.FAILED_PRECONDITION, "insufficient"),
+])
+def test_bad_requests_are_refused_and_hold_nothing(wapp, wclients, case, fields, code, message):
+    acct = account(wapp)
+    args = {"amount": BTC, **fields}
+    with pytest.raises(grpc.RpcError) as err:
+        request(wclients, acct, args.pop("amount"), **args)
+    assert err.value.code() == code and message in err.value.details(), err.value.details()
+    assert balances(wapp, acct) == (5 * BTC, 0)
+    assert wapp.withdrawals.list_for_account(acct) == []
+
+
+def test_frozen_account_and_reused_key_are_refused(wapp, wclients):
+    acct = account(wapp)
+    request(wclients, acct, BTC // 2, key="same")
+    with pytest.raises(grpc.RpcError) as err:
+        request(wclients, acct, BTC // 2 + 1, key="same")
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert balances(wapp, acct) == (5 * BTC - BTC // 2 - WITHDRAWAL_FEE, BTC // 2 + WITHDRAWAL_FEE)
+    from custody.db.engine import write_transaction
+    from custody.deposits.store import freeze_account
+
+    with write_transaction(wapp.engine) as conn:
+        freeze_account(conn, int(acct), "test: reversed deposit")
+    with pytest.raises(grpc.RpcError) as err:
+        request(wclients, acct, BTC // 2, key="after-freeze")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "frozen" in err.value.details()
+    assert balances(wapp, acct) == (5 * BTC - BTC // 2 - WITHDRAWAL_FEE, BTC // 2 + WITHDRAWAL_FEE)
+
+
+def test_daily_limit(wapp, wclients):
+    acct = account(wapp, amount=30 * BTC)
+    request(wclients, acct, 10 * BTC, key="a")
+    request(wclients, acct, 10 * BTC, key="b")
+    with pytest.raises(grpc.RpcError) as err:
+        request(wclients, acct, BTC, key="c")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "daily withdrawal limit" in err.value.details()
+
+
+def test_withdraw_scope_is_required(wapp, wclients):
+    acct = account(wapp)
+    with pytest.raises(grpc.RpcError) as err:
+        request(wclients, acct, BTC, who="exchange")
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def approve(clients, app, wid, staff, signature=None):
+    return clients.backoffice.ApproveWithdrawal(backoffice_pb2.ApproveWithdrawalRequest(
+        withdrawal_id=wid, signature=signature if signature is not None else approve_signature(app, wid, staff)),
+        metadata=Clients.md(staff)).withdrawal
+
+
+def test_four_eyes(wapp, wclients):
+    acct = account(wapp, amount=15 * BTC)
+    one = request(wclients, acct, BTC // 2, key="one")  # one approval
+    two = request(wclients, acct, 2 * BTC, key="two")  # two approvals
+    own = request(wclients, acct, BTC // 2, key="own", who="carol")  # carol asked: carol can't approve
+    # A bad signature, another approver's signature, the requester approving: refused.
+    with pytest.raises(grpc.RpcError) as err:
+        approve(wclients, wapp, one.withdrawal_id, "alice", signature=b"\0" * 64)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        approve(wclients, wapp, one.withdrawal_id, "alice", signature=approve_signature(wapp, one.withdrawal_id, "bob"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        approve(wclients, wapp, own.withdrawal_id, "carol")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "can't approve" in err.value.details()
+    # A signature for one withdrawal does not approve another.
+    with pytest.raises(grpc.RpcError):
+        approve(wclients, wapp, two.withdrawal_id, "alice", signature=approve_signature(wapp, one.withdrawal_id, "alice"))
+    assert approve(wclients, wapp, one.withdrawal_id, "alice").status == S.WITHDRAWAL_STATUS_APPROVED
+    assert approve(wclients, wapp, two.withdrawal_id, "alice").status == S.WITHDRAWAL_STATUS_PENDING_REVIEW
+    with pytest.raises(grpc.RpcError) as err:
+        approve(wclients, wapp, two.withdrawal_id, "alice")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "already approved" in err.value.details()
+    items = wclients.backoffice.ListWithdrawals(backoffice_pb2.BackofficeServiceListWithdrawalsRequest(),
+                                                metadata=Clients.md("bob")).items
+    facts = {i.withdrawal.withdrawal_id: i.facts for i in items}
+    assert set(facts) == {two.withdrawal_id, own.withdrawal_id}
+    assert facts[two.withdrawal_id].approvals_needed == 2 and list(facts[two.withdrawal_id].approvers) == ["alice"]
+    assert facts[two.withdrawal_id].destination_seen_before == 2
+    assert facts[own.withdrawal_id].requested_by == "carol"
+    assert facts[two.withdrawal_id].withdrawn_24h == str(3 * BTC)
+    assert approve(wclients, wapp, two.withdrawal_id, "bob").status == S.WITHDRAWAL_STATUS_APPROVED
+    assert approve(wclients, wapp, own.withdrawal_id, "bob").status == S.WITHDRAWAL_STATUS_APPROVED
+    # The exchange's token can't review.
+    with pytest.raises(grpc.RpcError) as err:
+        approve(wclients, wapp, own.withdrawal_id, "wallet-service", signature=b"x")
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_reject_and_cancel_release_the_hold(wapp, wclients):
+    acct = account(wapp)
+    rejected = request(wclients, acct, BTC // 2, key="r")
+    cancelled = request(wclients, acct, BTC // 2, key="c")
+    with pytest.raises(grpc.RpcError) as err:
+        wclients.backoffice.RejectWithdrawal(backoffice_pb2.RejectWithdrawalRequest(
+            withdrawal_id=rejected.withdrawal_id, reason=""), metadata=Clients.md("alice"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    r = wclients.backoffice.RejectWithdrawal(backoffice_pb2.RejectWithdrawalRequest(
+        withdrawal_id=rejected.withdrawal_id, reason="destination on a sanctions list"),
+        metadata=Clients.md("alice")).withdrawal
+    assert r.status == S.WITHDRAWAL_STATUS_REJECTED and r.reason == "destination on a sanctions list"
+    c = wclients.custody.CancelWithdrawal(S.CancelWithdrawalRequest(withdrawal_id=cancelled.withdrawal_id),
+                                          metadata=Clients.md("wallet-service")).withdrawal
+    assert c.status == S.WITHDRAWAL_STATUS_CANCELLED
+    assert balances(wapp, acct) == (5 * BTC, 0)
+    # Neither can be approved or cancelled again.
+    with pytest.raises(grpc.RpcError) as err:
+        approve(wclients, wapp, rejected.withdrawal_id, "bob")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    got = wclients.custody.GetWithdrawal(S.GetWithdrawalRequest(withdrawal_id=rejected.withdrawal_id),
+                                         metadata=Clients.md("wallet-service")).withdrawal
+    assert [(h.to_status, h.actor) for h in got.history] == [
+        (S.WITHDRAWAL_STATUS_PENDING_REVIEW, "wallet-service"), (S.WITHDRAWAL_STATUS_REJECTED, "alice")]
+    # Every state change is on the event stream.
+    types = [e.type for e in wapp.events_after(0, 1000)]
+    assert types.count("withdrawal.pending_review") == 2
+    assert "withdrawal.rejected" in types and "withdrawal.cancelled" in types
+    assert types.count("ledger.withdrawal_release") == 2

@@ -1,0 +1,173 @@
+"""Withdrawals on a real bcoin regtest node, signed by a real signer process:
+batching, coin selection, signing, storing, broadcast, confirmation, ledger postings."""
+from __future__ import annotations
+
+import pytest
+from embit.transaction import Transaction
+from sqlalchemy import select
+
+from chains.bitcoin.addresses import script_to_address
+from chains.bitcoin.params import network
+from custody.app import Custody
+from custody.db import schema as t
+from custody.db.engine import read_transaction
+from custody.withdrawals.sender import BitcoinSender, CrashForTest
+from tests.support.bitcoin import HOT_XPUB, random_script
+from tests.support.signer import SignerProcess, make_keystore, raw_config
+from tests.support.withdrawals import BTC, WITHDRAWAL_FEE, fund, withdrawal_config
+
+REGTEST = network("regtest")
+
+
+@pytest.fixture
+def signer(tmp_path):
+    folder = tmp_path / "signer"
+    folder.mkdir()
+    make_keystore(folder).close()
+    raw = raw_config(folder, internal_xpubs=[HOT_XPUB], assets=[
+        {"asset": "BTC", "chain": "bitcoin", "max_per_transaction": str(50 * BTC), "max_per_24h": str(500 * BTC),
+         "max_fee": "1000000"}])
+    process = SignerProcess(folder, raw)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def btc(db_url, chain):
+    app = Custody(withdrawal_config(db_url, chain.rpc.url, confirmations=2))
+    app.scanner("bitcoin").catch_up()
+    yield app
+    app.close()
+
+
+def fund_hot_wallet(app, chain, *amounts):
+    hot = app.plugin("bitcoin").derive_address(HOT_XPUB, 1)
+    for amount in amounts:
+        chain.pay((hot.watch_key, amount))
+    chain.mine(1)
+    app.scanner("bitcoin").catch_up()
+
+
+def sender(app, signer, **kw):
+    return BitcoinSender(app.config, app.engine, app.plugin("bitcoin"), signer.client, app.notifier.notify, **kw)
+
+
+def ledger_balance(app, code):
+    a = t.ledger_accounts.c
+    with read_transaction(app.engine) as conn:
+        row = conn.execute(select(a.debits, a.credits).where(a.code == code, a.asset == "BTC")).first()
+    if row is None:
+        return 0
+    return row.debits - row.credits if code.startswith("wallet:") else row.credits - row.debits
+
+
+def attempts(app):
+    with read_transaction(app.engine) as conn:
+        return [dict(r._mapping) for r in conn.execute(select(t.withdrawal_attempts))]
+
+
+def confirm(app, chain, s, blocks=2):
+    for _ in range(blocks):
+        chain.mine(1)
+        app.scanner("bitcoin").catch_up()
+        s.tick()
+
+
+def run_batch(btc, chain, signer, n):
+    fund_hot_wallet(btc, chain, 3 * BTC)
+    acct = btc.create_account("payer").account_id
+    fund(btc, acct, 5 * BTC)
+    payees = [(script_to_address(random_script(), REGTEST), 1_000_000 + i * 1000) for i in range(n)]
+    ids = [btc.withdrawals.request("wallet-service", f"k{i}", str(acct), "BTC", addr, str(amount))[0]["id"]
+           for i, (addr, amount) in enumerate(payees)]
+    s = sender(btc, signer)
+    s.tick()
+    assert {btc.withdrawals.get(i)[0]["status"] for i in ids} == {"BROADCAST"}, btc.withdrawals.get(ids[0])[0]["reason"]
+    (attempt,) = attempts(btc)
+    confirm(btc, chain, s)
+    done = [btc.withdrawals.get(i)[0] for i in ids]
+    assert {w["status"] for w in done} == {"COMPLETED"}
+    assert {w["txid"] for w in done} == {attempt["txid"]}
+    # Exactly the payments on chain, plus one change output to our hot wallet.
+    tx = Transaction.parse(attempt["raw"])
+    outputs = [(script_to_address(o.script_pubkey.data, REGTEST), o.value) for o in tx.vout]
+    assert outputs[:n] == payees
+    change_address = btc.plugin("bitcoin").derive_address(HOT_XPUB, 0).address
+    assert len(outputs) == n + 1 and outputs[n][0] == change_address
+    total_in = 3 * BTC
+    network_fee = total_in - sum(v for _, v in outputs)
+    assert network_fee == attempt["fee"]
+    assert sum(w["network_fee"] for w in done) == network_fee
+    # The ledger: the user paid amounts + withdrawal fees; the hot wallet lost amounts + network fee.
+    paid = sum(a for _, a in payees)
+    _, bs = btc.get_balances(str(acct))
+    b = next(b for b in bs if b.asset == "BTC")
+    assert (b.available, b.held) == (5 * BTC - paid - n * WITHDRAWAL_FEE, 0)
+    assert ledger_balance(btc, "fees:revenue") == n * WITHDRAWAL_FEE
+    assert ledger_balance(btc, "fees:network") == -network_fee
+    assert ledger_balance(btc, "wallet:bitcoin:hot") == -(paid + network_fee)
+    # Each withdrawal went through every state, once.
+    _, history = btc.withdrawals.get(ids[0])
+    assert [h["to_status"] for h in history] == ["APPROVED", "QUEUED", "SIGNING", "SIGNED", "BROADCAST",
+                                                 "CONFIRMING", "COMPLETED"]
+    # Running again changes nothing (completion posted exactly once).
+    s.tick()
+    assert ledger_balance(btc, "fees:revenue") == n * WITHDRAWAL_FEE
+    return tx
+
+
+def test_one_withdrawal_end_to_end(btc, chain, signer):
+    run_batch(btc, chain, signer, 1)
+
+
+def test_a_batch_of_twenty_in_one_transaction(btc, chain, signer):
+    tx = run_batch(btc, chain, signer, 20)
+    assert len(tx.vin) == 1
+
+
+@pytest.mark.parametrize("step", ["after_sign", "after_store", "after_broadcast", "before_complete"])
+def test_crash_at_each_step_then_restart_pays_once(btc, chain, signer, step):
+    fund_hot_wallet(btc, chain, BTC)
+    acct = btc.create_account("payer").account_id
+    fund(btc, acct, BTC)
+    addr = script_to_address(random_script(), REGTEST)
+    wid = btc.withdrawals.request("wallet-service", "k", str(acct), "BTC", addr, "2000000")[0]["id"]
+    crashing = sender(btc, signer, crash_at=step)
+    with pytest.raises(CrashForTest):
+        for _ in range(4):
+            crashing.tick()
+            chain.mine(1)
+            btc.scanner("bitcoin").catch_up()
+    # "Restart": a new job on the same database and node.
+    s = sender(btc, signer)
+    for _ in range(4):
+        s.tick()
+        chain.mine(1)
+        btc.scanner("bitcoin").catch_up()
+    s.tick()
+    w, _ = btc.withdrawals.get(wid)
+    assert w["status"] == "COMPLETED"
+    # Exactly one payment to the payee on chain among our attempts, and one debit in the ledger.
+    txids = {a["txid"] for a in attempts(btc)}
+    assert w["txid"] in txids
+    with read_transaction(btc.engine) as conn:
+        spenders = set(conn.execute(select(t.utxos.c.spent_txid).where(t.utxos.c.spent_txid.is_not(None))).scalars())
+    assert spenders == {w["txid"]}
+    assert ledger_balance(btc, "fees:revenue") == WITHDRAWAL_FEE
+    _, bs = btc.get_balances(str(acct))
+    b = next(b for b in bs if b.asset == "BTC")
+    assert (b.available, b.held) == (BTC - 2_000_000 - WITHDRAWAL_FEE, 0)
+
+
+def test_signer_refusal_fails_visibly_without_retry(btc, chain, signer, tmp_path):
+    fund_hot_wallet(btc, chain, BTC)
+    acct = btc.create_account("payer").account_id
+    fund(btc, acct, 60 * BTC)
+    # Above the signer's 50 BTC per transaction (the core allows 10 per withdrawal: six of them).
+    ids = [btc.withdrawals.request("wallet-service", f"k{i}", str(acct), "BTC",
+                                   script_to_address(random_script(), REGTEST), str(9 * BTC))[0]["id"]
+           for i in range(2)]
+    assert ids
+    s = sender(btc, signer)
+    s.tick()  # not enough coins: nothing happens, they stay APPROVED/PENDING
+    assert {btc.withdrawals.get(i)[0]["status"] for i in ids} <= {"PENDING_REVIEW", "APPROVED"}
