@@ -9,6 +9,8 @@ as the ORM-level code stores them.
 """
 from __future__ import annotations
 
+import json
+from decimal import Decimal
 from typing import Sequence
 
 from sqlalchemy import BigInteger, Connection, String, Table, and_, any_, bindparam, false, or_
@@ -106,3 +108,30 @@ def in_pairs(conn: Connection, first, second, pairs):
     if not grouped:
         return false()
     return or_(*(and_(first == a, in_values(conn, second, bs)) for a, bs in grouped.items()))
+
+
+def select_by_ids(conn: Connection, table: Table, columns: Sequence[str], ids, *, lock: bool = False) -> list[tuple]:
+    """SELECT columns FROM table WHERE id IN ids ORDER BY id [FOR UPDATE on PostgreSQL].
+
+    Straight to the driver with one parameter for all ids: this runs once per
+    group commit and SQLAlchemy's per-parameter work was a tenth of its cost.
+    Amount columns come back as ints (see to_int)."""
+    ids = list(ids)
+    if not ids:
+        return []
+    names = ", ".join(columns)
+    if conn.dialect.name == "postgresql":
+        sql = f"SELECT {names} FROM {table.name} WHERE id = ANY(%s) ORDER BY id" + (" FOR UPDATE" if lock else "")
+        return conn.exec_driver_sql(sql, (ids,)).all()
+    sql = f"SELECT {names} FROM {table.name} WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
+    return conn.exec_driver_sql(sql, (json.dumps(ids),)).all()
+
+
+def to_int(value) -> int:
+    """An amount as the driver returns it (Decimal from NUMERIC, text from SQLite) as an int."""
+    if type(value) is Decimal:
+        integral = int(value)
+        if integral != value:
+            raise ValueError(f"stored amount is not an integer: {value}")
+        return integral
+    return int(value)

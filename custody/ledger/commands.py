@@ -6,6 +6,8 @@ import hashlib
 import json
 import re
 
+import orjson
+
 from custody.errors import InvalidArgument
 from custody.ledger.model import Posting
 
@@ -95,9 +97,9 @@ class BatchResult:
     replayed: bool = False
 
     def to_json(self) -> str:
-        return json.dumps(
+        return orjson.dumps(
             {"batch_id": self.batch_id, "event_cursor": self.event_cursor, "hold_ids": list(self.hold_ids)}
-        )
+        ).decode()
 
     @staticmethod
     def from_json(text: str) -> "BatchResult":

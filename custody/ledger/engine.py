@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
-import json
 import logging
 import queue
 import threading
 from typing import Callable
 
+import orjson
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from custody.db import schema as t
-from custody.db.bulk import in_pairs, in_values, insert_rows, update_account_totals
+from custody.db.bulk import in_pairs, in_values, insert_rows, select_by_ids, to_int, update_account_totals
 from custody.db.engine import is_postgres, write_transaction
 from custody.errors import CustodyError, FailedPrecondition, IdempotencyConflict, InvalidArgument, NotFound
 from custody.ledger.commands import BatchResult, Command
@@ -146,10 +146,7 @@ class _Group:
         wanted.update(h["account_id"] for h in holds.values())
         if not wanted:
             return {}
-        rows = self.conn.execute(
-            select(t.accounts.c.id, t.accounts.c.frozen).where(in_values(self.conn, t.accounts.c.id, wanted))
-        ).all()
-        return {r.id: bool(r.frozen) for r in rows}
+        return {id_: bool(frozen) for id_, frozen in select_by_ids(self.conn, t.accounts, ("id", "frozen"), wanted)}
 
     def _load_holds(self, commands: list[Command]) -> dict[str, dict]:
         wanted = {h.hold_id for c in commands for h in (*c.hold_posts, *c.hold_voids)}
@@ -165,13 +162,11 @@ class _Group:
         unknown = [k for k in keys if self.ids.get(k) is None]
         if unknown:
             self._find_or_create(unknown)
-        table = t.ledger_accounts
-        q = select(table).where(in_values(self.conn, table.c.id, [self.ids.get(k) for k in keys])).order_by(table.c.id)
-        if self.lock:
-            q = q.with_for_update()
+        rows = select_by_ids(self.conn, t.ledger_accounts, _ACCOUNT_COLUMNS, [self.ids.get(k) for k in keys],
+                             lock=self.lock)
         return {
-            (r.code, r.asset): AccountState(r.id, r.code, r.asset, r.account_id, r.debits, r.credits, r.no_overdraft)
-            for r in self.conn.execute(q)
+            (code, asset): AccountState(id_, code, asset, owner, to_int(debits), to_int(credits), bool(no_overdraft))
+            for id_, code, asset, owner, debits, credits, no_overdraft in rows
         }
 
     def _find_or_create(self, keys: list[tuple[str, str]]) -> None:
@@ -303,6 +298,7 @@ class _Group:
             s.dirty = False
 
 
+_ACCOUNT_COLUMNS = ("id", "code", "asset", "account_id", "debits", "credits", "no_overdraft")
 _BATCH_COLUMNS = ("id", "kind", "reference", "actor", "memo", "flagged", "event_cursor", "created_at")
 _TRANSFER_COLUMNS = ("batch_id", "asset", "debit_account_id", "credit_account_id", "amount")
 _EVENT_COLUMNS = ("cursor", "type", "payload", "created_at")
@@ -360,12 +356,12 @@ class _Writes:
             (batch_id, p.asset, accounts[(p.debit, p.asset)].id, accounts[(p.credit, p.asset)].id, p.amount)
             for p in postings
         )
-        self.payloads.append(json.dumps({
+        self.payloads.append(orjson.dumps({
             "batch_id": batch_id, "kind": c.kind, "reference": c.reference, "actor": c.actor, "memo": c.memo,
             "flagged": c.flagged,
             "postings": [{"asset": p.asset, "debit": p.debit, "credit": p.credit, "amount": str(p.amount)}
                          for p in postings],
-        }, separators=(",", ":")))
+        }).decode())
         self._commit_command()
 
     def _commit_command(self) -> None:

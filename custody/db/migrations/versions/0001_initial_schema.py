@@ -71,6 +71,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('ledger_accounts', schema=None) as batch_op:
         batch_op.create_index('ix_ledger_accounts_account_id', ['account_id'], unique=False)
+    if op.get_bind().dialect.name == 'postgresql':
+        # Every group commit rewrites the balance rows it touched: free space on
+        # each page lets PostgreSQL update them in place (HOT), about a fifth
+        # faster in the ledger benchmark.
+        op.execute('ALTER TABLE ledger_accounts SET (fillfactor = 50)')
 
     op.create_table('ledger_holds',
     sa.Column('id', sa.String(length=32), nullable=False),
