@@ -31,8 +31,14 @@ def output_vsize(script: bytes) -> int:
     return 8 + 1 + len(script)
 
 
+def _varint_extra(n: int) -> int:
+    """Bytes a count takes beyond the one OVERHEAD_VSIZE allows for (253+ outputs: 3 bytes)."""
+    return 0 if n < 0xFD else 2 if n <= 0xFFFF else 4
+
+
 def vsize(n_inputs: int, output_scripts: Sequence[bytes]) -> int:
-    return OVERHEAD_VSIZE + INPUT_VSIZE * n_inputs + sum(output_vsize(s) for s in output_scripts)
+    return (OVERHEAD_VSIZE + _varint_extra(n_inputs) + _varint_extra(len(output_scripts)) + INPUT_VSIZE * n_inputs
+            + sum(output_vsize(s) for s in output_scripts))
 
 
 def build(payments: Sequence[Payment], coins: Sequence[Coin], change: DerivedAddress, fee_rate: int,
