@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo demo-serve test install tools softhsm proto lint bench bench-scanning bench-signer nodes-up nodes-down clean
+.PHONY: demo demo-serve test install tools softhsm proto lint bench bench-scanning bench-signer bench-withdrawals nodes-up nodes-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,9 @@ bench-scanning: install tools
 
 bench-signer: install softhsm
 	$(BIN)/python -m benchmarks.signer
+
+bench-withdrawals: install tools
+	$(BIN)/python -m benchmarks.withdrawals
 
 clean:
 	-$(BIN)/custody nodes down 2>/dev/null

@@ -1,2 +1,2 @@
 """Staff tools over the core's BackofficeService (review, treasury, compliance).
-Today staff use BackofficeService.AdjustBalance directly; the CLI arrives with the review issue."""
+`python -m backoffice.cli` reviews withdrawals (list, approve with the staff key, reject)."""

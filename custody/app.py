@@ -34,6 +34,7 @@ class Custody:
         self.chains: dict[str, ChainPlugin] = {c.name: _make_plugin(c) for c in config.chains}
         self._scanners: dict[str, Scanner] = {}
         self._jobs = None
+        self._signer = None
         # Order books; fills are ledger batches too, so they wake StreamEvents readers.
         self.matching = MatchingService(config, self.engine, on_ledger_commit=self.notifier.notify)
         from custody.withdrawals.service import Withdrawals
@@ -43,6 +44,8 @@ class Custody:
     def close(self) -> None:
         if self._jobs is not None:
             self._jobs.stop()
+        if self._signer is not None:
+            self._signer.close()
         self.matching.close()
         for plugin in self.chains.values():
             plugin.close()
@@ -86,6 +89,17 @@ class Custody:
             self._scanners[chain] = Scanner(self.engine, plugin, cfg, self.config.assets, notify=self.notifier.notify)
         return self._scanners[chain]
 
+    def withdrawal_sender(self):
+        """The Bitcoin withdrawal job, or None when no signer or no bitcoin chain is configured."""
+        rules = self.config.withdrawals
+        if not rules.signer_target or "bitcoin" not in self.chains:
+            return None
+        from custody.withdrawals.sender import BitcoinSender
+
+        if self._signer is None:
+            self._signer = signer_client(rules)
+        return BitcoinSender(self.config, self.engine, self.plugin("bitcoin"), self._signer, self.notifier.notify)
+
     def start_jobs(self, only=None) -> None:
         """Starts the background jobs (the scanners of every chain with scan = true)."""
         from custody.jobs.runner import JobRunner
@@ -95,6 +109,9 @@ class Custody:
         runner = JobRunner()
         for name in self.scanner_names(only):
             runner.add_scanner(self.scanner(name), self.config.chain(name).poll_interval_s)
+        sender = self.withdrawal_sender()
+        if sender is not None and (not only or sender.chain in only):
+            runner.add_withdrawals(sender, self.config.withdrawals.poll_interval_s)
         runner.start()
         self._jobs = runner
 
@@ -193,3 +210,28 @@ def _make_plugin(chain: config_mod.ChainConfig) -> ChainPlugin:
             except ChainError as exc:
                 raise config_mod.ConfigError(f"{where}.{key}: {exc}") from None
     return plugin
+
+
+def signer_client(rules: config_mod.WithdrawalConfig):
+    """The client of the signer process, from the [withdrawals] section."""
+    import os
+    import pathlib
+
+    from hsm.client import SignerClient
+
+    token = rules.signer_token
+    if rules.signer_token_env:
+        token = os.environ.get(rules.signer_token_env, "")
+        if not token:
+            raise config_mod.ConfigError(f"withdrawals.signer_token_env: {rules.signer_token_env} is not set")
+    if not token:
+        raise config_mod.ConfigError("withdrawals: signer_target needs signer_token or signer_token_env")
+
+    def read(path: str) -> bytes | None:
+        return pathlib.Path(path).read_bytes() if path else None
+
+    if not rules.signer_target.startswith("unix:") and not rules.signer_ca_file:
+        raise config_mod.ConfigError("withdrawals: a TCP signer_target needs signer_ca_file (TLS)")
+    return SignerClient(rules.signer_target, token, root_cert=read(rules.signer_ca_file),
+                        client_cert=read(rules.signer_cert_file), client_key=read(rules.signer_key_file),
+                        timeout_s=rules.signer_timeout_s)

@@ -124,6 +124,13 @@ class WithdrawalConfig:
     # Where the signer listens and the token the core uses with it.
     signer_target: str = ""
     signer_token: str = ""
+    # Or the name of an environment variable holding the token (keeps it out of the file).
+    signer_token_env: str = ""
+    # TCP targets use TLS: the CA that signed the signer's certificate, and for mutual TLS our cert and key.
+    signer_ca_file: str = ""
+    signer_cert_file: str = ""
+    signer_key_file: str = ""
+    signer_timeout_s: float = 30.0
     signer_key_id: str = "hot"
     # The hot wallet's account path in the signer (its keys sign our inputs).
     hot_account_path: str = "m/84h/1h/1h"
@@ -265,6 +272,11 @@ def _withdrawals(raw: dict) -> WithdrawalConfig:
         staff=tuple(staff),
         signer_target=str(raw.get("signer_target", "")),
         signer_token=str(raw.get("signer_token", "")),
+        signer_token_env=str(raw.get("signer_token_env", "")),
+        signer_ca_file=str(raw.get("signer_ca_file", "")),
+        signer_cert_file=str(raw.get("signer_cert_file", "")),
+        signer_key_file=str(raw.get("signer_key_file", "")),
+        signer_timeout_s=number("signer_timeout_s", d.signer_timeout_s, float, 0.1),
         signer_key_id=str(raw.get("signer_key_id", d.signer_key_id)),
         hot_account_path=str(raw.get("hot_account_path", d.hot_account_path)),
         fallback_fee_rate=number("fallback_fee_rate", d.fallback_fee_rate, int, 1),

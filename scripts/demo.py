@@ -7,7 +7,10 @@ between them, gives Ann a Bitcoin deposit address, pays it from a regtest
 miner, watches the deposit go PENDING then CREDITED, shows balances and the
 event stream; then the trade story (A bids for 10 ETH at 0.001 BTC, B sells
 into it: both balances change in the ledger only, the event and market-data
-streams show it); and runs the invariant check. Stops everything it started
+streams show it); then a withdrawal (a signer process started here, Ann
+withdraws, a reviewer approves with an Ed25519 signature, the job inside the
+server sends it, it confirms on regtest, balances and fees are shown); and
+runs the invariant check. Stops everything it started
 and exits 0, or non-zero if a step failed. With --keep-running the server and
 nodes stay up for your own clients until Ctrl-C.
 """
@@ -39,6 +42,7 @@ from custody.v1 import backoffice_pb2 as bo  # noqa: E402
 from custody.v1 import backoffice_pb2_grpc, custody_pb2_grpc, matching_pb2_grpc  # noqa: E402
 from custody.v1 import custody_pb2 as pb  # noqa: E402
 from custody.v1 import matching_pb2 as mpb  # noqa: E402
+import demo_withdrawal  # noqa: E402  (scripts/demo_withdrawal.py)
 
 DEMO = ROOT / "var" / "demo"
 NODES = DEMO / "nodes"
@@ -60,7 +64,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(port: int, tokens: dict[str, str], bitcoin_rpc: str) -> pathlib.Path:
+def write_config(port: int, tokens: dict[str, str], bitcoin_rpc: str, extra: str = "") -> pathlib.Path:
     clients = "".join(
         f'\n[[clients]]\nname = "{name}"\ntoken_sha256 = "{token_digest(token)}"\nscopes = {json.dumps(scopes)}\n'
         for name, (token, scopes) in tokens.items()
@@ -80,6 +84,8 @@ decimals = 8
 confirmations = {CONFIRMATIONS}
 withdrawal_fee = "10000"
 min_withdrawal = "50000"
+max_withdrawal = "100000000"
+daily_withdrawal_limit = "200000000"
 
 [[assets]]
 asset = "ETH"
@@ -93,8 +99,9 @@ min_withdrawal = "10000000000000000"
 network = "regtest"
 rpc_url = "{bitcoin_rpc}"
 deposit_xpub = "{DEMO_DEPOSIT_VPUB}"
+hot_xpub = "{demo_withdrawal.HOT_VPUB}"
 poll_interval_s = 0.3
-
+{extra}
 # ETH/BTC: prices in satoshi per ETH (10^18 wei), quantities in wei.
 [[markets]]
 base = "ETH"
@@ -234,6 +241,7 @@ def story(address: str, tokens: dict[str, tuple[str, list[str]]], miner: Regtest
         if event.type == "deposit.credited":
             break
     call.cancel()
+    return ann.account_id
 
 
 def eth(wei: str) -> str:
@@ -342,8 +350,9 @@ def main() -> int:
         shutil.rmtree(DEMO)
     DEMO.mkdir(parents=True, exist_ok=True)
     tokens = {
-        "exchange": (secrets.token_urlsafe(24), ["accounts"]),
+        "exchange": (secrets.token_urlsafe(24), ["accounts", "withdraw"]),
         "alice-admin": (secrets.token_urlsafe(24), ["admin"]),
+        demo_withdrawal.REVIEWER: (secrets.token_urlsafe(24), ["review"]),
     }
     port = free_port()
     address = f"127.0.0.1:{port}"
@@ -355,7 +364,15 @@ def main() -> int:
     miner = RegtestMiner(BitcoinRPC(bitcoin_rpc))
     miner.ensure_ready(spendable=2)
     print(f"  mined {miner.height()} regtest blocks (segwit active, mature coinbases for the miner)")
-    config = write_config(port, tokens, bitcoin_rpc)
+    step("custody signer serve: the signer process (software keystore, its own policy), under var/demo/signer")
+    try:
+        signer = demo_withdrawal.Signer(DEMO / "signer", CUSTODY, ROOT)
+    except BaseException:
+        nodes.down()
+        raise
+    print(f"  listening on unix:{signer.socket}")
+    reviewer = demo_withdrawal.reviewer_key()
+    config = write_config(port, tokens, bitcoin_rpc, demo_withdrawal.config_section(signer, reviewer))
 
     step("Database: custody db upgrade (SQLite, WAL, synchronous=FULL)")
     subprocess.run([*CUSTODY, "db", "upgrade", "--config", str(config)], check=True, cwd=ROOT)
@@ -363,13 +380,17 @@ def main() -> int:
     step(f"Starting the custody server on {address}")
     log = open(DEMO / "server.log", "w")
     server = subprocess.Popen([*CUSTODY, "serve", "--config", str(config), "--no-migrate"], cwd=ROOT,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**os.environ, demo_withdrawal.TOKEN_ENV: signer.token})
     failed = False
     try:
         wait_serving(address, server)
         print("  healthy (grpc.health.v1 says SERVING)")
-        story(address, tokens, miner)
+        ann_id = story(address, tokens, miner)
         trade_story(address, tokens)
+        from custody import config as config_mod
+
+        demo_withdrawal.story(step, address, tokens, miner, ann_id, config_mod.load(config).database_url, reviewer)
         step("custody admin check: the ledger invariants")
         check = subprocess.run([*CUSTODY, "admin", "check", "--config", str(config)], cwd=ROOT,
                                capture_output=True, text=True)
@@ -397,6 +418,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
         log.close()
+        signer.stop()
+        print("\n  signer stopped" if signer.process.poll() is not None else "\n  signer STILL RUNNING")
         nodes.down()
         print("\n  custody nodes down: " + ", ".join(f"{s.kind} {'running' if s.running else 'stopped'}"
                                                    for s in nodes.status()))

@@ -31,8 +31,14 @@ def output_vsize(script: bytes) -> int:
     return 8 + 1 + len(script)
 
 
+def _varint_extra(n: int) -> int:
+    """Bytes a count takes beyond the one OVERHEAD_VSIZE allows for (253+ outputs: 3 bytes)."""
+    return 0 if n < 0xFD else 2 if n <= 0xFFFF else 4
+
+
 def vsize(n_inputs: int, output_scripts: Sequence[bytes]) -> int:
-    return OVERHEAD_VSIZE + INPUT_VSIZE * n_inputs + sum(output_vsize(s) for s in output_scripts)
+    return (OVERHEAD_VSIZE + _varint_extra(n_inputs) + _varint_extra(len(output_scripts)) + INPUT_VSIZE * n_inputs
+            + sum(output_vsize(s) for s in output_scripts))
 
 
 def build(payments: Sequence[Payment], coins: Sequence[Coin], change: DerivedAddress, fee_rate: int,
@@ -68,3 +74,24 @@ def finalize(signed_psbt: bytes) -> bytes:
             raise NodeError(f"input {i} of the signed PSBT has no final witness")
         p.tx.vin[i].witness = scope.final_scriptwitness
     return p.tx.serialize()
+
+
+def bump(unsigned_psbt: bytes, fee_rate: int) -> tuple[bytes, int]:
+    """The same unsigned PSBT (same inputs, same payment outputs, same change
+    address) paying fee_rate: only the change output shrinks. Returns (PSBT, fee).
+    Raises NodeError when there is no change output or it would fall below dust."""
+    p = PSBT.parse(unsigned_psbt)
+    change = [i for i, o in enumerate(p.outputs) if o.bip32_derivations]
+    if len(change) != 1:
+        raise NodeError("the transaction has no change output to take a higher fee from")
+    if any(scope.witness_utxo is None for scope in p.inputs):
+        raise NodeError("an input of the PSBT has no witness_utxo: its value is unknown")
+    total_in = sum(scope.witness_utxo.value for scope in p.inputs)
+    scripts = [o.script_pubkey.data for o in p.outputs]
+    fee = vsize(len(p.inputs), scripts) * fee_rate
+    paid = sum(o.value for i, o in enumerate(p.outputs) if i != change[0])
+    rest = total_in - paid - fee
+    if rest < DUST:
+        raise NodeError(f"a fee of {fee} sats leaves {rest} sats of change, below the dust limit")
+    p.outputs[change[0]].value = rest
+    return p.serialize(), fee

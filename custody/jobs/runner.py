@@ -2,7 +2,8 @@
 
 Each job runs at most one instance at a time in this process (max_instances=1)
 and missed runs collapse into one (coalesce). Across processes, each job
-takes its own lock (the scanners: a PostgreSQL advisory lock per chain), so
+takes its own lock (the scanners and the withdrawal senders: a PostgreSQL
+advisory lock per chain, custody/jobs/locks.py), so
 several core instances can all run the scheduler.
 """
 from __future__ import annotations
@@ -26,6 +27,11 @@ class JobRunner:
         self.scheduler.add_job(
             scanner.tick, IntervalTrigger(seconds=interval_s), id=f"scan:{scanner.chain}",
             name=f"scan {scanner.chain}", next_run_time=datetime.datetime.now(datetime.timezone.utc))
+
+    def add_withdrawals(self, sender, interval_s: float) -> None:
+        self.scheduler.add_job(
+            sender.run, IntervalTrigger(seconds=interval_s), id=f"withdrawals:{sender.chain}",
+            name=f"withdrawals {sender.chain}", next_run_time=datetime.datetime.now(datetime.timezone.utc))
 
     def start(self) -> None:
         self.scheduler.start()

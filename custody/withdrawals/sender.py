@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 
 from sqlalchemy import Engine, delete, insert, select, update
 
@@ -34,7 +35,8 @@ class CrashForTest(BaseException):
 
 
 class BitcoinSender:
-    def __init__(self, config: Config, engine: Engine, plugin, signer, notify, crash_at: str | None = None):
+    def __init__(self, config: Config, engine: Engine, plugin, signer, notify, crash_at: str | None = None,
+                 clock=None):
         self.config = config
         self.rules = config.withdrawals
         self.engine = engine
@@ -44,6 +46,7 @@ class BitcoinSender:
         self.crash_at = crash_at
         self.ids = AccountIds()
         self.chain_cfg = config.chain(CHAIN)
+        self.clock = clock or store.now  # tests move time forward to trigger fee bumps
 
     def _crash(self, step: str) -> None:
         if self.crash_at == step:
@@ -61,6 +64,20 @@ class BitcoinSender:
         self.notify(last)
         return result
 
+    chain = CHAIN
+
+    def run(self) -> None:
+        """One scheduled pass (custody/jobs): one sender per chain across instances, never raises."""
+        from custody.jobs.locks import exclusive
+
+        with exclusive(self.engine, f"custody.withdrawals.{CHAIN}") as mine:
+            if not mine:
+                return
+            try:
+                self.tick()
+            except Exception:  # a node or database outage, or a bug: logged, the next run resumes
+                log.exception("withdrawal job (%s) failed; the next run resumes from the stored state", CHAIN)
+
     def tick(self) -> None:
         """One pass over every step; safe to run again at any time."""
         for batch_id in self._batches("QUEUED", "SIGNING"):
@@ -70,7 +87,7 @@ class BitcoinSender:
         batch_id = self.build()
         if batch_id:
             self.sign(batch_id)
-            self.follow(batch_id)
+            self.follow(batch_id)  # does nothing if the signer refused it
 
     def _batches(self, *statuses) -> list[str]:
         b = t.withdrawal_batches.c
@@ -183,14 +200,30 @@ class BitcoinSender:
         txid = self.plugin.txid(raw)
 
         def stored(conn):
-            conn.execute(insert(t.withdrawal_attempts).values(
-                txid=txid, batch_id=batch_id, raw=raw, fee=result.fee or batch["fee"], fee_rate=batch["fee_rate"],
-                created_at=store.now()))
+            self._store_attempt(conn, batch_id, txid, raw, result.fee or batch["fee"], batch["fee_rate"])
             for m in self._members(conn, batch_id):
                 store.move(conn, self.ids, m, model.SIGNED, "withdrawal-job", None, txid=txid)
             self._set_batch(conn, batch_id, status=model.SIGNED)
         self._write(stored)
         self._crash("after_store")
+
+    def _store_attempt(self, conn, batch_id: str, txid: str, raw: bytes, fee: int, fee_rate: int) -> bool:
+        """Records a signed transaction of the batch. A requeued withdrawal rebuilt on the same
+        coins can come back byte for byte (deterministic signatures): the stored attempt of
+        the failed batch then moves to this one; the same bytes are the same payment."""
+        a = t.withdrawal_attempts.c
+        owner = conn.execute(select(a.batch_id).where(a.txid == txid)).scalar()
+        if owner == batch_id:
+            return False
+        if owner is None:
+            conn.execute(insert(t.withdrawal_attempts).values(
+                txid=txid, batch_id=batch_id, raw=raw, fee=fee, fee_rate=fee_rate, created_at=self.clock()))
+        else:
+            if self._batch(conn, owner)["status"] != model.FAILED:
+                raise RuntimeError(f"transaction {txid} already belongs to live batch {owner}")
+            conn.execute(update(t.withdrawal_attempts).where(a.txid == txid)
+                         .values(batch_id=batch_id, created_at=self.clock()))
+        return True
 
     def _input_paths(self, batch_id: str) -> list[str]:
         r, u, a = t.utxo_reservations.c, t.utxos.c, t.chain_addresses.c
@@ -230,9 +263,11 @@ class BitcoinSender:
     def follow(self, batch_id: str) -> None:
         with read_transaction(self.engine) as conn:
             batch = self._batch(conn, batch_id)
+            if batch["status"] not in (model.SIGNED, model.BROADCAST, model.CONFIRMING):
+                return
             attempts = {r.txid: dict(r._mapping) for r in conn.execute(
                 select(t.withdrawal_attempts).where(t.withdrawal_attempts.c.batch_id == batch_id)
-                .order_by(t.withdrawal_attempts.c.created_at))}
+                .order_by(t.withdrawal_attempts.c.created_at, t.withdrawal_attempts.c.fee_rate))}
             r, u = t.utxo_reservations.c, t.utxos.c
             spends = conn.execute(select(u.spent_txid, u.spent_height).select_from(t.utxo_reservations)
                                   .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
@@ -253,16 +288,83 @@ class BitcoinSender:
         if any(self.plugin.in_mempool(a["txid"]) for a in attempts):
             if batch["status"] == model.SIGNED:
                 self._write(lambda conn: self._mark_broadcast(conn, batch_id))
+            elif batch["status"] == model.BROADCAST and self._stale(attempts[-1]):
+                self._replace(batch_id, batch)
             return
-        latest = attempts[-1]
-        try:
-            self.plugin.broadcast(latest["raw"])
-        except NodeError as exc:
-            self._rejected(batch_id, exc)
+        # None in the mempool (never sent, dropped, or the mempool was wiped): send the
+        # highest fee first; every attempt pays the same withdrawals from the same inputs.
+        refusal = None
+        for attempt in reversed(attempts):
+            try:
+                self.plugin.broadcast(attempt["raw"])
+                break
+            except NodeError as exc:
+                refusal = exc
+        else:
+            self._rejected(batch_id, refusal)
             return
         self._crash("after_broadcast")
         if batch["status"] in (model.SIGNED,):
             self._write(lambda conn: self._mark_broadcast(conn, batch_id))
+
+    # -- fee bumping (RBF) -------------------------------------------------------------------------------------
+    def _stale(self, latest: dict) -> bool:
+        sent = latest["created_at"]
+        if sent.tzinfo is None:
+            sent = sent.replace(tzinfo=datetime.timezone.utc)
+        return (self.clock() - sent).total_seconds() >= self.rules.replace_after_s
+
+    def _replace(self, batch_id: str, batch: dict) -> None:
+        """A replacement of the latest attempt: same inputs, same payments, a higher fee
+        taken from the change. It is stored before it is sent. The earlier attempts stay
+        valid and watched: whichever confirms completes the batch, once. Nothing here
+        fails a withdrawal: a refused bump leaves the earlier attempt to confirm."""
+        from chains.bitcoin.psbt import bump
+
+        old_rate = batch["fee_rate"]
+        rate = min(max(old_rate + 1, math.ceil(old_rate * self.rules.replace_fee_multiplier)), self.rules.max_fee_rate)
+        if rate <= old_rate:
+            log.warning("batch %s: unconfirmed at the maximum fee rate %d sat/vB; not bumped", batch_id, old_rate)
+            return
+        try:
+            unsigned, fee = bump(batch["psbt"], rate)
+        except NodeError as exc:
+            log.warning("batch %s: can't bump the fee: %s", batch_id, exc)
+            return
+        keys = sorted({(self.rules.signer_key_id, f"{self.rules.hot_account_path}/{path}")
+                       for path in self._input_paths(batch_id)})
+        result = self.signer.sign(CHAIN, unsigned, keys, reference=f"{batch_id}:bump:{rate}")
+        if not result.signed:
+            reason = f"fee bump to {rate} sat/vB refused by the signer ({result.refused_rule}): {result.refused_reason}"
+            log.warning("batch %s: %s", batch_id, reason)
+            self._write(lambda conn: self._set_batch(conn, batch_id, reason=reason))
+            return
+        raw = result.raw_transaction or self.plugin.combine(None, [result.signed_payload])
+        txid = self.plugin.txid(raw)
+
+        def stored(conn) -> bool:
+            if not self._store_attempt(conn, batch_id, txid, raw, fee, rate):
+                return False  # the signer gave back a transaction we already have
+            if self._batch(conn, batch_id)["status"] != model.BROADCAST:
+                return False  # confirmed meanwhile: keep the signed bytes, send nothing
+            self._set_batch(conn, batch_id, psbt=unsigned, fee_rate=rate, fee=fee, reason=None)
+            why = f"fee bumped to {rate} sat/vB ({fee} sats): replacement {txid}"
+            events = []
+            for m in self._members(conn, batch_id):
+                conn.execute(update(t.withdrawals).where(t.withdrawals.c.id == m["id"]).values(txid=txid))
+                kind, payload = store.record(conn, {**m, "txid": txid}, m["status"], "withdrawal-job", why)
+                events.append(("withdrawal.fee_bumped", payload))
+            store.emit_events(conn, events)
+            return True
+        if not self._write(stored):
+            return
+        self._crash("after_bump_store")
+        try:
+            self.plugin.broadcast(raw)
+        except NodeError as exc:
+            # bcoin never replaces (DESIGN 8); Core refuses a bump that pays too little.
+            log.info("batch %s: replacement %s not accepted (%s); the earlier attempt may still confirm",
+                     batch_id, txid, exc)
 
     def _mark_broadcast(self, conn, batch_id: str) -> None:
         for m in self._members(conn, batch_id):
@@ -315,7 +417,8 @@ class BitcoinSender:
             for m, share in zip(members, shares):
                 store.move(conn, self.ids, m, model.COMPLETED, "withdrawal-job",
                            f"{depth} confirmations", network_fee=share, txid=attempt["txid"])
-            self._set_batch(conn, batch_id, status=model.COMPLETED, txid=attempt["txid"])
+            self._set_batch(conn, batch_id, status=model.COMPLETED, txid=attempt["txid"], fee=attempt["fee"],
+                            fee_rate=attempt["fee_rate"])
         self._write(work)
 
 

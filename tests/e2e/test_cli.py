@@ -93,3 +93,7 @@ def test_the_quick_start_demo_runs_and_checks_itself():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "RESULT: OK" in result.stdout
     assert "Demo finished" in result.stdout
+    # The withdrawal story: reviewed, signed by the signer process, confirmed, everything stopped.
+    assert "WITHDRAWAL_STATUS_APPROVED: approved by rita-reviewer" in result.stdout
+    assert "-> CONFIRMING (scanner) -> COMPLETED (withdrawal-job)" in result.stdout
+    assert "signer stopped" in result.stdout and "bitcoin stopped, ethereum stopped" in result.stdout

@@ -11,23 +11,17 @@ from chains.bitcoin.params import network
 from custody.app import Custody
 from custody.db import schema as t
 from custody.db.engine import read_transaction
-from custody.withdrawals.sender import BitcoinSender, CrashForTest
+from custody.withdrawals.sender import CrashForTest
 from tests.support.bitcoin import HOT_XPUB, random_script
-from tests.support.signer import SignerProcess, make_keystore, raw_config
-from tests.support.withdrawals import BTC, WITHDRAWAL_FEE, fund, withdrawal_config
+from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, confirm, fund, fund_hot_wallet, ledger_balance,
+                                       sender, start_signer, withdrawal_config)
 
 REGTEST = network("regtest")
 
 
 @pytest.fixture
 def signer(tmp_path):
-    folder = tmp_path / "signer"
-    folder.mkdir()
-    make_keystore(folder).close()
-    raw = raw_config(folder, internal_xpubs=[HOT_XPUB], assets=[
-        {"asset": "BTC", "chain": "bitcoin", "max_per_transaction": str(50 * BTC), "max_per_24h": str(500 * BTC),
-         "max_fee": "1000000"}])
-    process = SignerProcess(folder, raw)
+    process = start_signer(tmp_path)
     yield process
     process.stop()
 
@@ -38,39 +32,6 @@ def btc(db_url, chain):
     app.scanner("bitcoin").catch_up()
     yield app
     app.close()
-
-
-def fund_hot_wallet(app, chain, *amounts):
-    hot = app.plugin("bitcoin").derive_address(HOT_XPUB, 1)
-    for amount in amounts:
-        chain.pay((hot.watch_key, amount))
-    chain.mine(1)
-    app.scanner("bitcoin").catch_up()
-
-
-def sender(app, signer, **kw):
-    return BitcoinSender(app.config, app.engine, app.plugin("bitcoin"), signer.client, app.notifier.notify, **kw)
-
-
-def ledger_balance(app, code):
-    a = t.ledger_accounts.c
-    with read_transaction(app.engine) as conn:
-        row = conn.execute(select(a.debits, a.credits).where(a.code == code, a.asset == "BTC")).first()
-    if row is None:
-        return 0
-    return row.debits - row.credits if code.startswith("wallet:") else row.credits - row.debits
-
-
-def attempts(app):
-    with read_transaction(app.engine) as conn:
-        return [dict(r._mapping) for r in conn.execute(select(t.withdrawal_attempts))]
-
-
-def confirm(app, chain, s, blocks=2):
-    for _ in range(blocks):
-        chain.mine(1)
-        app.scanner("bitcoin").catch_up()
-        s.tick()
 
 
 def run_batch(btc, chain, signer, n):
@@ -157,17 +118,3 @@ def test_crash_at_each_step_then_restart_pays_once(btc, chain, signer, step):
     _, bs = btc.get_balances(str(acct))
     b = next(b for b in bs if b.asset == "BTC")
     assert (b.available, b.held) == (BTC - 2_000_000 - WITHDRAWAL_FEE, 0)
-
-
-def test_signer_refusal_fails_visibly_without_retry(btc, chain, signer, tmp_path):
-    fund_hot_wallet(btc, chain, BTC)
-    acct = btc.create_account("payer").account_id
-    fund(btc, acct, 60 * BTC)
-    # Above the signer's 50 BTC per transaction (the core allows 10 per withdrawal: six of them).
-    ids = [btc.withdrawals.request("wallet-service", f"k{i}", str(acct), "BTC",
-                                   script_to_address(random_script(), REGTEST), str(9 * BTC))[0]["id"]
-           for i in range(2)]
-    assert ids
-    s = sender(btc, signer)
-    s.tick()  # not enough coins: nothing happens, they stay APPROVED/PENDING
-    assert {btc.withdrawals.get(i)[0]["status"] for i in ids} <= {"PENDING_REVIEW", "APPROVED"}

@@ -1,11 +1,16 @@
 """Config, staff approvals and helpers for the withdrawal tests, benchmark and demo."""
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from custody import config as config_mod
 from custody.api.auth import token_digest
-from tests.support.bitcoin import chain_config
+from custody.db import schema as t
+from custody.db.engine import read_transaction
+from custody.withdrawals.sender import BitcoinSender
+from tests.support.bitcoin import HOT_XPUB, chain_config
 from tests.support.servers import SCOPES, TOKENS
-from tests.support.signer import STAFF, staff_public_hex
+from tests.support.signer import STAFF, SignerProcess, make_keystore, raw_config, staff_public_hex
 
 BTC = 100_000_000
 WITHDRAWAL_FEE = 1_000
@@ -43,3 +48,67 @@ def approve_signature(app, withdrawal_id: str, staff: str) -> bytes:
 def fund(app, account_id: int | str, amount: int, key: str | None = None) -> None:
     app.adjust_balance("alice-admin", key or f"fund-{account_id}-{amount}", str(account_id), "BTC", str(amount),
                        True, "test funding")
+
+
+def start_signer(tmp_path, name: str = "signer", **policy) -> SignerProcess:
+    """`custody signer serve` with the BIP84 test mnemonic; its hot account is internal (change)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    make_keystore(folder).close()
+    policy = {"assets": [{"asset": "BTC", "chain": "bitcoin", "max_per_transaction": str(50 * BTC),
+                          "max_per_24h": str(500 * BTC), "max_fee": "1000000"}], **policy}
+    return SignerProcess(folder, raw_config(folder, internal_xpubs=[HOT_XPUB], **policy))
+
+
+def refusals(signer: SignerProcess) -> list[dict]:
+    """The refusals in the signer's audit log."""
+    import json
+
+    entries = [json.loads(line) for line in (signer.config_path.parent / "audit.log").read_text().splitlines()]
+    return [e for e in entries if e["kind"] == "refused"]
+
+
+def fund_hot_wallet(app, chain, *amounts):
+    hot = app.plugin("bitcoin").derive_address(HOT_XPUB, 1)
+    for amount in amounts:
+        chain.pay((hot.watch_key, amount))
+    chain.mine(1)
+    app.scanner("bitcoin").catch_up()
+
+
+def sender(app, signer, **kw) -> BitcoinSender:
+    return BitcoinSender(app.config, app.engine, app.plugin("bitcoin"), signer.client, app.notifier.notify, **kw)
+
+
+def ledger_balance(app, code):
+    a = t.ledger_accounts.c
+    with read_transaction(app.engine) as conn:
+        row = conn.execute(select(a.debits, a.credits).where(a.code == code, a.asset == "BTC")).first()
+    if row is None:
+        return 0
+    return row.debits - row.credits if code.startswith("wallet:") else row.credits - row.debits
+
+
+def attempts(app):
+    with read_transaction(app.engine) as conn:
+        return [dict(r._mapping) for r in conn.execute(
+            select(t.withdrawal_attempts).order_by(t.withdrawal_attempts.c.created_at))]
+
+
+def reserved(app) -> list[tuple[str, int]]:
+    r = t.utxo_reservations.c
+    with read_transaction(app.engine) as conn:
+        return [(x.txid, x.output_index) for x in conn.execute(select(r.txid, r.output_index))]
+
+
+def confirm(app, chain, s, blocks=2):
+    for _ in range(blocks):
+        chain.mine(1)
+        app.scanner("bitcoin").catch_up()
+        s.tick()
+
+
+def available_held(app, account_id) -> tuple[int, int]:
+    _, bs = app.get_balances(str(account_id))
+    b = next(b for b in bs if b.asset == "BTC")
+    return b.available, b.held

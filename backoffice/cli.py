@@ -1,0 +1,131 @@
+"""Staff review of withdrawals over BackofficeService:
+
+  python -m backoffice.cli --server HOST:PORT list
+  python -m backoffice.cli --server HOST:PORT approve WITHDRAWAL_ID --key FILE [--yes]
+  python -m backoffice.cli --server HOST:PORT reject WITHDRAWAL_ID --reason TEXT
+
+The bearer token (review scope) is read from the environment variable named by
+--token-env (default CUSTODY_STAFF_TOKEN); the server knows the staff member by
+it. --key is a file holding the staff member's Ed25519 private key (64 hex
+digits of the raw key, or PEM). Approve prints exactly what is signed and asks
+before signing unless --yes. TLS: --ca FILE (and --cert/--client-key for mutual TLS).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from custody.v1 import backoffice_pb2 as bo
+from custody.v1 import backoffice_pb2_grpc
+from custody.v1 import custody_pb2 as pb
+
+
+def load_key(path: str) -> Ed25519PrivateKey:
+    data = pathlib.Path(path).read_bytes().strip()
+    if data.startswith(b"-----BEGIN"):
+        key = serialization.load_pem_private_key(data, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise SystemExit(f"{path}: not an Ed25519 private key")
+        return key
+    try:
+        return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(data.decode()))
+    except ValueError:
+        raise SystemExit(f"{path}: expected 64 hex digits or a PEM Ed25519 private key") from None
+
+
+def status_name(status: int) -> str:
+    return pb.WithdrawalStatus.Name(status).removeprefix("WITHDRAWAL_STATUS_")
+
+
+def pending(stub, md) -> list:
+    return list(stub.ListWithdrawals(bo.BackofficeServiceListWithdrawalsRequest(
+        status=pb.WITHDRAWAL_STATUS_PENDING_REVIEW), metadata=md).items)
+
+
+def show(item, out) -> None:
+    w, f = item.withdrawal, item.facts
+    print(f"{w.withdrawal_id}  account {w.account_id}  {w.amount} {w.asset} (+ fee {w.fee}) -> {w.to_address}", file=out)
+    print(f"    requested by {f.requested_by}; account age {f.account_age_days} days; {f.credited_deposits} "
+          f"credited deposits ({f.deposited_amount}); destination used before: {f.destination_seen_before}; "
+          f"24h {f.withdrawn_24h} of {f.daily_limit}; max {f.max_withdrawal}; approvals "
+          f"{len(f.approvers)}/{f.approvals_needed} {list(f.approvers)}", file=out)
+
+
+def main(argv=None, out=sys.stdout, confirm=input) -> int:
+    parser = argparse.ArgumentParser(prog="backoffice", description=__doc__.splitlines()[0])
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--token-env", default="CUSTODY_STAFF_TOKEN")
+    parser.add_argument("--ca"), parser.add_argument("--cert"), parser.add_argument("--client-key")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="withdrawals waiting for review, with the facts")
+    a = sub.add_parser("approve", help="sign and send an approval")
+    a.add_argument("withdrawal_id")
+    a.add_argument("--key", required=True)
+    a.add_argument("--chain", default="bitcoin", help="the asset's chain (part of what is signed)")
+    a.add_argument("--yes", action="store_true")
+    r = sub.add_parser("reject", help="reject with a reason (releases the hold)")
+    r.add_argument("withdrawal_id")
+    r.add_argument("--reason", required=True)
+    args = parser.parse_args(argv)
+
+    token = os.environ.get(args.token_env)
+    if not token:
+        print(f"backoffice: set {args.token_env} to your staff token", file=sys.stderr)
+        return 2
+    md = [("authorization", f"Bearer {token}")]
+    if args.ca:
+        read = lambda p: pathlib.Path(p).read_bytes() if p else None  # noqa: E731
+        channel = grpc.secure_channel(args.server, grpc.ssl_channel_credentials(
+            read(args.ca), read(args.client_key), read(args.cert)))
+    else:
+        channel = grpc.insecure_channel(args.server)
+    stub = backoffice_pb2_grpc.BackofficeServiceStub(channel)
+    try:
+        if args.command == "list":
+            items = pending(stub, md)
+            for item in items:
+                show(item, out)
+            print(f"{len(items)} pending", file=out)
+            return 0
+        if args.command == "reject":
+            w = stub.RejectWithdrawal(bo.RejectWithdrawalRequest(withdrawal_id=args.withdrawal_id,
+                                                                 reason=args.reason), metadata=md).withdrawal
+            print(f"{w.withdrawal_id} {status_name(w.status)}: {w.reason}", file=out)
+            return 0
+        key = load_key(args.key)
+        item = next((i for i in pending(stub, md) if i.withdrawal.withdrawal_id == args.withdrawal_id), None)
+        if item is None:
+            print(f"backoffice: {args.withdrawal_id} is not pending review", file=sys.stderr)
+            return 1
+        from custody.withdrawals.model import content_digest
+        from hsm.approvals import approval_message
+
+        w = item.withdrawal
+        show(item, out)
+        digest = content_digest(w.withdrawal_id, int(w.account_id), w.asset, args.chain, w.to_address,
+                                int(w.amount), int(w.fee))
+        print(f"signing approval of content SHA-256 {digest.hex()} on {args.chain}", file=out)
+        if not args.yes and confirm("approve? [y/N] ").strip().lower() != "y":
+            print("not approved", file=out)
+            return 1
+        done = stub.ApproveWithdrawal(bo.ApproveWithdrawalRequest(
+            withdrawal_id=w.withdrawal_id, signature=key.sign(approval_message(args.chain, digest))),
+            metadata=md).withdrawal
+        print(f"{done.withdrawal_id} {status_name(done.status)}" + (f": {done.reason}" if done.reason else ""),
+              file=out)
+        return 0
+    except grpc.RpcError as exc:
+        print(f"backoffice: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

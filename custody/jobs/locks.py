@@ -1,0 +1,29 @@
+"""One holder at a time across core instances: PostgreSQL advisory locks."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+from sqlalchemy import Engine, text
+
+
+def lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def exclusive(engine: Engine, name: str):
+    """Yields True if this process holds the lock `name` (always on SQLite: one process)."""
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    key = lock_key(name)
+    with engine.connect() as conn:
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+        conn.commit()
+        try:
+            yield bool(got)
+        finally:
+            if got:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()

@@ -1,0 +1,83 @@
+"""`python -m backoffice.cli`: list with facts, approve with the staff key, reject with a reason,
+against the real gRPC server."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from backoffice.cli import main
+from custody.app import Custody
+from tests.support.servers import TOKENS, ServerThread
+from tests.support.signer import STAFF
+from tests.support.withdrawals import BTC, PAYEE, fund, withdrawal_config
+
+
+@pytest.fixture
+def served(db_url):
+    app = Custody(withdrawal_config(db_url))
+    server = ServerThread(app.config, app)
+    yield app, server.address
+    server.stop()
+    app.close()
+
+
+def key_file(tmp_path, name, pem=False):
+    key = STAFF[name]
+    path = tmp_path / f"{name}.key"
+    if pem:
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    else:
+        path.write_text(key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                          serialization.NoEncryption()).hex())
+    return str(path)
+
+
+def run(address, staff, monkeypatch, *args, answer="y"):
+    monkeypatch.setenv("CUSTODY_STAFF_TOKEN", TOKENS[staff])
+    out = io.StringIO()
+    code = main(["--server", address, *args], out=out, confirm=lambda _: answer)
+    return code, out.getvalue()
+
+
+def test_list_approve_reject(served, tmp_path, monkeypatch, capsys):
+    app, address = served
+    acct = app.create_account("user").account_id
+    fund(app, acct, 5 * BTC)
+    two = app.withdrawals.request("wallet-service", "two", str(acct), "BTC", PAYEE, str(2 * BTC))[0]["id"]
+    bad = app.withdrawals.request("wallet-service", "bad", str(acct), "BTC", PAYEE, str(BTC // 2))[0]["id"]
+    code, out = run(address, "alice", monkeypatch, "list")
+    assert code == 0 and "2 pending" in out and two in out and "approvals 0/2" in out
+
+    # Declined at the prompt: nothing sent.
+    code, out = run(address, "alice", monkeypatch, "approve", two, "--key", key_file(tmp_path, "alice"), answer="n")
+    assert code == 1 and "not approved" in out
+    assert app.withdrawals.get(two)[0]["status"] == "PENDING_REVIEW"
+    # The wrong key for the staff member: refused by the server, nothing changes.
+    code, _ = run(address, "alice", monkeypatch, "approve", two, "--key", key_file(tmp_path, "bob"), "--yes")
+    assert code == 1 and "INVALID_ARGUMENT" in capsys.readouterr().err
+    # Two approvals, one with a PEM key file.
+    code, out = run(address, "alice", monkeypatch, "approve", two, "--key", key_file(tmp_path, "alice"))
+    assert code == 0 and f"{two} PENDING_REVIEW" in out
+    code, out = run(address, "bob", monkeypatch, "approve", two, "--key", key_file(tmp_path, "bob", pem=True), "--yes")
+    assert code == 0 and f"{two} APPROVED: approved by alice, bob" in out
+
+    code, out = run(address, "bob", monkeypatch, "reject", bad, "--reason", "destination on a sanctions list")
+    assert code == 0 and "REJECTED: destination on a sanctions list" in out
+    _, (b, *_) = app.get_balances(str(acct))
+    assert b.held == 2 * BTC + 1_000  # only the approved one is still held
+    code, out = run(address, "bob", monkeypatch, "list")
+    assert "0 pending" in out
+    # A reason is required.
+    code, _ = run(address, "bob", monkeypatch, "reject", two, "--reason", "")
+    assert code == 1 and "INVALID_ARGUMENT" in capsys.readouterr().err
+
+
+def test_no_token_and_no_review_scope(served, monkeypatch, capsys):
+    _, address = served
+    monkeypatch.delenv("CUSTODY_STAFF_TOKEN", raising=False)
+    assert main(["--server", address, "list"], out=io.StringIO()) == 2
+    code, _ = run(address, "exchange", monkeypatch, "list")
+    assert code == 1 and "PERMISSION_DENIED" in capsys.readouterr().err

@@ -1,0 +1,237 @@
+"""What goes wrong on the way out, on a real bcoin regtest node and a real signer process:
+the signer refuses, the node refuses, a client cancels a QUEUED withdrawal."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from chains.bitcoin.addresses import script_to_address
+from chains.bitcoin.params import network
+from custody.app import Custody
+from custody.db import schema as t
+from custody.db.engine import read_transaction
+from custody.withdrawals.sender import CrashForTest
+from tests.support.bitcoin import account_xprv, random_script, spend
+from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_held, confirm, fund, fund_hot_wallet,
+                                       ledger_balance, refusals, reserved, sender, start_signer, withdrawal_config)
+
+REGTEST = network("regtest")
+
+
+def payee() -> str:
+    return script_to_address(random_script(), REGTEST)
+
+
+def make_app(db_url, chain, **rules):
+    app = Custody(withdrawal_config(db_url, chain.rpc.url, confirmations=2, **rules))
+    app.scanner("bitcoin").catch_up()
+    return app
+
+
+@pytest.fixture
+def btc(db_url, chain):
+    app = make_app(db_url, chain)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def signer(tmp_path):
+    process = start_signer(tmp_path)
+    yield process
+    process.stop()
+
+
+def request(app, acct, address, amount, key):
+    return app.withdrawals.request("wallet-service", key, str(acct), "BTC", address, str(amount))[0]["id"]
+
+
+def status(app, wid):
+    return app.withdrawals.get(wid)[0]
+
+
+def statuses(app, wid):
+    return [h["to_status"] for h in app.withdrawals.get(wid)[1]]
+
+
+# -- the signer refuses ---------------------------------------------------------------------------------
+def test_signer_refusal_fails_the_named_withdrawal_and_requeues_the_rest(btc, chain, tmp_path):
+    denied, allowed = payee(), payee()
+    signer = start_signer(tmp_path, deny=[denied])
+    try:
+        fund_hot_wallet(btc, chain, BTC)
+        acct = btc.create_account("payer").account_id
+        fund(btc, acct, BTC)
+        bad = request(btc, acct, denied, 2_000_000, "bad")
+        good = request(btc, acct, allowed, 3_000_000, "good")
+        s = sender(btc, signer)
+        s.tick()
+        # The signer's refusal, with its rule and reason, on the withdrawal it names; its hold released.
+        w = status(btc, bad)
+        assert w["status"] == "FAILED" and w["batch_id"] is None
+        assert "deny_list" in w["reason"] and denied in w["reason"]
+        assert statuses(btc, bad) == ["APPROVED", "QUEUED", "SIGNING", "FAILED"]
+        assert app_history_actor(btc, bad) == "signer"
+        # The other one went back to the queue, and out in a batch of its own on the next pass.
+        w = status(btc, good)
+        assert w["status"] == "APPROVED" and "requeued" in w["reason"] and "deny_list" in w["reason"]
+        s.tick()
+        assert status(btc, good)["status"] == "BROADCAST"
+        assert statuses(btc, good) == ["APPROVED", "QUEUED", "SIGNING", "APPROVED", "QUEUED", "SIGNING", "SIGNED",
+                                       "BROADCAST"]
+        assert available_held(btc, acct) == (BTC - 3_000_000 - WITHDRAWAL_FEE, 3_000_000 + WITHDRAWAL_FEE)
+        # No retry loop: more passes never ask the signer about the refused one again.
+        confirm(btc, chain, s)
+        s.tick()
+        assert len(refusals(signer)) == 1
+        assert status(btc, bad)["status"] == "FAILED" and status(btc, good)["status"] == "COMPLETED"
+        assert available_held(btc, acct) == (BTC - 3_000_000 - WITHDRAWAL_FEE, 0)
+        assert ledger_balance(btc, "fees:revenue") == WITHDRAWAL_FEE
+        (attempt,) = attempts(btc)
+        assert status(btc, good)["txid"] == attempt["txid"]
+        # The refused batch's coin was released and spent by the second batch.
+        assert reserved(btc) and all(o[0] != attempt["txid"] for o in reserved(btc))
+    finally:
+        signer.stop()
+
+
+def app_history_actor(app, wid):
+    return app.withdrawals.get(wid)[1][-1]["actor"]
+
+
+def test_a_refusal_naming_no_destination_fails_the_batch_with_the_reason(btc, chain, tmp_path):
+    signer = start_signer(tmp_path, assets=[{"asset": "BTC", "chain": "bitcoin", "max_per_transaction": "1000000",
+                                             "max_per_24h": str(BTC), "max_fee": "1000000"}])
+    try:
+        fund_hot_wallet(btc, chain, BTC)
+        acct = btc.create_account("payer").account_id
+        fund(btc, acct, BTC)
+        wid = request(btc, acct, payee(), 2_000_000, "k")
+        s = sender(btc, signer)
+        for _ in range(3):
+            s.tick()
+        w = status(btc, wid)
+        assert w["status"] == "FAILED" and "max_per_transaction" in w["reason"]
+        assert len(refusals(signer)) == 1
+        assert available_held(btc, acct) == (BTC, 0)
+        assert attempts(btc) == [] and reserved(btc) == []
+        with read_transaction(btc.engine) as conn:
+            (batch,) = conn.execute(select(t.withdrawal_batches)).all()
+        assert batch.status == "FAILED" and "max_per_transaction" in batch.reason
+    finally:
+        signer.stop()
+
+
+# -- the node refuses -----------------------------------------------------------------------------------
+def hot_key(index: int = 1):
+    return account_xprv(1).derive(f"m/0/{index}").key
+
+
+def signed_not_sent(app, chain, signer, amount=2_000_000):
+    """One withdrawal signed and stored, then the process 'dies' before broadcasting."""
+    fund_hot_wallet(app, chain, BTC)
+    acct = app.create_account("payer").account_id
+    fund(app, acct, BTC)
+    wid = request(app, acct, payee(), amount, "k")
+    with pytest.raises(CrashForTest):
+        sender(app, signer, crash_at="after_store").tick()
+    assert status(app, wid)["status"] == "SIGNED"
+    return acct, wid
+
+
+def conflict(chain, outpoint, amount=BTC):
+    """Someone else (another wallet holding the hot key) spends our reserved coin first."""
+    raw = spend(outpoint, amount, hot_key(), random_script())
+    return chain.miner.send(raw)
+
+
+def test_node_refusal_fails_cleanly_when_no_input_is_spent_on_chain(btc, chain, signer):
+    acct, wid = signed_not_sent(btc, chain, signer)
+    (outpoint,) = reserved(btc)
+    conflict(chain, outpoint)  # in the mempool only: our coin is not spent on chain
+    s = sender(btc, signer)
+    s.tick()
+    w = status(btc, wid)
+    assert w["status"] == "FAILED" and "the node refused" in w["reason"]
+    assert statuses(btc, wid)[-2:] == ["SIGNED", "FAILED"]
+    assert available_held(btc, acct) == (BTC, 0) and reserved(btc) == []
+    s.tick()
+    assert status(btc, wid)["status"] == "FAILED" and len(attempts(btc)) == 1
+    chain.mine(1)
+    btc.scanner("bitcoin").catch_up()
+
+
+def test_node_refusal_requeues_by_rule(db_url, chain, signer):
+    app = make_app(db_url, chain, on_node_rejection="requeue", max_requeues=1)
+    try:
+        acct, wid = signed_not_sent(app, chain, signer)
+        (outpoint,) = reserved(app)
+        conflict(chain, outpoint)
+        s = sender(app, signer)
+        s.tick()
+        # Requeued, built again in the same pass on the same (only) coin: the same bytes, refused
+        # again; past max_requeues it fails. One signed transaction in all.
+        w = status(app, wid)
+        assert w["status"] == "FAILED" and w["requeues"] == 1 and "the node refused" in w["reason"]
+        assert statuses(app, wid) == ["APPROVED", "QUEUED", "SIGNING", "SIGNED", "APPROVED", "QUEUED", "SIGNING",
+                                      "SIGNED", "FAILED"]
+        assert "requeued: the node refused" in app.withdrawals.get(wid)[1][4]["reason"]
+        assert len(attempts(app)) == 1 and reserved(app) == []
+        s.tick()
+        assert status(app, wid)["status"] == "FAILED"
+        assert available_held(app, acct) == (BTC, 0)
+        chain.mine(1)
+        app.scanner("bitcoin").catch_up()
+    finally:
+        app.close()
+
+
+def test_node_refusal_with_an_input_spent_on_chain_fails_nothing(btc, chain, signer):
+    acct, wid = signed_not_sent(btc, chain, signer)
+    (outpoint,) = reserved(btc)
+    conflict(chain, outpoint)
+    chain.mine(1)  # the other spend confirms; our scanner has not seen it yet
+    s = sender(btc, signer)
+    s.tick()
+    # Refused, but an input is spent on chain: not failed, not requeued (no second payment), hold kept.
+    assert status(btc, wid)["status"] == "SIGNED"
+    assert available_held(btc, acct) == (BTC - 2_000_000 - WITHDRAWAL_FEE, 2_000_000 + WITHDRAWAL_FEE)
+    btc.scanner("bitcoin").catch_up()
+    s.tick()
+    assert status(btc, wid)["status"] == "SIGNED" and reserved(btc) == [outpoint]
+    assert len(attempts(btc)) == 1
+
+
+# -- cancel while QUEUED --------------------------------------------------------------------------------
+def test_cancel_while_queued_dissolves_the_batch_and_requeues_the_others(btc, chain, signer):
+    fund_hot_wallet(btc, chain, BTC)
+    acct = btc.create_account("payer").account_id
+    fund(btc, acct, BTC)
+    keep, drop = payee(), payee()
+    kept = request(btc, acct, keep, 2_000_000, "keep")
+    dropped = request(btc, acct, drop, 3_000_000, "drop")
+    s = sender(btc, signer)
+    first = s.build()
+    assert {status(btc, kept)["batch_id"], status(btc, dropped)["batch_id"]} == {first}
+    (coin,) = reserved(btc)
+    cancelled = btc.withdrawals.cancel("wallet-service", dropped)
+    assert cancelled["status"] == "CANCELLED" and cancelled["batch_id"] is None
+    assert available_held(btc, acct) == (BTC - 2_000_000 - WITHDRAWAL_FEE, 2_000_000 + WITHDRAWAL_FEE)
+    s.tick()
+    with read_transaction(btc.engine) as conn:
+        old = conn.execute(select(t.withdrawal_batches).where(t.withdrawal_batches.c.id == first)).one()
+    assert old.status == "FAILED" and "left the batch" in old.reason
+    w = status(btc, kept)
+    assert w["status"] == "BROADCAST" and w["batch_id"] != first and w["requeues"] == 1
+    assert reserved(btc) == [coin]  # released by the old batch, reserved by the new one
+    confirm(btc, chain, s)
+    assert status(btc, kept)["status"] == "COMPLETED" and status(btc, dropped)["status"] == "CANCELLED"
+    from embit.transaction import Transaction
+
+    (attempt,) = attempts(btc)
+    outputs = [script_to_address(o.script_pubkey.data, REGTEST) for o in Transaction.parse(attempt["raw"]).vout]
+    assert keep in outputs and drop not in outputs
+    assert available_held(btc, acct) == (BTC - 2_000_000 - WITHDRAWAL_FEE, 0)
+    # After signing starts, cancel is refused.
+    with pytest.raises(Exception, match="until signing starts"):
+        btc.withdrawals.cancel("wallet-service", kept)

@@ -1,0 +1,138 @@
+"""Fee bumping (RBF) on a real bcoin regtest node with a real signer process, the two
+ways it happens in production (DESIGN 8): (a) the replacement is refused or loses
+and the original confirms; (b) the original leaves the mempool and the replacement
+confirms. Either way the withdrawals complete once, with the transaction that
+confirmed, and the ledger's network fee is that transaction's fee."""
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from embit.transaction import Transaction
+
+from chains.bitcoin.addresses import script_to_address
+from chains.bitcoin.params import network
+from custody.app import Custody
+from custody.withdrawals import store
+from tests.support.bitcoin import random_script
+from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_held, confirm, fund, fund_hot_wallet,
+                                       ledger_balance, reserved, sender, start_signer, withdrawal_config)
+
+REGTEST = network("regtest")
+AMOUNT = 2_000_000
+
+
+class Clock:
+    """Real time plus an offset the test moves forward."""
+
+    def __init__(self):
+        self.offset = datetime.timedelta()
+
+    def __call__(self):
+        return store.now() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += datetime.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def btc(db_url, chain):
+    app = Custody(withdrawal_config(db_url, chain.rpc.url, confirmations=2, replace_after_s=600,
+                                    replace_fee_multiplier=2.0, fallback_fee_rate=2))
+    app.scanner("bitcoin").catch_up()
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def signer(tmp_path):
+    process = start_signer(tmp_path)
+    yield process
+    process.stop()
+
+
+def mempool(chain) -> set[str]:
+    return set(chain.rpc.call("getrawmempool"))
+
+
+def stuck_then_bumped(app, chain, signer, clock):
+    """One withdrawal broadcast, unconfirmed past replace_after_s, then bumped."""
+    acct = app.create_account("payer").account_id
+    fund(app, acct, BTC)
+    to = script_to_address(random_script(), REGTEST)
+    wid = app.withdrawals.request("wallet-service", "k", str(acct), "BTC", to, str(AMOUNT))[0]["id"]
+    s = sender(app, signer, clock=clock)
+    s.tick()
+    (original,) = attempts(app)
+    assert original["txid"] in mempool(chain)
+    coins = reserved(app)
+    clock.advance(599)
+    s.tick()
+    assert len(attempts(app)) == 1  # not yet
+    clock.advance(2)
+    s.tick()
+    original, bumped = attempts(app)
+    o, b = Transaction.parse(original["raw"]), Transaction.parse(bumped["raw"])
+    # Same inputs, same payment, a higher fee taken from the change only.
+    assert [(i.txid, i.vout) for i in o.vin] == [(i.txid, i.vout) for i in b.vin]
+    assert (o.vout[0].script_pubkey.data, o.vout[0].value) == (b.vout[0].script_pubkey.data, b.vout[0].value)
+    assert o.vout[0].value == AMOUNT and len(o.vout) == len(b.vout) == 2
+    assert bumped["fee_rate"] == 2 * original["fee_rate"] and bumped["fee"] > original["fee"]
+    assert o.vout[1].value - b.vout[1].value == bumped["fee"] - original["fee"]
+    assert reserved(app) == coins
+    # bcoin never replaces: the original stays in the mempool, the replacement is refused.
+    assert original["txid"] in mempool(chain) and bumped["txid"] not in mempool(chain)
+    w, history = app.withdrawals.get(wid)
+    assert w["status"] == "BROADCAST" and w["txid"] == bumped["txid"]
+    assert "fee bumped" in history[-1]["reason"] and bumped["txid"] in history[-1]["reason"]
+    # Bumped only once per replace_after_s.
+    s.tick()
+    assert len(attempts(app)) == 2
+    return s, acct, wid, original, bumped, coins
+
+
+def check_completed_once_with(app, acct, wid, confirmed, other, s, clock):
+    w, history = app.withdrawals.get(wid)
+    assert w["status"] == "COMPLETED" and w["txid"] == confirmed["txid"]
+    assert w["network_fee"] == confirmed["fee"]
+    assert [h["to_status"] for h in history].count("COMPLETED") == 1
+    assert available_held(app, acct) == (BTC - AMOUNT - WITHDRAWAL_FEE, 0)
+    assert ledger_balance(app, "fees:network") == -confirmed["fee"]
+    assert ledger_balance(app, "wallet:bitcoin:hot") == -(AMOUNT + confirmed["fee"])
+    assert ledger_balance(app, "fees:revenue") == WITHDRAWAL_FEE
+    # Nothing more happens, however long we wait: no third attempt, no second completion.
+    clock.advance(10_000)
+    s.tick()
+    assert len(attempts(app)) == 2 and app.withdrawals.get(wid)[0]["status"] == "COMPLETED"
+    assert ledger_balance(app, "fees:network") == -confirmed["fee"]
+
+
+def test_a_replacement_refused_and_the_original_confirms(btc, chain, signer):
+    fund_hot_wallet(btc, chain, BTC)
+    clock = Clock()
+    s, acct, wid, original, bumped, coins = stuck_then_bumped(btc, chain, signer, clock)
+    # While the original can confirm, its coin is used for nothing else.
+    other = btc.withdrawals.request("wallet-service", "other", str(acct), "BTC",
+                                    script_to_address(random_script(), REGTEST), str(AMOUNT))[0]["id"]
+    s.tick()
+    assert btc.withdrawals.get(other)[0]["status"] == "APPROVED" and reserved(btc) == coins
+    btc.withdrawals.cancel("wallet-service", other)
+    confirm(btc, chain, s)
+    check_completed_once_with(btc, acct, wid, original, bumped, s, clock)
+
+
+def test_b_the_original_leaves_the_mempool_and_the_replacement_confirms(btc, chain, signer):
+    fund_hot_wallet(btc, chain, BTC)
+    chain.mine(1)  # a block to take back later, above the one that funded the hot wallet
+    btc.scanner("bitcoin").catch_up()
+    clock = Clock()
+    s, acct, wid, original, bumped, coins = stuck_then_bumped(btc, chain, signer, clock)
+    # bcoin's invalidateblock is a chain reset: the mempool is wiped with the tip.
+    chain.miner.invalidate(chain.height())
+    chain.mine(1)
+    btc.scanner("bitcoin").catch_up()
+    assert original["txid"] not in mempool(chain)
+    s.tick()  # none of its attempts in the mempool: the highest fee is sent first, and accepted
+    assert bumped["txid"] in mempool(chain) and original["txid"] not in mempool(chain)
+    confirm(btc, chain, s)
+    check_completed_once_with(btc, acct, wid, bumped, original, s, clock)
