@@ -109,13 +109,8 @@ class Ledger:
         self.ids = AccountIds()
 
     def commit(self, commands: list[Command]) -> list[BatchResult]:
-        try:
-            with write_transaction(self.engine) as conn:
-                results = apply_commands(conn, commands, self.ids)
-        except BaseException:
-            self.ids.rollback()
-            raise
-        self.ids.commit()
+        with self.ids.write_transaction(self.engine) as conn:
+            results = apply_commands(conn, commands, self.ids)
         for r in results:
             if not isinstance(r, BatchResult):
                 raise RuntimeError(f"benchmark transfer failed: {r!r}")

@@ -221,40 +221,35 @@ class Scanner:
         view = new_cursor.height
         events: list[tuple[str, dict]] = []
         new_outpoints, spent_outpoints = [], []
-        try:
-            with write_transaction(self.engine) as conn:
-                current = store.load_cursor(conn, self.chain, for_update=True)
-                if current is None or (current.height, current.hash) != (cursor.height, cursor.hash):
-                    raise store.CursorMoved(f"{self.chain}: cursor moved by another scanner")
-                owners = store.address_rows(conn, {self.keys[r.watch_key] for b in blocks for r in b.receipts})
-                existing = store.deposits_by_key(conn, self.chain, [(r.txid, r.index) for b in blocks
-                                                                    for r in b.receipts])
-                utxo_rows, spends = [], []
-                for block in blocks:
-                    for r in block.receipts:
-                        owner = owners[self.keys[r.watch_key]]
-                        utxo_rows.append({
-                            "chain": self.chain, "txid": r.txid, "output_index": r.index, "address_id": owner["id"],
-                            "wallet": owner["wallet"], "amount": r.amount, "coinbase": r.coinbase,
-                            "block_height": block.height, "block_hash": block.hash})
-                        new_outpoints.append((r.txid, r.index))
-                        if owner["wallet"] == DEPOSIT_WALLET and not r.asset_contract:
-                            events.append(self._record_deposit(conn, block, r, owner, existing.get((r.txid, r.index)),
-                                                               view))
-                    for s in block.spends:
-                        spends.append((s.spent_txid, s.spent_index, s.txid, block.height))
-                        spent_outpoints.append((s.spent_txid, s.spent_index))
-                store.add_utxos(conn, utxo_rows)
-                store.spend_utxos(conn, self.chain, spends)
-                events += self._credit_due(conn, view)
-                store.record_blocks(conn, self.chain, [(b.height, b.hash, b.parent_hash) for b in blocks],
-                                    self.config.max_reorg_depth)
-                store.move_cursor(conn, self.chain, cursor, new_cursor)
-                last_event = store.emit_events(conn, events)
-        except BaseException:
-            self.ids.rollback()
-            raise
-        self.ids.commit()
+        with self.ids.write_transaction(self.engine) as conn:
+            current = store.load_cursor(conn, self.chain, for_update=True)
+            if current is None or (current.height, current.hash) != (cursor.height, cursor.hash):
+                raise store.CursorMoved(f"{self.chain}: cursor moved by another scanner")
+            owners = store.address_rows(conn, {self.keys[r.watch_key] for b in blocks for r in b.receipts})
+            existing = store.deposits_by_key(conn, self.chain, [(r.txid, r.index) for b in blocks
+                                                                for r in b.receipts])
+            utxo_rows, spends = [], []
+            for block in blocks:
+                for r in block.receipts:
+                    owner = owners[self.keys[r.watch_key]]
+                    utxo_rows.append({
+                        "chain": self.chain, "txid": r.txid, "output_index": r.index, "address_id": owner["id"],
+                        "wallet": owner["wallet"], "amount": r.amount, "coinbase": r.coinbase,
+                        "block_height": block.height, "block_hash": block.hash})
+                    new_outpoints.append((r.txid, r.index))
+                    if owner["wallet"] == DEPOSIT_WALLET and not r.asset_contract:
+                        events.append(self._record_deposit(conn, block, r, owner, existing.get((r.txid, r.index)),
+                                                           view))
+                for s in block.spends:
+                    spends.append((s.spent_txid, s.spent_index, s.txid, block.height))
+                    spent_outpoints.append((s.spent_txid, s.spent_index))
+            store.add_utxos(conn, utxo_rows)
+            store.spend_utxos(conn, self.chain, spends)
+            events += self._credit_due(conn, view)
+            store.record_blocks(conn, self.chain, [(b.height, b.hash, b.parent_hash) for b in blocks],
+                                self.config.max_reorg_depth)
+            store.move_cursor(conn, self.chain, cursor, new_cursor)
+            last_event = store.emit_events(conn, events)
         self.outpoints.update(new_outpoints)
         self.outpoints.difference_update(spent_outpoints)
         self._notify(last_event)
@@ -318,26 +313,21 @@ class Scanner:
             raise ScannerHalted(f"{self.chain}: no block remembered below height {cursor.height} is on the best "
                                 f"chain any more (reorg deeper than {self.config.max_reorg_depth}); halting")
         events: list[tuple[str, dict]] = []
-        try:
-            with write_transaction(self.engine) as conn:
-                dropped = store.deposits_above(conn, self.chain, fork.height)
-                reversals = []
-                for d in dropped:
-                    if d["status"] == PENDING:
-                        store.set_deposit(conn, d["id"], status=ORPHANED)
-                        events.append(("deposit.orphaned", self._payload(
-                            d["id"], d["account_id"], d["txid"], d["output_index"], d["amount"], ORPHANED,
-                            d["block_height"], d["block_hash"], fork.height)))
-                    else:
-                        reversals.append(d)
-                events += self._reverse(conn, reversals, cursor, fork)
-                store.unwind_utxos(conn, self.chain, fork.height)
-                store.move_cursor(conn, self.chain, cursor, fork)
-                last_event = store.emit_events(conn, events)
-        except BaseException:
-            self.ids.rollback()
-            raise
-        self.ids.commit()
+        with self.ids.write_transaction(self.engine) as conn:
+            dropped = store.deposits_above(conn, self.chain, fork.height)
+            reversals = []
+            for d in dropped:
+                if d["status"] == PENDING:
+                    store.set_deposit(conn, d["id"], status=ORPHANED)
+                    events.append(("deposit.orphaned", self._payload(
+                        d["id"], d["account_id"], d["txid"], d["output_index"], d["amount"], ORPHANED,
+                        d["block_height"], d["block_hash"], fork.height)))
+                else:
+                    reversals.append(d)
+            events += self._reverse(conn, reversals, cursor, fork)
+            store.unwind_utxos(conn, self.chain, fork.height)
+            store.move_cursor(conn, self.chain, cursor, fork)
+            last_event = store.emit_events(conn, events)
         self.outpoints = None  # reloaded from the unwound UTXO set on the next refresh
         self._refresh_watch()
         log.warning("reorg unwound", chain=self.chain, from_height=cursor.height, from_hash=cursor.hash,

@@ -10,6 +10,7 @@ per transfer.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime
 import logging
 import queue
@@ -56,6 +57,17 @@ class AccountIds:
 
     def rollback(self):
         self._pending.clear()
+
+    @contextlib.contextmanager
+    def write_transaction(self, engine: Engine):
+        """A write transaction whose new account ids are kept only if it commits."""
+        try:
+            with write_transaction(engine) as conn:
+                yield conn
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
 
 
 def apply_commands(conn: Connection, commands: list[Command], ids: AccountIds) -> list[Result]:
@@ -485,13 +497,8 @@ class LedgerWriter:
                 future.set_result(result)
 
     def _commit(self, commands: list[Command]) -> list[Result]:
-        try:
-            with write_transaction(self.engine) as conn:
-                results = apply_commands(conn, commands, self.ids)
-        except BaseException:
-            self.ids.rollback()
-            raise
-        self.ids.commit()
+        with self.ids.write_transaction(self.engine) as conn:
+            results = apply_commands(conn, commands, self.ids)
         cursors = [r.event_cursor for r in results if isinstance(r, BatchResult) and not r.replayed]
         if cursors:
             for listener in self._listeners:

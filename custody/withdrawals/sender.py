@@ -20,7 +20,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 from chains.base import Coin, NodeError, Payment
 from custody.config import Config
 from custody.db import schema as t
-from custody.db.engine import read_transaction, write_transaction
+from custody.db.engine import read_transaction
 from custody.deposits.store import load_cursor
 from custody.ledger.engine import AccountIds
 from custody.ledger.model import new_id
@@ -53,14 +53,9 @@ class BitcoinSender:
             raise CrashForTest(step)
 
     def _write(self, work):
-        try:
-            with write_transaction(self.engine) as conn:
-                result = work(conn)
-                last = conn.execute(select(t.event_sequence.c.last_cursor)).scalar_one()
-        except BaseException:
-            self.ids.rollback()
-            raise
-        self.ids.commit()
+        with self.ids.write_transaction(self.engine) as conn:
+            result = work(conn)
+            last = conn.execute(select(t.event_sequence.c.last_cursor)).scalar_one()
         self.notify(last)
         return result
 

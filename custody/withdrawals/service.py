@@ -19,7 +19,7 @@ from chains.base import ChainError
 from custody.accounts.service import parse_account_id
 from custody.config import Config
 from custody.db import schema as t
-from custody.db.engine import read_transaction, write_transaction
+from custody.db.engine import read_transaction
 from custody.deposits.model import CREDITED
 from custody.errors import (AccountFrozen, CustodyError, FailedPrecondition, IdempotencyConflict, InvalidArgument,
                             NotFound)
@@ -46,14 +46,9 @@ class Withdrawals:
     # -- one transaction with ledger commands and events -------------------------------------------
     def _write(self, work):
         """Runs work(conn) in one write transaction; notifies readers of its last event after commit."""
-        try:
-            with write_transaction(self.engine) as conn:
-                result = work(conn)
-                last = conn.execute(select(t.event_sequence.c.last_cursor)).scalar_one()
-        except BaseException:
-            self.ids.rollback()
-            raise
-        self.ids.commit()
+        with self.ids.write_transaction(self.engine) as conn:
+            result = work(conn)
+            last = conn.execute(select(t.event_sequence.c.last_cursor)).scalar_one()
         self.notify(last)
         return result
 
