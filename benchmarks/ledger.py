@@ -367,8 +367,9 @@ def ledger_single(backends: list[str], sizes: Sizes) -> BenchResult:
     result = BenchResult("ledger_single")
     result.details.append(
         f"{threads} threads each call `Custody(config).transfer(...)` (validation, idempotency hash, "
-        f"LedgerWriter.submit, wait for the result) {sizes.single_per_thread} times per round, one transfer per call, "
-        f"thread i between its own two accounts; the writer's group commit (max_group=1000) decides the commits. "
+        f"submit to the ledger writer, wait for the result) {sizes.single_per_thread} times per round, one transfer per "
+        f"call, thread i between its own two accounts; the writer runs in a child process as `custody serve` runs it "
+        f"(`ledger_writer = \"process\"`) and its group commit (max_group=1000) decides the commits. "
         f"Baseline: the same number of transfers as ledger_batched does them ({GROUP:,} per apply_commands call) on the "
         f"same database, interleaved; {sizes.rounds} rounds, best of each. Then {sizes.aged_keys:,} more idempotency "
         f"keys are stored and {sizes.aged_rounds} more interleaved rounds of {sizes.aged_single_per_thread} calls "
@@ -377,7 +378,7 @@ def ledger_single(backends: list[str], sizes: Sizes) -> BenchResult:
     for backend in backends:
         progress(f"ledger_single {backend}: setting up")
         with database(backend) as (url, _engine):
-            app = Custody(make_config(url))
+            app = Custody(make_config(url, ledger_writer="process"))
             try:
                 ledger, accounts = _setup_accounts(app.engine, 2 * GROUP, "single")
                 commits = [0]

@@ -15,7 +15,7 @@ from custody.deposits.model import Deposit
 from custody.deposits.scanner import Scanner
 from custody.events.journal import EventNotifier, read_after
 from custody.ledger.commands import BatchResult, Command, Idempotency, parse_idempotency_key
-from custody.ledger.engine import LedgerWriter
+from custody.ledger.writer import LedgerWriter, ProcessLedgerWriter
 from custody.ledger.model import EQUITY, Posting, user_available
 from custody.money import parse_amount
 from matching_stub.service import MatchingService
@@ -29,7 +29,10 @@ class Custody:
         self.config = config
         self.engine = make_engine(config.database_url)
         self.notifier = EventNotifier()
-        self.writer = LedgerWriter(self.engine, max_group=config.server.max_group_commit)
+        if config.server.ledger_writer == "process":
+            self.writer = ProcessLedgerWriter(config.database_url, max_group=config.server.max_group_commit)
+        else:
+            self.writer = LedgerWriter(self.engine, max_group=config.server.max_group_commit)
         self.writer.on_commit(self.notifier.notify)
         self.chains: dict[str, ChainPlugin] = {c.name: _make_plugin(c) for c in config.chains}
         self._scanners: dict[str, Scanner] = {}

@@ -68,6 +68,9 @@ class ClientConfig:
     scopes: frozenset[str]
 
 
+LEDGER_WRITERS = ("process", "thread")
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
     listen: str = "127.0.0.1:50051"
@@ -76,6 +79,10 @@ class ServerConfig:
     tls_client_ca: pathlib.Path | None = None
     # Transfers arriving together are committed together, up to this many.
     max_group_commit: int = 1000
+    # Where the ledger's group commits run: "process" (a child process, so the
+    # writer's work does not compete with the gRPC event loop for the GIL) or
+    # "thread" (a thread of this process). See custody/ledger/writer.py.
+    ledger_writer: str = "process"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +222,13 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
         tls_key=opt_path("tls_key"),
         tls_client_ca=opt_path("tls_client_ca"),
         max_group_commit=int(srv.get("max_group_commit", ServerConfig.max_group_commit)),
+        ledger_writer=srv.get("ledger_writer", ServerConfig.ledger_writer),
     )
+    if server.ledger_writer not in LEDGER_WRITERS:
+        raise ConfigError(f"server: ledger_writer must be one of {', '.join(LEDGER_WRITERS)}, "
+                          f"not {server.ledger_writer!r}")
+    if server.max_group_commit < 1:
+        raise ConfigError("server: max_group_commit must be at least 1")
     if bool(server.tls_cert) != bool(server.tls_key):
         raise ConfigError("server: tls_cert and tls_key must be given together")
     if server.tls_client_ca and not server.tls_cert:

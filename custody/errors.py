@@ -31,3 +31,7 @@ class IdempotencyConflict(CustodyError):
 
 class LimitExceeded(CustodyError):
     """A stored total would exceed what the ledger can represent exactly."""
+
+
+class Unavailable(CustodyError):
+    """A part the request needs is not answering; the request may be retried (with its idempotency key)."""

@@ -2,25 +2,17 @@
 
 `apply_commands` applies a list of commands inside one transaction: each
 command is checked against the balances as the commands before it left them,
-and becomes one batch or, when a check fails, nothing at all. `LedgerWriter`
-feeds it from a queue on one thread, so transfers that arrive together share
-one durable commit (group commit): the fsync is paid once per group, not once
-per transfer.
+and becomes one batch or, when a check fails, nothing at all. The writers in
+`custody.ledger.writer` feed it groups of queued commands (group commit).
 """
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import datetime
-import logging
-import queue
-import threading
-from typing import Callable
 
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
 
 from custody.db import schema as t
 from custody.db.bulk import in_pairs, in_values, insert_rows, select_by_ids, to_int, update_account_totals
@@ -29,7 +21,6 @@ from custody.errors import CustodyError, FailedPrecondition, IdempotencyConflict
 from custody.ledger.commands import BatchResult, Command
 from custody.ledger.model import AccountState, Posting, Staging, new_id, owner_of, user_available, user_held
 
-log = logging.getLogger(__name__)
 Result = BatchResult | CustodyError
 
 
@@ -425,91 +416,3 @@ def _same_key_again(first: Command, again: Command, first_result: Result | None)
     if isinstance(first_result, BatchResult):
         return BatchResult(first_result.batch_id, first_result.event_cursor, first_result.hold_ids, replayed=True)
     return first_result
-
-
-_STOP = object()
-
-
-class LedgerWriter:
-    """One thread that applies queued commands in groups, one transaction per group."""
-
-    def __init__(self, engine: Engine, *, max_group: int = 1000):
-        self.engine = engine
-        self.max_group = max_group
-        self.ids = AccountIds()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._listeners: list[Callable[[int], None]] = []
-        self._thread = threading.Thread(target=self._loop, name="ledger-writer", daemon=True)
-        self._thread.start()
-
-    def on_commit(self, listener: Callable[[int], None]) -> None:
-        """listener(last_cursor) runs on the writer thread after each commit that wrote events."""
-        self._listeners.append(listener)
-
-    def submit(self, command: Command) -> concurrent.futures.Future:
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put((command, future))
-        return future
-
-    def execute(self, command: Command) -> BatchResult:
-        return self.submit(command).result()
-
-    def close(self) -> None:
-        self._queue.put(_STOP)
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            group = [item]
-            while len(group) < self.max_group:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    self._run(group)
-                    return
-                group.append(item)
-            self._run(group)
-
-    def _run(self, group: list) -> None:
-        try:
-            results = self._commit([c for c, _ in group])
-        except DBAPIError:
-            if len(group) == 1:
-                results = [self._commit_alone(group[0][0])]
-            else:
-                # Something in the group hit a database error (a key taken by
-                # another instance, a deadlock): retry each command on its own
-                # so one failure cannot sink the others.
-                log.warning("group of %d failed, retrying one by one", len(group), exc_info=True)
-                results = [self._commit_alone(c) for c, _ in group]
-        except Exception as exc:  # a bug: fail the callers, keep the writer alive
-            log.exception("ledger writer failed")
-            results = [exc] * len(group)
-        for (_, future), result in zip(group, results):
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-    def _commit(self, commands: list[Command]) -> list[Result]:
-        with self.ids.write_transaction(self.engine) as conn:
-            results = apply_commands(conn, commands, self.ids)
-        cursors = [r.event_cursor for r in results if isinstance(r, BatchResult) and not r.replayed]
-        if cursors:
-            for listener in self._listeners:
-                listener(max(cursors))
-        return results
-
-    def _commit_alone(self, command: Command, attempts: int = 3) -> Result | Exception:
-        for attempt in range(attempts):
-            try:
-                return self._commit([command])[0]
-            except DBAPIError as exc:
-                if attempt == attempts - 1:
-                    return exc
-        raise AssertionError("unreachable")

@@ -18,9 +18,10 @@ FUNDING = 20_000
 
 
 def test_eight_clients_thousand_transfers_each_equal_a_sequential_replay(pg_url):
-    config = make_config(pg_url)
-    apps = [Custody(config), Custody(config)]  # two core instances, one database
-    servers = [ServerThread(config, app) for app in apps]
+    # Two core instances on one database: one with its ledger writer in a
+    # thread, one with it in a child process (what `custody serve` runs).
+    apps = [Custody(make_config(pg_url)), Custody(make_config(pg_url, ledger_writer="process"))]
+    servers = [ServerThread(app.config, app) for app in apps]
     try:
         ids = [apps[0].create_account(f"user-{i}").account_id for i in range(ACCOUNTS)]
         for i in ids:

@@ -22,6 +22,11 @@ TEST_MARKETS = [
 
 
 def make_config(database_url: str, **server) -> config_mod.Config:
+    """The test config. The ledger writer is a thread unless a test asks for
+    ledger_writer="process" (what `custody serve` runs by default): starting a
+    writer process for each of the suite's hundreds of Custody objects would
+    cost seconds each; the process writer has its own tests."""
+    server.setdefault("ledger_writer", "thread")
     return config_mod.parse({
         "database": {"url": database_url},
         "server": {"listen": "127.0.0.1:0", **server},

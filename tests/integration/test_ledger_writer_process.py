@@ -1,0 +1,151 @@
+"""The ledger writer in a child process (`[server] ledger_writer = "process"`,
+the default of `custody serve`), through a real gRPC server."""
+import os
+import signal
+import threading
+import time
+
+import grpc
+import pytest
+
+from custody import config as config_mod
+from custody.app import Custody
+from custody.ledger.writer import ProcessLedgerWriter
+from custody.v1 import backoffice_pb2 as bo
+from custody.v1 import custody_pb2 as pb
+from tests.support.config import make_config
+from tests.support.servers import bearer
+
+
+@pytest.fixture
+def app(db_url):
+    custody = Custody(make_config(db_url, ledger_writer="process"))
+    assert isinstance(custody.writer, ProcessLedgerWriter)
+    yield custody
+    custody.close()
+
+
+def _transfer(clients, key, a, b, amount):
+    return clients.custody.Transfer(pb.TransferRequest(
+        idempotency_key=key, from_account_id=a, to_account_id=b, asset="BTC", amount=str(amount)),
+        metadata=bearer("exchange"), timeout=60)
+
+
+def _available(app, account_id):
+    return {b.asset: b.available for b in app.get_balances(account_id)[1]}["BTC"]
+
+
+def _fund(clients, account_id, amount):
+    clients.backoffice.AdjustBalance(bo.AdjustBalanceRequest(
+        idempotency_key=f"fund-{account_id}", account_id=account_id, asset="BTC", amount=str(amount),
+        direction=bo.ADJUSTMENT_DIRECTION_CREDIT, reason="funding for test"), metadata=bearer("alice-admin"))
+
+
+def test_transfers_errors_and_replays_cross_the_process_boundary(app, clients):
+    a = str(app.create_account("alice").account_id)
+    b = str(app.create_account("bob").account_id)
+    _fund(clients, a, 1000)
+    first = _transfer(clients, "t-1", a, b, 300)
+    assert _transfer(clients, "t-1", a, b, 300) == first  # replayed from the child's stored result
+    assert (_available(app, a), _available(app, b)) == (700, 300)
+    cases = [  # errors raised in the child arrive as the same gRPC statuses as with a thread
+        (("t-1", a, b, 301), grpc.StatusCode.ALREADY_EXISTS, "different request"),
+        (("t-2", a, b, 701), grpc.StatusCode.FAILED_PRECONDITION, "insufficient"),
+        (("t-3", a, "999999", 1), grpc.StatusCode.NOT_FOUND, "999999"),
+    ]
+    for args, code, detail in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            _transfer(clients, *args)
+        assert err.value.code() == code and detail in err.value.details().lower()
+    assert (_available(app, a), _available(app, b)) == (700, 300)
+
+
+def test_event_stream_is_woken_by_commits_in_the_child(app, clients):
+    a = str(app.create_account("alice").account_id)
+    b = str(app.create_account("bob").account_id)
+    _fund(clients, a, 10)
+    start = app.events_after(0, limit=100)[-1].cursor
+    stream = clients.custody.StreamEvents(pb.StreamEventsRequest(after_cursor=start), metadata=bearer("exchange"),
+                                          timeout=30)
+    reply = _transfer(clients, "t-1", a, b, 4)
+    event = next(stream)
+    stream.cancel()
+    assert (event.cursor, event.type) == (reply.event_cursor, "ledger.transfer")
+
+
+def test_concurrent_calls_share_commits(app, clients):
+    ids = [str(app.create_account(f"user-{i}").account_id) for i in range(16)]
+    for i in ids:
+        _fund(clients, i, 1000)
+    errors = []
+
+    def worker(n):
+        try:
+            for k in range(25):
+                _transfer(clients, f"w{n}-{k}", ids[n], ids[(n + 1) % 16], 1)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert [_available(app, i) for i in ids] == [1000] * 16  # each paid 25 and received 25
+
+
+def test_a_killed_writer_process_fails_open_calls_and_retries_apply_each_transfer_once(app, clients):
+    ids = [str(app.create_account(f"user-{i}").account_id) for i in range(8)]
+    for i in ids:
+        _fund(clients, i, 100_000)
+    first_child = app.writer.pid
+    outcomes: dict[str, str] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def worker(n):
+        k = 0
+        while not stop.is_set() or k < 20:
+            key = f"w{n}-{k}"
+            try:
+                _transfer(clients, key, ids[n], ids[(n + 1) % 8], 7)
+                result = "ok"
+            except grpc.RpcError as exc:
+                result = exc.code().name
+            with lock:
+                outcomes[key] = result
+            k += 1
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for th in threads:
+        th.start()
+    time.sleep(1.0)
+    os.kill(first_child, signal.SIGKILL)
+    time.sleep(0.5)
+    stop.set()
+    for th in threads:
+        th.join()
+
+    assert app.writer.pid != first_child, "no new writer process took over"
+    assert set(outcomes.values()) <= {"ok", "UNAVAILABLE"}, outcomes
+    unavailable = [k for k, v in outcomes.items() if v == "UNAVAILABLE"]
+    # The calls that were open when the child died were failed, not left hanging.
+    # A retry with the same key applies the transfer once, or replays it if
+    # the killed child had committed it.
+    for key in unavailable:
+        n = int(key[1:].split("-")[0])
+        _transfer(clients, key, ids[n], ids[(n + 1) % 8], 7)
+    for key in outcomes:  # every key now replays: nothing is applied twice
+        n = int(key[1:].split("-")[0])
+        _transfer(clients, key, ids[n], ids[(n + 1) % 8], 7)
+    per_account = {n: sum(1 for key in outcomes if key.startswith(f"w{n}-")) for n in range(8)}
+    for n, account in enumerate(ids):
+        paid, received = per_account[n], per_account[(n - 1) % 8]
+        assert _available(app, account) == 100_000 - 7 * paid + 7 * received, (n, paid, received, unavailable)
+
+
+def test_unknown_ledger_writer_is_a_config_error(db_url):
+    with pytest.raises(config_mod.ConfigError, match="ledger_writer"):
+        make_config(db_url, ledger_writer="fibre")
+
