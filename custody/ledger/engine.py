@@ -115,8 +115,9 @@ class _Group:
     # -- loading -------------------------------------------------------------
     def _execute(self, active: list[int]) -> None:
         commands = [self.commands[i] for i in active]
+        named = {i: _owners_named(self.commands[i]) for i in active}  # custody accounts behind the postings
         holds = self._load_holds(commands)
-        owners = self._load_owners(commands, holds)
+        owners = self._load_owners(commands, holds, named.values())
         # Holds that earlier commands of this group create under a caller-chosen
         # id: later commands may post to them, so their accounts are needed too.
         created = {h.hold_id: {"account_id": h.account_id, "asset": h.asset}
@@ -127,12 +128,12 @@ class _Group:
             keys.update(_account_keys(c, known_holds))
         # Never create ledger accounts for custody accounts that do not exist;
         # the commands naming them fail with NotFound below.
-        keys = {k for k in keys if owner_of(k[0]) is None or owner_of(k[0]) in owners}
+        keys = {k for k in keys if (owner := owner_of(k[0])) is None or owner in owners}
         staging = Staging(self._load_accounts(keys))
         writes = _Writes()
         for i in active:
             try:
-                self.results[i] = self._apply(self.commands[i], owners, holds, staging, writes)
+                self.results[i] = self._apply(self.commands[i], named[i], owners, holds, staging, writes)
             except CustodyError as exc:
                 staging.rollback()
                 writes.rollback()
@@ -140,12 +141,13 @@ class _Group:
         if writes.batches:
             self._write(writes, staging)
 
-    def _load_owners(self, commands: list[Command], holds: dict[str, dict]) -> dict[int, bool]:
+    def _load_owners(self, commands: list[Command], holds: dict[str, dict], named) -> dict[int, bool]:
         """custody account id -> frozen, for every account the commands name."""
         wanted = set()
         for c in commands:
             wanted.update(c.not_frozen, c.must_exist, (h.account_id for h in c.hold_creates))
-            wanted.update(_owners_named(c))
+        for owners in named:
+            wanted.update(owners)
         wanted.update(h["account_id"] for h in holds.values())
         if not wanted:
             return {}
@@ -199,7 +201,7 @@ class _Group:
         find()
 
     # -- applying one command -------------------------------------------------
-    def _apply(self, c: Command, owners, holds, staging: Staging, writes: "_Writes") -> BatchResult:
+    def _apply(self, c: Command, named: set[int], owners, holds, staging: Staging, writes: "_Writes") -> BatchResult:
         staging.begin()
         for account_id in (*c.not_frozen, *c.must_exist):
             if account_id not in owners:
@@ -207,7 +209,7 @@ class _Group:
         for account_id in c.not_frozen:
             if owners[account_id]:
                 raise FailedPrecondition(f"account {account_id} is frozen")
-        for owner in _owners_named(c):
+        for owner in named:
             if owner not in owners:
                 raise NotFound(f"account {owner} does not exist")
         postings = list(c.postings)

@@ -8,6 +8,7 @@ balance = credits - debits; assets (wallets) have balance = debits - credits.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import time
@@ -34,6 +35,7 @@ def wallet(chain: str, kind: str) -> str:
     return f"wallet:{chain}:{kind}"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # called for every code of every posting; parsing showed in profiles
 def owner_of(code: str) -> int | None:
     """The custody account id behind a user:<id>:... code, else None."""
     if code.startswith("user:"):
