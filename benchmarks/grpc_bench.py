@@ -155,11 +155,16 @@ def _percentile(sorted_values: list[float], p: float) -> float:
 
 
 def _cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live children (the server's ledger writer process)."""
     import psutil
 
     try:
-        times = psutil.Process(pid).cpu_times()
-        return times.user + times.system + times.children_user + times.children_system
+        process = psutil.Process(pid)
+        total = 0.0
+        for p in (process, *process.children(recursive=True)):
+            times = p.cpu_times()
+            total += times.user + times.system
+        return total
     except psutil.Error:
         return float("nan")
 
@@ -311,7 +316,7 @@ def grpc_transfer(sizes: Sizes) -> BenchResult:
             result.details.append(
                 f"- {kind}{label}: rounds {', '.join(rate(x) for x in s['rates'])} calls/s; p50 {s['p50']:.1f} ms, "
                 f"p99 {s['p99']:.1f} ms; errors {s['errors']}{' (first: ' + s['first_error'] + ')' if s['errors'] else ''}; "
-                f"server process CPU {100 * s['server_cpu']:.0f}% of one core, client process(es) "
+                f"server CPU (its process and ledger writer process) {100 * s['server_cpu']:.0f}% of one core, client process(es) "
                 f"{100 * s['client_cpu']:.0f}%; server CPU per call {s['server_cpu_per_call_ms']:.3f} ms")
         progress(f"grpc_transfer sqlite{label}: transfer {rate(tr['rate'])}/s (p50 {tr['p50']:.1f} ms, "
                  f"p99 {tr['p99']:.1f} ms), health {rate(hc['rate'])}/s (p50 {hc['p50']:.1f} ms, "

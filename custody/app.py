@@ -131,11 +131,17 @@ class Custody:
         return self.config.assets
 
     # -- ledger -------------------------------------------------------------
-    def submit_transfer(
+    def submit_transfer(self, *args, **kwargs) -> concurrent.futures.Future:
+        """Validates, then queues the transfer; the future gives its BatchResult."""
+        return self.writer.submit(self._transfer_command(*args, **kwargs))
+
+    async def transfer_async(self, *args, **kwargs) -> BatchResult:
+        return await self.writer.submit_async(self._transfer_command(*args, **kwargs))
+
+    def _transfer_command(
         self, client: str, idempotency_key: str, from_account_id: str, to_account_id: str,
         asset: str, amount: str, memo: str = "",
-    ) -> concurrent.futures.Future:
-        """Validates, then queues the transfer; the future gives its BatchResult."""
+    ) -> Command:
         key = parse_idempotency_key(idempotency_key)
         source = accounts.parse_account_id(from_account_id, "from_account_id")
         target = accounts.parse_account_id(to_account_id, "to_account_id")
@@ -145,7 +151,7 @@ class Custody:
         value = parse_amount(amount)
         if len(memo) > MAX_MEMO:
             raise InvalidArgument(f"memo is longer than {MAX_MEMO} characters")
-        command = Command(
+        return Command(
             kind="transfer",
             actor=client,
             postings=(Posting(asset, user_available(source), user_available(target), value),),
@@ -156,7 +162,6 @@ class Custody:
             not_frozen=(source,),
             must_exist=(target,),
         )
-        return self.writer.submit(command)
 
     def transfer(self, *args, **kwargs) -> BatchResult:
         return self.submit_transfer(*args, **kwargs).result()

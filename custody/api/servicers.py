@@ -37,10 +37,9 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
                       for b in balances])
 
     async def Transfer(self, request, context):
-        future = self.app.submit_transfer(
+        result = await self.app.transfer_async(
             current_client(), request.idempotency_key, request.from_account_id, request.to_account_id,
             request.asset, request.amount, request.memo)
-        result = await asyncio.wrap_future(future)
         return custody_pb2.TransferResponse(transfer_id=result.batch_id, event_cursor=result.event_cursor)
 
     async def ListAssets(self, request, context):

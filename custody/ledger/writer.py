@@ -22,6 +22,7 @@ committed result or applies the command once. A new child is started.
 """
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import itertools
 import logging
@@ -85,8 +86,28 @@ def last_cursor(results: list) -> int | None:
     return max(cursors) if cursors else None
 
 
-def _resolve(futures: list[concurrent.futures.Future], results: list) -> None:
+def _resolve(futures: list, results: list) -> None:
+    """Resolves each caller's future: a concurrent one here; asyncio ones on their
+    event loop, one wake-up per loop for the whole group rather than one per call."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
     for future, result in zip(futures, results):
+        if isinstance(future, asyncio.Future):
+            by_loop.setdefault(future.get_loop(), []).append((future, result))
+        elif isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+    for loop, pairs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve_on_loop, pairs)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+def _resolve_on_loop(pairs: list) -> None:
+    for future, result in pairs:
+        if future.done():  # the call was cancelled
+            continue
         if isinstance(result, BaseException):
             future.set_exception(result)
         else:
@@ -124,6 +145,12 @@ class _QueuedWriter:
 
     def submit(self, command: Command) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((command, future))
+        return future
+
+    def submit_async(self, command: Command) -> asyncio.Future:
+        """For callers on an event loop (the gRPC servicers): await the result."""
+        future = asyncio.get_running_loop().create_future()
         self._queue.put((command, future))
         return future
 
@@ -171,7 +198,7 @@ class ProcessLedgerWriter(_QueuedWriter):
         self.database_url = database_url
         self._context = multiprocessing.get_context("spawn")  # never fork a process that runs gRPC threads
         self._lock = threading.Lock()
-        self._pending: dict[int, list[concurrent.futures.Future]] = {}
+        self._pending: dict[int, list] = {}
         self._numbers = itertools.count(1)
         self._closing = False
         self._process, self._conn = self._start_child()
@@ -255,12 +282,11 @@ class ProcessLedgerWriter(_QueuedWriter):
             self._notify(everything)
 
 
-def _fail(futures: list[concurrent.futures.Future]) -> None:
+def _fail(futures: list) -> None:
     error = WriterUnavailable(
         "the ledger writer process exited before answering; the request may or may not have been applied: "
         "retry it with the same idempotency key")
-    for future in futures:
-        future.set_exception(error)
+    _resolve(futures, [error] * len(futures))
 
 
 def _picklable(result):
