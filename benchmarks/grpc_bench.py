@@ -249,7 +249,8 @@ def grpc_transfer(sizes: Sizes) -> BenchResult:
     result = BenchResult("grpc_transfer")
     result.details.append(
         f"`custody serve` runs as its own process (SQLite database, 127.0.0.1, insecure port, no TLS) so the client "
-        f"and server do not share a GIL. {sizes.clients} client process(es) keep {sizes.concurrency} calls in flight "
+        f"and server do not share a GIL; its ledger writer runs in a child process (the default "
+        f"`ledger_writer = \"process\"`). {sizes.clients} client process(es) keep {sizes.concurrency} calls in flight "
         f"with grpc.aio: one asyncio task per call slot, each issuing its next call as soon as the last returns. "
         f"Transfer calls carry the 'exchange' bearer token and a unique idempotency key; task i moves 1 unit between "
         f"its own two funded accounts, alternating direction. Baseline: grpc.health.v1.Health/Check (no auth) "
