@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 
 from custody import config as config_mod
+from custody import config_pins
 from chains import registry
 from chains.base import ChainError, ChainPlugin
 from custody.accounts import service as accounts
@@ -87,10 +88,15 @@ class Custody:
         if chain not in self._scanners:
             cfg = self.config.chain(chain)
             plugin = self.plugin(chain)
+            self.verify_config(chain)
             deposits.ensure_wallet_addresses(self.engine, plugin, chain, "hot", cfg.hot_xpub, cfg.wallet_addresses)
             deposits.ensure_wallet_addresses(self.engine, plugin, chain, "cold", cfg.cold_xpub, cfg.wallet_addresses)
             self._scanners[chain] = Scanner(self.engine, plugin, cfg, self.config.assets, notify=self.notifier.notify)
         return self._scanners[chain]
+
+    def verify_config(self, chain: str) -> None:
+        """Raises ConfigChanged if chain's or its assets' pinned config differs (custody/config_pins.py)."""
+        config_pins.verify(self.engine, self.config, chain)
 
     def withdrawal_sender(self):
         """The Bitcoin withdrawal job, or None when no signer or no bitcoin chain is configured."""
@@ -99,6 +105,7 @@ class Custody:
             return None
         from custody.withdrawals.sender import BitcoinSender
 
+        self.verify_config("bitcoin")
         if self._signer is None:
             self._signer = signer_client(rules)
         return BitcoinSender(self.config, self.engine, self.plugin("bitcoin"), self._signer, self.notifier.notify)
@@ -111,10 +118,12 @@ class Custody:
             return
         runner = JobRunner()
         for name in self.scanner_names(only):
-            runner.add_scanner(self.scanner(name), self.config.chain(name).poll_interval_s)
+            runner.add_scanner(self.scanner(name), self.config.chain(name).poll_interval_s,
+                               guard=lambda name=name: self.verify_config(name))
         sender = self.withdrawal_sender()
         if sender is not None and (not only or sender.chain in only):
-            runner.add_withdrawals(sender, self.config.withdrawals.poll_interval_s)
+            runner.add_withdrawals(sender, self.config.withdrawals.poll_interval_s,
+                                   guard=lambda: self.verify_config(sender.chain))
         runner.start()
         self._jobs = runner
 

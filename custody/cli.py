@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import secrets
 import sys
 
 from custody import config as config_mod
+from custody.errors import ConfigChanged
 from custody import logs
 
 
@@ -30,6 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     check = admin_sub.add_parser("check", help="verify the ledger invariants; exits 1 on a violation")
     check.add_argument("--config", required=True)
     check.set_defaults(run=_admin_check)
+    pins = admin_sub.add_parser("config", help="the pinned chain and asset config (FAILURE_MODES 34)")
+    pins_sub = pins.add_subparsers(dest="config_command", required=True)
+    show = pins_sub.add_parser("show", help="list each chain's pinned config and where the config file differs")
+    show.add_argument("--config", required=True)
+    show.set_defaults(run=_config_show)
+    accept = pins_sub.add_parser("accept", help="accept a changed chain/asset config: move its pins, record why")
+    accept.add_argument("--config", required=True)
+    accept.add_argument("--chain", required=True)
+    accept.add_argument("--staff", required=True, help="who accepts the change (recorded)")
+    accept.add_argument("--reason", required=True, help="why (recorded)")
+    accept.set_defaults(run=_config_accept)
 
     nodes = sub.add_parser("nodes", help="local regtest/dev chain nodes (bcoin, anvil) for development and tests")
     nodes_sub = nodes.add_subparsers(dest="nodes_command", required=True)
@@ -67,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         print(f"custody: configuration error: {exc}", file=sys.stderr)
         return 2
+    except ConfigChanged as exc:
+        print(f"custody: {exc}", file=sys.stderr)
+        return 2
 
 
 def _serve(args) -> int:
@@ -101,6 +117,47 @@ def _admin_check(args) -> int:
         engine.dispose()
     print(report.render())
     return 0 if report.ok else 1
+
+
+def _config_show(args) -> int:
+    from custody import config_pins
+    from custody.db.engine import make_engine
+
+    config = config_mod.load(args.config)
+    engine = make_engine(config.database_url)
+    try:
+        for chain in config.chains:
+            diffs = config_pins.differences(engine, config, chain.name)
+            for name, value in config_pins.pinned_fields(config, chain.name).items():
+                diff = next((d for d in diffs if d[0] == name), None)
+                state = "ok" if diff is None else ("not pinned yet" if diff[1] is None else "CHANGED")
+                print(f"{name:24} {state:15} {json.dumps(value if diff is None else diff[1], sort_keys=True)}")
+                if diff is not None and diff[1] is not None:
+                    print(f"{'':24} {'config file':15} {json.dumps(diff[2], sort_keys=True)}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _config_accept(args) -> int:
+    from custody import config_pins
+    from custody.db.engine import make_engine
+
+    config = config_mod.load(args.config)
+    engine = make_engine(config.database_url)
+    try:
+        changed = config_pins.accept(engine, config, args.chain, args.staff, args.reason)
+    except ValueError as exc:
+        print(f"custody: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    if not changed:
+        print(f"chain {args.chain}: the config already matches its pins; nothing changed")
+    for name, old, new in changed:
+        print(f"{name}: {json.dumps(old, sort_keys=True)} -> {json.dumps(new, sort_keys=True)} "
+              f"(accepted by {args.staff})")
+    return 0
 
 
 def _nodes(args) -> int:

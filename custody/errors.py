@@ -35,3 +35,7 @@ class LimitExceeded(CustodyError):
 
 class Unavailable(CustodyError):
     """A part the request needs is not answering; the request may be retried (with its idempotency key)."""
+
+
+class ConfigChanged(FailedPrecondition):
+    """A chain's or asset's config differs from what its data was read with (custody/config_pins.py)."""

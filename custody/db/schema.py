@@ -404,3 +404,27 @@ utxo_reservations = Table(
     PrimaryKeyConstraint("chain", "txid", "output_index", name="pk_utxo_reservations"),
     Index("ix_utxo_reservations_batch_id", "batch_id"),
 )
+
+# The config that decides how chain data is read (FAILURE_MODES 34): one row
+# per chain and per asset, pinned when first used. A job refuses to run while
+# the config differs from its pin; `custody admin config accept` moves the pin
+# and records the change in config_pin_changes (append-only).
+config_pins = Table(
+    "config_pins",
+    metadata,
+    Column("name", String(64), primary_key=True),  # "chain:bitcoin", "asset:BTC"
+    Column("value", Text, nullable=False),  # JSON of the pinned fields
+    Column("pinned_at", DateTime(timezone=True), nullable=False),
+)
+
+config_pin_changes = Table(
+    "config_pin_changes",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("old_value", Text, nullable=True),
+    Column("new_value", Text, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,106 @@
+"""Pins of the config that decides how chain data is read (FAILURE_MODES 34).
+
+A chain's network, plugin and extended public keys, and an asset's chain,
+decimals and contract, change what a block means: which addresses are ours,
+what a token transfer is worth. If they changed between restarts (or another
+instance runs with other values), old and new data would be read by
+different rules. So the first use of a chain pins these fields in the
+database; the chain's jobs (scanner, withdrawal sender) refuse to start, and
+stop at their next run, while the config differs from the pin. An operator
+accepts a change explicitly (`custody admin config accept`), which moves the
+pin and records who, when, why and what changed; data already scanned under
+the old rules is re-read only by an explicit rescan.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from custody.config import Config
+from custody.db import schema as t
+from custody.db.engine import write_transaction
+from custody.errors import ConfigChanged
+
+__all__ = ["ConfigChanged", "accept", "differences", "pinned_fields", "verify"]
+
+
+def pinned_fields(config: Config, chain: str) -> dict[str, dict]:
+    """name -> the fields that decide how this chain's data is read, as the config gives them."""
+    c = config.chain(chain)
+    fields = {f"chain:{chain}": {
+        "plugin": c.settings.get("plugin", chain), "network": c.network,
+        "deposit_xpub": c.deposit_xpub, "hot_xpub": c.hot_xpub, "cold_xpub": c.cold_xpub,
+    }}
+    for a in config.assets:
+        if a.chain == chain:
+            fields[f"asset:{a.asset}"] = {"chain": a.chain, "decimals": a.decimals, "contract": a.contract}
+    return fields
+
+
+def _encode(value: dict) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def differences(engine: Engine, config: Config, chain: str) -> list[tuple[str, dict | None, dict]]:
+    """(name, pinned value or None if never pinned, configured value) for each pin that differs."""
+    wanted = pinned_fields(config, chain)
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.config_pins.c.name, t.config_pins.c.value)
+                            .where(t.config_pins.c.name.in_(list(wanted)))).all()
+    stored = {name: json.loads(value) for name, value in rows}
+    return [(name, stored.get(name), value) for name, value in wanted.items() if stored.get(name) != value]
+
+
+def verify(engine: Engine, config: Config, chain: str) -> None:
+    """Pins what was never pinned; raises ConfigChanged if a pinned field differs."""
+    diffs = differences(engine, config, chain)
+    changed = [d for d in diffs if d[1] is not None]
+    if changed:
+        raise ConfigChanged(describe(chain, changed))
+    fresh = [d for d in diffs if d[1] is None]
+    if fresh:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        try:
+            with write_transaction(engine) as conn:
+                conn.execute(insert(t.config_pins), [
+                    {"name": n, "value": _encode(v), "pinned_at": now} for n, _, v in fresh])
+                conn.execute(insert(t.config_pin_changes), [
+                    {"name": n, "old_value": None, "new_value": _encode(v), "actor": "first use",
+                     "reason": "pinned on first use", "changed_at": now} for n, _, v in fresh])
+        except IntegrityError:
+            pass  # another instance pinned first: compare with what it pinned
+        verify(engine, config, chain)
+
+
+def describe(chain: str, changed: list[tuple[str, dict | None, dict]]) -> str:
+    parts = []
+    for name, old, new in changed:
+        fields = sorted(k for k in new if (old or {}).get(k) != new[k])
+        parts.append(f"{name}: " + ", ".join(f"{k} {(old or {}).get(k)!r} -> {new[k]!r}" for k in fields))
+    return (f"the config of chain {chain} changed since its data was read: {'; '.join(parts)}. Its jobs stay "
+            f"stopped until the change is accepted: custody admin config accept --chain {chain} "
+            f"--staff NAME --reason TEXT (then rescan what must be re-read under the new config)")
+
+
+def accept(engine: Engine, config: Config, chain: str, staff: str, reason: str) -> list[tuple[str, dict | None, dict]]:
+    """Moves the pins of chain to the configured values; returns what changed."""
+    if not staff.strip():
+        raise ValueError("staff is required")
+    if len(reason.strip()) < 3:
+        raise ValueError("a reason is required")
+    diffs = differences(engine, config, chain)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    with write_transaction(engine) as conn:
+        for name, old, new in diffs:
+            if old is None:
+                conn.execute(insert(t.config_pins).values(name=name, value=_encode(new), pinned_at=now))
+            else:
+                conn.execute(update(t.config_pins).where(t.config_pins.c.name == name)
+                             .values(value=_encode(new), pinned_at=now))
+            conn.execute(insert(t.config_pin_changes).values(
+                name=name, old_value=None if old is None else _encode(old), new_value=_encode(new),
+                actor=staff.strip(), reason=reason.strip(), changed_at=now))
+    return diffs
