@@ -256,7 +256,9 @@ class ProcessLedgerWriter(_QueuedWriter):
                 answers = conn.recv()
             except (OSError, EOFError):
                 with self._lock:
-                    closing = self._closing
+                    # At interpreter exit multiprocessing terminates daemon
+                    # children itself: no new writer then.
+                    closing = self._closing or not threading.main_thread().is_alive()
                     lost = list(self._pending.values())
                     self._pending.clear()
                     if not closing:
