@@ -93,9 +93,15 @@ def new_sqlite_database(folder: pathlib.Path) -> str:
         template.unlink(missing_ok=True)
         upgrade(f"sqlite:///{template}")
         _sqlite_template = template
+        atexit.register(_remove_sqlite_template, template)
     target = folder / "custody.db"
     shutil.copyfile(_sqlite_template, target)
     return f"sqlite:///{target}"
+
+
+def _remove_sqlite_template(template: pathlib.Path) -> None:
+    for path in (template, template.with_name(template.name + "-wal"), template.with_name(template.name + "-shm")):
+        path.unlink(missing_ok=True)
 
 
 def new_database(kind: str, folder: pathlib.Path) -> str:
