@@ -65,7 +65,7 @@ def update_account_totals(conn: Connection, rows: list[tuple[int, int, int]]) ->
             "UPDATE ledger_accounts AS a SET debits = v.debits, credits = v.credits "
             "FROM unnest(%(ids)s::bigint[], %(debits)s::numeric[], %(credits)s::numeric[]) AS v(id, debits, credits) "
             "WHERE a.id = v.id",
-            {"ids": list(ids), "debits": list(debits), "credits": list(credits)},
+            {"ids": int_array(ids), "debits": int_array(debits), "credits": int_array(credits)},
         )
         return
     conn.exec_driver_sql(
@@ -121,10 +121,20 @@ def select_by_ids(conn: Connection, table: Table, columns: Sequence[str], ids, *
         return []
     names = ", ".join(columns)
     if conn.dialect.name == "postgresql":
-        sql = f"SELECT {names} FROM {table.name} WHERE id = ANY(%s) ORDER BY id" + (" FOR UPDATE" if lock else "")
-        return conn.exec_driver_sql(sql, (ids,)).all()
+        sql = (f"SELECT {names} FROM {table.name} WHERE id = ANY(%s::bigint[]) ORDER BY id"
+               + (" FOR UPDATE" if lock else ""))
+        return conn.exec_driver_sql(sql, (int_array(ids),)).all()
     sql = f"SELECT {names} FROM {table.name} WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
     return conn.exec_driver_sql(sql, (json.dumps(ids),)).all()
+
+
+def int_array(values) -> str:
+    """A PostgreSQL array literal of ints, e.g. '{1,2,3}', for a ::bigint[] or ::numeric[] parameter.
+
+    psycopg dumps a list parameter element by element in Python (a regex per
+    element to decide on quoting): 11 per transfer on the ledger's hot path.
+    Decimal digits need no quoting, and the server parses the literal exactly."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def to_int(value) -> int:
