@@ -62,9 +62,14 @@ class Server:
     async def start(self) -> None:
         asyncio.get_running_loop().set_default_executor(
             concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="custody-io"))
+        if self.start_jobs:  # first: a refused job (e.g. a changed chain config) means no server at all
+            try:
+                self.app.start_jobs()
+            except Exception:
+                if self._owns_app:
+                    self.app.close()
+                raise
         await self.server.start()
-        if self.start_jobs:
-            self.app.start_jobs()
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening", address=self.config.server.listen, port=self.port,
