@@ -137,6 +137,26 @@ def int_array(values) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+def select_by_pairs(conn: Connection, table: Table, columns: Sequence[str], first: str, second: str,
+                    pairs) -> list[tuple]:
+    """SELECT columns FROM table WHERE (first, second) IN pairs, one driver-level
+    statement per distinct first value (a client scope, an asset: few per group),
+    each an index search on (first, second); see in_pairs for why not a row-value IN."""
+    grouped: dict = {}
+    for a, b in pairs:
+        grouped.setdefault(a, []).append(b)
+    names = ", ".join(columns)
+    rows: list[tuple] = []
+    for a, bs in grouped.items():
+        if conn.dialect.name == "postgresql":
+            sql = f"SELECT {names} FROM {table.name} WHERE {first} = %s AND {second} = ANY(%s)"
+            rows += conn.exec_driver_sql(sql, (a, bs)).all()
+        else:
+            sql = f"SELECT {names} FROM {table.name} WHERE {first} = ? AND {second} IN (SELECT value FROM json_each(?))"
+            rows += conn.exec_driver_sql(sql, (a, json.dumps(bs))).all()
+    return rows
+
+
 def to_int(value) -> int:
     """An amount as the driver returns it (Decimal from NUMERIC, text from SQLite) as an int."""
     if type(value) is Decimal:

@@ -15,7 +15,9 @@ from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from custody.db import schema as t
-from custody.db.bulk import in_pairs, in_values, insert_rows, select_by_ids, to_int, update_account_totals
+from custody.db.bulk import (
+    in_pairs, in_values, insert_rows, select_by_ids, select_by_pairs, to_int, update_account_totals,
+)
 from custody.db.engine import is_postgres, write_transaction
 from custody.errors import CustodyError, FailedPrecondition, IdempotencyConflict, InvalidArgument, NotFound
 from custody.ledger.commands import BatchResult, Command
@@ -89,13 +91,9 @@ class _Group:
         keyed = [(i, c.idempotency) for i, c in enumerate(self.commands) if c.idempotency]
         if not keyed:
             return {}
-        rows = self.conn.execute(
-            select(t.idempotency_keys.c.scope, t.idempotency_keys.c.key,
-                   t.idempotency_keys.c.request_hash, t.idempotency_keys.c.result)
-            .where(in_pairs(self.conn, t.idempotency_keys.c.scope, t.idempotency_keys.c.key,
-                            {(k.scope, k.key) for _, k in keyed}))
-        ).all()
-        stored = {(r.scope, r.key): (r.request_hash, r.result) for r in rows}
+        rows = select_by_pairs(self.conn, t.idempotency_keys, ("scope", "key", "request_hash", "result"),
+                               "scope", "key", {(k.scope, k.key) for _, k in keyed})
+        stored = {(scope, key): (request_hash, result) for scope, key, request_hash, result in rows}
         seen: dict[tuple[str, str], int] = {}
         later: dict[int, int] = {}
         for i, k in keyed:
