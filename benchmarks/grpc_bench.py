@@ -154,14 +154,14 @@ def _percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p))]
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU time of a process and its live children (the server's ledger writer process)."""
+def _cpu_seconds(pid: int, children: bool = True) -> float:
+    """CPU time of a process and (children=True) its live children (the server's ledger writer process)."""
     import psutil
 
     try:
         process = psutil.Process(pid)
         total = 0.0
-        for p in (process, *process.children(recursive=True)):
+        for p in (process, *(process.children(recursive=True) if children else ())):
             times = p.cpu_times()
             total += times.user + times.system
         return total
@@ -186,10 +186,12 @@ def _run_clients(address: str, plan: list, slots: list, sizes: Sizes, server_pid
     cpu = []
     for kind, phase_start, seconds, recorded in plan:
         time.sleep(max(0.0, phase_start - time.time()))
-        before = (_cpu_seconds(server_pid), sum(_cpu_seconds(p.pid) for p in procs))
+        before = (_cpu_seconds(server_pid), sum(_cpu_seconds(p.pid) for p in procs),
+                  _cpu_seconds(server_pid, children=False))
         time.sleep(max(0.0, phase_start + seconds - time.time()))
-        after = (_cpu_seconds(server_pid), sum(_cpu_seconds(p.pid) for p in procs))
-        cpu.append((after[0] - before[0], after[1] - before[1]))
+        after = (_cpu_seconds(server_pid), sum(_cpu_seconds(p.pid) for p in procs),
+                 _cpu_seconds(server_pid, children=False))
+        cpu.append((after[0] - before[0], after[1] - before[1], after[2] - before[2]))
         if recorded:
             progress(f"grpc_transfer sqlite{label}: {kind} phase done (server process cpu "
                      f"{100 * cpu[-1][0] / seconds:.0f}%, client cpu {100 * cpu[-1][1] / seconds:.0f}%)")
@@ -202,7 +204,8 @@ def _run_clients(address: str, plan: list, slots: list, sizes: Sizes, server_pid
             continue
         merged = {"kind": kind, "count": 0, "errors": 0, "first_error": "", "latencies": [],
                   "elapsed": max(o[idx]["elapsed"] for o in outputs),
-                  "server_cpu": cpu[idx][0] / seconds, "client_cpu": cpu[idx][1] / seconds}
+                  "server_cpu": cpu[idx][0] / seconds, "client_cpu": cpu[idx][1] / seconds,
+                  "server_main_cpu": cpu[idx][2] / seconds}
         for o in outputs:
             merged["count"] += len(o[idx]["latencies"])
             merged["errors"] += o[idx]["errors"]
@@ -235,6 +238,7 @@ def _summary(phases: list[dict], kind: str) -> dict:
         "errors": sum(r["errors"] for r in runs),
         "first_error": next((r["first_error"] for r in runs if r["first_error"]), ""),
         "server_cpu": max(r["server_cpu"] for r in runs), "client_cpu": max(r["client_cpu"] for r in runs),
+        "server_main_cpu": max(r["server_main_cpu"] for r in runs),
         "server_cpu_per_call_ms": min(r["server_cpu"] * 1000 / r["rate"] for r in runs if r["rate"]),
     }
 
@@ -317,7 +321,8 @@ def grpc_transfer(sizes: Sizes) -> BenchResult:
             result.details.append(
                 f"- {kind}{label}: rounds {', '.join(rate(x) for x in s['rates'])} calls/s; p50 {s['p50']:.1f} ms, "
                 f"p99 {s['p99']:.1f} ms; errors {s['errors']}{' (first: ' + s['first_error'] + ')' if s['errors'] else ''}; "
-                f"server CPU (its process and ledger writer process) {100 * s['server_cpu']:.0f}% of one core, client process(es) "
+                f"server CPU {100 * s['server_cpu']:.0f}% of one core (server process {100 * s['server_main_cpu']:.0f}%, "
+                f"the rest its ledger writer process), client process(es) "
                 f"{100 * s['client_cpu']:.0f}%; server CPU per call {s['server_cpu_per_call_ms']:.3f} ms")
         progress(f"grpc_transfer sqlite{label}: transfer {rate(tr['rate'])}/s (p50 {tr['p50']:.1f} ms, "
                  f"p99 {tr['p99']:.1f} ms), health {rate(hc['rate'])}/s (p50 {hc['p50']:.1f} ms, "
