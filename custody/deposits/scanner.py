@@ -38,8 +38,10 @@ from custody.deposits.model import (
     ORPHANED,
     PENDING,
     REVERSED,
+    ON_CHAIN,
     confirmations,
     credit_due,
+    policy_status,
     required_confirmations,
 )
 from custody.deposits.store import Cursor
@@ -257,7 +259,12 @@ class Scanner:
 
     def _record_deposit(self, conn, block: Block, receipt, owner: dict, existing: dict | None,
                         view: int) -> tuple[str, dict]:
-        where = {"status": PENDING, "block_height": block.height, "block_hash": block.hash}
+        """PENDING, or BELOW_MINIMUM / ASSET_DISABLED with the reason (never credited).
+        The asset's policy is applied each time the transaction enters the chain:
+        when first seen, and when mined again after a reorg."""
+        status, reason = policy_status(receipt.amount, self.asset.asset, self.asset.min_deposit,
+                                       self.asset.deposits_enabled)
+        where = {"status": status, "reason": reason, "block_height": block.height, "block_hash": block.hash}
         if existing is None:
             deposit_id = store.insert_deposit(
                 conn, chain=self.chain, txid=receipt.txid, output_index=receipt.index, address_id=owner["id"],
@@ -270,8 +277,13 @@ class Scanner:
         else:
             raise ScannerHalted(f"{self.chain}: deposit {receipt.txid}:{receipt.index} is {existing['status']} "
                                 f"in block {existing['block_hash']} yet appears again in {block.hash}")
-        return "deposit.pending", self._payload(row["id"], row["account_id"], receipt.txid, receipt.index,
-                                                row["amount"], PENDING, block.height, block.hash, view)
+        if reason:
+            log.warning("deposit outside policy: recorded, not credited", chain=self.chain, deposit_id=row["id"],
+                        account_id=row["account_id"], amount=str(receipt.amount), txid=receipt.txid,
+                        index=receipt.index, status=status, reason=reason)
+        return f"deposit.{status.lower()}", self._payload(
+            row["id"], row["account_id"], receipt.txid, receipt.index, row["amount"], status, block.height,
+            block.hash, view, **({"reason": reason} if reason else {}))
 
     def _credit_due(self, conn, view: int) -> list[tuple[str, dict]]:
         due = [d for d in store.pending_deposits(conn, self.chain)
@@ -317,13 +329,13 @@ class Scanner:
             dropped = store.deposits_above(conn, self.chain, fork.height)
             reversals = []
             for d in dropped:
-                if d["status"] == PENDING:
+                if d["status"] == CREDITED:
+                    reversals.append(d)
+                else:  # PENDING, or outside policy: nothing was credited, nothing to take back
                     store.set_deposit(conn, d["id"], status=ORPHANED)
                     events.append(("deposit.orphaned", self._payload(
                         d["id"], d["account_id"], d["txid"], d["output_index"], d["amount"], ORPHANED,
                         d["block_height"], d["block_hash"], fork.height)))
-                else:
-                    reversals.append(d)
             events += self._reverse(conn, reversals, cursor, fork)
             store.unwind_utxos(conn, self.chain, fork.height)
             store.move_cursor(conn, self.chain, cursor, fork)
@@ -372,7 +384,7 @@ class Scanner:
         return {"deposit_id": str(deposit_id), "account_id": str(account_id), "chain": self.chain,
                 "asset": self.asset.asset, "txid": txid, "index": index, "amount": str(amount), "status": status,
                 "block_height": block_height, "block_hash": block_hash,
-                "confirmations": confirmations(view, block_height) if status in (PENDING, CREDITED) else 0,
+                "confirmations": confirmations(view, block_height) if status in ON_CHAIN else 0,
                 **extra}
 
     def _notify(self, last_event: int | None) -> None:

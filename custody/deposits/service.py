@@ -8,7 +8,7 @@ from chains.base import ChainPlugin
 from custody.db import schema as t
 from custody.db.engine import read_transaction, write_transaction
 from custody.deposits import store
-from custody.deposits.model import DEPOSIT_WALLET, Deposit, confirmations
+from custody.deposits.model import DEPOSIT_WALLET, ON_CHAIN, Deposit, confirmations
 from custody.errors import NotFound
 
 # Two instances issuing addresses at once may pick the same index; the loser retries.
@@ -78,7 +78,7 @@ def list_deposits(engine: Engine, account_id: int) -> list[Deposit]:
     return [Deposit(
         deposit_id=r.id, account_id=r.account_id, chain=r.chain, asset=r.asset, txid=r.txid, index=r.output_index,
         address=r.address, amount=r.amount,
-        confirmations=confirmations(views.get(r.chain, 0), r.block_height) if r.status in ("PENDING", "CREDITED")
-        else 0,
-        status=r.status, block_height=r.block_height, block_hash=r.block_hash, coinbase=bool(r.coinbase))
+        confirmations=confirmations(views.get(r.chain, 0), r.block_height) if r.status in ON_CHAIN else 0,
+        status=r.status, block_height=r.block_height, block_hash=r.block_hash, coinbase=bool(r.coinbase),
+        reason=r.reason)
         for r in rows]

@@ -12,7 +12,7 @@ import json
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from custody.db import schema as t
-from custody.deposits.model import CREDITED, PENDING
+from custody.deposits.model import ON_CHAIN, PENDING
 
 
 class CursorMoved(Exception):
@@ -110,10 +110,11 @@ def pending_deposits(conn: Connection, chain: str) -> list[dict]:
 
 
 def deposits_above(conn: Connection, chain: str, height: int) -> list[dict]:
-    """PENDING and CREDITED deposits in blocks above height (a reorg drops them)."""
+    """Deposits in blocks above height that are on the chain (a reorg drops them):
+    PENDING, CREDITED, and those outside policy."""
     rows = conn.execute(select(t.deposits).where(
         t.deposits.c.chain == chain, t.deposits.c.block_height > height,
-        t.deposits.c.status.in_((PENDING, CREDITED))).order_by(t.deposits.c.id))
+        t.deposits.c.status.in_(ON_CHAIN)).order_by(t.deposits.c.id))
     return [dict(r._mapping) for r in rows]
 
 
