@@ -31,25 +31,33 @@ def block_hash(header: bytes) -> str:
 
 
 def parse_block(raw: bytes, height: int, keys: Container[bytes],
-                outpoints: Container[tuple[str, int]] = frozenset()) -> Block:
+                outpoints: Container[tuple[str, int]] = frozenset(),
+                created: set[tuple[str, int]] | None = None) -> Block:
     """Receipts to scripts in keys and spends of outpoints, in block order.
 
     raw: the block's serialization (getblock verbosity 0, hex-decoded).
+    created: if given, the outpoint of every receipt is added to it, and a
+    spend of anything in it is reported too: an output paid to us and spent
+    later in the same block (or, with one set for several blocks, in a later
+    block of the same batch) is seen spent although the caller didn't own it yet.
     Raises MalformedBlock if the bytes do not parse to the end exactly."""
     try:
-        return _parse(raw, height, keys, outpoints)
+        return _parse(raw, height, keys, outpoints, created)
     except (IndexError, ValueError) as exc:
         if isinstance(exc, MalformedBlock):
             raise
         raise MalformedBlock(f"block at height {height} does not parse: {exc}") from None
 
 
-def _parse(data: bytes, height: int, keys, outpoints) -> Block:
+def _parse(data: bytes, height: int, keys, outpoints, created) -> Block:
     if len(data) < 81:
         raise MalformedBlock(f"block at height {height} is {len(data)} bytes, shorter than a header")
     header_hash = block_hash(data)
     parent = data[4:36][::-1].hex()
-    check_spends = bool(outpoints)
+    track = created is not None
+    check_spends = bool(outpoints) or track
+    if not track:
+        created = ()
     receipts: list[Receipt] = []
     spends: list[Spend] = []
     pos = 80
@@ -68,7 +76,7 @@ def _parse(data: bytes, height: int, keys, outpoints) -> Block:
             if check_spends and tx_index:
                 prev = data[pos:pos + 36]
                 outpoint = (prev[31::-1].hex(), _from_le(prev[32:36], "little"))
-                if outpoint in outpoints:
+                if outpoint in outpoints or outpoint in created:
                     spent_here = spent_here or []
                     spent_here.append(outpoint)
             pos += 36
@@ -125,6 +133,8 @@ def _parse(data: bytes, height: int, keys, outpoints) -> Block:
             coinbase = tx_index == 0
             for vout, script, value in matched or ():
                 receipts.append(Receipt(txid, vout, script, value, "", coinbase))
+                if track:
+                    created.add((txid, vout))
             for spent_txid, spent_index in spent_here or ():
                 spends.append(Spend(txid, spent_txid, spent_index))
     if pos != len(data):

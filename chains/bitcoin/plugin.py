@@ -145,12 +145,13 @@ class BitcoinChain(ChainPlugin):
         chunks = [hashes[i:i + PIPELINE_CHUNK] for i in range(0, len(hashes), PIPELINE_CHUNK)]
         pending = self._prefetch.submit(self._raw_blocks, chunks[0], self._prefetch_rpc)
         blocks = []
+        created: set[tuple[str, int]] = set()  # paid to us in this batch: their spends count too
         for n, chunk in enumerate(chunks):
             raws = pending.result()
             if n + 1 < len(chunks):
                 pending = self._prefetch.submit(self._raw_blocks, chunks[n + 1], self._prefetch_rpc)
             for expected, raw_hex in zip(chunk, raws):
-                block = parse_block(bytes.fromhex(raw_hex), start + len(blocks), watch.keys, watch.outpoints)
+                block = parse_block(bytes.fromhex(raw_hex), start + len(blocks), watch.keys, watch.outpoints, created)
                 if block.hash != expected:
                     raise NodeError(f"getblock {expected} returned a block whose hash is {block.hash}")
                 blocks.append(block)

@@ -258,3 +258,20 @@ def test_deposit_addresses_are_stable_never_shared_and_new_on_request(btc_app):
     owners = {r["address"]: r["account_id"] for r in rows(btc_app, t.chain_addresses, wallet="deposit")}
     assert owners == {first: a, second: a, bens: b}
 
+
+
+def test_an_output_paid_and_spent_within_one_scanned_batch_is_recorded_spent(btc_app, chain):
+    """A deposit and its sweep in the same block, and another pair in consecutive blocks applied in
+    one batch: the UTXO set must not keep spent outputs (they would be picked for withdrawals)."""
+    account, address = account_with_address(btc_app, "ann")
+    same_txid, _ = chain.pay((script_of(btc_app, address), 50_000))
+    same_sweep = chain.miner.send(spend((same_txid, 0), 50_000, deposit_key(0), random_script()))
+    chain.mine(1)
+    next_txid, _ = chain.pay((script_of(btc_app, address), 60_000))
+    chain.mine(1)
+    next_sweep = chain.miner.send(spend((next_txid, 0), 60_000, deposit_key(0), random_script()))
+    chain.mine(CONFIRMATIONS)
+    scan(btc_app)  # every block above in one fetch batch
+    spent = {(u["txid"], u["spent_txid"]) for u in rows(btc_app, t.utxos)}
+    assert spent == {(same_txid, same_sweep), (next_txid, next_sweep)}
+    assert balance(btc_app, account).available == 110_000
