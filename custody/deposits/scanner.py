@@ -107,6 +107,7 @@ class Scanner:
         self.ids = AccountIds()
         self.keys: dict[bytes, int] = {}  # watch key -> chain_addresses.id
         self._last_address_id = 0
+        self._halt_alerted: tuple[int, str] | None = None
         self._gaps: dict[int, float] = {}  # address ids skipped by a refresh -> when first missed
         self.outpoints: set[tuple[str, int]] | None = None  # unspent outputs we own
         self._mutex = threading.Lock()
@@ -440,6 +441,7 @@ class Scanner:
         if fork is None:
             log.error("ALERT reorg deeper than the scanner can unwind", chain=self.chain, cursor=cursor.height,
                       max_reorg_depth=self.config.max_reorg_depth)
+            self._alert_halted(cursor, tip)
             raise ScannerHalted(f"{self.chain}: no block remembered below height {cursor.height} is on the best "
                                 f"chain any more (reorg deeper than {self.config.max_reorg_depth}); halting")
         events: list[tuple[str, dict]] = []
@@ -466,6 +468,19 @@ class Scanner:
                     reversed=sum(1 for e in events if e[0] == "deposit.reversed"))
         self._notify(last_event)
         return fork
+
+    def _alert_halted(self, cursor: Cursor, tip) -> None:
+        """One alert event per halt (the scheduler retries; staff need one page, not one a minute)."""
+        if self._halt_alerted == (cursor.height, cursor.hash):
+            return
+        with write_transaction(self.engine) as conn:
+            last_event = store.emit_events(conn, [("alert.reorg_too_deep", {
+                "chain": self.chain, "cursor_height": cursor.height, "cursor_hash": cursor.hash,
+                "node_tip_height": tip.height, "node_tip_hash": tip.hash,
+                "max_reorg_depth": self.config.max_reorg_depth,
+                "action": "scanner halted; nothing was unwound or credited (docs/deposits.md, deep reorgs)"})])
+        self._halt_alerted = (cursor.height, cursor.hash)
+        self._notify(last_event)
 
     def _reverse(self, conn, credited: list[dict], cursor: Cursor, fork: Cursor) -> list[tuple[str, dict]]:
         """Credited deposits whose block is gone: a flagged compensating transfer,
