@@ -129,21 +129,19 @@ class BitcoinChain(ChainPlugin):
         """Blocks start..start+count-1 (fewer at the tip), parsed with `watch`.
 
         Parsing is CPU work in this process; fetching is mostly the node's
-        work. So raw blocks are fetched on a second connection by a prefetch
-        thread, PIPELINE_CHUNK blocks per request, while this thread parses
-        the ones already here; and after a full batch the next batch's raw
-        blocks are fetched ahead, since a scanner catching up asks for them
-        next. Only raw bytes are fetched ahead, never parsed ahead: the watched
-        set is the caller's at the time of the call. Blocks fetched ahead may
-        be a moment old; like any fetched block they may straddle a reorg,
-        which the caller sees in the parent hashes."""
+        work. So a prefetch thread on a second connection fetches the hashes
+        (one batched request), then the raw blocks, PIPELINE_CHUNK per batched
+        request, while this thread parses the ones already here; and after a
+        full batch it fetches the next batch ahead, since a scanner catching up
+        asks for it next. Only raw bytes are fetched ahead, never parsed ahead:
+        the watched set is the caller's at the time of the call. Blocks fetched
+        ahead may be a moment old; like any fetched block they may straddle a
+        reorg, which the caller sees in the parent hashes."""
         chunks = self._take_ahead(start, count) or self._schedule(start, count)
-        self._ahead = None
         blocks: list[Block] = []
         created: dict[str, list] = {}  # paid to us in this batch: their spends count too
         for n, future in enumerate(chunks):
-            raws = future.result()
-            for expected, raw_hex in raws:
+            for expected, raw_hex in future.result()[:count - len(blocks)]:
                 block = parse_block(bytes.fromhex(raw_hex), start + len(blocks), watch.keys, watch.outpoints,
                                     created)
                 if block.hash != expected:
@@ -158,41 +156,56 @@ class BitcoinChain(ChainPlugin):
         return blocks
 
     def _schedule(self, start: int, count: int) -> list[concurrent.futures.Future]:
-        return [self._prefetch.submit(self._raw_range, h, min(PIPELINE_CHUNK, start + count - h), self._prefetch_rpc)
-                for h in range(start, start + count, PIPELINE_CHUNK)]
+        """Futures of (hash, raw hex) lists, one per chunk of PIPELINE_CHUNK heights."""
+        rpc = self._prefetch_rpc
+        hashes = self._prefetch.submit(self._hashes, start, count, rpc)
+        # One worker thread runs the jobs in order: `hashes` is done when a chunk job starts.
+        return [self._prefetch.submit(self._raw_chunk, hashes, offset, rpc)
+                for offset in range(0, count, PIPELINE_CHUNK)]
 
     def _take_ahead(self, start: int, count: int) -> list[concurrent.futures.Future] | None:
-        if self._ahead is None:
+        """The chunks fetched ahead if they begin at start and cover count blocks."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
             return None
-        ahead_start, ahead_count, futures = self._ahead
-        if (ahead_start, ahead_count) == (start, count):
-            return futures
+        ahead_start, ahead_count, futures = ahead
+        needed = -(-count // PIPELINE_CHUNK)
+        if ahead_start == start and count <= ahead_count:
+            for f in futures[needed:]:
+                f.cancel()
+            return futures[:needed]
         for f in futures:
             f.cancel()
         return None
 
-    def _raw_range(self, start: int, count: int, rpc: BitcoinRPC) -> list[tuple[str, str]]:
-        """(hash, raw hex) of blocks start..start+count-1, stopping at the tip."""
-        hashes = []
+    @staticmethod
+    def _hashes(start: int, count: int, rpc: BitcoinRPC) -> list[str]:
+        """Hashes of blocks start..start+count-1 on the best chain, stopping at the tip."""
         try:
-            hashes = rpc.batch([("getblockhash", h) for h in range(start, start + count)])
+            return rpc.batch([("getblockhash", h) for h in range(start, start + count)])
         except RpcError as exc:
             if exc.code not in _NOT_FOUND_CODES:
                 raise
-            for h in range(start, start + count):  # some heights are above the tip: up to it, one by one
-                try:
-                    hashes.append(rpc.call("getblockhash", h))
-                except RpcError as exc2:
-                    if exc2.code in _NOT_FOUND_CODES:
-                        break
-                    raise
-        if not hashes:
+        hashes = []
+        for h in range(start, start + count):  # some heights are above the tip: up to it, one by one
+            try:
+                hashes.append(rpc.call("getblockhash", h))
+            except RpcError as exc:
+                if exc.code in _NOT_FOUND_CODES:
+                    break
+                raise
+        return hashes
+
+    @staticmethod
+    def _raw_chunk(hashes: concurrent.futures.Future, offset: int, rpc: BitcoinRPC) -> list[tuple[str, str]]:
+        chunk = hashes.result()[offset:offset + PIPELINE_CHUNK]
+        if not chunk:
             return []
         try:
-            return list(zip(hashes, rpc.batch([("getblock", h, False) for h in hashes])))
+            return list(zip(chunk, rpc.batch([("getblock", h, False) for h in chunk])))
         except RpcError as exc:
             if exc.code in _NOT_FOUND_CODES:  # reorged away between the two calls
-                raise BlockNotFound(f"block {hashes[0]} or one after it left the best chain while fetching") from None
+                raise BlockNotFound(f"block {chunk[0]} or one after it left the best chain while fetching") from None
             raise
 
     # -- reconciliation ----------------------------------------------------------------------
