@@ -217,9 +217,9 @@ scan_cursors = Table(
 )
 
 # Rescans of past blocks (FAILURE_MODES 23): an address registered late or a
-# restore. Blocks from_height..to_height are scanned again with the current
-# watched set; to_height is the cursor when the scanner takes the request up
-# (NULL before), next_height moves with each committed chunk.
+# restore. Blocks from from_height up to the scan cursor are scanned again with
+# the current watched set; next_height moves with each committed chunk,
+# to_height is the cursor the backfill has run up to (NULL before it starts).
 scan_backfills = Table(
     "scan_backfills",
     metadata,

@@ -239,8 +239,9 @@ class Scanner:
             self.keys[key] = address_id
             del self._gaps[address_id]
             self._backfill_late_address(address_id, created_height)
+        oldest = self._last_address_id - MAX_GAP  # ids in flight are among the newest (and other chains' ids too)
         for address_id, since in list(self._gaps.items()):
-            if now - since > GAP_WAIT_S:
+            if now - since > GAP_WAIT_S or address_id <= oldest:
                 del self._gaps[address_id]
         if len(new) > FREEZE_AFTER:
             # A million watched keys would otherwise be traversed by every
@@ -331,14 +332,10 @@ class Scanner:
         self._refresh_watch()
         done = 0
         for req in requests:
-            to_height = req["to_height"]
-            if to_height is None:  # taken up now: blocks above the cursor are scanned with every address watched
-                to_height = cursor.height
-                with write_transaction(self.engine) as conn:
-                    store.set_backfill(conn, req["id"], to_height=to_height)
-            start = req["next_height"]
-            end = min(to_height, cursor.height)  # blocks above the cursor: the main loop scans them
-            marked = False
+            # Up to the cursor as it is now, even if it moved since an earlier run
+            # of this backfill: an output found here and spent in a block the
+            # main loop applied before it was known is then seen spent too.
+            start, end = req["next_height"], cursor.height
             while start <= end and done < budget:
                 count = min(self.config.blocks_per_commit, end - start + 1, budget - done)
                 blocks = self.plugin.fetch_blocks(start, count, Watch(self.keys, self.outpoints))
@@ -347,23 +344,21 @@ class Scanner:
                                 backfill_id=req["id"], height=start)
                     return done
                 start = blocks[-1].height + 1
-                marked = start > end
                 with self.ids.write_transaction(self.engine) as conn:
                     self._check_cursor(conn, cursor)
                     events, created, spent = self._record_blocks(conn, blocks, cursor.height, backfill=True)
-                    store.set_backfill(conn, req["id"], next_height=start,
-                                       **({"finished_at": store.now()} if marked else {}))
+                    store.set_backfill(conn, req["id"], next_height=start, to_height=end)
                     last_event = store.emit_events(conn, events)
                 self.outpoints.update(created)
                 self.outpoints.difference_update(spent)
                 self._notify(last_event)
                 done += len(blocks)
                 log.info("backfill chunk applied", chain=self.chain, backfill_id=req["id"],
-                         heights=f"{blocks[0].height}..{blocks[-1].height}", finished=marked,
+                         heights=f"{blocks[0].height}..{blocks[-1].height}",
                          deposit_events=sum(1 for kind, _ in events if kind.startswith("deposit.")))
-            if start > end and not marked:
+            if start > end:  # caught up with the cursor: the main loop scans what comes next
                 with write_transaction(self.engine) as conn:
-                    store.set_backfill(conn, req["id"], finished_at=store.now())
+                    store.set_backfill(conn, req["id"], to_height=end, finished_at=store.now())
             if done >= budget:
                 break
         return done

@@ -148,3 +148,33 @@ def test_an_address_whose_id_commits_after_a_higher_one_is_watched_and_backfille
     assert available(btc_app, ann) == 10_000
     (request,) = table(btc_app, t.scan_backfills)
     assert request["from_height"] == created_height + 1 and request["finished_at"] is not None
+
+
+def test_a_backfill_spread_over_runs_sees_spends_in_blocks_applied_meanwhile(btc_app, chain, monkeypatch):
+    """The backfill goes up to the cursor as it is at each run: an output it finds late, and that
+    was spent in a block the main loop applied before the output was known, is recorded spent."""
+    from custody.deposits import scanner as scanner_mod
+
+    monkeypatch.setattr(scanner_mod, "BACKFILL_BLOCKS_PER_RUN", 2)
+    plugin = btc_app.plugin("bitcoin")
+    ann = btc_app.create_account("ann").account_id
+    created_height = chain.height()
+    late = plugin.derive_address(DEPOSIT_XPUB, HIGH_INDEX + 1)
+    chain.mine(2)
+    txid, _ = chain.pay((late.watch_key, 40_000))
+    chain.mine(1)  # the payment is in block created_height + 3
+    scan(btc_app)
+    deposits.register_deposit_address(btc_app.engine, plugin, "bitcoin", DEPOSIT_XPUB, ann, HIGH_INDEX + 1,
+                                      created_height)
+    sweep_txid = chain.miner.send(spend((txid, 0), 40_000, deposit_key(HIGH_INDEX + 1), random_script()))
+    chain.mine(CONFIRMATIONS)
+
+    first = btc_app.scanner("bitcoin").run_once()  # rescans 2 blocks, then applies the sweep's block
+    assert (first.backfilled, first.applied) == (2, CONFIRMATIONS)
+    scan(btc_app)  # the rest of the backfill finds the payment
+    (d,) = table(btc_app, t.deposits)
+    assert (d["txid"], d["status"]) == (txid, "CREDITED")
+    (utxo,) = table(btc_app, t.utxos)
+    assert utxo["spent_txid"] == sweep_txid
+    (request,) = table(btc_app, t.scan_backfills)
+    assert request["to_height"] == chain.height() and request["finished_at"] is not None
