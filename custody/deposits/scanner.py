@@ -35,10 +35,10 @@ from custody.deposits import store
 from custody.deposits.model import (
     CREDITED,
     DEPOSIT_WALLET,
+    ON_CHAIN,
     ORPHANED,
     PENDING,
     REVERSED,
-    ON_CHAIN,
     confirmations,
     credit_due,
     policy_status,
