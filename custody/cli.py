@@ -8,8 +8,8 @@ import secrets
 import sys
 
 from custody import config as config_mod
-from custody.errors import ConfigChanged
 from custody import logs
+from custody.errors import CustodyError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,10 +59,19 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(run=_nodes)
 
     scan = sub.add_parser("scan", help="run the chain scanners without the gRPC server")
-    scan.add_argument("--config", required=True)
+    scan.add_argument("--config", help="the config file (required)")
     scan.add_argument("--chain", action="append", help="scan this chain only (repeatable)")
     scan.add_argument("--once", action="store_true", help="catch up to the tip once, then exit")
     scan.set_defaults(run=_scan)
+    scan_sub = scan.add_subparsers(dest="scan_command")
+    rescan = scan_sub.add_parser("rescan", help="rescan past blocks for payments to watched addresses "
+                                                "(late registration, restore); the cursor never moves back")
+    rescan.add_argument("--config", required=True)
+    rescan.add_argument("--chain", required=True)
+    rescan.add_argument("--from-height", type=int, required=True, help="first block to rescan")
+    rescan.add_argument("--queue", action="store_true",
+                        help="only record the request; the running service's scanner does it")
+    rescan.set_defaults(run=_rescan)
 
     token = sub.add_parser("token", help="make a new client token and the SHA-256 to put in the config")
     token.set_defaults(run=_token)
@@ -80,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         print(f"custody: configuration error: {exc}", file=sys.stderr)
         return 2
-    except ConfigChanged as exc:
+    except CustodyError as exc:  # e.g. ConfigChanged: a chain's pinned config differs
         print(f"custody: {exc}", file=sys.stderr)
         return 2
 
@@ -189,6 +198,8 @@ def _scan(args) -> int:
     from custody.app import Custody
     from custody.db.migrate import upgrade
 
+    if not args.config:
+        raise config_mod.ConfigError("scan: --config is required")
     config = config_mod.load(args.config)
     upgrade(config.database_url)
     app = Custody(config)
@@ -206,6 +217,31 @@ def _scan(args) -> int:
             signal.signal(sig, lambda *_: stop.set())
         stop.wait()
         return 0
+    finally:
+        app.close()
+
+
+def _rescan(args) -> int:
+    from custody.app import Custody
+    from custody.db.migrate import upgrade
+    from custody.deposits import service as deposits
+
+    config = config_mod.load(args.config)
+    config.chain(args.chain)  # an unknown chain is refused here
+    upgrade(config.database_url)
+    app = Custody(config)
+    try:
+        request_id = deposits.request_rescan(app.engine, args.chain, args.from_height,
+                                             f"custody scan rescan --from-height {args.from_height}")
+        print(f"rescan {request_id}: {args.chain} from height {args.from_height} requested")
+        if args.queue:
+            return 0
+        result = app.scanner(args.chain).catch_up()
+        state = deposits.backfill_state(app.engine, request_id)
+        print(f"rescan {request_id}: {result.backfilled} blocks rescanned, heights {state['from_height']}.."
+              f"{state['to_height']}, {'finished' if state['finished_at'] else 'not finished'}; cursor at "
+              f"{result.height}")
+        return 0 if state["finished_at"] else 1
     finally:
         app.close()
 

@@ -33,6 +33,11 @@ class AssetConfig:
     min_withdrawal: int = 1
     max_withdrawal: int = MAX_AMOUNT
     daily_withdrawal_limit: int = MAX_AMOUNT
+    # Deposits below this (base units) are recorded as BELOW_MINIMUM and not
+    # credited; with deposits_enabled false every new one is ASSET_DISABLED
+    # (FAILURE_MODES 25). Decided when a deposit is first seen.
+    min_deposit: int = 0
+    deposits_enabled: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,9 +362,18 @@ def _assets(items: list[dict]) -> tuple[AssetConfig, ...]:
                 min_withdrawal=amount("min_withdrawal", 1),
                 max_withdrawal=amount("max_withdrawal", MAX_AMOUNT),
                 daily_withdrawal_limit=amount("daily_withdrawal_limit", MAX_AMOUNT),
+                min_deposit=amount("min_deposit", 0),
+                deposits_enabled=_flag(raw, "deposits_enabled", True, where),
             )
         )
     return tuple(out)
+
+
+def _flag(raw: dict, key: str, default: bool, where: str) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be true or false")
+    return value
 
 
 def _chains(section: dict) -> tuple[ChainConfig, ...]:

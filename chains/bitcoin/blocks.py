@@ -19,7 +19,7 @@ from chains.base import Block, Receipt, Spend
 
 _sha256 = hashlib.sha256
 _from_le = int.from_bytes
-_NULL_OUTPOINT = b"\x00" * 32 + b"\xff\xff\xff\xff"
+_new_tuple = tuple.__new__
 
 
 class MalformedBlock(ValueError):
@@ -31,25 +31,40 @@ def block_hash(header: bytes) -> str:
 
 
 def parse_block(raw: bytes, height: int, keys: Container[bytes],
-                outpoints: Container[tuple[str, int]] = frozenset()) -> Block:
+                outpoints: Container[tuple[str, int]] = frozenset(),
+                created: dict[str, list] | None = None) -> Block:
     """Receipts to scripts in keys and spends of outpoints, in block order.
 
     raw: the block's serialization (getblock verbosity 0, hex-decoded).
+    created: if given, a dict the parser fills with the outputs it matched,
+    by txid, and checks inputs against: a spend of one of them is reported too: an output paid to us and
+    spent later in the same block (or, with one dict for several blocks, in a
+    later block of the same batch) is seen spent although the caller did not
+    own it yet.
     Raises MalformedBlock if the bytes do not parse to the end exactly."""
     try:
-        return _parse(raw, height, keys, outpoints)
+        return _parse(raw, height, keys, outpoints, created)
     except (IndexError, ValueError) as exc:
         if isinstance(exc, MalformedBlock):
             raise
         raise MalformedBlock(f"block at height {height} does not parse: {exc}") from None
 
 
-def _parse(data: bytes, height: int, keys, outpoints) -> Block:
+def _parse(data: bytes, height: int, keys, outpoints, created) -> Block:
+    # Written for speed: most of a scan's time is this function's loop over
+    # outputs, so it uses local names, reads a one-byte length inline (scripts
+    # under 253 bytes are nearly all of them), slices a script once and keeps
+    # the slice for the receipt, and makes Receipts with tuple.__new__ (half
+    # the cost of the NamedTuple constructor). tests/unit/test_block_parser.py
+    # checks it against embit's decoding of random blocks.
     if len(data) < 81:
         raise MalformedBlock(f"block at height {height} is {len(data)} bytes, shorter than a header")
     header_hash = block_hash(data)
     parent = data[4:36][::-1].hex()
-    check_spends = bool(outpoints)
+    track = created is not None
+    if not track:
+        created = {}
+    check_spends = bool(outpoints) or track
     receipts: list[Receipt] = []
     spends: list[Spend] = []
     pos = 80
@@ -66,11 +81,12 @@ def _parse(data: bytes, height: int, keys, outpoints) -> Block:
         spent_here = None
         for _ in range(n_in):
             if check_spends and tx_index:
-                prev = data[pos:pos + 36]
-                outpoint = (prev[31::-1].hex(), _from_le(prev[32:36], "little"))
-                if outpoint in outpoints:
+                spent_txid = data[pos:pos + 32][::-1].hex()
+                spent_index = _from_le(data[pos + 32:pos + 36], "little")
+                if (spent_txid, spent_index) in outpoints or (
+                        spent_txid in created and any(v == spent_index for v, _, _ in created[spent_txid])):
                     spent_here = spent_here or []
-                    spent_here.append(outpoint)
+                    spent_here.append((spent_txid, spent_index))
             pos += 36
             n = data[pos]
             if n < 0xFD:
@@ -89,18 +105,20 @@ def _parse(data: bytes, height: int, keys, outpoints) -> Block:
             # value (8 bytes), script length, script; the value is read only on a match.
             n = data[pos + 8]
             if n < 0xFD:
-                end = pos + 9 + n
-                if data[pos + 9:end] in keys:
-                    matched = matched or []
-                    matched.append((vout, data[pos + 9:end], _from_le(data[pos:pos + 8], "little")))
-                pos = end
+                script = data[pos + 9:pos + 9 + n]
+                if script in keys:
+                    if matched is None:
+                        matched = []
+                    matched.append((vout, script, _from_le(data[pos:pos + 8], "little")))
+                pos += 9 + n
             else:
-                n, start_script = _varint(data, pos + 8)
-                end = start_script + n
-                if data[start_script:end] in keys:
-                    matched = matched or []
-                    matched.append((vout, data[start_script:end], _from_le(data[pos:pos + 8], "little")))
-                pos = end
+                n, script_start = _varint(data, pos + 8)
+                script = data[script_start:script_start + n]
+                if script in keys:
+                    if matched is None:
+                        matched = []
+                    matched.append((vout, script, _from_le(data[pos:pos + 8], "little")))
+                pos = script_start + n
         output_count += n_out
         body_end = pos
         if segwit:
@@ -117,16 +135,21 @@ def _parse(data: bytes, height: int, keys, outpoints) -> Block:
         if pos > len(data):
             raise MalformedBlock(f"block at height {height}: transaction {tx_index} runs past the end")
         if matched or spent_here:
-            if segwit:
-                txid = _sha256(_sha256(data[start:start + 4] + data[body_start:body_end] + data[pos - 4:pos])
-                               .digest()).digest()[::-1].hex()
+            if segwit:  # the txid hashes the transaction without marker, flag and witnesses
+                first = _sha256(data[start:start + 4])
+                first.update(data[body_start:body_end])
+                first.update(data[pos - 4:pos])
             else:
-                txid = _sha256(_sha256(data[start:pos]).digest()).digest()[::-1].hex()
-            coinbase = tx_index == 0
-            for vout, script, value in matched or ():
-                receipts.append(Receipt(txid, vout, script, value, "", coinbase))
-            for spent_txid, spent_index in spent_here or ():
-                spends.append(Spend(txid, spent_txid, spent_index))
+                first = _sha256(data[start:pos])
+            txid = _sha256(first.digest()).digest()[::-1].hex()
+            if matched:
+                coinbase = tx_index == 0
+                receipts += [_new_tuple(Receipt, (txid, vout, script, value, "", coinbase))
+                             for vout, script, value in matched]
+                if track:
+                    created[txid] = matched
+            if spent_here:
+                spends += [Spend(txid, spent_txid, spent_index) for spent_txid, spent_index in spent_here]
     if pos != len(data):
         raise MalformedBlock(f"block at height {height}: {len(data) - pos} bytes left after {tx_count} transactions")
     return Block(height, header_hash, parent, tuple(receipts), tuple(spends), tx_count, output_count)

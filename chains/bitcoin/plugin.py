@@ -37,7 +37,7 @@ from chains.bitcoin.rpc import BitcoinRPC, RpcError
 
 # Bitcoin Core: -8 "Block height out of range", -5 "Block not found".
 _NOT_FOUND_CODES = (-8, -5)
-# Blocks fetched in one JSON-RPC batch while catching up.
+# Blocks fetched in one JSON-RPC batch while catching up (the benchmark's unit).
 FETCH_BATCH = 16
 # Raw blocks per request while pipelining fetch and parse.
 PIPELINE_CHUNK = 4
@@ -65,6 +65,8 @@ class BitcoinChain(ChainPlugin):
         self._prefetch_rpc = BitcoinRPC(str(url), timeout_s=self.rpc.timeout_s, retries=self.rpc.retries,
                                         backoff_s=self.rpc.backoff_s, max_backoff_s=self.rpc.max_backoff_s)
         self._prefetch = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bitcoin-prefetch")
+        # (start, count, futures) of raw blocks fetched ahead for the next fetch_blocks call.
+        self._ahead: tuple[int, int, list[concurrent.futures.Future]] | None = None
         self._params = NetworkParams("bitcoin", self.network.name, AssetInfo("BTC", 8), COINBASE_MATURITY)
         # The hot wallet's account key: change outputs carry its derivation hint for the signer.
         self.change_xpub = str(settings.get("hot_xpub", ""))
@@ -74,7 +76,7 @@ class BitcoinChain(ChainPlugin):
         return self._params
 
     def close(self) -> None:
-        self._prefetch.shutdown(wait=True)
+        self._prefetch.shutdown(wait=True, cancel_futures=True)
         self.rpc.close()
         self._prefetch_rpc.close()
 
@@ -124,45 +126,86 @@ class BitcoinChain(ChainPlugin):
         return blocks[0]
 
     def fetch_blocks(self, start: int, count: int, watch: Watch) -> list[Block]:
-        """Two batched round trips: hashes, then raw blocks. Stops at the tip."""
-        hashes = []
-        try:
-            hashes = self.rpc.batch([("getblockhash", h) for h in range(start, start + count)])
-        except RpcError as exc:
-            if exc.code not in _NOT_FOUND_CODES:
-                raise
-            # Some heights are above the tip: ask one by one up to it.
-            for h in range(start, start + count):
-                try:
-                    hashes.append(self.block_hash(h))
-                except BlockNotFound:
-                    break
-        if not hashes:
-            return []
-        # Parsing is CPU work in this process, fetching mostly waits on the
-        # node: fetch the next chunk of raw blocks on another connection while
-        # this one is parsed, so scanning costs little more than fetching.
-        chunks = [hashes[i:i + PIPELINE_CHUNK] for i in range(0, len(hashes), PIPELINE_CHUNK)]
-        pending = self._prefetch.submit(self._raw_blocks, chunks[0], self._prefetch_rpc)
-        blocks = []
-        for n, chunk in enumerate(chunks):
-            raws = pending.result()
-            if n + 1 < len(chunks):
-                pending = self._prefetch.submit(self._raw_blocks, chunks[n + 1], self._prefetch_rpc)
-            for expected, raw_hex in zip(chunk, raws):
-                block = parse_block(bytes.fromhex(raw_hex), start + len(blocks), watch.keys, watch.outpoints)
+        """Blocks start..start+count-1 (fewer at the tip), parsed with `watch`.
+
+        Parsing is CPU work in this process; fetching is mostly the node's
+        work. So a prefetch thread on a second connection fetches the hashes
+        (one batched request), then the raw blocks, PIPELINE_CHUNK per batched
+        request, while this thread parses the ones already here; and after a
+        full batch it fetches the next batch ahead, since a scanner catching up
+        asks for it next. Only raw bytes are fetched ahead, never parsed ahead:
+        the watched set is the caller's at the time of the call. Blocks fetched
+        ahead may be a moment old; like any fetched block they may straddle a
+        reorg, which the caller sees in the parent hashes."""
+        chunks = self._take_ahead(start, count) or self._schedule(start, count)
+        blocks: list[Block] = []
+        created: dict[str, list] = {}  # paid to us in this batch: their spends count too
+        for n, future in enumerate(chunks):
+            for expected, raw_hex in future.result()[:count - len(blocks)]:
+                block = parse_block(bytes.fromhex(raw_hex), start + len(blocks), watch.keys, watch.outpoints,
+                                    created)
                 if block.hash != expected:
                     raise NodeError(f"getblock {expected} returned a block whose hash is {block.hash}")
                 blocks.append(block)
+            if len(blocks) < min(count, (n + 1) * PIPELINE_CHUNK):  # the tip: later chunks would leave a gap
+                for f in chunks[n + 1:]:
+                    f.cancel()
+                break
+        if len(blocks) == count >= PIPELINE_CHUNK:  # catching up (at the tip, the next blocks don't exist yet)
+            self._ahead = (start + count, count, self._schedule(start + count, count))
         return blocks
 
+    def _schedule(self, start: int, count: int) -> list[concurrent.futures.Future]:
+        """Futures of (hash, raw hex) lists, one per chunk of PIPELINE_CHUNK heights."""
+        rpc = self._prefetch_rpc
+        hashes = self._prefetch.submit(self._hashes, start, count, rpc)
+        # One worker thread runs the jobs in order: `hashes` is done when a chunk job starts.
+        return [self._prefetch.submit(self._raw_chunk, hashes, offset, rpc)
+                for offset in range(0, count, PIPELINE_CHUNK)]
+
+    def _take_ahead(self, start: int, count: int) -> list[concurrent.futures.Future] | None:
+        """The chunks fetched ahead if they begin at start and cover count blocks."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        ahead_start, ahead_count, futures = ahead
+        needed = -(-count // PIPELINE_CHUNK)
+        if ahead_start == start and count <= ahead_count:
+            for f in futures[needed:]:
+                f.cancel()
+            return futures[:needed]
+        for f in futures:
+            f.cancel()
+        return None
+
     @staticmethod
-    def _raw_blocks(hashes: list[str], rpc: BitcoinRPC) -> list[str]:
+    def _hashes(start: int, count: int, rpc: BitcoinRPC) -> list[str]:
+        """Hashes of blocks start..start+count-1 on the best chain, stopping at the tip."""
         try:
-            return rpc.batch([("getblock", h, False) for h in hashes])
+            return rpc.batch([("getblockhash", h) for h in range(start, start + count)])
+        except RpcError as exc:
+            if exc.code not in _NOT_FOUND_CODES:
+                raise
+        hashes = []
+        for h in range(start, start + count):  # some heights are above the tip: up to it, one by one
+            try:
+                hashes.append(rpc.call("getblockhash", h))
+            except RpcError as exc:
+                if exc.code in _NOT_FOUND_CODES:
+                    break
+                raise
+        return hashes
+
+    @staticmethod
+    def _raw_chunk(hashes: concurrent.futures.Future, offset: int, rpc: BitcoinRPC) -> list[tuple[str, str]]:
+        chunk = hashes.result()[offset:offset + PIPELINE_CHUNK]
+        if not chunk:
+            return []
+        try:
+            return list(zip(chunk, rpc.batch([("getblock", h, False) for h in chunk])))
         except RpcError as exc:
             if exc.code in _NOT_FOUND_CODES:  # reorged away between the two calls
-                raise BlockNotFound(f"block {hashes[0]} or one after it left the best chain while fetching") from None
+                raise BlockNotFound(f"block {chunk[0]} or one after it left the best chain while fetching") from None
             raise
 
     # -- reconciliation ----------------------------------------------------------------------

@@ -48,7 +48,8 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
                 asset=a.asset, chain=a.chain, decimals=a.decimals, contract=a.contract,
                 confirmations=a.confirmations, withdrawal_fee=format_amount(a.withdrawal_fee),
                 min_withdrawal=format_amount(a.min_withdrawal), max_withdrawal=format_amount(a.max_withdrawal),
-                daily_withdrawal_limit=format_amount(a.daily_withdrawal_limit))
+                daily_withdrawal_limit=format_amount(a.daily_withdrawal_limit),
+                min_deposit=format_amount(a.min_deposit), deposits_enabled=a.deposits_enabled)
             for a in self.app.list_assets()])
 
     async def StreamEvents(self, request, context):
@@ -83,7 +84,8 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
                 deposit_id=str(d.deposit_id), chain=d.chain, asset=d.asset, txid=d.txid, index=d.index,
                 address=d.address, amount=format_amount(d.amount), confirmations=d.confirmations,
                 status=custody_pb2.DepositStatus.Value(f"DEPOSIT_STATUS_{d.status}"),
-                block_height=d.block_height or 0, block_hash=d.block_hash or "", coinbase=d.coinbase)
+                block_height=d.block_height or 0, block_hash=d.block_hash or "", coinbase=d.coinbase,
+                reason=d.reason or "")
             for d in deposits])
 
 

@@ -155,6 +155,8 @@ chain_addresses = Table(
 # A payment to a deposit address, one per (chain, txid, output or log index).
 # PENDING -> CREDITED at the asset's confirmations; ORPHANED if its block is
 # dropped before that (PENDING again if re-mined); REVERSED if dropped after.
+# Outside policy (FAILURE_MODES 25): BELOW_MINIMUM or ASSET_DISABLED, never
+# credited, with the reason in words.
 deposits = Table(
     "deposits",
     metadata,
@@ -167,7 +169,8 @@ deposits = Table(
     Column("asset", String(16), nullable=False),
     Column("amount", Amount, nullable=False),
     Column("coinbase", Boolean, nullable=False),
-    Column("status", String(12), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", String(200), nullable=True),
     Column("block_height", BigInteger, nullable=True),
     Column("block_hash", String(80), nullable=True),
     Column("credit_batch_id", String(32), nullable=True),
@@ -211,6 +214,24 @@ scan_cursors = Table(
     Column("hash", String(80), nullable=False),
     Column("config_digest", String(64), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Rescans of past blocks (FAILURE_MODES 23): an address registered late or a
+# restore. Blocks from from_height up to the scan cursor are scanned again with
+# the current watched set; next_height moves with each committed chunk,
+# to_height is the cursor the backfill has run up to (NULL before it starts).
+scan_backfills = Table(
+    "scan_backfills",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("chain", String(32), nullable=False),
+    Column("from_height", BigInteger, nullable=False),
+    Column("to_height", BigInteger, nullable=True),
+    Column("next_height", BigInteger, nullable=False),
+    Column("reason", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Index("ix_scan_backfills_chain_finished", "chain", "finished_at"),
 )
 
 # The recent blocks each scanner applied, to find the fork point of a reorg.

@@ -7,7 +7,13 @@ PENDING = "PENDING"  # seen in a block on the best chain; shown, not spendable
 CREDITED = "CREDITED"  # reached its confirmations; the ledger credited the user
 ORPHANED = "ORPHANED"  # its block left the best chain before it was credited
 REVERSED = "REVERSED"  # its block left the best chain after it was credited
-STATUSES = (PENDING, CREDITED, ORPHANED, REVERSED)
+# Outside policy (FAILURE_MODES 25): recorded and shown, never credited; the
+# coins stay on the deposit address for staff to refund or credit by hand.
+BELOW_MINIMUM = "BELOW_MINIMUM"  # less than the asset's min_deposit
+ASSET_DISABLED = "ASSET_DISABLED"  # the asset's deposits_enabled was false when it was seen
+STATUSES = (PENDING, CREDITED, ORPHANED, REVERSED, BELOW_MINIMUM, ASSET_DISABLED)
+# Statuses of a deposit whose block is on the scanner's chain (a reorg that drops the block orphans it).
+ON_CHAIN = (PENDING, CREDITED, BELOW_MINIMUM, ASSET_DISABLED)
 
 DEPOSIT_WALLET = "deposit"
 WALLETS = ("deposit", "hot", "cold")
@@ -31,6 +37,15 @@ def required_confirmations(asset_confirmations: int, coinbase: bool, coinbase_ma
     return required
 
 
+def policy_status(amount: int, asset: str, min_deposit: int, deposits_enabled: bool) -> tuple[str, str | None]:
+    """(status, reason) for a deposit first seen now: PENDING, or why it won't be credited."""
+    if not deposits_enabled:
+        return ASSET_DISABLED, f"deposits of {asset} are disabled"
+    if amount < min_deposit:
+        return BELOW_MINIMUM, f"{amount} is below the {asset} minimum deposit of {min_deposit} base units"
+    return PENDING, None
+
+
 def credit_due(block_height: int, view_height: int, required: int) -> bool:
     return confirmations(view_height, block_height) >= required
 
@@ -50,3 +65,4 @@ class Deposit:
     block_height: int | None
     block_hash: str | None
     coinbase: bool
+    reason: str | None = None

@@ -35,11 +35,13 @@ from custody.deposits import store
 from custody.deposits.model import (
     CREDITED,
     DEPOSIT_WALLET,
+    ON_CHAIN,
     ORPHANED,
     PENDING,
     REVERSED,
     confirmations,
     credit_due,
+    policy_status,
     required_confirmations,
 )
 from custody.deposits.store import Cursor
@@ -55,6 +57,12 @@ stdlog = logging.getLogger(__name__)
 FREEZE_AFTER = 10_000
 # Blocks below the starting cursor remembered when a scanner first starts.
 START_HISTORY = 6
+# How long an address id skipped by a refresh is looked for again (an issuing
+# transaction that has not committed by then has rolled back).
+GAP_WAIT_S = 600.0
+MAX_GAP = 1_000
+# Blocks of backfill requests rescanned per run, so new blocks are not held up for long.
+BACKFILL_BLOCKS_PER_RUN = 2_000
 
 
 class ScannerHalted(Exception):
@@ -67,6 +75,7 @@ class RunResult:
     reorgs: int = 0
     height: int | None = None
     busy: bool = False
+    backfilled: int = 0  # blocks below the cursor rescanned for backfill requests
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +107,8 @@ class Scanner:
         self.ids = AccountIds()
         self.keys: dict[bytes, int] = {}  # watch key -> chain_addresses.id
         self._last_address_id = 0
+        self._halt_alerted: tuple[int, str] | None = None
+        self._gaps: dict[int, float] = {}  # address ids skipped by a refresh -> when first missed
         self.outpoints: set[tuple[str, int]] | None = None  # unspent outputs we own
         self._mutex = threading.Lock()
         self.failures = 0
@@ -128,8 +139,9 @@ class Scanner:
         total = RunResult()
         while True:
             result = self.run_once()
-            total = RunResult(total.applied + result.applied, total.reorgs + result.reorgs, result.height)
-            if result.busy or result.applied == 0:
+            total = RunResult(total.applied + result.applied, total.reorgs + result.reorgs, result.height,
+                              backfilled=total.backfilled + result.backfilled)
+            if result.busy or result.applied == result.backfilled == 0:
                 return total
 
     def run_once(self, max_blocks: int | None = None) -> RunResult:
@@ -148,6 +160,7 @@ class Scanner:
     def _run(self, max_blocks: int | None) -> RunResult:
         cursor = self._cursor()
         applied = reorgs = 0
+        backfilled = self._backfill(cursor, BACKFILL_BLOCKS_PER_RUN)
         while max_blocks is None or applied < max_blocks:
             tip = self.plugin.tip()
             self._refresh_watch()  # after the tip: every address issued before it is watched
@@ -173,7 +186,7 @@ class Scanner:
                 continue
             cursor = self._apply(cursor, linked)
             applied += len(linked)
-        return RunResult(applied, reorgs, cursor.height)
+        return RunResult(applied, reorgs, cursor.height, backfilled=backfilled)
 
     def _cursor(self) -> Cursor:
         with read_transaction(self.engine) as conn:
@@ -202,62 +215,170 @@ class Scanner:
         return self._cursor()
 
     def _refresh_watch(self) -> None:
+        """Loads addresses registered since the last refresh. On PostgreSQL ids
+        are handed out before commit, so an id below the newest one seen may
+        commit later: such gaps are asked for again for GAP_WAIT_S, and an
+        address found that way gets a backfill from its creation height
+        (FAILURE_MODES 23: registered, yet never watched)."""
+        late = []
         with read_transaction(self.engine) as conn:
             new = store.addresses_after(conn, self.chain, self._last_address_id)
-            for address_id, key in new:
-                self.keys[key] = address_id
-                self._last_address_id = address_id
+            if self._gaps:
+                late = store.addresses_by_id(conn, self.chain, self._gaps)
             if self.outpoints is None:
                 self.outpoints = store.unspent_outpoints(conn, self.chain)
+        now = self.clock()
+        expected = self._last_address_id + 1
+        for address_id, key in new:
+            self.keys[key] = address_id
+            # Ids skipped may belong to transactions still open (at most a few at once).
+            self._gaps.update(dict.fromkeys(range(max(expected, address_id - MAX_GAP), address_id), now))
+            expected = address_id + 1
+            self._last_address_id = address_id
+        for address_id, key, created_height in late:
+            self.keys[key] = address_id
+            del self._gaps[address_id]
+            self._backfill_late_address(address_id, created_height)
+        oldest = self._last_address_id - MAX_GAP  # ids in flight are among the newest (and other chains' ids too)
+        for address_id, since in list(self._gaps.items()):
+            if now - since > GAP_WAIT_S or address_id <= oldest:
+                del self._gaps[address_id]
         if len(new) > FREEZE_AFTER:
             # A million watched keys would otherwise be traversed by every
             # full garbage collection while blocks are parsed; they live as
             # long as the process, so take them out of the collector's view.
             gc.freeze()
 
+    def _backfill_late_address(self, address_id: int, created_height: int | None) -> None:
+        with write_transaction(self.engine) as conn:
+            cursor = store.load_cursor(conn, self.chain)
+            if cursor is None or created_height is None or created_height >= cursor.height:
+                return
+            store.request_backfill(conn, self.chain, created_height + 1,
+                                   f"address {address_id} committed after the scanner had passed height "
+                                   f"{created_height}")
+        log.warning("address watched late; backfill requested", chain=self.chain, address_id=address_id,
+                    from_height=created_height + 1)
+
     # -- applying blocks -----------------------------------------------------------------------
     def _apply(self, cursor: Cursor, blocks: list[Block]) -> Cursor:
         new_cursor = Cursor(blocks[-1].height, blocks[-1].hash, self.digest)
-        view = new_cursor.height
-        events: list[tuple[str, dict]] = []
-        new_outpoints, spent_outpoints = [], []
         with self.ids.write_transaction(self.engine) as conn:
-            current = store.load_cursor(conn, self.chain, for_update=True)
-            if current is None or (current.height, current.hash) != (cursor.height, cursor.hash):
-                raise store.CursorMoved(f"{self.chain}: cursor moved by another scanner")
-            owners = store.address_rows(conn, {self.keys[r.watch_key] for b in blocks for r in b.receipts})
-            existing = store.deposits_by_key(conn, self.chain, [(r.txid, r.index) for b in blocks
-                                                                for r in b.receipts])
-            utxo_rows, spends = [], []
-            for block in blocks:
-                for r in block.receipts:
-                    owner = owners[self.keys[r.watch_key]]
-                    utxo_rows.append({
-                        "chain": self.chain, "txid": r.txid, "output_index": r.index, "address_id": owner["id"],
-                        "wallet": owner["wallet"], "amount": r.amount, "coinbase": r.coinbase,
-                        "block_height": block.height, "block_hash": block.hash})
-                    new_outpoints.append((r.txid, r.index))
-                    if owner["wallet"] == DEPOSIT_WALLET and not r.asset_contract:
-                        events.append(self._record_deposit(conn, block, r, owner, existing.get((r.txid, r.index)),
-                                                           view))
-                for s in block.spends:
-                    spends.append((s.spent_txid, s.spent_index, s.txid, block.height))
-                    spent_outpoints.append((s.spent_txid, s.spent_index))
-            store.add_utxos(conn, utxo_rows)
-            store.spend_utxos(conn, self.chain, spends)
-            events += self._credit_due(conn, view)
+            self._check_cursor(conn, cursor)
+            events, created, spent = self._record_blocks(conn, blocks, new_cursor.height, backfill=False)
             store.record_blocks(conn, self.chain, [(b.height, b.hash, b.parent_hash) for b in blocks],
                                 self.config.max_reorg_depth)
             store.move_cursor(conn, self.chain, cursor, new_cursor)
             last_event = store.emit_events(conn, events)
-        self.outpoints.update(new_outpoints)
-        self.outpoints.difference_update(spent_outpoints)
+        self.outpoints.update(created)
+        self.outpoints.difference_update(spent)
         self._notify(last_event)
         return new_cursor
 
+    def _check_cursor(self, conn, cursor: Cursor) -> None:
+        current = store.load_cursor(conn, self.chain, for_update=True)
+        if current is None or (current.height, current.hash) != (cursor.height, cursor.hash):
+            raise store.CursorMoved(f"{self.chain}: cursor moved by another scanner")
+
+    def _record_blocks(self, conn, blocks: list[Block], view: int, backfill: bool):
+        """Records the blocks' receipts (UTXOs, deposits) and spends, credits
+        what is due at view; returns (events, outpoints created, outpoints spent).
+        backfill: blocks the scanner applied before; outputs and deposits
+        already recorded are left as they are (the deposit key dedupes)."""
+        events: list[tuple[str, dict]] = []
+        created, spent = [], []
+        receipts = [(b, r) for b in blocks for r in b.receipts]
+        keys = [(r.txid, r.index) for _, r in receipts]
+        owners = store.address_rows(conn, {self.keys[r.watch_key] for _, r in receipts})
+        existing = store.deposits_by_key(conn, self.chain, keys)
+        known = store.known_utxos(conn, self.chain, keys) if backfill else set()
+        utxo_rows, spends = [], []
+        for block, r in receipts:
+            owner = owners[self.keys[r.watch_key]]
+            if (r.txid, r.index) not in known:
+                utxo_rows.append({
+                    "chain": self.chain, "txid": r.txid, "output_index": r.index, "address_id": owner["id"],
+                    "wallet": owner["wallet"], "amount": r.amount, "coinbase": r.coinbase,
+                    "block_height": block.height, "block_hash": block.hash})
+                created.append((r.txid, r.index))
+            if owner["wallet"] == DEPOSIT_WALLET and not r.asset_contract:
+                before = existing.get((r.txid, r.index))
+                if backfill and before is not None and before["status"] in ON_CHAIN:
+                    continue  # seen by the scanner already: one deposit per key (FAILURE_MODES 16)
+                events.append(self._record_deposit(conn, block, r, owner, before, view))
+        for block in blocks:
+            for sp in block.spends:
+                spends.append((sp.spent_txid, sp.spent_index, sp.txid, block.height))
+                spent.append((sp.spent_txid, sp.spent_index))
+        store.add_utxos(conn, utxo_rows)
+        store.spend_utxos(conn, self.chain, spends)
+        events += self._credit_due(conn, view)
+        return events, created, spent
+
+    # -- backfills: rescans of blocks below the cursor (FAILURE_MODES 23) -------------------------
+    def _backfill(self, cursor: Cursor, budget: int) -> int:
+        """Works through the open backfill requests, up to `budget` blocks; returns
+        the blocks rescanned. Each chunk is one transaction (its deposits, UTXOs,
+        credits and the request's progress); the cursor is checked, never moved.
+        A chunk that is not on the cursor's chain (a reorg under way) stops the
+        backfill for this run: the main loop unwinds first, the backfill goes on
+        next run."""
+        with read_transaction(self.engine) as conn:
+            requests = store.open_backfills(conn, self.chain)
+        if not requests:
+            return 0
+        # Again after reading the requests: an address registered together with
+        # its request is then surely watched.
+        self._refresh_watch()
+        done = 0
+        for req in requests:
+            # Up to the cursor as it is now, even if it moved since an earlier run
+            # of this backfill: an output found here and spent in a block the
+            # main loop applied before it was known is then seen spent too.
+            start, end = req["next_height"], cursor.height
+            while start <= end and done < budget:
+                count = min(self.config.blocks_per_commit, end - start + 1, budget - done)
+                blocks = self.plugin.fetch_blocks(start, count, Watch(self.keys, self.outpoints))
+                if len(blocks) != count or not self._on_cursor_chain(blocks, cursor):
+                    log.warning("backfill paused: the chain changed under it", chain=self.chain,
+                                backfill_id=req["id"], height=start)
+                    return done
+                start = blocks[-1].height + 1
+                with self.ids.write_transaction(self.engine) as conn:
+                    self._check_cursor(conn, cursor)
+                    events, created, spent = self._record_blocks(conn, blocks, cursor.height, backfill=True)
+                    store.set_backfill(conn, req["id"], next_height=start, to_height=end)
+                    last_event = store.emit_events(conn, events)
+                self.outpoints.update(created)
+                self.outpoints.difference_update(spent)
+                self._notify(last_event)
+                done += len(blocks)
+                log.info("backfill chunk applied", chain=self.chain, backfill_id=req["id"],
+                         heights=f"{blocks[0].height}..{blocks[-1].height}",
+                         deposit_events=sum(1 for kind, _ in events if kind.startswith("deposit.")))
+            if start > end:  # caught up with the cursor: the main loop scans what comes next
+                with write_transaction(self.engine) as conn:
+                    store.set_backfill(conn, req["id"], to_height=end, finished_at=store.now())
+            if done >= budget:
+                break
+        return done
+
+    def _on_cursor_chain(self, blocks: list[Block], cursor: Cursor) -> bool:
+        """True if the blocks link up and the last is an ancestor of the cursor:
+        the node has both at their heights on its best chain (one batch)."""
+        if _linked(Cursor(blocks[0].height - 1, blocks[0].parent_hash, ""), blocks) != blocks:
+            return False
+        return (self.plugin.block_hash(blocks[-1].height) == blocks[-1].hash
+                and self.plugin.block_hash(cursor.height) == cursor.hash)
+
     def _record_deposit(self, conn, block: Block, receipt, owner: dict, existing: dict | None,
                         view: int) -> tuple[str, dict]:
-        where = {"status": PENDING, "block_height": block.height, "block_hash": block.hash}
+        """PENDING, or BELOW_MINIMUM / ASSET_DISABLED with the reason (never credited).
+        The asset's policy is applied each time the transaction enters the chain:
+        when first seen, and when mined again after a reorg."""
+        status, reason = policy_status(receipt.amount, self.asset.asset, self.asset.min_deposit,
+                                       self.asset.deposits_enabled)
+        where = {"status": status, "reason": reason, "block_height": block.height, "block_hash": block.hash}
         if existing is None:
             deposit_id = store.insert_deposit(
                 conn, chain=self.chain, txid=receipt.txid, output_index=receipt.index, address_id=owner["id"],
@@ -270,8 +391,13 @@ class Scanner:
         else:
             raise ScannerHalted(f"{self.chain}: deposit {receipt.txid}:{receipt.index} is {existing['status']} "
                                 f"in block {existing['block_hash']} yet appears again in {block.hash}")
-        return "deposit.pending", self._payload(row["id"], row["account_id"], receipt.txid, receipt.index,
-                                                row["amount"], PENDING, block.height, block.hash, view)
+        if reason:
+            log.warning("deposit outside policy: recorded, not credited", chain=self.chain, deposit_id=row["id"],
+                        account_id=row["account_id"], amount=str(receipt.amount), txid=receipt.txid,
+                        index=receipt.index, status=status, reason=reason)
+        return f"deposit.{status.lower()}", self._payload(
+            row["id"], row["account_id"], receipt.txid, receipt.index, row["amount"], status, block.height,
+            block.hash, view, **({"reason": reason} if reason else {}))
 
     def _credit_due(self, conn, view: int) -> list[tuple[str, dict]]:
         due = [d for d in store.pending_deposits(conn, self.chain)
@@ -310,6 +436,7 @@ class Scanner:
         if fork is None:
             log.error("ALERT reorg deeper than the scanner can unwind", chain=self.chain, cursor=cursor.height,
                       max_reorg_depth=self.config.max_reorg_depth)
+            self._alert_halted(cursor, tip)
             raise ScannerHalted(f"{self.chain}: no block remembered below height {cursor.height} is on the best "
                                 f"chain any more (reorg deeper than {self.config.max_reorg_depth}); halting")
         events: list[tuple[str, dict]] = []
@@ -317,13 +444,13 @@ class Scanner:
             dropped = store.deposits_above(conn, self.chain, fork.height)
             reversals = []
             for d in dropped:
-                if d["status"] == PENDING:
+                if d["status"] == CREDITED:
+                    reversals.append(d)
+                else:  # PENDING, or outside policy: nothing was credited, nothing to take back
                     store.set_deposit(conn, d["id"], status=ORPHANED)
                     events.append(("deposit.orphaned", self._payload(
                         d["id"], d["account_id"], d["txid"], d["output_index"], d["amount"], ORPHANED,
                         d["block_height"], d["block_hash"], fork.height)))
-                else:
-                    reversals.append(d)
             events += self._reverse(conn, reversals, cursor, fork)
             store.unwind_utxos(conn, self.chain, fork.height)
             store.move_cursor(conn, self.chain, cursor, fork)
@@ -336,6 +463,19 @@ class Scanner:
                     reversed=sum(1 for e in events if e[0] == "deposit.reversed"))
         self._notify(last_event)
         return fork
+
+    def _alert_halted(self, cursor: Cursor, tip) -> None:
+        """One alert event per halt (the scheduler retries; staff need one page, not one a minute)."""
+        if self._halt_alerted == (cursor.height, cursor.hash):
+            return
+        with write_transaction(self.engine) as conn:
+            last_event = store.emit_events(conn, [("alert.reorg_too_deep", {
+                "chain": self.chain, "cursor_height": cursor.height, "cursor_hash": cursor.hash,
+                "node_tip_height": tip.height, "node_tip_hash": tip.hash,
+                "max_reorg_depth": self.config.max_reorg_depth,
+                "action": "scanner halted; nothing was unwound or credited (docs/deposits.md, deep reorgs)"})])
+        self._halt_alerted = (cursor.height, cursor.hash)
+        self._notify(last_event)
 
     def _reverse(self, conn, credited: list[dict], cursor: Cursor, fork: Cursor) -> list[tuple[str, dict]]:
         """Credited deposits whose block is gone: a flagged compensating transfer,
@@ -372,7 +512,7 @@ class Scanner:
         return {"deposit_id": str(deposit_id), "account_id": str(account_id), "chain": self.chain,
                 "asset": self.asset.asset, "txid": txid, "index": index, "amount": str(amount), "status": status,
                 "block_height": block_height, "block_hash": block_hash,
-                "confirmations": confirmations(view, block_height) if status in (PENDING, CREDITED) else 0,
+                "confirmations": confirmations(view, block_height) if status in ON_CHAIN else 0,
                 **extra}
 
     def _notify(self, last_event: int | None) -> None:

@@ -8,8 +8,8 @@ from chains.base import ChainPlugin
 from custody.db import schema as t
 from custody.db.engine import read_transaction, write_transaction
 from custody.deposits import store
-from custody.deposits.model import DEPOSIT_WALLET, Deposit, confirmations
-from custody.errors import NotFound
+from custody.deposits.model import DEPOSIT_WALLET, ON_CHAIN, Deposit, confirmations
+from custody.errors import FailedPrecondition, InvalidArgument, NotFound
 
 # Two instances issuing addresses at once may pick the same index; the loser retries.
 ISSUE_ATTEMPTS = 5
@@ -54,6 +54,55 @@ def ensure_wallet_addresses(engine: Engine, plugin: ChainPlugin, chain: str, wal
             _issue(conn, plugin, chain, wallet, xpub, None)
 
 
+def register_deposit_address(engine: Engine, plugin: ChainPlugin, chain: str, xpub: str, account_id: int,
+                             index: int, created_height: int) -> str:
+    """Registers the deposit address at `index` for an account, as created at
+    `created_height`: for addresses handed out before the service knew them
+    (a restore, a migration, an index far beyond the last one issued). If the
+    scanner has already passed that height, a backfill from the next block is
+    requested in the same transaction, so past payments are found (FAILURE_MODES 23)."""
+    if index < 0 or created_height < 0:
+        raise InvalidArgument("index and created_height must not be negative")
+    derived = plugin.derive_address(xpub, index)
+    with write_transaction(engine) as conn:
+        if conn.execute(select(t.accounts.c.id).where(t.accounts.c.id == account_id)).first() is None:
+            raise NotFound(f"account {account_id} does not exist")
+        taken = conn.execute(select(t.chain_addresses.c.account_id).where(
+            t.chain_addresses.c.chain == chain, t.chain_addresses.c.address == derived.address)).first()
+        if taken is not None:
+            if taken.account_id != account_id:
+                raise FailedPrecondition(f"{derived.address} belongs to another account")  # FAILURE_MODES 33
+            return derived.address
+        conn.execute(t.chain_addresses.insert().values(
+            chain=chain, wallet=DEPOSIT_WALLET, branch=0, key_index=index, address=derived.address,
+            watch_key=derived.watch_key, account_id=account_id, created_height=created_height,
+            created_at=store.now()))
+        cursor = store.load_cursor(conn, chain)
+        if cursor is not None and created_height < cursor.height:
+            store.request_backfill(conn, chain, created_height + 1,
+                                   f"address {derived.address} registered with creation height {created_height}")
+    return derived.address
+
+
+def request_rescan(engine: Engine, chain: str, from_height: int, reason: str) -> int:
+    """Asks the chain's scanner to rescan from `from_height` up to its cursor
+    (as it is when the scanner takes the request up) with every address it
+    watches then. Past payments are recorded once (deposit keys); the cursor
+    never moves back. Returns the request id."""
+    if from_height < 0:
+        raise InvalidArgument("from_height must not be negative")
+    with write_transaction(engine) as conn:
+        return store.request_backfill(conn, chain, from_height, reason)
+
+
+def backfill_state(engine: Engine, backfill_id: int) -> dict:
+    with read_transaction(engine) as conn:
+        row = conn.execute(select(t.scan_backfills).where(t.scan_backfills.c.id == backfill_id)).first()
+    if row is None:
+        raise NotFound(f"rescan {backfill_id} does not exist")
+    return dict(row._mapping)
+
+
 def _issue(conn, plugin: ChainPlugin, chain: str, wallet: str, xpub: str, account_id: int | None):
     c = t.chain_addresses.c
     last = conn.execute(select(func.max(c.key_index)).where(c.chain == chain, c.wallet == wallet, c.branch == 0)
@@ -78,7 +127,7 @@ def list_deposits(engine: Engine, account_id: int) -> list[Deposit]:
     return [Deposit(
         deposit_id=r.id, account_id=r.account_id, chain=r.chain, asset=r.asset, txid=r.txid, index=r.output_index,
         address=r.address, amount=r.amount,
-        confirmations=confirmations(views.get(r.chain, 0), r.block_height) if r.status in ("PENDING", "CREDITED")
-        else 0,
-        status=r.status, block_height=r.block_height, block_hash=r.block_hash, coinbase=bool(r.coinbase))
+        confirmations=confirmations(views.get(r.chain, 0), r.block_height) if r.status in ON_CHAIN else 0,
+        status=r.status, block_height=r.block_height, block_hash=r.block_hash, coinbase=bool(r.coinbase),
+        reason=r.reason)
         for r in rows]

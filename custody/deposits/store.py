@@ -12,7 +12,7 @@ import json
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from custody.db import schema as t
-from custody.deposits.model import CREDITED, PENDING
+from custody.deposits.model import ON_CHAIN, PENDING
 
 
 class CursorMoved(Exception):
@@ -82,6 +82,14 @@ def addresses_after(conn: Connection, chain: str, after_id: int) -> list[tuple[i
     return [(r.id, bytes(r.watch_key)) for r in rows]
 
 
+def addresses_by_id(conn: Connection, chain: str, ids) -> list[tuple[int, bytes, int | None]]:
+    """(id, watch key, created height) of those ids that exist now."""
+    rows = conn.execute(select(t.chain_addresses.c.id, t.chain_addresses.c.watch_key,
+                               t.chain_addresses.c.created_height)
+                        .where(t.chain_addresses.c.chain == chain, t.chain_addresses.c.id.in_(list(ids))))
+    return [(r.id, bytes(r.watch_key), r.created_height) for r in rows]
+
+
 def address_rows(conn: Connection, ids) -> dict[int, dict]:
     rows = conn.execute(select(t.chain_addresses).where(t.chain_addresses.c.id.in_(set(ids))))
     return {r.id: dict(r._mapping) for r in rows}
@@ -110,10 +118,11 @@ def pending_deposits(conn: Connection, chain: str) -> list[dict]:
 
 
 def deposits_above(conn: Connection, chain: str, height: int) -> list[dict]:
-    """PENDING and CREDITED deposits in blocks above height (a reorg drops them)."""
+    """Deposits in blocks above height that are on the chain (a reorg drops them):
+    PENDING, CREDITED, and those outside policy."""
     rows = conn.execute(select(t.deposits).where(
         t.deposits.c.chain == chain, t.deposits.c.block_height > height,
-        t.deposits.c.status.in_((PENDING, CREDITED))).order_by(t.deposits.c.id))
+        t.deposits.c.status.in_(ON_CHAIN)).order_by(t.deposits.c.id))
     return [dict(r._mapping) for r in rows]
 
 
@@ -125,6 +134,32 @@ def insert_deposit(conn: Connection, **values) -> int:
     stamp = now()
     return conn.execute(insert(t.deposits).values(created_at=stamp, updated_at=stamp, **values)
                         .returning(t.deposits.c.id)).scalar_one()
+
+
+# -- backfills (rescans of past blocks) -------------------------------------------------------------
+def request_backfill(conn: Connection, chain: str, from_height: int, reason: str) -> int:
+    return conn.execute(insert(t.scan_backfills).values(
+        chain=chain, from_height=from_height, next_height=from_height, reason=reason[:200], created_at=now())
+        .returning(t.scan_backfills.c.id)).scalar_one()
+
+
+def open_backfills(conn: Connection, chain: str) -> list[dict]:
+    rows = conn.execute(select(t.scan_backfills).where(t.scan_backfills.c.chain == chain,
+                                                       t.scan_backfills.c.finished_at.is_(None))
+                        .order_by(t.scan_backfills.c.id))
+    return [dict(r._mapping) for r in rows]
+
+
+def set_backfill(conn: Connection, backfill_id: int, **values) -> None:
+    conn.execute(update(t.scan_backfills).where(t.scan_backfills.c.id == backfill_id).values(**values))
+
+
+def known_utxos(conn: Connection, chain: str, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    if not keys:
+        return set()
+    rows = conn.execute(select(t.utxos.c.txid, t.utxos.c.output_index).where(
+        t.utxos.c.chain == chain, t.utxos.c.txid.in_({txid for txid, _ in keys})))
+    return {(r.txid, r.output_index) for r in rows} & set(keys)
 
 
 # -- the UTXO set ------------------------------------------------------------------------------------

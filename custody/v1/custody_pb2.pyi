@@ -29,6 +29,8 @@ class DepositStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEPOSIT_STATUS_CREDITED: _ClassVar[DepositStatus]
     DEPOSIT_STATUS_ORPHANED: _ClassVar[DepositStatus]
     DEPOSIT_STATUS_REVERSED: _ClassVar[DepositStatus]
+    DEPOSIT_STATUS_BELOW_MINIMUM: _ClassVar[DepositStatus]
+    DEPOSIT_STATUS_ASSET_DISABLED: _ClassVar[DepositStatus]
 WITHDRAWAL_STATUS_UNSPECIFIED: WithdrawalStatus
 WITHDRAWAL_STATUS_PENDING_REVIEW: WithdrawalStatus
 WITHDRAWAL_STATUS_APPROVED: WithdrawalStatus
@@ -46,6 +48,8 @@ DEPOSIT_STATUS_PENDING: DepositStatus
 DEPOSIT_STATUS_CREDITED: DepositStatus
 DEPOSIT_STATUS_ORPHANED: DepositStatus
 DEPOSIT_STATUS_REVERSED: DepositStatus
+DEPOSIT_STATUS_BELOW_MINIMUM: DepositStatus
+DEPOSIT_STATUS_ASSET_DISABLED: DepositStatus
 
 class WithdrawalHistoryEntry(_message.Message):
     __slots__ = ("from_status", "to_status", "actor", "reason", "at")
@@ -220,7 +224,7 @@ class ListAssetsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Asset(_message.Message):
-    __slots__ = ("asset", "chain", "decimals", "contract", "confirmations", "withdrawal_fee", "min_withdrawal", "max_withdrawal", "daily_withdrawal_limit")
+    __slots__ = ("asset", "chain", "decimals", "contract", "confirmations", "withdrawal_fee", "min_withdrawal", "max_withdrawal", "daily_withdrawal_limit", "min_deposit", "deposits_enabled")
     ASSET_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     DECIMALS_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +234,8 @@ class Asset(_message.Message):
     MIN_WITHDRAWAL_FIELD_NUMBER: _ClassVar[int]
     MAX_WITHDRAWAL_FIELD_NUMBER: _ClassVar[int]
     DAILY_WITHDRAWAL_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MIN_DEPOSIT_FIELD_NUMBER: _ClassVar[int]
+    DEPOSITS_ENABLED_FIELD_NUMBER: _ClassVar[int]
     asset: str
     chain: str
     decimals: int
@@ -239,7 +245,9 @@ class Asset(_message.Message):
     min_withdrawal: str
     max_withdrawal: str
     daily_withdrawal_limit: str
-    def __init__(self, asset: _Optional[str] = ..., chain: _Optional[str] = ..., decimals: _Optional[int] = ..., contract: _Optional[str] = ..., confirmations: _Optional[int] = ..., withdrawal_fee: _Optional[str] = ..., min_withdrawal: _Optional[str] = ..., max_withdrawal: _Optional[str] = ..., daily_withdrawal_limit: _Optional[str] = ...) -> None: ...
+    min_deposit: str
+    deposits_enabled: bool
+    def __init__(self, asset: _Optional[str] = ..., chain: _Optional[str] = ..., decimals: _Optional[int] = ..., contract: _Optional[str] = ..., confirmations: _Optional[int] = ..., withdrawal_fee: _Optional[str] = ..., min_withdrawal: _Optional[str] = ..., max_withdrawal: _Optional[str] = ..., daily_withdrawal_limit: _Optional[str] = ..., min_deposit: _Optional[str] = ..., deposits_enabled: _Optional[bool] = ...) -> None: ...
 
 class ListAssetsResponse(_message.Message):
     __slots__ = ("assets",)
@@ -292,7 +300,7 @@ class ListDepositsRequest(_message.Message):
     def __init__(self, account_id: _Optional[str] = ...) -> None: ...
 
 class Deposit(_message.Message):
-    __slots__ = ("deposit_id", "chain", "asset", "txid", "index", "address", "amount", "confirmations", "status", "block_height", "block_hash", "coinbase")
+    __slots__ = ("deposit_id", "chain", "asset", "txid", "index", "address", "amount", "confirmations", "status", "block_height", "block_hash", "coinbase", "reason")
     DEPOSIT_ID_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     ASSET_FIELD_NUMBER: _ClassVar[int]
@@ -305,6 +313,7 @@ class Deposit(_message.Message):
     BLOCK_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     BLOCK_HASH_FIELD_NUMBER: _ClassVar[int]
     COINBASE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     deposit_id: str
     chain: str
     asset: str
@@ -317,7 +326,8 @@ class Deposit(_message.Message):
     block_height: int
     block_hash: str
     coinbase: bool
-    def __init__(self, deposit_id: _Optional[str] = ..., chain: _Optional[str] = ..., asset: _Optional[str] = ..., txid: _Optional[str] = ..., index: _Optional[int] = ..., address: _Optional[str] = ..., amount: _Optional[str] = ..., confirmations: _Optional[int] = ..., status: _Optional[_Union[DepositStatus, str]] = ..., block_height: _Optional[int] = ..., block_hash: _Optional[str] = ..., coinbase: _Optional[bool] = ...) -> None: ...
+    reason: str
+    def __init__(self, deposit_id: _Optional[str] = ..., chain: _Optional[str] = ..., asset: _Optional[str] = ..., txid: _Optional[str] = ..., index: _Optional[int] = ..., address: _Optional[str] = ..., amount: _Optional[str] = ..., confirmations: _Optional[int] = ..., status: _Optional[_Union[DepositStatus, str]] = ..., block_height: _Optional[int] = ..., block_hash: _Optional[str] = ..., coinbase: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListDepositsResponse(_message.Message):
     __slots__ = ("account_id", "deposits")

@@ -258,3 +258,93 @@ def test_deposit_addresses_are_stable_never_shared_and_new_on_request(btc_app):
     owners = {r["address"]: r["account_id"] for r in rows(btc_app, t.chain_addresses, wallet="deposit")}
     assert owners == {first: a, second: a, bens: b}
 
+
+
+def test_an_output_paid_and_spent_within_one_scanned_batch_is_recorded_spent(btc_app, chain):
+    """A deposit and its sweep in the same block, and another pair in consecutive blocks applied in
+    one batch: the UTXO set must not keep spent outputs (they would be picked for withdrawals)."""
+    account, address = account_with_address(btc_app, "ann")
+    same_txid, _ = chain.pay((script_of(btc_app, address), 50_000))
+    same_sweep = chain.miner.send(spend((same_txid, 0), 50_000, deposit_key(0), random_script()))
+    chain.mine(1)
+    next_txid, _ = chain.pay((script_of(btc_app, address), 60_000))
+    chain.mine(1)
+    next_sweep = chain.miner.send(spend((next_txid, 0), 60_000, deposit_key(0), random_script()))
+    chain.mine(CONFIRMATIONS)
+    scan(btc_app)  # every block above in one fetch batch
+    spent = {(u["txid"], u["spent_txid"]) for u in rows(btc_app, t.utxos)}
+    assert spent == {(same_txid, same_sweep), (next_txid, next_sweep)}
+    assert balance(btc_app, account).available == 110_000
+
+
+def test_a_credited_deposit_reversed_by_a_deep_reorg_and_mined_again_ends_credited_once(btc_app, chain):
+    """FAILURE_MODES 6, variant: the reversed transaction is re-mined in another block. The deposit
+    is credited again under the same key: one net credit, the credit, reversal and re-credit all in
+    the ledger and the events; the account stays frozen until staff review it (docs/deposits.md)."""
+    account, address = account_with_address(btc_app, "ann")
+    txid, raw = chain.pay((script_of(btc_app, address), SATS))
+    chain.mine(CONFIRMATIONS)
+    scan(btc_app)
+    (d,) = deposits_of(btc_app, account)
+    first_block = (d.block_height, d.block_hash)
+    assert d.status == "CREDITED"
+
+    chain.reorg(d.block_height, CONFIRMATIONS + 1)  # deeper than the confirmation depth; the tx vanishes
+    scan(btc_app)
+    (d,) = deposits_of(btc_app, account)
+    assert d.status == "REVERSED" and balance(btc_app, account).available == 0
+
+    chain.miner.send(raw)  # the same transaction, mined again in another block
+    chain.mine(CONFIRMATIONS)
+    scan(btc_app)
+    (d,) = deposits_of(btc_app, account)
+    assert (d.status, d.txid, d.index, d.confirmations) == ("CREDITED", txid, 0, CONFIRMATIONS)
+    assert (d.block_height, d.block_hash) != first_block
+    assert balance(btc_app, account).available == SATS, "credited exactly once overall"
+    batches = rows(btc_app, t.ledger_batches)
+    assert sorted((b["kind"], b["flagged"], b["reference"]) for b in batches) == [
+        ("deposit", False, f"deposit:{d.deposit_id}"), ("deposit", False, f"deposit:{d.deposit_id}"),
+        ("deposit_reversal", True, f"deposit:{d.deposit_id}")]
+    types = [e for e in event_types(btc_app) if e.startswith(("deposit.", "alert."))]
+    assert types == ["deposit.pending", "deposit.credited", "deposit.reversed", "alert.deposit_reversed",
+                     "deposit.pending", "deposit.credited"]
+    (acct,) = rows(btc_app, t.accounts, id=account)
+    assert acct["frozen"], "a re-credit does not lift the freeze: staff review the account"
+
+
+def test_a_reorg_deeper_than_the_remembered_blocks_halts_the_scanner_with_one_alert(db_url, chain):
+    """The scanner keeps max_reorg_depth blocks; a deeper reorg stops it with an alert event and
+    nothing changed: no guessed fork point, the deposit left as it was for staff to judge."""
+    from custody.app import Custody
+    from tests.support.bitcoin import make_chain_config
+
+    app = Custody(make_chain_config(db_url, chain.rpc.url, max_reorg_depth=3))
+    try:
+        app.scanner("bitcoin").catch_up()
+        account, address = account_with_address(app, "ann")
+        chain.pay((script_of(app, address), 9_000))
+        chain.mine(1)
+        scan(app)
+        (d,) = deposits_of(app, account)
+        chain.mine(5)
+        scan(app)
+        (d,) = deposits_of(app, account)
+        assert d.status == "CREDITED"
+        with app.engine.connect() as conn:
+            before = store.load_cursor(conn, "bitcoin")
+            remembered = store.recent_blocks(conn, "bitcoin", 100)
+        assert len(remembered) == 3, "only max_reorg_depth blocks are kept"
+
+        chain.reorg(d.block_height, 8)  # replaces 6 blocks: below everything remembered
+        first = app.scanner("bitcoin").tick()
+        assert first.status == "halted" and "reorg deeper than 3" in first.detail
+        app.scanner("bitcoin").next_attempt = 0
+        assert app.scanner("bitcoin").tick().status == "halted"
+        with app.engine.connect() as conn:
+            assert store.load_cursor(conn, "bitcoin") == before, "the cursor did not move"
+        (after,) = deposits_of(app, account)
+        assert (after.status, after.block_hash) == ("CREDITED", d.block_hash), "nothing guessed or unwound"
+        alerts = [json.loads(e.payload) for e in app.events_after(0, 1000) if e.type == "alert.reorg_too_deep"]
+        assert [(a["cursor_height"], a["max_reorg_depth"]) for a in alerts] == [(before.height, 3)]
+    finally:
+        app.close()

@@ -192,3 +192,34 @@ def test_the_parser_agrees_with_the_nodes_own_decoding_of_a_varied_block(chain, 
         assert parsed.hash == h and parsed.parent_hash == decoded["previousblockhash"]
     spent = btc_app.plugin("bitcoin").fetch_block(decoded["height"], Watch(set(), {(txid, 6)}))
     assert [(s.spent_txid, s.spent_index) for s in spent.spends] == [(txid, 6)]
+
+
+def test_blocks_fetched_ahead_then_reorged_away_are_unwound_like_any_other(db_url, chain):
+    """The plugin fetches the next batch's raw blocks ahead. If a reorg replaces them before the
+    scanner uses them, the scanner may apply the stale ones, then sees the reorg and unwinds:
+    it ends on the node's chain, and the deposit that only the stale blocks had is not counted."""
+    app = Custody(make_chain_config(db_url, chain.rpc.url, blocks_per_commit=4))
+    try:
+        scanner = app.scanner("bitcoin")
+        scanner.catch_up()
+        account = app.create_account("ann").account_id
+        script = app.plugin("bitcoin").watch_key(app.deposit_address(str(account), "bitcoin")[1])
+        start = chain.height()
+        chain.mine(7)
+        chain.pay((script, 8_000))
+        chain.mine(1)  # the deposit is in block start + 8
+        assert scanner.run_once(max_blocks=4).applied == 4  # start+1..start+4; start+5..start+8 fetched ahead
+        assert app.plugin("bitcoin")._ahead is not None
+
+        chain.reorg(start + 5, 6)  # replaces start+5..start+8; bcoin drops the deposit's transaction
+        scanner.catch_up()
+        with app.engine.connect() as conn:
+            cursor = conn.execute(select(t.scan_cursors)).one()
+            remembered = conn.execute(select(t.scanned_blocks.c.height, t.scanned_blocks.c.hash)).all()
+            deposits = conn.execute(select(t.deposits.c.status)).scalars().all()
+        assert (cursor.height, cursor.hash) == (chain.height(), chain.rpc.call("getbestblockhash"))
+        assert all(chain.rpc.call("getblockhash", h) == block_hash for h, block_hash in remembered if h > start)
+        assert deposits == ["ORPHANED"], "seen in the stale blocks, then unwound"
+        assert {b.asset: b for b in app.get_balances(str(account))[1]}["BTC"].pending == 0
+    finally:
+        app.close()

@@ -70,12 +70,13 @@ def chain_config(rpc_url: str, **overrides) -> dict:
 
 
 def make_chain_config(database_url: str, rpc_url: str, confirmations: int = CONFIRMATIONS,
-                      **chain) -> config_mod.Config:
+                      btc: dict | None = None, **chain) -> config_mod.Config:
+    """btc: more [[assets]] settings for BTC (min_deposit, deposits_enabled...)."""
     return config_mod.parse({
         "database": {"url": database_url},
         "server": {"listen": "127.0.0.1:0"},
         "clients": [{"name": n, "token_sha256": token_digest(TOKENS[n]), "scopes": SCOPES[n]} for n in TOKENS],
-        "assets": [{"asset": "BTC", "chain": "bitcoin", "decimals": 8, "confirmations": confirmations},
+        "assets": [{"asset": "BTC", "chain": "bitcoin", "decimals": 8, "confirmations": confirmations, **(btc or {})},
                    {"asset": "ETH", "chain": "ethereum", "decimals": 18, "confirmations": 3}],
         "chains": {"bitcoin": chain_config(rpc_url, **chain)},
     })

@@ -1,0 +1,180 @@
+"""FAILURE_MODES 23 against the real bcoin node: addresses registered late (a high
+derivation index, a restore), rescans from a height (CLI and automatic), never a
+cursor moved back, never a double credit."""
+import subprocess
+import sys
+
+from sqlalchemy import select
+
+from custody.db import schema as t
+from custody.deposits import service as deposits
+from custody.deposits import store
+from tests.integration.test_scanner_robustness import write_config
+from tests.support.bitcoin import CONFIRMATIONS, DEPOSIT_XPUB, deposit_key, random_script, spend
+from tests.support.databases import ROOT
+
+HIGH_INDEX = 100_000
+
+
+def scan(app):
+    return app.scanner("bitcoin").catch_up()
+
+
+def cursor(app):
+    with app.engine.connect() as conn:
+        return store.load_cursor(conn, "bitcoin")
+
+
+def table(app, tbl):
+    with app.engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(tbl))]
+
+
+def available(app, account):
+    return {b.asset: b for b in app.get_balances(str(account))[1]}["BTC"].available
+
+
+def test_an_address_at_a_high_index_registered_late_finds_its_past_payment_and_spend(btc_app, chain):
+    """A payment to index 100,000 and its sweep, both mined before the address is registered
+    with a creation height below them: the automatic backfill credits it once and records the spend."""
+    plugin = btc_app.plugin("bitcoin")
+    ann = btc_app.create_account("ann").account_id
+    ben = btc_app.create_account("ben").account_id
+    bens_address = btc_app.deposit_address(str(ben), "bitcoin")[1]
+    created_height = chain.height()
+    late = plugin.derive_address(DEPOSIT_XPUB, HIGH_INDEX)
+    txid, _ = chain.pay((late.watch_key, 70_000), (plugin.watch_key(bens_address), 30_000))
+    chain.mine(1)
+    sweep_txid = chain.miner.send(spend((txid, 0), 70_000, deposit_key(HIGH_INDEX), random_script()))
+    chain.mine(CONFIRMATIONS)
+    scan(btc_app)
+    assert [d["amount"] for d in table(btc_app, t.deposits)] == [30_000], "index 100,000 is not watched yet"
+    before = cursor(btc_app)
+
+    address = deposits.register_deposit_address(btc_app.engine, plugin, "bitcoin", DEPOSIT_XPUB, ann, HIGH_INDEX,
+                                                created_height)
+    assert address == late.address
+    (request,) = table(btc_app, t.scan_backfills)
+    assert (request["from_height"], request["finished_at"]) == (created_height + 1, None)
+    result = scan(btc_app)
+
+    assert result.backfilled == before.height - created_height and result.applied == 0
+    assert cursor(btc_app) == before, "a backfill never moves the cursor"
+    (request,) = table(btc_app, t.scan_backfills)
+    assert request["to_height"] == before.height and request["finished_at"] is not None
+    found = {d["amount"]: d for d in table(btc_app, t.deposits)}
+    assert sorted(found) == [30_000, 70_000]
+    assert (found[70_000]["txid"], found[70_000]["status"], found[70_000]["account_id"]) == (txid, "CREDITED", ann)
+    assert available(btc_app, ann) == 70_000 and available(btc_app, ben) == 30_000
+    utxos = {u["amount"]: u for u in table(btc_app, t.utxos)}
+    assert utxos[70_000]["spent_txid"] == sweep_txid, "the sweep after the payment is seen too"
+    assert len(table(btc_app, t.ledger_batches)) == 2
+    types = [e.type for e in btc_app.events_after(0, 1000)]
+    assert types.count("deposit.credited") == 2
+
+    assert scan(btc_app).backfilled == 0, "a finished backfill is not run again"
+
+
+def test_cli_rescan_finds_a_payment_the_scanner_could_not_see_and_a_second_rescan_changes_nothing(
+        btc_app, chain, db_url, tmp_path):
+    """A restore: the address row came back with no creation height, after its payment was
+    scanned past. `custody scan rescan --from-height H` credits it once; running it again adds nothing."""
+    plugin = btc_app.plugin("bitcoin")
+    ann = btc_app.create_account("ann").account_id
+    first = chain.height() + 1
+    late = plugin.derive_address(DEPOSIT_XPUB, 5_000)
+    txid, _ = chain.pay((late.watch_key, 12_345))
+    chain.mine(CONFIRMATIONS)
+    scan(btc_app)
+    with btc_app.engine.begin() as conn:
+        conn.execute(t.chain_addresses.insert().values(
+            chain="bitcoin", wallet="deposit", branch=0, key_index=5_000, address=late.address,
+            watch_key=late.watch_key, account_id=ann, created_height=None, created_at=store.now()))
+    scan(btc_app)
+    assert table(btc_app, t.deposits) == [] and table(btc_app, t.scan_backfills) == []
+    before = cursor(btc_app)
+    config_file = write_config(tmp_path / "custody.toml", db_url, chain.rpc.url)
+
+    def rescan():
+        return subprocess.run([sys.executable, "-m", "custody.cli", "scan", "rescan", "--config", str(config_file),
+                               "--chain", "bitcoin", "--from-height", str(first)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    done = rescan()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{before.height - first + 1} blocks rescanned" in done.stdout and "finished" in done.stdout
+    (d,) = table(btc_app, t.deposits)
+    assert (d["txid"], d["status"], d["amount"], d["account_id"]) == (txid, "CREDITED", 12_345, ann)
+    assert cursor(btc_app) == before
+
+    again = rescan()
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(table(btc_app, t.deposits)) == 1 and len(table(btc_app, t.ledger_batches)) == 1
+    assert available(btc_app, ann) == 12_345
+    assert len(table(btc_app, t.scan_backfills)) == 2
+
+    bad = subprocess.run([sys.executable, "-m", "custody.cli", "scan", "rescan", "--config", str(config_file),
+                          "--chain", "dogecoin", "--from-height", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown chain 'dogecoin'" in bad.stderr
+
+
+def test_an_address_whose_id_commits_after_a_higher_one_is_watched_and_backfilled(btc_app, chain):
+    """PostgreSQL hands out ids before commit: the scanner may see id N+1 before id N. Id N is
+    looked for again; found later with a creation height below the cursor, it gets a backfill."""
+    plugin = btc_app.plugin("bitcoin")
+    ann = btc_app.create_account("ann").account_id
+    with btc_app.engine.connect() as conn:
+        top = conn.execute(select(t.chain_addresses.c.id).order_by(t.chain_addresses.c.id.desc())).first().id
+    slow, fast = plugin.derive_address(DEPOSIT_XPUB, 7), plugin.derive_address(DEPOSIT_XPUB, 8)
+    created_height = cursor(btc_app).height
+
+    def insert(address_id, derived, index):
+        with btc_app.engine.begin() as conn:
+            conn.execute(t.chain_addresses.insert().values(
+                id=address_id, chain="bitcoin", wallet="deposit", branch=0, key_index=index,
+                address=derived.address, watch_key=derived.watch_key, account_id=ann,
+                created_height=created_height, created_at=store.now()))
+
+    insert(top + 2, fast, 8)  # the later id commits first
+    txid, _ = chain.pay((slow.watch_key, 4_000), (fast.watch_key, 6_000))
+    chain.mine(CONFIRMATIONS)
+    scan(btc_app)
+    assert [d["amount"] for d in table(btc_app, t.deposits)] == [6_000]
+    insert(top + 1, slow, 7)  # ...then the earlier one
+    scan(btc_app)  # sees it, requests a backfill from its creation height
+    scan(btc_app)
+    assert sorted((d["amount"], d["status"]) for d in table(btc_app, t.deposits)) == [
+        (4_000, "CREDITED"), (6_000, "CREDITED")]
+    assert available(btc_app, ann) == 10_000
+    (request,) = table(btc_app, t.scan_backfills)
+    assert request["from_height"] == created_height + 1 and request["finished_at"] is not None
+
+
+def test_a_backfill_spread_over_runs_sees_spends_in_blocks_applied_meanwhile(btc_app, chain, monkeypatch):
+    """The backfill goes up to the cursor as it is at each run: an output it finds late, and that
+    was spent in a block the main loop applied before the output was known, is recorded spent."""
+    from custody.deposits import scanner as scanner_mod
+
+    monkeypatch.setattr(scanner_mod, "BACKFILL_BLOCKS_PER_RUN", 2)
+    plugin = btc_app.plugin("bitcoin")
+    ann = btc_app.create_account("ann").account_id
+    created_height = chain.height()
+    late = plugin.derive_address(DEPOSIT_XPUB, HIGH_INDEX + 1)
+    chain.mine(2)
+    txid, _ = chain.pay((late.watch_key, 40_000))
+    chain.mine(1)  # the payment is in block created_height + 3
+    scan(btc_app)
+    deposits.register_deposit_address(btc_app.engine, plugin, "bitcoin", DEPOSIT_XPUB, ann, HIGH_INDEX + 1,
+                                      created_height)
+    sweep_txid = chain.miner.send(spend((txid, 0), 40_000, deposit_key(HIGH_INDEX + 1), random_script()))
+    chain.mine(CONFIRMATIONS)
+
+    first = btc_app.scanner("bitcoin").run_once()  # rescans 2 blocks, then applies the sweep's block
+    assert (first.backfilled, first.applied) == (2, CONFIRMATIONS)
+    scan(btc_app)  # the rest of the backfill finds the payment
+    (d,) = table(btc_app, t.deposits)
+    assert (d["txid"], d["status"]) == (txid, "CREDITED")
+    (utxo,) = table(btc_app, t.utxos)
+    assert utxo["spent_txid"] == sweep_txid
+    (request,) = table(btc_app, t.scan_backfills)
+    assert request["to_height"] == chain.height() and request["finished_at"] is not None

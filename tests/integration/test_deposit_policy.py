@@ -1,0 +1,115 @@
+"""FAILURE_MODES 25, deposits outside policy, against the real bcoin node: a payment
+below the asset's min_deposit, or made while the asset's deposits are disabled, is
+recorded with its status and reason, shown by ListDeposits and an event, never
+credited, and follows reorgs like any other deposit."""
+import json
+
+import pytest
+
+from custody.app import Custody
+from custody.v1 import custody_pb2 as pb
+from tests.support.bitcoin import CONFIRMATIONS, make_chain_config
+from tests.support.servers import Clients, ServerThread
+
+MIN = 10_000
+
+
+@pytest.fixture
+def policy_app(db_url, chain, request):
+    btc = getattr(request, "param", {"min_deposit": str(MIN)})
+    app = Custody(make_chain_config(db_url, chain.rpc.url, btc=btc))
+    app.scanner("bitcoin").catch_up()
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def api(policy_app):
+    server = ServerThread(policy_app.config, policy_app)
+    clients = Clients(server.address)
+    yield clients
+    clients.close()
+    server.stop()
+
+
+def address_of(app, name):
+    account = app.create_account(name).account_id
+    return account, app.deposit_address(str(account), "bitcoin")[1]
+
+
+def scan(app):
+    app.scanner("bitcoin").catch_up()
+
+
+def events(app, kind):
+    return [json.loads(e.payload) for e in app.events_after(0, 10_000) if e.type == kind]
+
+
+def btc(app, account):
+    return {b.asset: b for b in app.get_balances(str(account))[1]}["BTC"]
+
+
+def test_a_deposit_below_the_minimum_is_recorded_shown_and_never_credited(policy_app, api, chain):
+    """One transaction pays 9,999 and 10,000 sats to a user: the first is BELOW_MINIMUM with its
+    reason (ListDeposits, an event), the second is credited at the configured depth."""
+    account, address = address_of(policy_app, "ann")
+    script = policy_app.plugin("bitcoin").watch_key(address)
+    txid, _ = chain.pay((script, MIN - 1), (script, MIN))
+    chain.mine(CONFIRMATIONS + 2)
+    scan(policy_app)
+
+    md = api.md()
+    small, ok = api.custody.ListDeposits(pb.ListDepositsRequest(account_id=str(account)), metadata=md).deposits
+    assert (small.txid, small.index, small.amount, small.status, small.confirmations) == (
+        txid, 0, str(MIN - 1), pb.DEPOSIT_STATUS_BELOW_MINIMUM, CONFIRMATIONS + 2)
+    assert small.reason == "9999 is below the BTC minimum deposit of 10000 base units"
+    assert (ok.amount, ok.status, ok.reason) == (str(MIN), pb.DEPOSIT_STATUS_CREDITED, "")
+    b = btc(policy_app, account)
+    assert (b.available, b.pending) == (MIN, 0), "the small one is neither available nor pending"
+
+    (event,) = events(policy_app, "deposit.below_minimum")
+    assert (event["txid"], event["index"], event["amount"], event["status"], event["account_id"]) == (
+        txid, 0, str(MIN - 1), "BELOW_MINIMUM", str(account))
+    assert event["reason"] == small.reason
+    assert [e["index"] for e in events(policy_app, "deposit.credited")] == [1]
+    # The coins are ours on chain all the same: the UTXO set has both outputs.
+    with policy_app.engine.connect() as conn:
+        from custody.deposits import store
+        amounts = sorted(u["amount"] for u in store.spendable_utxos(conn, "bitcoin", "deposit", chain.height(), 100))
+    assert amounts == [MIN - 1, MIN]
+    (asset,) = [a for a in api.custody.ListAssets(pb.ListAssetsRequest(), metadata=md).assets if a.asset == "BTC"]
+    assert (asset.min_deposit, asset.deposits_enabled) == (str(MIN), True)
+
+
+@pytest.mark.parametrize("policy_app", [{"deposits_enabled": False}], indirect=True)
+def test_a_deposit_of_a_disabled_asset_is_recorded_and_never_credited(policy_app, chain):
+    account, address = address_of(policy_app, "ann")
+    txid, _ = chain.pay((policy_app.plugin("bitcoin").watch_key(address), 5 * MIN))
+    chain.mine(CONFIRMATIONS)
+    scan(policy_app)
+    (d,) = policy_app.list_deposits(str(account))[1]
+    assert (d.txid, d.status, d.reason, d.confirmations) == (
+        txid, "ASSET_DISABLED", "deposits of BTC are disabled", CONFIRMATIONS)
+    assert btc(policy_app, account).available == 0
+    assert [e["txid"] for e in events(policy_app, "deposit.asset_disabled")] == [txid]
+    assert events(policy_app, "deposit.credited") == []
+
+
+def test_a_reorg_orphans_a_below_minimum_deposit_and_a_re_mine_records_it_again_uncredited(policy_app, chain):
+    account, address = address_of(policy_app, "ann")
+    txid, raw = chain.pay((policy_app.plugin("bitcoin").watch_key(address), 1))
+    chain.mine(1)
+    scan(policy_app)
+    (d,) = policy_app.list_deposits(str(account))[1]
+    assert d.status == "BELOW_MINIMUM"
+    chain.reorg(d.block_height, 2)
+    scan(policy_app)
+    (d,) = policy_app.list_deposits(str(account))[1]
+    assert (d.status, d.confirmations) == ("ORPHANED", 0)
+    chain.miner.send(raw)
+    chain.mine(CONFIRMATIONS)
+    scan(policy_app)
+    (d,) = policy_app.list_deposits(str(account))[1]
+    assert (d.status, d.txid, d.confirmations) == ("BELOW_MINIMUM", txid, CONFIRMATIONS)
+    assert btc(policy_app, account).available == 0
+    assert len(events(policy_app, "deposit.below_minimum")) == 2
