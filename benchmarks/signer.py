@@ -2,6 +2,10 @@
 (+ rolling limits and audit log) included, against the bare signing rate of
 the same backend in the same run. One-input, two-output Bitcoin PSBT.
 
+The machine is shared, so its load changes while a benchmark runs: the bare
+rate and the rates compared with it are measured interleaved (short blocks
+in turn), so that each ratio compares numbers taken under the same load.
+
 Run alone: .venv/bin/python -m benchmarks.signer  (SoftHSM2 needed for its row)
 """
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
+import threading
 import time
 
 from hsm.keystores.pkcs11 import Pkcs11Keystore
@@ -17,16 +22,46 @@ from tests.support import signer as S
 from tests.support import softhsm
 
 DURATION_S = float(os.environ.get("SIGNER_BENCH_SECONDS", "3"))
+BLOCK_S = 0.02  # one turn of one function in the interleaved measurement
+CLIENTS = 8  # concurrent requests (the gRPC server's worker threads)
 
 
-def rate(fn, duration_s: float = DURATION_S) -> float:
-    fn()  # warm caches (derived keys, token objects)
-    n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < duration_s:
-        for _ in range(20):
+def interleaved_rates(fns: dict, duration_s: float = DURATION_S) -> dict[str, float]:
+    """Calls per second of each function, measured in alternating blocks of about BLOCK_S."""
+    per_block = {}
+    for name, fn in fns.items():
+        fn()  # warm caches (derived keys, token objects)
+        start = time.perf_counter()
+        fn()
+        per_block[name] = max(1, int(BLOCK_S / max(time.perf_counter() - start, 1e-7)))
+    calls = dict.fromkeys(fns, 0)
+    spent = dict.fromkeys(fns, 0.0)
+    while min(spent.values()) < duration_s:
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(per_block[name]):
+                fn()
+            spent[name] += time.perf_counter() - start
+            calls[name] += per_block[name]
+    return {name: calls[name] / spent[name] for name in fns}
+
+
+def concurrent_rate(fn, clients: int = CLIENTS, duration_s: float = DURATION_S) -> float:
+    done = [0] * clients
+    stop = time.perf_counter() + duration_s
+
+    def client(i):
+        while time.perf_counter() < stop:
             fn()
-        n += 20
-    return n / elapsed
+            done[i] += 1
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - start)
 
 
 def bench(name: str, store, key: tuple[str, str], folder: pathlib.Path, durable: bool) -> dict:
@@ -51,17 +86,17 @@ def bench(name: str, store, key: tuple[str, str], folder: pathlib.Path, durable:
         out = signer.sign("bitcoin", payload, [key], [])
         assert out.signed, out.refused_reason
 
-    def decode_policy_only():  # no audit/limits writes: what decode + checks cost
+    def decode_policy_only():  # no audit writes: what decode + checks cost
         decoder = signer.decoders["bitcoin"]
         explained = decoder.explain(payload, [key])
         signer.policy.check(explained, [], digest, time.time())
         decoder.sign(explained)
 
-    result = {"keystore": name, "durable": durable, "bare": rate(bare), "decode_policy_sign": rate(decode_policy_only),
-              "full": rate(full)}
+    rates = interleaved_rates({"bare": bare, "decode_policy_sign": decode_policy_only, "full": full})
+    rates["concurrent"] = concurrent_rate(full)
+    rates.update(keystore=name, durable=durable)
     signer.audit.close()
-    signer.limits.close()
-    return result
+    return rates
 
 
 def main() -> None:
@@ -84,12 +119,17 @@ def main() -> None:
             token.close()
         else:
             print("SoftHSM2 not installed: its row is missing (apt-get install softhsm2)")
+    print(f"load average before/after: {LOAD_BEFORE} / {os.getloadavg()}")
     print(f"{'keystore':22} {'fsync':6} {'bare sig/s':>11} {'decode+policy+sign/s':>21} {'ratio':>6} "
-          f"{'+limits+audit /s':>17} {'ratio':>6}")
+          f"{'+limits+audit /s':>17} {'ratio':>6} {f'{CLIENTS} clients /s':>13} {'ratio':>6}")
     for r in rows:
-        print(f"{r['keystore']:22} {'yes' if r['durable'] else 'no':6} {r['bare']:11.0f} {r['decode_policy_sign']:21.0f} "
-              f"{r['decode_policy_sign'] / r['bare']:6.2f} {r['full']:17.0f} {r['full'] / r['bare']:6.2f}")
+        print(f"{r['keystore']:22} {'yes' if r['durable'] else 'no':6} {r['bare']:11.0f} "
+              f"{r['decode_policy_sign']:21.0f} {r['decode_policy_sign'] / r['bare']:6.2f} "
+              f"{r['full']:17.0f} {r['full'] / r['bare']:6.2f} {r['concurrent']:13.0f} "
+              f"{r['concurrent'] / r['bare']:6.2f}")
 
+
+LOAD_BEFORE = os.getloadavg()
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,7 @@ written before it, the others find their entries durable and return.
 
 The chain alone can't show truncation (dropping the last entries leaves a
 valid chain), so a separate head file (<log>.head) holds the count and last
-hash, replaced after each sync and before the signer answers. It is not
+hash, overwritten after each sync and before the signer answers. It is not
 itself fsynced (that would be a second sync per request): after a power loss
 it may lag behind the log, never run ahead of it, so verify accepts a log
 that is longer than its head (the entries after the head were written since)
@@ -60,6 +60,7 @@ class AuditLog:
         self.count, self.head = report.count, report.head
         self._synced = self.count
         self._file = open(self.path, "a", encoding="utf-8")
+        self._head_file = _HeadFile(self.path, self.count, self.head)
 
     def append(self, kind: str, data: dict) -> int:
         """One entry, durable on return."""
@@ -92,23 +93,43 @@ class AuditLog:
             if self.durable:
                 os.fsync(self._file.fileno())
             self._synced = count
-            _write_head(self.path, count, head)
+            self._head_file.write(count, head)
 
     def close(self) -> None:
         self._file.close()
+        self._head_file.close()
 
 
 class AuditLogBroken(Exception):
     pass
 
 
-def _write_head(log: pathlib.Path, count: int, head: str) -> None:
-    # Atomic replace, deliberately not fsynced: see the module docstring.
-    target = head_path(log)
-    tmp = target.with_name(target.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps({"count": count, "hash": head}) + "\n")
-    os.replace(tmp, target)
+HEAD_RECORD_BYTES = 128
+
+
+class _HeadFile:
+    """<log>.head, overwritten in place with one fixed-size record.
+
+    Not replaced through a temporary file and a rename: on ext4 a rename over
+    an existing file flushes the new file's data first (auto_da_alloc), which
+    costs as much as the fsync of the log itself (about 2 ms here). One
+    128-byte write at offset 0 lies within one disk sector. The head is not
+    fsynced: see the module docstring.
+    """
+
+    def __init__(self, log: pathlib.Path, count: int, head: str):
+        self._fd = os.open(head_path(log), os.O_RDWR | os.O_CREAT, 0o600)
+        self.write(count, head)
+        os.ftruncate(self._fd, HEAD_RECORD_BYTES)  # a longer head written by an older version
+
+    def write(self, count: int, head: str) -> None:
+        record = json.dumps({"count": count, "hash": head}).ljust(HEAD_RECORD_BYTES - 1) + "\n"
+        os.pwrite(self._fd, record.encode(), 0)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 @dataclasses.dataclass
