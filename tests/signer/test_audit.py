@@ -182,3 +182,24 @@ def test_a_head_that_lags_behind_the_log_is_accepted_one_ahead_of_it_is_not(log_
     assert any("entry 4" in p and "rewritten" in p for p in audit.verify(log_with_entries).problems)
     audit.head_path(log_with_entries).write_text(json.dumps({"count": 7, "hash": "ab" * 32}))
     assert any("truncated" in p for p in audit.verify(log_with_entries).problems)
+
+
+def test_truncation_with_the_head_deleted_too_stops_the_signer(log_with_entries):
+    """Deleting the head file together with the tail does not hide the truncation: a log without
+    its head is reported, and the signer does not start on it (an operator must look)."""
+    rewrite(log_with_entries, lines(log_with_entries)[:2])
+    audit.head_path(log_with_entries).unlink()
+    report = audit.verify(log_with_entries)
+    assert not report.ok and any("missing" in p for p in report.problems)
+    with pytest.raises(AuditLogBroken, match="missing"):
+        AuditLog(log_with_entries)
+    # The record kept off the signer's host (audit_sequence of the last answer) shows how much is gone.
+    assert any("expected at least 6" in p for p in audit.verify(log_with_entries, expect_count=6).problems)
+
+
+def test_a_cut_short_last_line_is_reported(log_with_entries):
+    """A crash in the middle of a write (or a cut inside an entry) leaves a partial line: reported."""
+    text = log_with_entries.read_text()
+    log_with_entries.write_text(text[:-40])
+    report = audit.verify(log_with_entries)
+    assert not report.ok and any("line 6" in p and "not a complete entry" in p for p in report.problems)
