@@ -173,15 +173,15 @@ class BitcoinDecoder:
             wally.tx_witness_stack_add(witness, der)
             wally.tx_witness_stack_add(witness, pub)
             wally.psbt_set_input_final_witness(psbt, i, witness)
+            wally.tx_set_input_witness(tx, i, witness)  # the same transaction, extracted at explain
         # BIP174 finaliser: with every final witness in place, libwally drops what only
         # signers need (partial signatures, derivation paths, sighash type, scripts).
         # (Setting the witness ourselves skips psbt_add_input_signature's re-parse of our own key.)
         wally.psbt_finalize(psbt, 0)
         if not wally.psbt_is_finalized(psbt):
             raise Refused("decode", "the PSBT could not be finalised after signing every input")
-        final = wally.psbt_extract(psbt, wally.WALLY_PSBT_EXTRACT_FINAL)
-        return Signed(bytes(wally.psbt_to_bytes(psbt, 0)), bytes(wally.tx_to_bytes(final, wally.WALLY_TX_FLAG_USE_WITNESS)),
-                      bytes(wally.tx_get_txid(final))[::-1].hex())
+        return Signed(bytes(wally.psbt_to_bytes(psbt, 0)), bytes(wally.tx_to_bytes(tx, wally.WALLY_TX_FLAG_USE_WITNESS)),
+                      bytes(wally.tx_get_txid(tx))[::-1].hex())
 
     # -- keys ----------------------------------------------------------------------------------
     def _signing_keys(self, keys: list[tuple[str, str]]) -> dict[bytes, tuple[str, str, bytes]]:
