@@ -118,6 +118,7 @@ class BitcoinDecoder:
         self._key_index: tuple[dict[str, KeyInfo], frozenset[bytes]] | None = None
         # (key id, path) -> (p2wpkh script, public key), as the keystore derived them.
         self._scripts: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        self._hints: dict[bytes, tuple[bytes, bytes] | None] = {}  # see _derived_at
 
     def explain(self, payload: bytes, keys: list[tuple[str, str]]) -> Explained:
         psbt, tx = parse_psbt(payload)
@@ -208,22 +209,38 @@ class BitcoinDecoder:
         if script in token_scripts:
             return True
         for k in range(wally.psbt_get_output_keypaths_size(psbt, index)):
-            fingerprint, derivation = keypath(bytes(wally.psbt_get_output_keypath(psbt, index, k)))
-            owner = wallets.get(fingerprint)
-            if owner is not None and not owner.public_key:
-                try:
-                    mine = self.keystore.public_key(owner.key_id, path_text(derivation))
-                except UnknownKey:
-                    continue
-                # The hint must name our key (not only our path) and the output must pay it.
-                if wally.psbt_find_output_keypath(psbt, index, mine) == k + 1 and p2wpkh_script(mine) == script:
-                    return True
-            tail = derivation[-2:]
-            if len(tail) == 2 and tail[0] in (0, 1) and tail[1] < HARDENED:
-                for xpub in self.internal_xpubs:
-                    if _xpub_script(xpub, self.net.name, tail[0], tail[1]) == script:
-                        return True
+            hint = bytes(wally.psbt_get_output_keypath(psbt, index, k))
+            mine = self._derived_at(hint, wallets)
+            # The hint must name our key (not only our path) and the output must pay it.
+            if mine and mine[0] == script and wally.psbt_find_output_keypath(psbt, index, mine[1]) == k + 1:
+                return True
+            if self.internal_xpubs:
+                tail = keypath(hint)[1][-2:]
+                if len(tail) == 2 and tail[0] in (0, 1) and tail[1] < HARDENED:
+                    for xpub in self.internal_xpubs:
+                        if _xpub_script(xpub, self.net.name, tail[0], tail[1]) == script:
+                            return True
         return False
+
+    def _derived_at(self, hint: bytes, wallets: dict[str, KeyInfo]) -> tuple[bytes, bytes] | None:
+        """(p2wpkh script, public key) of our HD key at a derivation hint (fingerprint || path), if the
+        fingerprint is one of our wallets'. Cached: change hints repeat, and a derivation costs more
+        than the rest of the decoding."""
+        if hint in self._hints:
+            return self._hints[hint]
+        fingerprint, derivation = keypath(hint)
+        owner, found = wallets.get(fingerprint), None
+        if owner is not None and not owner.public_key:
+            try:
+                pub = self.keystore.public_key(owner.key_id, path_text(derivation))
+            except UnknownKey:
+                pass
+            else:
+                found = (p2wpkh_script(pub), pub)
+        if len(self._hints) >= _MAX_CACHED_SCRIPTS:
+            self._hints.clear()
+        self._hints[hint] = found
+        return found
 
     def _wallets(self) -> tuple[dict[str, KeyInfo], frozenset[bytes]]:
         """(HD wallets and token keys by fingerprint, the p2wpkh scripts of token keys).
