@@ -22,7 +22,7 @@ import wallycore as wally
 
 from chains.bitcoin.addresses import derive, parse_account_key
 from chains.bitcoin.params import BitcoinNetwork
-from hsm.decode import Explained, Signed, Transfer
+from hsm.decode import Explained, Signed, Transfer, _wally
 from hsm.errors import Refused, UnknownKey
 from hsm.keystores.base import KeyInfo, Keystore
 
@@ -132,7 +132,7 @@ class BitcoinDecoder:
             if utxo is None:
                 raise Refused("decode", f"input {i} lacks its witness_utxo: its amount, and so the fee, "
                                         "can't be checked")
-            script = bytes(wally.tx_output_get_script(utxo))
+            script = _wally.txout_script(utxo)
             if not (len(script) == 22 and script[:2] == b"\x00\x14"):
                 raise Refused("decode", f"input {i} is not p2wpkh; only p2wpkh inputs are signed")
             # 0: the PSBT names no sighash type (libwally can't tell it from an explicit 0,
@@ -148,7 +148,7 @@ class BitcoinDecoder:
             total_in += amount
         transfers, total_out = [], 0
         for j in range(n_out):
-            script = bytes(wally.tx_get_output_script(tx, j))
+            script = _wally.output_script(tx, j)
             amount = wally.tx_get_output_satoshi(tx, j)
             address = script_to_address(script, self.net)
             if address is None:
@@ -167,8 +167,7 @@ class BitcoinDecoder:
         for i, (key_id, path, pub, script, amount) in enumerate(plan):
             # BIP143 scriptCode of a p2wpkh input: the p2pkh script of its key hash.
             script_code = b"\x76\xa9\x14" + script[2:] + b"\x88\xac"
-            digest = bytes(wally.tx_get_btc_signature_hash(tx, i, script_code, amount, SIGHASH_ALL,
-                                                           wally.WALLY_TX_FLAG_USE_WITNESS))
+            digest = _wally.segwit_sighash(tx, i, script_code, amount, SIGHASH_ALL)
             der = self.keystore.sign_digest(key_id, path, digest).der() + bytes([SIGHASH_ALL])
             witness = wally.tx_witness_stack_init_alloc(2)
             wally.tx_witness_stack_add(witness, der)
@@ -181,8 +180,7 @@ class BitcoinDecoder:
         wally.psbt_finalize(psbt, 0)
         if not wally.psbt_is_finalized(psbt):
             raise Refused("decode", "the PSBT could not be finalised after signing every input")
-        return Signed(bytes(wally.psbt_to_bytes(psbt, 0)), bytes(wally.tx_to_bytes(tx, wally.WALLY_TX_FLAG_USE_WITNESS)),
-                      bytes(wally.tx_get_txid(tx))[::-1].hex())
+        return Signed(_wally.psbt_serialized(psbt), _wally.tx_serialized(tx), _wally.txid(tx))
 
     # -- keys ----------------------------------------------------------------------------------
     def _signing_keys(self, keys: list[tuple[str, str]]) -> dict[bytes, tuple[str, str, bytes]]:
