@@ -203,3 +203,18 @@ def test_a_cut_short_last_line_is_reported(log_with_entries):
     log_with_entries.write_text(text[:-40])
     report = audit.verify(log_with_entries)
     assert not report.ok and any("line 6" in p and "not a complete entry" in p for p in report.problems)
+
+
+def test_a_failure_while_signing_is_still_on_record(signer, keystore, monkeypatch):
+    """The token fails in the middle of a request: the request and an `error` decision are logged, nothing is
+    counted toward the rolling limits, and the error reaches the caller."""
+    def broken(*args):
+        raise RuntimeError("token removed")
+
+    monkeypatch.setattr(keystore, "sign_digest", broken)
+    with pytest.raises(RuntimeError, match="token removed"):
+        signer.sign("bitcoin", S.simple_psbt(keystore, 1000), [(S.HOT, S.HOT_BTC_PATH)], [])
+    entries = [json.loads(line) for line in lines(signer.config.audit_log)]
+    assert [e["kind"] for e in entries] == ["request", "error"] and "token removed" in entries[1]["data"]["error"]
+    assert audit.verify(signer.config.audit_log).ok
+    assert signer.limits.spent_since("BTC", 0) == 0
