@@ -168,7 +168,7 @@ class BitcoinDecoder:
             # BIP143 scriptCode of a p2wpkh input: the p2pkh script of its key hash.
             script_code = b"\x76\xa9\x14" + script[2:] + b"\x88\xac"
             digest = _wally.segwit_sighash(tx, i, script_code, amount, SIGHASH_ALL)
-            der = self.keystore.sign_digest(key_id, path, digest).der() + bytes([SIGHASH_ALL])
+            der = self.keystore.sign_digest_der(key_id, path, digest) + bytes([SIGHASH_ALL])
             witness = wally.tx_witness_stack_init_alloc(2)
             wally.tx_witness_stack_add(witness, der)
             wally.tx_witness_stack_add(witness, pub)

@@ -68,6 +68,10 @@ class Keystore(abc.ABC):
     def sign_digest(self, key_id: str, path: str, digest: bytes) -> Signature:
         """A low-S signature with its recovery id, over a digest the signer computed."""
 
+    def sign_digest_der(self, key_id: str, path: str, digest: bytes) -> bytes:
+        """The same low-S signature in strict DER (what Bitcoin puts in a witness)."""
+        return self.sign_digest(key_id, path, digest).der()
+
     def extended_public_key(self, key_id: str, path: str, version: bytes | None = None) -> str:
         """Base58 xpub at path; only HD keystores have one."""
         return ""

@@ -212,6 +212,7 @@ def test_a_failure_while_signing_is_still_on_record(signer, keystore, monkeypatc
         raise RuntimeError("token removed")
 
     monkeypatch.setattr(keystore, "sign_digest", broken)
+    monkeypatch.setattr(keystore, "sign_digest_der", broken)
     with pytest.raises(RuntimeError, match="token removed"):
         signer.sign("bitcoin", S.simple_psbt(keystore, 1000), [(S.HOT, S.HOT_BTC_PATH)], [])
     entries = [json.loads(line) for line in lines(signer.config.audit_log)]
