@@ -14,7 +14,7 @@ import pathlib
 
 from chains.bitcoin.params import network
 from hsm.decode import Explained, Signed
-from hsm.decode.bitcoin import BitcoinDecoder, path_text, psbt_bytes
+from hsm.decode.bitcoin import BitcoinDecoder, input_keypaths, parse_psbt, path_text, psbt_bytes
 from hsm.decode.ethereum import EthereumDecoder
 from hsm.errors import Refused
 from hsm.keystores.base import Keystore
@@ -55,13 +55,14 @@ def keys_for(job: OfflineJob, payload: bytes, keystore: Keystore) -> list[tuple[
     """Bitcoin: the input derivation hints that name the cold wallet; Ethereum: the given path."""
     if job.chain != "bitcoin":
         return [(job.wallet, job.eth_path)]
-    from embit.psbt import PSBT
+    import wallycore as wally
 
     fingerprint = {k.key_id: k.fingerprint for k in keystore.list_keys()}.get(job.wallet)
+    psbt, _ = parse_psbt(payload)
     keys = []
-    for inp in PSBT.parse(payload).inputs:
-        for derivation in inp.bip32_derivations.values():
-            if derivation.fingerprint.hex() == fingerprint:
+    for i in range(wally.psbt_get_num_inputs(psbt)):
+        for owner, derivation in input_keypaths(psbt, i):
+            if owner == fingerprint:
                 keys.append((job.wallet, path_text(derivation)))
     return keys
 

@@ -1,8 +1,12 @@
 """The signer's one use case: decode -> check -> sign -> record, with an audit trail.
 
-No gRPC here (api/ translates messages). Sign requests are handled one at a
+No gRPC here (api/ translates messages). Sign requests are decided one at a
 time: the rolling limits are read, checked and recorded under one lock, so
 two concurrent requests can't both fit under the same remaining allowance.
+A request's audit entries (request, decision with the outflow that the
+rolling limits count) are written together under that lock and made durable
+after it, before the answer: one fsync per request, shared by concurrent
+requests (hsm/audit.py).
 """
 from __future__ import annotations
 
@@ -43,8 +47,9 @@ class Signer:
         self.config = config
         self.keystore = keystore
         self.clock = clock
-        self.audit = AuditLog(config.audit_log, durable=config.durable)
-        self.limits = RollingLimits(config.limits_db, durable=config.durable, now_s=clock())
+        # The rolling limits are rebuilt from the log's "signed" entries (config.limits_db is not used).
+        self.limits = RollingLimits(now_s=clock())
+        self.audit = AuditLog(config.audit_log, durable=config.durable, visit=self.limits.replay)
         self.policy = Policy(config.policy, self.limits)
         pc = config.policy
         btc = pc.asset("bitcoin", "")
@@ -67,42 +72,56 @@ class Signer:
     def sign(self, chain: str, payload: bytes, keys: list[tuple[str, str]], approvals: list[Approval],
              client: str = "", reference: str = "") -> Outcome:
         with self._lock:
-            try:
-                digest = payload_hash(chain, payload) if chain in self.decoders else b""
-            except Refused as exc:
-                digest, early = b"", exc
-            else:
-                early = None
-            digest_hex = digest.hex()
-            self.audit.append("request", {
-                "client": client, "reference": reference, "chain": chain, "payload_sha256": digest_hex,
-                "payload_bytes": len(payload), "keys": [list(k) for k in keys],
-                "approvers": [a.approver for a in approvals]})
-            explained: Explained | None = None
-            try:
-                if early:
-                    raise early
-                decoder = self.decoders.get(chain)
-                if decoder is None:
-                    raise Refused("chain", f"unknown chain {chain!r}; the signer signs bitcoin and ethereum")
-                explained = decoder.explain(payload, keys)
-                now = self.clock()
-                external = self.policy.check(explained, approvals, digest, now)
-                signed = decoder.sign(explained)
-                self.policy.record(external, now, digest_hex)
-            except Refused as exc:
-                seq = self.audit.append("refused", {"payload_sha256": digest_hex, "rule": exc.rule,
-                                                    "reason": exc.reason, **_summary(explained)})
-                return Outcome(False, digest_hex, seq, exc.rule, exc.reason,
-                               transfers=explained.transfers if explained else [],
-                               fee=explained.fee if explained else 0,
-                               fee_asset=explained.fee_asset if explained else "")
-            seq = self.audit.append("signed", {"payload_sha256": digest_hex, "txid": signed.txid,
-                                               "raw_sha256": _sha256(signed.raw_transaction),
-                                               **_summary(explained)})
-            return Outcome(True, digest_hex, seq, signed_payload=signed.signed_payload,
-                           raw_transaction=signed.raw_transaction, txid=signed.txid,
-                           transfers=explained.transfers, fee=explained.fee, fee_asset=explained.fee_asset)
+            outcome, entries = self._decide(chain, payload, keys, approvals, client, reference)
+            outcome.audit_sequence = self.audit.write(entries)
+        self.audit.sync(outcome.audit_sequence)  # outside the lock: concurrent requests share the fsync
+        return outcome
+
+    def _decide(self, chain, payload, keys, approvals, client, reference) -> tuple[Outcome, list]:
+        try:
+            digest = payload_hash(chain, payload) if chain in self.decoders else b""
+        except Refused as exc:
+            digest, early = b"", exc
+        else:
+            early = None
+        digest_hex = digest.hex()
+        request = ("request", {
+            "client": client, "reference": reference, "chain": chain, "payload_sha256": digest_hex,
+            "payload_bytes": len(payload), "keys": [list(k) for k in keys],
+            "approvers": [a.approver for a in approvals]})
+        explained: Explained | None = None
+        try:
+            if early:
+                raise early
+            decoder = self.decoders.get(chain)
+            if decoder is None:
+                raise Refused("chain", f"unknown chain {chain!r}; the signer signs bitcoin and ethereum")
+            explained = decoder.explain(payload, keys)
+            now = self.clock()
+            external = self.policy.check(explained, approvals, digest, now)
+            signed = decoder.sign(explained)
+            self.policy.record(external, now, digest_hex)
+        except Refused as exc:
+            decision = ("refused", {"payload_sha256": digest_hex, "rule": exc.rule, "reason": exc.reason,
+                                    **_summary(explained)})
+            return Outcome(False, digest_hex, 0, exc.rule, exc.reason,
+                           transfers=explained.transfers if explained else [],
+                           fee=explained.fee if explained else 0,
+                           fee_asset=explained.fee_asset if explained else ""), [request, decision]
+        except Exception as exc:
+            # A bug or a keystore failure: the request is still on record, then the error goes up.
+            self.audit.sync(self.audit.write([request, ("error", {"payload_sha256": digest_hex,
+                                                                  "error": f"{type(exc).__name__}: {exc}"})]))
+            raise
+        decision = ("signed", {"payload_sha256": digest_hex, "txid": signed.txid,
+                               "raw_sha256": _sha256(signed.raw_transaction),
+                               # What the rolling limits count, at the policy's clock (replayed at start).
+                               "outflow": {asset: str(amount) for asset, amount in external.items()},
+                               "at_s": now, **_summary(explained)})
+        return Outcome(True, digest_hex, 0, signed_payload=signed.signed_payload,
+                       raw_transaction=signed.raw_transaction, txid=signed.txid,
+                       transfers=explained.transfers, fee=explained.fee,
+                       fee_asset=explained.fee_asset), [request, decision]
 
     def close(self) -> None:
         self.audit.close()

@@ -6,10 +6,10 @@ fee; refusing what it can't explain) and sign(...) -> Signed.
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 
-@dataclasses.dataclass(frozen=True)
-class Transfer:
+class Transfer(typing.NamedTuple):  # immutable, and cheaper to build than a frozen dataclass (hot path)
     destination: str  # normalised address
     asset: str
     contract: str  # "" for the native coin
@@ -27,8 +27,7 @@ class Explained:
     detail: object = None
 
 
-@dataclasses.dataclass(frozen=True)
-class Signed:
+class Signed(typing.NamedTuple):
     signed_payload: bytes
     raw_transaction: bytes
     txid: str

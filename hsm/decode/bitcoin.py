@@ -5,25 +5,31 @@ witness_utxo (an input without one is refused: its fee could not be known).
 An output counts as our change only if the signer re-derives its public key
 from its own keys (FAILURE_MODES 9): the PSBT's derivation hints only say
 where to look. Only p2wpkh inputs with SIGHASH_ALL are signed.
+
+Parsing, the BIP143 signature hash, finalising and extraction use libwally
+(wallycore, C): embit's pure-Python PSBT parse and sighash cost several times
+a coincurve signature, libwally's a small fraction (benchmarks/SIGNER_RESULTS.md).
+The PSBT is parsed in libwally's strict mode (BIP174/BIP370 as written).
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import functools
+import struct
 
-from embit.psbt import PSBT, DerivationPath
-from embit.hashes import hash160
-from embit.script import Witness
-from embit.transaction import SIGHASH
+import wallycore as wally
 
-from chains.bitcoin.addresses import derive, parse_account_key, script_to_address
+from chains.bitcoin.addresses import derive, parse_account_key
 from chains.bitcoin.params import BitcoinNetwork
-from hsm.decode import Explained, Signed, Transfer
+from hsm.decode import Explained, Signed, Transfer, _wally
 from hsm.errors import Refused, UnknownKey
-from hsm.keystores.base import Keystore
+from hsm.keystores.base import KeyInfo, Keystore
 
 PSBT_MAGIC = b"psbt\xff"
+SIGHASH_ALL = wally.WALLY_SIGHASH_ALL
+HARDENED = 2**31
+_MAX_CACHED_SCRIPTS = 100_000
 
 
 def psbt_bytes(payload: bytes) -> bytes:
@@ -39,21 +45,51 @@ def psbt_bytes(payload: bytes) -> bytes:
     return raw
 
 
-def path_text(derivation: DerivationPath) -> str:
-    return "m/" + "/".join(f"{i - 2**31}h" if i >= 2**31 else str(i) for i in derivation.derivation)
+def parse_psbt(payload: bytes):
+    """libwally's PSBT (version 0 or 2) and its unsigned transaction, or Refused("decode")."""
+    raw = psbt_bytes(payload)
+    try:
+        psbt = wally.psbt_from_bytes(raw, wally.WALLY_PSBT_PARSE_FLAG_STRICT)
+        # For version 2 the transaction is built from the per-input/output fields (BIP370).
+        tx = wally.psbt_extract(psbt, wally.WALLY_PSBT_EXTRACT_NON_FINAL)
+    except (ValueError, TypeError):
+        raise Refused("decode", "not a valid PSBT (libwally's strict BIP174/BIP370 parser refused it)") from None
+    return psbt, tx
+
+
+def path_text(derivation: list[int]) -> str:
+    return "m/" + "/".join(f"{i - HARDENED}h" if i >= HARDENED else str(i) for i in derivation)
+
+
+def keypath(value: bytes) -> tuple[str, list[int]]:
+    """A PSBT key origin (4-byte master fingerprint, little-endian uint32 path) as (fingerprint hex, path)."""
+    return value[:4].hex(), list(struct.unpack(f"<{(len(value) - 4) // 4}I", value[4:]))
+
+
+def input_keypaths(psbt, index: int) -> list[tuple[str, list[int]]]:
+    return [keypath(bytes(wally.psbt_get_input_keypath(psbt, index, k)))
+            for k in range(wally.psbt_get_input_keypaths_size(psbt, index))]
 
 
 def p2wpkh_script(pub: bytes) -> bytes:
-    return b"\x00\x14" + hash160(pub)
+    return b"\x00\x14" + bytes(wally.hash160(pub))
 
 
-@functools.lru_cache(maxsize=100_000)
-def _address(script: bytes, net_name: str) -> str | None:
-    # embit's bech32 is pure Python (about 0.3 ms per address): hot-wallet and
-    # frequent payee addresses repeat, so they are encoded once.
-    from chains.bitcoin.params import network
+def script_to_address(script: bytes, net: BitcoinNetwork) -> str | None:
+    """The address a scriptPubKey pays to, or None for scripts without one.
 
-    return script_to_address(script, network(net_name))
+    The same classification as chains.bitcoin.addresses.script_to_address (a
+    property test checks they agree), with libwally's C encoders: an uncached
+    bech32 encode in embit costs about 0.3 ms, here about 1 us.
+    """
+    n = len(script)
+    if n == 22 and script[:2] == b"\x00\x14" or n == 34 and script[:2] in (b"\x00\x20", b"\x51\x20"):
+        return wally.addr_segwit_from_bytes(script, net.hrp, 0)
+    if n == 25 and script[:3] == b"\x76\xa9\x14" and script[23:] == b"\x88\xac":
+        return wally.base58_from_bytes(bytes([net.p2pkh]) + script[3:23], wally.BASE58_FLAG_CHECKSUM)
+    if n == 23 and script[:2] == b"\xa9\x14" and script[22] == 0x87:
+        return wally.base58_from_bytes(bytes([net.p2sh]) + script[2:22], wally.BASE58_FLAG_CHECKSUM)
+    return None
 
 
 @functools.lru_cache(maxsize=64)
@@ -79,62 +115,72 @@ class BitcoinDecoder:
         self.asset = asset
         self.internal_addresses = internal_addresses
         self.internal_xpubs = internal_xpubs
+        self._key_index: tuple[dict[str, KeyInfo], frozenset[bytes]] | None = None
+        # (key id, path) -> (p2wpkh script, public key), as the keystore derived them.
+        self._scripts: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        self._hints: dict[bytes, tuple[bytes, bytes] | None] = {}  # see _derived_at
 
     def explain(self, payload: bytes, keys: list[tuple[str, str]]) -> Explained:
-        try:
-            psbt = PSBT.parse(psbt_bytes(payload))
-        except Refused:
-            raise
-        except Exception as exc:
-            raise Refused("decode", f"not a valid PSBT: {exc}") from None
-        if not psbt.inputs or not psbt.outputs:
+        psbt, tx = parse_psbt(payload)
+        n_in, n_out = wally.tx_get_num_inputs(tx), wally.tx_get_num_outputs(tx)
+        if not n_in or not n_out:
             raise Refused("decode", "a PSBT needs at least one input and one output")
         signers = self._signing_keys(keys)
         plan, total_in = [], 0
-        for i, inp in enumerate(psbt.inputs):
-            utxo = inp.witness_utxo
+        for i in range(n_in):
+            utxo = wally.psbt_get_input_witness_utxo(psbt, i)
             if utxo is None:
                 raise Refused("decode", f"input {i} lacks its witness_utxo: its amount, and so the fee, "
                                         "can't be checked")
-            script = utxo.script_pubkey.data
+            script = _wally.txout_script(utxo)
             if not (len(script) == 22 and script[:2] == b"\x00\x14"):
                 raise Refused("decode", f"input {i} is not p2wpkh; only p2wpkh inputs are signed")
-            if inp.sighash_type not in (None, SIGHASH.ALL):
-                raise Refused("decode", f"input {i} asks for sighash {inp.sighash_type}; only SIGHASH_ALL is signed")
+            # 0: the PSBT names no sighash type (libwally can't tell it from an explicit 0,
+            # which for a segwit v0 input has no meaning other than ALL either).
+            sighash = wally.psbt_get_input_sighash(psbt, i)
+            if sighash not in (0, SIGHASH_ALL):
+                raise Refused("decode", f"input {i} asks for sighash {sighash}; only SIGHASH_ALL is signed")
             signer = signers.get(script)
             if signer is None:
                 raise Refused("keys", f"input {i} is not spendable by any of the keys given")
-            plan.append(signer)
-            total_in += utxo.value
+            amount = wally.tx_output_get_satoshi(utxo)
+            plan.append((*signer, script, amount))
+            total_in += amount
         transfers, total_out = [], 0
-        for j, out in enumerate(psbt.outputs):
-            script = out.script_pubkey.data
-            address = _address(script, self.net.name)
+        for j in range(n_out):
+            script = _wally.output_script(tx, j)
+            amount = wally.tx_get_output_satoshi(tx, j)
+            address = script_to_address(script, self.net)
             if address is None:
                 raise Refused("decode", f"output {j} pays a script with no address (OP_RETURN or non-standard)")
             # Ours if it pays a key signing this very transaction, or re-derives from our keys.
-            internal = address in self.internal_addresses or script in signers or self._is_ours(out, script)
-            transfers.append(Transfer(address, self.asset, "", out.value, internal))
-            total_out += out.value
+            internal = address in self.internal_addresses or script in signers or self._is_ours(psbt, j, script)
+            transfers.append(Transfer(address, self.asset, "", amount, internal))
+            total_out += amount
         fee = total_in - total_out
         if fee < 0:
             raise Refused("decode", f"outputs ({total_out} sats) exceed inputs ({total_in} sats)")
-        return Explained("bitcoin", transfers, fee, self.asset, (psbt, plan))
+        return Explained("bitcoin", transfers, fee, self.asset, (psbt, tx, plan))
 
     def sign(self, explained: Explained) -> Signed:
-        psbt, plan = explained.detail
-        tx = psbt.tx
-        for i, (key_id, path, pub) in enumerate(plan):
-            digest = psbt.sighash(i, SIGHASH.ALL)
-            der = self.keystore.sign_digest(key_id, path, digest).der() + bytes([SIGHASH.ALL])
-            witness = Witness([der, pub])
-            inp = psbt.inputs[i]
-            # BIP174 finaliser: keep the final witness, drop what only signers need.
-            inp.partial_sigs.clear()
-            inp.bip32_derivations.clear()
-            inp.final_scriptwitness = witness
-            tx.vin[i].witness = witness
-        return Signed(psbt.serialize(), tx.serialize(), tx.txid().hex())
+        psbt, tx, plan = explained.detail
+        for i, (key_id, path, pub, script, amount) in enumerate(plan):
+            # BIP143 scriptCode of a p2wpkh input: the p2pkh script of its key hash.
+            script_code = b"\x76\xa9\x14" + script[2:] + b"\x88\xac"
+            digest = _wally.segwit_sighash(tx, i, script_code, amount, SIGHASH_ALL)
+            der = self.keystore.sign_digest_der(key_id, path, digest) + bytes([SIGHASH_ALL])
+            witness = wally.tx_witness_stack_init_alloc(2)
+            wally.tx_witness_stack_add(witness, der)
+            wally.tx_witness_stack_add(witness, pub)
+            wally.psbt_set_input_final_witness(psbt, i, witness)
+            wally.tx_set_input_witness(tx, i, witness)  # the same transaction, extracted at explain
+        # BIP174 finaliser: with every final witness in place, libwally drops what only
+        # signers need (partial signatures, derivation paths, sighash type, scripts).
+        # (Setting the witness ourselves skips psbt_add_input_signature's re-parse of our own key.)
+        wally.psbt_finalize(psbt, 0)
+        if not wally.psbt_is_finalized(psbt):
+            raise Refused("decode", "the PSBT could not be finalised after signing every input")
+        return Signed(_wally.psbt_serialized(psbt), _wally.tx_serialized(tx), _wally.txid(tx))
 
     # -- keys ----------------------------------------------------------------------------------
     def _signing_keys(self, keys: list[tuple[str, str]]) -> dict[bytes, tuple[str, str, bytes]]:
@@ -142,39 +188,65 @@ class BitcoinDecoder:
             raise Refused("keys", "the request names no key to sign with")
         out = {}
         for key_id, path in keys:
-            try:
-                pub = self.keystore.public_key(key_id, path)
-            except UnknownKey as exc:
-                raise Refused("keys", str(exc)) from None
-            out[p2wpkh_script(pub)] = (key_id, path, pub)
+            found = self._scripts.get((key_id, path))
+            if found is None:
+                if len(self._scripts) >= _MAX_CACHED_SCRIPTS:
+                    self._scripts.clear()
+                try:
+                    pub = self.keystore.public_key(key_id, path)
+                except UnknownKey as exc:
+                    raise Refused("keys", str(exc)) from None
+                found = self._scripts[(key_id, path)] = p2wpkh_script(pub), pub
+            out[found[0]] = (key_id, path, found[1])
         return out
 
-    def _is_ours(self, out, script: bytes) -> bool:
+    def _is_ours(self, psbt, index: int, script: bytes) -> bool:
         """True only if we derive this output's key ourselves (our HD wallets, a token key,
         or a configured internal account xpub)."""
-        wallets = {k.fingerprint: k for k in self._keys()}
-        for k in wallets.values():
-            if k.public_key and p2wpkh_script(k.public_key) == script:
+        wallets, token_scripts = self._wallets()
+        if script in token_scripts:
+            return True
+        for k in range(wally.psbt_get_output_keypaths_size(psbt, index)):
+            hint = bytes(wally.psbt_get_output_keypath(psbt, index, k))
+            mine = self._derived_at(hint, wallets)
+            # The hint must name our key (not only our path) and the output must pay it.
+            if mine and mine[0] == script and wally.psbt_find_output_keypath(psbt, index, mine[1]) == k + 1:
                 return True
-        for pub, derivation in out.bip32_derivations.items():
-            owner = wallets.get(derivation.fingerprint.hex())
-            if owner is not None and not owner.public_key:
-                try:
-                    mine = self.keystore.public_key(owner.key_id, path_text(derivation))
-                except UnknownKey:
-                    continue
-                if mine == pub.sec() and p2wpkh_script(mine) == script:
-                    return True
-            tail = derivation.derivation[-2:]
-            if len(tail) == 2 and tail[0] in (0, 1) and tail[1] < 2**31:
-                for xpub in self.internal_xpubs:
-                    if _xpub_script(xpub, self.net.name, tail[0], tail[1]) == script:
-                        return True
+            if self.internal_xpubs:
+                tail = keypath(hint)[1][-2:]
+                if len(tail) == 2 and tail[0] in (0, 1) and tail[1] < HARDENED:
+                    for xpub in self.internal_xpubs:
+                        if _xpub_script(xpub, self.net.name, tail[0], tail[1]) == script:
+                            return True
         return False
 
-    def _keys(self):
-        # Listed once: a running signer's keys don't change (ceremonies run offline).
-        if not hasattr(self, "_key_list"):
-            self._key_list = self.keystore.list_keys()
-        return self._key_list
+    def _derived_at(self, hint: bytes, wallets: dict[str, KeyInfo]) -> tuple[bytes, bytes] | None:
+        """(p2wpkh script, public key) of our HD key at a derivation hint (fingerprint || path), if the
+        fingerprint is one of our wallets'. Cached: change hints repeat, and a derivation costs more
+        than the rest of the decoding."""
+        if hint in self._hints:
+            return self._hints[hint]
+        fingerprint, derivation = keypath(hint)
+        owner, found = wallets.get(fingerprint), None
+        if owner is not None and not owner.public_key:
+            try:
+                pub = self.keystore.public_key(owner.key_id, path_text(derivation))
+            except UnknownKey:
+                pass
+            else:
+                found = (p2wpkh_script(pub), pub)
+        if len(self._hints) >= _MAX_CACHED_SCRIPTS:
+            self._hints.clear()
+        self._hints[hint] = found
+        return found
 
+    def _wallets(self) -> tuple[dict[str, KeyInfo], frozenset[bytes]]:
+        """(HD wallets and token keys by fingerprint, the p2wpkh scripts of token keys).
+
+        Listed once: a running signer's keys don't change (ceremonies run offline).
+        """
+        if self._key_index is None:
+            keys = self.keystore.list_keys()
+            self._key_index = ({k.fingerprint: k for k in keys},
+                               frozenset(p2wpkh_script(k.public_key) for k in keys if k.public_key))
+        return self._key_index

@@ -194,6 +194,10 @@ class SoftwareKeystore(Keystore):
         sig = self._child(key_id, path).sign_recoverable(digest, hasher=None)
         return Signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"), sig[64])
 
+    def sign_digest_der(self, key_id: str, path: str, digest: bytes) -> bytes:
+        # The same RFC 6979, low-S signature, serialised to DER by libsecp256k1 in the same call.
+        return self._child(key_id, path).sign(digest, hasher=None)
+
     # -- derivation ------------------------------------------------------------------------------
     def _root(self, key_id: str) -> HDKey:
         try:

@@ -102,3 +102,120 @@ def test_appending_after_reopen_continues_the_chain(log_with_entries):
     assert log.append("note", {"x": 1}) == 7
     log.close()
     assert audit.verify(log_with_entries).ok
+
+
+def test_one_request_costs_one_fsync_and_concurrent_requests_share_them(make_signer, keystore, monkeypatch):
+    """Request and decision (with the outflow the rolling limits count) are synced together;
+    four concurrent requests whose entries are all written while the first fsync runs need two."""
+    import os
+    import threading
+
+    signer = make_signer()
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(audit.os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
+    payloads = [S.simple_psbt(keystore, 1000 + i) for i in range(4)]
+    for p in payloads[:2]:
+        assert signer.sign("bitcoin", p, [(S.HOT, S.HOT_BTC_PATH)], []).signed
+    assert len(calls) == 2 and audit.verify(signer.config.audit_log).count == 4
+
+    calls.clear()
+    all_written = threading.Event()
+
+    def first_fsync_waits_for_everyone(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            # The other three requests decide and write while this fsync is under way.
+            assert all_written.wait(timeout=60)
+        real_fsync(fd)
+
+    monkeypatch.setattr(audit.os, "fsync", first_fsync_waits_for_everyone)
+    written = signer.audit.write
+
+    def write_and_tell(entries):
+        seq = written(entries)
+        if seq == 4 + 2 * len(payloads):
+            all_written.set()
+        return seq
+
+    monkeypatch.setattr(signer.audit, "write", write_and_tell)
+    outcomes = []
+    threads = [threading.Thread(target=lambda p=p: outcomes.append(
+        signer.sign("bitcoin", p, [(S.HOT, S.HOT_BTC_PATH)], []))) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(o.audit_sequence for o in outcomes) == [6, 8, 10, 12] and all(o.signed for o in outcomes)
+    # The first fsync covered what was written before it started (at least the first request); one
+    # more covered the rest. Without group commit it would be four.
+    assert 1 <= len(calls) <= 2
+    assert audit.verify(signer.config.audit_log).ok
+
+
+def test_no_signature_is_handed_out_if_its_audit_entry_cannot_be_made_durable(signer, keystore, monkeypatch):
+    def failing_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(audit.os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        signer.sign("bitcoin", S.simple_psbt(keystore, 1000), [(S.HOT, S.HOT_BTC_PATH)], [])
+
+
+def test_signed_entries_carry_the_outflow_the_rolling_limits_replay(signer, keystore):
+    signer.sign("bitcoin", S.simple_psbt(keystore, 12_345), [(S.HOT, S.HOT_BTC_PATH)], [])
+    signed = [json.loads(line) for line in lines(signer.config.audit_log)][-1]
+    assert signed["kind"] == "signed" and signed["data"]["outflow"] == {"BTC": "12345"}
+    from hsm.limits import RollingLimits
+
+    limits = RollingLimits(now_s=signed["data"]["at_s"])
+    audit.verify(signer.config.audit_log, visit=limits.replay)
+    assert limits.spent_since("BTC", signed["data"]["at_s"] - 1) == 12_345
+
+
+def test_a_head_that_lags_behind_the_log_is_accepted_one_ahead_of_it_is_not(log_with_entries):
+    """The head file is replaced after each sync but not itself synced: after a power loss it can lag."""
+    ls = lines(log_with_entries)
+    audit.head_path(log_with_entries).write_text(json.dumps({"count": 4, "hash": json.loads(ls[3])["hash"]}))
+    assert audit.verify(log_with_entries).ok
+    audit.head_path(log_with_entries).write_text(json.dumps({"count": 4, "hash": json.loads(ls[2])["hash"]}))
+    assert any("entry 4" in p and "rewritten" in p for p in audit.verify(log_with_entries).problems)
+    audit.head_path(log_with_entries).write_text(json.dumps({"count": 7, "hash": "ab" * 32}))
+    assert any("truncated" in p for p in audit.verify(log_with_entries).problems)
+
+
+def test_truncation_with_the_head_deleted_too_stops_the_signer(log_with_entries):
+    """Deleting the head file together with the tail does not hide the truncation: a log without
+    its head is reported, and the signer does not start on it (an operator must look)."""
+    rewrite(log_with_entries, lines(log_with_entries)[:2])
+    audit.head_path(log_with_entries).unlink()
+    report = audit.verify(log_with_entries)
+    assert not report.ok and any("missing" in p for p in report.problems)
+    with pytest.raises(AuditLogBroken, match="missing"):
+        AuditLog(log_with_entries)
+    # The record kept off the signer's host (audit_sequence of the last answer) shows how much is gone.
+    assert any("expected at least 6" in p for p in audit.verify(log_with_entries, expect_count=6).problems)
+
+
+def test_a_cut_short_last_line_is_reported(log_with_entries):
+    """A crash in the middle of a write (or a cut inside an entry) leaves a partial line: reported."""
+    text = log_with_entries.read_text()
+    log_with_entries.write_text(text[:-40])
+    report = audit.verify(log_with_entries)
+    assert not report.ok and any("line 6" in p and "not a complete entry" in p for p in report.problems)
+
+
+def test_a_failure_while_signing_is_still_on_record(signer, keystore, monkeypatch):
+    """The token fails in the middle of a request: the request and an `error` decision are logged, nothing is
+    counted toward the rolling limits, and the error reaches the caller."""
+    def broken(*args):
+        raise RuntimeError("token removed")
+
+    monkeypatch.setattr(keystore, "sign_digest", broken)
+    monkeypatch.setattr(keystore, "sign_digest_der", broken)
+    with pytest.raises(RuntimeError, match="token removed"):
+        signer.sign("bitcoin", S.simple_psbt(keystore, 1000), [(S.HOT, S.HOT_BTC_PATH)], [])
+    entries = [json.loads(line) for line in lines(signer.config.audit_log)]
+    assert [e["kind"] for e in entries] == ["request", "error"] and "token removed" in entries[1]["data"]["error"]
+    assert audit.verify(signer.config.audit_log).ok
+    assert signer.limits.spent_since("BTC", 0) == 0

@@ -98,3 +98,39 @@ def test_normalise_turns_high_s_into_low_s_with_the_right_recovery_id():
     assert high > HALF_N
     fixed = normalise(r, high, digest, key.public_key.format())
     assert (fixed.r, fixed.s, fixed.recovery_id) == (r, s, sig[64])
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@given(r=st.integers(1, 2**256 - 1), s=st.integers(1, 2**256 - 1))
+@settings(max_examples=500, deadline=None)
+def test_der_encoding_matches_libsecp256k1(r, s):
+    import coincurve
+
+    from hsm.keystores.base import SECP256K1_N, Signature
+
+    r, s = r % SECP256K1_N or 1, s % SECP256K1_N or 1
+    sig = Signature(r, s, 0)
+    assert sig.der() == coincurve.ecdsa.cdata_to_der(coincurve.ecdsa.deserialize_compact(sig.compact()))
+
+
+def test_der_encoding_of_small_and_top_bit_values():
+    from hsm.keystores.base import Signature
+
+    assert Signature(1, 0x80, 0).der() == bytes.fromhex("3007020101020200" "80")
+    assert Signature(0x7F, 2**255, 0).der() == bytes.fromhex("3026" "02017f" "022100") + (2**255).to_bytes(32, "big")
+
+
+@given(digest=st.binary(min_size=32, max_size=32))
+@settings(max_examples=200, deadline=None)
+def test_software_der_signature_is_the_same_low_s_signature(software_store, digest):
+    """The Bitcoin path asks for DER directly; it must be exactly sign_digest's signature, low-S."""
+    sig = software_store.sign_digest("hot", "m/84h/1h/1h/0/0", digest)
+    assert sig.low_s
+    assert software_store.sign_digest_der("hot", "m/84h/1h/1h/0/0", digest) == sig.der()
+
+
+@pytest.fixture(scope="module")
+def software_store(tmp_path_factory):
+    return S.make_keystore(tmp_path_factory.mktemp("der"))

@@ -162,3 +162,42 @@ def test_transaction_for_anvil_is_rejected_by_a_node_with_another_chain_id(tmp_p
         other.wait(timeout=10)
         signer.audit.close()
         signer.limits.close()
+
+
+def test_offline_signed_eip1559_file_is_accepted_and_mined_by_anvil(anvil, tmp_path):
+    """Cold wallet: `custody signer offline-sign` reads an unsigned EIP-1559 file, shows it, signs after
+    the operator's yes, and anvil mines the signed file; the wrong chain id is refused and writes nothing."""
+    import sys
+
+    from hsm.decode.ethereum import address_of
+
+    store = S.make_keystore(tmp_path, name="cold")
+    path = "m/44h/60h/0h/0/0"
+    cold = address_of(store.public_key("cold", path))
+    funding = eth_call(anvil, "eth_sendTransaction", {"from": ANVIL_ACCOUNT_0, "to": cold, "value": hex(2 * S.ETH)})
+    assert int(receipt(anvil, funding)["status"], 16) == 1
+    payee = "0x" + os.urandom(20).hex()
+    nonce = int(eth_call(anvil, "eth_getTransactionCount", cold, "pending"), 16)
+    unsigned = tmp_path / "refill.tx"
+    unsigned.write_text("0x" + S.eth_payload(payee, S.ETH // 4, nonce=nonce, max_fee=20 * 10**9, tip=10**9).hex() + "\n")
+
+    def offline_sign(chain_id, out):
+        return subprocess.run(
+            [sys.executable, "-m", "custody.cli", "signer", "offline-sign", "--keystore", str(tmp_path / "keystore.json"),
+             "--wallet", "cold", "--chain", "ethereum", "--chain-id", str(chain_id), "--path", path,
+             "--in", str(unsigned), "--out", str(out)],
+            input="y\n", capture_output=True, text=True, timeout=60,
+            env={**os.environ, "CUSTODY_SIGNER_PASSPHRASE": S.PASSPHRASE})
+
+    refused = offline_sign(1, tmp_path / "mainnet.signed.tx")
+    assert refused.returncode == 3 and "chain_id" in refused.stderr and not (tmp_path / "mainnet.signed.tx").exists()
+
+    signed_file = tmp_path / "refill.signed.tx"
+    done = offline_sign(S.ANVIL_CHAIN_ID, signed_file)
+    assert done.returncode == 0, done.stderr
+    assert f"pay {S.ETH // 4} ETH (base units) to {payee}" in done.stdout
+    assert f"fee: {21_000 * 20 * 10**9} ETH" in done.stdout
+    txhash = eth_call(anvil, "eth_sendRawTransaction", signed_file.read_text().strip())
+    mined = receipt(anvil, txhash)
+    assert int(mined["status"], 16) == 1 and mined["from"].lower() == cold
+    assert int(eth_call(anvil, "eth_getBalance", payee, "latest"), 16) == S.ETH // 4

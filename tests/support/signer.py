@@ -164,9 +164,11 @@ def to_toml(raw: dict) -> str:
 
 
 class SignerProcess:
-    """`custody signer serve` in its own process on a Unix socket, and a client for it."""
+    """`custody signer serve` in its own process, on a Unix socket or TLS on loopback, and a client for it.
 
-    def __init__(self, folder: pathlib.Path, raw: dict, env: dict | None = None):
+    For TLS, client_tls holds SignerClient's root_cert, client_cert and client_key."""
+
+    def __init__(self, folder: pathlib.Path, raw: dict, env: dict | None = None, client_tls: dict | None = None):
         import os
         import subprocess
         import sys
@@ -176,19 +178,26 @@ class SignerProcess:
 
         self.config_path = folder / "signer.toml"
         self.config_path.write_text(to_toml(raw))
-        socket_path = pathlib.Path(raw["server"]["listen"].removeprefix("unix:"))
-        self.log = open(folder / "signer.out", "wb")
+        listen = raw["server"]["listen"]
+        self.log_path = folder / "signer.out"
+        self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "custody.cli", "signer", "serve", "--config", str(self.config_path)],
             env={**os.environ, "TEST_SIGNER_PASS": PASSPHRASE, **(env or {})},
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
-        while not socket_path.exists():
+        while not self._listening(listen):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError("signer did not start: " + (folder / "signer.out").read_text())
+                raise RuntimeError("signer did not start: " + self.log_path.read_text())
             time.sleep(0.05)
-        self.client = SignerClient(f"unix:{socket_path}", CLIENT_TOKEN)
+        self.target = listen
+        self.client = SignerClient(listen, CLIENT_TOKEN, **(client_tls or {}))
+
+    def _listening(self, listen: str) -> bool:
+        if listen.startswith("unix:"):
+            return pathlib.Path(listen.removeprefix("unix:")).exists()
+        return b"signer listening on" in self.log_path.read_bytes()
 
     def stop(self) -> None:
         if hasattr(self, "client"):
