@@ -38,7 +38,7 @@ from custody.ledger.engine import AccountIds, apply_commands
 from custody.ledger.model import FEES_REVENUE, new_id, user_available
 from matching_stub import amounts
 from matching_stub.book import BUY, LIVE, Book, Order
-from matching_stub.matcher import DictFunds, Fill, Matcher, Outcome
+from matching_stub.matcher import DictFunds, Fill, Matcher
 from matching_stub.views import OrderView, Placed, TradeView
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ class _Group:
         self.new_orders[order.id] = order
         asset = market.quote if r.side == BUY else market.base
         self._command(Command(kind="order", actor=r.client, reference=f"order:{order.id}", not_frozen=(r.account_id,),
-                              hold_creates=(HoldCreate(r.account_id, asset, outcome_held(outcome, market),
+                              hold_creates=(HoldCreate(r.account_id, asset, outcome.held,
                                                        reference=f"order:{order.id}", hold_id=order.hold_id),)))
         trades = [self._fill(r.client, market, f) for f in outcome.fills]
         for maker, released in outcome.self_trade_cancels:
@@ -412,11 +412,6 @@ class _Row:
 
     def __init__(self, row: dict):
         self.__dict__.update(row)
-
-
-def outcome_held(outcome: Outcome, market: MarketConfig) -> int:
-    order = outcome.order
-    return amounts.hold_for(market, order.side, order.price, order.quantity)[1]
 
 
 class _LedgerFunds(DictFunds):
