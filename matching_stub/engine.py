@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import threading
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
+import orjson
+
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import DBAPIError
 
 from custody.config import MarketConfig
@@ -36,7 +37,7 @@ from custody.errors import AccountFrozen, CustodyError, FailedPrecondition, Idem
 from custody.ledger.commands import BatchResult, Command, HoldCreate, HoldPost, HoldVoid
 from custody.ledger.engine import AccountIds, apply_commands
 from custody.ledger.model import FEES_REVENUE, new_id, user_available
-from matching_stub import amounts
+from matching_stub import amounts, rows
 from matching_stub.book import BUY, LIVE, Book, Order
 from matching_stub.matcher import DictFunds, Fill, Matcher
 from matching_stub.views import OrderView, Placed, TradeView
@@ -213,7 +214,8 @@ class _Group:
         self.funds = _LedgerFunds(conn)
         self.commands: list[Command] = []
         self.command_owner: list[int] = []  # request index of each command
-        self.fill_commands: list[tuple[int, dict]] = []  # (command index, trade row)
+        self.fills: list[tuple[int, int, str, Fill]] = []  # (command index, trade id, market, fill)
+        self.trade_rows: list[tuple] = []  # in rows.TRADE_COLUMNS order, once the ledger gave batch ids
         self.new_orders: dict[str, Order] = {}
         self.changed_orders: dict[str, Order] = {}
         self.market_data: list[dict] = []
@@ -282,41 +284,34 @@ class _Group:
         self._command(Command(kind="order", actor=r.client, reference=f"order:{order.id}", not_frozen=(r.account_id,),
                               hold_creates=(HoldCreate(r.account_id, asset, outcome.held,
                                                        reference=f"order:{order.id}", hold_id=order.hold_id),)))
-        trades = [self._fill(r.client, market, f) for f in outcome.fills]
+        first_fill = len(self.fills)
+        for f in outcome.fills:
+            self._fill(r.client, market, f)
         for maker, released in outcome.self_trade_cancels:
             self._release(r.client, maker, released, "order_cancel")
         if outcome.expired_release:
             self._release(r.client, order, outcome.expired_release, "order_expire")
         self._book_changed(r.market, outcome.levels)
-        return _Pending(OrderView.of(order), trades)  # as this request left it
+        return _Pending(OrderView.of(order), first_fill, len(self.fills))  # as this request left it
 
-    def _fill(self, client: str, market: MarketConfig, f: Fill) -> dict:
+    def _fill(self, client: str, market: MarketConfig, f: Fill) -> None:
         buy, sell = f.buy, f.sell
         trade_id = self.engine.next_trade_id
         self.engine.next_trade_id += 1
-        fees = f.buyer_fee + f.seller_fee + f.rounding
+        buyer = user_available(buy.account_id)
         legs = tuple((code, amount) for code, amount in (
             (user_available(sell.account_id), f.seller_gross - f.seller_fee),
-            (FEES_REVENUE, fees),
-            (user_available(buy.account_id), f.refund),
+            (FEES_REVENUE, f.buyer_fee + f.seller_fee + f.rounding),
+            (buyer, f.refund),
         ) if amount)
-        posts = [HoldPost(sell.hold_id, ((user_available(buy.account_id), f.quantity),))]
-        if legs:
-            posts.insert(0, HoldPost(buy.hold_id, legs))
-        self._command(Command(kind="trade", actor=client, reference=f"trade:{trade_id}", hold_posts=tuple(posts)))
+        sell_post = HoldPost(sell.hold_id, ((buyer, f.quantity),))
+        posts = (HoldPost(buy.hold_id, legs), sell_post) if legs else (sell_post,)
+        self._command(Command(kind="trade", actor=client, reference=f"trade:{trade_id}", hold_posts=posts))
         self.changed_orders[f.maker.id] = f.maker
-        row = {
-            "id": trade_id, "market": market.name, "price": f.price, "quantity": f.quantity,
-            "taker_order_id": f.taker.id, "maker_order_id": f.maker.id, "taker_side": f.taker.side,
-            "buyer_account_id": buy.account_id, "seller_account_id": sell.account_id,
-            "buyer_paid": f.buyer_paid, "buyer_fee": f.buyer_fee, "seller_gross": f.seller_gross,
-            "seller_fee": f.seller_fee, "rounding": f.rounding, "batch_id": None, "created_at": self.now,
-        }
-        self.fill_commands.append((len(self.commands) - 1, row))
+        self.fills.append((len(self.commands) - 1, trade_id, market.name, f))
         self._data(market.name, "trade", {
             "trade_id": trade_id, "price": str(f.price), "quantity": str(f.quantity), "taker_side": f.taker.side,
             "maker_order_id": f.maker.id, "taker_order_id": f.taker.id})
-        return row
 
     # -- cancel -------------------------------------------------------------------------
     def _cancel(self, r: CancelRequest) -> Cancelled:
@@ -369,8 +364,7 @@ class _Group:
     def _data(self, market: str, type_: str, payload: dict) -> None:
         cursor = self.engine.next_cursor
         self.engine.next_cursor += 1
-        self.market_data.append({"cursor": cursor, "market": market, "type": type_,
-                                 "payload": json.dumps(payload, separators=(",", ":")), "created_at": self.now})
+        self.market_data.append((cursor, market, type_, orjson.dumps(payload).decode(), self.now))
         self.last_cursor = cursor
 
     def flush(self) -> int:
@@ -381,37 +375,30 @@ class _Group:
         for i, result in enumerate(results):
             if not isinstance(result, BatchResult):
                 raise _Rejected(self.command_owner[i], result)
-        for index, row in self.fill_commands:
-            row["batch_id"] = results[index].batch_id
+        now = self.now
+        self.trade_rows = [
+            (trade_id, market, f.price, f.quantity, f.taker.id, f.maker.id, f.taker.side, f.buy.account_id,
+             f.sell.account_id, f.buyer_paid, f.buyer_fee, f.seller_gross, f.seller_fee, f.rounding,
+             results[index].batch_id, now)
+            for index, trade_id, market, f in self.fills]
         conn = self.conn
-        if self.new_orders:
-            conn.execute(insert(t.orders), [_order_row(o, self.now) for o in self.new_orders.values()])
-        updates = [o for oid, o in self.changed_orders.items() if oid not in self.new_orders]
-        if updates:
-            conn.execute(_UPDATE_ORDER, [_order_update(o, self.now) for o in updates])
-        if self.fill_commands:
-            conn.execute(insert(t.trades), [row for _, row in self.fill_commands])
-        if self.market_data:
-            conn.execute(insert(t.market_data), self.market_data)
+        rows.insert_orders(conn, list(self.new_orders.values()), now)
+        rows.update_orders(conn, [o for oid, o in self.changed_orders.items() if oid not in self.new_orders], now)
+        rows.insert_trades(conn, self.trade_rows)
+        rows.insert_market_data(conn, self.market_data)
         return max((r.event_cursor for r in results), default=0)
 
     def finish(self, results: list) -> list:
         """Results with the batch ids the ledger gave the trades."""
-        return [Placed(r.order, tuple(trade_view_from_row(_Row(row)) for row in r.trades))
+        return [Placed(r.order, tuple(TradeView(*row) for row in self.trade_rows[r.first_fill:r.end_fill]))
                 if isinstance(r, _Pending) else r for r in results]
 
 
 @dataclasses.dataclass(slots=True)
 class _Pending:
     order: OrderView
-    trades: list[dict]
-
-
-class _Row:
-    """Attribute access to a row dict, so trade_view_from_row serves both."""
-
-    def __init__(self, row: dict):
-        self.__dict__.update(row)
+    first_fill: int  # its fills are the group's fills[first_fill:end_fill]
+    end_fill: int
 
 
 class _LedgerFunds(DictFunds):
@@ -442,30 +429,6 @@ class _LedgerFunds(DictFunds):
 
 def _levels(book: Book) -> dict[str, dict[int, int]]:
     return {"BUY": {lv.price: lv.total for lv in book.bids}, "SELL": {lv.price: lv.total for lv in book.asks}}
-
-
-_ORDER_STATE = ("filled_quantity", "status", "reason", "fill_value", "fee_value", "quote_filled", "fee")
-_UPDATE_ORDER = (
-    update(t.orders).where(t.orders.c.id == bindparam("b_id"))
-    .values(**{c: bindparam(f"b_{c}") for c in _ORDER_STATE}, updated_at=bindparam("b_updated_at"))
-)
-
-
-def _order_update(o: Order, now) -> dict:
-    return {"b_id": o.id, "b_filled_quantity": o.filled, "b_status": o.status, "b_reason": o.reason,
-            "b_fill_value": o.fill_value, "b_fee_value": o.fee_value, "b_quote_filled": o.quote_filled,
-            "b_fee": o.fee, "b_updated_at": now}
-
-
-def _order_row(o: Order, now) -> dict:
-    return {
-        "id": o.id, "market": o.market, "account_id": o.account_id, "side": o.side, "type": o.type,
-        "time_in_force": o.time_in_force, "post_only": o.post_only, "price": o.price, "quantity": o.quantity,
-        "filled_quantity": o.filled, "status": o.status, "reason": o.reason, "fill_value": o.fill_value,
-        "fee_value": o.fee_value, "quote_filled": o.quote_filled, "fee": o.fee, "hold_id": o.hold_id,
-        "sequence": o.sequence, "client": o.client, "client_key": o.client_key, "request_hash": o.request_hash,
-        "created_at": o.created_at, "updated_at": now,
-    }
 
 
 def _order_from_row(r) -> Order:
