@@ -21,6 +21,7 @@ import argparse
 import bisect
 import collections
 import gc
+import os
 import pathlib
 import random
 import shutil
@@ -304,8 +305,32 @@ def funded_accounts(app, n: int, prefix: str) -> list[int]:
     return ids
 
 
+class Timed:
+    """Wraps a function to add up the seconds spent in it (on any thread)."""
+
+    def __init__(self, function):
+        self.function = function
+        self.seconds = 0.0
+
+    def __call__(self, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return self.function(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+ROW_WRITERS = ("insert_orders", "update_orders", "insert_trades", "insert_market_data")
+
+
 def end_to_end(kind: str, fills_per_taker: int, takers: int, group: int, rounds: int) -> dict:
+    """Also splits the taker phase's time: inside the ledger's apply_commands,
+    the rest of MatchingEngine.run (matching, building commands and rows,
+    writing orders/trades/market data, commit), and outside the engine
+    (validation, queueing, waking the callers)."""
     from custody.app import Custody
+    from matching_stub import engine as engine_mod
+    from matching_stub import rows as rows_mod
 
     folder = pathlib.Path(tempfile.mkdtemp(prefix=f"matching-{kind}-", dir=ROOT / "var"))
     url = new_database(kind, folder)
@@ -314,8 +339,17 @@ def end_to_end(kind: str, fills_per_taker: int, takers: int, group: int, rounds:
         makers = funded_accounts(app, 200, "maker")
         buyers = funded_accounts(app, 200, "taker")
         matching = app.matching
-        fill_rates, bare_rates, maker_rates = [], [], []
+        fill_rates, bare_rates, maker_rates, splits = [], [], [], []
         key = 0
+        ledger_timer = Timed(engine_mod.apply_commands)
+        run_timer = Timed(matching.engine.run)
+        handle_timer = Timed(engine_mod._Group.handle_all)
+        row_timers = [Timed(getattr(rows_mod, name)) for name in ROW_WRITERS]
+        engine_mod.apply_commands, matching.engine.run = ledger_timer, run_timer
+        engine_mod._Group.handle_all = lambda group, requests: handle_timer(group, requests)
+        for timer, name in zip(row_timers, ROW_WRITERS):
+            setattr(rows_mod, name, timer)
+        timers = [ledger_timer, run_timer, handle_timer, *row_timers]
         for r in range(rounds):
             # Resting asks, oldest first at one price; each taker buy sweeps fills_per_taker of them.
             price = 100_000 + 10 * r
@@ -330,6 +364,8 @@ def end_to_end(kind: str, fills_per_taker: int, takers: int, group: int, rounds:
             maker_rates.append(len(futures) / (time.perf_counter() - started))
             wanted = sum(10 * STEP + STEP * (k % 7) for k in range(fills_per_taker))
             futures = []
+            for timer in timers:
+                timer.seconds = 0.0
             started = time.perf_counter()
             for k in range(takers):
                 key += 1
@@ -338,12 +374,25 @@ def end_to_end(kind: str, fills_per_taker: int, takers: int, group: int, rounds:
             fills = sum(len(f.result().trades) for f in futures)
             elapsed = time.perf_counter() - started
             fill_rates.append(fills / elapsed)
+            own_rows = sum(timer.seconds for timer in row_timers)
+            splits.append((elapsed, ledger_timer.seconds, handle_timer.seconds, own_rows,
+                           run_timer.seconds - ledger_timer.seconds - handle_timer.seconds - own_rows, fills))
             bare_rates.append(bare_ledger(app, makers, buyers, fills, group))
             print(f"  {kind} round {r + 1}/{rounds}: {fills:,} fills at {fill_rates[-1]:,.0f}/s "
                   f"({takers:,} taker orders); bare ledger {bare_rates[-1]:,.0f} fill-shaped batches/s; "
                   f"resting orders placed at {maker_rates[-1]:,.0f}/s", flush=True)
+        engine_mod.apply_commands = ledger_timer.function
+        engine_mod._Group.handle_all = handle_timer.function
+        for timer, name in zip(row_timers, ROW_WRITERS):
+            setattr(rows_mod, name, timer.function)
         report = invariants.check(app.engine)
-        return {"fills": max(fill_rates), "bare": max(bare_rates), "makers": max(maker_rates),
+        best = max(range(rounds), key=lambda i: fill_rates[i])
+        elapsed, ledger_s, handle_s, rows_s, rest_s, n = splits[best]
+        split = {"ledger_us": ledger_s / n * 1e6, "handle_us": handle_s / n * 1e6, "rows_us": rows_s / n * 1e6,
+                 "rest_us": rest_s / n * 1e6,
+                 "outside_us": (elapsed - ledger_s - handle_s - rows_s - rest_s) / n * 1e6,
+                 "total_us": elapsed / n * 1e6}
+        return {"fills": max(fill_rates), "bare": max(bare_rates), "makers": max(maker_rates), "split": split,
                 "invariants": report.ok, "fills_per_taker": fills_per_taker, "takers": takers, "group": group}
     finally:
         app.close()
@@ -383,34 +432,39 @@ def bare_ledger(app, makers: list[int], buyers: list[int], n: int, group: int) -
     return n / (time.perf_counter() - started)
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 # -- report ----------------------------------------------------------------------------------------
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run")
     parser.add_argument("--backends", nargs="*", default=["sqlite", "postgresql"])
+    parser.add_argument("--no-memory", action="store_true", help="skip the in-memory part")
     args = parser.parse_args()
     (ROOT / "var").mkdir(exist_ok=True)
     n, rounds = (20_000, 2) if args.quick else (200_000, 5)
-    print(f"in memory: {n:,} operations, {rounds} interleaved rounds", flush=True)
-    mem = in_memory(n, rounds)
-    ratio = mem["ratio"]
-    lines = [
-        "## Matching (benchmarks/matching.py)",
-        "",
-        "### In memory: book + matcher with in-memory fund checks and settlement arithmetic",
-        f"- {mem['ops']:,} operations: {mem['places']:,} places ({mem['fills']:,} fills), {mem['cancels']:,} cancels; "
-        f"best of {rounds} interleaved rounds",
-        f"- matching_stub: **{mem['ours']:,.0f} ops/s**; bare price-time book: {mem['bare']:,.0f} ops/s (best rounds); "
-        f"ratio **{ratio:.2f}** (median of rounds: {', '.join(f'{x:.3f}' for x in mem['ratios'])}; "
-        f"bare book fills: {mem['bare_fills']:,}, it has no self-trade prevention)",
-        f"- per operation (separate timed run): p50 {mem['p50_us']:.1f} us, **p99 {mem['p99_us']:.1f} us**, "
-        f"max {mem['max_us']:.0f} us",
-        f"- target >= {TARGET_OPS:,}/s: {'MET' if mem['ours'] >= TARGET_OPS else 'MISSED'}; "
-        f"target >= {TARGET_RATIO} of bare: {'MET' if ratio >= TARGET_RATIO else 'MISSED'}",
-        "",
-        "### End to end: MatchingService, one ledger batch per fill, one transaction per group",
-    ]
+    lines = ["## Matching (benchmarks/matching.py)", "", f"- load average at start: {load_average()}"]
+    if not args.no_memory:
+        print(f"in memory: {n:,} operations, {rounds} interleaved rounds", flush=True)
+        mem = in_memory(n, rounds)
+        ratio = mem["ratio"]
+        lines += [
+            "",
+            "### In memory: book + matcher with in-memory fund checks and settlement arithmetic",
+            f"- {mem['ops']:,} operations: {mem['places']:,} places ({mem['fills']:,} fills), "
+            f"{mem['cancels']:,} cancels; {rounds} rounds, the two books alternating every 1,000 operations",
+            f"- matching_stub: **{mem['ours']:,.0f} ops/s**; bare price-time book: {mem['bare']:,.0f} ops/s "
+            f"(best rounds); ratio **{ratio:.2f}** (median of rounds: {', '.join(f'{x:.3f}' for x in mem['ratios'])}; "
+            f"bare book fills: {mem['bare_fills']:,}, it has no self-trade prevention)",
+            f"- per operation (separate timed run): p50 {mem['p50_us']:.1f} us, **p99 {mem['p99_us']:.1f} us**, "
+            f"max {mem['max_us']:.0f} us",
+            f"- target >= {TARGET_OPS:,}/s: {'MET' if mem['ours'] >= TARGET_OPS else 'MISSED'}; "
+            f"target >= {TARGET_RATIO} of bare: {'MET' if ratio >= TARGET_RATIO else 'MISSED'}",
+        ]
+    lines += ["", "### End to end: MatchingService, one ledger batch per fill, one transaction per group"]
     for kind in args.backends:
         takers, per = (300, 5) if args.quick else (2000, 5)
         print(f"end to end on {kind}: {takers:,} taker orders x {per} fills per round", flush=True)
@@ -422,7 +476,13 @@ def main() -> int:
             f"in groups of {e2e['group']}: {e2e['bare']:,.0f}/s; ratio **{ratio:.2f}**; resting orders placed: "
             f"{e2e['makers']:,.0f}/s; invariants {'ok' if e2e['invariants'] else 'VIOLATED'}; "
             f"target >= {TARGET_FILLS:,} fills/s: {'MET' if e2e['fills'] >= TARGET_FILLS else 'MISSED'}",
+            f"  - per fill in the best round: {e2e['split']['total_us']:.1f} us = ledger apply_commands "
+            f"{e2e['split']['ledger_us']:.1f} us + matching in memory and building the ledger commands "
+            f"{e2e['split']['handle_us']:.1f} us + writing orders, trades, market data "
+            f"{e2e['split']['rows_us']:.1f} us + commit and the rest of the engine {e2e['split']['rest_us']:.1f} us "
+            f"+ outside the engine (validation, queue, callers) {e2e['split']['outside_us']:.1f} us",
         ]
+    lines.append(f"- load average at the end: {load_average()}")
     print("\n".join(lines))
     return 0
 

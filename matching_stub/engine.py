@@ -295,17 +295,23 @@ class _Group:
         return _Pending(OrderView.of(order), first_fill, len(self.fills))  # as this request left it
 
     def _fill(self, client: str, market: MarketConfig, f: Fill) -> None:
+        """One fill: its ledger command (one batch), its trade (written in flush) and its market-data item."""
         buy, sell = f.buy, f.sell
-        trade_id = self.engine.next_trade_id
-        self.engine.next_trade_id += 1
+        engine = self.engine
+        trade_id = engine.next_trade_id
+        engine.next_trade_id += 1
         buyer = user_available(buy.account_id)
-        legs = tuple((code, amount) for code, amount in (
-            (user_available(sell.account_id), f.seller_gross - f.seller_fee),
-            (FEES_REVENUE, f.buyer_fee + f.seller_fee + f.rounding),
-            (buyer, f.refund),
-        ) if amount)
+        # The buy hold's legs; zero amounts are left out (the ledger refuses them).
+        legs = []
+        if f.seller_gross > f.seller_fee:
+            legs.append((user_available(sell.account_id), f.seller_gross - f.seller_fee))
+        fees = f.buyer_fee + f.seller_fee + f.buyer_paid - f.seller_gross
+        if fees:
+            legs.append((FEES_REVENUE, fees))
+        if f.refund:
+            legs.append((buyer, f.refund))
         sell_post = HoldPost(sell.hold_id, ((buyer, f.quantity),))
-        posts = (HoldPost(buy.hold_id, legs), sell_post) if legs else (sell_post,)
+        posts = (HoldPost(buy.hold_id, tuple(legs)), sell_post) if legs else (sell_post,)
         self._command(Command(kind="trade", actor=client, reference=f"trade:{trade_id}", hold_posts=posts))
         self.changed_orders[f.maker.id] = f.maker
         self.fills.append((len(self.commands) - 1, trade_id, market.name, f))
