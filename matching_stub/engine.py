@@ -218,10 +218,10 @@ class _Group:
         self.trade_rows: list[tuple] = []  # in rows.TRADE_COLUMNS order, once the ledger gave batch ids
         self.new_orders: dict[str, Order] = {}
         self.changed_orders: dict[str, Order] = {}
-        self.market_data: list[dict] = []
+        self.market_data: list[tuple] = []  # in rows.MARKET_DATA_COLUMNS order
         self.touched: set[tuple[str, str, int]] = set()
         self.keys: dict[tuple[str, str], tuple[str, str]] = {}  # (client, key) -> (request hash, order id)
-        self.owners: dict[int, bool] = {}
+        self.owners = self.funds.frozen  # account id -> frozen, for the accounts read so far
         self.last_cursor = 0
         self.changed_anything = False
         self._index = 0
@@ -287,7 +287,7 @@ class _Group:
         first_fill = len(self.fills)
         for f in outcome.fills:
             self._fill(r.client, market, f)
-        for maker, released in outcome.self_trade_cancels:
+        for maker, released in outcome.maker_cancels:
             self._release(r.client, maker, released, "order_cancel")
         if outcome.expired_release:
             self._release(r.client, order, outcome.expired_release, "order_expire")
@@ -431,6 +431,16 @@ class _LedgerFunds(DictFunds):
         if (account_id, asset) not in self.loaded:
             self.load({(account_id, asset)})
         super().take(account_id, asset, amount)
+
+    def is_frozen(self, account_id: int) -> bool:
+        """Read once per group: a resting order's owner may have been frozen since it was placed."""
+        frozen = self.frozen.get(account_id)
+        if frozen is None:
+            row = self.conn.execute(select(t.accounts.c.frozen).where(t.accounts.c.id == account_id)).first()
+            if row is None:
+                return False  # no such account (so not the owner of any order); not recorded as one
+            frozen = self.frozen[account_id] = bool(row.frozen)
+        return frozen
 
 
 def _levels(book: Book) -> dict[str, dict[int, int]]:

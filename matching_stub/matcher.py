@@ -28,6 +28,11 @@ class Funds(Protocol):
     the credit, and there are three per fill)."""
 
     balances: dict[tuple[int, str], int]
+    # {account_id: frozen} for the accounts known so far; is_frozen finds the others.
+    frozen: dict[int, bool]
+
+    def is_frozen(self, account_id: int) -> bool:
+        """Whether the account is frozen (and records it in `frozen`)."""
 
     def take(self, account_id: int, asset: str, amount: int) -> None:
         """Reserves amount; raises InsufficientFunds (and changes nothing) if it is not there."""
@@ -37,10 +42,14 @@ class Funds(Protocol):
 
 
 class DictFunds:
-    """Funds in a dict: {(account_id, asset): available}."""
+    """Funds in a dict: {(account_id, asset): available}; accounts not in `frozen` are not frozen."""
 
-    def __init__(self, balances: dict[tuple[int, str], int] | None = None):
+    def __init__(self, balances: dict[tuple[int, str], int] | None = None, frozen: dict[int, bool] | None = None):
         self.balances = balances if balances is not None else {}
+        self.frozen = frozen if frozen is not None else {}
+
+    def is_frozen(self, account_id: int) -> bool:
+        return self.frozen.setdefault(account_id, False)
 
     def available(self, account_id: int, asset: str) -> int:
         return self.balances.get((account_id, asset), 0)
@@ -93,14 +102,15 @@ class Outcome:
     """What one order did. A plain class, not a dataclass: one is made per order
     and the generated __init__ with a default_factory costs more than this."""
 
-    __slots__ = ("order", "held", "fills", "self_trade_cancels", "expired_release", "levels")
+    __slots__ = ("order", "held", "fills", "maker_cancels", "expired_release", "levels")
 
     def __init__(self, order: Order, held: int):
         self.order = order
         self.held = held  # what the order's new hold took (quote for a buy, base for a sell)
         self.fills: list[Fill] = []
-        # The owner's own resting orders cancelled by self-trade prevention, and what each released.
-        self.self_trade_cancels: list[tuple[Order, int]] = []
+        # Resting orders this order cancelled instead of filling, and what each released: the
+        # owner's own (reason self_trade_prevention) and those of frozen accounts (account_frozen).
+        self.maker_cancels: list[tuple[Order, int]] = []
         # What the order's own hold released when its rest expired (IOC, FOK, market); 0 if none.
         self.expired_release = 0
         # (side, price) of every level this order changed.
@@ -161,14 +171,16 @@ class Matcher:
 
     # -- internals ------------------------------------------------------------------
     def _fillable(self, order: Order, opposite) -> bool:
-        """Whether other owners' resting orders can fill all of it (own ones would be cancelled, not filled)."""
+        """Whether other owners' resting orders can fill all of it (own ones and those of
+        frozen accounts would be cancelled, not filled)."""
         need = order.quantity
         buying = order.side == BUY
+        is_frozen = self.funds.is_frozen
         for level in opposite:
             if (level.price > order.price) if buying else (level.price < order.price):
                 return False
             for resting in level.orders.values():
-                if resting.account_id != order.account_id:
+                if resting.account_id != order.account_id and not is_frozen(resting.account_id):
                     need -= resting.remaining
                     if need <= 0:
                         return True
@@ -179,6 +191,7 @@ class Matcher:
         resting_by_id = self.book.orders
         fills, levels = outcome.fills, outcome.levels
         settle = self._settle
+        frozen = self.funds.frozen
         while taker.remaining:
             level = opposite.best()
             if level is None or ((level.price > taker.price) if buying else (level.price < taker.price)):
@@ -190,9 +203,14 @@ class Matcher:
                 maker = next(iter(orders.values()))
                 if maker.account_id == taker.account_id:
                     # Self-trade prevention: the resting order goes, the new one goes on.
-                    self.book.cancel(maker)
-                    maker.status, maker.reason = CANCELLED, "self_trade_prevention"
-                    outcome.self_trade_cancels.append((maker, self._release(maker)))
+                    self._cancel_maker(maker, "self_trade_prevention", outcome)
+                    continue
+                owner_frozen = frozen.get(maker.account_id)
+                if owner_frozen is None:
+                    owner_frozen = self.funds.is_frozen(maker.account_id)
+                if owner_frozen:
+                    # A frozen account's resting order never trades: it goes, the new one goes on.
+                    self._cancel_maker(maker, "account_frozen", outcome)
                     continue
                 quantity = taker.remaining if taker.remaining < maker.remaining else maker.remaining
                 fills.append(settle(taker, maker, quantity, price))
@@ -253,6 +271,11 @@ class Matcher:
             key = (sell.account_id, self.quote)
             balances[key] = balances.get(key, 0) + seller_gross - seller_fee
         return Fill(taker, maker, price, quantity, buyer_paid, buyer_fee, seller_gross, seller_fee, refund)
+
+    def _cancel_maker(self, maker: Order, reason: str, outcome: Outcome) -> None:
+        self.book.cancel(maker)
+        maker.status, maker.reason = CANCELLED, reason
+        outcome.maker_cancels.append((maker, self._release(maker)))
 
     def _expire(self, order: Order, outcome: Outcome, reason: str) -> None:
         order.status, order.reason = EXPIRED, reason

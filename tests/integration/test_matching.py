@@ -173,6 +173,37 @@ def test_insufficient_funds_and_frozen_accounts_are_refused_with_nothing_held(ap
     assert place(app, poor, "BUY", 99_990, ETH).order.held == 99_990 + 200
 
 
+def freeze(app, account: int) -> None:
+    with app.engine.begin() as conn:
+        conn.execute(update(t.accounts).where(t.accounts.c.id == account).values(frozen=True))
+
+
+def test_a_frozen_accounts_resting_order_is_cancelled_instead_of_filled(app):
+    """Frozen after placing: its ask is cancelled (hold released) when an order reaches it, the next one fills."""
+    frozen, other, buyer = accounts(app, 3, btc=BTC, eth=10 * ETH)
+    stuck = place(app, frozen, "SELL", 100_000, ETH)
+    theirs = place(app, other, "SELL", 100_000, ETH)
+    freeze(app, frozen)
+    taker = place(app, buyer, "BUY", 100_000, ETH)
+    assert [tr.maker_order_id for tr in taker.trades] == [theirs.order.order_id]
+    cancelled = app.matching.get_order(stuck.order.order_id)
+    assert (cancelled.status, cancelled.reason, cancelled.held, cancelled.filled_quantity) == (
+        "CANCELLED", "account_frozen", 0, 0)
+    assert (balances(app, frozen)["BTC"], balances(app, frozen)["ETH"]) == ((BTC, 0), (10 * ETH, 0))  # released
+    assert book(app) == ([], [])
+
+
+def test_fill_or_kill_does_not_count_a_frozen_accounts_orders(app):
+    frozen, other, buyer = accounts(app, 3, btc=BTC, eth=10 * ETH)
+    place(app, frozen, "SELL", 100_000, ETH)
+    place(app, other, "SELL", 100_000, ETH)
+    freeze(app, frozen)
+    killed = place(app, buyer, "BUY", 100_000, 2 * ETH, "FOK")
+    assert (killed.order.status, killed.order.filled_quantity, killed.trades) == ("EXPIRED", 0, ())
+    assert balances(app, buyer)["BTC"] == (BTC, 0)
+    assert book(app) == ([], [(100_000, 2 * ETH)])  # untouched: an expired FOK changes no resting order
+
+
 def test_idempotent_place(app):
     (buyer,) = accounts(app, 1, btc=BTC)
     first = place(app, buyer, "BUY", 100_000, ETH, key="same")
