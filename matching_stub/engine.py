@@ -65,14 +65,17 @@ class PlaceRequest:
 @dataclasses.dataclass(frozen=True, slots=True)
 class CancelRequest:
     client: str
+    client_key: str
     order_id: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Cancelled:
-    """CancelOrder succeeded (now or before): the service reads the order."""
+    """CancelOrder succeeded (now or before; replayed: under a key already used for
+    this order): the service reads the order."""
 
     order_id: str
+    replayed: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -221,6 +224,8 @@ class _Group:
         self.market_data: list[tuple] = []  # in rows.MARKET_DATA_COLUMNS order
         self.touched: set[tuple[str, str, int]] = set()
         self.keys: dict[tuple[str, str], tuple[str, str]] = {}  # (client, key) -> (request hash, order id)
+        self.cancel_keys: dict[tuple[str, str], str] = {}  # CancelOrder's (client, key) -> order id
+        self.new_cancel_keys: list[tuple] = []  # rows for order_cancels
         self.owners = self.funds.frozen  # account id -> frozen, for the accounts read so far
         self.last_cursor = 0
         self.changed_anything = False
@@ -228,6 +233,7 @@ class _Group:
 
     def handle_all(self, requests: list) -> list:
         self._preload([r for r in requests if isinstance(r, PlaceRequest)])
+        self._preload_cancel_keys([r for r in requests if isinstance(r, CancelRequest)])
         for matcher in self.engine.matchers.values():
             matcher.funds = self.funds
         results = []
@@ -257,6 +263,16 @@ class _Group:
         markets = self.engine.markets
         self.funds.load({(a, asset) for p in places if p.account_id in self.owners
                          for a, asset in ((p.account_id, markets[p.market].base), (p.account_id, markets[p.market].quote))})
+
+    def _preload_cancel_keys(self, cancels: list[CancelRequest]) -> None:
+        if not cancels:
+            return
+        c = t.order_cancels
+        for r in self.conn.execute(
+            select(c.c.client, c.c.client_key, c.c.order_id)
+            .where(in_pairs(self.conn, c.c.client, c.c.client_key, {(r.client, r.client_key) for r in cancels}))
+        ):
+            self.cancel_keys[(r.client, r.client_key)] = r.order_id
 
     # -- place ------------------------------------------------------------------------
     def _place(self, r: PlaceRequest) -> Placed | Replay:
@@ -321,6 +337,18 @@ class _Group:
 
     # -- cancel -------------------------------------------------------------------------
     def _cancel(self, r: CancelRequest) -> Cancelled:
+        key = (r.client, r.client_key)
+        seen = self.cancel_keys.get(key)
+        if seen is not None:
+            if seen != r.order_id:
+                raise IdempotencyConflict(f"idempotency key {r.client_key!r} was used to cancel another order")
+            return Cancelled(r.order_id, replayed=True)
+        result = self._cancel_order(r)  # raises, using up no key, if the order cannot be cancelled
+        self.cancel_keys[key] = r.order_id
+        self.new_cancel_keys.append((r.client, r.client_key, r.order_id, self.now))
+        return result
+
+    def _cancel_order(self, r: CancelRequest) -> Cancelled:
         for name, book in self.engine.books.items():
             order = book.orders.get(r.order_id)
             if order is not None:
@@ -376,6 +404,7 @@ class _Group:
     def flush(self) -> int:
         """Writes the group; returns the last ledger event cursor (0 if none)."""
         if not self.commands and not self.changed_orders:
+            rows.insert_cancel_keys(self.conn, self.new_cancel_keys)  # cancels of cancelled orders only
             return 0
         results = apply_commands(self.conn, self.commands, self.engine.ids)
         for i, result in enumerate(results):
@@ -391,6 +420,7 @@ class _Group:
         rows.insert_orders(conn, list(self.new_orders.values()), now)
         rows.update_orders(conn, [o for oid, o in self.changed_orders.items() if oid not in self.new_orders], now)
         rows.insert_trades(conn, self.trade_rows)
+        rows.insert_cancel_keys(conn, self.new_cancel_keys)
         rows.insert_market_data(conn, self.market_data)
         return max((r.event_cursor for r in results), default=0)
 

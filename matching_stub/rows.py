@@ -29,6 +29,7 @@ TRADE_COLUMNS = (
     "created_at",
 )
 MARKET_DATA_COLUMNS = ("cursor", "market", "type", "payload", "created_at")
+CANCEL_KEY_COLUMNS = ("client", "client_key", "order_id", "created_at")
 
 
 def insert_orders(conn: Connection, orders: list[Order], now: datetime.datetime) -> None:
@@ -42,6 +43,11 @@ def insert_orders(conn: Connection, orders: list[Order], now: datetime.datetime)
 def insert_trades(conn: Connection, rows: list[tuple]) -> None:
     """rows: tuples in TRADE_COLUMNS order."""
     insert_rows(conn, t.trades, TRADE_COLUMNS, rows)
+
+
+def insert_cancel_keys(conn: Connection, rows: list[tuple]) -> None:
+    """rows: tuples in CANCEL_KEY_COLUMNS order."""
+    insert_rows(conn, t.order_cancels, CANCEL_KEY_COLUMNS, rows)
 
 
 def insert_market_data(conn: Connection, rows: list[tuple]) -> None:

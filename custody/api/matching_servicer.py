@@ -95,8 +95,9 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
                                      trades=[trade_message(tr) for tr in placed.trades], replayed=placed.replayed)
 
     async def CancelOrder(self, request, context):
-        order = await asyncio.wrap_future(self.matching.submit_cancel(current_client(), request.order_id))
-        return pb.CancelOrderResponse(order=order_message(order))
+        cancelled = await asyncio.wrap_future(
+            self.matching.submit_cancel(current_client(), request.idempotency_key, request.order_id))
+        return pb.CancelOrderResponse(order=order_message(cancelled.order), replayed=cancelled.replayed)
 
     async def GetOrder(self, request, context):
         order = await asyncio.to_thread(self.matching.get_order, request.order_id)

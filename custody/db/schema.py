@@ -302,6 +302,18 @@ market_data = Table(
     Index("ix_market_data_market_cursor", "market", "cursor"),
 )
 
+# CancelOrder's idempotency keys: (client, client_key) names one cancel of one
+# order. Written only when the cancel succeeds (now or because the order was
+# already cancelled), so a refused cancel does not use up its key.
+order_cancels = Table(
+    "order_cancels",
+    metadata,
+    Column("client", String(64), primary_key=True),
+    Column("client_key", String(128), primary_key=True),
+    Column("order_id", String(32), ForeignKey("orders.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 # -- withdrawals (docs/withdrawals.md) ---------------------------------------------
 # One row per RequestWithdrawal. (client, client_key) is the idempotency key;
 # request_hash tells a retry from a different request under the same key.

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select, update
 
 from custody.db import schema as t
-from custody.errors import FailedPrecondition, IdempotencyConflict, InsufficientFunds, NotFound
+from custody.errors import FailedPrecondition, IdempotencyConflict, InsufficientFunds, InvalidArgument, NotFound
 from tests.support.matching import ETH, MARKET, accounts, balances, fees_revenue, fund, open_holds, place
 
 BTC = 10**8
@@ -120,13 +120,49 @@ def test_cancel_releases_the_hold_and_is_idempotent(app):
     (buyer,) = accounts(app, 1, btc=BTC)
     order = place(app, buyer, "BUY", 100_000, ETH)
     assert balances(app, buyer)["BTC"] == (BTC - 100_200, 100_200)
-    cancelled = app.matching.cancel("exchange", order.order.order_id)
-    assert (cancelled.status, cancelled.reason, cancelled.held) == ("CANCELLED", "cancelled", 0)
+    cancelled = app.matching.cancel("exchange", "cancel-1", order.order.order_id)
+    assert (cancelled.order.status, cancelled.order.reason, cancelled.order.held) == ("CANCELLED", "cancelled", 0)
+    assert not cancelled.replayed
     assert balances(app, buyer)["BTC"] == (BTC, 0)
-    assert app.matching.cancel("exchange", order.order.order_id) == cancelled
+    again = app.matching.cancel("exchange", "cancel-1", order.order.order_id)
+    assert again.replayed and again.order == cancelled.order
+    other_key = app.matching.cancel("exchange", "cancel-2", order.order.order_id)  # cancelled already: fine
+    assert not other_key.replayed and other_key.order == cancelled.order
     assert book(app) == ([], [])
     with pytest.raises(NotFound):
-        app.matching.cancel("exchange", "0" * 32)
+        app.matching.cancel("exchange", "cancel-3", "0" * 32)
+    with pytest.raises(InvalidArgument):
+        app.matching.cancel("exchange", "", order.order.order_id)
+
+
+def test_a_cancel_key_names_one_order(app):
+    """The same key for another order is ALREADY_EXISTS and cancels nothing; keys are per client;
+    a refused cancel does not use up its key."""
+    (buyer,) = accounts(app, 1, btc=BTC)
+    first, second = (place(app, buyer, "BUY", price, ETH) for price in (100_000, 99_990))
+    app.matching.cancel("exchange", "k", first.order.order_id)
+    with pytest.raises(IdempotencyConflict):
+        app.matching.cancel("exchange", "k", second.order.order_id)
+    assert app.matching.get_order(second.order.order_id).status == "OPEN"
+    assert book(app) == ([(99_990, ETH)], [])
+    with pytest.raises(NotFound):
+        app.matching.cancel("exchange", "k2", "f" * 32)
+    assert not app.matching.cancel("exchange", "k2", second.order.order_id).replayed  # k2 was not used up
+    assert app.matching.cancel("another-client", "k", first.order.order_id).order.status == "CANCELLED"
+    assert balances(app, buyer)["BTC"] == (BTC, 0)
+
+
+def test_cancel_keys_queued_together(app):
+    """Cancels queued at once (committed in one group or several): a replay and a conflict."""
+    (buyer,) = accounts(app, 1, btc=BTC)
+    a, b = (place(app, buyer, "BUY", price, ETH) for price in (100_000, 99_990))
+    futures = [app.matching.submit_cancel("exchange", "g", a.order.order_id),
+               app.matching.submit_cancel("exchange", "g", a.order.order_id),
+               app.matching.submit_cancel("exchange", "g", b.order.order_id)]
+    assert futures[0].result().order.status == "CANCELLED" and futures[1].result().replayed
+    with pytest.raises(IdempotencyConflict):
+        futures[2].result()
+    assert app.matching.get_order(b.order.order_id).status == "OPEN"
 
 
 def test_a_filled_order_cannot_be_cancelled(app):
@@ -134,7 +170,7 @@ def test_a_filled_order_cannot_be_cancelled(app):
     resting = place(app, seller, "SELL", 100_000, ETH)
     place(app, buyer, "BUY", 100_000, ETH)
     with pytest.raises(FailedPrecondition, match="FILLED"):
-        app.matching.cancel("exchange", resting.order.order_id)
+        app.matching.cancel("exchange", "cancel-filled", resting.order.order_id)
 
 
 def test_rounding_goes_to_the_exchange_by_at_most_one_unit_and_is_recorded(app):
@@ -236,7 +272,7 @@ def test_the_book_survives_a_restart(config, app):
     place(app, a, "BUY", 90_000, ETH)
     place(app, c, "BUY", 100_000, ETH // 2)  # partly fills a's ask
     cancelled = place(app, b, "BUY", 80_000, ETH)
-    app.matching.cancel("exchange", cancelled.order.order_id)
+    app.matching.cancel("exchange", "restart-cancel", cancelled.order.order_id)
     before = {name: book.snapshot() for name, book in app.matching.engine.books.items()}
     state = {o.id: (o.remaining, o.filled, o.fill_value, o.quote_filled, o.fee, o.hold_remaining, o.sequence)
              for o in app.matching.engine.books[MARKET].orders.values()}

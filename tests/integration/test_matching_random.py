@@ -196,7 +196,8 @@ def run_random_session(app, n: int, seed: int) -> None:
                 if not pool:
                     continue
                 order_id = pool[int(r[2] * len(pool))]
-                batch.append((r, app.matching.submit_cancel("exchange", order_id), order_id))
+                future = app.matching.submit_cancel("exchange", f"cancel-{start + k}", order_id)
+                batch.append((r, future, order_id))
             else:
                 _, who, side, price, quantity, tif, type_, post_only = r
                 future = app.matching.submit_place("exchange", f"r-{start + k}", str(ids[who]), MARKET, side, type_,
@@ -211,7 +212,7 @@ def run_random_session(app, n: int, seed: int) -> None:
                 expected = model.cancel(order_id)
                 stats["cancels"] += 1
                 if expected == "ok":
-                    assert error is None and result.status == "CANCELLED", (order_id, error)
+                    assert error is None and result.order.status == "CANCELLED", (order_id, error)
                 else:
                     assert isinstance(error, expected), (order_id, error)
                 continue
@@ -233,9 +234,10 @@ def run_random_session(app, n: int, seed: int) -> None:
             stats["rounding"] += sum(tr.rounding for tr in result.trades)
     # Every order still open goes: afterwards nothing may be held anywhere.
     open_ids = [o.id for o in model.resting]
-    futures = [app.matching.submit_cancel("exchange", order_id) for order_id in open_ids]
+    futures = [app.matching.submit_cancel("exchange", f"cancel-end-{order_id}", order_id)
+               for order_id in open_ids]
     for order_id, future in zip(open_ids, futures):
-        assert future.result().status == "CANCELLED"
+        assert future.result().order.status == "CANCELLED"
         assert model.cancel(order_id) == "ok"
     assert not app.matching.engine.books[MARKET].orders
     with app.engine.connect() as conn:
