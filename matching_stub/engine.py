@@ -13,9 +13,11 @@ re-checks every command in the same transaction. If the two ever disagree
 the transaction fails, nothing is committed, the books are rebuilt from the
 database and each request is retried on its own.
 
-One engine per database drives the books (DESIGN: matching_stub is a stub of
-a single matching process); the unique keys on sequences and cursors make a
-second one fail rather than corrupt anything.
+One engine per database drives the books (matching_stub is a stub of a
+single matching process): an engine takes the next epoch when it starts and
+each group first checks the epoch is still its own, so an engine started
+later (a restart, a second core instance) fences out the earlier one, whose
+writes and book reads then fail with EngineReplaced (FAILED_PRECONDITION).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import threading
 
 import orjson
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.exc import DBAPIError
 
 from custody.config import MarketConfig
@@ -85,6 +87,10 @@ class Replay:
     order_id: str
 
 
+class EngineReplaced(FailedPrecondition):
+    """A matching engine started later on the same database writes now; this one no longer may."""
+
+
 class RecoveryError(Exception):
     """The database's open orders and their ledger holds disagree: matching refuses to start."""
 
@@ -106,7 +112,28 @@ class MatchingEngine:
         self.markets = {m.name: m for m in markets}
         self.ids = AccountIds()
         self._published_lock = threading.Lock()
+        self.epoch = self._take_over()  # before loading: what an earlier engine commits after this, it cannot
+        self.replaced = False
         self.load()
+
+    def _take_over(self) -> int:
+        """Takes the next epoch: from now on an engine started earlier fails every write."""
+        me = t.matching_engine
+        with write_transaction(self.db) as conn:
+            return conn.execute(update(me).where(me.c.id == 1).values(epoch=me.c.epoch + 1)
+                                .returning(me.c.epoch)).scalar_one()
+
+    def _check_epoch(self, conn: Connection) -> None:
+        """First statement of every group: on PostgreSQL it also locks the epoch row until
+        commit, so a take-over waits for this group and then loads what it wrote."""
+        me = t.matching_engine
+        if not self.replaced:
+            mine = conn.execute(update(me).where(me.c.id == 1, me.c.epoch == self.epoch)
+                                .values(epoch=self.epoch)).rowcount
+            self.replaced = mine != 1
+        if self.replaced:
+            raise EngineReplaced("another matching engine was started on this database and writes now; "
+                                 "this instance no longer matches (one matching engine per database)")
 
     # -- recovery -------------------------------------------------------------------
     def load(self) -> None:
@@ -150,6 +177,8 @@ class MatchingEngine:
     # -- the committed view, for readers on other threads ------------------------
     def order_book(self, market: str, depth: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
         """(bids best first, asks best first, market-data cursor) as last committed."""
+        if self.replaced:  # its book is no longer the database's
+            raise EngineReplaced("another matching engine was started on this database; ask that instance")
         with self._published_lock:
             levels, cursor = self.published[market], self.published_cursor
             bids = sorted(levels["BUY"].items(), reverse=True)[:depth]
@@ -162,6 +191,8 @@ class MatchingEngine:
         event cursor, last market-data cursor), both 0 when nothing was written."""
         try:
             return self._commit(requests)
+        except EngineReplaced as exc:
+            return [exc] * len(requests), 0, 0
         except (_Rejected, DBAPIError) as exc:  # nothing was committed and the books are back (see _commit)
             if len(requests) == 1:
                 if isinstance(exc, _Rejected):
@@ -182,6 +213,7 @@ class MatchingEngine:
         group = None
         try:
             with write_transaction(self.db) as conn:
+                self._check_epoch(conn)
                 group = _Group(self, conn)
                 results = group.handle_all(requests)
                 last_event = group.flush()

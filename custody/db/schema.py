@@ -302,6 +302,17 @@ market_data = Table(
     Index("ix_market_data_market_cursor", "market", "cursor"),
 )
 
+# One matching engine writes to a database at a time (docs/matching.md): each
+# engine takes the next epoch when it starts, and every one of its group
+# transactions first checks that the epoch is still its own. An engine started
+# later fences the earlier one out instead of both writing from stale books.
+matching_engine = Table(
+    "matching_engine",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("epoch", BigInteger, nullable=False),
+)
+
 # CancelOrder's idempotency keys: (client, client_key) names one cancel of one
 # order. Written only when the cancel succeeds (now or because the order was
 # already cancelled), so a refused cancel does not use up its key.

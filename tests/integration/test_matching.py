@@ -318,3 +318,27 @@ def test_when_the_ledger_refuses_what_memory_allowed_nothing_of_the_group_is_los
     assert balances(app, poor)["BTC"] == (0, 0)
     assert book(app) == ([(100_000, ETH)], [])
     assert set(service.engine.books[MARKET].orders) == {results[2].order.order_id}
+
+
+def test_an_engine_started_later_fences_out_the_earlier_one(config, app):
+    """Two core instances on one database: the newer matching engine writes; the older one
+    refuses writes and book reads with FAILED_PRECONDITION, changing nothing."""
+    from custody.app import Custody
+    from matching_stub.engine import EngineReplaced
+
+    seller, buyer = accounts(app, 2, btc=BTC, eth=10 * ETH)
+    resting = place(app, seller, "SELL", 100_000, ETH)
+    newer = Custody(config)
+    try:
+        with pytest.raises(EngineReplaced):
+            place(app, buyer, "BUY", 100_000, ETH)
+        with pytest.raises(EngineReplaced):
+            app.matching.cancel("exchange", "old-instance", resting.order.order_id)
+        with pytest.raises(EngineReplaced):
+            app.matching.order_book(MARKET, 10)
+        assert balances(app, buyer)["BTC"] == (BTC, 0)
+        taker = place(newer, buyer, "BUY", 100_000, ETH)  # the newer engine loaded the resting ask
+        assert [tr.maker_order_id for tr in taker.trades] == [resting.order.order_id]
+        assert newer.matching.order_book(MARKET, 10)[:2] == ([], [])
+    finally:
+        newer.close()

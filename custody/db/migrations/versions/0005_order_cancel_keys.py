@@ -1,4 +1,4 @@
-"""matching_stub: CancelOrder idempotency keys
+"""matching_stub: CancelOrder idempotency keys; the matching engine's epoch (one writer at a time)
 
 Revision ID: 0005
 Revises: 0004
@@ -22,7 +22,15 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['order_id'], ['orders.id'], ),
     sa.PrimaryKeyConstraint('client', 'client_key')
     )
+    op.create_table('matching_engine',
+    sa.Column('id', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('epoch', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    matching_engine = sa.table('matching_engine', sa.column('id', sa.Integer), sa.column('epoch', sa.BigInteger))
+    op.bulk_insert(matching_engine, [{'id': 1, 'epoch': 0}])
 
 
 def downgrade() -> None:
+    op.drop_table('matching_engine')
     op.drop_table('order_cancels')
