@@ -258,12 +258,13 @@ class _Group:
         self.keys: dict[tuple[str, str], tuple[str, str]] = {}  # (client, key) -> (request hash, order id)
         self.cancel_keys: dict[tuple[str, str], str] = {}  # CancelOrder's (client, key) -> order id
         self.new_cancel_keys: list[tuple] = []  # rows for order_cancels
-        self.owners = self.funds.frozen  # account id -> frozen, for the accounts read so far
+        self.owners: dict[int, bool] = {}  # placing account id -> frozen
         self.last_cursor = 0
         self.changed_anything = False
         self._index = 0
 
     def handle_all(self, requests: list) -> list:
+        self.funds.load_frozen()
         self._preload([r for r in requests if isinstance(r, PlaceRequest)])
         self._preload_cancel_keys([r for r in requests if isinstance(r, CancelRequest)])
         for matcher in self.engine.matchers.values():
@@ -494,15 +495,10 @@ class _LedgerFunds(DictFunds):
             self.load({(account_id, asset)})
         super().take(account_id, asset, amount)
 
-    def is_frozen(self, account_id: int) -> bool:
-        """Read once per group: a resting order's owner may have been frozen since it was placed."""
-        frozen = self.frozen.get(account_id)
-        if frozen is None:
-            row = self.conn.execute(select(t.accounts.c.frozen).where(t.accounts.c.id == account_id)).first()
-            if row is None:
-                return False  # no such account (so not the owner of any order); not recorded as one
-            frozen = self.frozen[account_id] = bool(row.frozen)
-        return frozen
+    def load_frozen(self) -> None:
+        """Once per group, through a partial index of the (few) frozen accounts: a resting
+        order's owner may have been frozen since it was placed, by another writer."""
+        self.frozen = set(self.conn.execute(select(t.accounts.c.id).where(t.accounts.c.frozen)).scalars())
 
 
 def _levels(book: Book) -> dict[str, dict[int, int]]:

@@ -28,11 +28,8 @@ class Funds(Protocol):
     the credit, and there are three per fill)."""
 
     balances: dict[tuple[int, str], int]
-    # {account_id: frozen} for the accounts known so far; is_frozen finds the others.
-    frozen: dict[int, bool]
-
-    def is_frozen(self, account_id: int) -> bool:
-        """Whether the account is frozen (and records it in `frozen`)."""
+    # The ids of the frozen accounts (few): their resting orders are cancelled, not filled.
+    frozen: set[int]
 
     def take(self, account_id: int, asset: str, amount: int) -> None:
         """Reserves amount; raises InsufficientFunds (and changes nothing) if it is not there."""
@@ -42,14 +39,11 @@ class Funds(Protocol):
 
 
 class DictFunds:
-    """Funds in a dict: {(account_id, asset): available}; accounts not in `frozen` are not frozen."""
+    """Funds in a dict: {(account_id, asset): available}; the accounts in `frozen` are frozen."""
 
-    def __init__(self, balances: dict[tuple[int, str], int] | None = None, frozen: dict[int, bool] | None = None):
+    def __init__(self, balances: dict[tuple[int, str], int] | None = None, frozen: set[int] | None = None):
         self.balances = balances if balances is not None else {}
-        self.frozen = frozen if frozen is not None else {}
-
-    def is_frozen(self, account_id: int) -> bool:
-        return self.frozen.setdefault(account_id, False)
+        self.frozen = frozen if frozen is not None else set()
 
     def available(self, account_id: int, asset: str) -> int:
         return self.balances.get((account_id, asset), 0)
@@ -175,12 +169,12 @@ class Matcher:
         frozen accounts would be cancelled, not filled)."""
         need = order.quantity
         buying = order.side == BUY
-        is_frozen = self.funds.is_frozen
+        frozen = self.funds.frozen
         for level in opposite:
             if (level.price > order.price) if buying else (level.price < order.price):
                 return False
             for resting in level.orders.values():
-                if resting.account_id != order.account_id and not is_frozen(resting.account_id):
+                if resting.account_id != order.account_id and resting.account_id not in frozen:
                     need -= resting.remaining
                     if need <= 0:
                         return True
@@ -205,10 +199,7 @@ class Matcher:
                     # Self-trade prevention: the resting order goes, the new one goes on.
                     self._cancel_maker(maker, "self_trade_prevention", outcome)
                     continue
-                owner_frozen = frozen.get(maker.account_id)
-                if owner_frozen is None:
-                    owner_frozen = self.funds.is_frozen(maker.account_id)
-                if owner_frozen:
+                if maker.account_id in frozen:
                     # A frozen account's resting order never trades: it goes, the new one goes on.
                     self._cancel_maker(maker, "account_frozen", outcome)
                     continue

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from custody.db.types import Amount
@@ -32,6 +33,11 @@ accounts = Table(
     Column("frozen", Boolean, nullable=False, default=False),
     Column("frozen_reason", Text, nullable=True),
 )
+# The few frozen accounts, read by the matching engine once per group (a
+# frozen account's resting orders never trade; docs/matching.md): a partial
+# index holds only them.
+# The conditions are written as each dialect renders `WHERE accounts.frozen`, so that the query matches them.
+Index("ix_accounts_frozen", accounts.c.id, sqlite_where=text("frozen = 1"), postgresql_where=text("frozen"))
 
 # One row per (ledger account code, asset): user:<id>:available, user:<id>:held,
 # wallet:<chain>:<deposit|hot|cold>, inflight:withdrawals, fees:network,

@@ -1,4 +1,5 @@
-"""matching_stub: CancelOrder idempotency keys; the matching engine's epoch (one writer at a time)
+"""matching_stub: CancelOrder idempotency keys; the matching engine's epoch (one writer at a time);
+a partial index of frozen accounts
 
 Revision ID: 0005
 Revises: 0004
@@ -29,8 +30,13 @@ def upgrade() -> None:
     )
     matching_engine = sa.table('matching_engine', sa.column('id', sa.Integer), sa.column('epoch', sa.BigInteger))
     op.bulk_insert(matching_engine, [{'id': 1, 'epoch': 0}])
+    with op.batch_alter_table('accounts', schema=None) as batch_op:
+        batch_op.create_index('ix_accounts_frozen', ['id'], unique=False, sqlite_where=sa.text('frozen = 1'),
+                              postgresql_where=sa.text('frozen'))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('accounts', schema=None) as batch_op:
+        batch_op.drop_index('ix_accounts_frozen')
     op.drop_table('matching_engine')
     op.drop_table('order_cancels')
