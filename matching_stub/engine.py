@@ -13,11 +13,14 @@ re-checks every command in the same transaction. If the two ever disagree
 the transaction fails, nothing is committed, the books are rebuilt from the
 database and each request is retried on its own.
 
-One engine per database drives the books (matching_stub is a stub of a
-single matching process): an engine takes the next epoch when it starts and
-each group first checks the epoch is still its own, so an engine started
-later (a restart, a second core instance) fences out the earlier one, whose
-writes and book reads then fail with EngineReplaced (FAILED_PRECONDITION).
+One engine at a time writes to a database (matching_stub is a stub of a
+single matching process): each group first checks that the database's
+matching epoch is still the one this engine took; if not (another engine
+wrote since, or this one never wrote), it takes the next epoch and reloads
+the books inside the same transaction before matching. So an engine that
+only starts (every core process makes one, the scanner's too) changes
+nothing, two writing engines never match from stale books, and a book read
+from an engine that is not the writer fails with EngineReplaced.
 """
 from __future__ import annotations
 
@@ -88,7 +91,7 @@ class Replay:
 
 
 class EngineReplaced(FailedPrecondition):
-    """A matching engine started later on the same database writes now; this one no longer may."""
+    """Another engine has matched on this database since this one loaded its books: they are stale."""
 
 
 class RecoveryError(Exception):
@@ -112,48 +115,46 @@ class MatchingEngine:
         self.markets = {m.name: m for m in markets}
         self.ids = AccountIds()
         self._published_lock = threading.Lock()
-        self.epoch = self._take_over()  # before loading: what an earlier engine commits after this, it cannot
-        self.replaced = False
+        self.epoch: int | None = None  # the matching epoch this engine took; None until it first writes
         self.load()
 
-    def _take_over(self) -> int:
-        """Takes the next epoch: from now on an engine started earlier fails every write."""
+    def _own_epoch(self, conn: Connection) -> bool:
+        """First statement of every group. Checks the epoch is still this engine's; if not,
+        takes the next one and reloads the books in this transaction; returns whether it
+        took over. On PostgreSQL the epoch row stays locked until commit, so another
+        engine's take-over waits for this group and then loads what it wrote."""
         me = t.matching_engine
-        with write_transaction(self.db) as conn:
-            return conn.execute(update(me).where(me.c.id == 1).values(epoch=me.c.epoch + 1)
-                                .returning(me.c.epoch)).scalar_one()
-
-    def _check_epoch(self, conn: Connection) -> None:
-        """First statement of every group: on PostgreSQL it also locks the epoch row until
-        commit, so a take-over waits for this group and then loads what it wrote."""
-        me = t.matching_engine
-        if not self.replaced:
-            mine = conn.execute(update(me).where(me.c.id == 1, me.c.epoch == self.epoch)
-                                .values(epoch=self.epoch)).rowcount
-            self.replaced = mine != 1
-        if self.replaced:
-            raise EngineReplaced("another matching engine was started on this database and writes now; "
-                                 "this instance no longer matches (one matching engine per database)")
+        if self.epoch is not None and conn.execute(
+                update(me).where(me.c.id == 1, me.c.epoch == self.epoch).values(epoch=self.epoch)).rowcount == 1:
+            return False
+        self.epoch = conn.execute(update(me).where(me.c.id == 1).values(epoch=me.c.epoch + 1)
+                                  .returning(me.c.epoch)).scalar_one()
+        self.load(conn)
+        return True
 
     # -- recovery -------------------------------------------------------------------
-    def load(self) -> None:
-        """Rebuilds every book from the database: open orders in time priority,
-        each with its settlement state and its hold's remaining amount."""
+    def load(self, conn: Connection | None = None) -> None:
+        """Rebuilds every book from the database (in conn's transaction, or a read
+        transaction of its own): open orders in time priority, each with its
+        settlement state and its hold's remaining amount."""
+        if conn is None:
+            with read_transaction(self.db) as own:
+                return self.load(own)
         self.books = {name: Book(name) for name in self.markets}
         self.matchers = {name: Matcher(m, self.books[name], DictFunds()) for name, m in self.markets.items()}
         o, h = t.orders, t.ledger_holds
-        with read_transaction(self.db) as conn:
-            rows = conn.execute(
-                select(o, h.c.remaining.label("hold_remaining"), h.c.status.label("hold_status"))
-                .join(h, h.c.id == o.c.hold_id)
-                .where(o.c.status.in_(sorted(LIVE)))
-                .order_by(o.c.market, o.c.sequence)
-            ).all()
-            self.next_sequence = {name: 1 for name in self.markets}
-            for market, top in conn.execute(select(o.c.market, func.max(o.c.sequence)).group_by(o.c.market)):
-                self.next_sequence[market] = top + 1
-            self.next_trade_id = (conn.execute(select(func.max(t.trades.c.id))).scalar() or 0) + 1
-            self.next_cursor = (conn.execute(select(func.max(t.market_data.c.cursor))).scalar() or 0) + 1
+        rows = conn.execute(
+            select(o, h.c.remaining.label("hold_remaining"), h.c.status.label("hold_status"))
+            .join(h, h.c.id == o.c.hold_id)
+            .where(o.c.status.in_(sorted(LIVE)))
+            .order_by(o.c.market, o.c.sequence)
+        ).all()
+        self.next_sequence = {name: 1 for name in self.markets}
+        for market, top in conn.execute(select(o.c.market, func.max(o.c.sequence)).group_by(o.c.market)):
+            self.next_sequence[market] = top + 1
+        self.next_trade_id = (conn.execute(select(func.max(t.trades.c.id))).scalar() or 0) + 1
+        self.next_cursor = (conn.execute(select(func.max(t.market_data.c.cursor))).scalar() or 0) + 1
+        self.loaded_epoch = conn.execute(select(t.matching_engine.c.epoch)).scalar_one()
         for r in rows:
             if r.market not in self.books:
                 raise RecoveryError(f"open order {r.id} is in market {r.market}, which is not configured")
@@ -164,8 +165,9 @@ class MatchingEngine:
                 raise RecoveryError(f"open order {order.id} should hold {expected} but its hold {order.hold_id} "
                                     f"holds {order.hold_remaining}")
             self.books[r.market].rest(order)
-        self.published = {name: _levels(book) for name, book in self.books.items()}
-        self.published_cursor = self.next_cursor - 1
+        with self._published_lock:
+            self.published = {name: _levels(book) for name, book in self.books.items()}
+            self.published_cursor = self.next_cursor - 1
 
     def _still_held(self, order: Order) -> int:
         market = self.markets[order.market]
@@ -176,14 +178,30 @@ class MatchingEngine:
 
     # -- the committed view, for readers on other threads ------------------------
     def order_book(self, market: str, depth: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
-        """(bids best first, asks best first, market-data cursor) as last committed."""
-        if self.replaced:  # its book is no longer the database's
-            raise EngineReplaced("another matching engine was started on this database; ask that instance")
+        """(bids best first, asks best first, market-data cursor) as last committed.
+        Raises EngineReplaced when another engine has matched since this one loaded."""
+        self._check_current()
         with self._published_lock:
             levels, cursor = self.published[market], self.published_cursor
             bids = sorted(levels["BUY"].items(), reverse=True)[:depth]
             asks = sorted(levels["SELL"].items())[:depth]
         return bids, asks, cursor
+
+    def _check_current(self) -> None:
+        """This engine's committed book is the database's if it holds the epoch (it
+        writes), or, never having written, if no engine has taken over or matched
+        since it loaded (same epoch, no market data after its cursor)."""
+        me, md = t.matching_engine, t.market_data
+        with read_transaction(self.db) as conn:
+            epoch = conn.execute(select(me.c.epoch)).scalar_one()
+            if self.epoch is not None:
+                current = epoch == self.epoch
+            else:
+                current = (epoch == self.loaded_epoch
+                           and (conn.execute(select(func.max(md.c.cursor))).scalar() or 0) == self.published_cursor)
+        if not current:
+            raise EngineReplaced("another instance is matching on this database: this instance's book is stale; "
+                                 "ask the instance that matches (one matching engine per database)")
 
     # -- writing ------------------------------------------------------------------------
     def run(self, requests: list) -> tuple[list, int, int]:
@@ -191,8 +209,6 @@ class MatchingEngine:
         event cursor, last market-data cursor), both 0 when nothing was written."""
         try:
             return self._commit(requests)
-        except EngineReplaced as exc:
-            return [exc] * len(requests), 0, 0
         except (_Rejected, DBAPIError) as exc:  # nothing was committed and the books are back (see _commit)
             if len(requests) == 1:
                 if isinstance(exc, _Rejected):
@@ -211,15 +227,18 @@ class MatchingEngine:
 
     def _commit(self, requests: list) -> tuple[list, int, int]:
         group = None
+        took_over = False
         try:
             with write_transaction(self.db) as conn:
-                self._check_epoch(conn)
+                took_over = self._own_epoch(conn)
                 group = _Group(self, conn)
                 results = group.handle_all(requests)
                 last_event = group.flush()
         except BaseException:
             self.ids.rollback()
-            if group is not None and group.changed_anything:
+            if took_over or group is None:
+                self.epoch = None  # the epoch taken (if any) was rolled back: take it again next time
+            if took_over or (group is not None and group.changed_anything):
                 self.load()  # the books moved with the group that did not commit: back to what did
             raise
         self.ids.commit()

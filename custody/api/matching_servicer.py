@@ -104,7 +104,8 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
         return pb.GetOrderResponse(order=order_message(order))
 
     async def GetOrderBook(self, request, context):
-        bids, asks, cursor = self.matching.order_book(request.market, request.depth)
+        # It reads the database (is this instance's book current?): off the event loop.
+        bids, asks, cursor = await asyncio.to_thread(self.matching.order_book, request.market, request.depth)
         return pb.GetOrderBookResponse(
             market=request.market, cursor=cursor,
             bids=[pb.PriceLevel(price=str(p), quantity=str(q)) for p, q in bids],

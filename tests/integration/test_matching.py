@@ -320,25 +320,36 @@ def test_when_the_ledger_refuses_what_memory_allowed_nothing_of_the_group_is_los
     assert set(service.engine.books[MARKET].orders) == {results[2].order.order_id}
 
 
-def test_an_engine_started_later_fences_out_the_earlier_one(config, app):
-    """Two core instances on one database: the newer matching engine writes; the older one
-    refuses writes and book reads with FAILED_PRECONDITION, changing nothing."""
+def test_two_engines_on_one_database_never_match_from_stale_books(config, app):
+    """Two core instances on one database, orders to both in turn: whichever writes takes the
+    epoch and reloads the books first, so every order sees the other's; the book of the one
+    that does not write is refused (FAILED_PRECONDITION), not served stale. An instance that
+    only starts (as the scanner's process does) takes nothing from the one that matches."""
     from custody.app import Custody
     from matching_stub.engine import EngineReplaced
 
-    seller, buyer = accounts(app, 2, btc=BTC, eth=10 * ETH)
-    resting = place(app, seller, "SELL", 100_000, ETH)
-    newer = Custody(config)
+    a, b, c = accounts(app, 3, btc=BTC, eth=10 * ETH)
+    first = place(app, a, "SELL", 100_000, ETH)
+    idle = Custody(config)
     try:
-        with pytest.raises(EngineReplaced):
-            place(app, buyer, "BUY", 100_000, ETH)
-        with pytest.raises(EngineReplaced):
-            app.matching.cancel("exchange", "old-instance", resting.order.order_id)
-        with pytest.raises(EngineReplaced):
-            app.matching.order_book(MARKET, 10)
-        assert balances(app, buyer)["BTC"] == (BTC, 0)
-        taker = place(newer, buyer, "BUY", 100_000, ETH)  # the newer engine loaded the resting ask
-        assert [tr.maker_order_id for tr in taker.trades] == [resting.order.order_id]
-        assert newer.matching.order_book(MARKET, 10)[:2] == ([], [])
+        assert app.matching.order_book(MARKET, 10)[:2] == ([], [(100_000, ETH)])  # still the writer
+        second = place(app, b, "SELL", 100_010, ETH)
+        newer = Custody(config)
+        try:
+            assert newer.matching.order_book(MARKET, 10)[:2] == ([], [(100_000, ETH), (100_010, ETH)])
+            taker = place(newer, c, "BUY", 100_000, ETH)  # takes over: matches the ask placed through app
+            assert [tr.maker_order_id for tr in taker.trades] == [first.order.order_id]
+            with pytest.raises(EngineReplaced):
+                app.matching.order_book(MARKET, 10)
+            with pytest.raises(EngineReplaced):
+                idle.matching.order_book(MARKET, 10)
+            again = place(app, c, "BUY", 100_010, ETH)  # app takes over again and reloads: no fill of `first`
+            assert [tr.maker_order_id for tr in again.trades] == [second.order.order_id]
+            with pytest.raises(FailedPrecondition, match="FILLED"):  # filled through newer, app knows it now
+                app.matching.cancel("exchange", "after-take-over", first.order.order_id)
+        finally:
+            newer.close()
+        assert app.matching.order_book(MARKET, 10)[:2] == ([], [])
+        assert balances(app, c)["ETH"] == (12 * ETH, 0)
     finally:
-        newer.close()
+        idle.close()
