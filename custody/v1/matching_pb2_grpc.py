@@ -132,6 +132,8 @@ class MatchingServiceServicer:
     def GetOrderBook(self, request, context):
         """The committed book's best levels and the market-data cursor they
         reflect: apply StreamMarketData after that cursor to keep it current.
+        FAILED_PRECONDITION from a core instance whose book is stale because
+        another instance matches on the same database (docs/matching.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
