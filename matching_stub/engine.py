@@ -36,7 +36,7 @@ from sqlalchemy.exc import DBAPIError
 
 from custody.config import MarketConfig
 from custody.db import schema as t
-from custody.db.bulk import in_pairs
+from custody.db.bulk import in_pairs, in_values
 from custody.db.engine import read_transaction, write_transaction
 from custody.errors import AccountFrozen, CustodyError, FailedPrecondition, IdempotencyConflict, NotFound
 from custody.ledger.commands import BatchResult, Command, HoldCreate, HoldPost, HoldVoid
@@ -48,6 +48,7 @@ from matching_stub.matcher import DictFunds, Fill, Matcher
 from matching_stub.views import OrderView, Placed, TradeView
 
 log = logging.getLogger(__name__)
+SWEEP_ACTOR = "matching"  # the ledger actor of the cancels of frozen accounts' orders
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -140,6 +141,9 @@ class MatchingEngine:
         if conn is None:
             with read_transaction(self.db) as own:
                 return self.load(own)
+        # Frozen accounts whose resting orders were cancelled: none are known in a fresh
+        # load, so the next group looks again (one indexed query, and only if any is frozen).
+        self.frozen_swept: set[int] = set()
         self.books = {name: Book(name) for name in self.markets}
         self.matchers = {name: Matcher(m, self.books[name], DictFunds()) for name, m in self.markets.items()}
         o, h = t.orders, t.ledger_holds
@@ -211,7 +215,7 @@ class MatchingEngine:
             return self._commit(requests)
         except (_Rejected, DBAPIError) as exc:  # nothing was committed and the books are back (see _commit)
             if len(requests) == 1:
-                if isinstance(exc, _Rejected):
+                if isinstance(exc, _Rejected) and exc.request_index >= 0:  # not the frozen sweep's
                     return [exc.error], 0, 0
                 raise
             log.warning("matching group of %d failed (%s); retrying one by one", len(requests), exc)
@@ -242,6 +246,7 @@ class MatchingEngine:
                 self.load()  # the books moved with the group that did not commit: back to what did
             raise
         self.ids.commit()
+        self.frozen_swept = group.frozen_swept
         self._publish(group)
         return group.finish(results), last_event, group.last_cursor
 
@@ -278,6 +283,7 @@ class _Group:
         self.cancel_keys: dict[tuple[str, str], str] = {}  # CancelOrder's (client, key) -> order id
         self.new_cancel_keys: list[tuple] = []  # rows for order_cancels
         self.owners: dict[int, bool] = {}  # placing account id -> frozen
+        self.frozen_swept: set[int] = set()  # becomes the engine's when this group commits
         self.last_cursor = 0
         self.changed_anything = False
         self._index = 0
@@ -288,6 +294,7 @@ class _Group:
         self._preload_cancel_keys([r for r in requests if isinstance(r, CancelRequest)])
         for matcher in self.engine.matchers.values():
             matcher.funds = self.funds
+        self._sweep_frozen()
         results = []
         for i, request in enumerate(requests):
             self._index = i
@@ -299,6 +306,29 @@ class _Group:
             except CustodyError as exc:
                 results.append(exc)
         return results
+
+    def _sweep_frozen(self) -> None:
+        """Cancels the resting orders of accounts frozen since the last group (reason
+        account_frozen), before any request of this group is matched: their orders never
+        trade, and the book and market data should not show liquidity that cannot trade.
+        (The matcher also cancels any it still meets; see Matcher._match.)"""
+        engine, frozen = self.engine, self.funds.frozen
+        self.frozen_swept = set(frozen)  # an account unfrozen since is dropped: a new freeze sweeps again
+        new = frozen - engine.frozen_swept
+        if not new:
+            return
+        o = t.orders
+        found = self.conn.execute(select(o.c.id, o.c.market).where(
+            in_values(self.conn, o.c.account_id, new), o.c.status.in_(sorted(LIVE)))).all()
+        self._index = -1  # no request's: a ledger refusal fails the whole group
+        for r in found:
+            order = engine.books[r.market].orders.get(r.id) if r.market in engine.books else None
+            if order is None:
+                continue
+            self.changed_anything = True
+            released = engine.matchers[r.market].cancel(order, "account_frozen")
+            self._release(SWEEP_ACTOR, order, released, "order_cancel")
+            self._book_changed(r.market, {(order.side, order.price)})
 
     def _preload(self, places: list[PlaceRequest]) -> None:
         if not places:

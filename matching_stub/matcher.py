@@ -157,10 +157,10 @@ class Matcher:
             self._expire(order, outcome, "immediate_or_cancel" if order.time_in_force == "IOC" else "fill_or_kill")
         return outcome
 
-    def cancel(self, order: Order) -> int:
+    def cancel(self, order: Order, reason: str = "cancelled") -> int:
         """Cancels a resting order; returns what its hold released."""
         self.book.cancel(order)
-        order.status, order.reason = CANCELLED, "cancelled"
+        order.status, order.reason = CANCELLED, reason
         return self._release(order)
 
     # -- internals ------------------------------------------------------------------

@@ -215,7 +215,8 @@ def freeze(app, account: int) -> None:
 
 
 def test_a_frozen_accounts_resting_order_is_cancelled_instead_of_filled(app):
-    """Frozen after placing: its ask is cancelled (hold released) when an order reaches it, the next one fills."""
+    """Frozen after placing: its ask is cancelled (hold released) before the next order matches, which
+    fills the next ask instead."""
     frozen, other, buyer = accounts(app, 3, btc=BTC, eth=10 * ETH)
     stuck = place(app, frozen, "SELL", 100_000, ETH)
     theirs = place(app, other, "SELL", 100_000, ETH)
@@ -237,7 +238,26 @@ def test_fill_or_kill_does_not_count_a_frozen_accounts_orders(app):
     killed = place(app, buyer, "BUY", 100_000, 2 * ETH, "FOK")
     assert (killed.order.status, killed.order.filled_quantity, killed.trades) == ("EXPIRED", 0, ())
     assert balances(app, buyer)["BTC"] == (BTC, 0)
-    assert book(app) == ([], [(100_000, 2 * ETH)])  # untouched: an expired FOK changes no resting order
+    assert book(app) == ([], [(100_000, ETH)])  # the frozen account's ask is gone, the other one untouched
+
+
+def test_a_freeze_empties_the_book_of_the_accounts_orders_at_the_next_request(app):
+    """Any next request (here a cancel of an unrelated order) first cancels all resting orders of
+    accounts frozen since, on every market side; the market data shows the levels go."""
+    frozen, other = accounts(app, 2, btc=BTC, eth=10 * ETH)
+    asks = [place(app, frozen, "SELL", price, ETH) for price in (100_000, 100_010)]
+    bid = place(app, frozen, "BUY", 99_000, ETH)
+    mine = place(app, other, "BUY", 98_000, ETH)
+    freeze(app, frozen)
+    _, _, cursor = app.matching.engine.order_book(MARKET, 10)
+    app.matching.cancel("exchange", "unrelated", mine.order.order_id)
+    assert book(app) == ([], [])
+    for o in (*asks, bid):
+        got = app.matching.get_order(o.order.order_id)
+        assert (got.status, got.reason, got.held) == ("CANCELLED", "account_frozen", 0)
+    assert balances(app, frozen)["BTC"] == (BTC, 0) and balances(app, frozen)["ETH"] == (10 * ETH, 0)
+    changes = [item.payload for item in app.matching.market_data_after(MARKET, cursor)]
+    assert all('"0"' in p for p in changes) and len(changes) == 4  # three levels gone, then the cancelled bid
 
 
 def test_idempotent_place(app):

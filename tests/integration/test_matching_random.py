@@ -5,7 +5,7 @@ every amount, balances as plain dicts. Requests go to the service in batches
 (so they share transactions, as under load) and each answer is compared with
 the model's: the same acceptances and refusals, the same trades with the same
 amounts. Between batches a few accounts are frozen: from then on their
-orders are refused and their resting orders are cancelled when reached. At
+orders are refused and their resting orders are cancelled. At
 the end every open order is cancelled: then no hold is left and every
 balance equals the model's to the base unit.
 """
@@ -147,6 +147,15 @@ class Model:
         order.status = "CANCELLED"
         return "ok"
 
+    def freeze(self, account):
+        """Its orders are refused from now on; its resting orders are cancelled at once
+        (the service cancels them at the start of the next group, before any request)."""
+        self.frozen.add(account)
+        for order in [o for o in self.resting if o.account == account]:
+            self.resting.remove(order)
+            self._release(order)
+            order.status = "CANCELLED"
+
     def _release(self, order):
         asset = "BTC" if order.side == "BUY" else "ETH"
         self.available[(order.account, asset)] += order.held
@@ -201,7 +210,7 @@ def run_random_session(app, n: int, seed: int) -> None:
             account = ids[freezes.randrange(ACCOUNTS)]
             with app.engine.begin() as conn:
                 conn.execute(update(t.accounts).where(t.accounts.c.id == account).values(frozen=True))
-            model.frozen.add(account)
+            model.freeze(account)
         batch = []
         for k, r in enumerate(requests[start:start + BATCH]):
             if r[0] == "cancel":

@@ -81,3 +81,19 @@ def test_the_inlined_settlement_keeps_a_buy_hold_at_what_amounts_says(ask_prices
         sell = matcher.place(Order(f"s{i}", 20 + i, "ETH/BTC", SELL, limit - 10 * i, step * 10**15))
         assert [f.maker.id for f in sell.fills] == ["b"] and sell.fills[0].price == limit
         assert buy.hold_remaining == still_needed() and sell.fills[0].refund >= 0
+
+
+def test_the_matcher_cancels_a_frozen_accounts_resting_orders_it_meets():
+    """The matcher's own guard (the engine normally cancels them first): a frozen owner's orders
+    are cancelled, not filled, and fill-or-kill does not count them."""
+    book = Book("ETH/BTC")
+    funds = DictFunds({(a, asset): 10**40 for a in range(3) for asset in ("ETH", "BTC")}, frozen={1})
+    matcher = Matcher(MARKET, book, funds)
+    matcher.place(Order("f", 1, "ETH/BTC", SELL, 100_000, 10**16))
+    matcher.place(Order("o", 2, "ETH/BTC", SELL, 100_000, 10**16))
+    killed = matcher.place(Order("k", 0, "ETH/BTC", BUY, 100_000, 2 * 10**16, time_in_force="FOK"))
+    assert killed.order.status == "EXPIRED" and not killed.fills and set(book.orders) == {"f", "o"}
+    taker = matcher.place(Order("t", 0, "ETH/BTC", BUY, 100_000, 10**16))
+    assert [f.maker.id for f in taker.fills] == ["o"]
+    assert [(o.id, o.reason, released) for o, released in taker.maker_cancels] == [("f", "account_frozen", 10**16)]
+    assert not book.orders and funds.available(1, "ETH") == 10**40
