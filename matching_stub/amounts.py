@@ -45,10 +45,3 @@ def buy_still_needed(market: MarketConfig, fill_value: int, fee_value: int, quot
     unit = market.price_unit
     return (ceil_div(fill_value + rest, unit) - quote_filled
             + ceil_div(fee_value + rest * held_fee_ppm(market), unit * PPM) - fee)
-
-
-def hold_for(market: MarketConfig, side: str, price: int, quantity: int) -> tuple[str, int]:
-    """(asset, amount) a new order holds: a buy the quote, a sell the base."""
-    if side == "BUY":
-        return market.quote, buy_hold(market, price, quantity)
-    return market.base, quantity

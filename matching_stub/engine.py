@@ -13,35 +13,42 @@ re-checks every command in the same transaction. If the two ever disagree
 the transaction fails, nothing is committed, the books are rebuilt from the
 database and each request is retried on its own.
 
-One engine per database drives the books (DESIGN: matching_stub is a stub of
-a single matching process); the unique keys on sequences and cursors make a
-second one fail rather than corrupt anything.
+One engine at a time writes to a database (matching_stub is a stub of a
+single matching process): each group first checks that the database's
+matching epoch is still the one this engine took; if not (another engine
+wrote since, or this one never wrote), it takes the next epoch and reloads
+the books inside the same transaction before matching. So an engine that
+only starts (every core process makes one, the scanner's too) changes
+nothing, two writing engines never match from stale books, and a book read
+from an engine that is not the writer fails with EngineReplaced.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import threading
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
+import orjson
+
+from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.exc import DBAPIError
 
 from custody.config import MarketConfig
 from custody.db import schema as t
-from custody.db.bulk import in_pairs
+from custody.db.bulk import in_pairs, in_values
 from custody.db.engine import read_transaction, write_transaction
 from custody.errors import AccountFrozen, CustodyError, FailedPrecondition, IdempotencyConflict, NotFound
 from custody.ledger.commands import BatchResult, Command, HoldCreate, HoldPost, HoldVoid
 from custody.ledger.engine import AccountIds, apply_commands
 from custody.ledger.model import FEES_REVENUE, new_id, user_available
-from matching_stub import amounts
+from matching_stub import amounts, rows
 from matching_stub.book import BUY, LIVE, Book, Order
-from matching_stub.matcher import DictFunds, Fill, Matcher, Outcome
+from matching_stub.matcher import DictFunds, Fill, Matcher
 from matching_stub.views import OrderView, Placed, TradeView
 
 log = logging.getLogger(__name__)
+SWEEP_ACTOR = "matching"  # the ledger actor of the cancels of frozen accounts' orders
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,14 +71,17 @@ class PlaceRequest:
 @dataclasses.dataclass(frozen=True, slots=True)
 class CancelRequest:
     client: str
+    client_key: str
     order_id: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Cancelled:
-    """CancelOrder succeeded (now or before): the service reads the order."""
+    """CancelOrder succeeded (now or before; replayed: under a key already used for
+    this order): the service reads the order."""
 
     order_id: str
+    replayed: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,6 +89,10 @@ class Replay:
     """PlaceOrder with a key already used for the same request: the service reads that order."""
 
     order_id: str
+
+
+class EngineReplaced(FailedPrecondition):
+    """Another engine has matched on this database since this one loaded its books: they are stale."""
 
 
 class RecoveryError(Exception):
@@ -102,27 +116,49 @@ class MatchingEngine:
         self.markets = {m.name: m for m in markets}
         self.ids = AccountIds()
         self._published_lock = threading.Lock()
+        self.epoch: int | None = None  # the matching epoch this engine took; None until it first writes
         self.load()
 
+    def _own_epoch(self, conn: Connection) -> bool:
+        """First statement of every group. Checks the epoch is still this engine's; if not,
+        takes the next one and reloads the books in this transaction; returns whether it
+        took over. On PostgreSQL the epoch row stays locked until commit, so another
+        engine's take-over waits for this group and then loads what it wrote."""
+        me = t.matching_engine
+        if self.epoch is not None and conn.execute(
+                update(me).where(me.c.id == 1, me.c.epoch == self.epoch).values(epoch=self.epoch)).rowcount == 1:
+            return False
+        self.epoch = conn.execute(update(me).where(me.c.id == 1).values(epoch=me.c.epoch + 1)
+                                  .returning(me.c.epoch)).scalar_one()
+        self.load(conn)
+        return True
+
     # -- recovery -------------------------------------------------------------------
-    def load(self) -> None:
-        """Rebuilds every book from the database: open orders in time priority,
-        each with its settlement state and its hold's remaining amount."""
+    def load(self, conn: Connection | None = None) -> None:
+        """Rebuilds every book from the database (in conn's transaction, or a read
+        transaction of its own): open orders in time priority, each with its
+        settlement state and its hold's remaining amount."""
+        if conn is None:
+            with read_transaction(self.db) as own:
+                return self.load(own)
+        # Frozen accounts whose resting orders were cancelled: none are known in a fresh
+        # load, so the next group looks again (one indexed query, and only if any is frozen).
+        self.frozen_swept: set[int] = set()
         self.books = {name: Book(name) for name in self.markets}
         self.matchers = {name: Matcher(m, self.books[name], DictFunds()) for name, m in self.markets.items()}
         o, h = t.orders, t.ledger_holds
-        with read_transaction(self.db) as conn:
-            rows = conn.execute(
-                select(o, h.c.remaining.label("hold_remaining"), h.c.status.label("hold_status"))
-                .join(h, h.c.id == o.c.hold_id)
-                .where(o.c.status.in_(sorted(LIVE)))
-                .order_by(o.c.market, o.c.sequence)
-            ).all()
-            self.next_sequence = {name: 1 for name in self.markets}
-            for market, top in conn.execute(select(o.c.market, func.max(o.c.sequence)).group_by(o.c.market)):
-                self.next_sequence[market] = top + 1
-            self.next_trade_id = (conn.execute(select(func.max(t.trades.c.id))).scalar() or 0) + 1
-            self.next_cursor = (conn.execute(select(func.max(t.market_data.c.cursor))).scalar() or 0) + 1
+        rows = conn.execute(
+            select(o, h.c.remaining.label("hold_remaining"), h.c.status.label("hold_status"))
+            .join(h, h.c.id == o.c.hold_id)
+            .where(o.c.status.in_(sorted(LIVE)))
+            .order_by(o.c.market, o.c.sequence)
+        ).all()
+        self.next_sequence = {name: 1 for name in self.markets}
+        for market, top in conn.execute(select(o.c.market, func.max(o.c.sequence)).group_by(o.c.market)):
+            self.next_sequence[market] = top + 1
+        self.next_trade_id = (conn.execute(select(func.max(t.trades.c.id))).scalar() or 0) + 1
+        self.next_cursor = (conn.execute(select(func.max(t.market_data.c.cursor))).scalar() or 0) + 1
+        self.loaded_epoch = conn.execute(select(t.matching_engine.c.epoch)).scalar_one()
         for r in rows:
             if r.market not in self.books:
                 raise RecoveryError(f"open order {r.id} is in market {r.market}, which is not configured")
@@ -133,8 +169,9 @@ class MatchingEngine:
                 raise RecoveryError(f"open order {order.id} should hold {expected} but its hold {order.hold_id} "
                                     f"holds {order.hold_remaining}")
             self.books[r.market].rest(order)
-        self.published = {name: _levels(book) for name, book in self.books.items()}
-        self.published_cursor = self.next_cursor - 1
+        with self._published_lock:
+            self.published = {name: _levels(book) for name, book in self.books.items()}
+            self.published_cursor = self.next_cursor - 1
 
     def _still_held(self, order: Order) -> int:
         market = self.markets[order.market]
@@ -145,12 +182,30 @@ class MatchingEngine:
 
     # -- the committed view, for readers on other threads ------------------------
     def order_book(self, market: str, depth: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
-        """(bids best first, asks best first, market-data cursor) as last committed."""
+        """(bids best first, asks best first, market-data cursor) as last committed.
+        Raises EngineReplaced when another engine has matched since this one loaded."""
+        self._check_current()
         with self._published_lock:
             levels, cursor = self.published[market], self.published_cursor
             bids = sorted(levels["BUY"].items(), reverse=True)[:depth]
             asks = sorted(levels["SELL"].items())[:depth]
         return bids, asks, cursor
+
+    def _check_current(self) -> None:
+        """This engine's committed book is the database's if it holds the epoch (it
+        writes), or, never having written, if no engine has taken over or matched
+        since it loaded (same epoch, no market data after its cursor)."""
+        me, md = t.matching_engine, t.market_data
+        with read_transaction(self.db) as conn:
+            epoch = conn.execute(select(me.c.epoch)).scalar_one()
+            if self.epoch is not None:
+                current = epoch == self.epoch
+            else:
+                current = (epoch == self.loaded_epoch
+                           and (conn.execute(select(func.max(md.c.cursor))).scalar() or 0) == self.published_cursor)
+        if not current:
+            raise EngineReplaced("another instance is matching on this database: this instance's book is stale; "
+                                 "ask the instance that matches (one matching engine per database)")
 
     # -- writing ------------------------------------------------------------------------
     def run(self, requests: list) -> tuple[list, int, int]:
@@ -160,7 +215,7 @@ class MatchingEngine:
             return self._commit(requests)
         except (_Rejected, DBAPIError) as exc:  # nothing was committed and the books are back (see _commit)
             if len(requests) == 1:
-                if isinstance(exc, _Rejected):
+                if isinstance(exc, _Rejected) and exc.request_index >= 0:  # not the frozen sweep's
                     return [exc.error], 0, 0
                 raise
             log.warning("matching group of %d failed (%s); retrying one by one", len(requests), exc)
@@ -176,17 +231,22 @@ class MatchingEngine:
 
     def _commit(self, requests: list) -> tuple[list, int, int]:
         group = None
+        took_over = False
         try:
             with write_transaction(self.db) as conn:
+                took_over = self._own_epoch(conn)
                 group = _Group(self, conn)
                 results = group.handle_all(requests)
                 last_event = group.flush()
         except BaseException:
             self.ids.rollback()
-            if group is not None and group.changed_anything:
+            if took_over or group is None:
+                self.epoch = None  # the epoch taken (if any) was rolled back: take it again next time
+            if took_over or (group is not None and group.changed_anything):
                 self.load()  # the books moved with the group that did not commit: back to what did
             raise
         self.ids.commit()
+        self.frozen_swept = group.frozen_swept
         self._publish(group)
         return group.finish(results), last_event, group.last_cursor
 
@@ -213,21 +273,28 @@ class _Group:
         self.funds = _LedgerFunds(conn)
         self.commands: list[Command] = []
         self.command_owner: list[int] = []  # request index of each command
-        self.fill_commands: list[tuple[int, dict]] = []  # (command index, trade row)
+        self.fills: list[tuple[int, int, str, Fill]] = []  # (command index, trade id, market, fill)
+        self.trade_rows: list[tuple] = []  # in rows.TRADE_COLUMNS order, once the ledger gave batch ids
         self.new_orders: dict[str, Order] = {}
         self.changed_orders: dict[str, Order] = {}
-        self.market_data: list[dict] = []
+        self.market_data: list[tuple] = []  # in rows.MARKET_DATA_COLUMNS order
         self.touched: set[tuple[str, str, int]] = set()
         self.keys: dict[tuple[str, str], tuple[str, str]] = {}  # (client, key) -> (request hash, order id)
-        self.owners: dict[int, bool] = {}
+        self.cancel_keys: dict[tuple[str, str], str] = {}  # CancelOrder's (client, key) -> order id
+        self.new_cancel_keys: list[tuple] = []  # rows for order_cancels
+        self.owners: dict[int, bool] = {}  # placing account id -> frozen
+        self.frozen_swept: set[int] = set()  # becomes the engine's when this group commits
         self.last_cursor = 0
         self.changed_anything = False
         self._index = 0
 
     def handle_all(self, requests: list) -> list:
+        self.funds.load_frozen()
         self._preload([r for r in requests if isinstance(r, PlaceRequest)])
+        self._preload_cancel_keys([r for r in requests if isinstance(r, CancelRequest)])
         for matcher in self.engine.matchers.values():
             matcher.funds = self.funds
+        self._sweep_frozen()
         results = []
         for i, request in enumerate(requests):
             self._index = i
@@ -239,6 +306,29 @@ class _Group:
             except CustodyError as exc:
                 results.append(exc)
         return results
+
+    def _sweep_frozen(self) -> None:
+        """Cancels the resting orders of accounts frozen since the last group (reason
+        account_frozen), before any request of this group is matched: their orders never
+        trade, and the book and market data should not show liquidity that cannot trade.
+        (The matcher also cancels any it still meets; see Matcher._match.)"""
+        engine, frozen = self.engine, self.funds.frozen
+        self.frozen_swept = set(frozen)  # an account unfrozen since is dropped: a new freeze sweeps again
+        new = frozen - engine.frozen_swept
+        if not new:
+            return
+        o = t.orders
+        found = self.conn.execute(select(o.c.id, o.c.market).where(
+            in_values(self.conn, o.c.account_id, new), o.c.status.in_(sorted(LIVE)))).all()
+        self._index = -1  # no request's: a ledger refusal fails the whole group
+        for r in found:
+            order = engine.books[r.market].orders.get(r.id) if r.market in engine.books else None
+            if order is None:
+                continue
+            self.changed_anything = True
+            released = engine.matchers[r.market].cancel(order, "account_frozen")
+            self._release(SWEEP_ACTOR, order, released, "order_cancel")
+            self._book_changed(r.market, {(order.side, order.price)})
 
     def _preload(self, places: list[PlaceRequest]) -> None:
         if not places:
@@ -255,6 +345,16 @@ class _Group:
         markets = self.engine.markets
         self.funds.load({(a, asset) for p in places if p.account_id in self.owners
                          for a, asset in ((p.account_id, markets[p.market].base), (p.account_id, markets[p.market].quote))})
+
+    def _preload_cancel_keys(self, cancels: list[CancelRequest]) -> None:
+        if not cancels:
+            return
+        c = t.order_cancels
+        for r in self.conn.execute(
+            select(c.c.client, c.c.client_key, c.c.order_id)
+            .where(in_pairs(self.conn, c.c.client, c.c.client_key, {(r.client, r.client_key) for r in cancels}))
+        ):
+            self.cancel_keys[(r.client, r.client_key)] = r.order_id
 
     # -- place ------------------------------------------------------------------------
     def _place(self, r: PlaceRequest) -> Placed | Replay:
@@ -280,46 +380,57 @@ class _Group:
         self.new_orders[order.id] = order
         asset = market.quote if r.side == BUY else market.base
         self._command(Command(kind="order", actor=r.client, reference=f"order:{order.id}", not_frozen=(r.account_id,),
-                              hold_creates=(HoldCreate(r.account_id, asset, outcome_held(outcome, market),
+                              hold_creates=(HoldCreate(r.account_id, asset, outcome.held,
                                                        reference=f"order:{order.id}", hold_id=order.hold_id),)))
-        trades = [self._fill(r.client, market, f) for f in outcome.fills]
-        for maker, released in outcome.self_trade_cancels:
+        first_fill = len(self.fills)
+        for f in outcome.fills:
+            self._fill(r.client, market, f)
+        for maker, released in outcome.maker_cancels:
             self._release(r.client, maker, released, "order_cancel")
         if outcome.expired_release:
             self._release(r.client, order, outcome.expired_release, "order_expire")
         self._book_changed(r.market, outcome.levels)
-        return _Pending(OrderView.of(order), trades)  # as this request left it
+        return _Pending(OrderView.of(order), first_fill, len(self.fills))  # as this request left it
 
-    def _fill(self, client: str, market: MarketConfig, f: Fill) -> dict:
+    def _fill(self, client: str, market: MarketConfig, f: Fill) -> None:
+        """One fill: its ledger command (one batch), its trade (written in flush) and its market-data item."""
         buy, sell = f.buy, f.sell
-        trade_id = self.engine.next_trade_id
-        self.engine.next_trade_id += 1
-        fees = f.buyer_fee + f.seller_fee + f.rounding
-        legs = tuple((code, amount) for code, amount in (
-            (user_available(sell.account_id), f.seller_gross - f.seller_fee),
-            (FEES_REVENUE, fees),
-            (user_available(buy.account_id), f.refund),
-        ) if amount)
-        posts = [HoldPost(sell.hold_id, ((user_available(buy.account_id), f.quantity),))]
-        if legs:
-            posts.insert(0, HoldPost(buy.hold_id, legs))
-        self._command(Command(kind="trade", actor=client, reference=f"trade:{trade_id}", hold_posts=tuple(posts)))
+        engine = self.engine
+        trade_id = engine.next_trade_id
+        engine.next_trade_id += 1
+        buyer = user_available(buy.account_id)
+        # The buy hold's legs; zero amounts are left out (the ledger refuses them).
+        legs = []
+        if f.seller_gross > f.seller_fee:
+            legs.append((user_available(sell.account_id), f.seller_gross - f.seller_fee))
+        fees = f.buyer_fee + f.seller_fee + f.buyer_paid - f.seller_gross
+        if fees:
+            legs.append((FEES_REVENUE, fees))
+        if f.refund:
+            legs.append((buyer, f.refund))
+        sell_post = HoldPost(sell.hold_id, ((buyer, f.quantity),))
+        posts = (HoldPost(buy.hold_id, tuple(legs)), sell_post) if legs else (sell_post,)
+        self._command(Command(kind="trade", actor=client, reference=f"trade:{trade_id}", hold_posts=posts))
         self.changed_orders[f.maker.id] = f.maker
-        row = {
-            "id": trade_id, "market": market.name, "price": f.price, "quantity": f.quantity,
-            "taker_order_id": f.taker.id, "maker_order_id": f.maker.id, "taker_side": f.taker.side,
-            "buyer_account_id": buy.account_id, "seller_account_id": sell.account_id,
-            "buyer_paid": f.buyer_paid, "buyer_fee": f.buyer_fee, "seller_gross": f.seller_gross,
-            "seller_fee": f.seller_fee, "rounding": f.rounding, "batch_id": None, "created_at": self.now,
-        }
-        self.fill_commands.append((len(self.commands) - 1, row))
+        self.fills.append((len(self.commands) - 1, trade_id, market.name, f))
         self._data(market.name, "trade", {
             "trade_id": trade_id, "price": str(f.price), "quantity": str(f.quantity), "taker_side": f.taker.side,
             "maker_order_id": f.maker.id, "taker_order_id": f.taker.id})
-        return row
 
     # -- cancel -------------------------------------------------------------------------
     def _cancel(self, r: CancelRequest) -> Cancelled:
+        key = (r.client, r.client_key)
+        seen = self.cancel_keys.get(key)
+        if seen is not None:
+            if seen != r.order_id:
+                raise IdempotencyConflict(f"idempotency key {r.client_key!r} was used to cancel another order")
+            return Cancelled(r.order_id, replayed=True)
+        result = self._cancel_order(r)  # raises, using up no key, if the order cannot be cancelled
+        self.cancel_keys[key] = r.order_id
+        self.new_cancel_keys.append((r.client, r.client_key, r.order_id, self.now))
+        return result
+
+    def _cancel_order(self, r: CancelRequest) -> Cancelled:
         for name, book in self.engine.books.items():
             order = book.orders.get(r.order_id)
             if order is not None:
@@ -369,54 +480,43 @@ class _Group:
     def _data(self, market: str, type_: str, payload: dict) -> None:
         cursor = self.engine.next_cursor
         self.engine.next_cursor += 1
-        self.market_data.append({"cursor": cursor, "market": market, "type": type_,
-                                 "payload": json.dumps(payload, separators=(",", ":")), "created_at": self.now})
+        self.market_data.append((cursor, market, type_, orjson.dumps(payload).decode(), self.now))
         self.last_cursor = cursor
 
     def flush(self) -> int:
         """Writes the group; returns the last ledger event cursor (0 if none)."""
         if not self.commands and not self.changed_orders:
+            rows.insert_cancel_keys(self.conn, self.new_cancel_keys)  # cancels of cancelled orders only
             return 0
         results = apply_commands(self.conn, self.commands, self.engine.ids)
         for i, result in enumerate(results):
             if not isinstance(result, BatchResult):
                 raise _Rejected(self.command_owner[i], result)
-        for index, row in self.fill_commands:
-            row["batch_id"] = results[index].batch_id
+        now = self.now
+        self.trade_rows = [
+            (trade_id, market, f.price, f.quantity, f.taker.id, f.maker.id, f.taker.side, f.buy.account_id,
+             f.sell.account_id, f.buyer_paid, f.buyer_fee, f.seller_gross, f.seller_fee, f.rounding,
+             results[index].batch_id, now)
+            for index, trade_id, market, f in self.fills]
         conn = self.conn
-        if self.new_orders:
-            conn.execute(insert(t.orders), [_order_row(o, self.now) for o in self.new_orders.values()])
-        updates = [o for oid, o in self.changed_orders.items() if oid not in self.new_orders]
-        if updates:
-            conn.execute(_UPDATE_ORDER, [_order_update(o, self.now) for o in updates])
-        if self.fill_commands:
-            conn.execute(insert(t.trades), [row for _, row in self.fill_commands])
-        if self.market_data:
-            conn.execute(insert(t.market_data), self.market_data)
+        rows.insert_orders(conn, list(self.new_orders.values()), now)
+        rows.update_orders(conn, [o for oid, o in self.changed_orders.items() if oid not in self.new_orders], now)
+        rows.insert_trades(conn, self.trade_rows)
+        rows.insert_cancel_keys(conn, self.new_cancel_keys)
+        rows.insert_market_data(conn, self.market_data)
         return max((r.event_cursor for r in results), default=0)
 
     def finish(self, results: list) -> list:
         """Results with the batch ids the ledger gave the trades."""
-        return [Placed(r.order, tuple(trade_view_from_row(_Row(row)) for row in r.trades))
+        return [Placed(r.order, tuple(TradeView(*row) for row in self.trade_rows[r.first_fill:r.end_fill]))
                 if isinstance(r, _Pending) else r for r in results]
 
 
 @dataclasses.dataclass(slots=True)
 class _Pending:
     order: OrderView
-    trades: list[dict]
-
-
-class _Row:
-    """Attribute access to a row dict, so trade_view_from_row serves both."""
-
-    def __init__(self, row: dict):
-        self.__dict__.update(row)
-
-
-def outcome_held(outcome: Outcome, market: MarketConfig) -> int:
-    order = outcome.order
-    return amounts.hold_for(market, order.side, order.price, order.quantity)[1]
+    first_fill: int  # its fills are the group's fills[first_fill:end_fill]
+    end_fill: int
 
 
 class _LedgerFunds(DictFunds):
@@ -444,33 +544,14 @@ class _LedgerFunds(DictFunds):
             self.load({(account_id, asset)})
         super().take(account_id, asset, amount)
 
+    def load_frozen(self) -> None:
+        """Once per group, through a partial index of the (few) frozen accounts: a resting
+        order's owner may have been frozen since it was placed, by another writer."""
+        self.frozen = set(self.conn.execute(select(t.accounts.c.id).where(t.accounts.c.frozen)).scalars())
+
 
 def _levels(book: Book) -> dict[str, dict[int, int]]:
     return {"BUY": {lv.price: lv.total for lv in book.bids}, "SELL": {lv.price: lv.total for lv in book.asks}}
-
-
-_ORDER_STATE = ("filled_quantity", "status", "reason", "fill_value", "fee_value", "quote_filled", "fee")
-_UPDATE_ORDER = (
-    update(t.orders).where(t.orders.c.id == bindparam("b_id"))
-    .values(**{c: bindparam(f"b_{c}") for c in _ORDER_STATE}, updated_at=bindparam("b_updated_at"))
-)
-
-
-def _order_update(o: Order, now) -> dict:
-    return {"b_id": o.id, "b_filled_quantity": o.filled, "b_status": o.status, "b_reason": o.reason,
-            "b_fill_value": o.fill_value, "b_fee_value": o.fee_value, "b_quote_filled": o.quote_filled,
-            "b_fee": o.fee, "b_updated_at": now}
-
-
-def _order_row(o: Order, now) -> dict:
-    return {
-        "id": o.id, "market": o.market, "account_id": o.account_id, "side": o.side, "type": o.type,
-        "time_in_force": o.time_in_force, "post_only": o.post_only, "price": o.price, "quantity": o.quantity,
-        "filled_quantity": o.filled, "status": o.status, "reason": o.reason, "fill_value": o.fill_value,
-        "fee_value": o.fee_value, "quote_filled": o.quote_filled, "fee": o.fee, "hold_id": o.hold_id,
-        "sequence": o.sequence, "client": o.client, "client_key": o.client_key, "request_hash": o.request_hash,
-        "created_at": o.created_at, "updated_at": now,
-    }
 
 
 def _order_from_row(r) -> Order:

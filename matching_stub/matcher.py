@@ -21,7 +21,15 @@ PPM = amounts.PPM
 
 
 class Funds(Protocol):
-    """Available balances as the ledger will have them once this group commits."""
+    """Available balances as the ledger will have them once this group commits.
+
+    `balances` is the {(account_id, asset): available} dict behind them: the
+    matcher credits fills into it directly (a call per credit costs more than
+    the credit, and there are three per fill)."""
+
+    balances: dict[tuple[int, str], int]
+    # The ids of the frozen accounts (few): their resting orders are cancelled, not filled.
+    frozen: set[int]
 
     def take(self, account_id: int, asset: str, amount: int) -> None:
         """Reserves amount; raises InsufficientFunds (and changes nothing) if it is not there."""
@@ -31,10 +39,11 @@ class Funds(Protocol):
 
 
 class DictFunds:
-    """Funds in a dict: {(account_id, asset): available}."""
+    """Funds in a dict: {(account_id, asset): available}; the accounts in `frozen` are frozen."""
 
-    def __init__(self, balances: dict[tuple[int, str], int] | None = None):
+    def __init__(self, balances: dict[tuple[int, str], int] | None = None, frozen: set[int] | None = None):
         self.balances = balances if balances is not None else {}
+        self.frozen = frozen if frozen is not None else set()
 
     def available(self, account_id: int, asset: str) -> int:
         return self.balances.get((account_id, asset), 0)
@@ -83,16 +92,23 @@ class Fill:
         return self.buyer_paid - self.seller_gross
 
 
-@dataclasses.dataclass(slots=True)
 class Outcome:
-    order: Order
-    fills: list[Fill]
-    # The owner's own resting orders cancelled by self-trade prevention, and what each released.
-    self_trade_cancels: list[tuple[Order, int]]
-    # What the order's own hold released when its rest expired (IOC, FOK, market); 0 if none.
-    expired_release: int = 0
-    # (side, price) of every level this order changed.
-    levels: set[tuple[str, int]] = dataclasses.field(default_factory=set)
+    """What one order did. A plain class, not a dataclass: one is made per order
+    and the generated __init__ with a default_factory costs more than this."""
+
+    __slots__ = ("order", "held", "fills", "maker_cancels", "expired_release", "levels")
+
+    def __init__(self, order: Order, held: int):
+        self.order = order
+        self.held = held  # what the order's new hold took (quote for a buy, base for a sell)
+        self.fills: list[Fill] = []
+        # Resting orders this order cancelled instead of filling, and what each released: the
+        # owner's own (reason self_trade_prevention) and those of frozen accounts (account_frozen).
+        self.maker_cancels: list[tuple[Order, int]] = []
+        # What the order's own hold released when its rest expired (IOC, FOK, market); 0 if none.
+        self.expired_release = 0
+        # (side, price) of every level this order changed.
+        self.levels: set[tuple[str, int]] = set()
 
 
 class Matcher:
@@ -109,7 +125,7 @@ class Matcher:
     def place(self, order: Order) -> Outcome:
         """Holds, matches and rests or expires the order. Raises FailedPrecondition
         (post-only would match) or InsufficientFunds with nothing changed."""
-        market, book = self.market, self.book
+        book = self.book
         buying = order.side == BUY
         opposite = book.asks if buying else book.bids
         best = opposite.best()
@@ -117,13 +133,14 @@ class Matcher:
         if order.post_only and crosses:
             raise FailedPrecondition(
                 f"post-only order would match the resting order at {best.price}; nothing was placed")
-        if buying:
-            asset, amount = market.quote, amounts.buy_hold(market, order.price, order.quantity)
+        if buying:  # amounts.buy_hold, inlined: this runs for every order
+            value = order.quantity * order.price
+            asset, amount = self.quote, -(-value // self.unit) + -(-(value * self.held_fee_ppm) // self.fee_unit)
         else:
-            asset, amount = market.base, order.quantity
+            asset, amount = self.base, order.quantity
         self.funds.take(order.account_id, asset, amount)  # the only check that may still refuse it
         order.hold_remaining = amount
-        outcome = Outcome(order, [], [])
+        outcome = Outcome(order, amount)
         if order.time_in_force == "FOK" and not self._fillable(order, opposite):
             self._expire(order, outcome, "fill_or_kill")
             return outcome
@@ -133,28 +150,31 @@ class Matcher:
             order.status = FILLED
         elif order.time_in_force == "GTC":
             order.status = PARTIALLY_FILLED if order.filled else OPEN
-            book.rest(order)
+            (book.bids if buying else book.asks).add(order)  # book.rest, inlined
+            book.orders[order.id] = order
             outcome.levels.add((order.side, order.price))
         else:
             self._expire(order, outcome, "immediate_or_cancel" if order.time_in_force == "IOC" else "fill_or_kill")
         return outcome
 
-    def cancel(self, order: Order) -> int:
+    def cancel(self, order: Order, reason: str = "cancelled") -> int:
         """Cancels a resting order; returns what its hold released."""
         self.book.cancel(order)
-        order.status, order.reason = CANCELLED, "cancelled"
+        order.status, order.reason = CANCELLED, reason
         return self._release(order)
 
     # -- internals ------------------------------------------------------------------
     def _fillable(self, order: Order, opposite) -> bool:
-        """Whether other owners' resting orders can fill all of it (own ones would be cancelled, not filled)."""
+        """Whether other owners' resting orders can fill all of it (own ones and those of
+        frozen accounts would be cancelled, not filled)."""
         need = order.quantity
         buying = order.side == BUY
+        frozen = self.funds.frozen
         for level in opposite:
             if (level.price > order.price) if buying else (level.price < order.price):
                 return False
             for resting in level.orders.values():
-                if resting.account_id != order.account_id:
+                if resting.account_id != order.account_id and resting.account_id not in frozen:
                     need -= resting.remaining
                     if need <= 0:
                         return True
@@ -162,29 +182,42 @@ class Matcher:
 
     def _match(self, taker: Order, opposite, outcome: Outcome) -> None:
         buying = taker.side == BUY
-        book = self.book
+        resting_by_id = self.book.orders
+        fills, levels = outcome.fills, outcome.levels
+        settle = self._settle
+        frozen = self.funds.frozen
         while taker.remaining:
             level = opposite.best()
             if level is None or ((level.price > taker.price) if buying else (level.price < taker.price)):
                 return
-            outcome.levels.add((opposite.side, level.price))
+            price = level.price
+            levels.add((opposite.side, price))
             orders = level.orders
             while taker.remaining and orders:
                 maker = next(iter(orders.values()))
                 if maker.account_id == taker.account_id:
                     # Self-trade prevention: the resting order goes, the new one goes on.
-                    book.cancel(maker)
-                    maker.status, maker.reason = CANCELLED, "self_trade_prevention"
-                    outcome.self_trade_cancels.append((maker, self._release(maker)))
+                    self._cancel_maker(maker, "self_trade_prevention", outcome)
+                    continue
+                if maker.account_id in frozen:
+                    # A frozen account's resting order never trades: it goes, the new one goes on.
+                    self._cancel_maker(maker, "account_frozen", outcome)
                     continue
                 quantity = taker.remaining if taker.remaining < maker.remaining else maker.remaining
-                outcome.fills.append(self._settle(taker, maker, quantity, level.price))
-                book.take(maker, quantity)
+                fills.append(settle(taker, maker, quantity, price))
+                opposite.reduce(maker, quantity)  # drops the maker (and its level) once it is filled
                 taker.remaining -= quantity
-                maker.status = FILLED if maker.remaining == 0 else PARTIALLY_FILLED
+                if maker.remaining:
+                    maker.status = PARTIALLY_FILLED
+                else:
+                    maker.status = FILLED
+                    del resting_by_id[maker.id]
 
     def _settle(self, taker: Order, maker: Order, quantity: int, price: int) -> Fill:
-        """The amounts of one fill (see amounts.py); updates both orders and the funds."""
+        """The amounts of one fill (see amounts.py); updates both orders and the funds.
+
+        This runs once per fill, so amounts.buy_still_needed is inlined and the
+        funds dict is updated in place rather than through calls."""
         if taker.side == BUY:
             buy, sell, buy_ppm, sell_ppm = taker, maker, self.taker_ppm, self.maker_ppm
         else:
@@ -192,39 +225,48 @@ class Matcher:
         value = quantity * price
         unit, fee_unit = self.unit, self.fee_unit
 
-        buy.fill_value += value
-        paid = -(-buy.fill_value // unit)
+        fill_value = buy.fill_value + value
+        paid = -(-fill_value // unit)
         buyer_paid = paid - buy.quote_filled
-        buy.quote_filled = paid
-        buy.fee_value += value * buy_ppm
-        fee = -(-buy.fee_value // fee_unit)
+        fee_value = buy.fee_value + value * buy_ppm
+        fee = -(-fee_value // fee_unit)
         buyer_fee = fee - buy.fee
-        buy.fee = fee
+        rest = (buy.remaining - quantity) * buy.price  # remaining is reduced by the caller after this
+        # With nothing left to buy both ceilings below equal paid and fee: skip the divisions.
+        still_needed = (-(-(fill_value + rest) // unit) - paid
+                        + -(-(fee_value + rest * self.held_fee_ppm) // fee_unit) - fee) if rest else 0
+        refund = buy.hold_remaining - buyer_paid - buyer_fee - still_needed
+        buy.fill_value, buy.quote_filled, buy.fee_value, buy.fee = fill_value, paid, fee_value, fee
         buy.filled += quantity
+        buy.hold_remaining = still_needed
 
         seller_gross = value // unit
-        seller_fee = min(-(-(value * sell_ppm) // fee_unit), seller_gross)
+        seller_fee = -(-(value * sell_ppm) // fee_unit)
+        if seller_fee > seller_gross:
+            seller_fee = seller_gross
         sell.fill_value += value
         sell.fee_value += value * sell_ppm
         sell.quote_filled += seller_gross
         sell.fee += seller_fee
         sell.filled += quantity
-
-        buy_remaining = buy.remaining - quantity  # remaining is reduced by the caller after this
-        still_needed = (-(-(buy.fill_value + buy_remaining * buy.price) // unit) - buy.quote_filled
-                        + -(-(buy.fee_value + buy_remaining * buy.price * self.held_fee_ppm) // fee_unit) - buy.fee)
-        refund = buy.hold_remaining - buyer_paid - buyer_fee - still_needed
-        assert refund >= 0 and 0 <= buyer_paid - seller_gross <= 1, (buy, sell, quantity, price)
-        buy.hold_remaining = still_needed
         sell.hold_remaining -= quantity
+        assert refund >= 0 and 0 <= buyer_paid - seller_gross <= 1, (buy, sell, quantity, price)
 
-        give = self.funds.give
-        give(buy.account_id, self.base, quantity)
+        balances = self.funds.balances
+        key = (buy.account_id, self.base)
+        balances[key] = balances.get(key, 0) + quantity
         if refund:
-            give(buy.account_id, self.quote, refund)
+            key = (buy.account_id, self.quote)
+            balances[key] = balances.get(key, 0) + refund
         if seller_gross > seller_fee:
-            give(sell.account_id, self.quote, seller_gross - seller_fee)
+            key = (sell.account_id, self.quote)
+            balances[key] = balances.get(key, 0) + seller_gross - seller_fee
         return Fill(taker, maker, price, quantity, buyer_paid, buyer_fee, seller_gross, seller_fee, refund)
+
+    def _cancel_maker(self, maker: Order, reason: str, outcome: Outcome) -> None:
+        self.book.cancel(maker)
+        maker.status, maker.reason = CANCELLED, reason
+        outcome.maker_cancels.append((maker, self._release(maker)))
 
     def _expire(self, order: Order, outcome: Outcome, reason: str) -> None:
         order.status, order.reason = EXPIRED, reason

@@ -28,7 +28,7 @@ from matching_stub.amounts import PPM
 from matching_stub.engine import (
     CancelRequest, Cancelled, MatchingEngine, PlaceRequest, Replay, order_view_from_row, trade_view_from_row,
 )
-from matching_stub.views import MarketDataItem, OrderView, Placed, TradeView
+from matching_stub.views import CancelledOrder, MarketDataItem, OrderView, Placed, TradeView
 
 log = logging.getLogger(__name__)
 SIDES = ("BUY", "SELL")
@@ -70,12 +70,14 @@ class MatchingService:
     def place(self, *args, **kwargs) -> Placed:
         return self.submit_place(*args, **kwargs).result()
 
-    def submit_cancel(self, client: str, order_id: str) -> concurrent.futures.Future:
-        """Queues a cancel; the future gives the cancelled order (also when it already was)."""
-        return self._submit(CancelRequest(client, parse_order_id(order_id)))
+    def submit_cancel(self, client: str, idempotency_key: str, order_id: str) -> concurrent.futures.Future:
+        """Validates, then queues a cancel; the future gives a CancelledOrder (also when
+        the order already was cancelled; replayed when the key was used for it before)."""
+        key = parse_idempotency_key(idempotency_key)
+        return self._submit(CancelRequest(client, key, parse_order_id(order_id)))
 
-    def cancel(self, client: str, order_id: str) -> OrderView:
-        return self.submit_cancel(client, order_id).result()
+    def cancel(self, client: str, idempotency_key: str, order_id: str) -> CancelledOrder:
+        return self.submit_cancel(client, idempotency_key, order_id).result()
 
     def parse_place(self, client, idempotency_key, account_id, market, side, type, time_in_force, post_only,
                     price, quantity) -> PlaceRequest:
@@ -198,7 +200,7 @@ class MatchingService:
                 if isinstance(result, Replay):
                     result = self.placed(result.order_id)
                 elif isinstance(result, Cancelled):
-                    result = self.get_order(result.order_id)
+                    result = CancelledOrder(self.get_order(result.order_id), result.replayed)
             except Exception as exc:
                 result = exc
             if isinstance(result, Exception):

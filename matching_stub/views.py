@@ -62,6 +62,14 @@ class Placed:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class CancelledOrder:
+    """The answer to CancelOrder: the order as it is now."""
+
+    order: OrderView
+    replayed: bool = False  # the idempotency key had been used to cancel this order before
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class MarketDataItem:
     cursor: int
     market: str

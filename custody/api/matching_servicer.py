@@ -95,15 +95,17 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
                                      trades=[trade_message(tr) for tr in placed.trades], replayed=placed.replayed)
 
     async def CancelOrder(self, request, context):
-        order = await asyncio.wrap_future(self.matching.submit_cancel(current_client(), request.order_id))
-        return pb.CancelOrderResponse(order=order_message(order))
+        cancelled = await asyncio.wrap_future(
+            self.matching.submit_cancel(current_client(), request.idempotency_key, request.order_id))
+        return pb.CancelOrderResponse(order=order_message(cancelled.order), replayed=cancelled.replayed)
 
     async def GetOrder(self, request, context):
         order = await asyncio.to_thread(self.matching.get_order, request.order_id)
         return pb.GetOrderResponse(order=order_message(order))
 
     async def GetOrderBook(self, request, context):
-        bids, asks, cursor = self.matching.order_book(request.market, request.depth)
+        # It reads the database (is this instance's book current?): off the event loop.
+        bids, asks, cursor = await asyncio.to_thread(self.matching.order_book, request.market, request.depth)
         return pb.GetOrderBookResponse(
             market=request.market, cursor=cursor,
             bids=[pb.PriceLevel(price=str(p), quantity=str(q)) for p, q in bids],

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from custody.db.types import Amount
@@ -32,6 +33,11 @@ accounts = Table(
     Column("frozen", Boolean, nullable=False, default=False),
     Column("frozen_reason", Text, nullable=True),
 )
+# The few frozen accounts, read by the matching engine once per group (a
+# frozen account's resting orders never trade; docs/matching.md): a partial
+# index holds only them.
+# The conditions are written as each dialect renders `WHERE accounts.frozen`, so that the query matches them.
+Index("ix_accounts_frozen", accounts.c.id, sqlite_where=text("frozen = 1"), postgresql_where=text("frozen"))
 
 # One row per (ledger account code, asset): user:<id>:available, user:<id>:held,
 # wallet:<chain>:<deposit|hot|cold>, inflight:withdrawals, fees:network,
@@ -321,6 +327,29 @@ market_data = Table(
     Column("payload", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_market_data_market_cursor", "market", "cursor"),
+)
+
+# One matching engine writes to a database at a time (docs/matching.md): each
+# engine takes the next epoch when it starts, and every one of its group
+# transactions first checks that the epoch is still its own. An engine started
+# later fences the earlier one out instead of both writing from stale books.
+matching_engine = Table(
+    "matching_engine",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("epoch", BigInteger, nullable=False),
+)
+
+# CancelOrder's idempotency keys: (client, client_key) names one cancel of one
+# order. Written only when the cancel succeeds (now or because the order was
+# already cancelled), so a refused cancel does not use up its key.
+order_cancels = Table(
+    "order_cancels",
+    metadata,
+    Column("client", String(64), primary_key=True),
+    Column("client_key", String(128), primary_key=True),
+    Column("order_id", String(32), ForeignKey("orders.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 # -- withdrawals (docs/withdrawals.md) ---------------------------------------------

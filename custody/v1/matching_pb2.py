@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63ustody/v1/matching.proto\x12\ncustody.v1\"\xb8\x01\n\x06Market\x12\x0e\n\x06market\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x02 \x01(\t\x12\r\n\x05quote\x18\x03 \x01(\t\x12\x12\n\nprice_unit\x18\x04 \x01(\t\x12\x12\n\nprice_tick\x18\x05 \x01(\t\x12\x15\n\rquantity_step\x18\x06 \x01(\t\x12\x14\n\x0cmin_quantity\x18\x07 \x01(\t\x12\x15\n\rmaker_fee_ppm\x18\x08 \x01(\r\x12\x15\n\rtaker_fee_ppm\x18\t \x01(\r\"\x14\n\x12ListMarketsRequest\":\n\x13ListMarketsResponse\x12#\n\x07markets\x18\x01 \x03(\x0b\x32\x12.custody.v1.Market\"\x8f\x03\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06market\x18\x03 \x01(\t\x12\x1e\n\x04side\x18\x04 \x01(\x0e\x32\x10.custody.v1.Side\x12#\n\x04type\x18\x05 \x01(\x0e\x32\x15.custody.v1.OrderType\x12.\n\rtime_in_force\x18\x06 \x01(\x0e\x32\x17.custody.v1.TimeInForce\x12\x11\n\tpost_only\x18\x07 \x01(\x08\x12\r\n\x05price\x18\x08 \x01(\t\x12\x10\n\x08quantity\x18\t \x01(\t\x12\x17\n\x0f\x66illed_quantity\x18\n \x01(\t\x12\'\n\x06status\x18\x0b \x01(\x0e\x32\x17.custody.v1.OrderStatus\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12\x14\n\x0cquote_filled\x18\r \x01(\t\x12\x0b\n\x03\x66\x65\x65\x18\x0e \x01(\t\x12\x0c\n\x04held\x18\x0f \x01(\t\x12\x10\n\x08sequence\x18\x10 \x01(\x04\x12\x12\n\ncreated_at\x18\x11 \x01(\t\"\xde\x02\n\x05Trade\x12\x10\n\x08trade_id\x18\x01 \x01(\x04\x12\x0e\n\x06market\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\t\x12\x16\n\x0etaker_order_id\x18\x05 \x01(\t\x12\x16\n\x0emaker_order_id\x18\x06 \x01(\t\x12$\n\ntaker_side\x18\x07 \x01(\x0e\x32\x10.custody.v1.Side\x12\x18\n\x10\x62uyer_account_id\x18\x08 \x01(\t\x12\x19\n\x11seller_account_id\x18\t \x01(\t\x12\x12\n\nbuyer_paid\x18\n \x01(\t\x12\x11\n\tbuyer_fee\x18\x0b \x01(\t\x12\x14\n\x0cseller_gross\x18\x0c \x01(\t\x12\x12\n\nseller_fee\x18\r \x01(\t\x12\x10\n\x08rounding\x18\x0e \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x0f \x01(\t\x12\x12\n\ncreated_at\x18\x10 \x01(\t\"\xf9\x01\n\x11PlaceOrderRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06market\x18\x03 \x01(\t\x12\x1e\n\x04side\x18\x04 \x01(\x0e\x32\x10.custody.v1.Side\x12#\n\x04type\x18\x05 \x01(\x0e\x32\x15.custody.v1.OrderType\x12\r\n\x05price\x18\x06 \x01(\t\x12\x10\n\x08quantity\x18\x07 \x01(\t\x12.\n\rtime_in_force\x18\x08 \x01(\x0e\x32\x17.custody.v1.TimeInForce\x12\x11\n\tpost_only\x18\t \x01(\x08\"k\n\x12PlaceOrderResponse\x12 \n\x05order\x18\x01 \x01(\x0b\x32\x11.custody.v1.Order\x12!\n\x06trades\x18\x02 \x03(\x0b\x32\x11.custody.v1.Trade\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"&\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"7\n\x13\x43\x61ncelOrderResponse\x12 \n\x05order\x18\x01 \x01(\x0b\x32\x11.custody.v1.Order\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"4\n\x10GetOrderResponse\x12 \n\x05order\x18\x01 \x01(\x0b\x32\x11.custody.v1.Order\"4\n\x13GetOrderBookRequest\x12\x0e\n\x06market\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\"-\n\nPriceLevel\x12\r\n\x05price\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\t\"\x82\x01\n\x14GetOrderBookResponse\x12\x0e\n\x06market\x18\x01 \x01(\t\x12$\n\x04\x62ids\x18\x02 \x03(\x0b\x32\x16.custody.v1.PriceLevel\x12$\n\x04\x61sks\x18\x03 \x03(\x0b\x32\x16.custody.v1.PriceLevel\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\x04\"J\n\x11ListTradesRequest\x12\x0e\n\x06market\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_trade_id\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"7\n\x12ListTradesResponse\x12!\n\x06trades\x18\x01 \x03(\x0b\x32\x11.custody.v1.Trade\"?\n\x17StreamMarketDataRequest\x12\x0e\n\x06market\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\x04\"X\n\nBookUpdate\x12$\n\x04\x62ids\x18\x01 \x03(\x0b\x32\x16.custody.v1.PriceLevel\x12$\n\x04\x61sks\x18\x02 \x03(\x0b\x32\x16.custody.v1.PriceLevel\"\xa4\x01\n\x18StreamMarketDataResponse\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x0e\n\x06market\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\t\x12\"\n\x05trade\x18\x04 \x01(\x0b\x32\x11.custody.v1.TradeH\x00\x12&\n\x04\x62ook\x18\x05 \x01(\x0b\x32\x16.custody.v1.BookUpdateH\x00\x42\x08\n\x06update*9\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02*T\n\tOrderType\x12\x1a\n\x16ORDER_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10ORDER_TYPE_LIMIT\x10\x01\x12\x15\n\x11ORDER_TYPE_MARKET\x10\x02*q\n\x0bTimeInForce\x12\x1d\n\x19TIME_IN_FORCE_UNSPECIFIED\x10\x00\x12\x15\n\x11TIME_IN_FORCE_GTC\x10\x01\x12\x15\n\x11TIME_IN_FORCE_IOC\x10\x02\x12\x15\n\x11TIME_IN_FORCE_FOK\x10\x03*\xb4\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11ORDER_STATUS_OPEN\x10\x01\x12!\n\x1dORDER_STATUS_PARTIALLY_FILLED\x10\x02\x12\x17\n\x13ORDER_STATUS_FILLED\x10\x03\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x04\x12\x18\n\x14ORDER_STATUS_EXPIRED\x10\x05\x32\xc6\x04\n\x0fMatchingService\x12N\n\x0bListMarkets\x12\x1e.custody.v1.ListMarketsRequest\x1a\x1f.custody.v1.ListMarketsResponse\x12K\n\nPlaceOrder\x12\x1d.custody.v1.PlaceOrderRequest\x1a\x1e.custody.v1.PlaceOrderResponse\x12N\n\x0b\x43\x61ncelOrder\x12\x1e.custody.v1.CancelOrderRequest\x1a\x1f.custody.v1.CancelOrderResponse\x12\x45\n\x08GetOrder\x12\x1b.custody.v1.GetOrderRequest\x1a\x1c.custody.v1.GetOrderResponse\x12Q\n\x0cGetOrderBook\x12\x1f.custody.v1.GetOrderBookRequest\x1a .custody.v1.GetOrderBookResponse\x12K\n\nListTrades\x12\x1d.custody.v1.ListTradesRequest\x1a\x1e.custody.v1.ListTradesResponse\x12_\n\x10StreamMarketData\x12#.custody.v1.StreamMarketDataRequest\x1a$.custody.v1.StreamMarketDataResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63ustody/v1/matching.proto\x12\ncustody.v1\"\xb8\x01\n\x06Market\x12\x0e\n\x06market\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x02 \x01(\t\x12\r\n\x05quote\x18\x03 \x01(\t\x12\x12\n\nprice_unit\x18\x04 \x01(\t\x12\x12\n\nprice_tick\x18\x05 \x01(\t\x12\x15\n\rquantity_step\x18\x06 \x01(\t\x12\x14\n\x0cmin_quantity\x18\x07 \x01(\t\x12\x15\n\rmaker_fee_ppm\x18\x08 \x01(\r\x12\x15\n\rtaker_fee_ppm\x18\t \x01(\r\"\x14\n\x12ListMarketsRequest\":\n\x13ListMarketsResponse\x12#\n\x07markets\x18\x01 \x03(\x0b\x32\x12.custody.v1.Market\"\x8f\x03\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06market\x18\x03 \x01(\t\x12\x1e\n\x04side\x18\x04 \x01(\x0e\x32\x10.custody.v1.Side\x12#\n\x04type\x18\x05 \x01(\x0e\x32\x15.custody.v1.OrderType\x12.\n\rtime_in_force\x18\x06 \x01(\x0e\x32\x17.custody.v1.TimeInForce\x12\x11\n\tpost_only\x18\x07 \x01(\x08\x12\r\n\x05price\x18\x08 \x01(\t\x12\x10\n\x08quantity\x18\t \x01(\t\x12\x17\n\x0f\x66illed_quantity\x18\n \x01(\t\x12\'\n\x06status\x18\x0b \x01(\x0e\x32\x17.custody.v1.OrderStatus\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12\x14\n\x0cquote_filled\x18\r \x01(\t\x12\x0b\n\x03\x66\x65\x65\x18\x0e \x01(\t\x12\x0c\n\x04held\x18\x0f \x01(\t\x12\x10\n\x08sequence\x18\x10 \x01(\x04\x12\x12\n\ncreated_at\x18\x11 \x01(\t\"\xde\x02\n\x05Trade\x12\x10\n\x08trade_id\x18\x01 \x01(\x04\x12\x0e\n\x06market\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\t\x12\x16\n\x0etaker_order_id\x18\x05 \x01(\t\x12\x16\n\x0emaker_order_id\x18\x06 \x01(\t\x12$\n\ntaker_side\x18\x07 \x01(\x0e\x32\x10.custody.v1.Side\x12\x18\n\x10\x62uyer_account_id\x18\x08 \x01(\t\x12\x19\n\x11seller_account_id\x18\t \x01(\t\x12\x12\n\nbuyer_paid\x18\n \x01(\t\x12\x11\n\tbuyer_fee\x18\x0b \x01(\t\x12\x14\n\x0cseller_gross\x18\x0c \x01(\t\x12\x12\n\nseller_fee\x18\r \x01(\t\x12\x10\n\x08rounding\x18\x0e \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x0f \x01(\t\x12\x12\n\ncreated_at\x18\x10 \x01(\t\"\xf9\x01\n\x11PlaceOrderRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06market\x18\x03 \x01(\t\x12\x1e\n\x04side\x18\x04 \x01(\x0e\x32\x10.custody.v1.Side\x12#\n\x04type\x18\x05 \x01(\x0e\x32\x15.custody.v1.OrderType\x12\r\n\x05price\x18\x06 \x01(\t\x12\x10\n\x08quantity\x18\x07 \x01(\t\x12.\n\rtime_in_force\x18\x08 \x01(\x0e\x32\x17.custody.v1.TimeInForce\x12\x11\n\tpost_only\x18\t \x01(\x08\"k\n\x12PlaceOrderResponse\x12 \n\x05order\x18\x01 \x01(\x0b\x32\x11.custody.v1.Order\x12!\n\x06trades\x18\x02 \x03(\x0b\x32\x11.custody.v1.Trade\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"?\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"I\n\x13\x43\x61ncelOrderResponse\x12 \n\x05order\x18\x01 \x01(\x0b\x32\x11.custody.v1.Order\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"4\n\x10GetOrderResponse\x12 \n\x05order\x18\x01 \x01(\x0b\x32\x11.custody.v1.Order\"4\n\x13GetOrderBookRequest\x12\x0e\n\x06market\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\"-\n\nPriceLevel\x12\r\n\x05price\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\t\"\x82\x01\n\x14GetOrderBookResponse\x12\x0e\n\x06market\x18\x01 \x01(\t\x12$\n\x04\x62ids\x18\x02 \x03(\x0b\x32\x16.custody.v1.PriceLevel\x12$\n\x04\x61sks\x18\x03 \x03(\x0b\x32\x16.custody.v1.PriceLevel\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\x04\"J\n\x11ListTradesRequest\x12\x0e\n\x06market\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_trade_id\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"7\n\x12ListTradesResponse\x12!\n\x06trades\x18\x01 \x03(\x0b\x32\x11.custody.v1.Trade\"?\n\x17StreamMarketDataRequest\x12\x0e\n\x06market\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\x04\"X\n\nBookUpdate\x12$\n\x04\x62ids\x18\x01 \x03(\x0b\x32\x16.custody.v1.PriceLevel\x12$\n\x04\x61sks\x18\x02 \x03(\x0b\x32\x16.custody.v1.PriceLevel\"\xa4\x01\n\x18StreamMarketDataResponse\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x0e\n\x06market\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\t\x12\"\n\x05trade\x18\x04 \x01(\x0b\x32\x11.custody.v1.TradeH\x00\x12&\n\x04\x62ook\x18\x05 \x01(\x0b\x32\x16.custody.v1.BookUpdateH\x00\x42\x08\n\x06update*9\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02*T\n\tOrderType\x12\x1a\n\x16ORDER_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10ORDER_TYPE_LIMIT\x10\x01\x12\x15\n\x11ORDER_TYPE_MARKET\x10\x02*q\n\x0bTimeInForce\x12\x1d\n\x19TIME_IN_FORCE_UNSPECIFIED\x10\x00\x12\x15\n\x11TIME_IN_FORCE_GTC\x10\x01\x12\x15\n\x11TIME_IN_FORCE_IOC\x10\x02\x12\x15\n\x11TIME_IN_FORCE_FOK\x10\x03*\xb4\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11ORDER_STATUS_OPEN\x10\x01\x12!\n\x1dORDER_STATUS_PARTIALLY_FILLED\x10\x02\x12\x17\n\x13ORDER_STATUS_FILLED\x10\x03\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x04\x12\x18\n\x14ORDER_STATUS_EXPIRED\x10\x05\x32\xc6\x04\n\x0fMatchingService\x12N\n\x0bListMarkets\x12\x1e.custody.v1.ListMarketsRequest\x1a\x1f.custody.v1.ListMarketsResponse\x12K\n\nPlaceOrder\x12\x1d.custody.v1.PlaceOrderRequest\x1a\x1e.custody.v1.PlaceOrderResponse\x12N\n\x0b\x43\x61ncelOrder\x12\x1e.custody.v1.CancelOrderRequest\x1a\x1f.custody.v1.CancelOrderResponse\x12\x45\n\x08GetOrder\x12\x1b.custody.v1.GetOrderRequest\x1a\x1c.custody.v1.GetOrderResponse\x12Q\n\x0cGetOrderBook\x12\x1f.custody.v1.GetOrderBookRequest\x1a .custody.v1.GetOrderBookResponse\x12K\n\nListTrades\x12\x1d.custody.v1.ListTradesRequest\x1a\x1e.custody.v1.ListTradesResponse\x12_\n\x10StreamMarketData\x12#.custody.v1.StreamMarketDataRequest\x1a$.custody.v1.StreamMarketDataResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'custody.v1.matching_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIDE']._serialized_start=2303
-  _globals['_SIDE']._serialized_end=2360
-  _globals['_ORDERTYPE']._serialized_start=2362
-  _globals['_ORDERTYPE']._serialized_end=2446
-  _globals['_TIMEINFORCE']._serialized_start=2448
-  _globals['_TIMEINFORCE']._serialized_end=2561
-  _globals['_ORDERSTATUS']._serialized_start=2564
-  _globals['_ORDERSTATUS']._serialized_end=2744
+  _globals['_SIDE']._serialized_start=2346
+  _globals['_SIDE']._serialized_end=2403
+  _globals['_ORDERTYPE']._serialized_start=2405
+  _globals['_ORDERTYPE']._serialized_end=2489
+  _globals['_TIMEINFORCE']._serialized_start=2491
+  _globals['_TIMEINFORCE']._serialized_end=2604
+  _globals['_ORDERSTATUS']._serialized_start=2607
+  _globals['_ORDERSTATUS']._serialized_end=2787
   _globals['_MARKET']._serialized_start=42
   _globals['_MARKET']._serialized_end=226
   _globals['_LISTMARKETSREQUEST']._serialized_start=228
@@ -54,29 +54,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLACEORDERRESPONSE']._serialized_start=1317
   _globals['_PLACEORDERRESPONSE']._serialized_end=1424
   _globals['_CANCELORDERREQUEST']._serialized_start=1426
-  _globals['_CANCELORDERREQUEST']._serialized_end=1464
-  _globals['_CANCELORDERRESPONSE']._serialized_start=1466
-  _globals['_CANCELORDERRESPONSE']._serialized_end=1521
-  _globals['_GETORDERREQUEST']._serialized_start=1523
-  _globals['_GETORDERREQUEST']._serialized_end=1558
-  _globals['_GETORDERRESPONSE']._serialized_start=1560
-  _globals['_GETORDERRESPONSE']._serialized_end=1612
-  _globals['_GETORDERBOOKREQUEST']._serialized_start=1614
-  _globals['_GETORDERBOOKREQUEST']._serialized_end=1666
-  _globals['_PRICELEVEL']._serialized_start=1668
-  _globals['_PRICELEVEL']._serialized_end=1713
-  _globals['_GETORDERBOOKRESPONSE']._serialized_start=1716
-  _globals['_GETORDERBOOKRESPONSE']._serialized_end=1846
-  _globals['_LISTTRADESREQUEST']._serialized_start=1848
-  _globals['_LISTTRADESREQUEST']._serialized_end=1922
-  _globals['_LISTTRADESRESPONSE']._serialized_start=1924
-  _globals['_LISTTRADESRESPONSE']._serialized_end=1979
-  _globals['_STREAMMARKETDATAREQUEST']._serialized_start=1981
-  _globals['_STREAMMARKETDATAREQUEST']._serialized_end=2044
-  _globals['_BOOKUPDATE']._serialized_start=2046
-  _globals['_BOOKUPDATE']._serialized_end=2134
-  _globals['_STREAMMARKETDATARESPONSE']._serialized_start=2137
-  _globals['_STREAMMARKETDATARESPONSE']._serialized_end=2301
-  _globals['_MATCHINGSERVICE']._serialized_start=2747
-  _globals['_MATCHINGSERVICE']._serialized_end=3329
+  _globals['_CANCELORDERREQUEST']._serialized_end=1489
+  _globals['_CANCELORDERRESPONSE']._serialized_start=1491
+  _globals['_CANCELORDERRESPONSE']._serialized_end=1564
+  _globals['_GETORDERREQUEST']._serialized_start=1566
+  _globals['_GETORDERREQUEST']._serialized_end=1601
+  _globals['_GETORDERRESPONSE']._serialized_start=1603
+  _globals['_GETORDERRESPONSE']._serialized_end=1655
+  _globals['_GETORDERBOOKREQUEST']._serialized_start=1657
+  _globals['_GETORDERBOOKREQUEST']._serialized_end=1709
+  _globals['_PRICELEVEL']._serialized_start=1711
+  _globals['_PRICELEVEL']._serialized_end=1756
+  _globals['_GETORDERBOOKRESPONSE']._serialized_start=1759
+  _globals['_GETORDERBOOKRESPONSE']._serialized_end=1889
+  _globals['_LISTTRADESREQUEST']._serialized_start=1891
+  _globals['_LISTTRADESREQUEST']._serialized_end=1965
+  _globals['_LISTTRADESRESPONSE']._serialized_start=1967
+  _globals['_LISTTRADESRESPONSE']._serialized_end=2022
+  _globals['_STREAMMARKETDATAREQUEST']._serialized_start=2024
+  _globals['_STREAMMARKETDATAREQUEST']._serialized_end=2087
+  _globals['_BOOKUPDATE']._serialized_start=2089
+  _globals['_BOOKUPDATE']._serialized_end=2177
+  _globals['_STREAMMARKETDATARESPONSE']._serialized_start=2180
+  _globals['_STREAMMARKETDATARESPONSE']._serialized_end=2344
+  _globals['_MATCHINGSERVICE']._serialized_start=2790
+  _globals['_MATCHINGSERVICE']._serialized_end=3372
 # @@protoc_insertion_point(module_scope)

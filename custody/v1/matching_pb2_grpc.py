@@ -112,8 +112,12 @@ class MatchingServiceServicer:
 
     def CancelOrder(self, request, context):
         """Cancels a resting order and releases what its hold still holds.
-        Idempotent by nature: cancelling a cancelled order returns it again.
-        FAILED_PRECONDITION for an order that is filled or expired.
+        Idempotent on idempotency_key (scoped to the client): the same key and
+        order_id returns the order as it is now with replayed = true; the same
+        key with another order_id fails with ALREADY_EXISTS. Cancelling a
+        cancelled order (under a new key) returns it again. FAILED_PRECONDITION
+        for an order that is filled or expired; a refused cancel does not use up
+        its key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +132,8 @@ class MatchingServiceServicer:
     def GetOrderBook(self, request, context):
         """The committed book's best levels and the market-data cursor they
         reflect: apply StreamMarketData after that cursor to keep it current.
+        FAILED_PRECONDITION from a core instance whose book is stale because
+        another instance matches on the same database (docs/matching.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select, update
 
 from custody.db import schema as t
-from custody.errors import FailedPrecondition, IdempotencyConflict, InsufficientFunds, NotFound
+from custody.errors import FailedPrecondition, IdempotencyConflict, InsufficientFunds, InvalidArgument, NotFound
 from tests.support.matching import ETH, MARKET, accounts, balances, fees_revenue, fund, open_holds, place
 
 BTC = 10**8
@@ -120,13 +120,49 @@ def test_cancel_releases_the_hold_and_is_idempotent(app):
     (buyer,) = accounts(app, 1, btc=BTC)
     order = place(app, buyer, "BUY", 100_000, ETH)
     assert balances(app, buyer)["BTC"] == (BTC - 100_200, 100_200)
-    cancelled = app.matching.cancel("exchange", order.order.order_id)
-    assert (cancelled.status, cancelled.reason, cancelled.held) == ("CANCELLED", "cancelled", 0)
+    cancelled = app.matching.cancel("exchange", "cancel-1", order.order.order_id)
+    assert (cancelled.order.status, cancelled.order.reason, cancelled.order.held) == ("CANCELLED", "cancelled", 0)
+    assert not cancelled.replayed
     assert balances(app, buyer)["BTC"] == (BTC, 0)
-    assert app.matching.cancel("exchange", order.order.order_id) == cancelled
+    again = app.matching.cancel("exchange", "cancel-1", order.order.order_id)
+    assert again.replayed and again.order == cancelled.order
+    other_key = app.matching.cancel("exchange", "cancel-2", order.order.order_id)  # cancelled already: fine
+    assert not other_key.replayed and other_key.order == cancelled.order
     assert book(app) == ([], [])
     with pytest.raises(NotFound):
-        app.matching.cancel("exchange", "0" * 32)
+        app.matching.cancel("exchange", "cancel-3", "0" * 32)
+    with pytest.raises(InvalidArgument):
+        app.matching.cancel("exchange", "", order.order.order_id)
+
+
+def test_a_cancel_key_names_one_order(app):
+    """The same key for another order is ALREADY_EXISTS and cancels nothing; keys are per client;
+    a refused cancel does not use up its key."""
+    (buyer,) = accounts(app, 1, btc=BTC)
+    first, second = (place(app, buyer, "BUY", price, ETH) for price in (100_000, 99_990))
+    app.matching.cancel("exchange", "k", first.order.order_id)
+    with pytest.raises(IdempotencyConflict):
+        app.matching.cancel("exchange", "k", second.order.order_id)
+    assert app.matching.get_order(second.order.order_id).status == "OPEN"
+    assert book(app) == ([(99_990, ETH)], [])
+    with pytest.raises(NotFound):
+        app.matching.cancel("exchange", "k2", "f" * 32)
+    assert not app.matching.cancel("exchange", "k2", second.order.order_id).replayed  # k2 was not used up
+    assert app.matching.cancel("another-client", "k", first.order.order_id).order.status == "CANCELLED"
+    assert balances(app, buyer)["BTC"] == (BTC, 0)
+
+
+def test_cancel_keys_queued_together(app):
+    """Cancels queued at once (committed in one group or several): a replay and a conflict."""
+    (buyer,) = accounts(app, 1, btc=BTC)
+    a, b = (place(app, buyer, "BUY", price, ETH) for price in (100_000, 99_990))
+    futures = [app.matching.submit_cancel("exchange", "g", a.order.order_id),
+               app.matching.submit_cancel("exchange", "g", a.order.order_id),
+               app.matching.submit_cancel("exchange", "g", b.order.order_id)]
+    assert futures[0].result().order.status == "CANCELLED" and futures[1].result().replayed
+    with pytest.raises(IdempotencyConflict):
+        futures[2].result()
+    assert app.matching.get_order(b.order.order_id).status == "OPEN"
 
 
 def test_a_filled_order_cannot_be_cancelled(app):
@@ -134,7 +170,7 @@ def test_a_filled_order_cannot_be_cancelled(app):
     resting = place(app, seller, "SELL", 100_000, ETH)
     place(app, buyer, "BUY", 100_000, ETH)
     with pytest.raises(FailedPrecondition, match="FILLED"):
-        app.matching.cancel("exchange", resting.order.order_id)
+        app.matching.cancel("exchange", "cancel-filled", resting.order.order_id)
 
 
 def test_rounding_goes_to_the_exchange_by_at_most_one_unit_and_is_recorded(app):
@@ -173,6 +209,57 @@ def test_insufficient_funds_and_frozen_accounts_are_refused_with_nothing_held(ap
     assert place(app, poor, "BUY", 99_990, ETH).order.held == 99_990 + 200
 
 
+def freeze(app, account: int) -> None:
+    with app.engine.begin() as conn:
+        conn.execute(update(t.accounts).where(t.accounts.c.id == account).values(frozen=True))
+
+
+def test_a_frozen_accounts_resting_order_is_cancelled_instead_of_filled(app):
+    """Frozen after placing: its ask is cancelled (hold released) before the next order matches, which
+    fills the next ask instead."""
+    frozen, other, buyer = accounts(app, 3, btc=BTC, eth=10 * ETH)
+    stuck = place(app, frozen, "SELL", 100_000, ETH)
+    theirs = place(app, other, "SELL", 100_000, ETH)
+    freeze(app, frozen)
+    taker = place(app, buyer, "BUY", 100_000, ETH)
+    assert [tr.maker_order_id for tr in taker.trades] == [theirs.order.order_id]
+    cancelled = app.matching.get_order(stuck.order.order_id)
+    assert (cancelled.status, cancelled.reason, cancelled.held, cancelled.filled_quantity) == (
+        "CANCELLED", "account_frozen", 0, 0)
+    assert (balances(app, frozen)["BTC"], balances(app, frozen)["ETH"]) == ((BTC, 0), (10 * ETH, 0))  # released
+    assert book(app) == ([], [])
+
+
+def test_fill_or_kill_does_not_count_a_frozen_accounts_orders(app):
+    frozen, other, buyer = accounts(app, 3, btc=BTC, eth=10 * ETH)
+    place(app, frozen, "SELL", 100_000, ETH)
+    place(app, other, "SELL", 100_000, ETH)
+    freeze(app, frozen)
+    killed = place(app, buyer, "BUY", 100_000, 2 * ETH, "FOK")
+    assert (killed.order.status, killed.order.filled_quantity, killed.trades) == ("EXPIRED", 0, ())
+    assert balances(app, buyer)["BTC"] == (BTC, 0)
+    assert book(app) == ([], [(100_000, ETH)])  # the frozen account's ask is gone, the other one untouched
+
+
+def test_a_freeze_empties_the_book_of_the_accounts_orders_at_the_next_request(app):
+    """Any next request (here a cancel of an unrelated order) first cancels all resting orders of
+    accounts frozen since, on every market side; the market data shows the levels go."""
+    frozen, other = accounts(app, 2, btc=BTC, eth=10 * ETH)
+    asks = [place(app, frozen, "SELL", price, ETH) for price in (100_000, 100_010)]
+    bid = place(app, frozen, "BUY", 99_000, ETH)
+    mine = place(app, other, "BUY", 98_000, ETH)
+    freeze(app, frozen)
+    _, _, cursor = app.matching.engine.order_book(MARKET, 10)
+    app.matching.cancel("exchange", "unrelated", mine.order.order_id)
+    assert book(app) == ([], [])
+    for o in (*asks, bid):
+        got = app.matching.get_order(o.order.order_id)
+        assert (got.status, got.reason, got.held) == ("CANCELLED", "account_frozen", 0)
+    assert balances(app, frozen)["BTC"] == (BTC, 0) and balances(app, frozen)["ETH"] == (10 * ETH, 0)
+    changes = [item.payload for item in app.matching.market_data_after(MARKET, cursor)]
+    assert all('"0"' in p for p in changes) and len(changes) == 4  # three levels gone, then the cancelled bid
+
+
 def test_idempotent_place(app):
     (buyer,) = accounts(app, 1, btc=BTC)
     first = place(app, buyer, "BUY", 100_000, ETH, key="same")
@@ -205,7 +292,7 @@ def test_the_book_survives_a_restart(config, app):
     place(app, a, "BUY", 90_000, ETH)
     place(app, c, "BUY", 100_000, ETH // 2)  # partly fills a's ask
     cancelled = place(app, b, "BUY", 80_000, ETH)
-    app.matching.cancel("exchange", cancelled.order.order_id)
+    app.matching.cancel("exchange", "restart-cancel", cancelled.order.order_id)
     before = {name: book.snapshot() for name, book in app.matching.engine.books.items()}
     state = {o.id: (o.remaining, o.filled, o.fill_value, o.quote_filled, o.fee, o.hold_remaining, o.sequence)
              for o in app.matching.engine.books[MARKET].orders.values()}
@@ -251,3 +338,38 @@ def test_when_the_ledger_refuses_what_memory_allowed_nothing_of_the_group_is_los
     assert balances(app, poor)["BTC"] == (0, 0)
     assert book(app) == ([(100_000, ETH)], [])
     assert set(service.engine.books[MARKET].orders) == {results[2].order.order_id}
+
+
+def test_two_engines_on_one_database_never_match_from_stale_books(config, app):
+    """Two core instances on one database, orders to both in turn: whichever writes takes the
+    epoch and reloads the books first, so every order sees the other's; the book of the one
+    that does not write is refused (FAILED_PRECONDITION), not served stale. An instance that
+    only starts (as the scanner's process does) takes nothing from the one that matches."""
+    from custody.app import Custody
+    from matching_stub.engine import EngineReplaced
+
+    a, b, c = accounts(app, 3, btc=BTC, eth=10 * ETH)
+    first = place(app, a, "SELL", 100_000, ETH)
+    idle = Custody(config)
+    try:
+        assert app.matching.order_book(MARKET, 10)[:2] == ([], [(100_000, ETH)])  # still the writer
+        second = place(app, b, "SELL", 100_010, ETH)
+        newer = Custody(config)
+        try:
+            assert newer.matching.order_book(MARKET, 10)[:2] == ([], [(100_000, ETH), (100_010, ETH)])
+            taker = place(newer, c, "BUY", 100_000, ETH)  # takes over: matches the ask placed through app
+            assert [tr.maker_order_id for tr in taker.trades] == [first.order.order_id]
+            with pytest.raises(EngineReplaced):
+                app.matching.order_book(MARKET, 10)
+            with pytest.raises(EngineReplaced):
+                idle.matching.order_book(MARKET, 10)
+            again = place(app, c, "BUY", 100_010, ETH)  # app takes over again and reloads: no fill of `first`
+            assert [tr.maker_order_id for tr in again.trades] == [second.order.order_id]
+            with pytest.raises(FailedPrecondition, match="FILLED"):  # filled through newer, app knows it now
+                app.matching.cancel("exchange", "after-take-over", first.order.order_id)
+        finally:
+            newer.close()
+        assert app.matching.order_book(MARKET, 10)[:2] == ([], [])
+        assert balances(app, c)["ETH"] == (12 * ETH, 0)
+    finally:
+        idle.close()

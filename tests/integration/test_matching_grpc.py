@@ -111,8 +111,12 @@ def test_place_get_cancel_and_list_trades(app, clients):
 
     got = clients.matching.GetOrder(pb.GetOrderRequest(order_id=ask.order.order_id), metadata=md).order
     assert (got.status, got.filled_quantity, got.held) == (pb.ORDER_STATUS_PARTIALLY_FILLED, str(ETH), str(ETH))
-    cancelled = clients.matching.CancelOrder(pb.CancelOrderRequest(order_id=ask.order.order_id), metadata=md).order
+    cancel = pb.CancelOrderRequest(order_id=ask.order.order_id, idempotency_key="c-1")
+    first = clients.matching.CancelOrder(cancel, metadata=md)
+    cancelled = first.order
     assert (cancelled.status, cancelled.held, cancelled.reason) == (pb.ORDER_STATUS_CANCELLED, "0", "cancelled")
+    again = clients.matching.CancelOrder(cancel, metadata=md)
+    assert again.replayed and not first.replayed and again.order == cancelled
     assert balances(app, seller)["ETH"] == (9 * ETH, 0)
 
     listed = clients.matching.ListTrades(pb.ListTradesRequest(market=MARKET), metadata=md).trades
@@ -122,8 +126,12 @@ def test_place_get_cancel_and_list_trades(app, clients):
     for method, req, code in (
         (clients.matching.GetOrder, pb.GetOrderRequest(order_id="f" * 32), grpc.StatusCode.NOT_FOUND),
         (clients.matching.GetOrder, pb.GetOrderRequest(order_id="nope"), grpc.StatusCode.INVALID_ARGUMENT),
-        (clients.matching.CancelOrder, pb.CancelOrderRequest(order_id=bid.order.order_id),
+        (clients.matching.CancelOrder, pb.CancelOrderRequest(order_id=bid.order.order_id, idempotency_key="c-2"),
          grpc.StatusCode.FAILED_PRECONDITION),
+        (clients.matching.CancelOrder, pb.CancelOrderRequest(order_id=bid.order.order_id, idempotency_key="c-1"),
+         grpc.StatusCode.ALREADY_EXISTS),
+        (clients.matching.CancelOrder, pb.CancelOrderRequest(order_id=bid.order.order_id),
+         grpc.StatusCode.INVALID_ARGUMENT),
         (clients.matching.GetOrderBook, pb.GetOrderBookRequest(market=MARKET, depth=5000),
          grpc.StatusCode.INVALID_ARGUMENT),
         (clients.matching.ListTrades, pb.ListTradesRequest(market="X/Y"), grpc.StatusCode.INVALID_ARGUMENT),

@@ -4,8 +4,10 @@ The model is deliberately naive: lists scanned in full, exact fractions for
 every amount, balances as plain dicts. Requests go to the service in batches
 (so they share transactions, as under load) and each answer is compared with
 the model's: the same acceptances and refusals, the same trades with the same
-amounts. At the end every open order is cancelled: then no hold is left and
-every balance equals the model's to the base unit.
+amounts. Between batches a few accounts are frozen: from then on their
+orders are refused and their resting orders are cancelled. At
+the end every open order is cancelled: then no hold is left and every
+balance equals the model's to the base unit.
 """
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ import math
 import random
 from fractions import Fraction
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from custody.db import schema as t
-from custody.errors import CustodyError, FailedPrecondition, InsufficientFunds
+from custody.errors import AccountFrozen, CustodyError, FailedPrecondition, InsufficientFunds
 from tests.support.matching import ETH, MARKET, balances, fees_revenue, fund
 
 STEP = 10**15
@@ -50,9 +52,12 @@ class Model:
         self.orders: dict[str, ModelOrder] = {}
         self.fees = 0
         self.seq = 0
+        self.frozen: set[int] = set()
 
     def place(self, account, side, price, quantity, tif, post_only):
         """Returns ("refused", error type) or ("placed", trades, status) and takes an order id later."""
+        if account in self.frozen:
+            return ("refused", AccountFrozen), None
         # Every resting order of the other side that this price reaches, best price first, then oldest.
         opposite = sorted((o for o in self.resting
                            if o.side != side and (o.price <= price if side == "BUY" else o.price >= price)),
@@ -73,7 +78,7 @@ class Model:
         order = ModelOrder(None, self.seq, account, side, price, quantity, tif)
         order.held = hold
         trades = []
-        fillable = sum(o.remaining for o in opposite if o.account != account)
+        fillable = sum(o.remaining for o in opposite if o.account != account and o.account not in self.frozen)
         if tif == "FOK" and fillable < quantity:
             self._release(order)
             order.status = "EXPIRED"
@@ -81,7 +86,7 @@ class Model:
         for maker in opposite:
             if order.remaining == 0:
                 break
-            if maker.account == account:
+            if maker.account == account or maker.account in self.frozen:
                 self.resting.remove(maker)
                 self._release(maker)
                 maker.status = "CANCELLED"
@@ -142,6 +147,15 @@ class Model:
         order.status = "CANCELLED"
         return "ok"
 
+    def freeze(self, account):
+        """Its orders are refused from now on; its resting orders are cancelled at once
+        (the service cancels them at the start of the next group, before any request)."""
+        self.frozen.add(account)
+        for order in [o for o in self.resting if o.account == account]:
+            self.resting.remove(order)
+            self._release(order)
+            order.status = "CANCELLED"
+
     def _release(self, order):
         asset = "BTC" if order.side == "BUY" else "ETH"
         self.available[(order.account, asset)] += order.held
@@ -186,9 +200,17 @@ def run_random_session(app, n: int, seed: int) -> None:
         fund(app, a, "ETH", funding[(a, "ETH")])
     model = Model(funding)
     known: list[str] = []  # order ids the service has returned so far
-    stats = {"trades": 0, "refused": 0, "cancels": 0, "rounding": 0}
+    stats = {"trades": 0, "refused": 0, "cancels": 0, "rounding": 0, "frozen_refused": 0}
     requests = list(random_requests(rng, n))
-    for start in range(0, n, BATCH):
+    starts = list(range(0, n, BATCH))
+    freezes = random.Random(seed + 1)  # its own generator: the requests stay the same
+    freeze_at = {starts[len(starts) * k // 4] for k in (1, 2, 3)}
+    for start in starts:
+        if start in freeze_at:  # between batches: the matching thread is idle
+            account = ids[freezes.randrange(ACCOUNTS)]
+            with app.engine.begin() as conn:
+                conn.execute(update(t.accounts).where(t.accounts.c.id == account).values(frozen=True))
+            model.freeze(account)
         batch = []
         for k, r in enumerate(requests[start:start + BATCH]):
             if r[0] == "cancel":
@@ -196,7 +218,8 @@ def run_random_session(app, n: int, seed: int) -> None:
                 if not pool:
                     continue
                 order_id = pool[int(r[2] * len(pool))]
-                batch.append((r, app.matching.submit_cancel("exchange", order_id), order_id))
+                future = app.matching.submit_cancel("exchange", f"cancel-{start + k}", order_id)
+                batch.append((r, future, order_id))
             else:
                 _, who, side, price, quantity, tif, type_, post_only = r
                 future = app.matching.submit_place("exchange", f"r-{start + k}", str(ids[who]), MARKET, side, type_,
@@ -211,7 +234,7 @@ def run_random_session(app, n: int, seed: int) -> None:
                 expected = model.cancel(order_id)
                 stats["cancels"] += 1
                 if expected == "ok":
-                    assert error is None and result.status == "CANCELLED", (order_id, error)
+                    assert error is None and result.order.status == "CANCELLED", (order_id, error)
                 else:
                     assert isinstance(error, expected), (order_id, error)
                 continue
@@ -220,6 +243,7 @@ def run_random_session(app, n: int, seed: int) -> None:
             if outcome[0] == "refused":
                 assert isinstance(error, outcome[1]), (r, error)
                 stats["refused"] += 1
+                stats["frozen_refused"] += outcome[1] is AccountFrozen
                 continue
             assert error is None, (r, error)
             order.id = result.order.order_id
@@ -233,9 +257,10 @@ def run_random_session(app, n: int, seed: int) -> None:
             stats["rounding"] += sum(tr.rounding for tr in result.trades)
     # Every order still open goes: afterwards nothing may be held anywhere.
     open_ids = [o.id for o in model.resting]
-    futures = [app.matching.submit_cancel("exchange", order_id) for order_id in open_ids]
+    futures = [app.matching.submit_cancel("exchange", f"cancel-end-{order_id}", order_id)
+               for order_id in open_ids]
     for order_id, future in zip(open_ids, futures):
-        assert future.result().status == "CANCELLED"
+        assert future.result().order.status == "CANCELLED"
         assert model.cancel(order_id) == "ok"
     assert not app.matching.engine.books[MARKET].orders
     with app.engine.connect() as conn:
@@ -250,7 +275,9 @@ def run_random_session(app, n: int, seed: int) -> None:
     assert stats["trades"] > n // 10 and stats["refused"] > 50 and stats["cancels"] > n // 10
     assert stats["rounding"] > 100, stats
     print(stats)
-    assert {"self_trade_prevention", "fill_or_kill", "immediate_or_cancel", "cancelled"} <= set(reasons)
+    assert {"self_trade_prevention", "fill_or_kill", "immediate_or_cancel", "cancelled", "account_frozen"} <= set(
+        reasons)
+    assert stats["frozen_refused"] > 0, stats
 
 
 def test_random_orders_and_cancels_match_the_reference_model(app, db_url):
