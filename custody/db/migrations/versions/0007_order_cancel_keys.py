@@ -1,15 +1,15 @@
 """matching_stub: CancelOrder idempotency keys; the matching engine's epoch (one writer at a time);
 a partial index of frozen accounts
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0007
+Revises: 0006
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0005'
-down_revision = '0004'
+revision = '0007'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
