@@ -17,17 +17,26 @@ import math
 
 from sqlalchemy import Engine, delete, insert, select, update
 
-from chains.base import Coin, NodeError, Payment
+from chains.base import Coin, NodeError, NodeUnavailable, Payment
 from custody.config import Config
 from custody.db import schema as t
 from custody.db.engine import read_transaction
 from custody.deposits.store import load_cursor
-from custody.ledger.engine import AccountIds
-from custody.ledger.model import new_id
+from custody.errors import CustodyError
+from custody.ledger.commands import Command, Idempotency
+from custody.ledger.engine import AccountIds, apply_commands
+from custody.ledger.model import Posting, new_id
 from custody.withdrawals import model, store
 
 log = logging.getLogger(__name__)
 CHAIN = "bitcoin"
+# Batch states beyond the withdrawals' own (docs/withdrawals.md, "Node refusal").
+CANCELLING = "CANCELLING"  # refused by the node: its inputs are being spent back to the hot wallet
+CANCELLED = "CANCELLED"  # that self-spend confirmed; the withdrawals were failed or requeued
+NEEDS_STAFF = "NEEDS_STAFF"  # inputs spent by a transaction that is none of ours: staff resolve it
+PAYMENT, CANCEL = "payment", "cancel"
+# BIP125 rule 4: a replacement pays at least this much more per vbyte of its own size.
+MIN_RELAY_FEE_RATE = 1
 
 
 class CrashForTest(BaseException):
@@ -77,8 +86,10 @@ class BitcoinSender:
         """One pass over every step; safe to run again at any time."""
         for batch_id in self._batches("QUEUED", "SIGNING"):
             self.sign(batch_id)
-        for batch_id in self._batches("SIGNED", "BROADCAST", "CONFIRMING"):
+        for batch_id in self._batches("SIGNED", "BROADCAST", "CONFIRMING", CANCELLING):
             self.follow(batch_id)
+        for batch_id in self._batches(CANCELLED):
+            self.watch_cancelled(batch_id)
         batch_id = self.build()
         if batch_id:
             self.sign(batch_id)
@@ -183,9 +194,8 @@ class BitcoinSender:
         if batch is None:
             return
         self._crash("before_sign")
-        keys = sorted({(self.rules.signer_key_id, f"{self.rules.hot_account_path}/{path}")
-                       for path in self._input_paths(batch_id)})
-        result = self.signer.sign(CHAIN, batch["psbt"], keys, reference=batch_id)
+        result = self.signer.sign(CHAIN, batch["psbt"], self._keys(self._reserved_coins(batch_id)),
+                                  reference=batch_id)
         self._crash("after_sign")
         if not result.signed:
             reason = f"signer refused ({result.refused_rule}): {result.refused_reason}"
@@ -202,31 +212,19 @@ class BitcoinSender:
         self._write(stored)
         self._crash("after_store")
 
-    def _store_attempt(self, conn, batch_id: str, txid: str, raw: bytes, fee: int, fee_rate: int) -> bool:
-        """Records a signed transaction of the batch. A requeued withdrawal rebuilt on the same
-        coins can come back byte for byte (deterministic signatures): the stored attempt of
-        the failed batch then moves to this one; the same bytes are the same payment."""
+    def _store_attempt(self, conn, batch_id: str, txid: str, raw: bytes, fee: int, fee_rate: int,
+                       kind: str = PAYMENT) -> bool:
+        """Records a signed transaction of the batch (False if it is already stored). Every
+        batch reserves its own outpoints, so two batches can never share a transaction."""
         a = t.withdrawal_attempts.c
         owner = conn.execute(select(a.batch_id).where(a.txid == txid)).scalar()
         if owner == batch_id:
             return False
-        if owner is None:
-            conn.execute(insert(t.withdrawal_attempts).values(
-                txid=txid, batch_id=batch_id, raw=raw, fee=fee, fee_rate=fee_rate, created_at=self.clock()))
-        else:
-            if self._batch(conn, owner)["status"] != model.FAILED:
-                raise RuntimeError(f"transaction {txid} already belongs to live batch {owner}")
-            conn.execute(update(t.withdrawal_attempts).where(a.txid == txid)
-                         .values(batch_id=batch_id, created_at=self.clock()))
+        if owner is not None:
+            raise RuntimeError(f"transaction {txid} already belongs to batch {owner}")
+        conn.execute(insert(t.withdrawal_attempts).values(
+            txid=txid, batch_id=batch_id, kind=kind, raw=raw, fee=fee, fee_rate=fee_rate, created_at=self.clock()))
         return True
-
-    def _input_paths(self, batch_id: str) -> list[str]:
-        r, u, a = t.utxo_reservations.c, t.utxos.c, t.chain_addresses.c
-        with read_transaction(self.engine) as conn:
-            rows = conn.execute(select(a.branch, a.key_index).select_from(t.utxo_reservations)
-                                .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
-                                .join(t.chain_addresses, a.id == u.address_id).where(r.batch_id == batch_id)).all()
-        return [f"{x.branch}/{x.key_index}" for x in rows]
 
     def _refused(self, conn, batch_id: str, reason: str) -> None:
         """The signer said no: withdrawals whose destination the refusal names fail with
@@ -242,7 +240,8 @@ class BitcoinSender:
         conn.execute(delete(t.utxo_reservations).where(t.utxo_reservations.c.batch_id == batch_id))
         self._set_batch(conn, batch_id, status=model.FAILED, reason=reason)
 
-    def _dissolve(self, conn, batch_id: str, members: list[dict], reason: str, requeue: bool) -> None:
+    def _dissolve(self, conn, batch_id: str, members: list[dict], reason: str, requeue: bool,
+                  status: str = model.FAILED, keep_reservations: bool = False) -> None:
         for m in members:
             if m["status"] in model.TERMINAL:
                 continue
@@ -251,15 +250,15 @@ class BitcoinSender:
                            batch_id=None, requeues=m["requeues"] + 1)
             else:
                 store.move(conn, self.ids, m, model.FAILED, "withdrawal-job", reason, batch_id=None)
-        conn.execute(delete(t.utxo_reservations).where(t.utxo_reservations.c.batch_id == batch_id))
-        self._set_batch(conn, batch_id, status=model.FAILED, reason=reason)
+        if not keep_reservations:
+            conn.execute(delete(t.utxo_reservations).where(t.utxo_reservations.c.batch_id == batch_id))
+        self._set_batch(conn, batch_id, status=status, reason=reason)
 
     # -- 3. broadcast, confirm, complete ------------------------------------------------------------------------
-    def follow(self, batch_id: str) -> None:
+    def _state(self, batch_id: str):
+        """(batch, attempts by txid in the order stored, the spends of its reserved outpoints, scan cursor)."""
         with read_transaction(self.engine) as conn:
             batch = self._batch(conn, batch_id)
-            if batch["status"] not in (model.SIGNED, model.BROADCAST, model.CONFIRMING):
-                return
             attempts = {r.txid: dict(r._mapping) for r in conn.execute(
                 select(t.withdrawal_attempts).where(t.withdrawal_attempts.c.batch_id == batch_id)
                 .order_by(t.withdrawal_attempts.c.created_at, t.withdrawal_attempts.c.fee_rate))}
@@ -268,16 +267,35 @@ class BitcoinSender:
                                   .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
                                   .where(r.batch_id == batch_id)).all()
             cursor = load_cursor(conn, CHAIN)
-        spenders = {s.spent_txid for s in spends}
-        if len(spenders) == 1 and None not in spenders:
-            (txid,) = spenders
-            if txid in attempts:
-                return self._confirmed(batch_id, attempts[txid], spends[0].spent_height, cursor.height)
-            log.error("batch %s: its inputs were spent by %s, none of its attempts: left for staff", batch_id, txid)
+        return batch, attempts, spends, cursor
+
+    def follow(self, batch_id: str) -> None:
+        """Where are the batch's reserved outpoints? Spent by a payment attempt: confirm and
+        complete; by its self-spend: fail or requeue at depth; by anything else: staff."""
+        batch, attempts, spends, cursor = self._state(batch_id)
+        if batch["status"] not in (model.SIGNED, model.BROADCAST, model.CONFIRMING, CANCELLING):
             return
+        payments = [a for a in attempts.values() if a["kind"] == PAYMENT]
+        cancels = [a for a in attempts.values() if a["kind"] == CANCEL]
+        spenders = {s.spent_txid for s in spends if s.spent_txid is not None}
+        foreign = spenders - set(attempts)
+        if foreign:
+            self._needs_staff(batch_id, f"its inputs were spent by {', '.join(sorted(foreign))}, which is none "
+                                        "of its transactions", "alert.withdrawal_inputs_spent_elsewhere")
+            return
+        if spenders and all(s.spent_txid is not None for s in spends):
+            (txid,) = spenders  # one block holds one spend of an outpoint; all our attempts spend them all
+            height = max(s.spent_height for s in spends)
+            if attempts[txid]["kind"] == PAYMENT:
+                return self._confirmed(batch_id, attempts[txid], height, cursor.height)
+            return self._cancel_confirmed(batch_id, attempts[txid], height, cursor.height)
         if batch["status"] == model.CONFIRMING:  # a reorg took its block away
             self._write(lambda conn: self._back_to_broadcast(conn, batch_id))
-        self._broadcast(batch_id, batch, list(attempts.values()))
+            batch = {**batch, "status": model.BROADCAST}
+        if batch["status"] == CANCELLING:
+            self._push(batch_id, cancels[-1])
+            return
+        self._broadcast(batch_id, batch, payments)
 
     def _broadcast(self, batch_id: str, batch: dict, attempts: list[dict]) -> None:
         if any(self.plugin.in_mempool(a["txid"]) for a in attempts):
@@ -293,10 +311,16 @@ class BitcoinSender:
             try:
                 self.plugin.broadcast(attempt["raw"])
                 break
+            except NodeUnavailable as exc:
+                # No answer (FAILURE_MODES 1): the node may well have accepted it. Nothing is
+                # rebuilt; the next pass finds it in the mempool or sends the same bytes again.
+                log.warning("batch %s: broadcast of %s unanswered (%s); the same bytes are re-sent next pass",
+                            batch_id, attempt["txid"], exc)
+                return
             except NodeError as exc:
                 refusal = exc
         else:
-            self._rejected(batch_id, refusal)
+            self._rejected(batch_id, batch, attempts, refusal)
             return
         self._crash("after_broadcast")
         if batch["status"] in (model.SIGNED,):
@@ -326,9 +350,8 @@ class BitcoinSender:
         except NodeError as exc:
             log.warning("batch %s: can't bump the fee: %s", batch_id, exc)
             return
-        keys = sorted({(self.rules.signer_key_id, f"{self.rules.hot_account_path}/{path}")
-                       for path in self._input_paths(batch_id)})
-        result = self.signer.sign(CHAIN, unsigned, keys, reference=f"{batch_id}:bump:{rate}")
+        result = self.signer.sign(CHAIN, unsigned, self._keys(self._reserved_coins(batch_id)),
+                                  reference=f"{batch_id}:bump:{rate}")
         if not result.signed:
             reason = f"fee bump to {rate} sat/vB refused by the signer ({result.refused_rule}): {result.refused_reason}"
             log.warning("batch %s: %s", batch_id, reason)
@@ -372,22 +395,147 @@ class BitcoinSender:
             store.move(conn, self.ids, m, model.BROADCAST, "withdrawal-job", "its block left the best chain")
         self._set_batch(conn, batch_id, status=model.BROADCAST, confirm_height=None)
 
-    def _rejected(self, batch_id: str, exc: Exception) -> None:
-        """The node refused every attempt. Only when every input is provably unspent on
-        chain (no attempt can still confirm) are the withdrawals failed or requeued."""
-        coins = self._reserved(batch_id)
-        if any(self.plugin.spent_on_chain(txid, index) for txid, index in coins):
+    # -- node refusal: spend the inputs back to ourselves before anything is failed or requeued ---------------
+    def _rejected(self, batch_id: str, batch: dict, attempts: list[dict], exc: Exception) -> None:
+        """The node refused every attempt. A refused transaction is still validly signed and
+        could be mined later (it may have reached other nodes), so the withdrawals are not
+        failed or requeued now: the batch's inputs are first spent back to the hot wallet by
+        a self-spend paying a higher fee (stored before it is sent), and only when that
+        self-spend is confirmed can no attempt pay anyone (docs/withdrawals.md)."""
+        from chains.bitcoin.psbt import vsize
+
+        coins = self._reserved_coins(batch_id)
+        if any(self.plugin.spent_on_chain(c.txid, c.index) for c in coins):
             log.warning("batch %s: refused but an input is spent on chain; waiting for the scanner", batch_id)
             return
+        if batch["kind"] != "withdrawals":
+            log.warning("batch %s (%s): refused (%s); sent again next pass", batch_id, batch["kind"], exc)
+            return
         reason = f"the node refused the transaction: {exc}"
-        requeue = self.rules.on_node_rejection == "requeue"
-        self._write(lambda conn: self._dissolve(conn, batch_id, self._members(conn, batch_id), reason, requeue))
+        top = max(attempts, key=lambda a: a["fee_rate"])
+        rate = min(max(top["fee_rate"] + 1, math.ceil(top["fee_rate"] * self.rules.replace_fee_multiplier)),
+                   self.rules.max_fee_rate)
+        change = self.plugin.derive_address(self.chain_cfg.hot_xpub, 0, change=False)
+        min_fee = max(a["fee"] for a in attempts) + vsize(len(coins), [change.watch_key]) * MIN_RELAY_FEE_RATE
+        try:
+            unsigned = self.plugin.build_transaction([], coins, change, rate, min_fee=min_fee)
+        except NodeError as err:
+            self._needs_staff(batch_id, f"{reason}; no self-spend of its inputs is possible: {err}",
+                              "alert.withdrawal_refused_not_cancellable")
+            return
+        result = self.signer.sign(CHAIN, unsigned.payload, self._keys(coins), reference=f"{batch_id}:cancel")
+        if not result.signed:
+            self._needs_staff(batch_id, f"{reason}; the signer refused the self-spend of its inputs "
+                                        f"({result.refused_rule}): {result.refused_reason}",
+                              "alert.withdrawal_refused_not_cancellable")
+            return
+        raw = result.raw_transaction or self.plugin.combine(None, [result.signed_payload])
+        txid = self.plugin.txid(raw)
 
-    def _reserved(self, batch_id: str) -> list[tuple[str, int]]:
-        r = t.utxo_reservations.c
+        def stored(conn) -> dict | None:
+            if self._batch(conn, batch_id)["status"] not in (model.SIGNED, model.BROADCAST):
+                return None
+            self._store_attempt(conn, batch_id, txid, raw, unsigned.fee, rate, kind=CANCEL)
+            why = (f"{reason}; its inputs are being spent back to the hot wallet by {txid} before it is "
+                   "failed or requeued")
+            self._set_batch(conn, batch_id, status=CANCELLING, reason=why)
+            store.emit_events(conn, [store.record(conn, m, m["status"], "withdrawal-job", why)
+                                     for m in self._members(conn, batch_id)])
+            return {"txid": txid, "raw": raw}
+        cancel = self._write(stored)
+        if cancel is None:
+            return
+        self._crash("after_cancel_store")
+        self._push(batch_id, cancel)
+
+    def _push(self, batch_id: str, cancel: dict) -> None:
+        """Sends the stored self-spend (again); a refusal waits for the next pass."""
+        if self.plugin.in_mempool(cancel["txid"]):
+            return
+        try:
+            self.plugin.broadcast(cancel["raw"])
+        except (NodeError, NodeUnavailable) as exc:
+            log.info("batch %s: self-spend %s not accepted yet (%s); sent again next pass",
+                     batch_id, cancel["txid"], exc)
+
+    def _cancel_confirmed(self, batch_id: str, attempt: dict, height: int, view: int) -> None:
+        """The self-spend is in a block. At the asset's depth no attempt can pay anyone any
+        more: the withdrawals fail or are requeued (on_node_rejection), the self-spend's fee
+        is booked, and the reserved outpoints stay with this batch, watched."""
+        if view - height + 1 < self.config.asset("BTC").confirmations:
+            return
+
+        def work(conn):
+            batch = self._batch(conn, batch_id)
+            if batch["status"] != CANCELLING:
+                return
+            refusal = (batch["reason"] or "the node refused the transaction").split("; its inputs")[0]
+            reason = f"{refusal}; its inputs went back to the hot wallet in {attempt['txid']}"
+            self._dissolve(conn, batch_id, self._members(conn, batch_id), reason,
+                           requeue=self.rules.on_node_rejection == "requeue", status=CANCELLED,
+                           keep_reservations=True)
+            self._set_batch(conn, batch_id, txid=attempt["txid"], confirm_height=height, fee=attempt["fee"],
+                            fee_rate=attempt["fee_rate"])
+            self._book_fee(conn, batch_id, attempt, "withdrawal_cancel_fee")
+        self._write(work)
+
+    def _book_fee(self, conn, batch_id: str, attempt: dict, kind: str) -> None:
+        """A transaction of ours that pays nobody (a self-spend, a consolidation): only its fee left the hot wallet."""
+        (result,) = apply_commands(conn, [Command(
+            kind=kind, actor="withdrawal-job",
+            postings=(Posting("BTC", "fees:network", f"wallet:{CHAIN}:hot", attempt["fee"]),),
+            idempotency=Idempotency(store.SCOPE, f"fee:{batch_id}", batch_id), reference=batch_id,
+            memo=attempt["txid"])], self.ids)
+        if isinstance(result, CustodyError):
+            raise result
+
+    def watch_cancelled(self, batch_id: str) -> None:
+        """A cancelled batch's outpoints stay watched while a reorg could undo its self-spend:
+        unspent again -> the self-spend is sent again; spent by anything else -> staff."""
+        batch, attempts, spends, cursor = self._state(batch_id)
+        if batch["confirm_height"] < cursor.height - self.chain_cfg.max_reorg_depth:
+            return
+        spenders = {s.spent_txid for s in spends}
+        if spenders == {batch["txid"]}:
+            return
+        others = spenders - {batch["txid"], None}
+        if others:
+            self._needs_staff(batch_id, f"after it was cancelled its inputs were spent by {', '.join(sorted(others))}",
+                              "alert.withdrawal_paid_after_cancel")
+            return
+        self._push(batch_id, attempts[batch["txid"]])
+
+    def _needs_staff(self, batch_id: str, reason: str, alert: str) -> None:
+        """Stops the job for this batch: an alert event, the reason on the batch and in each
+        withdrawal's history (holds kept); staff settle it on chain proof (resolve_batch)."""
+        def work(conn) -> bool:
+            batch = self._batch(conn, batch_id)
+            if batch["status"] == NEEDS_STAFF:
+                return False
+            self._set_batch(conn, batch_id, status=NEEDS_STAFF, reason=reason)
+            members = self._members(conn, batch_id)
+            events = [store.record(conn, m, m["status"], "withdrawal-job", f"held for staff: {reason}")
+                      for m in members]
+            events.append((alert, {"chain": CHAIN, "batch_id": batch_id, "reason": reason,
+                                   "withdrawal_ids": [m["id"] for m in members]}))
+            store.emit_events(conn, events)
+            return True
+        if self._write(work):
+            log.error("batch %s needs staff: %s", batch_id, reason)
+
+    def _keys(self, coins: list[Coin]) -> list[tuple[str, str]]:
+        return sorted({(self.rules.signer_key_id, f"{self.rules.hot_account_path}/{c.derivation_path}")
+                       for c in coins})
+
+    def _reserved_coins(self, batch_id: str) -> list[Coin]:
+        r, u, a = t.utxo_reservations.c, t.utxos.c, t.chain_addresses.c
         with read_transaction(self.engine) as conn:
-            return [(x.txid, x.output_index) for x in conn.execute(
-                select(r.txid, r.output_index).where(r.batch_id == batch_id))]
+            rows = conn.execute(select(u.txid, u.output_index, u.amount, a.watch_key, a.branch, a.key_index)
+                                .select_from(t.utxo_reservations)
+                                .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
+                                .join(t.chain_addresses, a.id == u.address_id).where(r.batch_id == batch_id)
+                                .order_by(u.txid, u.output_index)).all()
+        return [Coin(x.txid, x.output_index, x.amount, bytes(x.watch_key), f"{x.branch}/{x.key_index}") for x in rows]
 
     def _confirmed(self, batch_id: str, attempt: dict, height: int, view: int) -> None:
         depth = view - height + 1
@@ -396,22 +544,26 @@ class BitcoinSender:
         def work(conn):
             batch = self._batch(conn, batch_id)
             members = self._members(conn, batch_id)
-            if batch["status"] == model.SIGNED:
-                self._mark_broadcast(conn, batch_id)
-                members = self._members(conn, batch_id)
-            if batch["status"] in (model.SIGNED, model.BROADCAST):
+            if batch["status"] in (model.SIGNED, model.BROADCAST, CANCELLING):
+                # CANCELLING: a refused attempt was mined after all; it paid, the self-spend is moot.
                 for m in members:
+                    if m["status"] == model.SIGNED:
+                        m, _ = store.move(conn, self.ids, m, model.BROADCAST, "withdrawal-job", None)
                     store.move(conn, self.ids, m, model.CONFIRMING, "scanner", f"in block {height}",
                                txid=attempt["txid"])
-                self._set_batch(conn, batch_id, status=model.CONFIRMING, confirm_height=height)
+                self._set_batch(conn, batch_id, status=model.CONFIRMING, confirm_height=height,
+                                broadcast_at=batch["broadcast_at"] or store.now())
                 members = self._members(conn, batch_id)
             if depth < confirmations:
                 return
             self._crash("before_complete")
-            shares = model.split_fee(attempt["fee"], [m["amount"] for m in members])
-            for m, share in zip(members, shares):
-                store.move(conn, self.ids, m, model.COMPLETED, "withdrawal-job",
-                           f"{depth} confirmations", network_fee=share, txid=attempt["txid"])
+            if members:
+                shares = model.split_fee(attempt["fee"], [m["amount"] for m in members])
+                for m, share in zip(members, shares):
+                    store.move(conn, self.ids, m, model.COMPLETED, "withdrawal-job",
+                               f"{depth} confirmations", network_fee=share, txid=attempt["txid"])
+            else:  # a consolidation: the hot wallet paid only the fee
+                self._book_fee(conn, batch_id, attempt, "utxo_consolidation_fee")
             self._set_batch(conn, batch_id, status=model.COMPLETED, txid=attempt["txid"], fee=attempt["fee"],
                             fee_rate=attempt["fee_rate"])
         self._write(work)

@@ -112,3 +112,44 @@ def available_held(app, account_id) -> tuple[int, int]:
     _, bs = app.get_balances(str(account_id))
     b = next(b for b in bs if b.asset == "BTC")
     return b.available, b.held
+
+
+def batches(app) -> list[dict]:
+    with read_transaction(app.engine) as conn:
+        return [dict(r._mapping) for r in conn.execute(
+            select(t.withdrawal_batches).order_by(t.withdrawal_batches.c.created_at))]
+
+
+def events(app, prefix: str) -> list[dict]:
+    """The payloads of the journal's events whose type starts with prefix."""
+    import json
+
+    e = t.events.c
+    with read_transaction(app.engine) as conn:
+        return [json.loads(r.payload) for r in conn.execute(
+            select(t.events).where(e.type.startswith(prefix)).order_by(e.cursor))]
+
+
+def outputs_paying(chain, script: bytes, from_height: int) -> list[tuple[str, int]]:
+    """(txid, amount) of every output paying script in the blocks from from_height to the tip."""
+    import io
+
+    from embit.transaction import Transaction
+
+    found = []
+    for height in range(from_height, chain.height() + 1):
+        raw = bytes.fromhex(chain.rpc.call("getblock", chain.rpc.call("getblockhash", height), False))
+        stream = io.BytesIO(raw[81:]) if raw[80] < 0xFD else None
+        assert stream is not None, "test blocks hold fewer than 253 transactions"
+        for _ in range(raw[80]):
+            tx = Transaction.read_from(stream)
+            found += [(tx.txid().hex(), o.value) for o in tx.vout if o.script_pubkey.data == script]
+    return found
+
+
+def wipe_mempool(app, chain) -> None:
+    """bcoin's invalidateblock is a chain reset: the tip goes and the mempool with it. The tip
+    must hold nothing the test needs (mine an empty block first)."""
+    chain.miner.invalidate(chain.height())
+    chain.mine(1)
+    app.scanner("bitcoin").catch_up()
