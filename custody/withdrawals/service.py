@@ -256,3 +256,15 @@ class Withdrawals:
                     "max_withdrawal": asset.max_withdrawal, "approvals_needed": self._approvals_needed(r.amount),
                     "approvers": approvers, "requested_by": r.client}))
         return out
+
+    # -- batches held for staff (custody/withdrawals/resolve.py) -----------------------------------------
+    def batches(self, status: str = "NEEDS_STAFF") -> list[dict]:
+        from custody.withdrawals.resolve import list_batches
+
+        return list_batches(self.engine, status)
+
+    def resolve_batch(self, staff: str, batch_id: str, txid: str, reason: str) -> tuple[dict, list[dict]]:
+        """Settles a NEEDS_STAFF batch on chain proof: txid must be the confirmed spend of its inputs."""
+        from custody.withdrawals.resolve import resolve_batch
+
+        return resolve_batch(self, staff, batch_id, txid, reason)

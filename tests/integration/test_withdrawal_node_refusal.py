@@ -194,3 +194,119 @@ def test_the_self_spend_is_stored_before_it_is_sent(db_url, chain, signer):
         assert events(app, "alert.") == []
     finally:
         app.close()
+
+
+def test_a_broadcast_whose_answer_is_lost_is_not_paid_twice(db_url, chain, signer):
+    """FAILURE_MODES 1: the node accepts the transaction but the RPC reply never arrives
+    (every retry too). The job builds nothing new: it finds its transaction in the mempool."""
+    from tests.support.withdrawals import DroppingProxy
+
+    proxy = DroppingProxy(chain.rpc.url, drop={"sendrawtransaction"})
+    app = Custody(withdrawal_config(db_url, proxy.url, confirmations=2,
+                                    chain={"rpc_retries": 1, "rpc_backoff_s": 0.01}))
+    try:
+        app.scanner("bitcoin").catch_up()
+        start = chain.height()
+        fund_hot_wallet(app, chain, BTC, BTC)
+        acct = app.create_account("payer").account_id
+        fund(app, acct, BTC)
+        script = random_script()
+        wid = app.withdrawals.request("wallet-service", "k", str(acct), "BTC", script_to_address(script, REGTEST),
+                                      str(AMOUNT))[0]["id"]
+        s = sender(app, signer)
+        s.tick()
+        (attempt,) = attempts(app)
+        assert proxy.dropped == ["sendrawtransaction", "sendrawtransaction"]  # the call and its retry
+        assert attempt["txid"] in chain.rpc.call("getrawmempool")  # the node took it
+        assert status(app, wid)["status"] == "SIGNED"  # unknown outcome: not refused, not failed
+        s.tick()
+        assert status(app, wid)["status"] == "BROADCAST"
+        confirm(app, chain, s, blocks=2)
+        assert status(app, wid)["status"] == "COMPLETED"
+        assert len(attempts(app)) == 1 and len(batches(app)) == 1
+        assert outputs_paying(chain, script, start) == [(attempt["txid"], AMOUNT)]
+        assert available_held(app, acct) == (BTC - AMOUNT - WITHDRAWAL_FEE, 0)
+        assert len(reserved(app)) == 1  # the second coin was never touched
+    finally:
+        app.close()
+        proxy.close()
+
+
+def twin_of(raw: bytes, coins: list[tuple[str, int, int]]) -> bytes:
+    """The same inputs and outputs with another locktime, so another txid: what a second
+    signer of the hot key (or a malleating relay of a non-segwit spend) could produce."""
+    from embit.script import Witness, p2pkh
+    from embit.transaction import SIGHASH, Transaction
+
+    tx = Transaction.parse(raw)
+    tx.locktime = 1
+    key = account_xprv(1).derive("m/0/1").key
+    pub = key.get_public_key()
+    for i, (_, _, amount) in enumerate(coins):
+        digest = tx.sighash_segwit(i, p2pkh(pub), amount)
+        tx.vin[i].witness = Witness([key.sign(digest).serialize() + bytes([SIGHASH.ALL]), pub.sec()])
+    return tx.serialize()
+
+
+def test_a_twin_with_another_txid_alerts_and_staff_complete_it_once(db_url, chain, signer):
+    """FAILURE_MODES 2: a transaction with the batch's inputs and outputs but another txid
+    confirms. Not re-sent, not credited back: an alert, the batch held for staff, and the
+    staff resolution (checked against the chain) completes the withdrawal with the twin."""
+    from custody.errors import FailedPrecondition, InvalidArgument
+
+    app = make_app(db_url, chain)
+    try:
+        start = chain.height()
+        fund_hot_wallet(app, chain, BTC)
+        acct = app.create_account("payer").account_id
+        fund(app, acct, BTC)
+        script = random_script()
+        wid = app.withdrawals.request("wallet-service", "k", str(acct), "BTC", script_to_address(script, REGTEST),
+                                      str(AMOUNT))[0]["id"]
+        with pytest.raises(CrashForTest):
+            sender(app, signer, crash_at="after_store").tick()
+        (ours,) = attempts(app)
+        (coin,) = reserved(app)
+        twin = twin_of(ours["raw"], [(*coin, BTC)])
+        twin_txid = chain.miner.send(twin)
+        assert twin_txid != ours["txid"]
+        s = sender(app, signer)
+        with pytest.raises(Exception):  # not yet: the job can't resolve, staff can't either
+            app.withdrawals.resolve_batch("alice-admin", batches(app)[0]["id"], twin_txid, "twin")
+        confirm(app, chain, s, blocks=2)
+        (batch,) = batches(app)
+        assert batch["status"] == "NEEDS_STAFF" and twin_txid in batch["reason"]
+        (alert,) = events(app, "alert.withdrawal_inputs_spent_elsewhere")
+        assert alert["withdrawal_ids"] == [wid]
+        assert status(app, wid)["status"] == "SIGNED"
+        assert available_held(app, acct) == (BTC - AMOUNT - WITHDRAWAL_FEE, AMOUNT + WITHDRAWAL_FEE)
+        assert len(attempts(app)) == 1 and outputs_paying(chain, script, start) == [(twin_txid, AMOUNT)]
+        (listed,) = app.withdrawals.batches()
+        assert listed["withdrawal_ids"] == [wid] and listed["spent_by"] == [twin_txid]
+        # Staff resolution needs the on-chain proof: an empty or unrelated txid is refused.
+        with pytest.raises(InvalidArgument):
+            app.withdrawals.resolve_batch("alice-admin", batch["id"], "", "twin")
+        with pytest.raises(FailedPrecondition, match="does not spend"):
+            app.withdrawals.resolve_batch("alice-admin", batch["id"], ours["txid"], "twin")
+        resolved, (w,) = app.withdrawals.resolve_batch("alice-admin", batch["id"], twin_txid, "malleated twin")
+        assert resolved["status"] == "COMPLETED" and w["status"] == "COMPLETED" and w["txid"] == twin_txid
+        fee = BTC - sum(v for _, v in outputs_paying(chain, script, start)) - hot_change(app, twin_txid)
+        assert w["network_fee"] == fee == ours["fee"]
+        assert available_held(app, acct) == (BTC - AMOUNT - WITHDRAWAL_FEE, 0)
+        assert ledger_balance(app, "wallet:bitcoin:hot") == -(AMOUNT + fee)
+        with pytest.raises(FailedPrecondition):  # once
+            app.withdrawals.resolve_batch("alice-admin", batch["id"], twin_txid, "again")
+        s.tick()
+        assert status(app, wid)["status"] == "COMPLETED" and len(attempts(app)) == 1
+    finally:
+        app.close()
+
+
+def hot_change(app, txid: str) -> int:
+    from sqlalchemy import select
+
+    from custody.db import schema as t
+    from custody.db.engine import read_transaction
+
+    with read_transaction(app.engine) as conn:
+        return sum(conn.execute(select(t.utxos.c.amount).where(t.utxos.c.txid == txid)).scalars())
