@@ -12,6 +12,7 @@ from chains.bitcoin.params import network
 from custody.app import Custody
 from custody.withdrawals.sender import CrashForTest
 from tests.support.bitcoin import HOT_XPUB, account_xprv, random_script, spend
+from tests.support.servers import ServerThread
 from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_held, batches, confirm, events, fund,
                                        fund_hot_wallet, ledger_balance, outputs_paying, reserved, sender,
                                        start_signer, wipe_mempool, withdrawal_config)
@@ -248,7 +249,8 @@ def twin_of(raw: bytes, coins: list[tuple[str, int, int]]) -> bytes:
     return tx.serialize()
 
 
-def test_a_twin_with_another_txid_alerts_and_staff_complete_it_once(db_url, chain, signer):
+def test_a_twin_with_another_txid_alerts_and_staff_complete_it_once(db_url, chain, signer, monkeypatch,
+                                                                   capsys):
     """FAILURE_MODES 2: a transaction with the batch's inputs and outputs but another txid
     confirms. Not re-sent, not credited back: an alert, the batch held for staff, and the
     staff resolution (checked against the chain) completes the withdrawal with the twin."""
@@ -288,8 +290,22 @@ def test_a_twin_with_another_txid_alerts_and_staff_complete_it_once(db_url, chai
             app.withdrawals.resolve_batch("alice-admin", batch["id"], "", "twin")
         with pytest.raises(FailedPrecondition, match="does not spend"):
             app.withdrawals.resolve_batch("alice-admin", batch["id"], ours["txid"], "twin")
-        resolved, (w,) = app.withdrawals.resolve_batch("alice-admin", batch["id"], twin_txid, "malleated twin")
-        assert resolved["status"] == "COMPLETED" and w["status"] == "COMPLETED" and w["txid"] == twin_txid
+        # Through the staff CLI and the gRPC server: reviewers see it, only an admin resolves it.
+        server = ServerThread(app.config, app)
+        try:
+            code, out = staff_cli(server.address, "alice", monkeypatch, "batches")
+            assert code == 0 and batch["id"] in out and twin_txid in out and "1 NEEDS_STAFF" in out
+            code, _ = staff_cli(server.address, "alice", monkeypatch, "resolve-batch", batch["id"], "--txid",
+                                twin_txid, "--reason", "malleated twin")
+            assert code == 1 and "PERMISSION_DENIED" in capsys.readouterr().err
+            code, out = staff_cli(server.address, "alice-admin", monkeypatch, "resolve-batch", batch["id"],
+                                  "--txid", twin_txid, "--reason", "malleated twin")
+            assert code == 0 and f"{wid} COMPLETED" in out
+        finally:
+            server.stop()
+        w = status(app, wid)
+        assert batches(app)[0]["status"] == "COMPLETED" and w["status"] == "COMPLETED" and w["txid"] == twin_txid
+        assert app.withdrawals.get(wid)[1][-1]["actor"] == "alice-admin"
         fee = BTC - sum(v for _, v in outputs_paying(chain, script, start)) - hot_change(app, twin_txid)
         assert w["network_fee"] == fee == ours["fee"]
         assert available_held(app, acct) == (BTC - AMOUNT - WITHDRAWAL_FEE, 0)
@@ -300,6 +316,17 @@ def test_a_twin_with_another_txid_alerts_and_staff_complete_it_once(db_url, chai
         assert status(app, wid)["status"] == "COMPLETED" and len(attempts(app)) == 1
     finally:
         app.close()
+
+
+def staff_cli(address, staff, monkeypatch, *args):
+    import io
+
+    from backoffice.cli import main
+    from tests.support.servers import TOKENS
+
+    monkeypatch.setenv("CUSTODY_STAFF_TOKEN", TOKENS[staff])
+    out = io.StringIO()
+    return main(["--server", address, *args], out=out), out.getvalue()
 
 
 def hot_change(app, txid: str) -> int:
