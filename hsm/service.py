@@ -65,7 +65,7 @@ class Signer:
         return pub, self.keystore.extended_public_key(key_id, path) if path else ""
 
     def sign(self, chain: str, payload: bytes, keys: list[tuple[str, str]], approvals: list[Approval],
-             client: str = "", reference: str = "") -> Outcome:
+             client: str = "", reference: str = "", withdrawals=()) -> Outcome:
         with self._lock:
             try:
                 digest = payload_hash(chain, payload) if chain in self.decoders else b""
@@ -77,7 +77,8 @@ class Signer:
             self.audit.append("request", {
                 "client": client, "reference": reference, "chain": chain, "payload_sha256": digest_hex,
                 "payload_bytes": len(payload), "keys": [list(k) for k in keys],
-                "approvers": [a.approver for a in approvals]})
+                "approvers": [a.approver for a in approvals],
+                "withdrawals": {w.withdrawal_id: [a.approver for a in w.approvals] for w in withdrawals}})
             explained: Explained | None = None
             try:
                 if early:
@@ -87,7 +88,7 @@ class Signer:
                     raise Refused("chain", f"unknown chain {chain!r}; the signer signs bitcoin and ethereum")
                 explained = decoder.explain(payload, keys)
                 now = self.clock()
-                external = self.policy.check(explained, approvals, digest, now)
+                external = self.policy.check(explained, approvals, digest, now, withdrawals)
                 signed = decoder.sign(explained)
                 self.policy.record(external, now, digest_hex)
             except Refused as exc:

@@ -90,8 +90,10 @@ class BitcoinSender:
             self.follow(batch_id)
         for batch_id in self._batches(CANCELLED):
             self.watch_cancelled(batch_id)
-        batch_id = self.build()
-        if batch_id:
+        for _ in range(self.rules.max_batches_per_pass):
+            batch_id = self.build()
+            if batch_id is None:
+                break
             self.sign(batch_id)
             self.follow(batch_id)  # does nothing if the signer refused it
 
@@ -112,7 +114,7 @@ class BitcoinSender:
                  .order_by(w.created_at, w.id).limit(self.rules.max_batch))
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True)
-            pending = [dict(r._mapping) for r in conn.execute(q)]
+            pending = self._fit(conn, [dict(r._mapping) for r in conn.execute(q)])
             if not pending:
                 return None
             coins = self._select(conn, pending, fee_rate)
@@ -134,6 +136,19 @@ class BitcoinSender:
                 store.move(conn, self.ids, p, model.QUEUED, "withdrawal-job", f"batch {batch_id}", batch_id=batch_id)
             return batch_id
         return self._write(work)
+
+    def _fit(self, conn, pending: list[dict]) -> list[dict]:
+        """The oldest withdrawals whose total stays within the signer's per-transaction maximum
+        (the others wait for the next batch); one alone above it can never be signed: it fails."""
+        limit, total, fit = self.rules.signer_max_per_transaction, 0, []
+        for p in pending:
+            if p["amount"] > limit:
+                store.move(conn, self.ids, p, model.FAILED, "withdrawal-job",
+                           f"amount {p['amount']} is above the signer's maximum of {limit} per transaction")
+            elif total + p["amount"] <= limit:
+                fit.append(p)
+                total += p["amount"]
+        return fit
 
     def _select(self, conn, pending: list[dict], fee_rate: int) -> list[Coin] | None:
         """Largest unreserved hot-wallet coins first (then deposit-wallet coins when configured)
@@ -195,7 +210,7 @@ class BitcoinSender:
             return
         self._crash("before_sign")
         result = self.signer.sign(CHAIN, batch["psbt"], self._keys(self._reserved_coins(batch_id)),
-                                  reference=batch_id)
+                                  reference=batch_id, withdrawals=self._approvals(batch_id))
         self._crash("after_sign")
         if not result.signed:
             reason = f"signer refused ({result.refused_rule}): {result.refused_reason}"
@@ -351,7 +366,7 @@ class BitcoinSender:
             log.warning("batch %s: can't bump the fee: %s", batch_id, exc)
             return
         result = self.signer.sign(CHAIN, unsigned, self._keys(self._reserved_coins(batch_id)),
-                                  reference=f"{batch_id}:bump:{rate}")
+                                  reference=f"{batch_id}:bump:{rate}", withdrawals=self._approvals(batch_id))
         if not result.signed:
             reason = f"fee bump to {rate} sat/vB refused by the signer ({result.refused_rule}): {result.refused_reason}"
             log.warning("batch %s: %s", batch_id, reason)
@@ -522,6 +537,22 @@ class BitcoinSender:
             return True
         if self._write(work):
             log.error("batch %s needs staff: %s", batch_id, reason)
+
+    def _approvals(self, batch_id: str) -> list:
+        """The batch's withdrawals with their staff approvals, for the signer to verify itself."""
+        from hsm.approvals import Approval, WithdrawalApproval
+
+        a = t.withdrawal_approvals.c
+        with read_transaction(self.engine) as conn:
+            members = self._members(conn, batch_id)
+            given = conn.execute(select(a.withdrawal_id, a.approver, a.signature)
+                                 .where(a.withdrawal_id.in_([m["id"] for m in members]))
+                                 .order_by(a.withdrawal_id, a.approver)).all()
+        by_id: dict[str, list] = {}
+        for g in given:
+            by_id.setdefault(g.withdrawal_id, []).append(Approval(g.approver, bytes(g.signature)))
+        return [WithdrawalApproval(m["id"], m["account_id"], m["asset"], m["to_address"], m["amount"], m["fee"],
+                                   tuple(by_id.get(m["id"], ()))) for m in members]
 
     def _keys(self, coins: list[Coin]) -> list[tuple[str, str]]:
         return sorted({(self.rules.signer_key_id, f"{self.rules.hot_account_path}/{c.derivation_path}")

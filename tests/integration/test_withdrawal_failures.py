@@ -73,9 +73,10 @@ def test_signer_refusal_fails_the_named_withdrawal_and_requeues_the_rest(btc, ch
         assert "deny_list" in w["reason"] and denied in w["reason"]
         assert statuses(btc, bad) == ["APPROVED", "QUEUED", "SIGNING", "FAILED"]
         assert app_history_actor(btc, bad) == "signer"
-        # The other one went back to the queue, and out in a batch of its own on the next pass.
-        w = status(btc, good)
-        assert w["status"] == "APPROVED" and "requeued" in w["reason"] and "deny_list" in w["reason"]
+        # The other one went back to the queue, and out in a batch of its own in the same pass.
+        requeued = app_history(btc, good)[3]
+        assert requeued["to_status"] == "APPROVED" and "requeued" in requeued["reason"]
+        assert "deny_list" in requeued["reason"]
         s.tick()
         assert status(btc, good)["status"] == "BROADCAST"
         assert statuses(btc, good) == ["APPROVED", "QUEUED", "SIGNING", "APPROVED", "QUEUED", "SIGNING", "SIGNED",
@@ -94,6 +95,10 @@ def test_signer_refusal_fails_the_named_withdrawal_and_requeues_the_rest(btc, ch
         assert reserved(btc) and all(o[0] != attempt["txid"] for o in reserved(btc))
     finally:
         signer.stop()
+
+
+def app_history(app, wid):
+    return app.withdrawals.get(wid)[1]
 
 
 def app_history_actor(app, wid):
