@@ -21,6 +21,7 @@ from hsm.errors import Refused
 from hsm.keystores.base import KeyInfo, Keystore
 from hsm.limits import RollingLimits
 from hsm.policy import Policy
+from hsm.replacements import CountedSpends
 
 
 @dataclasses.dataclass
@@ -45,7 +46,7 @@ class Signer:
         self.clock = clock
         self.audit = AuditLog(config.audit_log, durable=config.durable)
         self.limits = RollingLimits(config.limits_db, durable=config.durable, now_s=clock())
-        self.policy = Policy(config.policy, self.limits)
+        self.policy = Policy(config.policy, self.limits, CountedSpends(config.limits_db, durable=config.durable))
         pc = config.policy
         btc = pc.asset("bitcoin", "")
         self.decoders = {
@@ -88,7 +89,7 @@ class Signer:
                     raise Refused("chain", f"unknown chain {chain!r}; the signer signs bitcoin and ethereum")
                 explained = decoder.explain(payload, keys)
                 now = self.clock()
-                external = self.policy.check(explained, approvals, digest, now, withdrawals)
+                external = self.policy.check(explained, approvals, digest, now, withdrawals, payload)
                 signed = decoder.sign(explained)
                 self.policy.record(external, now, digest_hex)
             except Refused as exc:
@@ -108,6 +109,7 @@ class Signer:
     def close(self) -> None:
         self.audit.close()
         self.limits.close()
+        self.policy.close()
         self.keystore.close()
 
 
