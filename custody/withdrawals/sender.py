@@ -88,7 +88,7 @@ class BitcoinSender:
             self.sign(batch_id)
         for batch_id in self._batches("SIGNED", "BROADCAST", "CONFIRMING", CANCELLING):
             self.follow(batch_id)
-        for batch_id in self._batches(CANCELLED):
+        for batch_id in self._watched_cancelled():
             self.watch_cancelled(batch_id)
         for _ in range(self.rules.max_batches_per_pass):
             batch_id = self.build()
@@ -102,6 +102,18 @@ class BitcoinSender:
         with read_transaction(self.engine) as conn:
             return list(conn.execute(select(b.id).where(b.chain == CHAIN, b.status.in_(statuses))
                                      .order_by(b.created_at, b.id)).scalars())
+
+    def _watched_cancelled(self) -> list[str]:
+        """Cancelled batches whose self-spend a reorg could still undo."""
+        b = t.withdrawal_batches.c
+        with read_transaction(self.engine) as conn:
+            cursor = load_cursor(conn, CHAIN)
+            if cursor is None:
+                return []
+            return list(conn.execute(select(b.id).where(
+                b.chain == CHAIN, b.status == CANCELLED,
+                b.confirm_height >= cursor.height - self.chain_cfg.max_reorg_depth).order_by(b.created_at, b.id)
+            ).scalars())
 
     # -- 1. batch and reserve -----------------------------------------------------------------------------
     def build(self) -> str | None:
@@ -567,8 +579,6 @@ class BitcoinSender:
         """A cancelled batch's outpoints stay watched while a reorg could undo its self-spend:
         unspent again -> the self-spend is sent again; spent by anything else -> staff."""
         batch, attempts, spends, cursor = self._state(batch_id)
-        if batch["confirm_height"] < cursor.height - self.chain_cfg.max_reorg_depth:
-            return
         spenders = {s.spent_txid for s in spends}
         if spenders == {batch["txid"]}:
             return
