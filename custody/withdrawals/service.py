@@ -32,6 +32,7 @@ from hsm.approvals import approval_message
 
 MIN_REASON, MAX_REASON = 3, 512
 DAY = datetime.timedelta(days=1)
+LAST_EVENT = "custody.last_event"
 
 
 class Withdrawals:
@@ -47,8 +48,12 @@ class Withdrawals:
     def _write(self, work):
         """Runs work(conn) in one write transaction; notifies readers of its last event after commit."""
         with self.ids.write_transaction(self.engine) as conn:
+            conn.info.pop(LAST_EVENT, None)
             result = work(conn)
-            last = conn.execute(select(t.event_sequence.c.last_cursor)).scalar_one()
+            # work may say where its last event is (saves a query on the request path).
+            last = conn.info.pop(LAST_EVENT, None)
+            if last is None:
+                last = conn.execute(select(t.event_sequence.c.last_cursor)).scalar_one()
         self.notify(last)
         return result
 
@@ -87,11 +92,8 @@ class Withdrawals:
                 raise IdempotencyConflict(f"idempotency key {key!r} was used for a different withdrawal")
             return dict(row._mapping)
 
-        with read_transaction(self.engine) as conn:
-            first = replay(conn)
-        if first:
-            return first, False
-
+        # No separate read for a replay first: it would cost every new request a transaction;
+        # the replay check below, under the account's lock, answers replays too.
         def work(conn):
             q = select(t.accounts.c.frozen, t.accounts.c.frozen_reason).where(t.accounts.c.id == account)
             if conn.dialect.name == "postgresql":
@@ -132,7 +134,7 @@ class Withdrawals:
             row["status"] = first_status
             conn.execute(insert(t.withdrawals).values(**row))
             why = "auto-approved: at or below the auto-approval amount" if needed == 0 else "awaiting staff review"
-            store.emit_events(conn, [store.record(conn, row, None, client, why)])
+            conn.info[LAST_EVENT] = store.emit_events(conn, [store.record(conn, row, None, client, why)])
             return row, True
 
         try:
