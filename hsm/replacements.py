@@ -34,15 +34,18 @@ def spend_key(tx: Explained, payload: bytes) -> str | None:
 
 
 def _bitcoin_inputs(payload: bytes) -> list[tuple[str, int]]:
-    """The outpoints of a PSBT's unsigned transaction, read without parsing its outputs
-    (BIP174: the first global entry is key 0x00, the unsigned transaction)."""
+    """The outpoints of a PSBT's unsigned transaction. Fast path: read only the inputs when the
+    first global entry is the unsigned transaction (key 0x00, as every writer puts it); else
+    parse the whole PSBT with embit."""
+    from embit.psbt import PSBT
+
     from hsm.decode.bitcoin import psbt_bytes
 
-    s = io.BytesIO(psbt_bytes(payload))
+    data = psbt_bytes(payload)
+    s = io.BytesIO(data)
     s.read(5)  # magic
-    key_len = _varint(s)
-    if key_len != 1 or s.read(1) != b"\x00":
-        raise ValueError("the PSBT does not start with its unsigned transaction")
+    if _varint(s) != 1 or s.read(1) != b"\x00":
+        return [(i.txid.hex(), i.vout) for i in PSBT.parse(data).tx.vin]
     _varint(s)  # the transaction's length
     s.read(4)  # version
     return [(i.txid.hex(), i.vout) for i in (TransactionInput.read_from(s) for _ in range(_varint(s)))]

@@ -35,3 +35,17 @@ def test_a_fee_bump_counts_once_and_other_spends_count(make_signer, keystore):
     assert pay(restarted, 2 * S.BTC, COIN_A, fee=8_000).signed
     assert pay(restarted, 1, "cc" * 32).refused_rule == "rolling_24h"
     restarted.policy.close()
+
+
+def test_the_spend_key_reads_the_inputs_of_any_psbt(keystore):
+    """The fast path (inputs only) and embit's full parse agree; base64 payloads too."""
+    import base64
+
+    from embit.psbt import PSBT
+
+    from hsm.replacements import _bitcoin_inputs
+
+    payload = S.simple_psbt(keystore, S.BTC, input_txid=COIN_A)
+    expected = [(i.txid.hex(), i.vout) for i in PSBT.parse(payload).tx.vin]
+    assert _bitcoin_inputs(payload) == expected == [(COIN_A, 0)]
+    assert _bitcoin_inputs(base64.b64encode(payload)) == expected
