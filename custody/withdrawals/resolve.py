@@ -23,8 +23,7 @@ from custody.ledger.commands import Command, Idempotency
 from custody.ledger.engine import apply_commands
 from custody.ledger.model import Posting
 from custody.withdrawals import model, store
-
-NEEDS_STAFF = "NEEDS_STAFF"
+from custody.withdrawals.refusal import NEEDS_STAFF
 MIN_REASON, MAX_REASON = 3, 512
 
 

@@ -8,6 +8,8 @@ crash at any point resumes from the stored state (docs/withdrawals.md):
   BROADCAST -> CONFIRMING (the scanner saw our reserved outpoints spent) -> COMPLETED (holds posted)
 A batch is identified by the outpoints it reserves (FAILURE_MODES 2): any of
 its attempts (fee bumps spend the same inputs) confirming completes it once.
+Coin selection and consolidation are in coins.py, node refusals (self-spend)
+and foreign spends (staff) in refusal.py: parts of the same job.
 """
 from __future__ import annotations
 
@@ -22,28 +24,20 @@ from custody.config import Config
 from custody.db import schema as t
 from custody.db.engine import read_transaction
 from custody.deposits.store import load_cursor
-from custody.errors import CustodyError
-from custody.ledger.commands import Command, Idempotency
-from custody.ledger.engine import AccountIds, apply_commands
-from custody.ledger.model import Posting, new_id
+from custody.ledger.engine import AccountIds
+from custody.ledger.model import new_id
 from custody.withdrawals import model, store
+from custody.withdrawals.coins import CoinsMixin
+from custody.withdrawals.refusal import CANCEL, CANCELLING, CHAIN, PAYMENT, RefusalMixin
 
 log = logging.getLogger(__name__)
-CHAIN = "bitcoin"
-# Batch states beyond the withdrawals' own (docs/withdrawals.md, "Node refusal").
-CANCELLING = "CANCELLING"  # refused by the node: its inputs are being spent back to the hot wallet
-CANCELLED = "CANCELLED"  # that self-spend confirmed; the withdrawals were failed or requeued
-NEEDS_STAFF = "NEEDS_STAFF"  # inputs spent by a transaction that is none of ours: staff resolve it
-PAYMENT, CANCEL = "payment", "cancel"
-# BIP125 rule 4: a replacement pays at least this much more per vbyte of its own size.
-MIN_RELAY_FEE_RATE = 1
 
 
 class CrashForTest(BaseException):
     """Raised at a named step when a test asks (crash_at): the process 'dies' there."""
 
 
-class BitcoinSender:
+class BitcoinSender(CoinsMixin, RefusalMixin):
     def __init__(self, config: Config, engine: Engine, plugin, signer, notify, crash_at: str | None = None,
                  clock=None):
         self.config = config
@@ -103,18 +97,6 @@ class BitcoinSender:
             return list(conn.execute(select(b.id).where(b.chain == CHAIN, b.status.in_(statuses))
                                      .order_by(b.created_at, b.id)).scalars())
 
-    def _watched_cancelled(self) -> list[str]:
-        """Cancelled batches whose self-spend a reorg could still undo."""
-        b = t.withdrawal_batches.c
-        with read_transaction(self.engine) as conn:
-            cursor = load_cursor(conn, CHAIN)
-            if cursor is None:
-                return []
-            return list(conn.execute(select(b.id).where(
-                b.chain == CHAIN, b.status == CANCELLED,
-                b.confirm_height >= cursor.height - self.chain_cfg.max_reorg_depth).order_by(b.created_at, b.id)
-            ).scalars())
-
     # -- 1. batch and reserve -----------------------------------------------------------------------------
     def build(self) -> str | None:
         """APPROVED withdrawals -> one QUEUED batch with its UTXOs reserved, or None."""
@@ -155,50 +137,6 @@ class BitcoinSender:
             {"chain": CHAIN, "txid": c.txid, "output_index": c.index, "batch_id": batch_id} for c in coins])
         return batch_id
 
-    def _consolidate(self, conn, spendable: list[tuple[str, Coin]], pending: list[dict], fee_rate: int) -> str | None:
-        """FAILURE_MODES 29: the coins exist but not within max_inputs / max_tx_vsize of one
-        transaction. Merge the largest hot-wallet coins (up to max_inputs) into one output of the
-        hot wallet; the withdrawals wait for it. No more merges than the withdrawals need."""
-        from chains.bitcoin.psbt import vsize
-
-        need = sum(p["amount"] for p in pending)
-        scripts = [self.plugin.watch_key(p["to_address"]) for p in pending] + [b"\0" * 22]
-        need += vsize(len(pending), scripts) * fee_rate  # a generous allowance for a few inputs' fee
-        hot = [c for wallet, c in spendable if wallet == "hot"]
-        in_flight = self._consolidating(conn)
-        if in_flight >= need:
-            return None  # merges already on their way cover it: wait for them to confirm
-        if len(hot) < 2 or in_flight + sum(c.amount for c in hot) < need:
-            log.warning("not enough spendable hot-wallet coins for %d withdrawals", len(pending))
-            return None
-        coins = hot[: self._max_inputs([self._change().watch_key])]
-        unsigned = self.plugin.build_transaction([], coins, self._change(), fee_rate)
-        batch_id = self._insert_batch(conn, "consolidation", unsigned, fee_rate, coins)
-        log.info("batch %s: merging %d hot-wallet coins so that %d withdrawals fit in one transaction",
-                 batch_id, len(coins), len(pending))
-        return batch_id
-
-    def _consolidating(self, conn) -> int:
-        """What the unconfirmed consolidations will give back to the hot wallet."""
-        b, r, u = t.withdrawal_batches.c, t.utxo_reservations.c, t.utxos.c
-        rows = conn.execute(select(b.id, b.fee).where(
-            b.chain == CHAIN, b.kind == "consolidation",
-            b.status.in_([model.QUEUED, model.SIGNING, model.SIGNED, model.BROADCAST, model.CONFIRMING]))).all()
-        total = 0
-        for row in rows:
-            spent = conn.execute(select(u.amount).select_from(t.utxo_reservations).join(
-                t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
-                .where(r.batch_id == row.id)).scalars().all()
-            total += sum(spent) - row.fee
-        return total
-
-    def _max_inputs(self, scripts: list[bytes]) -> int:
-        """max_inputs, fewer if that many would take the transaction over max_tx_vsize."""
-        from chains.bitcoin.psbt import INPUT_VSIZE, vsize
-
-        room = self.rules.max_tx_vsize - vsize(0, scripts)
-        return max(0, min(self.rules.max_inputs, room // INPUT_VSIZE))
-
     def _fit(self, conn, pending: list[dict]) -> list[dict]:
         """The oldest withdrawals whose total stays within the signer's per-transaction maximum
         (the others wait for the next batch); one alone above it can never be signed: it fails."""
@@ -211,42 +149,6 @@ class BitcoinSender:
                 fit.append(p)
                 total += p["amount"]
         return fit
-
-    def _spendable(self, conn, fee_rate: int) -> list[tuple[str, Coin]]:
-        """(wallet, coin) of the unreserved, unspent, mature coins worth spending at fee_rate
-        (at least min_utxo and more than their own input's fee), hot wallet first, largest first."""
-        from chains.bitcoin.psbt import INPUT_VSIZE
-
-        u, r, a = t.utxos.c, t.utxo_reservations.c, t.chain_addresses.c
-        view = (load_cursor(conn, CHAIN) or None)
-        height = view.height if view else 0
-        wallets = ["hot"] + (["deposit"] if self.rules.include_deposit_wallet else [])
-        rows = conn.execute(
-            select(u.txid, u.output_index, u.amount, u.wallet, a.watch_key, a.branch, a.key_index)
-            .join(t.chain_addresses, a.id == u.address_id)
-            .outerjoin(t.utxo_reservations, (r.chain == u.chain) & (r.txid == u.txid) & (r.output_index == u.output_index))
-            .where(u.chain == CHAIN, u.wallet.in_(wallets), u.spent_txid.is_(None), r.batch_id.is_(None),
-                   u.amount >= max(self.rules.min_utxo, INPUT_VSIZE * fee_rate + 1),
-                   (u.coinbase == False) | (u.block_height <= height - self.plugin.params.coinbase_maturity))  # noqa: E712
-        ).all()
-        rows.sort(key=lambda x: (wallets.index(x.wallet), -x.amount, x.txid, x.output_index))
-        return [(x.wallet, Coin(x.txid, x.output_index, x.amount, bytes(x.watch_key), f"{x.branch}/{x.key_index}"))
-                for x in rows]
-
-    def _select(self, spendable: list[tuple[str, Coin]], pending: list[dict], fee_rate: int) -> list[Coin] | None:
-        """Largest coins first until they pay the withdrawals and the fee, within max_inputs and
-        the standard size (max_tx_vsize); None if they can't."""
-        from chains.bitcoin.psbt import vsize
-
-        need = sum(p["amount"] for p in pending)
-        scripts = [self.plugin.watch_key(p["to_address"]) for p in pending] + [b"\0" * 22]
-        chosen, total = [], 0
-        for _, coin in spendable[: self._max_inputs(scripts)]:
-            chosen.append(coin)
-            total += coin.amount
-            if total >= need + vsize(len(chosen), scripts) * fee_rate:
-                return chosen
-        return None
 
     # -- 2. sign ------------------------------------------------------------------------------------------
     def _members(self, conn, batch_id: str) -> list[dict]:
@@ -480,132 +382,6 @@ class BitcoinSender:
         for m in self._members(conn, batch_id):
             store.move(conn, self.ids, m, model.BROADCAST, "withdrawal-job", "its block left the best chain")
         self._set_batch(conn, batch_id, status=model.BROADCAST, confirm_height=None)
-
-    # -- node refusal: spend the inputs back to ourselves before anything is failed or requeued ---------------
-    def _rejected(self, batch_id: str, batch: dict, attempts: list[dict], exc: Exception) -> None:
-        """The node refused every attempt. A refused transaction is still validly signed and
-        could be mined later (it may have reached other nodes), so the withdrawals are not
-        failed or requeued now: the batch's inputs are first spent back to the hot wallet by
-        a self-spend paying a higher fee (stored before it is sent), and only when that
-        self-spend is confirmed can no attempt pay anyone (docs/withdrawals.md)."""
-        from chains.bitcoin.psbt import vsize
-
-        coins = self._reserved_coins(batch_id)
-        if any(self.plugin.spent_on_chain(c.txid, c.index) for c in coins):
-            log.warning("batch %s: refused but an input is spent on chain; waiting for the scanner", batch_id)
-            return
-        if batch["kind"] != "withdrawals":
-            log.warning("batch %s (%s): refused (%s); sent again next pass", batch_id, batch["kind"], exc)
-            return
-        reason = f"the node refused the transaction: {exc}"
-        top = max(attempts, key=lambda a: a["fee_rate"])
-        rate = min(max(top["fee_rate"] + 1, math.ceil(top["fee_rate"] * self.rules.replace_fee_multiplier)),
-                   self.rules.max_fee_rate)
-        change = self.plugin.derive_address(self.chain_cfg.hot_xpub, 0, change=False)
-        min_fee = max(a["fee"] for a in attempts) + vsize(len(coins), [change.watch_key]) * MIN_RELAY_FEE_RATE
-        try:
-            unsigned = self.plugin.build_transaction([], coins, change, rate, min_fee=min_fee)
-        except NodeError as err:
-            self._needs_staff(batch_id, f"{reason}; no self-spend of its inputs is possible: {err}",
-                              "alert.withdrawal_refused_not_cancellable")
-            return
-        result = self.signer.sign(CHAIN, unsigned.payload, self._keys(coins), reference=f"{batch_id}:cancel")
-        if not result.signed:
-            self._needs_staff(batch_id, f"{reason}; the signer refused the self-spend of its inputs "
-                                        f"({result.refused_rule}): {result.refused_reason}",
-                              "alert.withdrawal_refused_not_cancellable")
-            return
-        raw = result.raw_transaction or self.plugin.combine(None, [result.signed_payload])
-        txid = self.plugin.txid(raw)
-
-        def stored(conn) -> dict | None:
-            if self._batch(conn, batch_id)["status"] not in (model.SIGNED, model.BROADCAST):
-                return None
-            self._store_attempt(conn, batch_id, txid, raw, unsigned.fee, rate, kind=CANCEL)
-            why = (f"{reason}; its inputs are being spent back to the hot wallet by {txid} before it is "
-                   "failed or requeued")
-            self._set_batch(conn, batch_id, status=CANCELLING, reason=why)
-            store.emit_events(conn, [store.record(conn, m, m["status"], "withdrawal-job", why)
-                                     for m in self._members(conn, batch_id)])
-            return {"txid": txid, "raw": raw}
-        cancel = self._write(stored)
-        if cancel is None:
-            return
-        self._crash("after_cancel_store")
-        self._push(batch_id, cancel)
-
-    def _push(self, batch_id: str, cancel: dict) -> None:
-        """Sends the stored self-spend (again); a refusal waits for the next pass."""
-        if self.plugin.in_mempool(cancel["txid"]):
-            return
-        try:
-            self.plugin.broadcast(cancel["raw"])
-        except (NodeError, NodeUnavailable) as exc:
-            log.info("batch %s: self-spend %s not accepted yet (%s); sent again next pass",
-                     batch_id, cancel["txid"], exc)
-
-    def _cancel_confirmed(self, batch_id: str, attempt: dict, height: int, view: int) -> None:
-        """The self-spend is in a block. At the asset's depth no attempt can pay anyone any
-        more: the withdrawals fail or are requeued (on_node_rejection), the self-spend's fee
-        is booked, and the reserved outpoints stay with this batch, watched."""
-        if view - height + 1 < self.config.asset("BTC").confirmations:
-            return
-
-        def work(conn):
-            batch = self._batch(conn, batch_id)
-            if batch["status"] != CANCELLING:
-                return
-            refusal = (batch["reason"] or "the node refused the transaction").split("; its inputs")[0]
-            reason = f"{refusal}; its inputs went back to the hot wallet in {attempt['txid']}"
-            self._dissolve(conn, batch_id, self._members(conn, batch_id), reason,
-                           requeue=self.rules.on_node_rejection == "requeue", status=CANCELLED,
-                           keep_reservations=True)
-            self._set_batch(conn, batch_id, txid=attempt["txid"], confirm_height=height, fee=attempt["fee"],
-                            fee_rate=attempt["fee_rate"])
-            self._book_fee(conn, batch_id, attempt, "withdrawal_cancel_fee")
-        self._write(work)
-
-    def _book_fee(self, conn, batch_id: str, attempt: dict, kind: str) -> None:
-        """A transaction of ours that pays nobody (a self-spend, a consolidation): only its fee left the hot wallet."""
-        (result,) = apply_commands(conn, [Command(
-            kind=kind, actor="withdrawal-job",
-            postings=(Posting("BTC", "fees:network", f"wallet:{CHAIN}:hot", attempt["fee"]),),
-            idempotency=Idempotency(store.SCOPE, f"fee:{batch_id}", batch_id), reference=batch_id,
-            memo=attempt["txid"])], self.ids)
-        if isinstance(result, CustodyError):
-            raise result
-
-    def watch_cancelled(self, batch_id: str) -> None:
-        """A cancelled batch's outpoints stay watched while a reorg could undo its self-spend:
-        unspent again -> the self-spend is sent again; spent by anything else -> staff."""
-        batch, attempts, spends, cursor = self._state(batch_id)
-        spenders = {s.spent_txid for s in spends}
-        if spenders == {batch["txid"]}:
-            return
-        others = spenders - {batch["txid"], None}
-        if others:
-            self._needs_staff(batch_id, f"after it was cancelled its inputs were spent by {', '.join(sorted(others))}",
-                              "alert.withdrawal_paid_after_cancel")
-            return
-        self._push(batch_id, attempts[batch["txid"]])
-
-    def _needs_staff(self, batch_id: str, reason: str, alert: str) -> None:
-        """Stops the job for this batch: an alert event, the reason on the batch and in each
-        withdrawal's history (holds kept); staff settle it on chain proof (resolve_batch)."""
-        def work(conn) -> bool:
-            batch = self._batch(conn, batch_id)
-            if batch["status"] == NEEDS_STAFF:
-                return False
-            self._set_batch(conn, batch_id, status=NEEDS_STAFF, reason=reason)
-            members = self._members(conn, batch_id)
-            events = [store.record(conn, m, m["status"], "withdrawal-job", f"held for staff: {reason}")
-                      for m in members]
-            events.append((alert, {"chain": CHAIN, "batch_id": batch_id, "reason": reason,
-                                   "withdrawal_ids": [m["id"] for m in members]}))
-            store.emit_events(conn, events)
-            return True
-        if self._write(work):
-            log.error("batch %s needs staff: %s", batch_id, reason)
 
     def _approvals(self, batch_id: str) -> list:
         """The batch's withdrawals with their staff approvals, for the signer to verify itself."""
