@@ -168,8 +168,11 @@ class RefusalMixin:
             members = self._members(conn, batch_id)
             events = [store.record(conn, m, m["status"], "withdrawal-job", f"held for staff: {reason}")
                       for m in members]
-            events.append((alert, {"chain": CHAIN, "batch_id": batch_id, "reason": reason,
-                                   "withdrawal_ids": [m["id"] for m in members]}))
+            # A cancelled batch's withdrawals have left it (failed or requeued): found by their history.
+            h = t.withdrawal_history.c
+            ids = [m["id"] for m in members] or sorted(set(conn.execute(select(h.withdrawal_id).where(
+                h.to_status == model.QUEUED, h.reason == f"batch {batch_id}")).scalars()))
+            events.append((alert, {"chain": CHAIN, "batch_id": batch_id, "reason": reason, "withdrawal_ids": ids}))
             store.emit_events(conn, events)
             return True
         if self._write(work):

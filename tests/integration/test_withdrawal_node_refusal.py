@@ -337,3 +337,63 @@ def hot_change(app, txid: str) -> int:
 
     with read_transaction(app.engine) as conn:
         return sum(conn.execute(select(t.utxos.c.amount).where(t.utxos.c.txid == txid)).scalars())
+
+
+def test_a_self_spend_the_signer_refuses_holds_the_batch_for_staff(db_url, chain, tmp_path):
+    """The signer's max_fee admits the payment (282 sats) but not the self-spend that must
+    outbid it (440 sats): nothing is failed or requeued; an alert, the batch held for staff."""
+    app = make_app(db_url, chain)
+    signer = start_signer(tmp_path, name="low-fee", assets=[{
+        "asset": "BTC", "chain": "bitcoin", "max_per_transaction": str(BTC), "max_per_24h": str(10 * BTC),
+        "max_fee": "400"}])
+    try:
+        fund_hot_wallet(app, chain, BTC)
+        acct = app.create_account("payer").account_id
+        fund(app, acct, BTC)
+        wid = app.withdrawals.request("wallet-service", "k", str(acct), "BTC",
+                                      script_to_address(random_script(), REGTEST), str(AMOUNT))[0]["id"]
+        with pytest.raises(CrashForTest):
+            sender(app, signer, crash_at="after_store").tick()
+        (payment,) = attempts(app)
+        assert payment["fee"] == 282
+        (coin,) = reserved(app)
+        conflicting = spend(coin, BTC, account_xprv(1).derive("m/0/1").key, random_script())
+        chain.miner.send(conflicting)
+        s = sender(app, signer)
+        s.tick()
+        (batch,) = batches(app)
+        assert batch["status"] == "NEEDS_STAFF" and "max_fee" in batch["reason"]
+        (alert,) = events(app, "alert.withdrawal_refused_not_cancellable")
+        assert alert["withdrawal_ids"] == [wid]
+        assert status(app, wid)["status"] == "SIGNED" and len(attempts(app)) == 1
+        assert available_held(app, acct) == (BTC - AMOUNT - WITHDRAWAL_FEE, AMOUNT + WITHDRAWAL_FEE)
+        s.tick()
+        assert len(events(app, "alert.")) == 1  # once
+        chain.mine(1)
+        app.scanner("bitcoin").catch_up()
+    finally:
+        signer.stop()
+        app.close()
+
+
+def test_a_refused_payment_mined_after_its_cancellation_alerts(db_url, chain, signer):
+    """Watched after CANCELLED: a reorg takes the self-spend's block away and the refused
+    payment is mined instead. The withdrawal was failed and is now paid: an alert, NEEDS_STAFF."""
+    app = make_app(db_url, chain)
+    try:
+        s, acct, wid, script, coin, payment, cancel = refused_and_cancelling(app, chain, signer, BTC)
+        wipe_mempool(app, chain)
+        s.tick()
+        confirm(app, chain, s, blocks=2)
+        assert status(app, wid)["status"] == "FAILED" and batches(app)[0]["status"] == "CANCELLED"
+        chain.reorg(chain.height() - 1, 1)  # the self-spend's block and the one above it go
+        chain.miner.send(payment["raw"])
+        chain.mine(1)
+        app.scanner("bitcoin").catch_up()
+        s.tick()
+        (batch,) = batches(app)
+        assert batch["status"] == "NEEDS_STAFF" and payment["txid"] in batch["reason"]
+        (alert,) = events(app, "alert.withdrawal_paid_after_cancel")
+        assert alert["batch_id"] == batch["id"] and alert["withdrawal_ids"] == [wid]
+    finally:
+        app.close()
