@@ -146,6 +146,10 @@ class WithdrawalConfig:
     max_inputs: int = 250
     # Bitcoin's standardness limit (nodes refuse larger transactions); selection stays under it.
     max_tx_vsize: int = 100_000
+    # More spendable hot-wallet coins than this (0: never) and a fee rate at or below
+    # consolidation_max_fee_rate: the smallest max_inputs of them are merged into one.
+    consolidate_above: int = 0
+    consolidation_max_fee_rate: int = 2
     # UTXOs below this many satoshi are never selected (attacker dust, FAILURE_MODES 33).
     min_utxo: int = 1000
     include_deposit_wallet: bool = False
@@ -293,6 +297,8 @@ def _withdrawals(raw: dict) -> WithdrawalConfig:
         max_batches_per_pass=number("max_batches_per_pass", d.max_batches_per_pass, int, 1),
         max_inputs=number("max_inputs", d.max_inputs, int, 1),
         max_tx_vsize=number("max_tx_vsize", d.max_tx_vsize, int, 1000),
+        consolidate_above=number("consolidate_above", d.consolidate_above, int, 0),
+        consolidation_max_fee_rate=number("consolidation_max_fee_rate", d.consolidation_max_fee_rate, int, 1),
         min_utxo=number("min_utxo", d.min_utxo, int, 0),
         include_deposit_wallet=bool(raw.get("include_deposit_wallet", False)),
         replace_after_s=number("replace_after_s", d.replace_after_s, float, 0),

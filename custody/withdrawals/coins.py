@@ -12,7 +12,7 @@ import logging
 
 from sqlalchemy import select
 
-from chains.base import Coin
+from chains.base import Coin, NodeError
 from custody.db import schema as t
 from custody.deposits.store import load_cursor
 from custody.withdrawals import model
@@ -22,6 +22,39 @@ CHAIN = "bitcoin"
 
 
 class CoinsMixin:
+    def consolidate_when_cheap(self) -> str | None:
+        """Scheduled merge (FAILURE_MODES 29): with more than consolidate_above spendable
+        hot-wallet coins, no withdrawal waiting, no merge on its way and fees at or below
+        consolidation_max_fee_rate, the smallest max_inputs coins become one. Returns the batch."""
+        rules = self.rules
+        if not rules.consolidate_above:
+            return None
+        fee_rate = min(self.plugin.fee_rate() or rules.fallback_fee_rate, rules.max_fee_rate)
+        if fee_rate > rules.consolidation_max_fee_rate:
+            return None
+
+        def work(conn):
+            w, b = t.withdrawals.c, t.withdrawal_batches.c
+            if conn.execute(select(w.id).where(w.chain == CHAIN, w.status == model.APPROVED).limit(1)).first():
+                return None
+            if conn.execute(select(b.id).where(b.chain == CHAIN, b.kind == "consolidation", b.status.in_(
+                    [model.QUEUED, model.SIGNING, model.SIGNED, model.BROADCAST, model.CONFIRMING])).limit(1)).first():
+                return None
+            hot = [c for wallet, c in self._spendable(conn, fee_rate) if wallet == "hot"]
+            if len(hot) <= rules.consolidate_above:
+                return None
+            coins = sorted(hot, key=lambda c: (c.amount, c.txid, c.index))[: self._max_inputs([self._change().watch_key])]
+            try:
+                unsigned = self.plugin.build_transaction([], coins, self._change(), fee_rate)
+            except NodeError as exc:
+                log.warning("no consolidation: %s", exc)
+                return None
+            batch_id = self._insert_batch(conn, "consolidation", unsigned, fee_rate, coins)
+            log.info("batch %s: merging the %d smallest of %d hot-wallet coins at %d sat/vB",
+                     batch_id, len(coins), len(hot), fee_rate)
+            return batch_id
+        return self._write(work)
+
     def _consolidate(self, conn, spendable: list[tuple[str, Coin]], pending: list[dict], fee_rate: int) -> str | None:
         """FAILURE_MODES 29: the coins exist but not within max_inputs / max_tx_vsize of one
         transaction. Merge the largest hot-wallet coins (up to max_inputs) into one output of the

@@ -90,6 +90,10 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
                 break
             self.sign(batch_id)
             self.follow(batch_id)  # does nothing if the signer refused it
+        batch_id = self.consolidate_when_cheap()
+        if batch_id:
+            self.sign(batch_id)
+            self.follow(batch_id)
 
     def _batches(self, *statuses) -> list[str]:
         b = t.withdrawal_batches.c

@@ -73,3 +73,32 @@ def test_three_thousand_small_coins_are_merged_then_the_withdrawal_is_paid(db_ur
         assert available_held(app, acct) == (BTC - amount - WITHDRAWAL_FEE, 0)
     finally:
         app.close()
+
+
+def test_many_small_coins_are_merged_when_fees_are_low(db_url, chain, signer):
+    """consolidate_above = 300: with 400 small coins, nothing waiting and the fallback rate
+    (2 sat/vB) at the configured maximum, the 250 smallest are merged; once, not per pass."""
+    app = Custody(withdrawal_config(db_url, chain.rpc.url, confirmations=2, max_inputs=MAX_INPUTS,
+                                    consolidate_above=300, consolidation_max_fee_rate=2))
+    try:
+        app.scanner("bitcoin").catch_up()
+        hot = app.plugin("bitcoin").derive_address(HOT_XPUB, 1).watch_key
+        chain.pay(*[(hot, DUST)] * 350, *[(hot, DUST + 1)] * 50)
+        chain.mine(1)
+        app.scanner("bitcoin").catch_up()
+        s = sender(app, signer)
+        s.tick()
+        s.tick()
+        (merge,) = batches(app)
+        assert merge["kind"] == "consolidation" and merge["status"] == "BROADCAST"
+        (attempt,) = attempts(app)
+        tx = Transaction.parse(attempt["raw"])
+        assert len(tx.vin) == MAX_INPUTS and tx.vout[0].value == MAX_INPUTS * DUST - attempt["fee"]  # the smallest
+        confirm(app, chain, s, blocks=2)
+        assert batches(app)[0]["status"] == "COMPLETED"
+        assert ledger_balance(app, "fees:network") == -attempt["fee"]
+        # 150 + 1 coins left: at or below 300, nothing more to merge.
+        s.tick()
+        assert len(batches(app)) == 1
+    finally:
+        app.close()
