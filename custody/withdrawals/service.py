@@ -95,6 +95,10 @@ class Withdrawals:
         # No separate read for a replay first: it would cost every new request a transaction;
         # the replay check below, under the account's lock, answers replays too.
         def work(conn):
+            # A replay answers with the first result whatever happened since (e.g. a freeze).
+            again = replay(conn)
+            if again:
+                return again, False
             q = select(t.accounts.c.frozen, t.accounts.c.frozen_reason).where(t.accounts.c.id == account)
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update()  # one request per account at a time: the daily limit can't be raced
@@ -103,9 +107,6 @@ class Withdrawals:
                 raise NotFound(f"account {account} does not exist")
             if owner.frozen:
                 raise AccountFrozen(f"account {account} is frozen: {owner.frozen_reason or 'no reason given'}")
-            again = replay(conn)
-            if again:
-                return again, False
             w = t.withdrawals.c
             since = store.now() - DAY
             recent = conn.execute(select(w.amount).where(
