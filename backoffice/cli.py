@@ -3,12 +3,15 @@
   python -m backoffice.cli --server HOST:PORT list
   python -m backoffice.cli --server HOST:PORT approve WITHDRAWAL_ID --key FILE [--yes]
   python -m backoffice.cli --server HOST:PORT reject WITHDRAWAL_ID --reason TEXT
+  python -m backoffice.cli --server HOST:PORT batches [--status NEEDS_STAFF]
+  python -m backoffice.cli --server HOST:PORT resolve-batch BATCH_ID --txid TXID --reason TEXT
 
 The bearer token (review scope) is read from the environment variable named by
 --token-env (default CUSTODY_STAFF_TOKEN); the server knows the staff member by
 it. --key is a file holding the staff member's Ed25519 private key (64 hex
 digits of the raw key, or PEM). Approve prints exactly what is signed and asks
-before signing unless --yes. TLS: --ca FILE (and --cert/--client-key for mutual TLS).
+before signing unless --yes. resolve-batch (admin scope) settles a batch held
+for staff on chain proof: TXID must be the confirmed spend of its inputs. TLS: --ca FILE (and --cert/--client-key for mutual TLS).
 """
 from __future__ import annotations
 
@@ -57,6 +60,12 @@ def show(item, out) -> None:
           f"{len(f.approvers)}/{f.approvals_needed} {list(f.approvers)}", file=out)
 
 
+def show_batch(batch, out) -> None:
+    print(f"{batch.batch_id}  {batch.chain} {batch.kind} {batch.status}: {batch.reason}", file=out)
+    print(f"    withdrawals {list(batch.withdrawal_ids)}; inputs spent by {list(batch.spent_by)}"
+          + (f"; settled by {batch.txid}" if batch.txid else ""), file=out)
+
+
 def main(argv=None, out=sys.stdout, confirm=input) -> int:
     parser = argparse.ArgumentParser(prog="backoffice", description=__doc__.splitlines()[0])
     parser.add_argument("--server", required=True)
@@ -72,6 +81,12 @@ def main(argv=None, out=sys.stdout, confirm=input) -> int:
     r = sub.add_parser("reject", help="reject with a reason (releases the hold)")
     r.add_argument("withdrawal_id")
     r.add_argument("--reason", required=True)
+    b = sub.add_parser("batches", help="withdrawal batches in a status (held for staff by default)")
+    b.add_argument("--status", default="NEEDS_STAFF")
+    rb = sub.add_parser("resolve-batch", help="settle a batch held for staff on chain proof")
+    rb.add_argument("batch_id")
+    rb.add_argument("--txid", required=True, help="the confirmed transaction that spent its inputs")
+    rb.add_argument("--reason", required=True)
     args = parser.parse_args(argv)
 
     token = os.environ.get(args.token_env)
@@ -97,6 +112,20 @@ def main(argv=None, out=sys.stdout, confirm=input) -> int:
             w = stub.RejectWithdrawal(bo.RejectWithdrawalRequest(withdrawal_id=args.withdrawal_id,
                                                                  reason=args.reason), metadata=md).withdrawal
             print(f"{w.withdrawal_id} {status_name(w.status)}: {w.reason}", file=out)
+            return 0
+        if args.command == "batches":
+            found = stub.ListWithdrawalBatches(bo.ListWithdrawalBatchesRequest(status=args.status),
+                                               metadata=md).batches
+            for batch in found:
+                show_batch(batch, out)
+            print(f"{len(found)} {args.status}", file=out)
+            return 0
+        if args.command == "resolve-batch":
+            done = stub.ResolveWithdrawalBatch(bo.ResolveWithdrawalBatchRequest(
+                batch_id=args.batch_id, txid=args.txid, reason=args.reason), metadata=md)
+            show_batch(done.batch, out)
+            for w in done.withdrawals:
+                print(f"{w.withdrawal_id} {status_name(w.status)}: {w.reason}", file=out)
             return 0
         key = load_key(args.key)
         item = next((i for i in pending(stub, md) if i.withdrawal.withdrawal_id == args.withdrawal_id), None)

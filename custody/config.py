@@ -150,7 +150,18 @@ class WithdrawalConfig:
     fallback_fee_rate: int = 2
     max_fee_rate: int = 500
     max_batch: int = 500
+    # The signer's max_per_transaction for the chain's coin: a batch's payments stay at or
+    # under it (the rest go in further batches); a withdrawal above it fails.
+    signer_max_per_transaction: int = MAX_AMOUNT
+    # Batches built per pass of the job (each is signed and sent in the same pass).
+    max_batches_per_pass: int = 20
     max_inputs: int = 250
+    # Bitcoin's standardness limit (nodes refuse larger transactions); selection stays under it.
+    max_tx_vsize: int = 100_000
+    # More spendable hot-wallet coins than this (0: never) and a fee rate at or below
+    # consolidation_max_fee_rate: the smallest max_inputs of them are merged into one.
+    consolidate_above: int = 0
+    consolidation_max_fee_rate: int = 2
     # UTXOs below this many satoshi are never selected (attacker dust, FAILURE_MODES 33).
     min_utxo: int = 1000
     include_deposit_wallet: bool = False
@@ -300,7 +311,12 @@ def _withdrawals(raw: dict) -> WithdrawalConfig:
         fallback_fee_rate=number("fallback_fee_rate", d.fallback_fee_rate, int, 1),
         max_fee_rate=number("max_fee_rate", d.max_fee_rate, int, 1),
         max_batch=number("max_batch", d.max_batch, int, 1),
+        signer_max_per_transaction=amount("signer_max_per_transaction", d.signer_max_per_transaction),
+        max_batches_per_pass=number("max_batches_per_pass", d.max_batches_per_pass, int, 1),
         max_inputs=number("max_inputs", d.max_inputs, int, 1),
+        max_tx_vsize=number("max_tx_vsize", d.max_tx_vsize, int, 1000),
+        consolidate_above=number("consolidate_above", d.consolidate_above, int, 0),
+        consolidation_max_fee_rate=number("consolidation_max_fee_rate", d.consolidation_max_fee_rate, int, 1),
         min_utxo=number("min_utxo", d.min_utxo, int, 0),
         include_deposit_wallet=bool(raw.get("include_deposit_wallet", False)),
         replace_after_s=number("replace_after_s", d.replace_after_s, float, 0),

@@ -46,11 +46,17 @@ class SignerClient:
                                       metadata=self.metadata, timeout=self.timeout_s)
 
     def sign(self, chain: str, payload: bytes, keys: list[tuple[str, str]], approvals=(),
-             reference: str = "") -> SignResult:
+             reference: str = "", withdrawals=()) -> SignResult:
+        """withdrawals: hsm.approvals.WithdrawalApproval of the withdrawals the payload pays."""
         request = signer_pb2.SignRequest(
             chain=chain, payload=payload, reference=reference,
             keys=[signer_pb2.KeyPath(key_id=k, path=p) for k, p in keys],
-            approvals=[signer_pb2.Approval(approver=a.approver, signature=a.signature) for a in approvals])
+            approvals=[signer_pb2.Approval(approver=a.approver, signature=a.signature) for a in approvals],
+            withdrawals=[signer_pb2.ApprovedWithdrawal(
+                withdrawal_id=w.withdrawal_id, account_id=w.account_id, asset=w.asset, to_address=w.to_address,
+                amount=str(w.amount), fee=str(w.fee),
+                approvals=[signer_pb2.Approval(approver=a.approver, signature=a.signature) for a in w.approvals])
+                for w in withdrawals])
         r = self.stub.Sign(request, metadata=self.metadata, timeout=self.timeout_s)
         return SignResult(r.decision == signer_pb2.DECISION_SIGNED, r.refused_rule, r.refused_reason,
                           r.signed_payload, r.raw_transaction, r.txid,

@@ -6,8 +6,12 @@ Checked in this order, the first failing rule refuses (Refused.rule names it):
   allow_list           - if an allow list is configured, every external destination is on it
   max_fee              - the fee is at most the chain's native-asset max_fee
   max_per_transaction  - external amount per asset
-  rolling_24h          - external amount per asset over the last 24 hours, this one included
-  approvals            - above approval_above, a quorum of distinct staff approvals of this payload
+  rolling_24h          - external amount per asset over the last 24 hours, this one included; a
+                         replacement of a spend already counted (same inputs, same external
+                         outputs: a fee bump) counts once (hsm/replacements.py)
+  approvals            - each external output above approval_above is covered by a quorum of distinct
+                         staff approvals: of this whole payload, or of one withdrawal whose destination,
+                         amount and asset are that output's (one withdrawal covers one output)
 Internal destinations (our change, configured internal wallets) are always
 allowed and don't count toward the amount limits: moving coins between the
 exchange's own wallets can't lose them. The fee is limited by max_fee only.
@@ -16,19 +20,30 @@ from __future__ import annotations
 
 import collections
 
-from hsm.approvals import count_valid
-from hsm.config import PolicyConfig
+from hsm.approvals import approved_withdrawals, count_valid
+from hsm.config import PolicyConfig, normalise_address
 from hsm.decode import Explained
 from hsm.errors import Refused
 from hsm.limits import WINDOW_S, RollingLimits
+from hsm.replacements import CountedSpends, spend_key
+
+
+class Outflow(dict):
+    """External amount per asset to record once signed; spend_key names the spend, and
+    replaces says it was counted already (a fee bump): nothing more is recorded."""
+
+    spend_key: str | None = None
+    replaces: bool = False
 
 
 class Policy:
-    def __init__(self, config: PolicyConfig, limits: RollingLimits):
+    def __init__(self, config: PolicyConfig, limits: RollingLimits, counted: CountedSpends | None = None):
         self.config = config
         self.limits = limits
+        self.counted = counted
 
-    def check(self, tx: Explained, approvals, digest: bytes, now_s: float) -> dict[str, int]:
+    def check(self, tx: Explained, approvals, digest: bytes, now_s: float, withdrawals=(),
+              payload: bytes = b"") -> Outflow:
         """Raises Refused, or returns the external amount per asset (to record once signed)."""
         cfg = self.config
         external: dict[str, int] = collections.defaultdict(int)
@@ -55,21 +70,47 @@ class Policy:
             if amount > policies[asset].max_per_transaction:
                 raise Refused("max_per_transaction", f"{amount} {asset} is above the maximum "
                                                      f"{policies[asset].max_per_transaction} per transaction")
-        for asset, amount in external.items():
+        outflow = Outflow(external)
+        if self.counted is not None and payload:
+            outflow.spend_key = spend_key(tx, payload)
+            outflow.replaces = outflow.spend_key is not None and self.counted.counted_since(
+                outflow.spend_key, now_s - WINDOW_S)
+        for asset, amount in ({} if outflow.replaces else external).items():
             spent = self.limits.spent_since(asset, now_s - WINDOW_S)
             if spent + amount > policies[asset].max_per_24h:
                 raise Refused("rolling_24h", f"{amount} {asset} on top of {spent} in the last 24 hours is above "
                                              f"the maximum {policies[asset].max_per_24h}")
-        needs = [a for a, amount in external.items() if amount > policies[a].approval_above]
+        needs = [t for t in tx.transfers if not t.internal and t.amount > policies[t.asset].approval_above]
         if needs:
-            valid, rejected = count_valid(approvals, cfg.staff, tx.chain, digest)
-            if len(valid) < cfg.approval_quorum:
-                detail = f"; not counted: {', '.join(rejected)}" if rejected else ""
-                raise Refused("approvals", f"{' and '.join(needs)} above the approval threshold needs "
-                                           f"{cfg.approval_quorum} staff approvals of this payload, "
-                                           f"{len(valid)} valid{detail}")
-        return dict(external)
+            self._check_approvals(tx, needs, approvals, withdrawals, digest)
+        return outflow
+
+    def _check_approvals(self, tx: Explained, needs, approvals, withdrawals, digest: bytes) -> None:
+        cfg = self.config
+        valid, rejected = count_valid(approvals, cfg.staff, tx.chain, digest)
+        if len(valid) >= cfg.approval_quorum:
+            return  # the whole payload is approved
+        pool, short = approved_withdrawals(withdrawals, cfg.staff, tx.chain, cfg.approval_quorum)
+        for t in needs:
+            match = next((w for w in pool if w.asset == t.asset and w.amount == t.amount
+                          and normalise_address(tx.chain, w.to_address) == t.destination), None)
+            if match is None:
+                detail = "; ".join(short + ([f"payload: not counted: {', '.join(rejected)}"] if rejected else []))
+                raise Refused("approvals", f"{t.amount} {t.asset} to {t.destination} is above the approval "
+                                           f"threshold: it needs {cfg.approval_quorum} staff approvals of this "
+                                           f"payload ({len(valid)} valid) or of a withdrawal of exactly this "
+                                           f"destination and amount" + (f"; {detail}" if detail else ""))
+            pool.remove(match)  # one approved withdrawal pays one output, never two
 
     def record(self, external: dict[str, int], now_s: float, payload_sha256: str) -> None:
+        if getattr(external, "replaces", False):
+            return  # a replacement of a spend counted within the window: the same money, counted once
         for asset, amount in external.items():
             self.limits.record(asset, amount, now_s, payload_sha256)
+        key = getattr(external, "spend_key", None)
+        if key is not None and self.counted is not None:
+            self.counted.add(key, now_s)
+
+    def close(self) -> None:
+        if self.counted is not None:
+            self.counted.close()

@@ -25,6 +25,7 @@ from hsm.errors import Refused
 from hsm.keystores.base import KeyInfo, Keystore
 from hsm.limits import RollingLimits
 from hsm.policy import Policy
+from hsm.replacements import CountedSpends
 
 
 @dataclasses.dataclass
@@ -47,10 +48,11 @@ class Signer:
         self.config = config
         self.keystore = keystore
         self.clock = clock
-        # The rolling limits are rebuilt from the log's "signed" entries (config.limits_db is not used).
+        # The rolling limits are rebuilt from the log's "signed" entries (config.limits_db is not used
+        # for them); fee bumps already counted are remembered next to it (hsm/replacements.py).
         self.limits = RollingLimits(now_s=clock())
         self.audit = AuditLog(config.audit_log, durable=config.durable, visit=self.limits.replay)
-        self.policy = Policy(config.policy, self.limits)
+        self.policy = Policy(config.policy, self.limits, CountedSpends(config.limits_db, durable=config.durable))
         pc = config.policy
         btc = pc.asset("bitcoin", "")
         self.decoders = {
@@ -70,14 +72,14 @@ class Signer:
         return pub, self.keystore.extended_public_key(key_id, path) if path else ""
 
     def sign(self, chain: str, payload: bytes, keys: list[tuple[str, str]], approvals: list[Approval],
-             client: str = "", reference: str = "") -> Outcome:
+             client: str = "", reference: str = "", withdrawals=()) -> Outcome:
         with self._lock:
-            outcome, entries = self._decide(chain, payload, keys, approvals, client, reference)
+            outcome, entries = self._decide(chain, payload, keys, approvals, client, reference, withdrawals)
             outcome.audit_sequence = self.audit.write(entries)
         self.audit.sync(outcome.audit_sequence)  # outside the lock: concurrent requests share the fsync
         return outcome
 
-    def _decide(self, chain, payload, keys, approvals, client, reference) -> tuple[Outcome, list]:
+    def _decide(self, chain, payload, keys, approvals, client, reference, withdrawals) -> tuple[Outcome, list]:
         try:
             digest = payload_hash(chain, payload) if chain in self.decoders else b""
         except Refused as exc:
@@ -88,7 +90,8 @@ class Signer:
         request = ("request", {
             "client": client, "reference": reference, "chain": chain, "payload_sha256": digest_hex,
             "payload_bytes": len(payload), "keys": [list(k) for k in keys],
-            "approvers": [a.approver for a in approvals]})
+            "approvers": [a.approver for a in approvals],
+            "withdrawals": {w.withdrawal_id: [a.approver for a in w.approvals] for w in withdrawals}})
         explained: Explained | None = None
         try:
             if early:
@@ -98,7 +101,7 @@ class Signer:
                 raise Refused("chain", f"unknown chain {chain!r}; the signer signs bitcoin and ethereum")
             explained = decoder.explain(payload, keys)
             now = self.clock()
-            external = self.policy.check(explained, approvals, digest, now)
+            external = self.policy.check(explained, approvals, digest, now, withdrawals, payload)
             signed = decoder.sign(explained)
             self.policy.record(external, now, digest_hex)
         except Refused as exc:
@@ -116,7 +119,9 @@ class Signer:
         decision = ("signed", {"payload_sha256": digest_hex, "txid": signed.txid,
                                "raw_sha256": _sha256(signed.raw_transaction),
                                # What the rolling limits count, at the policy's clock (replayed at start).
-                               "outflow": {asset: str(amount) for asset, amount in external.items()},
+                               # A fee bump of a spend already counted adds nothing (Policy.record).
+                               "outflow": {} if getattr(external, "replaces", False)
+                               else {asset: str(amount) for asset, amount in external.items()},
                                "at_s": now, **_summary(explained)})
         return Outcome(True, digest_hex, 0, signed_payload=signed.signed_payload,
                        raw_transaction=signed.raw_transaction, txid=signed.txid,
@@ -126,6 +131,7 @@ class Signer:
     def close(self) -> None:
         self.audit.close()
         self.limits.close()
+        self.policy.close()
         self.keystore.close()
 
 

@@ -216,7 +216,7 @@ class BitcoinChain(ChainPlugin):
 
     # -- transactions -------------------------------------------------------------------------
     def build_transaction(self, payments: Sequence[Payment], coins: Sequence[Coin], change: DerivedAddress,
-                          fee_rate: int) -> UnsignedTransaction:
+                          fee_rate: int, min_fee: int = 0) -> UnsignedTransaction:
         """A PSBT spending exactly `coins` (p2wpkh, each with its witness_utxo so
         the signer can check the fee), paying `payments`, the rest less the fee
         to `change` (left out when below the dust limit: the fee takes it)."""
@@ -224,7 +224,7 @@ class BitcoinChain(ChainPlugin):
         change_pub = None
         if getattr(self, "change_xpub", ""):
             change_pub = self._account_key(self.change_xpub).child(branch).child(index).sec()
-        return psbt.build(payments, coins, change, fee_rate, self.network, change_pub)
+        return psbt.build(payments, coins, change, fee_rate, self.network, change_pub, min_fee=min_fee)
 
     def combine(self, unsigned: UnsignedTransaction, signatures: Sequence[bytes]) -> bytes:
         """signatures: one signed PSBT (what the signer returns) -> the raw transaction."""
@@ -274,6 +274,23 @@ class BitcoinChain(ChainPlugin):
                 raise NodeError(f"the node did not accept transaction {txid} into its mempool")
             time.sleep(0.02)
         return txid
+
+    def block_transaction(self, height: int, txid: str) -> bytes | None:
+        """The raw transaction txid from the block at height, or None if that block
+        has no such transaction (no transaction index needed, unlike getrawtransaction)."""
+        import io
+
+        from embit.transaction import Transaction
+
+        stream = io.BytesIO(bytes.fromhex(self.rpc.call("getblock", self.block_hash(height), False)))
+        stream.seek(80)  # the header
+        first = stream.read(1)[0]
+        count = first if first < 0xFD else int.from_bytes(stream.read({0xFD: 2, 0xFE: 4, 0xFF: 8}[first]), "little")
+        for _ in range(count):
+            tx = Transaction.read_from(stream)
+            if tx.txid().hex() == txid:
+                return tx.serialize()
+        return None
 
     def transaction_status(self, txid: str) -> TxStatus:
         """MEMPOOL or UNKNOWN. Without a transaction index a node can't say which

@@ -42,13 +42,16 @@ def vsize(n_inputs: int, output_scripts: Sequence[bytes]) -> int:
 
 
 def build(payments: Sequence[Payment], coins: Sequence[Coin], change: DerivedAddress, fee_rate: int,
-          net: BitcoinNetwork, change_pub: bytes | None = None) -> UnsignedTransaction:
+          net: BitcoinNetwork, change_pub: bytes | None = None, min_fee: int = 0) -> UnsignedTransaction:
+    """min_fee: an absolute floor (a replacement must pay more than what it replaces, BIP125)."""
     scripts = [addresses.parse_address(p.destination, net)[1] for p in payments]
     total_in = sum(c.amount for c in coins)
     paid = sum(p.amount for p in payments)
-    fee = vsize(len(coins), scripts + [change.watch_key]) * fee_rate
+    fee = max(vsize(len(coins), scripts + [change.watch_key]) * fee_rate, min_fee)
     rest = total_in - paid - fee
     with_change = rest >= DUST
+    if not with_change and not payments:
+        raise NodeError(f"coins of {total_in} sats can't pay a fee of {fee} sats and leave change above dust")
     if not with_change:
         fee = total_in - paid  # no change output: the fee takes the rest
         if fee < vsize(len(coins), scripts) * fee_rate:
@@ -65,6 +68,13 @@ def build(payments: Sequence[Payment], coins: Sequence[Coin], change: DerivedAdd
         branch, index = (int(x) for x in change.path.split("/"))
         p.outputs[-1].bip32_derivations[PublicKey.parse(change_pub)] = DerivationPath(NO_FINGERPRINT, [branch, index])
     return UnsignedTransaction("bitcoin", p.serialize(), fee, tuple(coins))
+
+
+def inputs_of(unsigned_psbt: bytes) -> list[Coin]:
+    """The coins a PSBT spends (amount and script from each input's witness_utxo)."""
+    p = PSBT.parse(unsigned_psbt)
+    return [Coin(vin.txid.hex(), vin.vout, scope.witness_utxo.value, scope.witness_utxo.script_pubkey.data, "")
+            for vin, scope in zip(p.tx.vin, p.inputs)]
 
 
 def finalize(signed_psbt: bytes) -> bytes:

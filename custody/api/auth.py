@@ -30,6 +30,8 @@ REQUIRED_SCOPE = {
     "/custody.v1.BackofficeService/ListWithdrawals": "review",
     "/custody.v1.BackofficeService/ApproveWithdrawal": "review",
     "/custody.v1.BackofficeService/RejectWithdrawal": "review",
+    "/custody.v1.BackofficeService/ListWithdrawalBatches": "review",
+    "/custody.v1.BackofficeService/ResolveWithdrawalBatch": "admin",
     "/custody.v1.MatchingService/ListMarkets": "accounts",
     "/custody.v1.MatchingService/PlaceOrder": "accounts",
     "/custody.v1.MatchingService/CancelOrder": "accounts",

@@ -179,3 +179,22 @@ class BackofficeServicer(backoffice_pb2_grpc.BackofficeServiceServicer):
         log.info("withdrawal rejected", staff=current_client(), withdrawal_id=request.withdrawal_id,
                  reason=request.reason)
         return backoffice_pb2.RejectWithdrawalResponse(withdrawal=withdrawal_message(w, []))
+
+    async def ListWithdrawalBatches(self, request, context):
+        rows = await asyncio.to_thread(self.app.withdrawals.batches, request.status or "NEEDS_STAFF")
+        return backoffice_pb2.ListWithdrawalBatchesResponse(batches=[batch_message(b) for b in rows])
+
+    async def ResolveWithdrawalBatch(self, request, context):
+        batch, done = await asyncio.to_thread(self.app.withdrawals.resolve_batch, current_client(), request.batch_id,
+                                              request.txid, request.reason)
+        log.info("withdrawal batch resolved", staff=current_client(), batch_id=request.batch_id, txid=request.txid,
+                 status=batch["status"], reason=request.reason)
+        return backoffice_pb2.ResolveWithdrawalBatchResponse(
+            batch=batch_message({**batch, "withdrawal_ids": [w["id"] for w in done]}),
+            withdrawals=[withdrawal_message(w, []) for w in done])
+
+
+def batch_message(b: dict) -> backoffice_pb2.WithdrawalBatch:
+    return backoffice_pb2.WithdrawalBatch(
+        batch_id=b["id"], chain=b["chain"], status=b["status"], kind=b["kind"], reason=b["reason"] or "",
+        txid=b["txid"] or "", withdrawal_ids=b["withdrawal_ids"], spent_by=b["spent_by"])

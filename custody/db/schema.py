@@ -416,7 +416,11 @@ withdrawal_batches = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("chain", String(32), nullable=False),
-    Column("status", String(16), nullable=False),  # QUEUED, SIGNING, SIGNED, BROADCAST, CONFIRMING, COMPLETED, FAILED
+    # QUEUED, SIGNING, SIGNED, BROADCAST, CONFIRMING, COMPLETED, FAILED; CANCELLING / CANCELLED (a refused
+    # batch's inputs spent back to the hot wallet); NEEDS_STAFF (inputs spent by a transaction not ours).
+    Column("status", String(16), nullable=False),
+    # "withdrawals" (pays withdrawals) or "consolidation" (hot-wallet coins merged into one).
+    Column("kind", String(16), nullable=False, server_default="withdrawals"),
     Column("reason", Text, nullable=True),
     Column("psbt", LargeBinary, nullable=False),  # the unsigned transaction of the latest attempt
     Column("fee_rate", BigInteger, nullable=False),
@@ -435,6 +439,8 @@ withdrawal_attempts = Table(
     metadata,
     Column("txid", String(80), primary_key=True),
     Column("batch_id", String(32), ForeignKey("withdrawal_batches.id"), nullable=False),
+    # "payment" (pays the batch's outputs) or "cancel" (spends its inputs back to the hot wallet).
+    Column("kind", String(16), nullable=False, server_default="payment"),
     Column("raw", LargeBinary, nullable=False),
     Column("fee", Amount, nullable=False),
     Column("fee_rate", BigInteger, nullable=False),

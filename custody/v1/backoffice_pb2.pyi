@@ -17,6 +17,56 @@ ADJUSTMENT_DIRECTION_UNSPECIFIED: AdjustmentDirection
 ADJUSTMENT_DIRECTION_CREDIT: AdjustmentDirection
 ADJUSTMENT_DIRECTION_DEBIT: AdjustmentDirection
 
+class WithdrawalBatch(_message.Message):
+    __slots__ = ("batch_id", "chain", "status", "kind", "reason", "txid", "withdrawal_ids", "spent_by")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TXID_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAWAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    SPENT_BY_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    chain: str
+    status: str
+    kind: str
+    reason: str
+    txid: str
+    withdrawal_ids: _containers.RepeatedScalarFieldContainer[str]
+    spent_by: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, batch_id: _Optional[str] = ..., chain: _Optional[str] = ..., status: _Optional[str] = ..., kind: _Optional[str] = ..., reason: _Optional[str] = ..., txid: _Optional[str] = ..., withdrawal_ids: _Optional[_Iterable[str]] = ..., spent_by: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListWithdrawalBatchesRequest(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    def __init__(self, status: _Optional[str] = ...) -> None: ...
+
+class ListWithdrawalBatchesResponse(_message.Message):
+    __slots__ = ("batches",)
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    batches: _containers.RepeatedCompositeFieldContainer[WithdrawalBatch]
+    def __init__(self, batches: _Optional[_Iterable[_Union[WithdrawalBatch, _Mapping]]] = ...) -> None: ...
+
+class ResolveWithdrawalBatchRequest(_message.Message):
+    __slots__ = ("batch_id", "txid", "reason")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    TXID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    txid: str
+    reason: str
+    def __init__(self, batch_id: _Optional[str] = ..., txid: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ResolveWithdrawalBatchResponse(_message.Message):
+    __slots__ = ("batch", "withdrawals")
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAWALS_FIELD_NUMBER: _ClassVar[int]
+    batch: WithdrawalBatch
+    withdrawals: _containers.RepeatedCompositeFieldContainer[_custody_pb2.Withdrawal]
+    def __init__(self, batch: _Optional[_Union[WithdrawalBatch, _Mapping]] = ..., withdrawals: _Optional[_Iterable[_Union[_custody_pb2.Withdrawal, _Mapping]]] = ...) -> None: ...
+
 class BackofficeServiceListWithdrawalsRequest(_message.Message):
     __slots__ = ("status",)
     STATUS_FIELD_NUMBER: _ClassVar[int]

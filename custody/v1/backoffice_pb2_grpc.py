@@ -55,6 +55,16 @@ class BackofficeServiceStub:
                 request_serializer=custody_dot_v1_dot_backoffice__pb2.RejectWithdrawalRequest.SerializeToString,
                 response_deserializer=custody_dot_v1_dot_backoffice__pb2.RejectWithdrawalResponse.FromString,
                 _registered_method=True)
+        self.ListWithdrawalBatches = channel.unary_unary(
+                '/custody.v1.BackofficeService/ListWithdrawalBatches',
+                request_serializer=custody_dot_v1_dot_backoffice__pb2.ListWithdrawalBatchesRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_backoffice__pb2.ListWithdrawalBatchesResponse.FromString,
+                _registered_method=True)
+        self.ResolveWithdrawalBatch = channel.unary_unary(
+                '/custody.v1.BackofficeService/ResolveWithdrawalBatch',
+                request_serializer=custody_dot_v1_dot_backoffice__pb2.ResolveWithdrawalBatchRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_backoffice__pb2.ResolveWithdrawalBatchResponse.FromString,
+                _registered_method=True)
 
 
 class BackofficeServiceServicer:
@@ -93,6 +103,27 @@ class BackofficeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWithdrawalBatches(self, request, context):
+        """Withdrawal batches (one on-chain transaction each) in one status;
+        NEEDS_STAFF when empty: batches whose reserved inputs a transaction that
+        is none of theirs spent (a twin, or someone else holding the hot key).
+        Needs the review scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveWithdrawalBatch(self, request, context):
+        """Settles a NEEDS_STAFF batch on chain proof: txid must be the confirmed
+        transaction that spent its inputs. If it paid every withdrawal of the
+        batch they complete with it; if it paid none they fail (holds released)
+        and the hot wallet's loss is booked to suspense; anything else is
+        refused (docs/withdrawals.md). Needs the admin scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BackofficeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +146,16 @@ def add_BackofficeServiceServicer_to_server(servicer, server):
                     servicer.RejectWithdrawal,
                     request_deserializer=custody_dot_v1_dot_backoffice__pb2.RejectWithdrawalRequest.FromString,
                     response_serializer=custody_dot_v1_dot_backoffice__pb2.RejectWithdrawalResponse.SerializeToString,
+            ),
+            'ListWithdrawalBatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWithdrawalBatches,
+                    request_deserializer=custody_dot_v1_dot_backoffice__pb2.ListWithdrawalBatchesRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_backoffice__pb2.ListWithdrawalBatchesResponse.SerializeToString,
+            ),
+            'ResolveWithdrawalBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveWithdrawalBatch,
+                    request_deserializer=custody_dot_v1_dot_backoffice__pb2.ResolveWithdrawalBatchRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_backoffice__pb2.ResolveWithdrawalBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +267,60 @@ class BackofficeService:
             '/custody.v1.BackofficeService/RejectWithdrawal',
             custody_dot_v1_dot_backoffice__pb2.RejectWithdrawalRequest.SerializeToString,
             custody_dot_v1_dot_backoffice__pb2.RejectWithdrawalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWithdrawalBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.BackofficeService/ListWithdrawalBatches',
+            custody_dot_v1_dot_backoffice__pb2.ListWithdrawalBatchesRequest.SerializeToString,
+            custody_dot_v1_dot_backoffice__pb2.ListWithdrawalBatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveWithdrawalBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.BackofficeService/ResolveWithdrawalBatch',
+            custody_dot_v1_dot_backoffice__pb2.ResolveWithdrawalBatchRequest.SerializeToString,
+            custody_dot_v1_dot_backoffice__pb2.ResolveWithdrawalBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

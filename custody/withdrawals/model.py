@@ -1,9 +1,6 @@
 """The withdrawal state machine (DESIGN section 4). Pure: no database, no gRPC."""
 from __future__ import annotations
 
-import hashlib
-import json
-
 from custody.errors import FailedPrecondition
 
 PENDING_REVIEW = "PENDING_REVIEW"
@@ -31,7 +28,8 @@ ALLOWED = {
     None: {PENDING_REVIEW, APPROVED},
     PENDING_REVIEW: {APPROVED, REJECTED, CANCELLED},
     # QUEUED -> APPROVED: taken out of a batch that could not be built or sent (requeue).
-    APPROVED: {QUEUED, CANCELLED},
+    # APPROVED -> FAILED: it can never be signed (above the signer's per-transaction maximum).
+    APPROVED: {QUEUED, CANCELLED, FAILED},
     QUEUED: {SIGNING, APPROVED, CANCELLED},
     # SIGNING -> FAILED: the signer refused. SIGNING -> APPROVED: refused for another withdrawal of the batch.
     SIGNING: {SIGNED, FAILED, APPROVED},
@@ -59,11 +57,11 @@ def approvals_needed(amount: int, auto_approve_max: int, two_approvals_above: in
 
 def content_digest(withdrawal_id: str, account_id: int, asset: str, chain: str, to_address: str,
                    amount: int, fee: int) -> bytes:
-    """SHA-256 of the withdrawal's canonical content: what a staff approval signs."""
-    canonical = json.dumps({"withdrawal_id": withdrawal_id, "account_id": account_id, "asset": asset,
-                            "chain": chain, "to_address": to_address, "amount": str(amount), "fee": str(fee)},
-                           sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).digest()
+    """SHA-256 of the withdrawal's canonical content: what a staff approval signs. The format
+    is the signer's (hsm.approvals.withdrawal_digest), which verifies the approvals itself."""
+    from hsm.approvals import withdrawal_digest
+
+    return withdrawal_digest(withdrawal_id, account_id, asset, chain, to_address, amount, fee)
 
 
 def split_fee(fee: int, amounts: list[int]) -> list[int]:

@@ -8,6 +8,8 @@ crash at any point resumes from the stored state (docs/withdrawals.md):
   BROADCAST -> CONFIRMING (the scanner saw our reserved outpoints spent) -> COMPLETED (holds posted)
 A batch is identified by the outpoints it reserves (FAILURE_MODES 2): any of
 its attempts (fee bumps spend the same inputs) confirming completes it once.
+Coin selection and consolidation are in coins.py, node refusals (self-spend)
+and foreign spends (staff) in refusal.py: parts of the same job.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import math
 
 from sqlalchemy import Engine, delete, insert, select, update
 
-from chains.base import Coin, NodeError, Payment
+from chains.base import Coin, NodeError, NodeUnavailable, Payment
 from custody.config import Config
 from custody.db import schema as t
 from custody.db.engine import read_transaction
@@ -25,16 +27,17 @@ from custody.deposits.store import load_cursor
 from custody.ledger.engine import AccountIds
 from custody.ledger.model import new_id
 from custody.withdrawals import model, store
+from custody.withdrawals.coins import CoinsMixin
+from custody.withdrawals.refusal import CANCEL, CANCELLING, CHAIN, PAYMENT, RefusalMixin
 
 log = logging.getLogger(__name__)
-CHAIN = "bitcoin"
 
 
 class CrashForTest(BaseException):
     """Raised at a named step when a test asks (crash_at): the process 'dies' there."""
 
 
-class BitcoinSender:
+class BitcoinSender(CoinsMixin, RefusalMixin):
     def __init__(self, config: Config, engine: Engine, plugin, signer, notify, crash_at: str | None = None,
                  clock=None):
         self.config = config
@@ -77,12 +80,20 @@ class BitcoinSender:
         """One pass over every step; safe to run again at any time."""
         for batch_id in self._batches("QUEUED", "SIGNING"):
             self.sign(batch_id)
-        for batch_id in self._batches("SIGNED", "BROADCAST", "CONFIRMING"):
+        for batch_id in self._batches("SIGNED", "BROADCAST", "CONFIRMING", CANCELLING):
             self.follow(batch_id)
-        batch_id = self.build()
-        if batch_id:
+        for batch_id in self._watched_cancelled():
+            self.watch_cancelled(batch_id)
+        for _ in range(self.rules.max_batches_per_pass):
+            batch_id = self.build()
+            if batch_id is None:
+                break
             self.sign(batch_id)
             self.follow(batch_id)  # does nothing if the signer refused it
+        batch_id = self.consolidate_when_cheap()
+        if batch_id:
+            self.sign(batch_id)
+            self.follow(batch_id)
 
     def _batches(self, *statuses) -> list[str]:
         b = t.withdrawal_batches.c
@@ -101,55 +112,47 @@ class BitcoinSender:
                  .order_by(w.created_at, w.id).limit(self.rules.max_batch))
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True)
-            pending = [dict(r._mapping) for r in conn.execute(q)]
+            pending = self._fit(conn, [dict(r._mapping) for r in conn.execute(q)])
             if not pending:
                 return None
-            coins = self._select(conn, pending, fee_rate)
+            spendable = self._spendable(conn, fee_rate)
+            coins = self._select(spendable, pending, fee_rate)
             if coins is None:
-                log.warning("not enough spendable hot-wallet coins for %d withdrawals", len(pending))
-                return None
+                return self._consolidate(conn, spendable, pending, fee_rate)
             payments = [Payment(p["to_address"], p["amount"]) for p in pending]
-            change = self.plugin.derive_address(self.chain_cfg.hot_xpub, 0, change=False)
-            unsigned = self.plugin.build_transaction(payments, coins, change, fee_rate)
-            batch_id, stamp = new_id(), store.now()
-            conn.execute(insert(t.withdrawal_batches).values(
-                id=batch_id, chain=CHAIN, status=model.QUEUED, reason=None, psbt=unsigned.payload,
-                fee_rate=fee_rate, fee=unsigned.fee, txid=None, confirm_height=None, broadcast_at=None,
-                created_at=stamp, updated_at=stamp))
-            # The primary key makes a second reservation of an outpoint fail the whole transaction.
-            conn.execute(insert(t.utxo_reservations), [
-                {"chain": CHAIN, "txid": c.txid, "output_index": c.index, "batch_id": batch_id} for c in coins])
+            unsigned = self.plugin.build_transaction(payments, coins, self._change(), fee_rate)
+            batch_id = self._insert_batch(conn, "withdrawals", unsigned, fee_rate, coins)
             for p in pending:
                 store.move(conn, self.ids, p, model.QUEUED, "withdrawal-job", f"batch {batch_id}", batch_id=batch_id)
             return batch_id
         return self._write(work)
 
-    def _select(self, conn, pending: list[dict], fee_rate: int) -> list[Coin] | None:
-        """Largest unreserved hot-wallet coins first (then deposit-wallet coins when configured)
-        until they pay the withdrawals and the fee; None if they can't."""
-        from chains.bitcoin.psbt import vsize
+    def _change(self):
+        return self.plugin.derive_address(self.chain_cfg.hot_xpub, 0, change=False)
 
-        u, r, a = t.utxos.c, t.utxo_reservations.c, t.chain_addresses.c
-        view = (load_cursor(conn, CHAIN) or None)
-        height = view.height if view else 0
-        wallets = ["hot"] + (["deposit"] if self.rules.include_deposit_wallet else [])
-        rows = conn.execute(
-            select(t.utxos, a.watch_key, a.branch, a.key_index)
-            .join(t.chain_addresses, a.id == u.address_id)
-            .outerjoin(t.utxo_reservations, (r.chain == u.chain) & (r.txid == u.txid) & (r.output_index == u.output_index))
-            .where(u.chain == CHAIN, u.wallet.in_(wallets), u.spent_txid.is_(None), r.batch_id.is_(None),
-                   (u.coinbase == False) | (u.block_height <= height - self.plugin.params.coinbase_maturity))  # noqa: E712
-        ).all()
-        rows = [x for x in rows if x.amount >= self.rules.min_utxo]
-        rows.sort(key=lambda x: (wallets.index(x.wallet), -x.amount, x.txid, x.output_index))
-        need = sum(p["amount"] for p in pending)
-        scripts = [self.plugin.watch_key(p["to_address"]) for p in pending] + [b"\0" * 22]
-        chosen: list[Coin] = []
-        for x in rows[: self.rules.max_inputs]:
-            chosen.append(Coin(x.txid, x.output_index, x.amount, bytes(x.watch_key), f"{x.branch}/{x.key_index}"))
-            if sum(c.amount for c in chosen) >= need + vsize(len(chosen), scripts) * fee_rate:
-                return chosen
-        return None
+    def _insert_batch(self, conn, kind: str, unsigned, fee_rate: int, coins: list[Coin]) -> str:
+        batch_id, stamp = new_id(), store.now()
+        conn.execute(insert(t.withdrawal_batches).values(
+            id=batch_id, chain=CHAIN, status=model.QUEUED, kind=kind, reason=None, psbt=unsigned.payload,
+            fee_rate=fee_rate, fee=unsigned.fee, txid=None, confirm_height=None, broadcast_at=None,
+            created_at=stamp, updated_at=stamp))
+        # The primary key makes a second reservation of an outpoint fail the whole transaction.
+        conn.execute(insert(t.utxo_reservations), [
+            {"chain": CHAIN, "txid": c.txid, "output_index": c.index, "batch_id": batch_id} for c in coins])
+        return batch_id
+
+    def _fit(self, conn, pending: list[dict]) -> list[dict]:
+        """The oldest withdrawals whose total stays within the signer's per-transaction maximum
+        (the others wait for the next batch); one alone above it can never be signed: it fails."""
+        limit, total, fit = self.rules.signer_max_per_transaction, 0, []
+        for p in pending:
+            if p["amount"] > limit:
+                store.move(conn, self.ids, p, model.FAILED, "withdrawal-job",
+                           f"amount {p['amount']} is above the signer's maximum of {limit} per transaction")
+            elif total + p["amount"] <= limit:
+                fit.append(p)
+                total += p["amount"]
+        return fit
 
     # -- 2. sign ------------------------------------------------------------------------------------------
     def _members(self, conn, batch_id: str) -> list[dict]:
@@ -183,9 +186,8 @@ class BitcoinSender:
         if batch is None:
             return
         self._crash("before_sign")
-        keys = sorted({(self.rules.signer_key_id, f"{self.rules.hot_account_path}/{path}")
-                       for path in self._input_paths(batch_id)})
-        result = self.signer.sign(CHAIN, batch["psbt"], keys, reference=batch_id)
+        result = self.signer.sign(CHAIN, batch["psbt"], self._keys(self._reserved_coins(batch_id)),
+                                  reference=batch_id, withdrawals=self._approvals(batch_id))
         self._crash("after_sign")
         if not result.signed:
             reason = f"signer refused ({result.refused_rule}): {result.refused_reason}"
@@ -202,31 +204,19 @@ class BitcoinSender:
         self._write(stored)
         self._crash("after_store")
 
-    def _store_attempt(self, conn, batch_id: str, txid: str, raw: bytes, fee: int, fee_rate: int) -> bool:
-        """Records a signed transaction of the batch. A requeued withdrawal rebuilt on the same
-        coins can come back byte for byte (deterministic signatures): the stored attempt of
-        the failed batch then moves to this one; the same bytes are the same payment."""
+    def _store_attempt(self, conn, batch_id: str, txid: str, raw: bytes, fee: int, fee_rate: int,
+                       kind: str = PAYMENT) -> bool:
+        """Records a signed transaction of the batch (False if it is already stored). Every
+        batch reserves its own outpoints, so two batches can never share a transaction."""
         a = t.withdrawal_attempts.c
         owner = conn.execute(select(a.batch_id).where(a.txid == txid)).scalar()
         if owner == batch_id:
             return False
-        if owner is None:
-            conn.execute(insert(t.withdrawal_attempts).values(
-                txid=txid, batch_id=batch_id, raw=raw, fee=fee, fee_rate=fee_rate, created_at=self.clock()))
-        else:
-            if self._batch(conn, owner)["status"] != model.FAILED:
-                raise RuntimeError(f"transaction {txid} already belongs to live batch {owner}")
-            conn.execute(update(t.withdrawal_attempts).where(a.txid == txid)
-                         .values(batch_id=batch_id, created_at=self.clock()))
+        if owner is not None:
+            raise RuntimeError(f"transaction {txid} already belongs to batch {owner}")
+        conn.execute(insert(t.withdrawal_attempts).values(
+            txid=txid, batch_id=batch_id, kind=kind, raw=raw, fee=fee, fee_rate=fee_rate, created_at=self.clock()))
         return True
-
-    def _input_paths(self, batch_id: str) -> list[str]:
-        r, u, a = t.utxo_reservations.c, t.utxos.c, t.chain_addresses.c
-        with read_transaction(self.engine) as conn:
-            rows = conn.execute(select(a.branch, a.key_index).select_from(t.utxo_reservations)
-                                .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
-                                .join(t.chain_addresses, a.id == u.address_id).where(r.batch_id == batch_id)).all()
-        return [f"{x.branch}/{x.key_index}" for x in rows]
 
     def _refused(self, conn, batch_id: str, reason: str) -> None:
         """The signer said no: withdrawals whose destination the refusal names fail with
@@ -242,7 +232,8 @@ class BitcoinSender:
         conn.execute(delete(t.utxo_reservations).where(t.utxo_reservations.c.batch_id == batch_id))
         self._set_batch(conn, batch_id, status=model.FAILED, reason=reason)
 
-    def _dissolve(self, conn, batch_id: str, members: list[dict], reason: str, requeue: bool) -> None:
+    def _dissolve(self, conn, batch_id: str, members: list[dict], reason: str, requeue: bool,
+                  status: str = model.FAILED, keep_reservations: bool = False) -> None:
         for m in members:
             if m["status"] in model.TERMINAL:
                 continue
@@ -251,15 +242,15 @@ class BitcoinSender:
                            batch_id=None, requeues=m["requeues"] + 1)
             else:
                 store.move(conn, self.ids, m, model.FAILED, "withdrawal-job", reason, batch_id=None)
-        conn.execute(delete(t.utxo_reservations).where(t.utxo_reservations.c.batch_id == batch_id))
-        self._set_batch(conn, batch_id, status=model.FAILED, reason=reason)
+        if not keep_reservations:
+            conn.execute(delete(t.utxo_reservations).where(t.utxo_reservations.c.batch_id == batch_id))
+        self._set_batch(conn, batch_id, status=status, reason=reason)
 
     # -- 3. broadcast, confirm, complete ------------------------------------------------------------------------
-    def follow(self, batch_id: str) -> None:
+    def _state(self, batch_id: str):
+        """(batch, attempts by txid in the order stored, the spends of its reserved outpoints, scan cursor)."""
         with read_transaction(self.engine) as conn:
             batch = self._batch(conn, batch_id)
-            if batch["status"] not in (model.SIGNED, model.BROADCAST, model.CONFIRMING):
-                return
             attempts = {r.txid: dict(r._mapping) for r in conn.execute(
                 select(t.withdrawal_attempts).where(t.withdrawal_attempts.c.batch_id == batch_id)
                 .order_by(t.withdrawal_attempts.c.created_at, t.withdrawal_attempts.c.fee_rate))}
@@ -268,16 +259,35 @@ class BitcoinSender:
                                   .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
                                   .where(r.batch_id == batch_id)).all()
             cursor = load_cursor(conn, CHAIN)
-        spenders = {s.spent_txid for s in spends}
-        if len(spenders) == 1 and None not in spenders:
-            (txid,) = spenders
-            if txid in attempts:
-                return self._confirmed(batch_id, attempts[txid], spends[0].spent_height, cursor.height)
-            log.error("batch %s: its inputs were spent by %s, none of its attempts: left for staff", batch_id, txid)
+        return batch, attempts, spends, cursor
+
+    def follow(self, batch_id: str) -> None:
+        """Where are the batch's reserved outpoints? Spent by a payment attempt: confirm and
+        complete; by its self-spend: fail or requeue at depth; by anything else: staff."""
+        batch, attempts, spends, cursor = self._state(batch_id)
+        if batch["status"] not in (model.SIGNED, model.BROADCAST, model.CONFIRMING, CANCELLING):
             return
+        payments = [a for a in attempts.values() if a["kind"] == PAYMENT]
+        cancels = [a for a in attempts.values() if a["kind"] == CANCEL]
+        spenders = {s.spent_txid for s in spends if s.spent_txid is not None}
+        foreign = spenders - set(attempts)
+        if foreign:
+            self._needs_staff(batch_id, f"its inputs were spent by {', '.join(sorted(foreign))}, which is none "
+                                        "of its transactions", "alert.withdrawal_inputs_spent_elsewhere")
+            return
+        if spenders and all(s.spent_txid is not None for s in spends):
+            (txid,) = spenders  # one block holds one spend of an outpoint; all our attempts spend them all
+            height = max(s.spent_height for s in spends)
+            if attempts[txid]["kind"] == PAYMENT:
+                return self._confirmed(batch_id, attempts[txid], height, cursor.height)
+            return self._cancel_confirmed(batch_id, attempts[txid], height, cursor.height)
         if batch["status"] == model.CONFIRMING:  # a reorg took its block away
             self._write(lambda conn: self._back_to_broadcast(conn, batch_id))
-        self._broadcast(batch_id, batch, list(attempts.values()))
+            batch = {**batch, "status": model.BROADCAST}
+        if batch["status"] == CANCELLING:
+            self._push(batch_id, cancels[-1])
+            return
+        self._broadcast(batch_id, batch, payments)
 
     def _broadcast(self, batch_id: str, batch: dict, attempts: list[dict]) -> None:
         if any(self.plugin.in_mempool(a["txid"]) for a in attempts):
@@ -293,10 +303,16 @@ class BitcoinSender:
             try:
                 self.plugin.broadcast(attempt["raw"])
                 break
+            except NodeUnavailable as exc:
+                # No answer (FAILURE_MODES 1): the node may well have accepted it. Nothing is
+                # rebuilt; the next pass finds it in the mempool or sends the same bytes again.
+                log.warning("batch %s: broadcast of %s unanswered (%s); the same bytes are re-sent next pass",
+                            batch_id, attempt["txid"], exc)
+                return
             except NodeError as exc:
                 refusal = exc
         else:
-            self._rejected(batch_id, refusal)
+            self._rejected(batch_id, batch, attempts, refusal)
             return
         self._crash("after_broadcast")
         if batch["status"] in (model.SIGNED,):
@@ -326,9 +342,8 @@ class BitcoinSender:
         except NodeError as exc:
             log.warning("batch %s: can't bump the fee: %s", batch_id, exc)
             return
-        keys = sorted({(self.rules.signer_key_id, f"{self.rules.hot_account_path}/{path}")
-                       for path in self._input_paths(batch_id)})
-        result = self.signer.sign(CHAIN, unsigned, keys, reference=f"{batch_id}:bump:{rate}")
+        result = self.signer.sign(CHAIN, unsigned, self._keys(self._reserved_coins(batch_id)),
+                                  reference=f"{batch_id}:bump:{rate}", withdrawals=self._approvals(batch_id))
         if not result.signed:
             reason = f"fee bump to {rate} sat/vB refused by the signer ({result.refused_rule}): {result.refused_reason}"
             log.warning("batch %s: %s", batch_id, reason)
@@ -372,22 +387,35 @@ class BitcoinSender:
             store.move(conn, self.ids, m, model.BROADCAST, "withdrawal-job", "its block left the best chain")
         self._set_batch(conn, batch_id, status=model.BROADCAST, confirm_height=None)
 
-    def _rejected(self, batch_id: str, exc: Exception) -> None:
-        """The node refused every attempt. Only when every input is provably unspent on
-        chain (no attempt can still confirm) are the withdrawals failed or requeued."""
-        coins = self._reserved(batch_id)
-        if any(self.plugin.spent_on_chain(txid, index) for txid, index in coins):
-            log.warning("batch %s: refused but an input is spent on chain; waiting for the scanner", batch_id)
-            return
-        reason = f"the node refused the transaction: {exc}"
-        requeue = self.rules.on_node_rejection == "requeue"
-        self._write(lambda conn: self._dissolve(conn, batch_id, self._members(conn, batch_id), reason, requeue))
+    def _approvals(self, batch_id: str) -> list:
+        """The batch's withdrawals with their staff approvals, for the signer to verify itself."""
+        from hsm.approvals import Approval, WithdrawalApproval
 
-    def _reserved(self, batch_id: str) -> list[tuple[str, int]]:
-        r = t.utxo_reservations.c
+        a = t.withdrawal_approvals.c
         with read_transaction(self.engine) as conn:
-            return [(x.txid, x.output_index) for x in conn.execute(
-                select(r.txid, r.output_index).where(r.batch_id == batch_id))]
+            members = self._members(conn, batch_id)
+            given = conn.execute(select(a.withdrawal_id, a.approver, a.signature)
+                                 .where(a.withdrawal_id.in_([m["id"] for m in members]))
+                                 .order_by(a.withdrawal_id, a.approver)).all()
+        by_id: dict[str, list] = {}
+        for g in given:
+            by_id.setdefault(g.withdrawal_id, []).append(Approval(g.approver, bytes(g.signature)))
+        return [WithdrawalApproval(m["id"], m["account_id"], m["asset"], m["to_address"], m["amount"], m["fee"],
+                                   tuple(by_id.get(m["id"], ()))) for m in members]
+
+    def _keys(self, coins: list[Coin]) -> list[tuple[str, str]]:
+        return sorted({(self.rules.signer_key_id, f"{self.rules.hot_account_path}/{c.derivation_path}")
+                       for c in coins})
+
+    def _reserved_coins(self, batch_id: str) -> list[Coin]:
+        r, u, a = t.utxo_reservations.c, t.utxos.c, t.chain_addresses.c
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(select(u.txid, u.output_index, u.amount, a.watch_key, a.branch, a.key_index)
+                                .select_from(t.utxo_reservations)
+                                .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
+                                .join(t.chain_addresses, a.id == u.address_id).where(r.batch_id == batch_id)
+                                .order_by(u.txid, u.output_index)).all()
+        return [Coin(x.txid, x.output_index, x.amount, bytes(x.watch_key), f"{x.branch}/{x.key_index}") for x in rows]
 
     def _confirmed(self, batch_id: str, attempt: dict, height: int, view: int) -> None:
         depth = view - height + 1
@@ -396,22 +424,26 @@ class BitcoinSender:
         def work(conn):
             batch = self._batch(conn, batch_id)
             members = self._members(conn, batch_id)
-            if batch["status"] == model.SIGNED:
-                self._mark_broadcast(conn, batch_id)
-                members = self._members(conn, batch_id)
-            if batch["status"] in (model.SIGNED, model.BROADCAST):
+            if batch["status"] in (model.SIGNED, model.BROADCAST, CANCELLING):
+                # CANCELLING: a refused attempt was mined after all; it paid, the self-spend is moot.
                 for m in members:
+                    if m["status"] == model.SIGNED:
+                        m, _ = store.move(conn, self.ids, m, model.BROADCAST, "withdrawal-job", None)
                     store.move(conn, self.ids, m, model.CONFIRMING, "scanner", f"in block {height}",
                                txid=attempt["txid"])
-                self._set_batch(conn, batch_id, status=model.CONFIRMING, confirm_height=height)
+                self._set_batch(conn, batch_id, status=model.CONFIRMING, confirm_height=height,
+                                broadcast_at=batch["broadcast_at"] or store.now())
                 members = self._members(conn, batch_id)
             if depth < confirmations:
                 return
             self._crash("before_complete")
-            shares = model.split_fee(attempt["fee"], [m["amount"] for m in members])
-            for m, share in zip(members, shares):
-                store.move(conn, self.ids, m, model.COMPLETED, "withdrawal-job",
-                           f"{depth} confirmations", network_fee=share, txid=attempt["txid"])
+            if members:
+                shares = model.split_fee(attempt["fee"], [m["amount"] for m in members])
+                for m, share in zip(members, shares):
+                    store.move(conn, self.ids, m, model.COMPLETED, "withdrawal-job",
+                               f"{depth} confirmations", network_fee=share, txid=attempt["txid"])
+            else:  # a consolidation: the hot wallet paid only the fee
+                self._book_fee(conn, batch_id, attempt, "utxo_consolidation_fee")
             self._set_batch(conn, batch_id, status=model.COMPLETED, txid=attempt["txid"], fee=attempt["fee"],
                             fee_rate=attempt["fee_rate"])
         self._write(work)

@@ -32,6 +32,7 @@ from hsm.approvals import approval_message
 
 MIN_REASON, MAX_REASON = 3, 512
 DAY = datetime.timedelta(days=1)
+LAST_EVENT = "custody.last_event"
 
 
 class Withdrawals:
@@ -47,8 +48,12 @@ class Withdrawals:
     def _write(self, work):
         """Runs work(conn) in one write transaction; notifies readers of its last event after commit."""
         with self.ids.write_transaction(self.engine) as conn:
+            conn.info.pop(LAST_EVENT, None)
             result = work(conn)
-            last = conn.execute(select(t.event_sequence.c.last_cursor)).scalar_one()
+            # work may say where its last event is (saves a query on the request path).
+            last = conn.info.pop(LAST_EVENT, None)
+            if last is None:
+                last = conn.execute(select(t.event_sequence.c.last_cursor)).scalar_one()
         self.notify(last)
         return result
 
@@ -87,12 +92,13 @@ class Withdrawals:
                 raise IdempotencyConflict(f"idempotency key {key!r} was used for a different withdrawal")
             return dict(row._mapping)
 
-        with read_transaction(self.engine) as conn:
-            first = replay(conn)
-        if first:
-            return first, False
-
+        # No separate read for a replay first: it would cost every new request a transaction;
+        # the replay check below, under the account's lock, answers replays too.
         def work(conn):
+            # A replay answers with the first result whatever happened since (e.g. a freeze).
+            again = replay(conn)
+            if again:
+                return again, False
             q = select(t.accounts.c.frozen, t.accounts.c.frozen_reason).where(t.accounts.c.id == account)
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update()  # one request per account at a time: the daily limit can't be raced
@@ -101,9 +107,6 @@ class Withdrawals:
                 raise NotFound(f"account {account} does not exist")
             if owner.frozen:
                 raise AccountFrozen(f"account {account} is frozen: {owner.frozen_reason or 'no reason given'}")
-            again = replay(conn)
-            if again:
-                return again, False
             w = t.withdrawals.c
             since = store.now() - DAY
             recent = conn.execute(select(w.amount).where(
@@ -132,7 +135,7 @@ class Withdrawals:
             row["status"] = first_status
             conn.execute(insert(t.withdrawals).values(**row))
             why = "auto-approved: at or below the auto-approval amount" if needed == 0 else "awaiting staff review"
-            store.emit_events(conn, [store.record(conn, row, None, client, why)])
+            conn.info[LAST_EVENT] = store.emit_events(conn, [store.record(conn, row, None, client, why)])
             return row, True
 
         try:
@@ -256,3 +259,15 @@ class Withdrawals:
                     "max_withdrawal": asset.max_withdrawal, "approvals_needed": self._approvals_needed(r.amount),
                     "approvers": approvers, "requested_by": r.client}))
         return out
+
+    # -- batches held for staff (custody/withdrawals/resolve.py) -----------------------------------------
+    def batches(self, status: str = "NEEDS_STAFF") -> list[dict]:
+        from custody.withdrawals.resolve import list_batches
+
+        return list_batches(self.engine, status)
+
+    def resolve_batch(self, staff: str, batch_id: str, txid: str, reason: str) -> tuple[dict, list[dict]]:
+        """Settles a NEEDS_STAFF batch on chain proof: txid must be the confirmed spend of its inputs."""
+        from custody.withdrawals.resolve import resolve_batch
+
+        return resolve_batch(self, staff, batch_id, txid, reason)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import grpc
 
 from hsm.api.auth import TokenAuth
-from hsm.approvals import Approval
+from hsm.approvals import Approval, WithdrawalApproval
 from hsm.errors import UnknownKey
 from hsm.service import Signer
 from hsm.v1 import signer_pb2, signer_pb2_grpc
@@ -33,7 +33,10 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         outcome = self.signer.sign(
             request.chain, request.payload, [(k.key_id, k.path) for k in request.keys],
             [Approval(a.approver, a.signature) for a in request.approvals], client=client,
-            reference=request.reference)
+            reference=request.reference, withdrawals=[
+                WithdrawalApproval(w.withdrawal_id, w.account_id, w.asset, w.to_address, _amount(w.amount),
+                                   _amount(w.fee), tuple(Approval(a.approver, a.signature) for a in w.approvals))
+                for w in request.withdrawals])
         return signer_pb2.SignResponse(
             decision=signer_pb2.DECISION_SIGNED if outcome.signed else signer_pb2.DECISION_REFUSED,
             refused_rule=outcome.refused_rule, refused_reason=outcome.refused_reason,
@@ -42,3 +45,8 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
                                                  internal=t.internal) for t in outcome.transfers],
             fee=str(outcome.fee), fee_asset=outcome.fee_asset, payload_hash=outcome.payload_hash,
             audit_sequence=outcome.audit_sequence)
+
+
+def _amount(text: str) -> int:
+    """Base units; anything else is -1, which matches no output and no signed content."""
+    return int(text) if text.isdigit() else -1

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hsm/v1/signer.proto\x12\x06hsm.v1\"3\n\x13GetPublicKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"e\n\x14GetPublicKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\x1b\n\x13\x65xtended_public_key\x18\x04 \x01(\t\"\'\n\x07KeyPath\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"/\n\x08\x41pproval\x12\x10\n\x08\x61pprover\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x84\x01\n\x0bSignRequest\x12\r\n\x05\x63hain\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x1d\n\x04keys\x18\x03 \x03(\x0b\x32\x0f.hsm.v1.KeyPath\x12#\n\tapprovals\x18\x04 \x03(\x0b\x32\x10.hsm.v1.Approval\x12\x11\n\treference\x18\x05 \x01(\t\"O\n\x0b\x44\x65stination\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05\x61sset\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x10\n\x08internal\x18\x04 \x01(\x08\"\x98\x02\n\x0cSignResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x10.hsm.v1.Decision\x12\x14\n\x0crefused_rule\x18\x02 \x01(\t\x12\x16\n\x0erefused_reason\x18\x03 \x01(\t\x12\x16\n\x0esigned_payload\x18\x04 \x01(\x0c\x12\x17\n\x0fraw_transaction\x18\x05 \x01(\x0c\x12\x0c\n\x04txid\x18\x06 \x01(\t\x12)\n\x0c\x64\x65stinations\x18\x07 \x03(\x0b\x32\x13.hsm.v1.Destination\x12\x0b\n\x03\x66\x65\x65\x18\x08 \x01(\t\x12\x11\n\tfee_asset\x18\t \x01(\t\x12\x14\n\x0cpayload_hash\x18\n \x01(\t\x12\x16\n\x0e\x61udit_sequence\x18\x0b \x01(\x04\"\x11\n\x0fListKeysRequest\"P\n\x07KeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x12\n\npublic_key\x18\x04 \x01(\x0c\"1\n\x10ListKeysResponse\x12\x1d\n\x04keys\x18\x01 \x03(\x0b\x32\x0f.hsm.v1.KeyInfo*O\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x45\x43ISION_SIGNED\x10\x01\x12\x14\n\x10\x44\x45\x43ISION_REFUSED\x10\x02\x32\xcc\x01\n\rSignerService\x12I\n\x0cGetPublicKey\x12\x1b.hsm.v1.GetPublicKeyRequest\x1a\x1c.hsm.v1.GetPublicKeyResponse\x12\x31\n\x04Sign\x12\x13.hsm.v1.SignRequest\x1a\x14.hsm.v1.SignResponse\x12=\n\x08ListKeys\x12\x17.hsm.v1.ListKeysRequest\x1a\x18.hsm.v1.ListKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hsm/v1/signer.proto\x12\x06hsm.v1\"3\n\x13GetPublicKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"e\n\x14GetPublicKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\x1b\n\x13\x65xtended_public_key\x18\x04 \x01(\t\"\'\n\x07KeyPath\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"/\n\x08\x41pproval\x12\x10\n\x08\x61pprover\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xb5\x01\n\x0bSignRequest\x12\r\n\x05\x63hain\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x1d\n\x04keys\x18\x03 \x03(\x0b\x32\x0f.hsm.v1.KeyPath\x12#\n\tapprovals\x18\x04 \x03(\x0b\x32\x10.hsm.v1.Approval\x12\x11\n\treference\x18\x05 \x01(\t\x12/\n\x0bwithdrawals\x18\x06 \x03(\x0b\x32\x1a.hsm.v1.ApprovedWithdrawal\"\xa4\x01\n\x12\x41pprovedWithdrawal\x12\x15\n\rwithdrawal_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\x03\x12\r\n\x05\x61sset\x18\x03 \x01(\t\x12\x12\n\nto_address\x18\x04 \x01(\t\x12\x0e\n\x06\x61mount\x18\x05 \x01(\t\x12\x0b\n\x03\x66\x65\x65\x18\x06 \x01(\t\x12#\n\tapprovals\x18\x07 \x03(\x0b\x32\x10.hsm.v1.Approval\"O\n\x0b\x44\x65stination\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05\x61sset\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x10\n\x08internal\x18\x04 \x01(\x08\"\x98\x02\n\x0cSignResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x10.hsm.v1.Decision\x12\x14\n\x0crefused_rule\x18\x02 \x01(\t\x12\x16\n\x0erefused_reason\x18\x03 \x01(\t\x12\x16\n\x0esigned_payload\x18\x04 \x01(\x0c\x12\x17\n\x0fraw_transaction\x18\x05 \x01(\x0c\x12\x0c\n\x04txid\x18\x06 \x01(\t\x12)\n\x0c\x64\x65stinations\x18\x07 \x03(\x0b\x32\x13.hsm.v1.Destination\x12\x0b\n\x03\x66\x65\x65\x18\x08 \x01(\t\x12\x11\n\tfee_asset\x18\t \x01(\t\x12\x14\n\x0cpayload_hash\x18\n \x01(\t\x12\x16\n\x0e\x61udit_sequence\x18\x0b \x01(\x04\"\x11\n\x0fListKeysRequest\"P\n\x07KeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x12\n\npublic_key\x18\x04 \x01(\x0c\"1\n\x10ListKeysResponse\x12\x1d\n\x04keys\x18\x01 \x03(\x0b\x32\x0f.hsm.v1.KeyInfo*O\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x45\x43ISION_SIGNED\x10\x01\x12\x14\n\x10\x44\x45\x43ISION_REFUSED\x10\x02\x32\xcc\x01\n\rSignerService\x12I\n\x0cGetPublicKey\x12\x1b.hsm.v1.GetPublicKeyRequest\x1a\x1c.hsm.v1.GetPublicKeyResponse\x12\x31\n\x04Sign\x12\x13.hsm.v1.SignRequest\x1a\x14.hsm.v1.SignResponse\x12=\n\x08ListKeys\x12\x17.hsm.v1.ListKeysRequest\x1a\x18.hsm.v1.ListKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hsm.v1.signer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISION']._serialized_start=928
-  _globals['_DECISION']._serialized_end=1007
+  _globals['_DECISION']._serialized_start=1144
+  _globals['_DECISION']._serialized_end=1223
   _globals['_GETPUBLICKEYREQUEST']._serialized_start=31
   _globals['_GETPUBLICKEYREQUEST']._serialized_end=82
   _globals['_GETPUBLICKEYRESPONSE']._serialized_start=84
@@ -42,17 +42,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPROVAL']._serialized_start=228
   _globals['_APPROVAL']._serialized_end=275
   _globals['_SIGNREQUEST']._serialized_start=278
-  _globals['_SIGNREQUEST']._serialized_end=410
-  _globals['_DESTINATION']._serialized_start=412
-  _globals['_DESTINATION']._serialized_end=491
-  _globals['_SIGNRESPONSE']._serialized_start=494
-  _globals['_SIGNRESPONSE']._serialized_end=774
-  _globals['_LISTKEYSREQUEST']._serialized_start=776
-  _globals['_LISTKEYSREQUEST']._serialized_end=793
-  _globals['_KEYINFO']._serialized_start=795
-  _globals['_KEYINFO']._serialized_end=875
-  _globals['_LISTKEYSRESPONSE']._serialized_start=877
-  _globals['_LISTKEYSRESPONSE']._serialized_end=926
-  _globals['_SIGNERSERVICE']._serialized_start=1010
-  _globals['_SIGNERSERVICE']._serialized_end=1214
+  _globals['_SIGNREQUEST']._serialized_end=459
+  _globals['_APPROVEDWITHDRAWAL']._serialized_start=462
+  _globals['_APPROVEDWITHDRAWAL']._serialized_end=626
+  _globals['_DESTINATION']._serialized_start=628
+  _globals['_DESTINATION']._serialized_end=707
+  _globals['_SIGNRESPONSE']._serialized_start=710
+  _globals['_SIGNRESPONSE']._serialized_end=990
+  _globals['_LISTKEYSREQUEST']._serialized_start=992
+  _globals['_LISTKEYSREQUEST']._serialized_end=1009
+  _globals['_KEYINFO']._serialized_start=1011
+  _globals['_KEYINFO']._serialized_end=1091
+  _globals['_LISTKEYSRESPONSE']._serialized_start=1093
+  _globals['_LISTKEYSRESPONSE']._serialized_end=1142
+  _globals['_SIGNERSERVICE']._serialized_start=1226
+  _globals['_SIGNERSERVICE']._serialized_end=1430
 # @@protoc_insertion_point(module_scope)

@@ -53,18 +53,38 @@ class Approval(_message.Message):
     def __init__(self, approver: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SignRequest(_message.Message):
-    __slots__ = ("chain", "payload", "keys", "approvals", "reference")
+    __slots__ = ("chain", "payload", "keys", "approvals", "reference", "withdrawals")
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     APPROVALS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAWALS_FIELD_NUMBER: _ClassVar[int]
     chain: str
     payload: bytes
     keys: _containers.RepeatedCompositeFieldContainer[KeyPath]
     approvals: _containers.RepeatedCompositeFieldContainer[Approval]
     reference: str
-    def __init__(self, chain: _Optional[str] = ..., payload: _Optional[bytes] = ..., keys: _Optional[_Iterable[_Union[KeyPath, _Mapping]]] = ..., approvals: _Optional[_Iterable[_Union[Approval, _Mapping]]] = ..., reference: _Optional[str] = ...) -> None: ...
+    withdrawals: _containers.RepeatedCompositeFieldContainer[ApprovedWithdrawal]
+    def __init__(self, chain: _Optional[str] = ..., payload: _Optional[bytes] = ..., keys: _Optional[_Iterable[_Union[KeyPath, _Mapping]]] = ..., approvals: _Optional[_Iterable[_Union[Approval, _Mapping]]] = ..., reference: _Optional[str] = ..., withdrawals: _Optional[_Iterable[_Union[ApprovedWithdrawal, _Mapping]]] = ...) -> None: ...
+
+class ApprovedWithdrawal(_message.Message):
+    __slots__ = ("withdrawal_id", "account_id", "asset", "to_address", "amount", "fee", "approvals")
+    WITHDRAWAL_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    TO_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    FEE_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    withdrawal_id: str
+    account_id: int
+    asset: str
+    to_address: str
+    amount: str
+    fee: str
+    approvals: _containers.RepeatedCompositeFieldContainer[Approval]
+    def __init__(self, withdrawal_id: _Optional[str] = ..., account_id: _Optional[int] = ..., asset: _Optional[str] = ..., to_address: _Optional[str] = ..., amount: _Optional[str] = ..., fee: _Optional[str] = ..., approvals: _Optional[_Iterable[_Union[Approval, _Mapping]]] = ...) -> None: ...
 
 class Destination(_message.Message):
     __slots__ = ("address", "asset", "amount", "internal")

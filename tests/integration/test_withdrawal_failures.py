@@ -12,8 +12,9 @@ from custody.db import schema as t
 from custody.db.engine import read_transaction
 from custody.withdrawals.sender import CrashForTest
 from tests.support.bitcoin import account_xprv, random_script, spend
-from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_held, confirm, fund, fund_hot_wallet,
-                                       ledger_balance, refusals, reserved, sender, start_signer, withdrawal_config)
+from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_held, batches, confirm, events, fund,
+                                       fund_hot_wallet, ledger_balance, refusals, reserved, sender, start_signer,
+                                       withdrawal_config)
 
 REGTEST = network("regtest")
 
@@ -72,9 +73,10 @@ def test_signer_refusal_fails_the_named_withdrawal_and_requeues_the_rest(btc, ch
         assert "deny_list" in w["reason"] and denied in w["reason"]
         assert statuses(btc, bad) == ["APPROVED", "QUEUED", "SIGNING", "FAILED"]
         assert app_history_actor(btc, bad) == "signer"
-        # The other one went back to the queue, and out in a batch of its own on the next pass.
-        w = status(btc, good)
-        assert w["status"] == "APPROVED" and "requeued" in w["reason"] and "deny_list" in w["reason"]
+        # The other one went back to the queue, and out in a batch of its own in the same pass.
+        requeued = app_history(btc, good)[3]
+        assert requeued["to_status"] == "APPROVED" and "requeued" in requeued["reason"]
+        assert "deny_list" in requeued["reason"]
         s.tick()
         assert status(btc, good)["status"] == "BROADCAST"
         assert statuses(btc, good) == ["APPROVED", "QUEUED", "SIGNING", "APPROVED", "QUEUED", "SIGNING", "SIGNED",
@@ -93,6 +95,10 @@ def test_signer_refusal_fails_the_named_withdrawal_and_requeues_the_rest(btc, ch
         assert reserved(btc) and all(o[0] != attempt["txid"] for o in reserved(btc))
     finally:
         signer.stop()
+
+
+def app_history(app, wid):
+    return app.withdrawals.get(wid)[1]
 
 
 def app_history_actor(app, wid):
@@ -145,47 +151,6 @@ def conflict(chain, outpoint, amount=BTC):
     return chain.miner.send(raw)
 
 
-def test_node_refusal_fails_cleanly_when_no_input_is_spent_on_chain(btc, chain, signer):
-    acct, wid = signed_not_sent(btc, chain, signer)
-    (outpoint,) = reserved(btc)
-    conflict(chain, outpoint)  # in the mempool only: our coin is not spent on chain
-    s = sender(btc, signer)
-    s.tick()
-    w = status(btc, wid)
-    assert w["status"] == "FAILED" and "the node refused" in w["reason"]
-    assert statuses(btc, wid)[-2:] == ["SIGNED", "FAILED"]
-    assert available_held(btc, acct) == (BTC, 0) and reserved(btc) == []
-    s.tick()
-    assert status(btc, wid)["status"] == "FAILED" and len(attempts(btc)) == 1
-    chain.mine(1)
-    btc.scanner("bitcoin").catch_up()
-
-
-def test_node_refusal_requeues_by_rule(db_url, chain, signer):
-    app = make_app(db_url, chain, on_node_rejection="requeue", max_requeues=1)
-    try:
-        acct, wid = signed_not_sent(app, chain, signer)
-        (outpoint,) = reserved(app)
-        conflict(chain, outpoint)
-        s = sender(app, signer)
-        s.tick()
-        # Requeued, built again in the same pass on the same (only) coin: the same bytes, refused
-        # again; past max_requeues it fails. One signed transaction in all.
-        w = status(app, wid)
-        assert w["status"] == "FAILED" and w["requeues"] == 1 and "the node refused" in w["reason"]
-        assert statuses(app, wid) == ["APPROVED", "QUEUED", "SIGNING", "SIGNED", "APPROVED", "QUEUED", "SIGNING",
-                                      "SIGNED", "FAILED"]
-        assert "requeued: the node refused" in app.withdrawals.get(wid)[1][4]["reason"]
-        assert len(attempts(app)) == 1 and reserved(app) == []
-        s.tick()
-        assert status(app, wid)["status"] == "FAILED"
-        assert available_held(app, acct) == (BTC, 0)
-        chain.mine(1)
-        app.scanner("bitcoin").catch_up()
-    finally:
-        app.close()
-
-
 def test_node_refusal_with_an_input_spent_on_chain_fails_nothing(btc, chain, signer):
     acct, wid = signed_not_sent(btc, chain, signer)
     (outpoint,) = reserved(btc)
@@ -200,6 +165,28 @@ def test_node_refusal_with_an_input_spent_on_chain_fails_nothing(btc, chain, sig
     s.tick()
     assert status(btc, wid)["status"] == "SIGNED" and reserved(btc) == [outpoint]
     assert len(attempts(btc)) == 1
+    # A spend that is none of ours (FAILURE_MODES 2): an alert, the batch held for staff, once.
+    s.tick()
+    (batch,) = batches(btc)
+    assert batch["status"] == "NEEDS_STAFF" and "none of its transactions" in batch["reason"]
+    (alert,) = events(btc, "alert.withdrawal_inputs_spent_elsewhere")
+    assert alert["batch_id"] == batch["id"] and alert["withdrawal_ids"] == [wid]
+    assert app_history_actor(btc, wid) == "withdrawal-job"
+    assert app_history_reason(btc, wid).startswith("held for staff")
+    assert available_held(btc, acct) == (BTC - 2_000_000 - WITHDRAWAL_FEE, 2_000_000 + WITHDRAWAL_FEE)
+    # Staff settle it on the chain's proof: the spend paid nobody of ours, so the withdrawal fails
+    # (hold released) and the hot wallet's loss is booked to suspense, once.
+    (spender,) = btc.withdrawals.batches()[0]["spent_by"]
+    confirm(btc, chain, s, blocks=1)
+    _, (w,) = btc.withdrawals.resolve_batch("alice-admin", batch["id"], spender, "hot key used elsewhere")
+    assert w["status"] == "FAILED" and "paid none" in w["reason"] and app_history_actor(btc, wid) == "alice-admin"
+    assert available_held(btc, acct) == (BTC, 0)
+    assert ledger_balance(btc, "wallet:bitcoin:hot") == -BTC and ledger_balance(btc, "suspense") == -BTC
+    assert batches(btc)[0]["status"] == "FAILED" and btc.withdrawals.batches() == []
+
+
+def app_history_reason(app, wid):
+    return app.withdrawals.get(wid)[1][-1]["reason"]
 
 
 # -- cancel while QUEUED --------------------------------------------------------------------------------

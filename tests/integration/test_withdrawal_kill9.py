@@ -86,3 +86,44 @@ def test_kill9_at_each_step_then_restart_pays_once(btc, chain, tmp_path, db_url,
         assert available_held(btc, acct) == (BTC - 2_000_000 - WITHDRAWAL_FEE, 0)
     finally:
         signer.stop()
+
+
+def test_kill9_after_storing_the_self_spend_then_restart_fails_once(btc, chain, tmp_path, db_url):
+    """The node refuses the batch (a conflicting spend of its coin is in the mempool); the job
+    process is SIGKILLed right after storing the self-spend. A new job sends those stored bytes
+    (no second self-spend), and the withdrawal fails once, after the self-spend confirms."""
+    from custody.withdrawals.sender import CrashForTest
+    from tests.support.bitcoin import account_xprv, spend
+    from tests.support.withdrawals import batches, confirm, reserved, wipe_mempool
+
+    signer = start_signer(tmp_path)
+    try:
+        fund_hot_wallet(btc, chain, BTC)
+        chain.mine(1)
+        btc.scanner("bitcoin").catch_up()
+        acct = btc.create_account("payer").account_id
+        fund(btc, acct, BTC)
+        to = script_to_address(random_script(), network("regtest"))
+        wid = btc.withdrawals.request("wallet-service", "k", str(acct), "BTC", to, "2000000")[0]["id"]
+        with pytest.raises(CrashForTest):
+            sender(btc, signer, crash_at="after_store").tick()
+        (coin,) = reserved(btc)
+        chain.miner.send(spend(coin, BTC, account_xprv(1).derive("m/0/1").key, random_script()))
+        socket = f"unix:{tmp_path / 'signer' / 'signer.sock'}"
+        child = subprocess.run([sys.executable, "-c", CHILD, db_url, chain.rpc.url, socket, "after_cancel_store"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert child.returncode == -signal.SIGKILL, child.stderr
+        payment, cancel = attempts(btc)
+        assert cancel["kind"] == "cancel" and batches(btc)[0]["status"] == "CANCELLING"
+        wipe_mempool(btc, chain)
+        s = sender(btc, signer)
+        s.tick()
+        assert cancel["txid"] in chain.rpc.call("getrawmempool")
+        confirm(btc, chain, s, blocks=2)
+        w, history = btc.withdrawals.get(wid)
+        assert w["status"] == "FAILED" and [h["to_status"] for h in history].count("FAILED") == 1
+        assert len(attempts(btc)) == 2 and batches(btc)[0]["status"] == "CANCELLED"
+        assert available_held(btc, acct) == (BTC, 0)
+        assert ledger_balance(btc, "fees:network") == -cancel["fee"]
+    finally:
+        signer.stop()

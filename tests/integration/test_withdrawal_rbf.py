@@ -136,3 +136,21 @@ def test_b_the_original_leaves_the_mempool_and_the_replacement_confirms(btc, cha
     assert bumped["txid"] in mempool(chain) and original["txid"] not in mempool(chain)
     confirm(btc, chain, s)
     check_completed_once_with(btc, acct, wid, bumped, original, s, clock)
+
+
+def test_a_bump_counts_once_against_the_signers_24h_limit(btc, chain, tmp_path):
+    """The signer allows 1.5 withdrawals' worth a day: counted twice, the bump would be refused."""
+    from tests.support.withdrawals import refusals
+
+    signer = start_signer(tmp_path, name="tight", assets=[{
+        "asset": "BTC", "chain": "bitcoin", "max_per_transaction": str(BTC), "max_per_24h": str(AMOUNT * 3 // 2),
+        "max_fee": "1000000"}])
+    try:
+        fund_hot_wallet(btc, chain, BTC)
+        clock = Clock()
+        s, acct, wid, original, bumped, coins = stuck_then_bumped(btc, chain, signer, clock)
+        assert refusals(signer) == []
+        confirm(btc, chain, s)
+        check_completed_once_with(btc, acct, wid, original, bumped, s, clock)
+    finally:
+        signer.stop()

@@ -109,6 +109,10 @@ def test_frozen_account_and_reused_key_are_refused(wapp, wclients):
         request(wclients, acct, BTC // 2, key="after-freeze")
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "frozen" in err.value.details()
     assert balances(wapp, acct) == (5 * BTC - BTC // 2 - WITHDRAWAL_FEE, BTC // 2 + WITHDRAWAL_FEE)
+    # A retry of the request made before the freeze still answers with its first result.
+    first, created = wapp.withdrawals.request("wallet-service", "same", acct, "BTC", PAYEE, str(BTC // 2))
+    assert not created and first["amount"] == BTC // 2
+    assert balances(wapp, acct) == (5 * BTC - BTC // 2 - WITHDRAWAL_FEE, BTC // 2 + WITHDRAWAL_FEE)
 
 
 def test_daily_limit(wapp, wclients):

@@ -111,8 +111,8 @@ def test_internal_xpub_addresses_are_recognised_by_derivation(make_signer, keyst
 def test_rolling_24h_limit_refuses_then_allows_after_the_window(make_signer, keystore):
     now = [1_000_000.0]
     signer = make_signer(clock=lambda: now[0])
-    for _ in range(6):  # 6 x 0.5 BTC = the 3 BTC daily limit
-        assert btc(signer, S.simple_psbt(keystore, S.BTC // 2)).signed
+    for i in range(6):  # 6 x 0.5 BTC = the 3 BTC daily limit (6 spends of different coins)
+        assert btc(signer, S.simple_psbt(keystore, S.BTC // 2, input_txid=f"{i + 1:064x}")).signed
     out = btc(signer, S.simple_psbt(keystore, 1))
     assert (out.signed, out.refused_rule) == (False, "rolling_24h")
     now[0] += 24 * 3600 + 1
@@ -122,8 +122,8 @@ def test_rolling_24h_limit_refuses_then_allows_after_the_window(make_signer, key
 def test_rolling_limits_survive_a_restart(make_signer, keystore):
     now = [2_000_000.0]
     first = make_signer(clock=lambda: now[0])
-    for _ in range(6):
-        assert btc(first, S.simple_psbt(keystore, S.BTC // 2)).signed
+    for i in range(6):
+        assert btc(first, S.simple_psbt(keystore, S.BTC // 2, input_txid=f"{i + 1:064x}")).signed
     first.audit.close()
     first.limits.close()
     restarted = make_signer(clock=lambda: now[0] + 60)

@@ -110,11 +110,11 @@ def make_psbt(inputs: list[tuple[str, int, int, bytes]], outputs: list[tuple[byt
 
 
 def simple_psbt(store, amount: int, to: bytes | None = None, fee: int = 1_000, input_value: int = 5 * BTC,
-                change_path: str = HOT_CHANGE_PATH) -> bytes:
+                change_path: str = HOT_CHANGE_PATH, input_txid: str = "11" * 32) -> bytes:
     """One input of ours, a payment and our change (with its derivation hint)."""
     change_pub = store.public_key(HOT, change_path)
     change_script = p2wpkh_address(change_pub, REGTEST)[1]
-    return make_psbt([("11" * 32, 0, input_value, hot_script(store))],
+    return make_psbt([(input_txid, 0, input_value, hot_script(store))],
                      [(to or foreign_script(), amount), (change_script, input_value - amount - fee)],
                      change={1: (change_pub, bytes.fromhex(store.fingerprint(HOT)), change_path)})
 

@@ -112,3 +112,98 @@ def available_held(app, account_id) -> tuple[int, int]:
     _, bs = app.get_balances(str(account_id))
     b = next(b for b in bs if b.asset == "BTC")
     return b.available, b.held
+
+
+def batches(app) -> list[dict]:
+    with read_transaction(app.engine) as conn:
+        return [dict(r._mapping) for r in conn.execute(
+            select(t.withdrawal_batches).order_by(t.withdrawal_batches.c.created_at))]
+
+
+def events(app, prefix: str) -> list[dict]:
+    """The payloads of the journal's events whose type starts with prefix."""
+    import json
+
+    e = t.events.c
+    with read_transaction(app.engine) as conn:
+        return [json.loads(r.payload) for r in conn.execute(
+            select(t.events).where(e.type.startswith(prefix)).order_by(e.cursor))]
+
+
+def outputs_paying(chain, script: bytes, from_height: int) -> list[tuple[str, int]]:
+    """(txid, amount) of every output paying script in the blocks from from_height to the tip."""
+    import io
+
+    from embit.transaction import Transaction
+
+    found = []
+    for height in range(from_height, chain.height() + 1):
+        raw = bytes.fromhex(chain.rpc.call("getblock", chain.rpc.call("getblockhash", height), False))
+        stream = io.BytesIO(raw[81:]) if raw[80] < 0xFD else None
+        assert stream is not None, "test blocks hold fewer than 253 transactions"
+        for _ in range(raw[80]):
+            tx = Transaction.read_from(stream)
+            found += [(tx.txid().hex(), o.value) for o in tx.vout if o.script_pubkey.data == script]
+    return found
+
+
+def wipe_mempool(app, chain) -> None:
+    """bcoin's invalidateblock is a chain reset: the tip goes and the mempool with it. The tip
+    must hold nothing the test needs (mine an empty block first)."""
+    chain.miner.invalidate(chain.height())
+    chain.mine(1)
+    app.scanner("bitcoin").catch_up()
+
+
+class DroppingProxy:
+    """An HTTP proxy in front of the node's JSON-RPC that forwards every call but, for the
+    methods in `drop`, closes the connection instead of returning the node's answer: the
+    node acted, the caller never hears it (FAILURE_MODES 1)."""
+
+    def __init__(self, rpc_url: str, drop: set[str]):
+        import http.client
+        import http.server
+        import json
+        import threading
+        from urllib.parse import urlsplit
+
+        target = urlsplit(rpc_url)
+        self.drop = set(drop)
+        self.dropped: list[str] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                upstream.request("POST", target.path or "/", body, {
+                    k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")})
+                answer = upstream.getresponse()
+                data = answer.read()
+                upstream.close()
+                calls = json.loads(body)
+                methods = {c["method"] for c in (calls if isinstance(calls, list) else [calls])}
+                if methods & proxy.drop:
+                    proxy.dropped += sorted(methods & proxy.drop)
+                    self.close_connection = True  # the node answered; the caller gets nothing
+                    return
+                self.send_response(answer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        auth = f"{target.username}:{target.password}@" if target.username else ""
+        self.url = f"http://{auth}127.0.0.1:{self.server.server_address[1]}{target.path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,136 @@
+"""Coin selection and consolidation for the Bitcoin withdrawal job (a part of BitcoinSender).
+
+Selection: largest first, only coins worth more than their own input's fee,
+within max_inputs and the standard size (max_tx_vsize). Consolidation
+(FAILURE_MODES 29): when the coins exist but not within one transaction, the
+largest hot-wallet coins are merged into one, as many merges as the waiting
+withdrawals need (docs/withdrawals.md).
+"""
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+
+from chains.base import Coin, NodeError
+from custody.db import schema as t
+from custody.deposits.store import load_cursor
+from custody.withdrawals import model
+
+log = logging.getLogger(__name__)
+CHAIN = "bitcoin"
+
+
+class CoinsMixin:
+    def consolidate_when_cheap(self) -> str | None:
+        """Scheduled merge (FAILURE_MODES 29): with more than consolidate_above spendable
+        hot-wallet coins, no withdrawal waiting, no merge on its way and fees at or below
+        consolidation_max_fee_rate, the smallest max_inputs coins become one. Returns the batch."""
+        rules = self.rules
+        if not rules.consolidate_above:
+            return None
+        fee_rate = min(self.plugin.fee_rate() or rules.fallback_fee_rate, rules.max_fee_rate)
+        if fee_rate > rules.consolidation_max_fee_rate:
+            return None
+
+        def work(conn):
+            w, b = t.withdrawals.c, t.withdrawal_batches.c
+            if conn.execute(select(w.id).where(w.chain == CHAIN, w.status == model.APPROVED).limit(1)).first():
+                return None
+            if conn.execute(select(b.id).where(b.chain == CHAIN, b.kind == "consolidation", b.status.in_(
+                    [model.QUEUED, model.SIGNING, model.SIGNED, model.BROADCAST, model.CONFIRMING])).limit(1)).first():
+                return None
+            hot = [c for wallet, c in self._spendable(conn, fee_rate) if wallet == "hot"]
+            if len(hot) <= rules.consolidate_above:
+                return None
+            coins = sorted(hot, key=lambda c: (c.amount, c.txid, c.index))[: self._max_inputs([self._change().watch_key])]
+            try:
+                unsigned = self.plugin.build_transaction([], coins, self._change(), fee_rate)
+            except NodeError as exc:
+                log.warning("no consolidation: %s", exc)
+                return None
+            batch_id = self._insert_batch(conn, "consolidation", unsigned, fee_rate, coins)
+            log.info("batch %s: merging the %d smallest of %d hot-wallet coins at %d sat/vB",
+                     batch_id, len(coins), len(hot), fee_rate)
+            return batch_id
+        return self._write(work)
+
+    def _consolidate(self, conn, spendable: list[tuple[str, Coin]], pending: list[dict], fee_rate: int) -> str | None:
+        """FAILURE_MODES 29: the coins exist but not within max_inputs / max_tx_vsize of one
+        transaction. Merge the largest hot-wallet coins (up to max_inputs) into one output of the
+        hot wallet; the withdrawals wait for it. No more merges than the withdrawals need."""
+        from chains.bitcoin.psbt import vsize
+
+        need = sum(p["amount"] for p in pending)
+        scripts = [self.plugin.watch_key(p["to_address"]) for p in pending] + [b"\0" * 22]
+        need += vsize(len(pending), scripts) * fee_rate  # a generous allowance for a few inputs' fee
+        hot = [c for wallet, c in spendable if wallet == "hot"]
+        in_flight = self._consolidating(conn)
+        if in_flight >= need:
+            return None  # merges already on their way cover it: wait for them to confirm
+        if len(hot) < 2 or in_flight + sum(c.amount for c in hot) < need:
+            log.warning("not enough spendable hot-wallet coins for %d withdrawals", len(pending))
+            return None
+        coins = hot[: self._max_inputs([self._change().watch_key])]
+        unsigned = self.plugin.build_transaction([], coins, self._change(), fee_rate)
+        batch_id = self._insert_batch(conn, "consolidation", unsigned, fee_rate, coins)
+        log.info("batch %s: merging %d hot-wallet coins so that %d withdrawals fit in one transaction",
+                 batch_id, len(coins), len(pending))
+        return batch_id
+
+    def _consolidating(self, conn) -> int:
+        """What the unconfirmed consolidations will give back to the hot wallet."""
+        b, r, u = t.withdrawal_batches.c, t.utxo_reservations.c, t.utxos.c
+        rows = conn.execute(select(b.id, b.fee).where(
+            b.chain == CHAIN, b.kind == "consolidation",
+            b.status.in_([model.QUEUED, model.SIGNING, model.SIGNED, model.BROADCAST, model.CONFIRMING]))).all()
+        total = 0
+        for row in rows:
+            spent = conn.execute(select(u.amount).select_from(t.utxo_reservations).join(
+                t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
+                .where(r.batch_id == row.id)).scalars().all()
+            total += sum(spent) - row.fee
+        return total
+
+    def _max_inputs(self, scripts: list[bytes]) -> int:
+        """max_inputs, fewer if that many would take the transaction over max_tx_vsize."""
+        from chains.bitcoin.psbt import INPUT_VSIZE, vsize
+
+        room = self.rules.max_tx_vsize - vsize(0, scripts)
+        return max(0, min(self.rules.max_inputs, room // INPUT_VSIZE))
+
+    def _spendable(self, conn, fee_rate: int) -> list[tuple[str, Coin]]:
+        """(wallet, coin) of the unreserved, unspent, mature coins worth spending at fee_rate
+        (at least min_utxo and more than their own input's fee), hot wallet first, largest first."""
+        from chains.bitcoin.psbt import INPUT_VSIZE
+
+        u, r, a = t.utxos.c, t.utxo_reservations.c, t.chain_addresses.c
+        view = (load_cursor(conn, CHAIN) or None)
+        height = view.height if view else 0
+        wallets = ["hot"] + (["deposit"] if self.rules.include_deposit_wallet else [])
+        rows = conn.execute(
+            select(u.txid, u.output_index, u.amount, u.wallet, a.watch_key, a.branch, a.key_index)
+            .join(t.chain_addresses, a.id == u.address_id)
+            .outerjoin(t.utxo_reservations, (r.chain == u.chain) & (r.txid == u.txid) & (r.output_index == u.output_index))
+            .where(u.chain == CHAIN, u.wallet.in_(wallets), u.spent_txid.is_(None), r.batch_id.is_(None),
+                   u.amount >= max(self.rules.min_utxo, INPUT_VSIZE * fee_rate + 1),
+                   (u.coinbase == False) | (u.block_height <= height - self.plugin.params.coinbase_maturity))  # noqa: E712
+        ).all()
+        rows.sort(key=lambda x: (wallets.index(x.wallet), -x.amount, x.txid, x.output_index))
+        return [(x.wallet, Coin(x.txid, x.output_index, x.amount, bytes(x.watch_key), f"{x.branch}/{x.key_index}"))
+                for x in rows]
+
+    def _select(self, spendable: list[tuple[str, Coin]], pending: list[dict], fee_rate: int) -> list[Coin] | None:
+        """Largest coins first until they pay the withdrawals and the fee, within max_inputs and
+        the standard size (max_tx_vsize); None if they can't."""
+        from chains.bitcoin.psbt import vsize
+
+        need = sum(p["amount"] for p in pending)
+        scripts = [self.plugin.watch_key(p["to_address"]) for p in pending] + [b"\0" * 22]
+        chosen, total = [], 0
+        for _, coin in spendable[: self._max_inputs(scripts)]:
+            chosen.append(coin)
+            total += coin.amount
+            if total >= need + vsize(len(chosen), scripts) * fee_rate:
+                return chosen
+        return None

@@ -1,0 +1,188 @@
+"""Staff settle a batch held for them (NEEDS_STAFF) on chain proof only (FAILURE_MODES 2, 11).
+
+A batch is held when its reserved inputs were spent by a transaction that is none
+of its attempts: a twin (same inputs and outputs, another txid), or a spend by
+someone holding the hot key. Staff name that transaction; the service checks it
+against what the scanner recorded and the block that holds it, then decides:
+- it pays every withdrawal of the batch (address and amount) and nothing else
+  leaves the exchange: the withdrawals complete with it, once, its fee booked;
+- it pays none of them: the withdrawals fail (holds released) and what the hot
+  wallet lost is booked to suspense, an explicit correction.
+Anything else (an unrelated txid, not deep enough, partly paid) is refused.
+"""
+from __future__ import annotations
+
+from embit.transaction import Transaction
+from sqlalchemy import delete, select
+
+from custody.db import schema as t
+from custody.db.engine import read_transaction
+from custody.deposits.store import load_cursor
+from custody.errors import CustodyError, FailedPrecondition, InvalidArgument, NotFound
+from custody.ledger.commands import Command, Idempotency
+from custody.ledger.engine import apply_commands
+from custody.ledger.model import Posting
+from custody.withdrawals import model, store
+from custody.withdrawals.refusal import NEEDS_STAFF
+MIN_REASON, MAX_REASON = 3, 512
+
+
+def list_batches(engine, status: str) -> list[dict]:
+    b, w, r, u = t.withdrawal_batches.c, t.withdrawals.c, t.utxo_reservations.c, t.utxos.c
+    out = []
+    with read_transaction(engine) as conn:
+        for row in conn.execute(select(t.withdrawal_batches).where(b.status == status).order_by(b.created_at, b.id)):
+            spent_by = conn.execute(
+                select(u.spent_txid).distinct().select_from(t.utxo_reservations)
+                .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
+                .where(r.batch_id == row.id, u.spent_txid.is_not(None))).scalars().all()
+            members = conn.execute(select(w.id).where(w.batch_id == row.id).order_by(w.created_at, w.id)).scalars()
+            out.append({**dict(row._mapping), "withdrawal_ids": list(members), "spent_by": sorted(spent_by)})
+    return out
+
+
+def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str) -> tuple[dict, list[dict]]:
+    """withdrawals: the Withdrawals service (engine, config, plugins, ledger ids, notify)."""
+    reason = (reason or "").strip()
+    txid = (txid or "").strip().lower()
+    if not MIN_REASON <= len(reason) <= MAX_REASON:
+        raise InvalidArgument(f"reason is required: {MIN_REASON} to {MAX_REASON} characters")
+    if len(txid) != 64 or any(c not in "0123456789abcdef" for c in txid):
+        raise InvalidArgument("txid: the 64 hex digits of the transaction that spent the batch's inputs")
+    with read_transaction(withdrawals.engine) as conn:
+        batch, coins = _load(conn, batch_id)
+        cursor = load_cursor(conn, batch["chain"])
+    spent = [c for c in coins if c["spent_txid"] == txid]
+    if not spent:
+        raise FailedPrecondition(f"{txid} does not spend any input of batch {batch_id} (spent by: "
+                                 f"{', '.join(sorted({c['spent_txid'] for c in coins if c['spent_txid']})) or 'none'})")
+    depth = cursor.height - spent[0]["spent_height"] + 1
+    confirmations = _native_asset(withdrawals.config, batch["chain"]).confirmations
+    if depth < confirmations:
+        raise FailedPrecondition(f"{txid} has {depth} of the {confirmations} confirmations needed")
+    plugin = withdrawals.plugin_for(batch["chain"])
+    raw = plugin.block_transaction(spent[0]["spent_height"], txid)
+    if raw is None:
+        raise FailedPrecondition(f"{txid} is not in block {spent[0]['spent_height']} any more: wait for the scanner")
+    tx = Transaction.parse(raw)
+
+    def work(conn):
+        b, coins = _load(conn, batch_id)
+        if b["status"] != NEEDS_STAFF:
+            raise FailedPrecondition(f"batch {batch_id} is {b['status']}, not {NEEDS_STAFF}")
+        members = [m for m in conn.execute(select(t.withdrawals).where(t.withdrawals.c.batch_id == batch_id)
+                                           .order_by(t.withdrawals.c.created_at, t.withdrawals.c.id))]
+        members = [dict(m._mapping) for m in members]
+        ours_in = _our_inputs(conn, b["chain"], tx)
+        ours_out = _our_outputs(conn, b["chain"], txid)
+        outputs = [(o.script_pubkey.data, o.value) for o in tx.vout]
+        wanted = [(plugin.watch_key(m["to_address"]), m["amount"]) for m in members]
+        external = [o for i, o in enumerate(outputs) if i not in ours_out]
+        paid = _multiset_includes(external, wanted)
+        none_paid = not any(w in external for w in wanted)
+        kept = sum(ours_out.values())
+        if paid and len(external) == len(wanted) and ours_in is not None:
+            fee = ours_in - kept - sum(m["amount"] for m in members)
+            why = f"resolved by {staff}: paid by {txid} ({reason})"
+            shares = model.split_fee(fee, [m["amount"] for m in members])
+            for m, share in zip(members, shares):
+                m, _ = _to(conn, withdrawals, m, model.BROADCAST, staff, why)
+                m, _ = _to(conn, withdrawals, m, model.CONFIRMING, staff, why, txid=txid)
+                store.move(conn, withdrawals.ids, m, model.COMPLETED, staff, why, network_fee=share, txid=txid)
+            status = model.COMPLETED
+        elif none_paid:
+            why = f"resolved by {staff}: {txid} paid none of its withdrawals ({reason})"
+            for m in members:
+                store.move(conn, withdrawals.ids, m, model.FAILED, staff, why, batch_id=None)
+            lost = sum(c["amount"] for c in coins if c["spent_txid"] == txid) - kept
+            if lost > 0:
+                _ledger(conn, withdrawals, Command(
+                    kind="withdrawal_foreign_spend", actor=staff,
+                    postings=(Posting(_native_asset(withdrawals.config, b["chain"]).asset, "suspense",
+                                      f"wallet:{b['chain']}:hot", lost),),
+                    idempotency=Idempotency(store.SCOPE, f"foreign-spend:{batch_id}", batch_id),
+                    reference=batch_id, memo=why[:256]))
+            status = model.FAILED
+        else:
+            raise FailedPrecondition(f"{txid} pays some but not all of batch {batch_id}'s withdrawals, or pays "
+                                     "others too: this needs a ledger correction by hand")
+        # Inputs nobody spent are free again: no attempt of this batch can confirm without the spent ones.
+        r = t.utxo_reservations.c
+        for c in coins:
+            if c["spent_txid"] is None:
+                conn.execute(delete(t.utxo_reservations).where(
+                    r.chain == b["chain"], r.txid == c["txid"], r.output_index == c["output_index"]))
+        conn.execute(t.withdrawal_batches.update().where(t.withdrawal_batches.c.id == batch_id).values(
+            status=status, txid=txid, reason=why, updated_at=store.now()))
+        store.emit_events(conn, [("withdrawal.batch_resolved", {
+            "batch_id": batch_id, "staff": staff, "txid": txid, "status": status, "reason": reason,
+            "withdrawal_ids": [m["id"] for m in members]})])
+        return [store.load(conn, m["id"]) for m in members]
+    done = withdrawals._write(work)
+    return list_batches_by_id(withdrawals.engine, batch_id), done
+
+
+def list_batches_by_id(engine, batch_id: str) -> dict:
+    with read_transaction(engine) as conn:
+        batch, _ = _load(conn, batch_id)
+    return {**batch, "withdrawal_ids": [], "spent_by": [batch["txid"]] if batch["txid"] else []}
+
+
+def _load(conn, batch_id: str) -> tuple[dict, list[dict]]:
+    row = conn.execute(select(t.withdrawal_batches).where(t.withdrawal_batches.c.id == batch_id)).first()
+    if row is None:
+        raise NotFound(f"withdrawal batch {batch_id[:40]!r} does not exist")
+    r, u = t.utxo_reservations.c, t.utxos.c
+    coins = conn.execute(select(u.txid, u.output_index, u.amount, u.spent_txid, u.spent_height)
+                         .select_from(t.utxo_reservations)
+                         .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
+                         .where(r.batch_id == batch_id)).all()
+    return dict(row._mapping), [dict(c._mapping) for c in coins]
+
+
+def _our_inputs(conn, chain: str, tx) -> int | None:
+    """The sum of tx's inputs if every one is an output of ours, else None."""
+    u = t.utxos.c
+    total = 0
+    for vin in tx.vin:
+        amount = conn.execute(select(u.amount).where(u.chain == chain, u.txid == vin.txid.hex(),
+                                                     u.output_index == vin.vout)).scalar()
+        if amount is None:
+            return None
+        total += amount
+    return total
+
+
+def _our_outputs(conn, chain: str, txid: str) -> dict[int, int]:
+    """Outputs of txid paying our own addresses (the scanner recorded them): index -> amount."""
+    u = t.utxos.c
+    return {r.output_index: r.amount for r in conn.execute(
+        select(u.output_index, u.amount).where(u.chain == chain, u.txid == txid))}
+
+
+def _multiset_includes(have: list, want: list) -> bool:
+    pool = list(have)
+    for w in want:
+        if w not in pool:
+            return False
+        pool.remove(w)
+    return True
+
+
+def _to(conn, withdrawals, m: dict, status: str, actor: str, why: str, **values):
+    if m["status"] == status:
+        return m, None
+    return store.move(conn, withdrawals.ids, m, status, actor, why, **values)
+
+
+def _ledger(conn, withdrawals, command: Command) -> None:
+    (result,) = apply_commands(conn, [command], withdrawals.ids)
+    if isinstance(result, CustodyError):
+        raise result
+
+
+def _native_asset(config, chain: str):
+    for a in config.assets:
+        if a.chain == chain and not getattr(a, "contract", ""):
+            return a
+    raise FailedPrecondition(f"no native asset configured for {chain}")

@@ -1,0 +1,77 @@
+"""Which spends the rolling 24-hour limit has already counted, so a fee bump counts once.
+
+A replacement (RBF) spends exactly the same inputs as the transaction it
+replaces, so at most one of them can ever confirm: when it also pays exactly
+the same external outputs, it moves no new money and must not use up the
+allowance a second time. The key of a spend is SHA-256 over the chain, its
+sorted inputs and its sorted external (destination, amount) pairs; anything
+else (another input, another payee or amount) is a new spend and counts.
+Kept in SQLite next to the limits so a restart of the signer changes nothing.
+Bitcoin only: an Ethereum replacement (same nonce) still counts each time,
+which errs on the side of refusing.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import pathlib
+import sqlite3
+import threading
+
+from embit.transaction import TransactionInput
+
+from hsm.decode import Explained
+
+
+def spend_key(tx: Explained, payload: bytes) -> str | None:
+    """The key of tx's spend, or None when it has no inputs to compare (Ethereum)."""
+    if tx.chain != "bitcoin":
+        return None
+    inputs = sorted(_bitcoin_inputs(payload))
+    paid = sorted((t.destination, t.asset, t.amount) for t in tx.transfers if not t.internal)
+    text = repr((tx.chain, inputs, paid)).encode()
+    return hashlib.sha256(text).hexdigest()
+
+
+def _bitcoin_inputs(payload: bytes) -> list[tuple[str, int]]:
+    """The outpoints of a PSBT's unsigned transaction. Fast path: read only the inputs when the
+    first global entry is the unsigned transaction (key 0x00, as every writer puts it); else
+    parse the whole PSBT with embit."""
+    from embit.psbt import PSBT
+
+    from hsm.decode.bitcoin import psbt_bytes
+
+    data = psbt_bytes(payload)
+    s = io.BytesIO(data)
+    s.read(5)  # magic
+    if _varint(s) != 1 or s.read(1) != b"\x00":
+        return [(i.txid.hex(), i.vout) for i in PSBT.parse(data).tx.vin]
+    _varint(s)  # the transaction's length
+    s.read(4)  # version
+    return [(i.txid.hex(), i.vout) for i in (TransactionInput.read_from(s) for _ in range(_varint(s)))]
+
+
+def _varint(s) -> int:
+    first = s.read(1)[0]
+    return first if first < 0xFD else int.from_bytes(s.read({0xFD: 2, 0xFE: 4, 0xFF: 8}[first]), "little")
+
+
+class CountedSpends:
+    def __init__(self, path: pathlib.Path, durable: bool = True):
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._db.execute("CREATE TABLE IF NOT EXISTS counted_spends (spend_key TEXT PRIMARY KEY, at_s REAL NOT NULL)")
+        self._lock = threading.Lock()
+
+    def counted_since(self, key: str, since_s: float) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT at_s FROM counted_spends WHERE spend_key = ?", (key,)).fetchone()
+        return row is not None and row[0] > since_s
+
+    def add(self, key: str, at_s: float) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO counted_spends (spend_key, at_s) VALUES (?, ?)", (key, at_s))
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,399 @@
+"""The node refuses a valid signed batch, on a real bcoin regtest node with a real signer
+process. The refused transaction could still be mined (its bytes may have reached other
+nodes), so nothing is failed or requeued until a self-spend of the batch's inputs back to
+the hot wallet is confirmed; then the refused transaction can never pay anyone."""
+from __future__ import annotations
+
+import pytest
+
+from chains.base import NodeError
+from chains.bitcoin.addresses import script_to_address
+from chains.bitcoin.params import network
+from custody.app import Custody
+from custody.withdrawals.sender import CrashForTest
+from tests.support.bitcoin import HOT_XPUB, account_xprv, random_script, spend
+from tests.support.servers import ServerThread
+from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_held, batches, confirm, events, fund,
+                                       fund_hot_wallet, ledger_balance, outputs_paying, reserved, sender,
+                                       start_signer, wipe_mempool, withdrawal_config)
+
+REGTEST = network("regtest")
+AMOUNT = 2_000_000
+
+
+@pytest.fixture
+def signer(tmp_path):
+    process = start_signer(tmp_path)
+    yield process
+    process.stop()
+
+
+def make_app(db_url, chain, **rules):
+    app = Custody(withdrawal_config(db_url, chain.rpc.url, confirmations=2, **rules))
+    app.scanner("bitcoin").catch_up()
+    return app
+
+
+def status(app, wid):
+    return app.withdrawals.get(wid)[0]
+
+
+def refused_and_cancelling(app, chain, signer, *hot_coins):
+    """One withdrawal signed and stored; a conflicting spend of its coin (someone else holding
+    the hot key) sits in the mempool, so the node refuses ours; the job stores a self-spend."""
+    fund_hot_wallet(app, chain, *hot_coins)
+    chain.mine(1)  # an empty tip, to be taken back later to wipe the mempool
+    app.scanner("bitcoin").catch_up()
+    acct = app.create_account("payer").account_id
+    fund(app, acct, BTC)
+    script = random_script()
+    wid = app.withdrawals.request("wallet-service", "k", str(acct), "BTC", script_to_address(script, REGTEST),
+                                  str(AMOUNT))[0]["id"]
+    with pytest.raises(CrashForTest):
+        sender(app, signer, crash_at="after_store").tick()
+    (coin,) = reserved(app)
+    key = account_xprv(1).derive("m/0/1").key
+    chain.miner.send(spend(coin, next(a for a in hot_coins), key, random_script()))
+    s = sender(app, signer)
+    s.tick()
+    (batch,) = batches(app)
+    assert batch["status"] == "CANCELLING" and "the node refused" in batch["reason"]
+    payment, cancel = attempts(app)
+    assert (payment["kind"], cancel["kind"]) == ("payment", "cancel")
+    # Held, not failed, not requeued: the refused transaction could still be mined.
+    w = status(app, wid)
+    assert w["status"] == "SIGNED" and w["batch_id"] == batch["id"]
+    assert available_held(app, acct) == (BTC - AMOUNT - WITHDRAWAL_FEE, AMOUNT + WITHDRAWAL_FEE)
+    assert "being spent back to the hot wallet" in app.withdrawals.get(wid)[1][-1]["reason"]
+    return s, acct, wid, script, coin, payment, cancel
+
+
+def self_spend_shape(app, payment, cancel, coin):
+    from embit.transaction import Transaction
+
+    p, c = Transaction.parse(payment["raw"]), Transaction.parse(cancel["raw"])
+    assert [(i.txid.hex(), i.vout) for i in c.vin] == [coin] == [(i.txid.hex(), i.vout) for i in p.vin]
+    hot0 = app.plugin("bitcoin").derive_address(HOT_XPUB, 0).watch_key
+    assert [o.script_pubkey.data for o in c.vout] == [hot0]
+    assert cancel["fee"] > payment["fee"] and cancel["fee_rate"] > payment["fee_rate"]
+
+
+def test_refusal_fails_only_after_the_self_spend_confirms(db_url, chain, signer):
+    app = make_app(db_url, chain)
+    try:
+        start = chain.height()
+        s, acct, wid, script, coin, payment, cancel = refused_and_cancelling(app, chain, signer, BTC)
+        self_spend_shape(app, payment, cancel, coin)
+        s.tick()  # the conflict still holds the coin: the self-spend is refused too; nothing changes
+        assert status(app, wid)["status"] == "SIGNED" and batches(app)[0]["status"] == "CANCELLING"
+        wipe_mempool(app, chain)  # the conflict is gone
+        s.tick()
+        assert cancel["txid"] in chain.rpc.call("getrawmempool")
+        # The refused payment's bytes turn up again: the node refuses them now, the self-spend holds the coin.
+        with pytest.raises(NodeError):
+            chain.miner.send(payment["raw"])
+        chain.mine(1)
+        app.scanner("bitcoin").catch_up()
+        s.tick()
+        assert status(app, wid)["status"] == "SIGNED"  # in a block, not yet at depth
+        confirm(app, chain, s, blocks=1)
+        w = status(app, wid)
+        assert w["status"] == "FAILED" and "went back to the hot wallet in " + cancel["txid"] in w["reason"]
+        assert available_held(app, acct) == (BTC, 0)
+        (batch,) = batches(app)
+        assert batch["status"] == "CANCELLED" and batch["txid"] == cancel["txid"]
+        # The self-spend's fee is booked once; the reserved coin stays with the cancelled batch.
+        assert ledger_balance(app, "fees:network") == -cancel["fee"]
+        assert ledger_balance(app, "wallet:bitcoin:hot") == -cancel["fee"]  # the test funding is not booked
+        assert reserved(app) == [coin]
+        assert outputs_paying(chain, script, start) == []
+        # Watched: a reorg takes the self-spend's block away; the job sends it again.
+        chain.reorg(chain.height() - 1, 2)
+        app.scanner("bitcoin").catch_up()
+        s.tick()
+        assert cancel["txid"] in chain.rpc.call("getrawmempool")
+        confirm(app, chain, s, blocks=2)
+        assert batches(app)[0]["status"] == "CANCELLED" and ledger_balance(app, "fees:network") == -cancel["fee"]
+        assert outputs_paying(chain, script, start) == []
+    finally:
+        app.close()
+
+
+def test_a_requeued_withdrawal_is_paid_once(db_url, chain, signer):
+    """The case that paid twice before: requeue on refusal. The refused transaction is relayed
+    again after the withdrawal was requeued; it can't be mined, the new one pays once."""
+    app = make_app(db_url, chain, on_node_rejection="requeue")
+    try:
+        start = chain.height()
+        s, acct, wid, script, coin, payment, cancel = refused_and_cancelling(app, chain, signer, BTC, BTC)
+        wipe_mempool(app, chain)
+        s.tick()
+        with pytest.raises(NodeError):
+            chain.miner.send(payment["raw"])
+        confirm(app, chain, s, blocks=2)
+        # Requeued only now, and built on the other coin in the same pass.
+        w = status(app, wid)
+        assert w["status"] == "BROADCAST" and w["requeues"] == 1
+        assert [b["status"] for b in batches(app)] == ["CANCELLED", "BROADCAST"]
+        with pytest.raises(NodeError):
+            chain.miner.send(payment["raw"])
+        confirm(app, chain, s, blocks=2)
+        assert status(app, wid)["status"] == "COMPLETED"
+        paid = outputs_paying(chain, script, start)
+        assert len(paid) == 1 and paid[0][1] == AMOUNT and paid[0][0] == status(app, wid)["txid"] != payment["txid"]
+        assert available_held(app, acct) == (BTC - AMOUNT - WITHDRAWAL_FEE, 0)
+        new = [a for a in attempts(app) if a["txid"] == paid[0][0]][0]
+        assert ledger_balance(app, "fees:network") == -(cancel["fee"] + new["fee"])
+    finally:
+        app.close()
+
+
+def test_the_refused_transaction_mined_after_all_completes_once(db_url, chain, signer):
+    app = make_app(db_url, chain, on_node_rejection="requeue")
+    try:
+        start = chain.height()
+        s, acct, wid, script, coin, payment, cancel = refused_and_cancelling(app, chain, signer, BTC, BTC)
+        wipe_mempool(app, chain)
+        chain.miner.send(payment["raw"])  # relayed by another node before the job sends its self-spend
+        s.tick()
+        assert cancel["txid"] not in chain.rpc.call("getrawmempool")
+        confirm(app, chain, s, blocks=2)
+        w = status(app, wid)
+        assert w["status"] == "COMPLETED" and w["txid"] == payment["txid"] and w["requeues"] == 0
+        assert [b["status"] for b in batches(app)] == ["COMPLETED"]
+        assert outputs_paying(chain, script, start) == [(payment["txid"], AMOUNT)]
+        assert ledger_balance(app, "fees:network") == -payment["fee"]
+        assert available_held(app, acct) == (BTC - AMOUNT - WITHDRAWAL_FEE, 0)
+    finally:
+        app.close()
+
+
+def test_the_self_spend_is_stored_before_it_is_sent(db_url, chain, signer):
+    """The job dies right after storing the self-spend: a new job sends the same bytes."""
+    app = make_app(db_url, chain)
+    try:
+        fund_hot_wallet(app, chain, BTC)
+        chain.mine(1)
+        app.scanner("bitcoin").catch_up()
+        acct = app.create_account("payer").account_id
+        fund(app, acct, BTC)
+        wid = app.withdrawals.request("wallet-service", "k", str(acct), "BTC",
+                                      script_to_address(random_script(), REGTEST), str(AMOUNT))[0]["id"]
+        with pytest.raises(CrashForTest):
+            sender(app, signer, crash_at="after_store").tick()
+        (coin,) = reserved(app)
+        chain.miner.send(spend(coin, BTC, account_xprv(1).derive("m/0/1").key, random_script()))
+        with pytest.raises(CrashForTest):
+            sender(app, signer, crash_at="after_cancel_store").tick()
+        payment, cancel = attempts(app)
+        wipe_mempool(app, chain)
+        s = sender(app, signer)
+        s.tick()
+        assert cancel["txid"] in chain.rpc.call("getrawmempool") and len(attempts(app)) == 2
+        confirm(app, chain, s, blocks=2)
+        assert status(app, wid)["status"] == "FAILED" and available_held(app, acct) == (BTC, 0)
+        assert events(app, "alert.") == []
+    finally:
+        app.close()
+
+
+def test_a_broadcast_whose_answer_is_lost_is_not_paid_twice(db_url, chain, signer):
+    """FAILURE_MODES 1: the node accepts the transaction but the RPC reply never arrives
+    (every retry too). The job builds nothing new: it finds its transaction in the mempool."""
+    from tests.support.withdrawals import DroppingProxy
+
+    proxy = DroppingProxy(chain.rpc.url, drop={"sendrawtransaction"})
+    app = Custody(withdrawal_config(db_url, proxy.url, confirmations=2,
+                                    chain={"rpc_retries": 1, "rpc_backoff_s": 0.01}))
+    try:
+        app.scanner("bitcoin").catch_up()
+        start = chain.height()
+        fund_hot_wallet(app, chain, BTC, BTC)
+        acct = app.create_account("payer").account_id
+        fund(app, acct, BTC)
+        script = random_script()
+        wid = app.withdrawals.request("wallet-service", "k", str(acct), "BTC", script_to_address(script, REGTEST),
+                                      str(AMOUNT))[0]["id"]
+        s = sender(app, signer)
+        s.tick()
+        (attempt,) = attempts(app)
+        assert proxy.dropped == ["sendrawtransaction", "sendrawtransaction"]  # the call and its retry
+        assert attempt["txid"] in chain.rpc.call("getrawmempool")  # the node took it
+        assert status(app, wid)["status"] == "SIGNED"  # unknown outcome: not refused, not failed
+        s.tick()
+        assert status(app, wid)["status"] == "BROADCAST"
+        confirm(app, chain, s, blocks=2)
+        assert status(app, wid)["status"] == "COMPLETED"
+        assert len(attempts(app)) == 1 and len(batches(app)) == 1
+        assert outputs_paying(chain, script, start) == [(attempt["txid"], AMOUNT)]
+        assert available_held(app, acct) == (BTC - AMOUNT - WITHDRAWAL_FEE, 0)
+        assert len(reserved(app)) == 1  # the second coin was never touched
+    finally:
+        app.close()
+        proxy.close()
+
+
+def twin_of(raw: bytes, coins: list[tuple[str, int, int]]) -> bytes:
+    """The same inputs and outputs with another locktime, so another txid: what a second
+    signer of the hot key (or a malleating relay of a non-segwit spend) could produce."""
+    from embit.script import Witness, p2pkh
+    from embit.transaction import SIGHASH, Transaction
+
+    tx = Transaction.parse(raw)
+    tx.locktime = 1
+    key = account_xprv(1).derive("m/0/1").key
+    pub = key.get_public_key()
+    for i, (_, _, amount) in enumerate(coins):
+        digest = tx.sighash_segwit(i, p2pkh(pub), amount)
+        tx.vin[i].witness = Witness([key.sign(digest).serialize() + bytes([SIGHASH.ALL]), pub.sec()])
+    return tx.serialize()
+
+
+def test_a_twin_with_another_txid_alerts_and_staff_complete_it_once(db_url, chain, signer, monkeypatch,
+                                                                   capsys):
+    """FAILURE_MODES 2: a transaction with the batch's inputs and outputs but another txid
+    confirms. Not re-sent, not credited back: an alert, the batch held for staff, and the
+    staff resolution (checked against the chain) completes the withdrawal with the twin."""
+    from custody.errors import FailedPrecondition, InvalidArgument
+
+    app = make_app(db_url, chain)
+    try:
+        start = chain.height()
+        fund_hot_wallet(app, chain, BTC)
+        acct = app.create_account("payer").account_id
+        fund(app, acct, BTC)
+        script = random_script()
+        wid = app.withdrawals.request("wallet-service", "k", str(acct), "BTC", script_to_address(script, REGTEST),
+                                      str(AMOUNT))[0]["id"]
+        with pytest.raises(CrashForTest):
+            sender(app, signer, crash_at="after_store").tick()
+        (ours,) = attempts(app)
+        (coin,) = reserved(app)
+        twin = twin_of(ours["raw"], [(*coin, BTC)])
+        twin_txid = chain.miner.send(twin)
+        assert twin_txid != ours["txid"]
+        s = sender(app, signer)
+        with pytest.raises(Exception):  # not yet: the job can't resolve, staff can't either
+            app.withdrawals.resolve_batch("alice-admin", batches(app)[0]["id"], twin_txid, "twin")
+        confirm(app, chain, s, blocks=2)
+        (batch,) = batches(app)
+        assert batch["status"] == "NEEDS_STAFF" and twin_txid in batch["reason"]
+        (alert,) = events(app, "alert.withdrawal_inputs_spent_elsewhere")
+        assert alert["withdrawal_ids"] == [wid]
+        assert status(app, wid)["status"] == "SIGNED"
+        assert available_held(app, acct) == (BTC - AMOUNT - WITHDRAWAL_FEE, AMOUNT + WITHDRAWAL_FEE)
+        assert len(attempts(app)) == 1 and outputs_paying(chain, script, start) == [(twin_txid, AMOUNT)]
+        (listed,) = app.withdrawals.batches()
+        assert listed["withdrawal_ids"] == [wid] and listed["spent_by"] == [twin_txid]
+        # Staff resolution needs the on-chain proof: an empty or unrelated txid is refused.
+        with pytest.raises(InvalidArgument):
+            app.withdrawals.resolve_batch("alice-admin", batch["id"], "", "twin")
+        with pytest.raises(FailedPrecondition, match="does not spend"):
+            app.withdrawals.resolve_batch("alice-admin", batch["id"], ours["txid"], "twin")
+        # Through the staff CLI and the gRPC server: reviewers see it, only an admin resolves it.
+        server = ServerThread(app.config, app)
+        try:
+            code, out = staff_cli(server.address, "alice", monkeypatch, "batches")
+            assert code == 0 and batch["id"] in out and twin_txid in out and "1 NEEDS_STAFF" in out
+            code, _ = staff_cli(server.address, "alice", monkeypatch, "resolve-batch", batch["id"], "--txid",
+                                twin_txid, "--reason", "malleated twin")
+            assert code == 1 and "PERMISSION_DENIED" in capsys.readouterr().err
+            code, out = staff_cli(server.address, "alice-admin", monkeypatch, "resolve-batch", batch["id"],
+                                  "--txid", twin_txid, "--reason", "malleated twin")
+            assert code == 0 and f"{wid} COMPLETED" in out
+        finally:
+            server.stop()
+        w = status(app, wid)
+        assert batches(app)[0]["status"] == "COMPLETED" and w["status"] == "COMPLETED" and w["txid"] == twin_txid
+        assert app.withdrawals.get(wid)[1][-1]["actor"] == "alice-admin"
+        fee = BTC - sum(v for _, v in outputs_paying(chain, script, start)) - hot_change(app, twin_txid)
+        assert w["network_fee"] == fee == ours["fee"]
+        assert available_held(app, acct) == (BTC - AMOUNT - WITHDRAWAL_FEE, 0)
+        assert ledger_balance(app, "wallet:bitcoin:hot") == -(AMOUNT + fee)
+        with pytest.raises(FailedPrecondition):  # once
+            app.withdrawals.resolve_batch("alice-admin", batch["id"], twin_txid, "again")
+        s.tick()
+        assert status(app, wid)["status"] == "COMPLETED" and len(attempts(app)) == 1
+    finally:
+        app.close()
+
+
+def staff_cli(address, staff, monkeypatch, *args):
+    import io
+
+    from backoffice.cli import main
+    from tests.support.servers import TOKENS
+
+    monkeypatch.setenv("CUSTODY_STAFF_TOKEN", TOKENS[staff])
+    out = io.StringIO()
+    return main(["--server", address, *args], out=out), out.getvalue()
+
+
+def hot_change(app, txid: str) -> int:
+    from sqlalchemy import select
+
+    from custody.db import schema as t
+    from custody.db.engine import read_transaction
+
+    with read_transaction(app.engine) as conn:
+        return sum(conn.execute(select(t.utxos.c.amount).where(t.utxos.c.txid == txid)).scalars())
+
+
+def test_a_self_spend_the_signer_refuses_holds_the_batch_for_staff(db_url, chain, tmp_path):
+    """The signer's max_fee admits the payment (282 sats) but not the self-spend that must
+    outbid it (440 sats): nothing is failed or requeued; an alert, the batch held for staff."""
+    app = make_app(db_url, chain)
+    signer = start_signer(tmp_path, name="low-fee", assets=[{
+        "asset": "BTC", "chain": "bitcoin", "max_per_transaction": str(BTC), "max_per_24h": str(10 * BTC),
+        "max_fee": "400"}])
+    try:
+        fund_hot_wallet(app, chain, BTC)
+        acct = app.create_account("payer").account_id
+        fund(app, acct, BTC)
+        wid = app.withdrawals.request("wallet-service", "k", str(acct), "BTC",
+                                      script_to_address(random_script(), REGTEST), str(AMOUNT))[0]["id"]
+        with pytest.raises(CrashForTest):
+            sender(app, signer, crash_at="after_store").tick()
+        (payment,) = attempts(app)
+        assert payment["fee"] == 282
+        (coin,) = reserved(app)
+        conflicting = spend(coin, BTC, account_xprv(1).derive("m/0/1").key, random_script())
+        chain.miner.send(conflicting)
+        s = sender(app, signer)
+        s.tick()
+        (batch,) = batches(app)
+        assert batch["status"] == "NEEDS_STAFF" and "max_fee" in batch["reason"]
+        (alert,) = events(app, "alert.withdrawal_refused_not_cancellable")
+        assert alert["withdrawal_ids"] == [wid]
+        assert status(app, wid)["status"] == "SIGNED" and len(attempts(app)) == 1
+        assert available_held(app, acct) == (BTC - AMOUNT - WITHDRAWAL_FEE, AMOUNT + WITHDRAWAL_FEE)
+        s.tick()
+        assert len(events(app, "alert.")) == 1  # once
+        chain.mine(1)
+        app.scanner("bitcoin").catch_up()
+    finally:
+        signer.stop()
+        app.close()
+
+
+def test_a_refused_payment_mined_after_its_cancellation_alerts(db_url, chain, signer):
+    """Watched after CANCELLED: a reorg takes the self-spend's block away and the refused
+    payment is mined instead. The withdrawal was failed and is now paid: an alert, NEEDS_STAFF."""
+    app = make_app(db_url, chain)
+    try:
+        s, acct, wid, script, coin, payment, cancel = refused_and_cancelling(app, chain, signer, BTC)
+        wipe_mempool(app, chain)
+        s.tick()
+        confirm(app, chain, s, blocks=2)
+        assert status(app, wid)["status"] == "FAILED" and batches(app)[0]["status"] == "CANCELLED"
+        chain.reorg(chain.height() - 1, 1)  # the self-spend's block and the one above it go
+        chain.miner.send(payment["raw"])
+        chain.mine(1)
+        app.scanner("bitcoin").catch_up()
+        s.tick()
+        (batch,) = batches(app)
+        assert batch["status"] == "NEEDS_STAFF" and payment["txid"] in batch["reason"]
+        (alert,) = events(app, "alert.withdrawal_paid_after_cancel")
+        assert alert["batch_id"] == batch["id"] and alert["withdrawal_ids"] == [wid]
+    finally:
+        app.close()
