@@ -32,6 +32,7 @@ def test_a_fee_bump_counts_once_and_other_spends_count(make_signer, keystore):
     # Remembered across a restart of the signer.
     signer.audit.close(), signer.limits.close(), signer.policy.close()
     restarted = make_signer(clock=lambda: now[0] + 60, **POLICY)
+    assert restarted.limits.spent_since("BTC", 0) == 3 * S.BTC  # rebuilt from the audit log: bumps add nothing
     assert pay(restarted, 2 * S.BTC, COIN_A, fee=8_000).signed
     assert pay(restarted, 1, "cc" * 32).refused_rule == "rolling_24h"
     restarted.policy.close()
