@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo demo-serve test install tools softhsm proto lint bench bench-scanning bench-signer bench-withdrawals nodes-up nodes-down clean
+.PHONY: demo demo-serve test install tools softhsm proto lint bench bench-all bench-scanning bench-signer bench-matching bench-withdrawals nodes-up nodes-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,12 @@ bench-signer: install softhsm
 
 bench-withdrawals: install tools
 	$(BIN)/python -m benchmarks.withdrawals
+
+bench-matching: install
+	$(BIN)/python -m benchmarks.matching
+
+# Every benchmark, one after another (about 25 minutes on 2 cores).
+bench-all: bench bench-scanning bench-signer bench-matching bench-withdrawals
 
 clean:
 	-$(BIN)/custody nodes down 2>/dev/null
