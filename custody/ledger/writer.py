@@ -115,13 +115,17 @@ def _resolve_on_loop(pairs: list) -> None:
 
 
 def _groups(q: queue.SimpleQueue, max_group: int) -> Iterator[list]:
-    """Yields lists of queued items, as many as are waiting (up to max_group); ends at _STOP."""
+    """Yields lists of queued (command, future) pairs, as many as are waiting, at most
+    max_group each; ends at _STOP. The queue holds lists of pairs (see submit_async)."""
+    carry: list = []
     while True:
-        item = q.get()
-        if item is _STOP:
-            return
-        group = [item]
-        while len(group) < max_group:
+        if not carry:
+            item = q.get()
+            if item is _STOP:
+                return
+            carry = item
+        group, carry = carry[:max_group], carry[max_group:]
+        while len(group) < max_group and not carry:
             try:
                 item = q.get_nowait()
             except queue.Empty:
@@ -129,7 +133,9 @@ def _groups(q: queue.SimpleQueue, max_group: int) -> Iterator[list]:
             if item is _STOP:
                 yield group
                 return
-            group.append(item)
+            room = max_group - len(group)
+            group += item[:room]
+            carry = item[room:]
         yield group
 
 
@@ -138,6 +144,8 @@ class _QueuedWriter:
         self.max_group = max_group
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._listeners: list[Callable[[int], None]] = []
+        # Per event loop, what its current turn submitted (touched only from that loop's thread).
+        self._loop_batches: dict[asyncio.AbstractEventLoop, list] = {}
 
     def on_commit(self, listener: Callable[[int], None]) -> None:
         """listener(last_cursor) runs after each commit that wrote events (on a writer thread)."""
@@ -145,14 +153,25 @@ class _QueuedWriter:
 
     def submit(self, command: Command) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put((command, future))
+        self._queue.put([(command, future)])
         return future
 
     def submit_async(self, command: Command) -> asyncio.Future:
-        """For callers on an event loop (the gRPC servicers): await the result."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put((command, future))
+        """For callers on an event loop (the gRPC servicers): await the result.
+
+        The commands submitted during one turn of the loop are queued together
+        at its end: one wake-up of the writer's thread per turn, not per call."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        batch = self._loop_batches.get(loop)
+        if batch is None:
+            batch = self._loop_batches[loop] = []
+            loop.call_soon(self._flush_loop_batch, loop)
+        batch.append((command, future))
         return future
+
+    def _flush_loop_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._queue.put(self._loop_batches.pop(loop))
 
     def execute(self, command: Command) -> BatchResult:
         return self.submit(command).result()
