@@ -5,7 +5,7 @@ import grpc
 import structlog
 
 from custody import errors
-from custody.api.auth import Authenticator, set_current_client
+from custody.api.auth import OPEN_PREFIXES, Authenticator, set_current_client
 
 log = structlog.get_logger("custody.api")
 
@@ -34,20 +34,29 @@ async def _abort_for(exc: Exception, context, method: str):
 
 
 class CustodyInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each method's handler once (handlers are fixed when the server starts);
+    the wrapper authorizes every call from its own metadata."""
+
     def __init__(self, authenticator: Authenticator):
         self.authenticator = authenticator
+        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
 
     async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
+        method = details.method
+        if method not in self._wrapped:
+            self._wrapped[method] = self._wrap(method, await continuation(details))
+        return self._wrapped[method]
+
+    def _wrap(self, method: str, handler):
         if handler is None:
             return None
-        method = details.method
-        client, status, message = self.authenticator.authorize(method, details.invocation_metadata)
+        authorize = self.authenticator.authorize
 
         if handler.unary_unary:
             inner = handler.unary_unary
 
             async def unary_unary(request, context):
+                client, status, message = authorize(method, context.invocation_metadata())
                 if client is None:
                     await context.abort(status, message)
                 set_current_client(client)
@@ -65,6 +74,7 @@ class CustodyInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def unary_stream(request, context):
+                client, status, message = authorize(method, context.invocation_metadata())
                 if client is None:
                     await context.abort(status, message)
                 set_current_client(client)
@@ -79,8 +89,10 @@ class CustodyInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, handler.request_deserializer, handler.response_serializer)
 
-        if client is None:  # streaming-request methods: none of ours, but never let one through unchecked
-            async def refuse(request, context):
-                await context.abort(status, message)
-            return grpc.unary_unary_rpc_method_handler(refuse)
-        return handler
+        # Streaming-request methods: none of ours (reflection is open), but never let one through unchecked.
+        async def refuse(request, context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} needs a scope no client can have")
+
+        if method.startswith(OPEN_PREFIXES):
+            return handler
+        return grpc.unary_unary_rpc_method_handler(refuse)
