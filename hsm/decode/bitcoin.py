@@ -122,6 +122,10 @@ class BitcoinDecoder:
         # (key id, path) -> (p2wpkh script, public key), as the keystore derived them.
         self._scripts: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._hints: dict[bytes, tuple[bytes, bytes] | None] = {}  # see _derived_at
+        # script -> address of the scripts _derived_at found ours: change goes to the same few
+        # addresses again and again, and encoding one costs about a twentieth of a signature.
+        # Only a memo of script_to_address: being in it makes no output ours.
+        self._addresses: dict[bytes, str] = {}
 
     def explain(self, payload: bytes, keys: list[tuple[str, str]]) -> Explained:
         psbt, tx = parse_psbt(payload)
@@ -153,7 +157,7 @@ class BitcoinDecoder:
         for j in range(n_out):
             script = _wally.output_script(tx, j)
             amount = c.tx_get_output_satoshi(tx, j)
-            address = script_to_address(script, self.net)
+            address = self._addresses.get(script) or script_to_address(script, self.net)
             if address is None:
                 raise Refused("decode", f"output {j} pays a script with no address (OP_RETURN or non-standard)")
             # Ours if it pays a key signing this very transaction, or re-derives from our keys.
@@ -240,7 +244,10 @@ class BitcoinDecoder:
                 found = (p2wpkh_script(pub), pub)
         if len(self._hints) >= _MAX_CACHED_SCRIPTS:
             self._hints.clear()
+            self._addresses.clear()
         self._hints[hint] = found
+        if found:
+            self._addresses[found[0]] = script_to_address(found[0], self.net)
         return found
 
     def _wallets(self) -> tuple[dict[str, KeyInfo], frozenset[bytes]]:
