@@ -123,7 +123,7 @@ class BitcoinDecoder:
         self._scripts: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._hints: dict[bytes, tuple[bytes, bytes] | None] = {}  # see _derived_at
         # script -> address of the scripts _derived_at found ours: change goes to the same few
-        # addresses again and again, and encoding one costs about a twentieth of a signature.
+        # addresses again and again, and encoding one costs about 0.7 us, a thirtieth of a signature.
         # Only a memo of script_to_address: being in it makes no output ours.
         self._addresses: dict[bytes, str] = {}
 
