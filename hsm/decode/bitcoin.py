@@ -10,6 +10,8 @@ Parsing, the BIP143 signature hash, finalising and extraction use libwally
 (wallycore, C): embit's pure-Python PSBT parse and sighash cost several times
 a coincurve signature, libwally's a small fraction (benchmarks/SIGNER_RESULTS.md).
 The PSBT is parsed in libwally's strict mode (BIP174/BIP370 as written).
+The hot path calls libwally's C functions directly (`c`, see _wally.py), not
+through wallycore's Python wrappers: the same functions with the same arguments.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import wallycore as wally
 from chains.bitcoin.addresses import derive, parse_account_key
 from chains.bitcoin.params import BitcoinNetwork
 from hsm.decode import Explained, Signed, Transfer, _wally
+from hsm.decode._wally import c
 from hsm.errors import Refused, UnknownKey
 from hsm.keystores.base import KeyInfo, Keystore
 
@@ -49,9 +52,9 @@ def parse_psbt(payload: bytes):
     """libwally's PSBT (version 0 or 2) and its unsigned transaction, or Refused("decode")."""
     raw = psbt_bytes(payload)
     try:
-        psbt = wally.psbt_from_bytes(raw, wally.WALLY_PSBT_PARSE_FLAG_STRICT)
+        psbt = c.psbt_from_bytes(raw, wally.WALLY_PSBT_PARSE_FLAG_STRICT)
         # For version 2 the transaction is built from the per-input/output fields (BIP370).
-        tx = wally.psbt_extract(psbt, wally.WALLY_PSBT_EXTRACT_NON_FINAL)
+        tx = c.psbt_extract(psbt, wally.WALLY_PSBT_EXTRACT_NON_FINAL)
     except (ValueError, TypeError):
         raise Refused("decode", "not a valid PSBT (libwally's strict BIP174/BIP370 parser refused it)") from None
     return psbt, tx
@@ -84,11 +87,11 @@ def script_to_address(script: bytes, net: BitcoinNetwork) -> str | None:
     """
     n = len(script)
     if n == 22 and script[:2] == b"\x00\x14" or n == 34 and script[:2] in (b"\x00\x20", b"\x51\x20"):
-        return wally.addr_segwit_from_bytes(script, net.hrp, 0)
+        return c.addr_segwit_from_bytes(script, net.hrp, 0)
     if n == 25 and script[:3] == b"\x76\xa9\x14" and script[23:] == b"\x88\xac":
-        return wally.base58_from_bytes(bytes([net.p2pkh]) + script[3:23], wally.BASE58_FLAG_CHECKSUM)
+        return c.base58_from_bytes(bytes([net.p2pkh]) + script[3:23], wally.BASE58_FLAG_CHECKSUM)
     if n == 23 and script[:2] == b"\xa9\x14" and script[22] == 0x87:
-        return wally.base58_from_bytes(bytes([net.p2sh]) + script[2:22], wally.BASE58_FLAG_CHECKSUM)
+        return c.base58_from_bytes(bytes([net.p2sh]) + script[2:22], wally.BASE58_FLAG_CHECKSUM)
     return None
 
 
@@ -119,16 +122,20 @@ class BitcoinDecoder:
         # (key id, path) -> (p2wpkh script, public key), as the keystore derived them.
         self._scripts: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._hints: dict[bytes, tuple[bytes, bytes] | None] = {}  # see _derived_at
+        # script -> address of the scripts _derived_at found ours: change goes to the same few
+        # addresses again and again, and encoding one costs about 0.7 us, a thirtieth of a signature.
+        # Only a memo of script_to_address: being in it makes no output ours.
+        self._addresses: dict[bytes, str] = {}
 
     def explain(self, payload: bytes, keys: list[tuple[str, str]]) -> Explained:
         psbt, tx = parse_psbt(payload)
-        n_in, n_out = wally.tx_get_num_inputs(tx), wally.tx_get_num_outputs(tx)
+        n_in, n_out = c.tx_get_num_inputs(tx), c.tx_get_num_outputs(tx)
         if not n_in or not n_out:
             raise Refused("decode", "a PSBT needs at least one input and one output")
         signers = self._signing_keys(keys)
         plan, total_in = [], 0
         for i in range(n_in):
-            utxo = wally.psbt_get_input_witness_utxo(psbt, i)
+            utxo = c.psbt_get_input_witness_utxo_alloc(psbt, i)
             if utxo is None:
                 raise Refused("decode", f"input {i} lacks its witness_utxo: its amount, and so the fee, "
                                         "can't be checked")
@@ -137,20 +144,20 @@ class BitcoinDecoder:
                 raise Refused("decode", f"input {i} is not p2wpkh; only p2wpkh inputs are signed")
             # 0: the PSBT names no sighash type (libwally can't tell it from an explicit 0,
             # which for a segwit v0 input has no meaning other than ALL either).
-            sighash = wally.psbt_get_input_sighash(psbt, i)
+            sighash = c.psbt_get_input_sighash(psbt, i)
             if sighash not in (0, SIGHASH_ALL):
                 raise Refused("decode", f"input {i} asks for sighash {sighash}; only SIGHASH_ALL is signed")
             signer = signers.get(script)
             if signer is None:
                 raise Refused("keys", f"input {i} is not spendable by any of the keys given")
-            amount = wally.tx_output_get_satoshi(utxo)
+            amount = c.tx_output_get_satoshi(utxo)
             plan.append((*signer, script, amount))
             total_in += amount
         transfers, total_out = [], 0
         for j in range(n_out):
             script = _wally.output_script(tx, j)
-            amount = wally.tx_get_output_satoshi(tx, j)
-            address = script_to_address(script, self.net)
+            amount = c.tx_get_output_satoshi(tx, j)
+            address = self._addresses.get(script) or script_to_address(script, self.net)
             if address is None:
                 raise Refused("decode", f"output {j} pays a script with no address (OP_RETURN or non-standard)")
             # Ours if it pays a key signing this very transaction, or re-derives from our keys.
@@ -169,16 +176,16 @@ class BitcoinDecoder:
             script_code = b"\x76\xa9\x14" + script[2:] + b"\x88\xac"
             digest = _wally.segwit_sighash(tx, i, script_code, amount, SIGHASH_ALL)
             der = self.keystore.sign_digest_der(key_id, path, digest) + bytes([SIGHASH_ALL])
-            witness = wally.tx_witness_stack_init_alloc(2)
-            wally.tx_witness_stack_add(witness, der)
-            wally.tx_witness_stack_add(witness, pub)
-            wally.psbt_set_input_final_witness(psbt, i, witness)
-            wally.tx_set_input_witness(tx, i, witness)  # the same transaction, extracted at explain
+            witness = c.tx_witness_stack_init_alloc(2)
+            c.tx_witness_stack_add(witness, der)
+            c.tx_witness_stack_add(witness, pub)
+            c.psbt_set_input_final_witness(psbt, i, witness)
+            c.tx_set_input_witness(tx, i, witness)  # the same transaction, extracted at explain
         # BIP174 finaliser: with every final witness in place, libwally drops what only
         # signers need (partial signatures, derivation paths, sighash type, scripts).
         # (Setting the witness ourselves skips psbt_add_input_signature's re-parse of our own key.)
-        wally.psbt_finalize(psbt, 0)
-        if not wally.psbt_is_finalized(psbt):
+        c.psbt_finalize(psbt, 0)
+        if not c.psbt_is_finalized(psbt):
             raise Refused("decode", "the PSBT could not be finalised after signing every input")
         return Signed(_wally.psbt_serialized(psbt), _wally.tx_serialized(tx), _wally.txid(tx))
 
@@ -206,11 +213,11 @@ class BitcoinDecoder:
         wallets, token_scripts = self._wallets()
         if script in token_scripts:
             return True
-        for k in range(wally.psbt_get_output_keypaths_size(psbt, index)):
-            hint = bytes(wally.psbt_get_output_keypath(psbt, index, k))
+        for k in range(c.psbt_get_output_keypaths_size(psbt, index)):
+            hint = _wally.output_keypath(psbt, index, k)
             mine = self._derived_at(hint, wallets)
             # The hint must name our key (not only our path) and the output must pay it.
-            if mine and mine[0] == script and wally.psbt_find_output_keypath(psbt, index, mine[1]) == k + 1:
+            if mine and mine[0] == script and c.psbt_find_output_keypath(psbt, index, mine[1]) == k + 1:
                 return True
             if self.internal_xpubs:
                 tail = keypath(hint)[1][-2:]
@@ -237,7 +244,10 @@ class BitcoinDecoder:
                 found = (p2wpkh_script(pub), pub)
         if len(self._hints) >= _MAX_CACHED_SCRIPTS:
             self._hints.clear()
+            self._addresses.clear()
         self._hints[hint] = found
+        if found:
+            self._addresses[found[0]] = script_to_address(found[0], self.net)
         return found
 
     def _wallets(self) -> tuple[dict[str, KeyInfo], frozenset[bytes]]:

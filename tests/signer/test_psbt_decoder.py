@@ -201,3 +201,22 @@ def test_non_default_sighash_is_refused(store, decoder):
     wally.psbt_set_input_sighash(p, 0, wally.WALLY_SIGHASH_NONE)
     with pytest.raises(Refused, match="sighash 2"):
         decoder.explain(bytes(wally.psbt_to_bytes(p, 0)), [(S.HOT, S.HOT_BTC_PATH)])
+
+
+def test_remembered_change_address_makes_no_output_ours(store):
+    """The decoder remembers the address of change it re-derived (a memo of script_to_address); a later
+    output paying that script without a derivation hint gets the same address and is still external."""
+    decoder = BitcoinDecoder(S.REGTEST, store)
+    keys = [(S.HOT, KEY_PATHS[0])]
+    ours = S.p2wpkh_script(store.public_key(*keys[0]))
+    path = CHANGE_PATHS[0]
+    pub = store.public_key(S.HOT, path)
+    change = S.p2wpkh_script(pub)
+    hinted = S.make_psbt([(h("in").hex(), 0, S.BTC, ours)], [(SCRIPT_KINDS["p2tr"]("pay"), 10_000), (change, 50_000)],
+                         change={1: (pub, bytes.fromhex(store.fingerprint(S.HOT)), path)})
+    bare = S.make_psbt([(h("in").hex(), 0, S.BTC, ours)], [(SCRIPT_KINDS["p2tr"]("pay"), 10_000), (change, 50_000)])
+    address = script_to_address(change, S.REGTEST)
+    for payload, internal in ((hinted, True), (bare, False), (hinted, True)):
+        paid = decoder.explain(payload, keys).transfers[1]
+        assert (paid.destination, paid.internal) == (address, internal)
+    assert decoder._addresses == {change: address}
