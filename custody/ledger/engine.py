@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import threading
 
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
@@ -29,27 +30,40 @@ Result = BatchResult | CustodyError
 class AccountIds:
     """(code, asset) -> ledger account id. Ledger accounts are never deleted, so
     an id seen committed stays right; ids created in a transaction become
-    visible here only once that transaction commits."""
+    visible here only once that transaction commits.
+
+    One AccountIds may serve several threads, each running its own transaction
+    (the withdrawal service's gRPC worker threads do), so ids not yet committed
+    are kept per thread: one thread's commit must not publish ids that another
+    thread's transaction, later rolled back, inserted."""
 
     def __init__(self) -> None:
         self._committed: dict[tuple[str, str], int] = {}
-        self._pending: dict[tuple[str, str], int] = {}
+        self._local = threading.local()
+
+    def _pending(self) -> dict[tuple[str, str], int]:
+        pending = getattr(self._local, "pending", None)
+        if pending is None:
+            pending = self._local.pending = {}
+        return pending
 
     def get(self, key):
-        return self._committed.get(key) or self._pending.get(key)
+        return self._committed.get(key) or self._pending().get(key)
 
     def add_committed(self, key, id_):
         self._committed[key] = id_
 
     def add_pending(self, key, id_):
-        self._pending[key] = id_
+        self._pending()[key] = id_
 
     def commit(self):
-        self._committed.update(self._pending)
-        self._pending.clear()
+        """The calling thread's transaction committed: its new ids are now safe for every thread."""
+        pending = self._pending()
+        self._committed.update(pending)
+        pending.clear()
 
     def rollback(self):
-        self._pending.clear()
+        self._pending().clear()
 
     @contextlib.contextmanager
     def write_transaction(self, engine: Engine):
