@@ -34,25 +34,38 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: li
             raise DBAPIError.instance(statement, None, exc, conn.dialect.loaded_dbapi.Error,
                                       dialect=conn.dialect) from exc
         return
-    processors = [(i, p) for i, p in enumerate(_processors(conn, table, tuple(columns))) if p]
     placeholders = ", ".join("?" for _ in columns)
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})"
-    if processors:
-        # A group's rows share one timestamp: format each distinct value once.
-        memo: dict = {}
-        converted = []
-        for row in rows:
-            row = list(row)
-            for i, process in processors:
-                value = row[i]
-                if value is not None:
-                    key = (i, value)
-                    if key not in memo:
-                        memo[key] = process(value)
-                    row[i] = memo[key]
-            converted.append(tuple(row))
-        rows = converted
+    conn.exec_driver_sql(sql, _bind(conn, table, columns, rows))
+
+
+def update_rows(conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
+    """UPDATE table SET columns[1:] WHERE columns[0] = value, one row each, through the driver's executemany."""
+    if not rows:
+        return
+    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    key, *values = columns
+    sql = f"UPDATE {table.name} SET {', '.join(f'{c} = {mark}' for c in values)} WHERE {key} = {mark}"
+    # The driver binds in statement order: the key comes last.
+    rows = [(*row[1:], row[0]) for row in _bind(conn, table, columns, rows)]
     conn.exec_driver_sql(sql, rows)
+
+
+def _bind(conn: Connection, table: Table, columns: Sequence[str], rows: list) -> list:
+    """rows with each column's SQLAlchemy bind processor applied (PostgreSQL's psycopg takes the values as they are)."""
+    if conn.dialect.name == "postgresql":
+        return rows
+    processors = [(i, p) for i, p in enumerate(_processors(conn, table, tuple(columns))) if p]
+    if not processors:
+        return rows
+    # Column by column: each distinct value is processed once (a group's rows
+    # share one timestamp), and the transposing is done by zip in C rather
+    # than per row in Python.
+    cols = list(zip(*rows))
+    for i, process in processors:
+        converted = {v: None if v is None else process(v) for v in set(cols[i])}
+        cols[i] = map(converted.__getitem__, cols[i])
+    return list(zip(*cols))
 
 
 def update_account_totals(conn: Connection, rows: list[tuple[int, int, int]]) -> None:
@@ -121,9 +134,13 @@ def select_by_ids(conn: Connection, table: Table, columns: Sequence[str], ids, *
         return []
     names = ", ".join(columns)
     if conn.dialect.name == "postgresql":
-        sql = (f"SELECT {names} FROM {table.name} WHERE id = ANY(%s::bigint[]) ORDER BY id"
+        if type(ids[0]) is int:
+            kind, values = "bigint[]", int_array(ids)
+        else:  # text ids (holds): psycopg quotes each element
+            kind, values = "text[]", ids
+        sql = (f"SELECT {names} FROM {table.name} WHERE id = ANY(%s::{kind}) ORDER BY id"
                + (" FOR UPDATE" if lock else ""))
-        return conn.exec_driver_sql(sql, (int_array(ids),)).all()
+        return conn.exec_driver_sql(sql, (values,)).all()
     sql = f"SELECT {names} FROM {table.name} WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
     return conn.exec_driver_sql(sql, (json.dumps(ids),)).all()
 
