@@ -250,15 +250,17 @@ class _Group:
             })
         for hp in c.hold_posts:
             hold = writes.hold(holds, hp.hold_id)
-            spent = sum(amount for _, amount in hp.legs)
-            if not hp.legs or any(amount <= 0 for _, amount in hp.legs):
+            amounts = [amount for _, amount in hp.legs]
+            if not amounts or min(amounts) <= 0:
                 raise InvalidArgument("each posted amount must be greater than zero")
+            spent = sum(amounts)
             if spent > hold["remaining"]:
                 raise FailedPrecondition(
                     f"hold {hp.hold_id} has {hold['remaining']} left, cannot post {spent}"
                 )
             held = user_held(hold["account_id"])
-            postings.extend(Posting(hold["asset"], held, code, amount) for code, amount in hp.legs)
+            asset = hold["asset"]
+            postings += [Posting(asset, held, code, amount) for code, amount in hp.legs]
             hold["remaining"] -= spent
             if hp.close or hold["remaining"] == 0:
                 self._close_hold(hold, postings)
@@ -364,10 +366,10 @@ class _Writes:
         self.batches.append([batch_id, c.kind, c.reference, c.actor, c.memo, c.flagged, 0, now])
         self.done.append((i, hold_ids))
         accounts = staging.accounts
-        self.transfers.extend(
+        self.transfers += [
             (batch_id, p.asset, accounts[(p.debit, p.asset)].id, accounts[(p.credit, p.asset)].id, p.amount)
             for p in postings
-        )
+        ]
         self.payloads.append(orjson.dumps({
             "batch_id": batch_id, "kind": c.kind, "reference": c.reference, "actor": c.actor, "memo": c.memo,
             "flagged": c.flagged,
