@@ -192,6 +192,8 @@ def _sqlalchemy_error(conn: Connection, sql: str, params, exc: Exception) -> DBA
 
 def to_int(value) -> int:
     """An amount as the driver returns it (Decimal from NUMERIC, text from SQLite) as an int."""
+    if type(value) is str:  # SQLite's text, the common case
+        return int(value)
     if type(value) is Decimal:
         integral = int(value)
         if integral != value:

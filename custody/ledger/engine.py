@@ -181,11 +181,12 @@ class _Group:
         }
 
     def _load_accounts(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], AccountState]:
-        unknown = [k for k in keys if self.ids.get(k) is None]
+        found = list(map(self.ids.get, keys))
+        unknown = [k for k, id_ in zip(keys, found) if id_ is None]
         if unknown:
             self._find_or_create(unknown)
-        rows = select_by_ids(self.conn, t.ledger_accounts, _ACCOUNT_COLUMNS, [self.ids.get(k) for k in keys],
-                             lock=self.lock)
+            found = list(map(self.ids.get, keys))
+        rows = select_by_ids(self.conn, t.ledger_accounts, _ACCOUNT_COLUMNS, found, lock=self.lock)
         return {
             (code, asset): AccountState(id_, code, asset, owner, to_int(debits), to_int(credits), bool(no_overdraft))
             for id_, code, asset, owner, debits, credits, no_overdraft in rows
