@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import itertools
 import threading
 
@@ -80,7 +81,30 @@ class AccountIds:
 
 def apply_commands(conn: Connection, commands: list[Command], ids: AccountIds) -> list[Result]:
     """Applies commands in order in the caller's transaction; returns one result or error each."""
-    return _Group(conn, commands, ids).run()
+    with _collector_paused():
+        return _Group(conn, commands, ids).run()
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Pauses Python's cyclic garbage collector while a group is applied.
+
+    A group allocates tens of container objects per command (rows, dicts,
+    tuples), none of them in reference cycles: reference counting frees them.
+    With the collector on, those allocations set off collections that walk
+    every live object of the process; in the matching engine, which keeps its
+    books in memory, that was about a third of apply_commands' time per fill
+    (57 us -> 39 us with it paused). Objects still alive afterwards are
+    counted as usual, so the collector catches up on them at its next run.
+    Left alone if something else has already paused it."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class _Group:
