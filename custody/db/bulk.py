@@ -29,30 +29,51 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: li
                 for row in rows:
                     copy.write_row(row)
         except conn.dialect.loaded_dbapi.Error as exc:
-            # Raise what SQLAlchemy would have raised, so callers handle one
-            # family of database errors (IntegrityError, OperationalError...).
-            raise DBAPIError.instance(statement, None, exc, conn.dialect.loaded_dbapi.Error,
-                                      dialect=conn.dialect) from exc
+            raise _sqlalchemy_error(conn, statement, None, exc) from exc
         return
-    processors = [(i, p) for i, p in enumerate(_processors(conn, table, tuple(columns))) if p]
     placeholders = ", ".join("?" for _ in columns)
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})"
-    if processors:
-        # A group's rows share one timestamp: format each distinct value once.
-        memo: dict = {}
-        converted = []
-        for row in rows:
-            row = list(row)
-            for i, process in processors:
-                value = row[i]
-                if value is not None:
-                    key = (i, value)
-                    if key not in memo:
-                        memo[key] = process(value)
-                    row[i] = memo[key]
-            converted.append(tuple(row))
-        rows = converted
-    conn.exec_driver_sql(sql, rows)
+    conn.exec_driver_sql(sql, _bind(conn, table, columns, rows))
+
+
+def update_rows(conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
+    """UPDATE table SET columns[1:] WHERE columns[0] = value, for rows with distinct keys.
+
+    PostgreSQL gets one statement with a column array each (unnest), as in
+    update_account_totals: psycopg's executemany costs a pipelined statement
+    and some Python per row. SQLite gets the driver's executemany."""
+    if not rows:
+        return
+    key, *values = columns
+    if conn.dialect.name == "postgresql":
+        types = [table.c[name].type.compile(dialect=conn.dialect) for name in columns]
+        arrays = ", ".join(f"%s::{kind}[]" for kind in types)
+        conn.exec_driver_sql(
+            f"UPDATE {table.name} AS t SET {', '.join(f'{c} = v.{c}' for c in values)} "
+            f"FROM unnest({arrays}) AS v({', '.join(columns)}) WHERE t.{key} = v.{key}",
+            tuple(list(column) for column in zip(*rows)),
+        )
+        return
+    sql = f"UPDATE {table.name} SET {', '.join(f'{c} = ?' for c in values)} WHERE {key} = ?"
+    # The driver binds in statement order: the key comes last.
+    conn.exec_driver_sql(sql, [(*row[1:], row[0]) for row in _bind(conn, table, columns, rows)])
+
+
+def _bind(conn: Connection, table: Table, columns: Sequence[str], rows: list) -> list:
+    """rows with each column's SQLAlchemy bind processor applied (PostgreSQL's psycopg takes the values as they are)."""
+    if conn.dialect.name == "postgresql":
+        return rows
+    processors = [(i, p) for i, p in enumerate(_processors(conn, table, tuple(columns))) if p]
+    if not processors:
+        return rows
+    # Column by column: each distinct value is processed once (a group's rows
+    # share one timestamp), and the transposing is done by zip in C rather
+    # than per row in Python.
+    cols = list(zip(*rows))
+    for i, process in processors:
+        converted = {v: None if v is None else process(v) for v in set(cols[i])}
+        cols[i] = map(converted.__getitem__, cols[i])
+    return list(zip(*cols))
 
 
 def update_account_totals(conn: Connection, rows: list[tuple[int, int, int]]) -> None:
@@ -121,11 +142,15 @@ def select_by_ids(conn: Connection, table: Table, columns: Sequence[str], ids, *
         return []
     names = ", ".join(columns)
     if conn.dialect.name == "postgresql":
-        sql = (f"SELECT {names} FROM {table.name} WHERE id = ANY(%s::bigint[]) ORDER BY id"
+        if type(ids[0]) is int:
+            kind, values = "bigint[]", int_array(ids)
+        else:  # text ids (holds): psycopg quotes each element
+            kind, values = "text[]", ids
+        sql = (f"SELECT {names} FROM {table.name} WHERE id = ANY(%s::{kind}) ORDER BY id"
                + (" FOR UPDATE" if lock else ""))
-        return conn.exec_driver_sql(sql, (int_array(ids),)).all()
+        return _fetchall(conn, sql, (values,))
     sql = f"SELECT {names} FROM {table.name} WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
-    return conn.exec_driver_sql(sql, (json.dumps(ids),)).all()
+    return _fetchall(conn, sql, (json.dumps(ids),))
 
 
 def int_array(values) -> str:
@@ -150,15 +175,36 @@ def select_by_pairs(conn: Connection, table: Table, columns: Sequence[str], firs
     for a, bs in grouped.items():
         if conn.dialect.name == "postgresql":
             sql = f"SELECT {names} FROM {table.name} WHERE {first} = %s AND {second} = ANY(%s)"
-            rows += conn.exec_driver_sql(sql, (a, bs)).all()
+            rows += _fetchall(conn, sql, (a, bs))
         else:
             sql = f"SELECT {names} FROM {table.name} WHERE {first} = ? AND {second} IN (SELECT value FROM json_each(?))"
-            rows += conn.exec_driver_sql(sql, (a, json.dumps(bs))).all()
+            rows += _fetchall(conn, sql, (a, json.dumps(bs)))
     return rows
+
+
+def _fetchall(conn: Connection, sql: str, params) -> list[tuple]:
+    """The driver's rows as plain tuples: SQLAlchemy's Row objects cost about a
+    microsecond each, and a group commit reads a row per hold and per account."""
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _sqlalchemy_error(conn, sql, params, exc) from exc
+    finally:
+        cursor.close()
+
+
+def _sqlalchemy_error(conn: Connection, sql: str, params, exc: Exception) -> DBAPIError:
+    """What SQLAlchemy would have raised, so callers handle one family of
+    database errors (IntegrityError, OperationalError...)."""
+    return DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect)
 
 
 def to_int(value) -> int:
     """An amount as the driver returns it (Decimal from NUMERIC, text from SQLite) as an int."""
+    if type(value) is str:  # SQLite's text, the common case
+        return int(value)
     if type(value) is Decimal:
         integral = int(value)
         if integral != value:

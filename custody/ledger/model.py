@@ -108,41 +108,42 @@ class Staging:
 
     def __init__(self, accounts: dict[tuple[str, str], AccountState]):
         self.accounts = accounts
-        self._undo: list[tuple[AccountState, int, int, bool]] = []
+        # Each account the current command touched -> its (debits, credits, dirty)
+        # before the command: what an undo restores and what the overdraft check
+        # compares with. One entry per account, however many postings touch it.
+        self._before: dict[AccountState, tuple[int, int, bool]] = {}
 
     def begin(self) -> None:
-        self._undo.clear()
+        self._before.clear()
 
     def rollback(self) -> None:
-        for state, debits, credits, dirty in reversed(self._undo):
+        for state, (debits, credits, dirty) in self._before.items():
             state.debits, state.credits, state.dirty = debits, credits, dirty
-        self._undo.clear()
+        self._before.clear()
 
-    def apply(self, p: Posting) -> tuple[AccountState, AccountState]:
-        debit = self.accounts[(p.debit, p.asset)]
-        credit = self.accounts[(p.credit, p.asset)]
-        self._undo.append((debit, debit.debits, debit.credits, debit.dirty))
-        self._undo.append((credit, credit.debits, credit.credits, credit.dirty))
+    def apply(self, p: Posting) -> None:
+        accounts, before = self.accounts, self._before
+        debit = accounts[(p.debit, p.asset)]
+        credit = accounts[(p.credit, p.asset)]
+        if debit not in before:
+            before[debit] = (debit.debits, debit.credits, debit.dirty)
+        if credit not in before:
+            before[credit] = (credit.debits, credit.credits, credit.dirty)
         debit.debits += p.amount
         credit.credits += p.amount
         if debit.debits > MAX_TOTAL or credit.credits > MAX_TOTAL:
             raise LimitExceeded("an account's running total would exceed 10^78-1")
         debit.dirty = credit.dirty = True
-        return debit, credit
 
     def check_no_overdraft(self) -> None:
         """Raises InsufficientFunds if this command lowered a user account below zero.
 
         An account already negative through a flagged correction may still be
         credited; it may not be debited further."""
-        before: dict[int, int] = {}
-        for state, debits, credits, _ in self._undo:
-            before.setdefault(id(state), credits - debits)
-        for state, _, _, _ in self._undo:
-            if not state.no_overdraft:
-                continue
-            now = state.credits - state.debits
-            if now < 0 and now < before[id(state)]:
-                raise InsufficientFunds(
-                    f"insufficient {state.asset} in {state.code}: short by {-now}"
-                )
+        for state, (debits, credits, _) in self._before.items():
+            if state.no_overdraft:
+                now = state.credits - state.debits
+                if now < 0 and now < credits - debits:
+                    raise InsufficientFunds(
+                        f"insufficient {state.asset} in {state.code}: short by {-now}"
+                    )
