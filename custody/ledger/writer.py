@@ -93,10 +93,8 @@ def _resolve(futures: list, results: list) -> None:
     for future, result in zip(futures, results):
         if isinstance(future, asyncio.Future):
             by_loop.setdefault(future.get_loop(), []).append((future, result))
-        elif isinstance(result, BaseException):
-            future.set_exception(result)
         else:
-            future.set_result(result)
+            _settle(future, result)
     for loop, pairs in by_loop.items():
         try:
             loop.call_soon_threadsafe(_resolve_on_loop, pairs)
@@ -106,12 +104,15 @@ def _resolve(futures: list, results: list) -> None:
 
 def _resolve_on_loop(pairs: list) -> None:
     for future, result in pairs:
-        if future.done():  # the call was cancelled
-            continue
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
+        if not future.done():  # done: the call was cancelled
+            _settle(future, result)
+
+
+def _settle(future, result) -> None:
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 def _groups(q: queue.SimpleQueue, max_group: int) -> Iterator[list]:
