@@ -123,9 +123,7 @@ def in_pairs(conn: Connection, first, second, pairs):
     QUERY PLAN), which grows with every idempotency key ever stored. Grouped by
     the first column (a client, an asset: few per group) each branch is an
     index search on both columns."""
-    grouped: dict = {}
-    for a, b in pairs:
-        grouped.setdefault(a, []).append(b)
+    grouped = _by_first(pairs)
     if not grouped:
         return false()
     return or_(*(and_(first == a, in_values(conn, second, bs)) for a, bs in grouped.items()))
@@ -162,14 +160,20 @@ def int_array(values) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+def _by_first(pairs) -> dict:
+    """first value -> the second values paired with it."""
+    grouped: dict = {}
+    for a, b in pairs:
+        grouped.setdefault(a, []).append(b)
+    return grouped
+
+
 def select_by_pairs(conn: Connection, table: Table, columns: Sequence[str], first: str, second: str,
                     pairs) -> list[tuple]:
     """SELECT columns FROM table WHERE (first, second) IN pairs, one driver-level
     statement per distinct first value (a client scope, an asset: few per group),
     each an index search on (first, second); see in_pairs for why not a row-value IN."""
-    grouped: dict = {}
-    for a, b in pairs:
-        grouped.setdefault(a, []).append(b)
+    grouped = _by_first(pairs)
     names = ", ".join(columns)
     rows: list[tuple] = []
     for a, bs in grouped.items():
