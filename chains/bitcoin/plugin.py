@@ -9,16 +9,16 @@ both behaviours are handled here:
 """
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import time
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from chains.base import (
     AssetInfo,
     Block,
     BlockNotFound,
     BlockRef,
+    ChainError,
     ChainPlugin,
     Coin,
     DerivedAddress,
@@ -32,11 +32,10 @@ from chains.base import (
 )
 from chains.bitcoin import addresses, psbt
 from chains.bitcoin.blocks import parse_block, transaction_id
+from chains.bitcoin.fetcher import NOT_FOUND_CODES, BlockFetcher, RawBlock, block_hashes, raw_blocks
 from chains.bitcoin.params import COINBASE_MATURITY, network
 from chains.bitcoin.rpc import BitcoinRPC, RpcError
 
-# Bitcoin Core: -8 "Block height out of range", -5 "Block not found".
-_NOT_FOUND_CODES = (-8, -5)
 # Blocks fetched in one JSON-RPC batch while catching up (the benchmark's unit).
 FETCH_BATCH = 16
 # Raw blocks per request while pipelining fetch and parse.
@@ -60,13 +59,11 @@ class BitcoinChain(ChainPlugin):
             backoff_s=float(settings.get("rpc_backoff_s", 0.25)),
             max_backoff_s=float(settings.get("rpc_max_backoff_s", 8)),
         )
-        # A second connection, used only by the prefetch thread (one HTTP
-        # connection can't carry two requests at once).
-        self._prefetch_rpc = BitcoinRPC(str(url), timeout_s=self.rpc.timeout_s, retries=self.rpc.retries,
-                                        backoff_s=self.rpc.backoff_s, max_backoff_s=self.rpc.max_backoff_s)
-        self._prefetch = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bitcoin-prefetch")
-        # (start, count, futures) of raw blocks fetched ahead for the next fetch_blocks call.
-        self._ahead: tuple[int, int, list[concurrent.futures.Future]] | None = None
+        self._fetcher = BlockFetcher(dict(url=str(url), timeout_s=self.rpc.timeout_s, retries=self.rpc.retries,
+                                          backoff_s=self.rpc.backoff_s, max_backoff_s=self.rpc.max_backoff_s),
+                                     PIPELINE_CHUNK)
+        # (start, count, request id) of raw blocks fetched ahead for the next fetch_blocks call.
+        self._ahead: tuple[int, int, int] | None = None
         self._params = NetworkParams("bitcoin", self.network.name, AssetInfo("BTC", 8), COINBASE_MATURITY)
         # The hot wallet's account key: change outputs carry its derivation hint for the signer.
         self.change_xpub = str(settings.get("hot_xpub", ""))
@@ -75,10 +72,14 @@ class BitcoinChain(ChainPlugin):
     def params(self) -> NetworkParams:
         return self._params
 
+    @property
+    def fetcher_pid(self) -> int | None:
+        """The block fetcher process, while it runs (it starts with the first large fetch)."""
+        return self._fetcher.pid
+
     def close(self) -> None:
-        self._prefetch.shutdown(wait=True, cancel_futures=True)
+        self._fetcher.close()
         self.rpc.close()
-        self._prefetch_rpc.close()
 
     # -- addresses -------------------------------------------------------------------------
     def derive_address(self, extended_public_key: str, index: int, change: bool = False) -> DerivedAddress:
@@ -115,7 +116,7 @@ class BitcoinChain(ChainPlugin):
         try:
             return self.rpc.call("getblockhash", height)
         except RpcError as exc:
-            if exc.code in _NOT_FOUND_CODES:
+            if exc.code in NOT_FOUND_CODES:
                 raise BlockNotFound(f"no block at height {height}") from None
             raise
 
@@ -129,84 +130,55 @@ class BitcoinChain(ChainPlugin):
         """Blocks start..start+count-1 (fewer at the tip), parsed with `watch`.
 
         Parsing is CPU work in this process; fetching is mostly the node's
-        work. So a prefetch thread on a second connection fetches the hashes
-        (one batched request), then the raw blocks, PIPELINE_CHUNK per batched
-        request, while this thread parses the ones already here; and after a
-        full batch it fetches the next batch ahead, since a scanner catching up
-        asks for it next. Only raw bytes are fetched ahead, never parsed ahead:
-        the watched set is the caller's at the time of the call. Blocks fetched
-        ahead may be a moment old; like any fetched block they may straddle a
-        reorg, which the caller sees in the parent hashes."""
-        chunks = self._take_ahead(start, count) or self._schedule(start, count)
+        work. A batch of more than PIPELINE_CHUNK blocks is fetched by a child
+        process (chains/bitcoin/fetcher.py), PIPELINE_CHUNK blocks per request,
+        while this thread parses the ones already here, and the next batch is
+        requested right behind it, since a scanner catching up asks for it
+        next. Only raw bytes are fetched ahead, never parsed ahead: the watched
+        set is the caller's at the time of the call. Blocks fetched ahead may
+        be a moment old; like any fetched block they may straddle a reorg,
+        which the caller sees in the parent hashes."""
         blocks: list[Block] = []
         created: dict[str, list] = {}  # paid to us in this batch: their spends count too
-        for n, future in enumerate(chunks):
-            for expected, raw_hex in future.result()[:count - len(blocks)]:
-                block = parse_block(bytes.fromhex(raw_hex), start + len(blocks), watch.keys, watch.outpoints,
-                                    created)
-                if block.hash != expected:
-                    raise NodeError(f"getblock {expected} returned a block whose hash is {block.hash}")
-                blocks.append(block)
-            if len(blocks) < min(count, (n + 1) * PIPELINE_CHUNK):  # the tip: later chunks would leave a gap
-                for f in chunks[n + 1:]:
-                    f.cancel()
-                break
-        if len(blocks) == count >= PIPELINE_CHUNK:  # catching up (at the tip, the next blocks don't exist yet)
-            self._ahead = (start + count, count, self._schedule(start + count, count))
+        for expected, raw in self._raw_blocks(start, count):
+            block = parse_block(raw, start + len(blocks), watch.keys, watch.outpoints, created)
+            if block.hash != expected:
+                raise NodeError(f"getblock {expected} returned a block whose hash is {block.hash}")
+            blocks.append(block)
         return blocks
 
-    def _schedule(self, start: int, count: int) -> list[concurrent.futures.Future]:
-        """Futures of (hash, raw hex) lists, one per chunk of PIPELINE_CHUNK heights."""
-        rpc = self._prefetch_rpc
-        hashes = self._prefetch.submit(self._hashes, start, count, rpc)
-        # One worker thread runs the jobs in order: `hashes` is done when a chunk job starts.
-        return [self._prefetch.submit(self._raw_chunk, hashes, offset, rpc)
-                for offset in range(0, count, PIPELINE_CHUNK)]
+    def _raw_blocks(self, start: int, count: int) -> Iterator[RawBlock]:
+        request = self._take_ahead(start, count)
+        if request is None and count <= PIPELINE_CHUNK:  # near the tip: one request, no child needed
+            yield from raw_blocks(self.rpc, block_hashes(self.rpc, start, count))
+            return
+        if request is None:
+            request = self._fetcher.request(start, count)
+        if count > PIPELINE_CHUNK:
+            # Catching up: the next batch is asked for next. Requested now, the
+            # child goes on to it while this thread parses the end of this one.
+            self._ahead = (start + count, count, self._fetcher.request(start + count, count))
+        left = count
+        for chunk in self._fetcher.chunks(request):
+            yield from chunk[:left]
+            left -= len(chunk)
+            if left <= 0:
+                return  # the rest of a larger batch fetched ahead: cancelled
 
-    def _take_ahead(self, start: int, count: int) -> list[concurrent.futures.Future] | None:
-        """The chunks fetched ahead if they begin at start and cover count blocks."""
+    def _take_ahead(self, start: int, count: int) -> int | None:
+        """The request fetched ahead if it begins at start and covers count blocks."""
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return None
-        ahead_start, ahead_count, futures = ahead
-        needed = -(-count // PIPELINE_CHUNK)
+        ahead_start, ahead_count, request = ahead
         if ahead_start == start and count <= ahead_count:
-            for f in futures[needed:]:
-                f.cancel()
-            return futures[:needed]
-        for f in futures:
-            f.cancel()
+            return request
+        try:
+            for _ in self._fetcher.chunks(request):  # not what is wanted: stop it, drop what it sent
+                break
+        except ChainError:
+            pass  # whatever went wrong with it, nobody wants its blocks
         return None
-
-    @staticmethod
-    def _hashes(start: int, count: int, rpc: BitcoinRPC) -> list[str]:
-        """Hashes of blocks start..start+count-1 on the best chain, stopping at the tip."""
-        try:
-            return rpc.batch([("getblockhash", h) for h in range(start, start + count)])
-        except RpcError as exc:
-            if exc.code not in _NOT_FOUND_CODES:
-                raise
-        hashes = []
-        for h in range(start, start + count):  # some heights are above the tip: up to it, one by one
-            try:
-                hashes.append(rpc.call("getblockhash", h))
-            except RpcError as exc:
-                if exc.code in _NOT_FOUND_CODES:
-                    break
-                raise
-        return hashes
-
-    @staticmethod
-    def _raw_chunk(hashes: concurrent.futures.Future, offset: int, rpc: BitcoinRPC) -> list[tuple[str, str]]:
-        chunk = hashes.result()[offset:offset + PIPELINE_CHUNK]
-        if not chunk:
-            return []
-        try:
-            return list(zip(chunk, rpc.batch([("getblock", h, False) for h in chunk])))
-        except RpcError as exc:
-            if exc.code in _NOT_FOUND_CODES:  # reorged away between the two calls
-                raise BlockNotFound(f"block {chunk[0]} or one after it left the best chain while fetching") from None
-            raise
 
     # -- reconciliation ----------------------------------------------------------------------
     def balances(self, addresses_: Sequence[str]) -> dict[str, dict[str, int]]:

@@ -198,20 +198,21 @@ def test_blocks_fetched_ahead_then_reorged_away_are_unwound_like_any_other(db_ur
     """The plugin fetches the next batch's raw blocks ahead. If a reorg replaces them before the
     scanner uses them, the scanner may apply the stale ones, then sees the reorg and unwinds:
     it ends on the node's chain, and the deposit that only the stale blocks had is not counted."""
-    app = Custody(make_chain_config(db_url, chain.rpc.url, blocks_per_commit=4))
+    app = Custody(make_chain_config(db_url, chain.rpc.url, blocks_per_commit=8))
     try:
         scanner = app.scanner("bitcoin")
         scanner.catch_up()
         account = app.create_account("ann").account_id
         script = app.plugin("bitcoin").watch_key(app.deposit_address(str(account), "bitcoin")[1])
         start = chain.height()
-        chain.mine(7)
+        chain.mine(15)
         chain.pay((script, 8_000))
-        chain.mine(1)  # the deposit is in block start + 8
-        assert scanner.run_once(max_blocks=4).applied == 4  # start+1..start+4; start+5..start+8 fetched ahead
+        chain.mine(1)  # the deposit is in block start + 16
+        assert scanner.run_once(max_blocks=8).applied == 8  # start+1..start+8; start+9..start+16 fetched ahead
         assert app.plugin("bitcoin")._ahead is not None
+        time.sleep(0.5)  # lets the fetcher process fetch them before the reorg (the test holds either way)
 
-        chain.reorg(start + 5, 6)  # replaces start+5..start+8; bcoin drops the deposit's transaction
+        chain.reorg(start + 9, 10)  # replaces start+9..start+16; bcoin drops the deposit's transaction
         scanner.catch_up()
         with app.engine.connect() as conn:
             cursor = conn.execute(select(t.scan_cursors)).one()
