@@ -102,7 +102,8 @@ def database(kind: str) -> Iterator[tuple[str, object]]:
 
 
 class Ledger:
-    """apply_commands in one write transaction per call, the way LedgerWriter._commit does it."""
+    """apply_commands in one write transaction per call, as the ledger writer's GroupCommitter does
+    (which also keeps its connection open between groups: no difference at 1,000 commands a group)."""
 
     def __init__(self, engine):
         self.engine = engine

@@ -30,10 +30,12 @@ class Custody:
         self.config = config
         self.engine = make_engine(config.database_url)
         self.notifier = EventNotifier()
+        grouping = dict(max_group=config.server.max_group_commit,
+                        group_wait_s=config.server.group_commit_wait_ms / 1000)
         if config.server.ledger_writer == "process":
-            self.writer = ProcessLedgerWriter(config.database_url, max_group=config.server.max_group_commit)
+            self.writer = ProcessLedgerWriter(config.database_url, **grouping)
         else:
-            self.writer = LedgerWriter(self.engine, max_group=config.server.max_group_commit)
+            self.writer = LedgerWriter(self.engine, **grouping)
         self.writer.on_commit(self.notifier.notify)
         self.chains: dict[str, ChainPlugin] = {c.name: _make_plugin(c) for c in config.chains}
         self._scanners: dict[str, Scanner] = {}

@@ -84,6 +84,8 @@ class ServerConfig:
     tls_client_ca: pathlib.Path | None = None
     # Transfers arriving together are committed together, up to this many.
     max_group_commit: int = 1000
+    # While calls are concurrent, a group waits this long for more (see _groups in custody/ledger/writer.py).
+    group_commit_wait_ms: float = 2.0
     # Where the ledger's group commits run: "process" (a child process, so the
     # writer's work does not compete with the gRPC event loop for the GIL) or
     # "thread" (a thread of this process). See custody/ledger/writer.py.
@@ -238,6 +240,7 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
         tls_key=opt_path("tls_key"),
         tls_client_ca=opt_path("tls_client_ca"),
         max_group_commit=int(srv.get("max_group_commit", ServerConfig.max_group_commit)),
+        group_commit_wait_ms=srv.get("group_commit_wait_ms", ServerConfig.group_commit_wait_ms),
         ledger_writer=srv.get("ledger_writer", ServerConfig.ledger_writer),
     )
     if server.ledger_writer not in LEDGER_WRITERS:
@@ -245,6 +248,9 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
                           f"not {server.ledger_writer!r}")
     if server.max_group_commit < 1:
         raise ConfigError("server: max_group_commit must be at least 1")
+    wait = server.group_commit_wait_ms
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 100:
+        raise ConfigError("server: group_commit_wait_ms must be a number from 0 to 100")
     if bool(server.tls_cert) != bool(server.tls_key):
         raise ConfigError("server: tls_cert and tls_key must be given together")
     if server.tls_client_ca and not server.tls_cert:

@@ -63,10 +63,11 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        if conn.get_execution_options().get("custody_write"):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.exec_driver_sql("BEGIN")
+        # Straight to the driver: the ledger writer begins a transaction per
+        # group commit, and SQLAlchemy's statement handling was a tenth of a
+        # small group's cost.
+        statement = "BEGIN IMMEDIATE" if conn.get_execution_options().get("custody_write") else "BEGIN"
+        conn.connection.driver_connection.execute(statement)
 
 
 __all__ = ["make_engine", "is_postgres", "write_transaction", "read_transaction"]

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from custody.db import schema as t
 from custody.db.bulk import (
-    in_pairs, insert_rows, select_by_ids, select_by_pairs, to_int, update_account_totals, update_rows,
+    fetch_rows, in_pairs, insert_rows, select_by_ids, select_by_pairs, to_int, update_account_totals, update_rows,
 )
 from custody.db.engine import is_postgres, write_transaction
 from custody.errors import CustodyError, FailedPrecondition, IdempotencyConflict, InvalidArgument, NotFound
@@ -314,9 +314,8 @@ class _Group:
         # Taken last-but-inserts so that on PostgreSQL the sequence row's lock
         # (which orders commits by cursor) is held as briefly as possible.
         mark = "%s" if self.lock else "?"
-        last = conn.exec_driver_sql(
-            f"UPDATE event_sequence SET last_cursor = last_cursor + {mark} WHERE id = 1 RETURNING last_cursor", (n,)
-        ).scalar_one()
+        ((last,),) = fetch_rows(
+            conn, f"UPDATE event_sequence SET last_cursor = last_cursor + {mark} WHERE id = 1 RETURNING last_cursor", (n,))
         first = last - n + 1
         now = self.now
         events = []

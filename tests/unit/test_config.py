@@ -24,6 +24,9 @@ def test_the_example_config_loads():
     ({"assets": [{"asset": "BTC", "chain": "bitcoin"}]}, "decimals"),
     ({"server": {"tls_cert": "a.crt"}}, "together"),
     ({"server": {"tls_client_ca": "ca.crt"}}, "needs tls_cert"),
+    ({"server": {"group_commit_wait_ms": -1}}, "group_commit_wait_ms"),
+    ({"server": {"group_commit_wait_ms": "2"}}, "group_commit_wait_ms"),
+    ({"server": {"group_commit_wait_ms": 1000}}, "group_commit_wait_ms"),
 ])
 def test_bad_configs_are_refused_with_the_reason(raw, message):
     with pytest.raises(config.ConfigError, match=message):

@@ -20,3 +20,40 @@ def test_a_batch_larger_than_max_group_is_split_and_stop_ends_after_it():
     q.put(list(range(10)))
     q.put(_STOP)
     assert list(_groups(q, 3)) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+
+
+def _next_within(groups, seconds: float):
+    """next(groups) run on a thread; None if it did not return within seconds."""
+    import threading
+
+    out = []
+    worker = threading.Thread(target=lambda: out.append(next(groups)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return out[0] if out else None
+
+
+def test_while_callers_are_concurrent_a_group_waits_for_more():
+    import threading
+
+    q = queue.SimpleQueue()
+    groups = _groups(q, 100, wait_s=30.0)
+    q.put([1, 2])
+    assert next(groups) == [1, 2]  # the first group: nothing says callers are concurrent yet
+    q.put([3])
+    threading.Timer(0.2, q.put, ([4],)).start()
+    threading.Timer(0.3, q.put, ([5, 6],)).start()
+    threading.Timer(0.4, q.put, (list(range(7, 120)),)).start()
+    # The last group had two commands: this one waits, and ends when full.
+    assert _next_within(groups, 10) == list(range(3, 103))
+
+
+def test_a_lone_caller_never_waits():
+    q = queue.SimpleQueue()
+    groups = _groups(q, 100, wait_s=30.0)
+    q.put([1])
+    assert next(groups) == [1]
+    q.put([2])
+    assert _next_within(groups, 10) == [2], "the last group had one command: no wait"
+    q.put([3, 4])
+    assert _next_within(groups, 10) == [3, 4]
