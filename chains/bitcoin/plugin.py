@@ -10,6 +10,7 @@ both behaviours are handled here:
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from typing import Iterator, Mapping, Sequence
 
@@ -62,6 +63,7 @@ class BitcoinChain(ChainPlugin):
         self._fetcher = BlockFetcher(dict(url=str(url), timeout_s=self.rpc.timeout_s, retries=self.rpc.retries,
                                           backoff_s=self.rpc.backoff_s, max_backoff_s=self.rpc.max_backoff_s),
                                      PIPELINE_CHUNK)
+        self._fetching = threading.Lock()
         # (start, count, request id) of raw blocks fetched ahead for the next fetch_blocks call.
         self._ahead: tuple[int, int, int] | None = None
         self._params = NetworkParams("bitcoin", self.network.name, AssetInfo("BTC", 8), COINBASE_MATURITY)
@@ -140,11 +142,12 @@ class BitcoinChain(ChainPlugin):
         which the caller sees in the parent hashes."""
         blocks: list[Block] = []
         created: dict[str, list] = {}  # paid to us in this batch: their spends count too
-        for expected, raw in self._raw_blocks(start, count):
-            block = parse_block(raw, start + len(blocks), watch.keys, watch.outpoints, created)
-            if block.hash != expected:
-                raise NodeError(f"getblock {expected} returned a block whose hash is {block.hash}")
-            blocks.append(block)
+        with self._fetching:  # one reader of the fetcher's answers at a time
+            for expected, raw in self._raw_blocks(start, count):
+                block = parse_block(raw, start + len(blocks), watch.keys, watch.outpoints, created)
+                if block.hash != expected:
+                    raise NodeError(f"getblock {expected} returned a block whose hash is {block.hash}")
+                blocks.append(block)
         return blocks
 
     def _raw_blocks(self, start: int, count: int) -> Iterator[RawBlock]:
