@@ -51,7 +51,7 @@ def update_rows(conn: Connection, table: Table, columns: Sequence[str], rows: li
         conn.exec_driver_sql(
             f"UPDATE {table.name} AS t SET {', '.join(f'{c} = v.{c}' for c in values)} "
             f"FROM unnest({arrays}) AS v({', '.join(columns)}) WHERE t.{key} = v.{key}",
-            tuple(list(column) for column in zip(*rows)),
+            tuple(map(array_literal, zip(*rows))),
         )
         return
     sql = f"UPDATE {table.name} SET {', '.join(f'{c} = ?' for c in values)} WHERE {key} = ?"
@@ -158,6 +158,33 @@ def int_array(values) -> str:
     element to decide on quoting): 11 per transfer on the ledger's hot path.
     Decimal digits need no quoting, and the server parses the literal exactly."""
     return "{" + ",".join(map(str, values)) + "}"
+
+
+def array_literal(values) -> str:
+    """A PostgreSQL array literal of values (ints, strings, datetimes, None), for a
+    ::type[] parameter; what psycopg sends for a list, without its per-element cost.
+
+    psycopg dumps a list element by element in Python: 1 us per string, 2.3 us
+    per datetime; these arrays carry a column per changed hold or order of a
+    group commit. Strings are quoted with the array syntax's escapes; other
+    values are written as str() writes them, which PostgreSQL parses (a
+    datetime with its offset), each distinct one once: a group's rows share
+    one timestamp."""
+    other: dict = {}
+    out = []
+    for v in values:
+        if v is None:
+            out.append("NULL")
+        elif type(v) is str:
+            out.append('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        elif type(v) is int:
+            out.append(str(v))
+        else:
+            element = other.get(v)
+            if element is None:
+                element = other[v] = '"' + str(v) + '"'
+            out.append(element)
+    return "{" + ",".join(out) + "}"
 
 
 def _by_first(pairs) -> dict:
