@@ -130,7 +130,7 @@ def in_pairs(conn: Connection, first, second, pairs):
 
 
 def select_by_ids(conn: Connection, table: Table, columns: Sequence[str], ids, *, lock: bool = False) -> list[tuple]:
-    """SELECT columns FROM table WHERE id IN ids ORDER BY id [FOR UPDATE on PostgreSQL].
+    """SELECT columns (names or SQL expressions) FROM table WHERE id IN ids ORDER BY id [FOR UPDATE on PostgreSQL].
 
     Straight to the driver with one parameter for all ids: this runs once per
     group commit and SQLAlchemy's per-parameter work was a tenth of its cost.
@@ -197,7 +197,7 @@ def _by_first(pairs) -> dict:
 
 def select_by_pairs(conn: Connection, table: Table, columns: Sequence[str], first: str, second: str,
                     pairs) -> list[tuple]:
-    """SELECT columns FROM table WHERE (first, second) IN pairs, one driver-level
+    """SELECT columns FROM table WHERE (first, second) IN pairs (second values text), one driver-level
     statement per distinct first value (a client scope, an asset: few per group),
     each an index search on (first, second); see in_pairs for why not a row-value IN."""
     grouped = _by_first(pairs)
@@ -205,8 +205,8 @@ def select_by_pairs(conn: Connection, table: Table, columns: Sequence[str], firs
     rows: list[tuple] = []
     for a, bs in grouped.items():
         if conn.dialect.name == "postgresql":
-            sql = f"SELECT {names} FROM {table.name} WHERE {first} = %s AND {second} = ANY(%s)"
-            rows += _fetchall(conn, sql, (a, bs))
+            sql = f"SELECT {names} FROM {table.name} WHERE {first} = %s AND {second} = ANY(%s::text[])"
+            rows += _fetchall(conn, sql, (a, array_literal(bs)))
         else:
             sql = f"SELECT {names} FROM {table.name} WHERE {first} = ? AND {second} IN (SELECT value FROM json_each(?))"
             rows += _fetchall(conn, sql, (a, json.dumps(bs)))
