@@ -142,8 +142,8 @@ def select_by_ids(conn: Connection, table: Table, columns: Sequence[str], ids, *
     if conn.dialect.name == "postgresql":
         if type(ids[0]) is int:
             kind, values = "bigint[]", int_array(ids)
-        else:  # text ids (holds): psycopg quotes each element
-            kind, values = "text[]", ids
+        else:  # text ids (holds)
+            kind, values = "text[]", array_literal(ids)
         sql = (f"SELECT {names} FROM {table.name} WHERE id = ANY(%s::{kind}) ORDER BY id"
                + (" FOR UPDATE" if lock else ""))
         return _fetchall(conn, sql, (values,))
