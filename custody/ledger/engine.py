@@ -52,6 +52,11 @@ class AccountIds:
     def get(self, key):
         return self._committed.get(key) or self._pending().get(key)
 
+    def get_all(self, keys) -> list:
+        """get for each key, the thread's pending ids looked up once (a group asks for thousands)."""
+        committed, pending = self._committed, self._pending()
+        return [committed.get(k) or pending.get(k) for k in keys]
+
     def add_committed(self, key, id_):
         self._committed[key] = id_
 
@@ -204,11 +209,11 @@ class _Group:
         }
 
     def _load_accounts(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], AccountState]:
-        found = list(map(self.ids.get, keys))
+        found = self.ids.get_all(keys)
         unknown = [k for k, id_ in zip(keys, found) if id_ is None]
         if unknown:
             self._find_or_create(unknown)
-            found = list(map(self.ids.get, keys))
+            found = self.ids.get_all(keys)
         rows = select_by_ids(self.conn, t.ledger_accounts, _ACCOUNT_COLUMNS, found, lock=self.lock)
         return {
             (code, asset): AccountState(id_, code, asset, owner, to_int(debits), to_int(credits), bool(no_overdraft))
