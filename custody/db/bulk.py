@@ -13,7 +13,7 @@ import json
 from decimal import Decimal
 from typing import Sequence
 
-from sqlalchemy import BigInteger, Connection, String, Table, and_, any_, bindparam, false, or_
+from sqlalchemy import BigInteger, Connection, DateTime, String, Table, and_, any_, bindparam, false, or_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 
@@ -23,6 +23,9 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: li
         return
     if conn.dialect.name == "postgresql":
         statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+        stamps = _datetime_positions(table, tuple(columns))
+        if stamps:
+            rows = _stamps_as_text(rows, stamps)
         cursor = conn.connection.driver_connection.cursor()
         try:
             with cursor.copy(statement) as copy:
@@ -34,6 +37,27 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: li
     placeholders = ", ".join("?" for _ in columns)
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})"
     conn.exec_driver_sql(sql, _bind(conn, table, columns, rows))
+
+
+def _datetime_positions(table: Table, columns: tuple[str, ...]) -> tuple[int, ...]:
+    key = ("stamps", table.name, columns)
+    if key not in _cache:
+        _cache[key] = tuple(i for i, name in enumerate(columns) if isinstance(table.c[name].type, DateTime))
+    return _cache[key]
+
+
+def _stamps_as_text(rows: list, positions: tuple[int, ...]):
+    """rows with their datetimes as text, which COPY parses to the same instant.
+
+    psycopg formats a datetime for COPY at about 0.75 us more than the same
+    value as text (1.3 against 0.55 us for a ledger batch row), and a group's
+    rows share one or two timestamps: each distinct one is made text once.
+    Column by column, the transposing done by zip in C (as in _bind)."""
+    cols = list(zip(*rows))
+    for i in positions:
+        text = {v: None if v is None else str(v) for v in set(cols[i])}
+        cols[i] = map(text.__getitem__, cols[i])
+    return zip(*cols)
 
 
 def update_rows(conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:

@@ -21,3 +21,29 @@ def test_array_literals_round_trip(pg_url):
     assert row[0] == texts
     assert [None if v is None else int(v) for v in row[1]] == ints
     assert row[2] == [now, None, now]
+
+
+def test_copied_timestamps_are_the_instants_written(pg_url):
+    """insert_rows sends datetimes to COPY as text (bulk._stamps_as_text): the same instants come back."""
+    from sqlalchemy import select
+
+    from custody.db import schema as t
+    from custody.db.bulk import insert_rows
+    from custody.db.engine import write_transaction
+
+    stamps = [
+        datetime.datetime(2026, 11, 25, 9, 30, 0, 123456, tzinfo=datetime.timezone.utc),
+        datetime.datetime(2026, 11, 25, 9, 30, 0, tzinfo=datetime.timezone.utc),  # str() leaves out .000000
+        datetime.datetime(2026, 11, 25, 10, 30, 0, 5, tzinfo=datetime.timezone(datetime.timedelta(hours=1))),
+    ]
+    engine = make_engine(pg_url)
+    try:
+        with write_transaction(engine) as conn:
+            insert_rows(conn, t.events, ("cursor", "type", "payload", "created_at"),
+                        [(1000 + i, "test", "{}", s) for i, s in enumerate(stamps)])
+            back = conn.execute(select(t.events.c.created_at).where(t.events.c.cursor >= 1000)
+                                .order_by(t.events.c.cursor)).scalars().all()
+            conn.rollback()
+    finally:
+        engine.dispose()
+    assert back == stamps
