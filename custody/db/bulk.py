@@ -9,11 +9,13 @@ as the ORM-level code stores them.
 """
 from __future__ import annotations
 
+import datetime
 import json
 from decimal import Decimal
 from typing import Sequence
 
-from sqlalchemy import BigInteger, Connection, DateTime, String, Table, and_, any_, bindparam, false, or_
+from psycopg.adapt import Dumper
+from sqlalchemy import BigInteger, Connection, String, Table, and_, any_, bindparam, false, or_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 
@@ -23,10 +25,8 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: li
         return
     if conn.dialect.name == "postgresql":
         statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
-        stamps = _datetime_positions(table, tuple(columns))
-        if stamps:
-            rows = _stamps_as_text(rows, stamps)
         cursor = conn.connection.driver_connection.cursor()
+        cursor.adapters.register_dumper(datetime.datetime, _StampDumper)
         try:
             with cursor.copy(statement) as copy:
                 for row in rows:
@@ -39,25 +39,22 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: li
     conn.exec_driver_sql(sql, _bind(conn, table, columns, rows))
 
 
-def _datetime_positions(table: Table, columns: tuple[str, ...]) -> tuple[int, ...]:
-    key = ("stamps", table.name, columns)
-    if key not in _cache:
-        _cache[key] = tuple(i for i, name in enumerate(columns) if isinstance(table.c[name].type, DateTime))
-    return _cache[key]
+class _StampDumper(Dumper):
+    """A datetime for COPY as str() writes it, which PostgreSQL parses to the
+    same instant (with its offset; a naive one in the session's time zone, as
+    psycopg's own would be). Each dumper belongs to one cursor, and a group's
+    rows share one or two timestamps: the last one's text is kept. psycopg's
+    own datetime dumper cost about 1.5 us more of client CPU a row in a COPY
+    of 5,000 ledger batch rows (3.1 against 1.55 us)."""
 
+    def __init__(self, cls, context=None):
+        super().__init__(cls, context)
+        self._last = self._text = None
 
-def _stamps_as_text(rows: list, positions: tuple[int, ...]):
-    """rows with their datetimes as text, which COPY parses to the same instant.
-
-    psycopg formats a datetime for COPY at about 0.75 us more than the same
-    value as text (1.3 against 0.55 us for a ledger batch row), and a group's
-    rows share one or two timestamps: each distinct one is made text once.
-    Column by column, the transposing done by zip in C (as in _bind)."""
-    cols = list(zip(*rows))
-    for i in positions:
-        text = {v: None if v is None else str(v) for v in set(cols[i])}
-        cols[i] = map(text.__getitem__, cols[i])
-    return zip(*cols)
+    def dump(self, obj):
+        if obj is not self._last:
+            self._last, self._text = obj, str(obj).encode()
+        return self._text
 
 
 def update_rows(conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:

@@ -24,7 +24,7 @@ def test_array_literals_round_trip(pg_url):
 
 
 def test_copied_timestamps_are_the_instants_written(pg_url):
-    """insert_rows sends datetimes to COPY as text (bulk._stamps_as_text): the same instants come back."""
+    """insert_rows sends datetimes to COPY as text (bulk._StampDumper): the same instants come back."""
     from sqlalchemy import select
 
     from custody.db import schema as t
