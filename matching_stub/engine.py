@@ -137,7 +137,9 @@ class MatchingEngine:
     def load(self, conn: Connection | None = None) -> None:
         """Rebuilds every book from the database (in conn's transaction, or a read
         transaction of its own): open orders in time priority, each with its
-        settlement state and its hold's remaining amount."""
+        settlement state and its hold's remaining amount. Open orders are found by a
+        sequential read of the orders table: status has no index, so that fills
+        update orders in place (migration 0011)."""
         if conn is None:
             with read_transaction(self.db) as own:
                 return self.load(own)

@@ -15,7 +15,7 @@ import datetime
 from sqlalchemy import Connection
 
 from custody.db import schema as t
-from custody.db.bulk import insert_rows
+from custody.db.bulk import array_literal, insert_rows
 from matching_stub.book import Order
 
 ORDER_COLUMNS = (
@@ -55,6 +55,11 @@ def insert_market_data(conn: Connection, rows: list[tuple]) -> None:
     insert_rows(conn, t.market_data, MARKET_DATA_COLUMNS, rows)
 
 
+# (column, Order attribute) of what a fill or cancel changes, as update_orders writes them.
+_UPDATED = (("id", "id"), ("filled_quantity", "filled"), ("status", "status"), ("reason", "reason"),
+            ("fill_value", "fill_value"), ("fee_value", "fee_value"), ("quote_filled", "quote_filled"), ("fee", "fee"))
+
+
 def update_orders(conn: Connection, orders: list[Order], now: datetime.datetime) -> None:
     """Writes each order's fill and settlement state and status."""
     if not orders:
@@ -68,10 +73,7 @@ def update_orders(conn: Connection, orders: list[Order], now: datetime.datetime)
             "%(fill_value)s::numeric[], %(fee_value)s::numeric[], %(quote_filled)s::numeric[], %(fee)s::numeric[]) "
             "AS v(id, filled_quantity, status, reason, fill_value, fee_value, quote_filled, fee) "
             "WHERE o.id = v.id",
-            {"now": now, "id": [o.id for o in orders], "filled_quantity": [o.filled for o in orders],
-             "status": [o.status for o in orders], "reason": [o.reason for o in orders],
-             "fill_value": [o.fill_value for o in orders], "fee_value": [o.fee_value for o in orders],
-             "quote_filled": [o.quote_filled for o in orders], "fee": [o.fee for o in orders]},
+            {"now": now, **{name: array_literal(getattr(o, attr) for o in orders) for name, attr in _UPDATED}},
         )
         return
     # SQLite: amounts are decimal text (custody/db/types.py); the timestamp as SQLAlchemy would bind it.

@@ -9,10 +9,12 @@ as the ORM-level code stores them.
 """
 from __future__ import annotations
 
+import datetime
 import json
 from decimal import Decimal
 from typing import Sequence
 
+from psycopg.adapt import Dumper
 from sqlalchemy import BigInteger, Connection, String, Table, and_, any_, bindparam, false, or_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
@@ -24,6 +26,7 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: li
     if conn.dialect.name == "postgresql":
         statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
         cursor = conn.connection.driver_connection.cursor()
+        cursor.adapters.register_dumper(datetime.datetime, _StampDumper)
         try:
             with cursor.copy(statement) as copy:
                 for row in rows:
@@ -34,6 +37,24 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: li
     placeholders = ", ".join("?" for _ in columns)
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})"
     _executemany(conn, sql, _bind(conn, table, columns, rows))
+
+
+class _StampDumper(Dumper):
+    """A datetime for COPY as str() writes it, which PostgreSQL parses to the
+    same instant (with its offset; a naive one in the session's time zone, as
+    psycopg's own would be). Each dumper belongs to one cursor, and a group's
+    rows share one or two timestamps: the last one's text is kept. psycopg's
+    own datetime dumper cost about 1.5 us more of client CPU a row in a COPY
+    of 5,000 ledger batch rows (3.1 against 1.55 us)."""
+
+    def __init__(self, cls, context=None):
+        super().__init__(cls, context)
+        self._last = self._text = None
+
+    def dump(self, obj):
+        if obj is not self._last:
+            self._last, self._text = obj, str(obj).encode()
+        return self._text
 
 
 def update_rows(conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
@@ -51,7 +72,7 @@ def update_rows(conn: Connection, table: Table, columns: Sequence[str], rows: li
         conn.exec_driver_sql(
             f"UPDATE {table.name} AS t SET {', '.join(f'{c} = v.{c}' for c in values)} "
             f"FROM unnest({arrays}) AS v({', '.join(columns)}) WHERE t.{key} = v.{key}",
-            tuple(list(column) for column in zip(*rows)),
+            tuple(map(array_literal, zip(*rows))),
         )
         return
     sql = f"UPDATE {table.name} SET {', '.join(f'{c} = ?' for c in values)} WHERE {key} = ?"
@@ -128,7 +149,7 @@ def in_pairs(conn: Connection, first, second, pairs):
 
 
 def select_by_ids(conn: Connection, table: Table, columns: Sequence[str], ids, *, lock: bool = False) -> list[tuple]:
-    """SELECT columns FROM table WHERE id IN ids ORDER BY id [FOR UPDATE on PostgreSQL].
+    """SELECT columns (names or SQL expressions) FROM table WHERE id IN ids ORDER BY id [FOR UPDATE on PostgreSQL].
 
     Straight to the driver with one parameter for all ids: this runs once per
     group commit and SQLAlchemy's per-parameter work was a tenth of its cost.
@@ -140,8 +161,8 @@ def select_by_ids(conn: Connection, table: Table, columns: Sequence[str], ids, *
     if conn.dialect.name == "postgresql":
         if type(ids[0]) is int:
             kind, values = "bigint[]", int_array(ids)
-        else:  # text ids (holds): psycopg quotes each element
-            kind, values = "text[]", ids
+        else:  # text ids (holds)
+            kind, values = "text[]", array_literal(ids)
         sql = (f"SELECT {names} FROM {table.name} WHERE id = ANY(%s::{kind}) ORDER BY id"
                + (" FOR UPDATE" if lock else ""))
         return fetch_rows(conn, sql, (values,))
@@ -158,6 +179,33 @@ def int_array(values) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+def array_literal(values) -> str:
+    """A PostgreSQL array literal of values (ints, strings, datetimes, None), for a
+    ::type[] parameter; what psycopg sends for a list, without its per-element cost.
+
+    psycopg dumps a list element by element in Python: 1 us per string, 2.3 us
+    per datetime; these arrays carry a column per changed hold or order of a
+    group commit. Strings are quoted with the array syntax's escapes; other
+    values are written as str() writes them, which PostgreSQL parses (a
+    datetime with its offset), each distinct one once: a group's rows share
+    one timestamp."""
+    other: dict = {}
+    out = []
+    for v in values:
+        if v is None:
+            out.append("NULL")
+        elif type(v) is str:
+            out.append('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        elif type(v) is int:
+            out.append(str(v))
+        else:
+            element = other.get(v)
+            if element is None:
+                element = other[v] = '"' + str(v) + '"'
+            out.append(element)
+    return "{" + ",".join(out) + "}"
+
+
 def _by_first(pairs) -> dict:
     """first value -> the second values paired with it."""
     grouped: dict = {}
@@ -168,7 +216,7 @@ def _by_first(pairs) -> dict:
 
 def select_by_pairs(conn: Connection, table: Table, columns: Sequence[str], first: str, second: str,
                     pairs) -> list[tuple]:
-    """SELECT columns FROM table WHERE (first, second) IN pairs, one driver-level
+    """SELECT columns FROM table WHERE (first, second) IN pairs (second values text), one driver-level
     statement per distinct first value (a client scope, an asset: few per group),
     each an index search on (first, second); see in_pairs for why not a row-value IN."""
     grouped = _by_first(pairs)
@@ -176,8 +224,8 @@ def select_by_pairs(conn: Connection, table: Table, columns: Sequence[str], firs
     rows: list[tuple] = []
     for a, bs in grouped.items():
         if conn.dialect.name == "postgresql":
-            sql = f"SELECT {names} FROM {table.name} WHERE {first} = %s AND {second} = ANY(%s)"
-            rows += fetch_rows(conn, sql, (a, bs))
+            sql = f"SELECT {names} FROM {table.name} WHERE {first} = %s AND {second} = ANY(%s::text[])"
+            rows += fetch_rows(conn, sql, (a, array_literal(bs)))
         else:
             sql = f"SELECT {names} FROM {table.name} WHERE {first} = ? AND {second} IN (SELECT value FROM json_each(?))"
             rows += fetch_rows(conn, sql, (a, json.dumps(bs)))

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from custody.db import schema as t
 from custody.db.bulk import (
-    fetch_rows, in_pairs, insert_rows, select_by_ids, select_by_pairs, to_int, update_account_totals, update_rows,
+    fetch_rows, in_pairs, insert_rows, select_by_ids, select_by_pairs, update_account_totals, update_rows,
 )
 from custody.db.engine import is_postgres, write_transaction
 from custody.errors import CustodyError, FailedPrecondition, IdempotencyConflict, InvalidArgument, NotFound
@@ -51,6 +51,11 @@ class AccountIds:
 
     def get(self, key):
         return self._committed.get(key) or self._pending().get(key)
+
+    def get_all(self, keys) -> list:
+        """get for each key, the thread's pending ids looked up once (a group asks for thousands)."""
+        committed, pending = self._committed, self._pending()
+        return [committed.get(k) or pending.get(k) for k in keys]
 
     def add_committed(self, key, id_):
         self._committed[key] = id_
@@ -195,24 +200,23 @@ class _Group:
         wanted.update(h.hold_id for c in commands for h in c.hold_creates if h.hold_id)  # to refuse reuse
         if not wanted:
             return {}
-        rows = select_by_ids(self.conn, t.ledger_holds, ("id", "account_id", "asset", "remaining", "status"), wanted,
-                             lock=self.lock)
+        rows = select_by_ids(self.conn, t.ledger_holds, _LOADED_HOLD_COLUMNS, wanted, lock=self.lock)
         # Only what applying and updating a hold use; closed_at is None while a hold is open.
         return {
-            id_: {"id": id_, "account_id": account_id, "asset": asset, "remaining": to_int(remaining),
+            id_: {"id": id_, "account_id": account_id, "asset": asset, "remaining": int(remaining),
                   "status": status, "closed_at": None}
             for id_, account_id, asset, remaining, status in rows
         }
 
     def _load_accounts(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], AccountState]:
-        found = list(map(self.ids.get, keys))
+        found = self.ids.get_all(keys)
         unknown = [k for k, id_ in zip(keys, found) if id_ is None]
         if unknown:
             self._find_or_create(unknown)
-            found = list(map(self.ids.get, keys))
+            found = self.ids.get_all(keys)
         rows = select_by_ids(self.conn, t.ledger_accounts, _ACCOUNT_COLUMNS, found, lock=self.lock)
         return {
-            (code, asset): AccountState(id_, code, asset, owner, to_int(debits), to_int(credits), bool(no_overdraft))
+            (code, asset): AccountState(id_, code, asset, owner, int(debits), int(credits), bool(no_overdraft))
             for id_, code, asset, owner, debits, credits, no_overdraft in rows
         }
 
@@ -341,7 +345,13 @@ class _Group:
             s.dirty = False
 
 
-_ACCOUNT_COLUMNS = ("id", "code", "asset", "account_id", "debits", "credits", "no_overdraft")
+# Amounts are read as text, which int() parses exactly: psycopg makes a
+# Decimal of each NUMERIC (then to_int checks and converts it), 0.6 us a
+# ledger account row more (measured fetching 2,000 rows on PostgreSQL). On
+# SQLite amounts are text already.
+_ACCOUNT_COLUMNS = ("id", "code", "asset", "account_id", "CAST(debits AS TEXT)", "CAST(credits AS TEXT)",
+                    "no_overdraft")
+_LOADED_HOLD_COLUMNS = ("id", "account_id", "asset", "CAST(remaining AS TEXT)", "status")
 _BATCH_COLUMNS = ("id", "kind", "reference", "actor", "memo", "flagged", "event_cursor", "created_at")
 _TRANSFER_COLUMNS = ("batch_id", "asset", "debit_account_id", "credit_account_id", "amount")
 _EVENT_COLUMNS = ("cursor", "type", "payload", "created_at")

@@ -81,6 +81,18 @@ def test_event_gap_is_found(app, funded):
     assert findings(app, "events")
 
 
+def test_dangling_transfer_references_are_found(app, funded):
+    """ledger_transfers has no foreign keys (migration 0009): the check reports what they would have refused."""
+    with app.engine.begin() as conn:
+        first = conn.execute(select(t.ledger_transfers.c.id).order_by(t.ledger_transfers.c.id)).scalars().first()
+        conn.execute(update(t.ledger_transfers).where(t.ledger_transfers.c.id == first)
+                     .values(batch_id="f" * 32, credit_account_id=10**9))
+    messages = findings(app, "references")
+    assert any(f"1 ledger_transfers.batch_id values point at no ledger_batches row (e.g. {'f' * 32})" in m
+               for m in messages)
+    assert any("ledger_transfers.credit_account_id values point at no ledger_accounts row" in m for m in messages)
+
+
 def test_cli_exits_non_zero_with_a_readable_report(app, funded, tmp_path):
     config_file = tmp_path / "custody.toml"
     config_file.write_text(f'[database]\nurl = "{app.config.database_url}"\n')

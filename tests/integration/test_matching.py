@@ -283,6 +283,22 @@ def test_a_trade_is_one_ledger_batch_on_the_event_stream(app):
     assert f'"reference":"trade:{taker.trades[0].trade_id}"' in events[0].payload
 
 
+def test_a_trade_pointing_at_no_order_is_reported_by_the_check(app, request):
+    """trades has no foreign keys (migration 0009): `custody admin check` reports what they would have refused."""
+    from custody.ledger.invariants import check
+
+    seller, buyer = accounts(app, 2, btc=BTC, eth=10 * ETH)
+    place(app, seller, "SELL", 100_000, ETH)
+    place(app, buyer, "BUY", 100_000, ETH)
+    assert check(app.engine).ok
+    request.node.skip_invariants = True  # corrupted on purpose
+    with app.engine.begin() as conn:
+        conn.execute(update(t.trades).values(maker_order_id="0" * 32, buyer_account_id=10**9))
+    messages = [f.message for f in check(app.engine).findings if f.invariant == "references"]
+    assert any(f"1 trades.maker_order_id values point at no orders row (e.g. {'0' * 32})" in m for m in messages)
+    assert any("1 trades.buyer_account_id values point at no accounts row" in m for m in messages)
+
+
 def test_the_book_survives_a_restart(config, app):
     """Open orders come back in time priority with what they hold; matching goes on where it stopped."""
     a, b, c = accounts(app, 3, btc=BTC, eth=10 * ETH)
