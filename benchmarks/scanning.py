@@ -265,7 +265,7 @@ def write_results(rows, fetch_s, scan_s, load_at_start) -> None:
         f"Python {platform.python_version()}, bcoin 1.0.2 (regtest, Node {_node_version()}), "
         "the node on the same machine; load average at the start "
         f"{', '.join(f'{x:.1f}' for x in load_at_start)}, at the end "
-        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (other work shared the cores).",
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}.",
         "",
         "| measure | result |",
         "|---|---|",
