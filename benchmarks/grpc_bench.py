@@ -52,8 +52,6 @@ def write_config(path: pathlib.Path, url: str) -> None:
     from tests.support.servers import SCOPES, TOKENS
 
     lines = ["[database]", f"url = {_toml_value(url)}", "", "[server]", 'listen = "127.0.0.1:0"', ""]
-    if os.environ.get("XWAIT"):
-        lines.insert(-1, f"group_commit_wait_ms = {os.environ['XWAIT']}")
     for name, token in TOKENS.items():
         lines += ["[[clients]]", f"name = {_toml_value(name)}", f"token_sha256 = {_toml_value(token_digest(token))}",
                   f"scopes = {_toml_value(SCOPES[name])}", ""]

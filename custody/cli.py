@@ -101,12 +101,7 @@ def _serve(args) -> int:
     config = config_mod.load(args.config)
     if not args.no_migrate:
         upgrade(config.database_url)
-    import os
-    if os.environ.get("XUVLOOP"):
-        import uvloop
-        uvloop.run(serve(config))
-    else:
-        asyncio.run(serve(config))
+    asyncio.run(serve(config))
     return 0
 
 
