@@ -115,11 +115,17 @@ class BlockFetcher:
                     raise _rebuild(payload)
                 return
         finally:
-            if not finished and self._process is not None:
-                try:
-                    self._requests.send(("cancel", request_id))
-                except (OSError, ValueError):
-                    pass  # a child that is gone is noticed at the next read, not here (this may run in GC)
+            if not finished:
+                self.cancel(request_id)
+
+    def cancel(self, request_id: int) -> None:
+        """Stops a request nobody will read; what it already sent is dropped by the next read."""
+        if self._process is None:
+            return
+        try:
+            self._requests.send(("cancel", request_id))
+        except (OSError, ValueError):
+            pass  # a child that is gone is noticed at the next read, not here (this may run in GC)
 
     def close(self) -> None:
         if self._process is None:

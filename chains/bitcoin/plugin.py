@@ -19,7 +19,6 @@ from chains.base import (
     Block,
     BlockNotFound,
     BlockRef,
-    ChainError,
     ChainPlugin,
     Coin,
     DerivedAddress,
@@ -176,11 +175,7 @@ class BitcoinChain(ChainPlugin):
         ahead_start, ahead_count, request = ahead
         if ahead_start == start and count <= ahead_count:
             return request
-        try:
-            for _ in self._fetcher.chunks(request):  # not what is wanted: stop it, drop what it sent
-                break
-        except ChainError:
-            pass  # whatever went wrong with it, nobody wants its blocks
+        self._fetcher.cancel(request)  # not what is wanted
         return None
 
     # -- reconciliation ----------------------------------------------------------------------
