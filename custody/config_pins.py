@@ -30,9 +30,12 @@ __all__ = ["ConfigChanged", "accept", "differences", "pinned_fields", "verify"]
 def pinned_fields(config: Config, chain: str) -> dict[str, dict]:
     """name -> the fields that decide how this chain's data is read, as the config gives them."""
     c = config.chain(chain)
+    native = sorted(a.asset for a in config.assets if a.chain == chain and not a.contract)
     fields = {f"chain:{chain}": {
         "plugin": c.settings.get("plugin", chain), "network": c.network,
         "deposit_xpub": c.deposit_xpub, "hot_xpub": c.hot_xpub, "cold_xpub": c.cold_xpub,
+        # The asset its deposits are credited in: renamed, balances would split in two.
+        "native_asset": native[0] if native else None,
     }}
     for a in config.assets:
         if a.chain == chain:
@@ -55,24 +58,35 @@ def differences(engine: Engine, config: Config, chain: str) -> list[tuple[str, d
 
 
 def verify(engine: Engine, config: Config, chain: str) -> None:
-    """Pins what was never pinned; raises ConfigChanged if a pinned field differs."""
+    """Pins what was never pinned; raises ConfigChanged if a pinned field differs.
+
+    A field this version pins and an older one did not (a pin that lacks it,
+    all else equal) is pinned on first use too."""
     diffs = differences(engine, config, chain)
-    changed = [d for d in diffs if d[1] is not None]
+    changed = [d for d in diffs if d[1] is not None and not _only_adds_fields(d[1], d[2])]
     if changed:
         raise ConfigChanged(describe(chain, changed))
-    fresh = [d for d in diffs if d[1] is None]
-    if fresh:
+    if diffs:
         now = datetime.datetime.now(datetime.timezone.utc)
         try:
             with write_transaction(engine) as conn:
-                conn.execute(insert(t.config_pins), [
-                    {"name": n, "value": _encode(v), "pinned_at": now} for n, _, v in fresh])
-                conn.execute(insert(t.config_pin_changes), [
-                    {"name": n, "old_value": None, "new_value": _encode(v), "actor": "first use",
-                     "reason": "pinned on first use", "changed_at": now} for n, _, v in fresh])
+                for name, old, new in diffs:
+                    if old is None:
+                        conn.execute(insert(t.config_pins).values(name=name, value=_encode(new), pinned_at=now))
+                    elif conn.execute(update(t.config_pins)
+                                      .where(t.config_pins.c.name == name, t.config_pins.c.value == _encode(old))
+                                      .values(value=_encode(new), pinned_at=now)).rowcount != 1:
+                        break  # another instance moved it: compare again below
+                    conn.execute(insert(t.config_pin_changes).values(
+                        name=name, old_value=None if old is None else _encode(old), new_value=_encode(new),
+                        actor="first use", reason="pinned on first use", changed_at=now))
         except IntegrityError:
             pass  # another instance pinned first: compare with what it pinned
         verify(engine, config, chain)
+
+
+def _only_adds_fields(old: dict, new: dict) -> bool:
+    return all(k in new and new[k] == v for k, v in old.items())
 
 
 def describe(chain: str, changed: list[tuple[str, dict | None, dict]]) -> str:

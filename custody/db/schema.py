@@ -218,16 +218,14 @@ utxos = Table(
     Index("ix_utxos_chain_wallet_spent", "chain", "wallet", "spent_txid"),
 )
 
-# Where each chain's scanner is: the last block it applied. config_digest
-# fingerprints the settings that decide what a block means (network, keys);
-# a scanner refuses to go on under different ones (FAILURE_MODES 34).
+# Where each chain's scanner is: the last block it applied. The settings that
+# decide what a block means are guarded by the config pins (FAILURE_MODES 34).
 scan_cursors = Table(
     "scan_cursors",
     metadata,
     Column("chain", String(32), primary_key=True),
     Column("height", BigInteger, nullable=False),
     Column("hash", String(80), nullable=False),
-    Column("config_digest", String(64), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 

@@ -101,7 +101,6 @@ class Scanner:
             raise ValueError(f"no [[assets]] entry for the native asset of chain {self.chain!r} (chain = "
                              f"\"{self.chain}\", no contract)")
         self.asset = native[0]
-        self.digest = hashlib.sha256(f"{self.chain}|{plugin.params.network}|{self.asset.asset}".encode()).hexdigest()
         self.notify = notify
         self.clock = clock
         self.ids = AccountIds()
@@ -191,18 +190,14 @@ class Scanner:
     def _cursor(self) -> Cursor:
         with read_transaction(self.engine) as conn:
             cursor = store.load_cursor(conn, self.chain)
-        if cursor is not None:
-            if cursor.config_digest != self.digest:
-                raise ScannerHalted(
-                    f"{self.chain}: the network or asset changed since the cursor was stored; blocks already "
-                    "scanned were read under other settings. Restore the settings, or reindex explicitly.")
+        if cursor is not None:  # read under today's settings: the config pins (custody/config_pins.py) say so
             return cursor
         if self.config.start_height is not None:
             height = max(0, self.config.start_height - 1)
-            start = Cursor(height, self.plugin.block_hash(height), self.digest)
+            start = Cursor(height, self.plugin.block_hash(height))
         else:
             tip = self.plugin.tip()
-            start = Cursor(tip.height, tip.hash, self.digest)
+            start = Cursor(tip.height, tip.hash)
         # Remember a few blocks below the start too, so that a reorg of the
         # starting block itself can be unwound like any other.
         below = [(h, self.plugin.block_hash(h), "") for h in range(max(0, start.height - START_HISTORY), start.height)]
@@ -262,7 +257,7 @@ class Scanner:
 
     # -- applying blocks -----------------------------------------------------------------------
     def _apply(self, cursor: Cursor, blocks: list[Block]) -> Cursor:
-        new_cursor = Cursor(blocks[-1].height, blocks[-1].hash, self.digest)
+        new_cursor = Cursor(blocks[-1].height, blocks[-1].hash)
         with self.ids.write_transaction(self.engine) as conn:
             self._check_cursor(conn, cursor)
             events, created, spent = self._record_blocks(conn, blocks, new_cursor.height, backfill=False)
@@ -366,7 +361,7 @@ class Scanner:
     def _on_cursor_chain(self, blocks: list[Block], cursor: Cursor) -> bool:
         """True if the blocks link up and the last is an ancestor of the cursor:
         the node has both at their heights on its best chain (one batch)."""
-        if _linked(Cursor(blocks[0].height - 1, blocks[0].parent_hash, ""), blocks) != blocks:
+        if _linked(Cursor(blocks[0].height - 1, blocks[0].parent_hash), blocks) != blocks:
             return False
         return (self.plugin.block_hash(blocks[-1].height) == blocks[-1].hash
                 and self.plugin.block_hash(cursor.height) == cursor.hash)
@@ -431,7 +426,7 @@ class Scanner:
         fork = None
         for height, block_hash in remembered:
             if height <= tip.height and self.plugin.block_hash(height) == block_hash:
-                fork = Cursor(height, block_hash, self.digest)
+                fork = Cursor(height, block_hash)
                 break
         if fork is None:
             log.error("ALERT reorg deeper than the scanner can unwind", chain=self.chain, cursor=cursor.height,

@@ -23,7 +23,6 @@ class CursorMoved(Exception):
 class Cursor:
     height: int
     hash: str
-    config_digest: str
 
 
 def now() -> datetime.datetime:
@@ -36,12 +35,11 @@ def load_cursor(conn: Connection, chain: str, for_update: bool = False) -> Curso
     if for_update and conn.dialect.name == "postgresql":
         q = q.with_for_update()
     row = conn.execute(q).first()
-    return Cursor(row.height, row.hash, row.config_digest) if row else None
+    return Cursor(row.height, row.hash) if row else None
 
 
 def create_cursor(conn: Connection, chain: str, cursor: Cursor) -> None:
-    conn.execute(insert(t.scan_cursors).values(chain=chain, height=cursor.height, hash=cursor.hash,
-                                               config_digest=cursor.config_digest, updated_at=now()))
+    conn.execute(insert(t.scan_cursors).values(chain=chain, height=cursor.height, hash=cursor.hash, updated_at=now()))
 
 
 def move_cursor(conn: Connection, chain: str, expected: Cursor, new: Cursor) -> None:
@@ -50,7 +48,7 @@ def move_cursor(conn: Connection, chain: str, expected: Cursor, new: Cursor) -> 
         update(t.scan_cursors)
         .where(t.scan_cursors.c.chain == chain, t.scan_cursors.c.height == expected.height,
                t.scan_cursors.c.hash == expected.hash)
-        .values(height=new.height, hash=new.hash, config_digest=new.config_digest, updated_at=now())
+        .values(height=new.height, hash=new.hash, updated_at=now())
     ).rowcount
     if moved != 1:
         raise CursorMoved(f"the {chain} scan cursor is no longer at {expected.height} {expected.hash}")

@@ -1,11 +1,12 @@
 """FAILURE_MODES 34: a chain's or asset's parsing config that changes under stored
 data stops the chain's jobs until staff accept the change (real bcoin node)."""
+import json
 import subprocess
 import sys
 import time
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from custody import config as config_mod
 from custody import config_pins
@@ -17,7 +18,7 @@ from tests.support.bitcoin import chain_config
 from tests.support.servers import SCOPES, TOKENS
 
 
-def raw_config(db_url, rpc_url, btc_decimals=8, deposit_xpub=None, **chain_overrides):
+def raw_config(db_url, rpc_url, btc_decimals=8, deposit_xpub=None, native="BTC", **chain_overrides):
     chain = chain_config(rpc_url, **chain_overrides)
     if deposit_xpub:
         chain["deposit_xpub"] = deposit_xpub
@@ -25,7 +26,7 @@ def raw_config(db_url, rpc_url, btc_decimals=8, deposit_xpub=None, **chain_overr
         "database": {"url": db_url},
         "server": {"listen": "127.0.0.1:0", "ledger_writer": "thread"},
         "clients": [{"name": n, "token_sha256": token_digest(TOKENS[n]), "scopes": SCOPES[n]} for n in TOKENS],
-        "assets": [{"asset": "BTC", "chain": "bitcoin", "decimals": btc_decimals, "confirmations": 2}],
+        "assets": [{"asset": native, "chain": "bitcoin", "decimals": btc_decimals, "confirmations": 2}],
         "chains": {"bitcoin": chain},
     }
 
@@ -63,6 +64,42 @@ def test_changed_decimals_stop_the_scanner_until_staff_accept_the_change(db_url,
         assert (last["name"], last["actor"], last["reason"]) == ("asset:BTC", "alice", "BTC is now counted in micro-units")
     finally:
         changed.close()
+
+
+def test_a_renamed_native_asset_stops_the_scanner_until_staff_accept_it(db_url, chain):
+    """Deposits credited as BTC, then as XBT, would split every balance in two."""
+    first = Custody(config_mod.parse(raw_config(db_url, chain.rpc.url)))
+    try:
+        first.scanner("bitcoin").catch_up()
+    finally:
+        first.close()
+    renamed = Custody(config_mod.parse(raw_config(db_url, chain.rpc.url, native="XBT")))
+    try:
+        with pytest.raises(ConfigChanged, match=r"chain:bitcoin: native_asset 'BTC' -> 'XBT'"):
+            renamed.scanner("bitcoin")
+        config_pins.accept(renamed.engine, renamed.config, "bitcoin", "alice", "the exchange lists bitcoin as XBT")
+        renamed.scanner("bitcoin").catch_up()
+    finally:
+        renamed.close()
+
+
+def test_a_pin_stored_before_a_field_existed_gets_it_on_first_use(db_url, chain):
+    app = Custody(config_mod.parse(raw_config(db_url, chain.rpc.url)))
+    try:
+        app.scanner("bitcoin").catch_up()
+        with app.engine.begin() as conn:  # as an older version stored it: no native_asset
+            value = json.loads(conn.execute(select(t.config_pins.c.value)
+                                            .where(t.config_pins.c.name == "chain:bitcoin")).scalar_one())
+            del value["native_asset"]
+            conn.execute(update(t.config_pins).where(t.config_pins.c.name == "chain:bitcoin")
+                         .values(value=json.dumps(value, sort_keys=True)))
+        config_pins.verify(app.engine, app.config, "bitcoin")
+        assert config_pins.differences(app.engine, app.config, "bitcoin") == []
+        last = pin_changes(app)[-1]
+        assert (last["name"], last["actor"]) == ("chain:bitcoin", "first use")
+        assert json.loads(last["new_value"])["native_asset"] == "BTC" and "native_asset" not in last["old_value"]
+    finally:
+        app.close()
 
 
 def test_a_running_scanner_stops_at_its_next_run_when_another_instance_moves_the_pins(db_url, chain):

@@ -8,7 +8,7 @@ import time
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 
 from chains.base import Watch
 from chains.bitcoin.blocks import parse_block
@@ -158,15 +158,6 @@ def test_only_one_scanner_per_chain_runs_at_a_time_across_instances(pg_url, chai
     finally:
         first.close()
         second.close()
-
-
-def test_changed_settings_stop_the_scanner_until_an_operator_acts(btc_app, chain):
-    """FAILURE_MODES 34: blocks scanned under one network/asset are not continued under another."""
-    with btc_app.engine.begin() as conn:
-        conn.execute(update(t.scan_cursors).values(config_digest="0" * 64))
-    chain.mine(1)
-    result = btc_app.scanner("bitcoin").tick()
-    assert result.status == "halted" and "changed since the cursor was stored" in result.detail
 
 
 def test_the_parser_agrees_with_the_nodes_own_decoding_of_a_varied_block(chain, btc_app):
