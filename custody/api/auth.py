@@ -57,6 +57,10 @@ def token_digest(token: str) -> str:
 class Authenticator:
     def __init__(self, clients: tuple[ClientConfig, ...]):
         self._by_digest = {c.token_sha256: c for c in clients}
+        # Tokens already seen to be valid -> their client, so a token's digest is
+        # computed once rather than on every call. Only valid tokens enter, so
+        # this holds at most one entry per configured client.
+        self._by_token: dict[str, ClientConfig] = {}
 
     def authorize(self, method: str, metadata) -> tuple[str | None, grpc.StatusCode | None, str]:
         """Returns (client name, None, "") or (None, status, message)."""
@@ -68,9 +72,12 @@ class Authenticator:
                 token = value[len("Bearer "):]
         if not token:
             return None, grpc.StatusCode.UNAUTHENTICATED, "missing bearer token"
-        client = self._by_digest.get(token_digest(token))
+        client = self._by_token.get(token)
         if client is None:
-            return None, grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token"
+            client = self._by_digest.get(token_digest(token))
+            if client is None:
+                return None, grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token"
+            self._by_token[token] = client
         scope = REQUIRED_SCOPE.get(method)
         if scope is None or scope not in client.scopes:
             return None, grpc.StatusCode.PERMISSION_DENIED, f"client {client.name} lacks scope {scope or 'for ' + method}"

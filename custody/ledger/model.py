@@ -7,11 +7,11 @@ balance = credits - debits; assets (wallets) have balance = debits - credits.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import os
 import time
+from typing import NamedTuple
 
 from custody.errors import InsufficientFunds, InvalidArgument, LimitExceeded
 from custody.money import MAX_AMOUNT, MAX_TOTAL
@@ -65,14 +65,17 @@ def new_id() -> str:
     return "%016x%s%08x" % (time.time_ns(), _PROCESS_TAG, next(_sequence) & 0xFFFFFFFF)  # 0.4 us; an f-string 0.6
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Posting:
-    """One transfer: amount of asset moves from the debit account to the credit account."""
+class Posting(NamedTuple):
+    """One transfer: amount of asset moves from the debit account to the credit account.
+    A NamedTuple for the reasons given in custody.ledger.commands."""
 
     asset: str
     debit: str
     credit: str
     amount: int
+
+    def __reduce__(self):
+        return Posting, tuple(self)
 
     def validate(self) -> None:
         if type(self.amount) is not int or not 0 < self.amount <= MAX_AMOUNT:
