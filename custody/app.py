@@ -16,7 +16,8 @@ from custody.deposits.model import Deposit
 from custody.deposits.scanner import Scanner
 from custody.events.journal import EventNotifier, read_after
 from custody.ledger.commands import BatchResult, Command, Idempotency, parse_idempotency_key
-from custody.ledger.writer import LedgerWriter, ProcessLedgerWriter
+from custody.ledger.process_writer import ProcessLedgerWriter
+from custody.ledger.writer import LedgerWriter
 from custody.ledger.model import EQUITY, Posting, user_available
 from custody.money import parse_amount
 from matching_stub.service import MatchingService

@@ -10,7 +10,7 @@ import pytest
 
 from custody import config as config_mod
 from custody.app import Custody
-from custody.ledger.writer import ProcessLedgerWriter
+from custody.ledger.process_writer import ProcessLedgerWriter
 from custody.v1 import backoffice_pb2 as bo
 from custody.v1 import custody_pb2 as pb
 from tests.support.config import make_config
@@ -95,6 +95,40 @@ def test_concurrent_calls_share_commits(app, clients):
     assert [_available(app, i) for i in ids] == [1000] * 16  # each paid 25 and received 25
 
 
+def test_event_loop_and_thread_callers_share_the_child(app, clients):
+    """gRPC calls travel on the event loop's own channel, jobs' calls on the threads' channel; both reach one child."""
+    ids = [str(app.create_account(f"user-{i}").account_id) for i in range(4)]
+    for i in ids:
+        _fund(clients, i, 1000)
+    errors = []
+
+    def by_grpc(n):
+        try:
+            for k in range(20):
+                _transfer(clients, f"g{n}-{k}", ids[n], ids[n + 2], 1)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def by_thread(n):
+        try:
+            for k in range(20):
+                app.transfer("exchange", f"t{n}-{k}", ids[n + 2], ids[n], "BTC", "1")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=f, args=(n,)) for f in (by_grpc, by_thread) for n in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert app.writer._loop_channel is not None, "the server's calls did not take the event loop's channel"
+    assert [_available(app, i) for i in ids] == [1000] * 4
+    with pytest.raises(grpc.RpcError) as err:  # a replay from either side meets the other's key
+        _transfer(clients, "t0-3", ids[2], ids[0], 2)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
 def test_a_killed_writer_process_fails_open_calls_and_retries_apply_each_transfer_once(app, clients):
     ids = [str(app.create_account(f"user-{i}").account_id) for i in range(8)]
     for i in ids:
@@ -143,6 +177,7 @@ def test_a_killed_writer_process_fails_open_calls_and_retries_apply_each_transfe
     for n, account in enumerate(ids):
         paid, received = per_account[n], per_account[(n - 1) % 8]
         assert _available(app, account) == 100_000 - 7 * paid + 7 * received, (n, paid, received, unavailable)
+    assert app.writer._loop_channel.generation == 1, "the event loop's calls did not move to the new child"
 
 
 def test_unknown_ledger_writer_is_a_config_error(db_url):

@@ -1,15 +1,15 @@
 """How the ledger writer cuts what is queued into group commits."""
 import queue
 
-from custody.ledger.writer import _STOP, _groups
+from custody.ledger.writer import STOP, cut_groups
 
 
 def test_groups_take_what_is_waiting_keep_order_and_never_exceed_max_group():
     q = queue.SimpleQueue()
     for batch in ([1, 2, 3], [4], [5, 6, 7, 8, 9, 10, 11], [12, 13]):
         q.put(batch)
-    q.put(_STOP)
-    groups = list(_groups(q, 4))
+    q.put(STOP)
+    groups = list(cut_groups(q, 4))
     assert all(len(g) <= 4 for g in groups)
     assert [x for g in groups for x in g] == list(range(1, 14))
     assert groups[0] == [1, 2, 3, 4]  # what was waiting is merged, up to max_group
@@ -18,8 +18,8 @@ def test_groups_take_what_is_waiting_keep_order_and_never_exceed_max_group():
 def test_a_batch_larger_than_max_group_is_split_and_stop_ends_after_it():
     q = queue.SimpleQueue()
     q.put(list(range(10)))
-    q.put(_STOP)
-    assert list(_groups(q, 3)) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    q.put(STOP)
+    assert list(cut_groups(q, 3)) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
 
 
 def _next_within(groups, seconds: float):
@@ -37,7 +37,7 @@ def test_while_callers_are_concurrent_a_group_waits_for_more():
     import threading
 
     q = queue.SimpleQueue()
-    groups = _groups(q, 100, wait_s=30.0)
+    groups = cut_groups(q, 100, wait_s=30.0)
     q.put([1, 2])
     assert next(groups) == [1, 2]  # the first group: nothing says callers are concurrent yet
     q.put([3])
@@ -50,7 +50,7 @@ def test_while_callers_are_concurrent_a_group_waits_for_more():
 
 def test_a_lone_caller_never_waits():
     q = queue.SimpleQueue()
-    groups = _groups(q, 100, wait_s=30.0)
+    groups = cut_groups(q, 100, wait_s=30.0)
     q.put([1])
     assert next(groups) == [1]
     q.put([2])
