@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import signal
 
 import grpc
@@ -83,9 +84,22 @@ class Server:
         log.info("stopped")
 
 
+def freeze_startup_objects() -> None:
+    """Moves every object alive after start-up out of the cyclic collector's reach.
+
+    The modules, descriptors and pools loaded at start-up are about a million
+    objects that live as long as the process; each full collection walked all
+    of them: 27 ms, about once a second under load, during which every call in
+    flight waited (at 64 in flight, Transfer's p99 latency went from 23 to
+    46 ms). Start-up garbage is collected first, so none of it is kept."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(config: Config) -> None:
     server = Server(config, start_jobs=True)
     await server.start()
+    freeze_startup_objects()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -31,6 +31,7 @@ committed result or applies the command once. A new child is started.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import multiprocessing
@@ -359,6 +360,8 @@ def _child_main(database_url: str, max_group: int, group_wait_s: float, conns: l
     logs.configure()
     engine = make_engine(database_url)
     committer = GroupCommitter(engine)
+    gc.collect()
+    gc.freeze()  # as the server does (custody.api.server.freeze_startup_objects): no full collection walks the modules
     channels = list(conns)
     last_size = 0
     try:
