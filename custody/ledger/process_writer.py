@@ -243,8 +243,16 @@ class _LoopChannel:
                 self._fallback(part)
                 continue
             number = next(self._numbers)
+            try:
+                payload = pickle.dumps((number, [c for c, _ in part]), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # a command that cannot be pickled: a bug; fail its callers, not the loop
+                log.exception("ledger commands could not be sent to the writer process")
+                for _, future in part:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
             self._pending[number] = [f for _, f in part]
-            self._write(_frame(pickle.dumps((number, [c for c, _ in part]), protocol=pickle.HIGHEST_PROTOCOL)))
+            self._write(_frame(payload))
 
     def _write(self, frame: bytes) -> None:
         if not self._out:
