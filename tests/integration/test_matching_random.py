@@ -280,6 +280,5 @@ def run_random_session(app, n: int, seed: int) -> None:
     assert stats["frozen_refused"] > 0, stats
 
 
-def test_random_orders_and_cancels_match_the_reference_model(app, db_url):
-    # 20,000 on SQLite; PostgreSQL runs the same code on a smaller session to keep the suite fast.
-    run_random_session(app, 20_000 if db_url.startswith("sqlite") else 4_000, seed=7)
+def test_random_orders_and_cancels_match_the_reference_model(app):
+    run_random_session(app, 20_000, seed=7)
