@@ -129,6 +129,37 @@ def test_event_loop_and_thread_callers_share_the_child(app, clients):
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
+def test_a_stalled_writer_process_never_blocks_the_event_loop(app, clients, server):
+    """While the child is stopped, the server keeps answering and holds back what the socket will not take;
+    once the child resumes, every call completes exactly once."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    a = str(app.create_account("alice").account_id)
+    b = str(app.create_account("bob").account_id)
+    _fund(clients, a, 10_000)
+    _transfer(clients, "warm-up", a, b, 1)  # the event loop's channel is open
+    channel = app.writer._loop_channel
+    memo = "m" * 256  # longer messages fill the socket sooner
+    os.kill(app.writer.pid, signal.SIGSTOP)
+    try:
+        calls = [clients.custody.Transfer.future(pb.TransferRequest(
+            idempotency_key=f"stalled-{k}", from_account_id=a, to_account_id=b, asset="BTC", amount="1", memo=memo),
+            metadata=bearer("exchange"), timeout=120) for k in range(3000)]
+        deadline = time.monotonic() + 60
+        while not channel._out and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert channel._out, "the socket took everything: nothing was held back"
+        health = health_pb2_grpc.HealthStub(clients.channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING  # the loop was not blocked
+        assert not any(c.done() for c in calls)
+    finally:
+        os.kill(app.writer.pid, signal.SIGCONT)
+    for c in calls:
+        c.result()
+    assert (_available(app, a), _available(app, b)) == (10_000 - 3001, 3001)
+    assert not channel._out
+
+
 def test_a_killed_writer_process_fails_open_calls_and_retries_apply_each_transfer_once(app, clients):
     ids = [str(app.create_account(f"user-{i}").account_id) for i in range(8)]
     for i in ids:
