@@ -19,6 +19,12 @@ def test_canonical_json_writes_the_bytes_json_dumps_wrote(fields):
     assert canonical_json(fields) == json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
+def test_canonical_json_matches_json_dumps_for_every_ascii_character():
+    for code in range(128):
+        fields = {"memo": f"a{chr(code)}b", chr(code): code}
+        assert canonical_json(fields) == json.dumps(fields, sort_keys=True, separators=(",", ":")).encode(), code
+
+
 def test_request_digest_is_the_sha256_of_the_old_canonical_form():
     fields = {"from": 12, "to": 13, "asset": "USDT", "amount": "1", "memo": "café"}
     digest = Idempotency.for_request("exchange", "k-1", "Transfer", fields).request_hash
