@@ -159,18 +159,19 @@ class _Group:
         commands = [self.commands[i] for i in active]
         named = {i: _owners_named(self.commands[i]) for i in active}  # custody accounts behind the postings
         holds = self._load_holds(commands)
-        owners = self._load_owners(commands, holds, named.values())
+        owners, all_exist = self._load_owners(commands, holds, named.values())
         # Holds that earlier commands of this group create under a caller-chosen
         # id: later commands may post to them, so their accounts are needed too.
         created = {h.hold_id: {"account_id": h.account_id, "asset": h.asset}
                    for c in commands for h in c.hold_creates if h.hold_id}
-        known_holds = {**created, **holds}
+        known_holds = {**created, **holds} if created else holds
         keys: set[tuple[str, str]] = set()
         for c in commands:
-            keys.update(_account_keys(c, known_holds))
-        # Never create ledger accounts for custody accounts that do not exist;
-        # the commands naming them fail with NotFound below.
-        keys = {k for k in keys if (owner := owner_of(k[0])) is None or owner in owners}
+            _add_account_keys(c, known_holds, keys)
+        if not all_exist:
+            # Never create ledger accounts for custody accounts that do not exist;
+            # the commands naming them fail with NotFound below.
+            keys = {k for k in keys if (owner := owner_of(k[0])) is None or owner in owners}
         staging = Staging(self._load_accounts(keys))
         writes = _Writes()
         for i in active:
@@ -183,17 +184,20 @@ class _Group:
         if writes.batches:
             self._write(writes, staging)
 
-    def _load_owners(self, commands: list[Command], holds: dict[str, dict], named) -> dict[int, bool]:
-        """custody account id -> frozen, for every account the commands name."""
+    def _load_owners(self, commands: list[Command], holds: dict[str, dict], named) -> tuple[dict[int, bool], bool]:
+        """custody account id -> frozen, for every account the commands name; and whether all of them exist."""
         wanted = set()
         for c in commands:
-            wanted.update(c.not_frozen, c.must_exist, (h.account_id for h in c.hold_creates))
+            wanted.update(c.not_frozen, c.must_exist)
+            if c.hold_creates:
+                wanted.update(h.account_id for h in c.hold_creates)
         for owners in named:
             wanted.update(owners)
         wanted.update(h["account_id"] for h in holds.values())
         if not wanted:
-            return {}
-        return {id_: bool(frozen) for id_, frozen in select_by_ids(self.conn, t.accounts, ("id", "frozen"), wanted)}
+            return {}, True
+        found = {id_: bool(frozen) for id_, frozen in select_by_ids(self.conn, t.accounts, ("id", "frozen"), wanted)}
+        return found, len(found) == len(wanted)
 
     def _load_holds(self, commands: list[Command]) -> dict[str, dict]:
         wanted = {h.hold_id for c in commands for h in (*c.hold_posts, *c.hold_voids)}
@@ -431,8 +435,8 @@ class _Writes:
         self._touched.clear()
 
 
-def _account_keys(c: Command, holds: dict[str, dict]) -> set[tuple[str, str]]:
-    keys = set()
+def _add_account_keys(c: Command, holds: dict[str, dict], keys: set[tuple[str, str]]) -> None:
+    """Adds the (code, asset) of every ledger account command c touches to keys."""
     for p in c.postings:
         keys.add((p.debit, p.asset))
         keys.add((p.credit, p.asset))
@@ -447,10 +451,12 @@ def _account_keys(c: Command, holds: dict[str, dict]) -> set[tuple[str, str]]:
         keys.add((user_held(hold["account_id"]), hold["asset"]))
         for code, _ in getattr(op, "legs", ()):
             keys.add((code, hold["asset"]))
-    return keys
 
 
 def _owners_named(c: Command) -> set[int]:
+    if len(c.postings) == 1 and not c.hold_posts:  # a transfer or an adjustment: one posting, no holds
+        p = c.postings[0]
+        return {owner for owner in (owner_of(p.debit), owner_of(p.credit)) if owner is not None}
     codes = [code for p in c.postings for code in (p.debit, p.credit)]
     codes += [code for hp in c.hold_posts for code, _ in hp.legs]
     return {owner for owner in map(owner_of, codes) if owner is not None}
