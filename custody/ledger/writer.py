@@ -109,12 +109,13 @@ def resolve_futures(futures: list, results: list) -> None:
             settle(future, result)
     for loop, pairs in by_loop.items():
         try:
-            loop.call_soon_threadsafe(_resolve_on_loop, pairs)
+            loop.call_soon_threadsafe(settle_on_loop, pairs)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 
 
-def _resolve_on_loop(pairs: list) -> None:
+def settle_on_loop(pairs) -> None:
+    """Settles (future, result) pairs on the futures' own event loop's thread."""
     for future, result in pairs:
         if not future.done():  # done: the call was cancelled
             settle(future, result)

@@ -35,6 +35,24 @@ def _available(app, account_id):
     return {b.asset: b.available for b in app.get_balances(account_id)[1]}["BTC"]
 
 
+def _run_in_threads(work) -> list[BaseException]:
+    """Runs each callable on a thread of its own; returns what they raised."""
+    errors = []
+
+    def run(f):
+        try:
+            f()
+        except Exception as exc:  # reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(f,)) for f in work]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return errors
+
+
 def _fund(clients, account_id, amount):
     clients.backoffice.AdjustBalance(bo.AdjustBalanceRequest(
         idempotency_key=f"fund-{account_id}", account_id=account_id, asset="BTC", amount=str(amount),
@@ -77,21 +95,12 @@ def test_concurrent_calls_share_commits(app, clients):
     ids = [str(app.create_account(f"user-{i}").account_id) for i in range(16)]
     for i in ids:
         _fund(clients, i, 1000)
-    errors = []
 
     def worker(n):
-        try:
-            for k in range(25):
-                _transfer(clients, f"w{n}-{k}", ids[n], ids[(n + 1) % 16], 1)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for k in range(25):
+            _transfer(clients, f"w{n}-{k}", ids[n], ids[(n + 1) % 16], 1)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors
+    assert not _run_in_threads([lambda n=n: worker(n) for n in range(16)])
     assert [_available(app, i) for i in ids] == [1000] * 16  # each paid 25 and received 25
 
 
@@ -100,28 +109,16 @@ def test_event_loop_and_thread_callers_share_the_child(app, clients):
     ids = [str(app.create_account(f"user-{i}").account_id) for i in range(4)]
     for i in ids:
         _fund(clients, i, 1000)
-    errors = []
 
     def by_grpc(n):
-        try:
-            for k in range(20):
-                _transfer(clients, f"g{n}-{k}", ids[n], ids[n + 2], 1)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for k in range(20):
+            _transfer(clients, f"g{n}-{k}", ids[n], ids[n + 2], 1)
 
     def by_thread(n):
-        try:
-            for k in range(20):
-                app.transfer("exchange", f"t{n}-{k}", ids[n + 2], ids[n], "BTC", "1")
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for k in range(20):
+            app.transfer("exchange", f"t{n}-{k}", ids[n + 2], ids[n], "BTC", "1")
 
-    threads = [threading.Thread(target=f, args=(n,)) for f in (by_grpc, by_thread) for n in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors
+    assert not _run_in_threads([lambda f=f, n=n: f(n) for f in (by_grpc, by_thread) for n in range(2)])
     assert app.writer._loop_channel is not None, "the server's calls did not take the event loop's channel"
     assert [_available(app, i) for i in ids] == [1000] * 4
     with pytest.raises(grpc.RpcError) as err:  # a replay from either side meets the other's key
