@@ -28,10 +28,13 @@ class Sizes:
     aged_rounds: int = 1
     concurrency: int = 64
     clients: int = 1     # client processes; the 64 calls are split between them
+    # Informational: one more round at each of these numbers of calls in flight,
+    # showing how latency grows with the queue the clients keep at the server.
+    sweep: tuple[int, ...] = (16, 32)
 
 
 FULL = Sizes(rounds=4, seconds=8.0, warmup=2.0)
-QUICK = Sizes(rounds=1, seconds=2.0, warmup=1.0, aged_keys=20_000)
+QUICK = Sizes(rounds=1, seconds=2.0, warmup=1.0, aged_keys=20_000, sweep=())
 GAP = 0.5  # seconds between phases, so one phase's stragglers do not overlap the next
 
 
@@ -267,7 +270,11 @@ def grpc_transfer(sizes: Sizes) -> BenchResult:
         f"its own two funded accounts, alternating direction. Baseline: grpc.health.v1.Health/Check (no auth) "
         f"on the same server and channel. {sizes.rounds} interleaved rounds of {sizes.seconds:.0f} s per phase after "
         f"a {sizes.warmup:.0f} s warm-up; rate = calls completed / phase time, best round of each; latencies are per "
-        f"call, client-side, over all rounds. Then, with the server still running, {sizes.aged_keys:,} more "
+        f"call, client-side, over all rounds. "
+        + (f"Then one more round of each at {' and '.join(map(str, sizes.sweep))} calls in flight (informational "
+           f"rows: with a closed loop, the mean latency is the calls in flight divided by the rate, so fewer calls "
+           f"in flight wait in a shorter queue at the server). " if sizes.sweep else "")
+        + f"Then, with the server still running, {sizes.aged_keys:,} more "
         f"idempotency keys are stored in its database and {sizes.aged_rounds} more round(s) are run "
         f"(the '+N stored keys' rows). The machine has {os.cpu_count()} CPUs for server, client and everything else.")
     progress("grpc_transfer sqlite: setting up")
@@ -294,6 +301,9 @@ def grpc_transfer(sizes: Sizes) -> BenchResult:
         try:
             fresh = _run_clients(address, _plan(time.time() + 3.0, sizes.rounds, sizes.seconds, sizes.warmup),
                                  slots, sizes, server.pid, "")
+            swept = {n: _run_clients(address, _plan(time.time() + 3.0, 1, sizes.seconds, 0), slots,
+                                     dataclasses.replace(sizes, concurrency=n), server.pid, f" ({n} in flight)")
+                     for n in sizes.sweep}
             started = time.perf_counter()
             store_idempotency_keys(engine, sizes.aged_keys)
             progress(f"grpc_transfer sqlite: stored {sizes.aged_keys:,} more idempotency keys "
@@ -336,6 +346,16 @@ def grpc_transfer(sizes: Sizes) -> BenchResult:
                  f"p99 {hc['p99']:.1f} ms), ratio {ratio:.2f}"
                  + (f"; ERRORS: transfer {tr['errors']} ({tr['first_error']}), health {hc['errors']}"
                     if tr["errors"] or hc["errors"] else ""))
+    for n, phases in swept.items():
+        tr, hc = _summary(phases, "transfer"), _summary(phases, "health")
+        result.rows.append(Row(
+            "grpc_transfer", "sqlite",
+            f"Transfer calls/s, {n} in flight (p99 {tr['p99']:.1f} ms; health p99 {hc['p99']:.1f} ms)",
+            tr["rate"], "/s", f"health Check calls/s, {n} in flight", hc["rate"], tr["rate"] / hc["rate"]))
+        result.details.append(
+            f"- {n} in flight (informational, one round each, after the rounds above): transfer "
+            f"{rate(tr['rate'])}/s, p50 {tr['p50']:.1f} ms, p99 {tr['p99']:.1f} ms, errors {tr['errors']}; health "
+            f"{rate(hc['rate'])}/s, p50 {hc['p50']:.1f} ms, p99 {hc['p99']:.1f} ms, errors {hc['errors']}")
     result.details.append(f"- transfers committed over the whole run (warm-up included): {transfers:,} in {commits:,} "
                           f"ledger commits, mean {transfers / max(commits, 1):.1f} per commit (counted from "
                           f"ledger_batches.created_at, one timestamp per group)")
