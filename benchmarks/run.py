@@ -1,6 +1,6 @@
 """Runs the custody core benchmarks, prints a table and writes benchmarks/RESULTS.md.
 
-    .venv/bin/python -m benchmarks.run                 # everything (about 10 minutes on 2 cores)
+    .venv/bin/python -m benchmarks.run                 # everything (about 4 minutes on 2 cores)
     .venv/bin/python -m benchmarks.run --quick         # smoke run, well under a minute; no RESULTS.md
     .venv/bin/python -m benchmarks.run --only hot_account --backends sqlite
 
@@ -78,7 +78,7 @@ def write_results(path: pathlib.Path, args, env: dict, results: list[BenchResult
         "From the repository root:",
         "",
         "```",
-        ".venv/bin/python -m benchmarks.run                      # everything, about 10 minutes on 2 cores; rewrites this file",
+        ".venv/bin/python -m benchmarks.run                      # everything, about 4 minutes on 2 cores; rewrites this file",
         ".venv/bin/python -m benchmarks.run --quick              # smoke run, under a minute (prints only)",
         ".venv/bin/python -m benchmarks.run --only grpc_transfer # one benchmark (prints only; add --out FILE to save)",
         ".venv/bin/python -m benchmarks.run --backends sqlite    # skip PostgreSQL",
