@@ -37,10 +37,19 @@ class AccountIds:
     One AccountIds may serve several threads, each running its own transaction
     (the withdrawal service's gRPC worker threads do), so ids not yet committed
     are kept per thread: one thread's commit must not publish ids that another
-    thread's transaction, later rolled back, inserted."""
+    thread's transaction, later rolled back, inserted.
 
-    def __init__(self) -> None:
+    The committed ids kept are bounded (about 210 bytes each): an exchange has
+    ledger accounts for every user and asset, and a writer that runs for months
+    would otherwise end up holding all of them. Past the bound the oldest
+    quarter is forgotten; an id forgotten is looked up again when needed."""
+
+    MAX_COMMITTED = 200_000
+
+    def __init__(self, max_committed: int = MAX_COMMITTED) -> None:
         self._committed: dict[tuple[str, str], int] = {}
+        self._max_committed = max_committed
+        self._publishing = threading.Lock()  # commits from several threads; forgetting iterates the dict
         self._local = threading.local()
 
     def _pending(self) -> dict[tuple[str, str], int]:
@@ -57,17 +66,25 @@ class AccountIds:
         committed, pending = self._committed, self._pending()
         return [committed.get(k) or pending.get(k) for k in keys]
 
-    def add_committed(self, key, id_):
-        self._committed[key] = id_
-
     def add_pending(self, key, id_):
         self._pending()[key] = id_
 
     def commit(self):
         """The calling thread's transaction committed: its new ids are now safe for every thread."""
         pending = self._pending()
-        self._committed.update(pending)
+        if not pending:
+            return
+        with self._publishing:
+            committed = self._committed
+            committed.update(pending)
+            if len(committed) > self._max_committed:
+                excess = len(committed) - self._max_committed * 3 // 4
+                for key in list(itertools.islice(committed, excess)):  # dicts keep insertion order: oldest first
+                    del committed[key]
         pending.clear()
+
+    def __len__(self) -> int:
+        return len(self._committed)
 
     def rollback(self):
         self._pending().clear()
@@ -217,7 +234,9 @@ class _Group:
         unknown = [k for k, id_ in zip(keys, found) if id_ is None]
         if unknown:
             self._find_or_create(unknown)
-            found = self.ids.get_all(keys)
+            # Only the unknown keys are looked up again: another thread's commit
+            # may forget committed ids meanwhile (see AccountIds).
+            found = [id_ if id_ is not None else self.ids.get(k) for k, id_ in zip(keys, found)]
         rows = select_by_ids(self.conn, t.ledger_accounts, _ACCOUNT_COLUMNS, found, lock=self.lock)
         return {
             (code, asset): AccountState(id_, code, asset, owner, int(debits), int(credits), bool(no_overdraft))

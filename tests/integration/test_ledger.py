@@ -119,6 +119,61 @@ def test_one_failing_command_does_not_sink_its_group(app, users):
     assert balances(app, b)["BTC"] == (500, 0)
 
 
+def test_groups_touching_more_accounts_than_the_writer_keeps_ids_for(app):
+    """AccountIds forgets the oldest ids past its bound; forgotten ones are looked up again, never created twice."""
+    accounts = [app.create_account(f"many-{i}").account_id for i in range(12)]
+    ids = AccountIds(max_committed=8)
+    for amount in (1, 2, 3):
+        commands = [Command(kind="transfer", actor="t", postings=(Posting("BTC", EQUITY, user_available(a), amount),))
+                    for a in accounts]
+        with ids.write_transaction(app.engine) as conn:
+            results = apply_commands(conn, commands, ids)
+        assert [type(r).__name__ for r in results] == ["BatchResult"] * len(accounts)
+        assert len(ids) <= 8
+    assert all(balances(app, a)["BTC"] == (6, 0) for a in accounts)
+    with app.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(t.ledger_accounts)
+                            .where(t.ledger_accounts.c.asset == "BTC")).scalar_one() == 12 + 1  # and equity
+
+
+def test_ids_forgotten_by_another_threads_commit_during_a_group_are_not_lost(app, monkeypatch):
+    """A group looks up the ids it does not know; meanwhile another thread's commit makes the
+    shared AccountIds forget the ones it did know: the group still finds every account."""
+    import threading
+
+    from custody.ledger import engine
+
+    known = [app.create_account(f"known-{i}").account_id for i in range(3)]
+    new = app.create_account("new").account_id
+    ids = AccountIds(max_committed=4)
+    with ids.write_transaction(app.engine) as conn:  # equity and the three known accounts get ids
+        apply_commands(conn, [Command(kind="transfer", actor="t", postings=(
+            Posting("BTC", EQUITY, user_available(a), 5),)) for a in known], ids)
+    assert all(ids.get((user_available(a), "BTC")) for a in known)
+
+    def other_thread_commits():
+        for i in range(8):
+            ids.add_pending((f"elsewhere:{i}", "BTC"), 10_000 + i)
+        ids.commit()
+
+    find_or_create = engine._Group._find_or_create
+
+    def find_then_forget(self, keys):
+        find_or_create(self, keys)
+        thread = threading.Thread(target=other_thread_commits)
+        thread.start()
+        thread.join()
+
+    monkeypatch.setattr(engine._Group, "_find_or_create", find_then_forget)
+    with ids.write_transaction(app.engine) as conn:
+        results = apply_commands(conn, [Command(kind="transfer", actor="t", postings=(
+            Posting("BTC", user_available(a), user_available(new), 5),)) for a in known], ids)
+    assert all(ids.get((user_available(a), "BTC")) is None for a in known)  # forgotten meanwhile
+    assert [type(r).__name__ for r in results] == ["BatchResult"] * 3
+    assert balances(app, new)["BTC"] == (15, 0)
+    assert all(balances(app, a)["BTC"] == (0, 0) for a in known)
+
+
 def hold(app, account, amount, asset="BTC"):
     return app.writer.execute(Command(
         kind="hold", actor="t", hold_creates=(HoldCreate(account, asset, amount, "order-1"),))).hold_ids[0]

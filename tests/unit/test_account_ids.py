@@ -30,3 +30,43 @@ def test_pending_ids_are_seen_by_their_own_thread_only_until_commit_publishes_th
     ids.commit()
     _in_thread(lambda: seen_elsewhere.append(ids.get(key)))
     assert seen_elsewhere == [None, 5]
+
+
+def test_past_its_bound_the_oldest_ids_are_forgotten_first():
+    ids = AccountIds(max_committed=8)
+    for i in range(10):
+        ids.add_pending((f"user:{i}:available", "BTC"), i)
+        ids.commit()
+    assert len(ids) <= 8
+    assert ids.get(("user:9:available", "BTC")) == 9
+    assert ids.get(("user:0:available", "BTC")) is None
+
+
+def test_threads_committing_past_the_bound_while_others_read():
+    ids = AccountIds(max_committed=100)
+    errors = []
+
+    def committer(t):
+        try:
+            for i in range(3000):
+                ids.add_pending((f"user:{t}-{i}:available", "BTC"), i)
+                ids.commit()
+        except Exception as exc:  # noqa: BLE001 - any error fails the test below
+            errors.append(exc)
+
+    def reader():
+        try:
+            for i in range(3000):
+                ids.get_all([(f"user:0-{i}:available", "BTC"), (f"user:1-{i}:available", "BTC")])
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=committer, args=(t,)) for t in range(4)]
+    threads += [threading.Thread(target=reader) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(ids) <= 100
+    assert ids.get(("user:3-2999:available", "BTC")) == 2999  # the last commit of a thread is kept
