@@ -90,6 +90,10 @@ class ServerConfig:
     # writer's work does not compete with the gRPC event loop for the GIL) or
     # "thread" (a thread of this process). See custody/ledger/writer.py.
     ledger_writer: str = "process"
+    # Calls the server runs at once, streams included; past it a call gets
+    # RESOURCE_EXHAUSTED at once instead of queueing in memory behind a
+    # stalled database (see docs/configuration.md).
+    max_concurrent_rpcs: int = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,12 +246,16 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
         max_group_commit=int(srv.get("max_group_commit", ServerConfig.max_group_commit)),
         group_commit_wait_ms=srv.get("group_commit_wait_ms", ServerConfig.group_commit_wait_ms),
         ledger_writer=srv.get("ledger_writer", ServerConfig.ledger_writer),
+        max_concurrent_rpcs=srv.get("max_concurrent_rpcs", ServerConfig.max_concurrent_rpcs),
     )
     if server.ledger_writer not in LEDGER_WRITERS:
         raise ConfigError(f"server: ledger_writer must be one of {', '.join(LEDGER_WRITERS)}, "
                           f"not {server.ledger_writer!r}")
     if server.max_group_commit < 1:
         raise ConfigError("server: max_group_commit must be at least 1")
+    limit = server.max_concurrent_rpcs
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError("server: max_concurrent_rpcs must be a whole number of at least 1")
     wait = server.group_commit_wait_ms
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 100:
         raise ConfigError("server: group_commit_wait_ms must be a number from 0 to 100")

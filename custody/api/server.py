@@ -40,6 +40,7 @@ class Server:
         self.server = grpc.aio.server(
             interceptors=[CustodyInterceptor(Authenticator(config.clients))],
             options=[("grpc.max_receive_message_length", 1 << 20)],
+            maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
         custody_pb2_grpc.add_CustodyServiceServicer_to_server(CustodyServicer(self.app), self.server)
         backoffice_pb2_grpc.add_BackofficeServiceServicer_to_server(BackofficeServicer(self.app), self.server)

@@ -27,6 +27,9 @@ def test_the_example_config_loads():
     ({"server": {"group_commit_wait_ms": -1}}, "group_commit_wait_ms"),
     ({"server": {"group_commit_wait_ms": "2"}}, "group_commit_wait_ms"),
     ({"server": {"group_commit_wait_ms": 1000}}, "group_commit_wait_ms"),
+    ({"server": {"max_concurrent_rpcs": 0}}, "max_concurrent_rpcs"),
+    ({"server": {"max_concurrent_rpcs": "100"}}, "max_concurrent_rpcs"),
+    ({"server": {"max_concurrent_rpcs": True}}, "max_concurrent_rpcs"),
 ])
 def test_bad_configs_are_refused_with_the_reason(raw, message):
     with pytest.raises(config.ConfigError, match=message):
