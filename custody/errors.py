@@ -37,5 +37,18 @@ class Unavailable(CustodyError):
     """A part the request needs is not answering; the request may be retried (with its idempotency key)."""
 
 
+class DatabaseUnavailable(Unavailable):
+    """The database did not answer (or kept failing with operational errors:
+    a lost connection, deadlocks). Whether a write was applied is unknown, as
+    the connection may have gone during its commit: retry it with the same
+    idempotency key."""
+
+    @classmethod
+    def after(cls, exc: Exception) -> "DatabaseUnavailable":
+        """From a driver error (SQLAlchemy's DBAPIError), naming the driver's reason."""
+        reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        return cls(f"the database is not answering ({reason}); retry with the same idempotency key")
+
+
 class ConfigChanged(FailedPrecondition):
     """A chain's or asset's config differs from what its data was read with (custody/config_pins.py)."""

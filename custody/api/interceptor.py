@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import grpc
 import structlog
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from custody import errors
 from custody.api.auth import OPEN_PREFIXES, Authenticator, set_current_client
@@ -29,6 +30,10 @@ def status_for(exc: errors.CustodyError) -> grpc.StatusCode:
 async def _abort_for(exc: Exception, context, method: str):
     if isinstance(exc, errors.CustodyError):
         await context.abort(status_for(exc), str(exc))
+    if isinstance(exc, (OperationalError, InterfaceError)):  # the database went away, a deadlock: not a bug
+        unavailable = errors.DatabaseUnavailable.after(exc)
+        log.warning("database unavailable", method=method, error=str(unavailable))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(unavailable))
     log.error("unhandled error", method=method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 

@@ -22,9 +22,9 @@ import time
 from typing import Callable, Iterator
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from custody.errors import Unavailable
+from custody.errors import DatabaseUnavailable, Unavailable
 from custody.ledger.commands import BatchResult, Command
 from custody.ledger.engine import AccountIds, Result, apply_commands
 
@@ -40,7 +40,12 @@ class GroupCommitter:
     """Applies groups of commands, each in one transaction, on one connection
     kept open for the writer's life: checking a connection out of the pool and
     back in for every group was a sixth of a small group's cost. After any
-    error the connection is dropped and the next group opens a new one."""
+    error the connection is dropped and the next group opens a new one.
+
+    When the database cannot be reached, every command of the group fails with
+    DatabaseUnavailable (gRPC UNAVAILABLE) at once; an operational error that
+    outlasts the retries (a lost connection, a deadlock three times) fails its
+    command with it too."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -51,6 +56,9 @@ class GroupCommitter:
         """One result or error per command; after a database error, each command is retried on its own."""
         try:
             return self._commit(commands)
+        except DatabaseUnavailable as exc:  # no connection: none of them can be applied now
+            log.warning("ledger writer cannot reach the database: %s", exc)
+            return [exc] * len(commands)
         except DBAPIError:
             if len(commands) > 1:
                 # Something in the group hit a database error (a key taken by
@@ -69,7 +77,10 @@ class GroupCommitter:
 
     def _commit(self, commands: list[Command]) -> list[Result]:
         if self._conn is None:
-            self._conn = self.engine.connect().execution_options(custody_write=True)
+            try:
+                self._conn = self.engine.connect().execution_options(custody_write=True)
+            except DBAPIError as exc:
+                raise DatabaseUnavailable.after(exc) from exc
         try:
             with self._conn.begin():
                 results = apply_commands(self._conn, commands, self.ids)
@@ -84,9 +95,11 @@ class GroupCommitter:
         for attempt in range(attempts):
             try:
                 return self._commit([command])[0]
+            except DatabaseUnavailable as exc:
+                return exc
             except DBAPIError as exc:
                 if attempt == attempts - 1:
-                    return exc
+                    return DatabaseUnavailable.after(exc) if isinstance(exc, (OperationalError, InterfaceError)) else exc
             except Exception as exc:
                 log.exception("ledger writer failed")
                 return exc

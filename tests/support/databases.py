@@ -84,6 +84,21 @@ def drop_postgres_database(url: str) -> None:
         admin.dispose()
 
 
+def refuse_connections(url: str, refused: bool = True) -> None:
+    """Makes a PostgreSQL database refuse every connection (superusers' too) and ends
+    the open ones, as a database that went away would; refused=False lets them in again."""
+    name = make_url(url).database
+    admin = _admin_engine()
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS {'false' if refused else 'true'}")
+            if refused:
+                conn.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    finally:
+        admin.dispose()
+
+
 def new_sqlite_database(folder: pathlib.Path) -> str:
     """Copies a migrated template into folder and returns its URL."""
     global _sqlite_template

@@ -1,0 +1,53 @@
+"""The database goes away under a running server: calls get UNAVAILABLE, then work again, nothing applied twice."""
+import grpc
+import pytest
+
+from custody.app import Custody
+from custody.v1 import custody_pb2 as pb
+from tests.support.config import make_config
+from tests.support.databases import refuse_connections
+from tests.support.servers import Clients, ServerThread, bearer
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_calls_get_unavailable_while_the_database_is_away_and_a_retry_applies_once(pg_url, writer):
+    config = make_config(pg_url, ledger_writer=writer)
+    app = Custody(config)
+    server = ServerThread(config, app)
+    clients = Clients(server.address)
+
+    def transfer(key):
+        return clients.custody.Transfer(pb.TransferRequest(
+            idempotency_key=key, from_account_id=str(a), to_account_id=str(b), asset="BTC", amount="10"),
+            metadata=bearer("exchange"), timeout=30)
+
+    def balances():
+        reply = clients.custody.GetBalances(pb.GetBalancesRequest(account_id=str(b)), metadata=bearer("exchange"),
+                                            timeout=30)
+        return {x.asset: x.available for x in reply.balances}
+
+    try:
+        a = app.create_account("alice").account_id
+        b = app.create_account("bob").account_id
+        app.adjust_balance("admin", "fund-a", str(a), "BTC", "100", True, "test funding")
+        assert transfer("before").event_cursor == 2  # the writer now holds an open connection
+
+        refuse_connections(pg_url)  # ends that connection and refuses new ones
+        try:
+            for call in (lambda: transfer("while-away"), balances):
+                with pytest.raises(grpc.RpcError) as refused:
+                    call()
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "the database is not answering" in refused.value.details()
+        finally:
+            refuse_connections(pg_url, refused=False)
+
+        retried = transfer("while-away")  # the client retries with the same key
+        assert retried.event_cursor == 3
+        assert transfer("while-away").event_cursor == 3  # and again: a replay, not a second transfer
+        assert balances()["BTC"] == "20"
+        assert [e.cursor for e in app.events_after(0, limit=100)] == [1, 2, 3]
+    finally:
+        clients.close()
+        server.stop()
+        app.close()
