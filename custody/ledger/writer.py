@@ -56,7 +56,7 @@ class GroupCommitter:
         """One result or error per command; after a database error, each command is retried on its own."""
         try:
             return self._commit(commands)
-        except DatabaseUnavailable as exc:  # no connection: none of them can be applied now
+        except _CannotConnect as exc:  # none of them can be applied now
             log.warning("ledger writer cannot reach the database: %s", exc)
             return [exc] * len(commands)
         except DBAPIError:
@@ -65,7 +65,13 @@ class GroupCommitter:
                 # another instance, a deadlock): retry each command on its own
                 # so one failure cannot sink the others.
                 log.warning("group of %d failed, retrying one by one", len(commands), exc_info=True)
-            return [self._commit_alone(c) for c in commands]
+            results = []
+            for command in commands:
+                results.append(self._commit_alone(command))
+                if isinstance(results[-1], _CannotConnect):  # the database went away: the rest cannot be applied
+                    results += [results[-1]] * (len(commands) - len(results))
+                    break
+            return results
         except Exception as exc:  # a bug: fail the callers, keep the writer alive
             log.exception("ledger writer failed")
             return [exc] * len(commands)
@@ -80,7 +86,7 @@ class GroupCommitter:
             try:
                 self._conn = self.engine.connect().execution_options(custody_write=True)
             except DBAPIError as exc:
-                raise DatabaseUnavailable.after(exc) from exc
+                raise _CannotConnect.after(exc) from exc
         try:
             with self._conn.begin():
                 results = apply_commands(self._conn, commands, self.ids)
@@ -95,7 +101,7 @@ class GroupCommitter:
         for attempt in range(attempts):
             try:
                 return self._commit([command])[0]
-            except DatabaseUnavailable as exc:
+            except _CannotConnect as exc:
                 return exc
             except DBAPIError as exc:
                 if attempt == attempts - 1:
@@ -104,6 +110,10 @@ class GroupCommitter:
                 log.exception("ledger writer failed")
                 return exc
         raise AssertionError("unreachable")
+
+
+class _CannotConnect(DatabaseUnavailable):
+    """The writer could not open a connection, so nothing of the group was applied."""
 
 
 def last_cursor(results: list) -> int | None:

@@ -2,6 +2,7 @@
 import grpc
 import pytest
 
+from custody import errors
 from custody.app import Custody
 from custody.v1 import custody_pb2 as pb
 from tests.support.config import make_config
@@ -34,6 +35,12 @@ def test_calls_get_unavailable_while_the_database_is_away_and_a_retry_applies_on
 
         refuse_connections(pg_url)  # ends that connection and refuses new ones
         try:
+            # The writer finds its connection gone, retries the commands one by one, cannot
+            # connect for the first, and fails the rest with it rather than trying each.
+            queued = [app.submit_transfer("exchange", f"queued-{i}", str(a), str(b), "BTC", "1") for i in range(20)]
+            for future in queued:
+                with pytest.raises(errors.Unavailable, match="the database is not answering"):
+                    future.result(timeout=30)
             for call in (lambda: transfer("while-away"), balances):
                 with pytest.raises(grpc.RpcError) as refused:
                     call()
@@ -46,7 +53,11 @@ def test_calls_get_unavailable_while_the_database_is_away_and_a_retry_applies_on
         assert retried.event_cursor == 3
         assert transfer("while-away").event_cursor == 3  # and again: a replay, not a second transfer
         assert balances()["BTC"] == "20"
-        assert [e.cursor for e in app.events_after(0, limit=100)] == [1, 2, 3]
+        for i in range(20):  # each queued transfer retried with its key: applied once
+            app.transfer("exchange", f"queued-{i}", str(a), str(b), "BTC", "1")
+            app.transfer("exchange", f"queued-{i}", str(a), str(b), "BTC", "1")
+        assert balances()["BTC"] == "40"
+        assert [e.cursor for e in app.events_after(0, limit=100)] == list(range(1, 24))
     finally:
         clients.close()
         server.stop()
