@@ -245,7 +245,15 @@ class MatchingEngine:
             if took_over or group is None:
                 self.epoch = None  # the epoch taken (if any) was rolled back: take it again next time
             if took_over or (group is not None and group.changed_anything):
-                self.load()  # the books moved with the group that did not commit: back to what did
+                # The books moved with the group that did not commit: back to what did.
+                try:
+                    self.load()
+                except Exception:
+                    # The database may be what failed, and the books still hold the lost
+                    # group. Giving up the epoch makes the next group take it again, which
+                    # reloads the books in that group's own transaction before it matches.
+                    self.epoch = None
+                    log.warning("matching engine could not reload its books; the next group will", exc_info=True)
             raise
         self.ids.commit()
         self.frozen_swept = group.frozen_swept

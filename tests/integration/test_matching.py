@@ -389,3 +389,40 @@ def test_two_engines_on_one_database_never_match_from_stale_books(config, app):
         assert balances(app, c)["ETH"] == (12 * ETH, 0)
     finally:
         idle.close()
+
+
+def test_a_group_lost_with_the_database_leaves_nothing_in_the_books(pg_url, monkeypatch):
+    """The database goes away while a group commits, and is still away when the engine
+    rebuilds its books after the rollback: once it is back, the next order matches what
+    committed, not the fill of the group that was lost."""
+    from custody.app import Custody
+    from matching_stub import engine as engine_mod
+    from tests.support.config import make_config
+    from tests.support.databases import refuse_connections
+
+    app = Custody(make_config(pg_url))
+    try:
+        seller, buyer = accounts(app, 2, btc=BTC, eth=10 * ETH)
+        resting = place(app, seller, "SELL", 100_000, ETH).order
+        real_flush = engine_mod._Group.flush
+
+        def flush_as_the_database_goes(self):
+            refuse_connections(pg_url)  # ends the group's connection: its commit fails
+            return real_flush(self)
+
+        monkeypatch.setattr(engine_mod._Group, "flush", flush_as_the_database_goes)
+        try:
+            with pytest.raises(Exception):
+                place(app, buyer, "BUY", 100_000, ETH, key="lost")
+        finally:
+            refuse_connections(pg_url, refused=False)
+            monkeypatch.setattr(engine_mod._Group, "flush", real_flush)
+
+        assert balances(app, buyer)["ETH"] == (10 * ETH, 0)  # nothing of the lost group committed
+        placed = place(app, buyer, "BUY", 100_000, ETH, key="after")
+        assert placed.order.status == "FILLED"
+        assert [tr.maker_order_id for tr in placed.trades] == [resting.order_id]
+        assert balances(app, buyer)["ETH"] == (11 * ETH, 0)
+        assert book(app) == ([], [])
+    finally:
+        app.close()
