@@ -258,7 +258,7 @@ class Scanner:
     # -- applying blocks -----------------------------------------------------------------------
     def _apply(self, cursor: Cursor, blocks: list[Block]) -> Cursor:
         new_cursor = Cursor(blocks[-1].height, blocks[-1].hash)
-        with self.ids.write_transaction(self.engine) as conn:
+        with self._recording() as conn:
             self._check_cursor(conn, cursor)
             events, created, spent = self._record_blocks(conn, blocks, new_cursor.height, backfill=False)
             store.record_blocks(conn, self.chain, [(b.height, b.hash, b.parent_hash) for b in blocks],
@@ -269,6 +269,19 @@ class Scanner:
         self.outpoints.difference_update(spent)
         self._notify(last_event)
         return new_cursor
+
+    @contextlib.contextmanager
+    def _recording(self):
+        """The write transaction that records blocks. If it fails, the outputs it
+        created and spent may be committed or not (a connection lost during the
+        commit), so the set of our unspent outputs kept in memory is dropped and
+        read again before the next fetch: a stale one would miss our own spends."""
+        try:
+            with self.ids.write_transaction(self.engine) as conn:
+                yield conn
+        except BaseException:
+            self.outpoints = None
+            raise
 
     def _check_cursor(self, conn, cursor: Cursor) -> None:
         current = store.load_cursor(conn, self.chain, for_update=True)
@@ -339,7 +352,7 @@ class Scanner:
                                 backfill_id=req["id"], height=start)
                     return done
                 start = blocks[-1].height + 1
-                with self.ids.write_transaction(self.engine) as conn:
+                with self._recording() as conn:
                     self._check_cursor(conn, cursor)
                     events, created, spent = self._record_blocks(conn, blocks, cursor.height, backfill=True)
                     store.set_backfill(conn, req["id"], next_height=start, to_height=end)
@@ -435,7 +448,7 @@ class Scanner:
             raise ScannerHalted(f"{self.chain}: no block remembered below height {cursor.height} is on the best "
                                 f"chain any more (reorg deeper than {self.config.max_reorg_depth}); halting")
         events: list[tuple[str, dict]] = []
-        with self.ids.write_transaction(self.engine) as conn:
+        with self._recording() as conn:
             dropped = store.deposits_above(conn, self.chain, fork.height)
             reversals = []
             for d in dropped:

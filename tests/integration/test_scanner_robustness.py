@@ -215,3 +215,34 @@ def test_blocks_fetched_ahead_then_reorged_away_are_unwound_like_any_other(db_ur
         assert {b.asset: b for b in app.get_balances(str(account))[1]}["BTC"].pending == 0
     finally:
         app.close()
+
+
+def test_a_failed_block_commit_makes_the_scanner_read_its_unspent_outputs_again(btc_app, chain, monkeypatch):
+    """Blocks whose transaction fails may still have committed (a connection lost during the
+    commit): the scanner drops the unspent outputs it keeps in memory and reads them again,
+    so that a later spend of an output those blocks created is still seen."""
+    from sqlalchemy.exc import OperationalError
+
+    from custody.deposits import store
+
+    scanner = btc_app.scanner("bitcoin")
+    account = btc_app.create_account("ann").account_id
+    script = btc_app.plugin("bitcoin").watch_key(btc_app.deposit_address(str(account), "bitcoin")[1])
+    txid, _ = chain.pay((script, 70_000))
+    chain.mine(1)
+    real_move = store.move_cursor
+
+    def move_then_lose_the_connection(conn, *args):
+        real_move(conn, *args)
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(store, "move_cursor", move_then_lose_the_connection)
+    assert scanner.tick().status == "error"
+    assert scanner.outpoints is None
+    monkeypatch.setattr(store, "move_cursor", real_move)
+    scanner.next_attempt = 0.0
+    assert scanner.tick().status == "ok"
+    with btc_app.engine.connect() as conn:
+        assert scanner.outpoints == store.unspent_outpoints(conn, "bitcoin")
+        (deposit,) = conn.execute(select(t.deposits.c.txid, t.deposits.c.output_index)).all()
+    assert deposit.txid == txid and (txid, deposit.output_index) in scanner.outpoints
