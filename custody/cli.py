@@ -7,6 +7,8 @@ import json
 import secrets
 import sys
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from custody import config as config_mod
 from custody import logs
 from custody.errors import CustodyError
@@ -91,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except CustodyError as exc:  # e.g. ConfigChanged: a chain's pinned config differs
         print(f"custody: {exc}", file=sys.stderr)
+        return 2
+    except (OperationalError, InterfaceError) as exc:  # a clear line, not a driver traceback
+        reason = (str(exc.orig or exc).strip().splitlines() or ["no reason given"])[0]
+        print(f"custody: cannot use the database: {reason}\n"
+              f"custody: check [database] url in the config and that the database server is running",
+              file=sys.stderr)
         return 2
 
 
