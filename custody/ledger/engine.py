@@ -83,7 +83,7 @@ class AccountIds:
                     del committed[key]
         pending.clear()
 
-    def __len__(self) -> int:
+    def committed_count(self) -> int:
         return len(self._committed)
 
     def rollback(self):
