@@ -11,7 +11,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from custody import config as config_mod
 from custody import logs
-from custody.errors import CustodyError
+from custody.errors import CustodyError, driver_reason
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"custody: {exc}", file=sys.stderr)
         return 2
     except (OperationalError, InterfaceError) as exc:  # a clear line, not a driver traceback
-        reason = (str(exc.orig or exc).strip().splitlines() or ["no reason given"])[0]
-        print(f"custody: cannot use the database: {reason}\n"
+        print(f"custody: cannot use the database: {driver_reason(exc)}\n"
               f"custody: check [database] url in the config and that the database server is running",
               file=sys.stderr)
         return 2

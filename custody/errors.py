@@ -41,13 +41,16 @@ class DatabaseUnavailable(Unavailable):
     """The database did not answer (or kept failing with operational errors:
     a lost connection, deadlocks). Whether a write was applied is unknown, as
     the connection may have gone during its commit: retry it with the same
-    idempotency key."""
+    idempotency key. The driver's reason (hosts, paths, database names) goes to
+    the server's log, not to the client."""
 
-    @classmethod
-    def after(cls, exc: Exception) -> "DatabaseUnavailable":
-        """From a driver error (SQLAlchemy's DBAPIError), naming the driver's reason."""
-        reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
-        return cls(f"the database is not answering ({reason}); retry with the same idempotency key")
+    def __init__(self, message: str = "the database is not answering; retry with the same idempotency key"):
+        super().__init__(message)
+
+
+def driver_reason(exc: Exception) -> str:
+    """The first line of a driver error's own message (SQLAlchemy wraps it as exc.orig)."""
+    return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class ConfigChanged(FailedPrecondition):

@@ -31,9 +31,8 @@ async def _abort_for(exc: Exception, context, method: str):
     if isinstance(exc, errors.CustodyError):
         await context.abort(status_for(exc), str(exc))
     if isinstance(exc, (OperationalError, InterfaceError)):  # the database went away, a deadlock: not a bug
-        unavailable = errors.DatabaseUnavailable.after(exc)
-        log.warning("database unavailable", method=method, error=str(unavailable))
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(unavailable))
+        log.warning("database unavailable", method=method, reason=errors.driver_reason(exc))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(errors.DatabaseUnavailable()))
     log.error("unhandled error", method=method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 

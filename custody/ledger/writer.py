@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from custody.errors import DatabaseUnavailable, Unavailable
+from custody.errors import DatabaseUnavailable, Unavailable, driver_reason
 from custody.ledger.commands import BatchResult, Command
 from custody.ledger.engine import AccountIds, Result, apply_commands
 
@@ -57,7 +57,6 @@ class GroupCommitter:
         try:
             return self._commit(commands)
         except _CannotConnect as exc:  # none of them can be applied now
-            log.warning("ledger writer cannot reach the database: %s", exc)
             return [exc] * len(commands)
         except DBAPIError:
             if len(commands) > 1:
@@ -86,7 +85,8 @@ class GroupCommitter:
             try:
                 self._conn = self.engine.connect().execution_options(custody_write=True)
             except DBAPIError as exc:
-                raise _CannotConnect.after(exc) from exc
+                log.warning("ledger writer cannot connect to the database: %s", driver_reason(exc))
+                raise _CannotConnect() from exc
         try:
             with self._conn.begin():
                 results = apply_commands(self._conn, commands, self.ids)
@@ -105,7 +105,10 @@ class GroupCommitter:
                 return exc
             except DBAPIError as exc:
                 if attempt == attempts - 1:
-                    return DatabaseUnavailable.after(exc) if isinstance(exc, (OperationalError, InterfaceError)) else exc
+                    if not isinstance(exc, (OperationalError, InterfaceError)):
+                        return exc
+                    log.warning("ledger command failed %d times: %s", attempts, driver_reason(exc))
+                    return DatabaseUnavailable()
             except Exception as exc:
                 log.exception("ledger writer failed")
                 return exc

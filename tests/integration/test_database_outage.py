@@ -1,6 +1,7 @@
 """The database goes away under a running server: calls get UNAVAILABLE, then work again, nothing applied twice."""
 import grpc
 import pytest
+from sqlalchemy.engine import make_url
 
 from custody import errors
 from custody.app import Custody
@@ -46,6 +47,7 @@ def test_calls_get_unavailable_while_the_database_is_away_and_a_retry_applies_on
                     call()
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
                 assert "the database is not answering" in refused.value.details()
+                assert make_url(pg_url).database not in refused.value.details()  # the reason goes to the log only
         finally:
             refuse_connections(pg_url, refused=False)
 
