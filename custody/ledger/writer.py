@@ -76,9 +76,9 @@ class GroupCommitter:
             return [exc] * len(commands)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        conn, self._conn = self._conn, None  # forgotten first: a broken one must not be used again
+        if conn is not None:
+            conn.close()
 
     def _commit(self, commands: list[Command]) -> list[Result]:
         if self._conn is None:
@@ -92,7 +92,10 @@ class GroupCommitter:
                 results = apply_commands(self._conn, commands, self.ids)
         except BaseException:
             self.ids.rollback()
-            self.close()
+            try:
+                self.close()
+            except Exception:  # closing a connection the server dropped may fail too; it is gone either way
+                log.debug("closing the failed connection failed", exc_info=True)
             raise
         self.ids.commit()
         return results
