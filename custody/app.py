@@ -20,10 +20,9 @@ from custody.ledger.process_writer import ProcessLedgerWriter
 from custody.ledger.writer import LedgerWriter
 from custody.ledger.model import EQUITY, Posting, user_available
 from custody.money import parse_amount
+from custody.text import parse_memo, parse_reason
 from matching_stub.service import MatchingService
 
-MAX_MEMO = 256
-MIN_REASON, MAX_REASON = 3, 512
 
 
 class Custody:
@@ -161,8 +160,7 @@ class Custody:
             raise InvalidArgument("from_account_id and to_account_id must differ")
         self.config.asset(asset)
         value = parse_amount(amount)
-        if len(memo) > MAX_MEMO:
-            raise InvalidArgument(f"memo is longer than {MAX_MEMO} characters")
+        memo = parse_memo(memo)
         return Command(
             kind="transfer",
             actor=client,
@@ -187,9 +185,7 @@ class Custody:
         account = accounts.parse_account_id(account_id)
         self.config.asset(asset)
         value = parse_amount(amount)
-        reason = (reason or "").strip()
-        if not MIN_REASON <= len(reason) <= MAX_REASON:
-            raise InvalidArgument(f"reason is required: {MIN_REASON} to {MAX_REASON} characters")
+        reason = parse_reason(reason)
         user = user_available(account)
         debit, credit_code = (EQUITY, user) if credit else (user, EQUITY)
         command = Command(

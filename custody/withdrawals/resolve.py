@@ -22,9 +22,9 @@ from custody.errors import CustodyError, FailedPrecondition, InvalidArgument, No
 from custody.ledger.commands import Command, Idempotency
 from custody.ledger.engine import apply_commands
 from custody.ledger.model import Posting
+from custody.text import parse_reason
 from custody.withdrawals import model, store
 from custody.withdrawals.refusal import NEEDS_STAFF
-MIN_REASON, MAX_REASON = 3, 512
 
 
 def list_batches(engine, status: str) -> list[dict]:
@@ -43,10 +43,8 @@ def list_batches(engine, status: str) -> list[dict]:
 
 def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str) -> tuple[dict, list[dict]]:
     """withdrawals: the Withdrawals service (engine, config, plugins, ledger ids, notify)."""
-    reason = (reason or "").strip()
+    reason = parse_reason(reason)
     txid = (txid or "").strip().lower()
-    if not MIN_REASON <= len(reason) <= MAX_REASON:
-        raise InvalidArgument(f"reason is required: {MIN_REASON} to {MAX_REASON} characters")
     if len(txid) != 64 or any(c not in "0123456789abcdef" for c in txid):
         raise InvalidArgument("txid: the 64 hex digits of the transaction that spent the batch's inputs")
     with read_transaction(withdrawals.engine) as conn:

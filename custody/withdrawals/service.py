@@ -27,10 +27,10 @@ from custody.ledger.commands import Command, HoldCreate, parse_idempotency_key
 from custody.ledger.engine import AccountIds, apply_commands
 from custody.ledger.model import new_id
 from custody.money import parse_amount
+from custody.text import parse_reason
 from custody.withdrawals import model, store
 from hsm.approvals import approval_message
 
-MIN_REASON, MAX_REASON = 3, 512
 DAY = datetime.timedelta(days=1)
 LAST_EVENT = "custody.last_event"
 
@@ -220,9 +220,7 @@ class Withdrawals:
         return self._write(work)
 
     def reject(self, staff: str, withdrawal_id: str, reason: str) -> dict:
-        reason = (reason or "").strip()
-        if not MIN_REASON <= len(reason) <= MAX_REASON:
-            raise InvalidArgument(f"reason is required: {MIN_REASON} to {MAX_REASON} characters")
+        reason = parse_reason(reason)
 
         def work(conn):
             w = store.load(conn, withdrawal_id, for_update=True)

@@ -94,6 +94,8 @@ LONG = "x" * 129
     ({"idempotency_key": LONG}, grpc.StatusCode.INVALID_ARGUMENT, "idempotency_key"),
     ({"idempotency_key": "has space"}, grpc.StatusCode.INVALID_ARGUMENT, "idempotency_key"),
     ({"memo": "m" * 257}, grpc.StatusCode.INVALID_ARGUMENT, "memo"),
+    ({"memo": "rent\x00"}, grpc.StatusCode.INVALID_ARGUMENT, "memo must not contain control characters"),
+    ({"memo": "paid \x1b[2Kback"}, grpc.StatusCode.INVALID_ARGUMENT, "memo must not contain control characters"),
 ])
 def test_bad_transfer_gets_a_precise_status_and_changes_nothing(app, clients, two, change, code, detail):
     a, b = two
@@ -141,6 +143,8 @@ def test_adjust_balance_records_the_staff_identity_and_reason(clients, two):
     ({"reason": ""}, "reason is required"),
     ({"reason": "ab"}, "reason is required"),
     ({"reason": "r" * 513}, "reason is required"),
+    ({"reason": "double credit\x00"}, "reason must not contain control characters"),
+    ({"reason": "approved\rby nobody"}, "reason must not contain control characters"),
     ({"direction": bo.ADJUSTMENT_DIRECTION_UNSPECIFIED}, "direction"),
     ({"amount": "-1"}, "negative"),
     ({"asset": "XRP"}, "unknown asset"),
@@ -157,6 +161,15 @@ def test_bad_adjustments_change_nothing(app, clients, two, change, detail):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert detail in err.value.details()
     assert (balances(clients, a), event_count(app)) == before
+
+
+def test_memos_and_reasons_keep_tabs_new_lines_and_any_language(clients, two):
+    a, b = two
+    clients.custody.Transfer(pb.TransferRequest(
+        idempotency_key="memo-ok", from_account_id=a, to_account_id=b, asset="BTC", amount="1",
+        memo="loyer\tdécembre\nкомната 5 · 家賃"), metadata=bearer("exchange"))
+    adjust(clients, a, "1", "reason-ok", reason="line one\nline two: ünïcödé")
+    assert balances(clients, b)["BTC"][0] == "1"
 
 
 def test_debit_adjustment_cannot_overdraw(clients, two):

@@ -180,10 +180,11 @@ def test_reject_and_cancel_release_the_hold(wapp, wclients):
     acct = account(wapp)
     rejected = request(wclients, acct, BTC // 2, key="r")
     cancelled = request(wclients, acct, BTC // 2, key="c")
-    with pytest.raises(grpc.RpcError) as err:
-        wclients.backoffice.RejectWithdrawal(backoffice_pb2.RejectWithdrawalRequest(
-            withdrawal_id=rejected.withdrawal_id, reason=""), metadata=Clients.md("alice"))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for bad_reason in ("", "sanctions\x00", "ok\x1b[1A"):  # missing, NUL (PostgreSQL cannot store it), escape
+        with pytest.raises(grpc.RpcError) as err:
+            wclients.backoffice.RejectWithdrawal(backoffice_pb2.RejectWithdrawalRequest(
+                withdrawal_id=rejected.withdrawal_id, reason=bad_reason), metadata=Clients.md("alice"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     r = wclients.backoffice.RejectWithdrawal(backoffice_pb2.RejectWithdrawalRequest(
         withdrawal_id=rejected.withdrawal_id, reason="destination on a sanctions list"),
         metadata=Clients.md("alice")).withdrawal

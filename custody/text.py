@@ -1,0 +1,45 @@
+"""Free text from clients and staff (transfer memos, staff reasons), checked before it is stored.
+
+PostgreSQL text cannot hold NUL, and a lone surrogate cannot be encoded at all:
+either would fail the whole write deep in the database layer (a ledger group
+commit, a staff action) instead of refusing the one request. Other control
+characters are refused too: these strings end up in logs, events and the
+backoffice, where a terminal escape or a carriage return could disguise them.
+Tabs and new lines are kept; a reason may have several lines.
+"""
+from __future__ import annotations
+
+import re
+
+from custody.errors import InvalidArgument
+
+MAX_MEMO = 256
+MIN_REASON, MAX_REASON = 3, 512
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _check(value: str, field: str) -> str:
+    if _CONTROL.search(value):
+        raise InvalidArgument(f"{field} must not contain control characters other than tab and new line")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{field} is not valid Unicode text") from None
+    return value
+
+
+def parse_memo(memo: str | None) -> str:
+    """An optional memo: empty, or at most MAX_MEMO characters of text."""
+    memo = memo or ""
+    if len(memo) > MAX_MEMO:
+        raise InvalidArgument(f"memo is longer than {MAX_MEMO} characters")
+    return _check(memo, "memo")
+
+
+def parse_reason(reason: str | None) -> str:
+    """A staff reason: required, MIN_REASON to MAX_REASON characters once trimmed."""
+    reason = (reason or "").strip()
+    if not MIN_REASON <= len(reason) <= MAX_REASON:
+        raise InvalidArgument(f"reason is required: {MIN_REASON} to {MAX_REASON} characters")
+    return _check(reason, "reason")
