@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import queue
-import re
 import threading
 from typing import Callable
 
@@ -23,6 +22,7 @@ from custody.db.engine import read_transaction
 from custody.errors import InvalidArgument, NotFound
 from custody.events.journal import EventNotifier
 from custody.ledger.commands import Idempotency, parse_idempotency_key
+from custody.ledger.model import parse_id
 from custody.money import MAX_TOTAL, parse_amount
 from matching_stub.amounts import PPM
 from matching_stub.engine import (
@@ -38,7 +38,6 @@ MAX_DEPTH = 1000
 DEFAULT_DEPTH = 50
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
-_ORDER_ID = re.compile(r"[0-9a-f]{32}")
 _STOP = object()
 
 
@@ -210,11 +209,7 @@ class MatchingService:
 
 
 def parse_order_id(text: str) -> str:
-    if not text:
-        raise InvalidArgument("order_id is required")
-    if not _ORDER_ID.fullmatch(text):
-        raise InvalidArgument(f"order_id must be 32 lower-case hex digits: {text[:40]!r}")
-    return text
+    return parse_id(text, "order_id")
 
 
 def check_units(market: MarketConfig, price: int, quantity: int) -> None:

@@ -37,7 +37,6 @@ from custody.deposits.model import (
     DEPOSIT_WALLET,
     ON_CHAIN,
     ORPHANED,
-    PENDING,
     REVERSED,
     confirmations,
     credit_due,

@@ -9,7 +9,7 @@ import dataclasses
 import datetime
 import json
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from custody.db import schema as t
 from custody.deposits.model import ON_CHAIN, PENDING

@@ -21,7 +21,7 @@ from custody.deposits.store import load_cursor
 from custody.errors import CustodyError, FailedPrecondition, InvalidArgument, NotFound
 from custody.ledger.commands import Command, Idempotency
 from custody.ledger.engine import apply_commands
-from custody.ledger.model import Posting
+from custody.ledger.model import Posting, parse_id
 from custody.text import parse_reason
 from custody.withdrawals import model, store
 from custody.withdrawals.refusal import NEEDS_STAFF
@@ -43,6 +43,7 @@ def list_batches(engine, status: str) -> list[dict]:
 
 def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str) -> tuple[dict, list[dict]]:
     """withdrawals: the Withdrawals service (engine, config, plugins, ledger ids, notify)."""
+    batch_id = parse_id(batch_id, "batch_id")
     reason = parse_reason(reason)
     txid = (txid or "").strip().lower()
     if len(txid) != 64 or any(c not in "0123456789abcdef" for c in txid):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import re
 from typing import Callable
 
 from cryptography.exceptions import InvalidSignature
@@ -25,7 +26,7 @@ from custody.errors import (AccountFrozen, CustodyError, FailedPrecondition, Ide
                             NotFound)
 from custody.ledger.commands import Command, HoldCreate, parse_idempotency_key
 from custody.ledger.engine import AccountIds, apply_commands
-from custody.ledger.model import new_id
+from custody.ledger.model import new_id, parse_id
 from custody.money import parse_amount
 from custody.text import parse_reason
 from custody.withdrawals import model, store
@@ -33,6 +34,7 @@ from hsm.approvals import approval_message
 
 DAY = datetime.timedelta(days=1)
 LAST_EVENT = "custody.last_event"
+_STATUS = re.compile(r"[A-Z_]{1,32}")
 
 
 class Withdrawals:
@@ -149,6 +151,7 @@ class Withdrawals:
             return first, False
 
     def get(self, withdrawal_id: str) -> tuple[dict, list[dict]]:
+        withdrawal_id = parse_id(withdrawal_id, "withdrawal_id")
         with read_transaction(self.engine) as conn:
             return store.load(conn, withdrawal_id), store.history(conn, withdrawal_id)
 
@@ -160,6 +163,8 @@ class Withdrawals:
             return [(dict(r._mapping), store.history(conn, r.id)) for r in rows]
 
     def cancel(self, client: str, withdrawal_id: str) -> dict:
+        withdrawal_id = parse_id(withdrawal_id, "withdrawal_id")
+
         def work(conn):
             w = store.load(conn, withdrawal_id, for_update=True)
             if w["client"] != client:
@@ -187,6 +192,7 @@ class Withdrawals:
         return approval_message(w["chain"], self.approval_digest(w))
 
     def approve(self, staff: str, withdrawal_id: str, signature: bytes) -> dict:
+        withdrawal_id = parse_id(withdrawal_id, "withdrawal_id")
         keys = {s.name: s.public_key for s in self.rules.staff}
         if staff not in keys:
             raise FailedPrecondition(f"{staff} has no approval key in the configuration")
@@ -220,6 +226,7 @@ class Withdrawals:
         return self._write(work)
 
     def reject(self, staff: str, withdrawal_id: str, reason: str) -> dict:
+        withdrawal_id = parse_id(withdrawal_id, "withdrawal_id")
         reason = parse_reason(reason)
 
         def work(conn):
@@ -262,6 +269,8 @@ class Withdrawals:
     def batches(self, status: str = "NEEDS_STAFF") -> list[dict]:
         from custody.withdrawals.resolve import list_batches
 
+        if not _STATUS.fullmatch(status or ""):
+            raise InvalidArgument(f"status must be a batch status such as NEEDS_STAFF: {(status or '')[:40]!r}")
         return list_batches(self.engine, status)
 
     def resolve_batch(self, staff: str, batch_id: str, txid: str, reason: str) -> tuple[dict, list[dict]]:
