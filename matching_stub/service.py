@@ -20,7 +20,7 @@ from custody.config import Config, MarketConfig
 from custody.db import schema as t
 from custody.db.engine import read_transaction
 from custody.errors import InvalidArgument, NotFound
-from custody.events.journal import EventNotifier
+from custody.events.journal import EventNotifier, check_cursor
 from custody.ledger.commands import Idempotency, parse_idempotency_key
 from custody.ledger.model import parse_id
 from custody.money import MAX_TOTAL, parse_amount
@@ -142,6 +142,7 @@ class MatchingService:
         m = self.config.market(market)
         if not 0 <= limit <= MAX_PAGE:
             raise InvalidArgument(f"limit must be from 1 to {MAX_PAGE} (0 for {DEFAULT_PAGE})")
+        check_cursor(after_trade_id, "after_trade_id")
         tr = t.trades
         with read_transaction(self.db) as conn:
             rows = conn.execute(select(tr).where(tr.c.market == m.name, tr.c.id > after_trade_id)
@@ -150,6 +151,7 @@ class MatchingService:
 
     def market_data_after(self, market: str, cursor: int, limit: int = 500) -> list[MarketDataItem]:
         m = self.config.market(market)
+        check_cursor(cursor, "after_cursor")
         md = t.market_data
         with read_transaction(self.db) as conn:
             rows = conn.execute(select(md).where(md.c.market == m.name, md.c.cursor > cursor)

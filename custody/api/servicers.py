@@ -153,6 +153,8 @@ class BackofficeServicer(backoffice_pb2_grpc.BackofficeServiceServicer):
         return backoffice_pb2.AdjustBalanceResponse(adjustment_id=result.batch_id, event_cursor=result.event_cursor)
 
     async def ListWithdrawals(self, request, context):
+        if request.status not in custody_pb2.WithdrawalStatus.values():
+            raise InvalidArgument(f"status {request.status} is not a WithdrawalStatus")
         status = (custody_pb2.WithdrawalStatus.Name(request.status).removeprefix("WITHDRAWAL_STATUS_")
                   if request.status else "PENDING_REVIEW")
         items = await asyncio.to_thread(self.app.withdrawals.review_list, status)

@@ -9,6 +9,7 @@ from sqlalchemy import Engine, select
 
 from custody.db import schema as t
 from custody.db.engine import read_transaction
+from custody.errors import InvalidArgument
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +20,19 @@ class Event:
     created_at: str
 
 
+MAX_CURSOR = 2**63 - 1  # cursors and ids are 64-bit signed integers in both databases
+
+
+def check_cursor(value: int, field: str) -> int:
+    """A cursor or id a client sent (proto uint64): beyond MAX_CURSOR no row can be, and
+    neither database takes such a number as an integer parameter."""
+    if not 0 <= value <= MAX_CURSOR:
+        raise InvalidArgument(f"{field} must be from 0 to 2^63-1, got {value}")
+    return value
+
+
 def read_after(engine: Engine, after_cursor: int, limit: int = 500) -> list[Event]:
+    check_cursor(after_cursor, "after_cursor")
     with read_transaction(engine) as conn:
         rows = conn.execute(
             select(t.events).where(t.events.c.cursor > after_cursor).order_by(t.events.c.cursor).limit(limit)

@@ -1,6 +1,7 @@
-"""Every RPC, every string field set to text the database cannot take or does not expect:
-the reply is a precise status, never INTERNAL, and nothing changes."""
+"""Every RPC, every string field set to text the database cannot take or does not expect, and
+every number at its extreme: the reply is a precise status, never INTERNAL, and nothing changes."""
 import grpc
+import pytest
 from google.protobuf import descriptor
 
 from custody.api.auth import REQUIRED_SCOPE
@@ -20,10 +21,23 @@ def methods():
                 yield f"/{service.full_name}/{method.name}", method
 
 
+_LARGEST = {descriptor.FieldDescriptor.TYPE_UINT64: 2**64 - 1, descriptor.FieldDescriptor.TYPE_UINT32: 2**32 - 1,
+            descriptor.FieldDescriptor.TYPE_INT64: -(2**63), descriptor.FieldDescriptor.TYPE_INT32: -(2**31),
+            descriptor.FieldDescriptor.TYPE_ENUM: 99}
+
+
 def request_with(method, text):
+    """Every string field set to text; every number to its extreme and every enum to a value it does not
+    define, when text is None."""
     cls = getattr(_module_of(method.input_type), method.input_type.name)
-    fields = {f.name: text for f in method.input_type.fields
-              if f.type == descriptor.FieldDescriptor.TYPE_STRING and not f.is_repeated}
+    fields = {}
+    for f in method.input_type.fields:
+        if f.is_repeated:
+            continue
+        if text is not None and f.type == descriptor.FieldDescriptor.TYPE_STRING:
+            fields[f.name] = text
+        elif text is None and f.type in _LARGEST:
+            fields[f.name] = _LARGEST[f.type]
     return cls(**fields)
 
 
@@ -51,10 +65,10 @@ def test_hostile_strings_with_a_chain_and_withdrawals_configured(db_url):
 def check_every_rpc(app, clients):
     failures = []
     for path, method in methods():
-        for text in HOSTILE:
+        for text in (*HOSTILE, None):
             request = request_with(method, text)
             if not request.ListFields():
-                break  # no string field to fill
+                continue  # no field of that kind to fill
             metadata = bearer(CLIENT_FOR[REQUIRED_SCOPE[path]])
             stub = clients.channel.unary_stream if method.server_streaming else clients.channel.unary_unary
             call = stub(path, request_serializer=type(request).SerializeToString, response_deserializer=bytes)
@@ -64,6 +78,27 @@ def check_every_rpc(app, clients):
                     next(iter(reply), None)
             except grpc.RpcError as exc:
                 if exc.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-                    failures.append(f"{path} with {text[:12]!r}: {exc.code().name} {exc.details()}")
+                    what = f"{text[:12]!r}" if text is not None else "extreme numbers"
+                    failures.append(f"{path} with {what}: {exc.code().name} {exc.details()}")
     assert not failures, "\n".join(failures)
     assert app.events_after(0, limit=10) == [], "hostile input changed something"
+
+
+def test_cursors_and_ids_beyond_64_bit_signed_are_invalid_arguments(clients):
+    """Proto cursors are uint64; rows never pass 2^63-1, and neither database takes a larger integer."""
+    huge, md = 2**64 - 1, bearer("exchange")
+    calls = [
+        lambda: next(iter(clients.custody.StreamEvents(custody_pb2.StreamEventsRequest(after_cursor=huge),
+                                                       metadata=md, timeout=5))),
+        lambda: clients.matching.ListTrades(matching_pb2.ListTradesRequest(market="ETH/BTC", after_trade_id=huge),
+                                            metadata=md, timeout=5),
+        lambda: next(iter(clients.matching.StreamMarketData(
+            matching_pb2.StreamMarketDataRequest(market="ETH/BTC", after_cursor=huge), metadata=md, timeout=5))),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as refused:
+            call()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "2^63-1" in refused.value.details()
+    assert clients.matching.ListTrades(matching_pb2.ListTradesRequest(
+        market="ETH/BTC", after_trade_id=2**63 - 1), metadata=md, timeout=5).trades == []
