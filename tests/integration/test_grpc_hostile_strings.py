@@ -26,9 +26,15 @@ _LARGEST = {descriptor.FieldDescriptor.TYPE_UINT64: 2**64 - 1, descriptor.FieldD
             descriptor.FieldDescriptor.TYPE_ENUM: 99}
 
 
-def request_with(method, text):
-    """Every string field set to text; every number to its extreme and every enum to a value it does not
-    define, when text is None."""
+# Plausible strings, so that the extreme numbers get past the first checks.
+PLAUSIBLE = {"market": "ETH/BTC", "asset": "BTC", "chain": "bitcoin", "amount": "1000", "price": "100000",
+             "quantity": str(10**16), "idempotency_key": "hostile-1", "reason": "a plausible reason",
+             "external_id": "hostile-user", "to_address": "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"}
+
+
+def request_with(method, text, account_id="1"):
+    """Every string field set to text; or, when text is None, every number to its extreme, every
+    enum to a value it does not define, and the strings to plausible values."""
     cls = getattr(_module_of(method.input_type), method.input_type.name)
     fields = {}
     for f in method.input_type.fields:
@@ -38,6 +44,8 @@ def request_with(method, text):
             fields[f.name] = text
         elif text is None and f.type in _LARGEST:
             fields[f.name] = _LARGEST[f.type]
+        elif text is None and f.type == descriptor.FieldDescriptor.TYPE_STRING:
+            fields[f.name] = account_id if f.name.endswith("account_id") else PLAUSIBLE.get(f.name, "")
     return cls(**fields)
 
 
@@ -63,10 +71,11 @@ def test_hostile_strings_with_a_chain_and_withdrawals_configured(db_url):
 
 
 def check_every_rpc(app, clients):
+    account = str(app.create_account("hostile-owner").account_id)
     failures = []
     for path, method in methods():
         for text in (*HOSTILE, None):
-            request = request_with(method, text)
+            request = request_with(method, text, account)
             if not request.ListFields():
                 continue  # no field of that kind to fill
             metadata = bearer(CLIENT_FOR[REQUIRED_SCOPE[path]])
