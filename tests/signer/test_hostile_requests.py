@@ -1,0 +1,52 @@
+"""The signer process under hostile requests: garbage payloads, paths and approvals give a
+refusal or a precise status, never INTERNAL, and the signer keeps serving."""
+import collections
+import itertools
+import os
+
+import grpc
+
+from hsm.v1 import signer_pb2
+from tests.support.withdrawals import start_signer
+
+TEXT = ["", "bitcoin", "ethereum", "x\x00y", "\x1b[2J", "ü" * 5000]
+PATHS = ["", "m/84'/1'/0'/0/0", "m/84'/1'/0'/0/99999999999", "m/" + "0/" * 300 + "0", "m/-1", "x\x00"]
+PAYLOADS = [b"", b"\x00" * 10, os.urandom(1000), b"psbt\xff" + os.urandom(200), b"cHNidP8BAA==",
+            b"\x02" + os.urandom(60), b"\x02\xc0", b"psbt\xff\x01\x00" * 1000]
+
+
+def test_hostile_requests_are_refused_and_the_signer_keeps_serving(tmp_path):
+    signer = start_signer(tmp_path)
+    stub, md = signer.client.stub, signer.client.metadata
+    failures = []
+
+    outcomes = collections.Counter()
+
+    def call(method, request):
+        try:
+            reply = method(request, metadata=md, timeout=10)
+            outcomes[signer_pb2.Decision.Name(reply.decision) if hasattr(reply, "decision") else "OK"] += 1
+        except grpc.RpcError as exc:
+            outcomes[exc.code().name] += 1
+            if exc.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                failures.append(f"{type(request).__name__} {str(request)[:120]!r}: {exc.code().name} {exc.details()}")
+
+    try:
+        key_id = next(iter(signer.client.list_keys())).key_id
+        for text, path in itertools.product(TEXT, PATHS):
+            call(stub.GetPublicKey, signer_pb2.GetPublicKeyRequest(key_id=text or key_id, path=path))
+        for chain, payload, path in itertools.product(TEXT, PAYLOADS, PATHS[:4]):
+            call(stub.Sign, signer_pb2.SignRequest(
+                chain=chain, payload=payload, reference=chain,
+                keys=[signer_pb2.KeyPath(key_id=key_id, path=path), signer_pb2.KeyPath(key_id=chain, path=chain)],
+                approvals=[signer_pb2.Approval(approver=chain, signature=os.urandom(64))],
+                withdrawals=[signer_pb2.ApprovedWithdrawal(
+                    withdrawal_id=chain, account_id=-(2**63), asset=chain, to_address=chain, amount="-1", fee="1e9",
+                    approvals=[signer_pb2.Approval(approver="alice", signature=b"")])]))
+        assert not failures, "\n".join(failures[:10])
+        assert "DECISION_SIGNED" not in outcomes, outcomes
+        assert outcomes["INVALID_ARGUMENT"] + outcomes["DECISION_REFUSED"] + outcomes["NOT_FOUND"] > 0, outcomes
+        assert signer.process.poll() is None
+        assert signer.client.list_keys()  # still serving
+    finally:
+        signer.stop()
