@@ -101,7 +101,7 @@ class Pkcs11Keystore(Keystore):
     # -- objects --------------------------------------------------------------------------------
     def _key(self, key_id: str, path: str):
         if path not in ("", "m"):
-            raise UnknownKey(f"token key {key_id!r} is a single key, not an HD wallet: path must be empty")
+            raise UnknownKey(f"token key {key_id[:64]!r} is a single key, not an HD wallet: path must be empty")
         found = self._keys.get(key_id)
         if found:
             return found
@@ -109,7 +109,7 @@ class Pkcs11Keystore(Keystore):
             private = self._find(ObjectClass.PRIVATE_KEY, key_id)
             public = self._find(ObjectClass.PUBLIC_KEY, key_id)
         if private is None or public is None:
-            raise UnknownKey(f"no key pair labelled {key_id!r} in token {self.token_label!r}")
+            raise UnknownKey(f"no key pair labelled {key_id[:64]!r} in token {self.token_label!r}")
         point = public[Attribute.EC_POINT]
         # EC_POINT is DER-wrapped: OCTET STRING (04 41) around the 65-byte uncompressed point.
         if len(point) == 67 and point[:2] == b"\x04\x41":

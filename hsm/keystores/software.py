@@ -203,7 +203,7 @@ class SoftwareKeystore(Keystore):
         try:
             return self._roots[key_id]
         except KeyError:
-            raise UnknownKey(f"no wallet {key_id!r} in this keystore") from None
+            raise UnknownKey(f"no wallet {key_id[:64]!r} in this keystore") from None
 
     def _child(self, key_id: str, path: str) -> coincurve.PrivateKey:
         cached = self._children.get((key_id, path))
@@ -213,7 +213,7 @@ class SoftwareKeystore(Keystore):
         try:
             node = root.derive(path) if path not in ("", "m") else root
         except Exception:
-            raise UnknownKey(f"not a BIP32 path: {path!r}") from None
+            raise UnknownKey(f"not a BIP32 path: {path[:100]!r}") from None
         child = coincurve.PrivateKey(node.key.secret)
         with self._lock:
             if len(self._children) >= _MAX_CACHED_KEYS:
