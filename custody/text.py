@@ -3,8 +3,9 @@
 PostgreSQL text cannot hold NUL, and a lone surrogate cannot be encoded at all:
 either would fail the whole write deep in the database layer (a ledger group
 commit, a staff action) instead of refusing the one request. Other control
-characters are refused too: these strings end up in logs, events and the
-backoffice, where a terminal escape or a carriage return could disguise them.
+characters and bidirectional overrides are refused too: these strings end up
+in logs, events and the backoffice, where a terminal escape, a carriage return
+or a right-to-left override could disguise them.
 Tabs and new lines are kept; a reason may have several lines.
 """
 from __future__ import annotations
@@ -16,12 +17,15 @@ from custody.errors import InvalidArgument
 MAX_MEMO = 256
 MIN_REASON, MAX_REASON = 3, 512
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# C0 and C1 controls but tab and new line, and the bidirectional overrides and isolates
+# that can make text display in another order than it is stored ("Trojan Source").
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def _check(value: str, field: str) -> str:
     if _CONTROL.search(value):
-        raise InvalidArgument(f"{field} must not contain control characters other than tab and new line")
+        raise InvalidArgument(f"{field} must not contain control characters (other than tab and new line) "
+                              f"or bidirectional overrides")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

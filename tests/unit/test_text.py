@@ -5,7 +5,8 @@ from custody.errors import InvalidArgument
 from custody.text import MAX_MEMO, parse_memo, parse_reason
 
 
-@pytest.mark.parametrize("bad", ["a\x00b", "\x1b[31mred", "carriage\rreturn", "bell\x07", "del\x7f", "vt\x0b"])
+@pytest.mark.parametrize("bad", ["a\x00b", "\x1b[31mred", "carriage\rreturn", "bell\x07", "del\x7f", "vt\x0b",
+                                 "csi\x9b2J", "pay to \u202eredro\u202c", "isolate\u2066x\u2069"])
 def test_control_characters_are_refused(bad):
     with pytest.raises(InvalidArgument, match="control characters"):
         parse_memo(bad)
