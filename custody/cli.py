@@ -128,7 +128,7 @@ def _admin_check(args) -> int:
     config = config_mod.load(args.config)
     engine = make_engine(config.database_url)
     try:
-        report = check(engine)
+        report = check(engine, progress=lambda message: print(f"admin check: {message}", file=sys.stderr, flush=True))
     finally:
         engine.dispose()
     print(report.render())

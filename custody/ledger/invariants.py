@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from typing import Callable
 
 from sqlalchemy import Engine, exists, func, select
 
@@ -66,7 +67,10 @@ class Report:
         return "\n".join(lines)
 
 
-def check(engine: Engine) -> Report:
+def check(engine: Engine, progress: Callable[[str], None] | None = None, progress_every: int = 1_000_000) -> Report:
+    """Reads the ledger in one snapshot and checks it. Transfers and holds are
+    streamed, so memory stays flat however long the journal is; progress, if
+    given, hears every progress_every transfers read (a large ledger takes minutes)."""
     findings: list[Finding] = []
     with read_transaction(engine) as conn:
         if engine.dialect.name == "postgresql":
@@ -85,6 +89,8 @@ def check(engine: Engine) -> Report:
         )
         for batch_id, asset, debit, credit, amount in stream:
             transfers += 1
+            if progress is not None and transfers % progress_every == 0:
+                progress(f"{transfers:,} transfers read")
             journal_debits[debit] += amount
             journal_credits[credit] += amount
             if batch_id in flagged_batches:
@@ -96,11 +102,15 @@ def check(engine: Engine) -> Report:
                     findings.append(Finding("1", "violation",
                                             f"transfer in batch {batch_id} ({asset}) touches account {side} of another asset"))
         open_holds: dict[tuple[int, str], int] = collections.defaultdict(int)
-        for h in conn.execute(select(t.ledger_holds)):
-            if h.status == "OPEN":
-                open_holds[(h.account_id, h.asset)] += h.remaining
-            elif h.remaining != 0:
-                findings.append(Finding("3", "violation", f"closed hold {h.id} still has {h.remaining} remaining"))
+        h = t.ledger_holds.c
+        holds = conn.execution_options(yield_per=10_000).execute(select(h.id, h.account_id, h.asset, h.remaining, h.status))
+        for hold_id, account_id, asset, remaining, status in holds:  # every order has one: stream them too
+            if status == "OPEN":
+                open_holds[(account_id, asset)] += remaining
+            elif remaining != 0:
+                findings.append(Finding("3", "violation", f"closed hold {hold_id} still has {remaining} remaining"))
+        if progress is not None:
+            progress(f"{transfers:,} transfers and the holds read; checking accounts, events and references")
         batches = conn.execute(select(func.count()).select_from(t.ledger_batches)).scalar_one()
         findings += _check_events(conn, batches)
         findings += _check_references(conn)

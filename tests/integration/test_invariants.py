@@ -33,6 +33,17 @@ def test_clean_ledger_passes(app, funded, request):
     assert check(app.engine).ok
 
 
+def test_progress_is_reported_while_the_journal_is_read(app, funded, request):
+    request.node.skip_invariants = False
+    for i in range(4):
+        app.transfer("exchange", f"more-{i}", str(funded[0]), str(funded[1]), "BTC", "1", "")
+    heard = []
+    assert check(app.engine, progress=heard.append, progress_every=2).ok
+    # funded made 3 (funding, a transfer, the hold's move to held), then 4 more
+    assert heard == ["2 transfers read", "4 transfers read", "6 transfers read",
+                     "7 transfers and the holds read; checking accounts, events and references"]
+
+
 def test_changed_balance_is_found(app, funded):
     a, _ = funded
     with app.engine.begin() as conn:
@@ -100,6 +111,7 @@ def test_cli_exits_non_zero_with_a_readable_report(app, funded, tmp_path):
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "RESULT: OK" in ok.stdout
+    assert "admin check: 3 transfers and the holds read" in ok.stderr  # progress goes to stderr
     with app.engine.begin() as conn:
         conn.execute(update(t.ledger_holds).values(remaining=1))
     bad = subprocess.run([sys.executable, "-m", "custody.cli", "admin", "check", "--config", str(config_file)],
