@@ -160,7 +160,8 @@ class Withdrawals:
         with read_transaction(self.engine) as conn:
             rows = conn.execute(select(t.withdrawals).where(t.withdrawals.c.account_id == account)
                                 .order_by(t.withdrawals.c.created_at.desc(), t.withdrawals.c.id.desc())).all()
-            return [(dict(r._mapping), store.history(conn, r.id)) for r in rows]
+            history = store.histories_of_account(conn, account)  # one query, not one per withdrawal
+            return [(dict(r._mapping), history.get(r.id, [])) for r in rows]
 
     def cancel(self, client: str, withdrawal_id: str) -> dict:
         withdrawal_id = parse_id(withdrawal_id, "withdrawal_id")

@@ -42,6 +42,17 @@ def history(conn: Connection, withdrawal_id: str) -> list[dict]:
         select(h).where(h.c.withdrawal_id == withdrawal_id).order_by(h.c.id))]
 
 
+def histories_of_account(conn: Connection, account_id: int) -> dict[str, list[dict]]:
+    """withdrawal id -> its history, for every withdrawal of the account, in one query."""
+    h, w = t.withdrawal_history, t.withdrawals
+    out: dict[str, list[dict]] = {}
+    rows = conn.execute(select(h).join(w, w.c.id == h.c.withdrawal_id).where(w.c.account_id == account_id)
+                        .order_by(h.c.id))
+    for r in rows:
+        out.setdefault(r.withdrawal_id, []).append(dict(r._mapping))
+    return out
+
+
 def record(conn: Connection, w: dict, from_status: str | None, actor: str, reason: str | None) -> tuple[str, dict]:
     conn.execute(insert(t.withdrawal_history).values(
         withdrawal_id=w["id"], from_status=from_status, to_status=w["status"], actor=actor, reason=reason,

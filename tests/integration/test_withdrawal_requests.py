@@ -68,6 +68,23 @@ def test_request_holds_amount_plus_fee_and_is_idempotent(wapp, wclients):
     assert [x.withdrawal_id for x in listed] == [w.withdrawal_id]
 
 
+def test_an_accounts_list_carries_each_withdrawals_own_history(wapp, wclients):
+    acct = account(wapp)
+    kept = request(wclients, acct, BTC // 2, key="kept")
+    rejected = request(wclients, acct, BTC // 2, key="rejected")
+    wclients.backoffice.RejectWithdrawal(backoffice_pb2.RejectWithdrawalRequest(
+        withdrawal_id=rejected.withdrawal_id, reason="destination on a sanctions list"), metadata=Clients.md("alice"))
+    listed = {w.withdrawal_id: w for w in wclients.custody.ListWithdrawals(
+        S.ListWithdrawalsRequest(account_id=acct), metadata=Clients.md("wallet-service")).withdrawals}
+    for w in (kept, rejected):
+        one = wclients.custody.GetWithdrawal(S.GetWithdrawalRequest(withdrawal_id=w.withdrawal_id),
+                                             metadata=Clients.md("wallet-service")).withdrawal
+        assert list(listed[w.withdrawal_id].history) == list(one.history)
+    assert [h.to_status for h in listed[rejected.withdrawal_id].history] == [
+        S.WITHDRAWAL_STATUS_PENDING_REVIEW, S.WITHDRAWAL_STATUS_REJECTED]
+    assert [h.to_status for h in listed[kept.withdrawal_id].history] == [S.WITHDRAWAL_STATUS_PENDING_REVIEW]
+
+
 def test_small_amount_is_auto_approved(wapp, wclients):
     acct = account(wapp)
     w = request(wclients, acct, BTC // 10)
