@@ -59,6 +59,14 @@ def _fund(clients, account_id, amount):
         direction=bo.ADJUSTMENT_DIRECTION_CREDIT, reason="funding for test"), metadata=bearer("alice-admin"))
 
 
+def _funded_users(app, clients, n, amount):
+    """n new custody accounts, each funded with amount BTC by a staff adjustment over gRPC."""
+    ids = [str(app.create_account(f"user-{i}").account_id) for i in range(n)]
+    for i in ids:
+        _fund(clients, i, amount)
+    return ids
+
+
 def test_transfers_errors_and_replays_cross_the_process_boundary(app, clients):
     a = str(app.create_account("alice").account_id)
     b = str(app.create_account("bob").account_id)
@@ -92,9 +100,7 @@ def test_event_stream_is_woken_by_commits_in_the_child(app, clients):
 
 
 def test_concurrent_calls_share_commits(app, clients):
-    ids = [str(app.create_account(f"user-{i}").account_id) for i in range(16)]
-    for i in ids:
-        _fund(clients, i, 1000)
+    ids = _funded_users(app, clients, 16, 1000)
 
     def worker(n):
         for k in range(25):
@@ -106,9 +112,7 @@ def test_concurrent_calls_share_commits(app, clients):
 
 def test_event_loop_and_thread_callers_share_the_child(app, clients):
     """gRPC calls travel on the event loop's own channel, jobs' calls on the threads' channel; both reach one child."""
-    ids = [str(app.create_account(f"user-{i}").account_id) for i in range(4)]
-    for i in ids:
-        _fund(clients, i, 1000)
+    ids = _funded_users(app, clients, 4, 1000)
 
     def by_grpc(n):
         for k in range(20):
@@ -169,9 +173,7 @@ def test_a_stalled_writer_process_never_blocks_the_event_loop(app, clients, serv
 
 
 def test_a_killed_writer_process_fails_open_calls_and_retries_apply_each_transfer_once(app, clients):
-    ids = [str(app.create_account(f"user-{i}").account_id) for i in range(8)]
-    for i in ids:
-        _fund(clients, i, 100_000)
+    ids = _funded_users(app, clients, 8, 100_000)
     first_child = app.writer.pid
     outcomes: dict[str, str] = {}
     lock = threading.Lock()
