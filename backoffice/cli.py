@@ -46,9 +46,24 @@ def status_name(status: int) -> str:
     return pb.WithdrawalStatus.Name(status).removeprefix("WITHDRAWAL_STATUS_")
 
 
+PAGE_SIZE = 1000  # the largest page the server gives
+
+
+def every_page(call, request, field: str, md) -> list:
+    """Every item of a list RPC that answers in pages (custody/paging.py), following next_page_token."""
+    items = []
+    request.page_size = PAGE_SIZE
+    while True:
+        reply = call(request, metadata=md)
+        items += getattr(reply, field)
+        if not reply.next_page_token:
+            return items
+        request.page_token = reply.next_page_token
+
+
 def pending(stub, md) -> list:
-    return list(stub.ListWithdrawals(bo.BackofficeServiceListWithdrawalsRequest(
-        status=pb.WITHDRAWAL_STATUS_PENDING_REVIEW), metadata=md).items)
+    return every_page(stub.ListWithdrawals, bo.BackofficeServiceListWithdrawalsRequest(
+        status=pb.WITHDRAWAL_STATUS_PENDING_REVIEW), "items", md)
 
 
 def show(item, out) -> None:
@@ -114,8 +129,8 @@ def main(argv=None, out=sys.stdout, confirm=input) -> int:
             print(f"{w.withdrawal_id} {status_name(w.status)}: {w.reason}", file=out)
             return 0
         if args.command == "batches":
-            found = stub.ListWithdrawalBatches(bo.ListWithdrawalBatchesRequest(status=args.status),
-                                               metadata=md).batches
+            found = every_page(stub.ListWithdrawalBatches, bo.ListWithdrawalBatchesRequest(status=args.status),
+                               "batches", md)
             for batch in found:
                 show_batch(batch, out)
             print(f"{len(found)} {args.status}", file=out)

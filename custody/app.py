@@ -20,6 +20,7 @@ from custody.ledger.process_writer import ProcessLedgerWriter
 from custody.ledger.writer import LedgerWriter
 from custody.ledger.model import EQUITY, Posting, user_available
 from custody.money import parse_amount
+from custody.paging import parse_page
 from custody.text import parse_memo, parse_reason
 from matching_stub.service import MatchingService
 
@@ -72,9 +73,11 @@ class Custody:
         return account, deposits.deposit_address(self.engine, plugin, chain, self.config.chain(chain).deposit_xpub,
                                                  account, new)
 
-    def list_deposits(self, account_id: str) -> tuple[int, list[Deposit]]:
+    def list_deposits(self, account_id: str, page_size: int = 0, page_token: str = "") -> tuple[int, list[Deposit], str]:
+        """(account id, a page of its deposits newest first, the token for the next page or "")."""
         account = accounts.parse_account_id(account_id)
-        return account, deposits.list_deposits(self.engine, account)
+        page = parse_page(page_size, page_token, f"deposits:{account}")
+        return account, *deposits.list_deposits(self.engine, account, page)
 
     def scanner_names(self, only=None) -> list[str]:
         names = [c.name for c in self.config.chains if c.scan]

@@ -147,8 +147,8 @@ def wait_for_deposit(custody, account_id: str, metadata, status: int, timeout_s:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         deposits = custody.ListDeposits(pb.ListDepositsRequest(account_id=account_id), metadata=metadata).deposits
-        if deposits and deposits[-1].status == status:
-            return deposits[-1]
+        if deposits and deposits[0].status == status:  # newest first
+            return deposits[0]
         time.sleep(0.1)
     raise SystemExit(f"the deposit did not become {pb.DepositStatus.Name(status)} within {timeout_s:.0f}s")
 

@@ -78,8 +78,9 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
         return custody_pb2.GetDepositAddressResponse(account_id=str(account_id), chain=request.chain, address=address)
 
     async def ListDeposits(self, request, context):
-        account_id, deposits = await asyncio.to_thread(self.app.list_deposits, request.account_id)
-        return custody_pb2.ListDepositsResponse(account_id=str(account_id), deposits=[
+        account_id, deposits, token = await asyncio.to_thread(
+            self.app.list_deposits, request.account_id, request.page_size, request.page_token)
+        return custody_pb2.ListDepositsResponse(account_id=str(account_id), next_page_token=token, deposits=[
             custody_pb2.Deposit(
                 deposit_id=str(d.deposit_id), chain=d.chain, asset=d.asset, txid=d.txid, index=d.index,
                 address=d.address, amount=format_amount(d.amount), confirmations=d.confirmations,
@@ -100,8 +101,10 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
         return custody_pb2.GetWithdrawalResponse(withdrawal=withdrawal_message(w, history))
 
     async def ListWithdrawals(self, request, context):
-        rows = await asyncio.to_thread(self.app.withdrawals.list_for_account, request.account_id)
-        return custody_pb2.ListWithdrawalsResponse(withdrawals=[withdrawal_message(w, h) for w, h in rows])
+        rows, token = await asyncio.to_thread(self.app.withdrawals.list_for_account, request.account_id,
+                                              request.page_size, request.page_token)
+        return custody_pb2.ListWithdrawalsResponse(withdrawals=[withdrawal_message(w, h) for w, h in rows],
+                                                   next_page_token=token)
 
     async def CancelWithdrawal(self, request, context):
         w = await asyncio.to_thread(self.app.withdrawals.cancel, current_client(), request.withdrawal_id)
@@ -157,8 +160,9 @@ class BackofficeServicer(backoffice_pb2_grpc.BackofficeServiceServicer):
             raise InvalidArgument(f"status {request.status} is not a WithdrawalStatus")
         status = (custody_pb2.WithdrawalStatus.Name(request.status).removeprefix("WITHDRAWAL_STATUS_")
                   if request.status else "PENDING_REVIEW")
-        items = await asyncio.to_thread(self.app.withdrawals.review_list, status)
-        return backoffice_pb2.BackofficeServiceListWithdrawalsResponse(items=[
+        items, token = await asyncio.to_thread(self.app.withdrawals.review_list, status, request.page_size,
+                                               request.page_token)
+        return backoffice_pb2.BackofficeServiceListWithdrawalsResponse(next_page_token=token, items=[
             backoffice_pb2.ReviewItem(withdrawal=withdrawal_message(w, []), facts=backoffice_pb2.ReviewFacts(
                 account_age_days=f["account_age_days"], credited_deposits=f["credited_deposits"],
                 deposited_amount=format_amount(f["deposited_amount"]),
@@ -183,8 +187,10 @@ class BackofficeServicer(backoffice_pb2_grpc.BackofficeServiceServicer):
         return backoffice_pb2.RejectWithdrawalResponse(withdrawal=withdrawal_message(w, []))
 
     async def ListWithdrawalBatches(self, request, context):
-        rows = await asyncio.to_thread(self.app.withdrawals.batches, request.status or "NEEDS_STAFF")
-        return backoffice_pb2.ListWithdrawalBatchesResponse(batches=[batch_message(b) for b in rows])
+        rows, token = await asyncio.to_thread(self.app.withdrawals.batches, request.status or "NEEDS_STAFF",
+                                              request.page_size, request.page_token)
+        return backoffice_pb2.ListWithdrawalBatchesResponse(batches=[batch_message(b) for b in rows],
+                                                            next_page_token=token)
 
     async def ResolveWithdrawalBatch(self, request, context):
         batch, done = await asyncio.to_thread(self.app.withdrawals.resolve_batch, current_client(), request.batch_id,

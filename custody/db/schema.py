@@ -193,7 +193,7 @@ deposits = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("chain", "txid", "output_index", name="uq_deposits_chain_txid_index"),
-    Index("ix_deposits_account_id", "account_id"),
+    Index("ix_deposits_account_id", "account_id", "id"),  # and the account's pages (custody/paging.py)
     Index("ix_deposits_chain_status", "chain", "status"),
 )
 
@@ -390,8 +390,9 @@ withdrawals = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("client", "client_key", name="uq_withdrawals_client_key"),
-    Index("ix_withdrawals_status", "status"),
+    Index("ix_withdrawals_status", "status", "id"),  # and the pages of one status (custody/paging.py)
     Index("ix_withdrawals_account_created", "account_id", "created_at"),
+    Index("ix_withdrawals_account_id", "account_id", "id"),  # the account's pages
     Index("ix_withdrawals_batch_id", "batch_id"),
 )
 
@@ -442,7 +443,7 @@ withdrawal_batches = Table(
     Column("broadcast_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
-    Index("ix_withdrawal_batches_status", "status"),
+    Index("ix_withdrawal_batches_status", "status", "id"),  # and the pages of one status
 )
 
 # Each signed transaction of a batch, stored before it is first broadcast.

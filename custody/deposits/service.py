@@ -10,6 +10,7 @@ from custody.db.engine import read_transaction, write_transaction
 from custody.deposits import store
 from custody.deposits.model import DEPOSIT_WALLET, ON_CHAIN, Deposit, confirmations
 from custody.errors import FailedPrecondition, InvalidArgument, NotFound
+from custody.paging import Page
 
 # Two instances issuing addresses at once may pick the same index; the loser retries.
 ISSUE_ATTEMPTS = 5
@@ -116,13 +117,17 @@ def _issue(conn, plugin: ChainPlugin, chain: str, wallet: str, xpub: str, accoun
     return derived
 
 
-def list_deposits(engine: Engine, account_id: int) -> list[Deposit]:
+def list_deposits(engine: Engine, account_id: int, page: Page) -> tuple[list[Deposit], str]:
+    """A page of the account's deposits, newest first, and the token for the next page."""
     d, a = t.deposits, t.chain_addresses
     with read_transaction(engine) as conn:
         if conn.execute(select(t.accounts.c.id).where(t.accounts.c.id == account_id)).first() is None:
             raise NotFound(f"account {account_id} does not exist")
-        rows = conn.execute(select(d, a.c.address).join(a, a.c.id == d.c.address_id)
-                            .where(d.c.account_id == account_id).order_by(d.c.id)).all()
+        query = select(d, a.c.address).join(a, a.c.id == d.c.address_id).where(d.c.account_id == account_id)
+        if page.after is not None:
+            query = query.where(d.c.id < page.after)
+        rows, token = page.cut(conn.execute(query.order_by(d.c.id.desc()).limit(page.size + 1)).all(),
+                               lambda r: r.id)
         views = {r.chain: r.height for r in conn.execute(select(t.scan_cursors.c.chain, t.scan_cursors.c.height))}
     return [Deposit(
         deposit_id=r.id, account_id=r.account_id, chain=r.chain, asset=r.asset, txid=r.txid, index=r.output_index,
@@ -130,4 +135,4 @@ def list_deposits(engine: Engine, account_id: int) -> list[Deposit]:
         confirmations=confirmations(views.get(r.chain, 0), r.block_height) if r.status in ON_CHAIN else 0,
         status=r.status, block_height=r.block_height, block_hash=r.block_hash, coinbase=bool(r.coinbase),
         reason=r.reason)
-        for r in rows]
+        for r in rows], token

@@ -38,16 +38,22 @@ class WithdrawalBatch(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., chain: _Optional[str] = ..., status: _Optional[str] = ..., kind: _Optional[str] = ..., reason: _Optional[str] = ..., txid: _Optional[str] = ..., withdrawal_ids: _Optional[_Iterable[str]] = ..., spent_by: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListWithdrawalBatchesRequest(_message.Message):
-    __slots__ = ("status",)
+    __slots__ = ("status", "page_size", "page_token")
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     status: str
-    def __init__(self, status: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, status: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListWithdrawalBatchesResponse(_message.Message):
-    __slots__ = ("batches",)
+    __slots__ = ("batches", "next_page_token")
     BATCHES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     batches: _containers.RepeatedCompositeFieldContainer[WithdrawalBatch]
-    def __init__(self, batches: _Optional[_Iterable[_Union[WithdrawalBatch, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, batches: _Optional[_Iterable[_Union[WithdrawalBatch, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ResolveWithdrawalBatchRequest(_message.Message):
     __slots__ = ("batch_id", "txid", "reason")
@@ -68,10 +74,14 @@ class ResolveWithdrawalBatchResponse(_message.Message):
     def __init__(self, batch: _Optional[_Union[WithdrawalBatch, _Mapping]] = ..., withdrawals: _Optional[_Iterable[_Union[_custody_pb2.Withdrawal, _Mapping]]] = ...) -> None: ...
 
 class BackofficeServiceListWithdrawalsRequest(_message.Message):
-    __slots__ = ("status",)
+    __slots__ = ("status", "page_size", "page_token")
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     status: _custody_pb2.WithdrawalStatus
-    def __init__(self, status: _Optional[_Union[_custody_pb2.WithdrawalStatus, str]] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, status: _Optional[_Union[_custody_pb2.WithdrawalStatus, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ReviewFacts(_message.Message):
     __slots__ = ("account_age_days", "credited_deposits", "deposited_amount", "destination_seen_before", "withdrawn_24h", "daily_limit", "max_withdrawal", "approvals_needed", "approvers", "requested_by")
@@ -106,10 +116,12 @@ class ReviewItem(_message.Message):
     def __init__(self, withdrawal: _Optional[_Union[_custody_pb2.Withdrawal, _Mapping]] = ..., facts: _Optional[_Union[ReviewFacts, _Mapping]] = ...) -> None: ...
 
 class BackofficeServiceListWithdrawalsResponse(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "next_page_token")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[ReviewItem]
-    def __init__(self, items: _Optional[_Iterable[_Union[ReviewItem, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, items: _Optional[_Iterable[_Union[ReviewItem, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ApproveWithdrawalRequest(_message.Message):
     __slots__ = ("withdrawal_id", "signature")

@@ -82,7 +82,8 @@ class BackofficeServiceServicer:
 
     def ListWithdrawals(self, request, context):
         """Withdrawals in one status (PENDING_REVIEW when unspecified) with the
-        facts a reviewer needs. Needs the review scope.
+        facts a reviewer needs, oldest first, in pages (page_size, page_token).
+        Needs the review scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,7 +108,7 @@ class BackofficeServiceServicer:
         """Withdrawal batches (one on-chain transaction each) in one status;
         NEEDS_STAFF when empty: batches whose reserved inputs a transaction that
         is none of theirs spent (a twin, or someone else holding the hot key).
-        Needs the review scope.
+        Oldest first, in pages (page_size, page_token). Needs the review scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

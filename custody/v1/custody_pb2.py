@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ustody/v1/custody.proto\x12\ncustody.v1\"\xa7\x01\n\x16WithdrawalHistoryEntry\x12\x31\n\x0b\x66rom_status\x18\x01 \x01(\x0e\x32\x1c.custody.v1.WithdrawalStatus\x12/\n\tto_status\x18\x02 \x01(\x0e\x32\x1c.custody.v1.WithdrawalStatus\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\t\"\xa1\x02\n\nWithdrawal\x12\x15\n\rwithdrawal_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\r\n\x05\x61sset\x18\x03 \x01(\t\x12\x12\n\nto_address\x18\x04 \x01(\t\x12\x0e\n\x06\x61mount\x18\x05 \x01(\t\x12\x0b\n\x03\x66\x65\x65\x18\x06 \x01(\t\x12,\n\x06status\x18\x07 \x01(\x0e\x32\x1c.custody.v1.WithdrawalStatus\x12\x0c\n\x04txid\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x13\n\x0bnetwork_fee\x18\n \x01(\t\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x33\n\x07history\x18\x0c \x03(\x0b\x32\".custody.v1.WithdrawalHistoryEntry\"z\n\x18RequestWithdrawalRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\r\n\x05\x61sset\x18\x03 \x01(\t\x12\x12\n\nto_address\x18\x04 \x01(\t\x12\x0e\n\x06\x61mount\x18\x05 \x01(\t\"X\n\x19RequestWithdrawalResponse\x12*\n\nwithdrawal\x18\x01 \x01(\x0b\x32\x16.custody.v1.Withdrawal\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"-\n\x14GetWithdrawalRequest\x12\x15\n\rwithdrawal_id\x18\x01 \x01(\t\"C\n\x15GetWithdrawalResponse\x12*\n\nwithdrawal\x18\x01 \x01(\x0b\x32\x16.custody.v1.Withdrawal\",\n\x16ListWithdrawalsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"F\n\x17ListWithdrawalsResponse\x12+\n\x0bwithdrawals\x18\x01 \x03(\x0b\x32\x16.custody.v1.Withdrawal\"0\n\x17\x43\x61ncelWithdrawalRequest\x12\x15\n\rwithdrawal_id\x18\x01 \x01(\t\"F\n\x18\x43\x61ncelWithdrawalResponse\x12*\n\nwithdrawal\x18\x01 \x01(\x0b\x32\x16.custody.v1.Withdrawal\"+\n\x14\x43reateAccountRequest\x12\x13\n\x0b\x65xternal_id\x18\x01 \x01(\t\"a\n\x15\x43reateAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\x12\x0e\n\x06\x66rozen\x18\x04 \x01(\x08\"(\n\x12GetBalancesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"J\n\x07\x42\x61lance\x12\r\n\x05\x61sset\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\t\x12\x0c\n\x04held\x18\x03 \x01(\t\x12\x0f\n\x07pending\x18\x04 \x01(\t\"P\n\x13GetBalancesResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12%\n\x08\x62\x61lances\x18\x02 \x03(\x0b\x32\x13.custody.v1.Balance\"\x87\x01\n\x0fTransferRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x17\n\x0f\x66rom_account_id\x18\x02 \x01(\t\x12\x15\n\rto_account_id\x18\x03 \x01(\t\x12\r\n\x05\x61sset\x18\x04 \x01(\t\x12\x0e\n\x06\x61mount\x18\x05 \x01(\t\x12\x0c\n\x04memo\x18\x06 \x01(\t\"=\n\x10TransferResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65vent_cursor\x18\x02 \x01(\x04\"\x13\n\x11ListAssetsRequest\"\xf7\x01\n\x05\x41sset\x12\r\n\x05\x61sset\x18\x01 \x01(\t\x12\r\n\x05\x63hain\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65\x63imals\x18\x03 \x01(\r\x12\x10\n\x08\x63ontract\x18\x04 \x01(\t\x12\x15\n\rconfirmations\x18\x05 \x01(\r\x12\x16\n\x0ewithdrawal_fee\x18\x06 \x01(\t\x12\x16\n\x0emin_withdrawal\x18\x07 \x01(\t\x12\x16\n\x0emax_withdrawal\x18\x08 \x01(\t\x12\x1e\n\x16\x64\x61ily_withdrawal_limit\x18\t \x01(\t\x12\x13\n\x0bmin_deposit\x18\n \x01(\t\x12\x18\n\x10\x64\x65posits_enabled\x18\x0b \x01(\x08\"7\n\x12ListAssetsResponse\x12!\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x11.custody.v1.Asset\"+\n\x13StreamEventsRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\x04\"Y\n\x14StreamEventsResponse\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\t\"R\n\x18GetDepositAddressRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x63hain\x18\x02 \x01(\t\x12\x13\n\x0bnew_address\x18\x03 \x01(\x08\"O\n\x19GetDepositAddressResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x63hain\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\")\n\x13ListDepositsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\x87\x02\n\x07\x44\x65posit\x12\x12\n\ndeposit_id\x18\x01 \x01(\t\x12\r\n\x05\x63hain\x18\x02 \x01(\t\x12\r\n\x05\x61sset\x18\x03 \x01(\t\x12\x0c\n\x04txid\x18\x04 \x01(\t\x12\r\n\x05index\x18\x05 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\x12\x0e\n\x06\x61mount\x18\x07 \x01(\t\x12\x15\n\rconfirmations\x18\x08 \x01(\r\x12)\n\x06status\x18\t \x01(\x0e\x32\x19.custody.v1.DepositStatus\x12\x14\n\x0c\x62lock_height\x18\n \x01(\x04\x12\x12\n\nblock_hash\x18\x0b \x01(\t\x12\x10\n\x08\x63oinbase\x18\x0c \x01(\x08\x12\x0e\n\x06reason\x18\r \x01(\t\"Q\n\x14ListDepositsResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12%\n\x08\x64\x65posits\x18\x02 \x03(\x0b\x32\x13.custody.v1.Deposit*\x99\x03\n\x10WithdrawalStatus\x12!\n\x1dWITHDRAWAL_STATUS_UNSPECIFIED\x10\x00\x12$\n WITHDRAWAL_STATUS_PENDING_REVIEW\x10\x01\x12\x1e\n\x1aWITHDRAWAL_STATUS_APPROVED\x10\x02\x12\x1c\n\x18WITHDRAWAL_STATUS_QUEUED\x10\x03\x12\x1d\n\x19WITHDRAWAL_STATUS_SIGNING\x10\x04\x12\x1c\n\x18WITHDRAWAL_STATUS_SIGNED\x10\x05\x12\x1f\n\x1bWITHDRAWAL_STATUS_BROADCAST\x10\x06\x12 \n\x1cWITHDRAWAL_STATUS_CONFIRMING\x10\x07\x12\x1f\n\x1bWITHDRAWAL_STATUS_COMPLETED\x10\x08\x12\x1e\n\x1aWITHDRAWAL_STATUS_REJECTED\x10\t\x12\x1f\n\x1bWITHDRAWAL_STATUS_CANCELLED\x10\n\x12\x1c\n\x18WITHDRAWAL_STATUS_FAILED\x10\x0b*\xe7\x01\n\rDepositStatus\x12\x1e\n\x1a\x44\x45POSIT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45POSIT_STATUS_PENDING\x10\x01\x12\x1b\n\x17\x44\x45POSIT_STATUS_CREDITED\x10\x02\x12\x1b\n\x17\x44\x45POSIT_STATUS_ORPHANED\x10\x03\x12\x1b\n\x17\x44\x45POSIT_STATUS_REVERSED\x10\x04\x12 \n\x1c\x44\x45POSIT_STATUS_BELOW_MINIMUM\x10\x05\x12!\n\x1d\x44\x45POSIT_STATUS_ASSET_DISABLED\x10\x06\x32\xc7\x07\n\x0e\x43ustodyService\x12T\n\rCreateAccount\x12 .custody.v1.CreateAccountRequest\x1a!.custody.v1.CreateAccountResponse\x12N\n\x0bGetBalances\x12\x1e.custody.v1.GetBalancesRequest\x1a\x1f.custody.v1.GetBalancesResponse\x12\x45\n\x08Transfer\x12\x1b.custody.v1.TransferRequest\x1a\x1c.custody.v1.TransferResponse\x12K\n\nListAssets\x12\x1d.custody.v1.ListAssetsRequest\x1a\x1e.custody.v1.ListAssetsResponse\x12S\n\x0cStreamEvents\x12\x1f.custody.v1.StreamEventsRequest\x1a .custody.v1.StreamEventsResponse0\x01\x12`\n\x11GetDepositAddress\x12$.custody.v1.GetDepositAddressRequest\x1a%.custody.v1.GetDepositAddressResponse\x12Q\n\x0cListDeposits\x12\x1f.custody.v1.ListDepositsRequest\x1a .custody.v1.ListDepositsResponse\x12`\n\x11RequestWithdrawal\x12$.custody.v1.RequestWithdrawalRequest\x1a%.custody.v1.RequestWithdrawalResponse\x12T\n\rGetWithdrawal\x12 .custody.v1.GetWithdrawalRequest\x1a!.custody.v1.GetWithdrawalResponse\x12Z\n\x0fListWithdrawals\x12\".custody.v1.ListWithdrawalsRequest\x1a#.custody.v1.ListWithdrawalsResponse\x12]\n\x10\x43\x61ncelWithdrawal\x12#.custody.v1.CancelWithdrawalRequest\x1a$.custody.v1.CancelWithdrawalResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ustody/v1/custody.proto\x12\ncustody.v1\"\xa7\x01\n\x16WithdrawalHistoryEntry\x12\x31\n\x0b\x66rom_status\x18\x01 \x01(\x0e\x32\x1c.custody.v1.WithdrawalStatus\x12/\n\tto_status\x18\x02 \x01(\x0e\x32\x1c.custody.v1.WithdrawalStatus\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\t\"\xa1\x02\n\nWithdrawal\x12\x15\n\rwithdrawal_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\r\n\x05\x61sset\x18\x03 \x01(\t\x12\x12\n\nto_address\x18\x04 \x01(\t\x12\x0e\n\x06\x61mount\x18\x05 \x01(\t\x12\x0b\n\x03\x66\x65\x65\x18\x06 \x01(\t\x12,\n\x06status\x18\x07 \x01(\x0e\x32\x1c.custody.v1.WithdrawalStatus\x12\x0c\n\x04txid\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x13\n\x0bnetwork_fee\x18\n \x01(\t\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x33\n\x07history\x18\x0c \x03(\x0b\x32\".custody.v1.WithdrawalHistoryEntry\"z\n\x18RequestWithdrawalRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\r\n\x05\x61sset\x18\x03 \x01(\t\x12\x12\n\nto_address\x18\x04 \x01(\t\x12\x0e\n\x06\x61mount\x18\x05 \x01(\t\"X\n\x19RequestWithdrawalResponse\x12*\n\nwithdrawal\x18\x01 \x01(\x0b\x32\x16.custody.v1.Withdrawal\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"-\n\x14GetWithdrawalRequest\x12\x15\n\rwithdrawal_id\x18\x01 \x01(\t\"C\n\x15GetWithdrawalResponse\x12*\n\nwithdrawal\x18\x01 \x01(\x0b\x32\x16.custody.v1.Withdrawal\"S\n\x16ListWithdrawalsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"_\n\x17ListWithdrawalsResponse\x12+\n\x0bwithdrawals\x18\x01 \x03(\x0b\x32\x16.custody.v1.Withdrawal\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"0\n\x17\x43\x61ncelWithdrawalRequest\x12\x15\n\rwithdrawal_id\x18\x01 \x01(\t\"F\n\x18\x43\x61ncelWithdrawalResponse\x12*\n\nwithdrawal\x18\x01 \x01(\x0b\x32\x16.custody.v1.Withdrawal\"+\n\x14\x43reateAccountRequest\x12\x13\n\x0b\x65xternal_id\x18\x01 \x01(\t\"a\n\x15\x43reateAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\x12\x0e\n\x06\x66rozen\x18\x04 \x01(\x08\"(\n\x12GetBalancesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"J\n\x07\x42\x61lance\x12\r\n\x05\x61sset\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\t\x12\x0c\n\x04held\x18\x03 \x01(\t\x12\x0f\n\x07pending\x18\x04 \x01(\t\"P\n\x13GetBalancesResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12%\n\x08\x62\x61lances\x18\x02 \x03(\x0b\x32\x13.custody.v1.Balance\"\x87\x01\n\x0fTransferRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x17\n\x0f\x66rom_account_id\x18\x02 \x01(\t\x12\x15\n\rto_account_id\x18\x03 \x01(\t\x12\r\n\x05\x61sset\x18\x04 \x01(\t\x12\x0e\n\x06\x61mount\x18\x05 \x01(\t\x12\x0c\n\x04memo\x18\x06 \x01(\t\"=\n\x10TransferResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65vent_cursor\x18\x02 \x01(\x04\"\x13\n\x11ListAssetsRequest\"\xf7\x01\n\x05\x41sset\x12\r\n\x05\x61sset\x18\x01 \x01(\t\x12\r\n\x05\x63hain\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65\x63imals\x18\x03 \x01(\r\x12\x10\n\x08\x63ontract\x18\x04 \x01(\t\x12\x15\n\rconfirmations\x18\x05 \x01(\r\x12\x16\n\x0ewithdrawal_fee\x18\x06 \x01(\t\x12\x16\n\x0emin_withdrawal\x18\x07 \x01(\t\x12\x16\n\x0emax_withdrawal\x18\x08 \x01(\t\x12\x1e\n\x16\x64\x61ily_withdrawal_limit\x18\t \x01(\t\x12\x13\n\x0bmin_deposit\x18\n \x01(\t\x12\x18\n\x10\x64\x65posits_enabled\x18\x0b \x01(\x08\"7\n\x12ListAssetsResponse\x12!\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x11.custody.v1.Asset\"+\n\x13StreamEventsRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\x04\"Y\n\x14StreamEventsResponse\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\t\"R\n\x18GetDepositAddressRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x63hain\x18\x02 \x01(\t\x12\x13\n\x0bnew_address\x18\x03 \x01(\x08\"O\n\x19GetDepositAddressResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x63hain\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"P\n\x13ListDepositsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x87\x02\n\x07\x44\x65posit\x12\x12\n\ndeposit_id\x18\x01 \x01(\t\x12\r\n\x05\x63hain\x18\x02 \x01(\t\x12\r\n\x05\x61sset\x18\x03 \x01(\t\x12\x0c\n\x04txid\x18\x04 \x01(\t\x12\r\n\x05index\x18\x05 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\x12\x0e\n\x06\x61mount\x18\x07 \x01(\t\x12\x15\n\rconfirmations\x18\x08 \x01(\r\x12)\n\x06status\x18\t \x01(\x0e\x32\x19.custody.v1.DepositStatus\x12\x14\n\x0c\x62lock_height\x18\n \x01(\x04\x12\x12\n\nblock_hash\x18\x0b \x01(\t\x12\x10\n\x08\x63oinbase\x18\x0c \x01(\x08\x12\x0e\n\x06reason\x18\r \x01(\t\"j\n\x14ListDepositsResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12%\n\x08\x64\x65posits\x18\x02 \x03(\x0b\x32\x13.custody.v1.Deposit\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t*\x99\x03\n\x10WithdrawalStatus\x12!\n\x1dWITHDRAWAL_STATUS_UNSPECIFIED\x10\x00\x12$\n WITHDRAWAL_STATUS_PENDING_REVIEW\x10\x01\x12\x1e\n\x1aWITHDRAWAL_STATUS_APPROVED\x10\x02\x12\x1c\n\x18WITHDRAWAL_STATUS_QUEUED\x10\x03\x12\x1d\n\x19WITHDRAWAL_STATUS_SIGNING\x10\x04\x12\x1c\n\x18WITHDRAWAL_STATUS_SIGNED\x10\x05\x12\x1f\n\x1bWITHDRAWAL_STATUS_BROADCAST\x10\x06\x12 \n\x1cWITHDRAWAL_STATUS_CONFIRMING\x10\x07\x12\x1f\n\x1bWITHDRAWAL_STATUS_COMPLETED\x10\x08\x12\x1e\n\x1aWITHDRAWAL_STATUS_REJECTED\x10\t\x12\x1f\n\x1bWITHDRAWAL_STATUS_CANCELLED\x10\n\x12\x1c\n\x18WITHDRAWAL_STATUS_FAILED\x10\x0b*\xe7\x01\n\rDepositStatus\x12\x1e\n\x1a\x44\x45POSIT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45POSIT_STATUS_PENDING\x10\x01\x12\x1b\n\x17\x44\x45POSIT_STATUS_CREDITED\x10\x02\x12\x1b\n\x17\x44\x45POSIT_STATUS_ORPHANED\x10\x03\x12\x1b\n\x17\x44\x45POSIT_STATUS_REVERSED\x10\x04\x12 \n\x1c\x44\x45POSIT_STATUS_BELOW_MINIMUM\x10\x05\x12!\n\x1d\x44\x45POSIT_STATUS_ASSET_DISABLED\x10\x06\x32\xc7\x07\n\x0e\x43ustodyService\x12T\n\rCreateAccount\x12 .custody.v1.CreateAccountRequest\x1a!.custody.v1.CreateAccountResponse\x12N\n\x0bGetBalances\x12\x1e.custody.v1.GetBalancesRequest\x1a\x1f.custody.v1.GetBalancesResponse\x12\x45\n\x08Transfer\x12\x1b.custody.v1.TransferRequest\x1a\x1c.custody.v1.TransferResponse\x12K\n\nListAssets\x12\x1d.custody.v1.ListAssetsRequest\x1a\x1e.custody.v1.ListAssetsResponse\x12S\n\x0cStreamEvents\x12\x1f.custody.v1.StreamEventsRequest\x1a .custody.v1.StreamEventsResponse0\x01\x12`\n\x11GetDepositAddress\x12$.custody.v1.GetDepositAddressRequest\x1a%.custody.v1.GetDepositAddressResponse\x12Q\n\x0cListDeposits\x12\x1f.custody.v1.ListDepositsRequest\x1a .custody.v1.ListDepositsResponse\x12`\n\x11RequestWithdrawal\x12$.custody.v1.RequestWithdrawalRequest\x1a%.custody.v1.RequestWithdrawalResponse\x12T\n\rGetWithdrawal\x12 .custody.v1.GetWithdrawalRequest\x1a!.custody.v1.GetWithdrawalResponse\x12Z\n\x0fListWithdrawals\x12\".custody.v1.ListWithdrawalsRequest\x1a#.custody.v1.ListWithdrawalsResponse\x12]\n\x10\x43\x61ncelWithdrawal\x12#.custody.v1.CancelWithdrawalRequest\x1a$.custody.v1.CancelWithdrawalResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'custody.v1.custody_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WITHDRAWALSTATUS']._serialized_start=2639
-  _globals['_WITHDRAWALSTATUS']._serialized_end=3048
-  _globals['_DEPOSITSTATUS']._serialized_start=3051
-  _globals['_DEPOSITSTATUS']._serialized_end=3282
+  _globals['_WITHDRAWALSTATUS']._serialized_start=2767
+  _globals['_WITHDRAWALSTATUS']._serialized_end=3176
+  _globals['_DEPOSITSTATUS']._serialized_start=3179
+  _globals['_DEPOSITSTATUS']._serialized_end=3410
   _globals['_WITHDRAWALHISTORYENTRY']._serialized_start=41
   _globals['_WITHDRAWALHISTORYENTRY']._serialized_end=208
   _globals['_WITHDRAWAL']._serialized_start=211
@@ -48,47 +48,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETWITHDRAWALRESPONSE']._serialized_start=763
   _globals['_GETWITHDRAWALRESPONSE']._serialized_end=830
   _globals['_LISTWITHDRAWALSREQUEST']._serialized_start=832
-  _globals['_LISTWITHDRAWALSREQUEST']._serialized_end=876
-  _globals['_LISTWITHDRAWALSRESPONSE']._serialized_start=878
-  _globals['_LISTWITHDRAWALSRESPONSE']._serialized_end=948
-  _globals['_CANCELWITHDRAWALREQUEST']._serialized_start=950
-  _globals['_CANCELWITHDRAWALREQUEST']._serialized_end=998
-  _globals['_CANCELWITHDRAWALRESPONSE']._serialized_start=1000
-  _globals['_CANCELWITHDRAWALRESPONSE']._serialized_end=1070
-  _globals['_CREATEACCOUNTREQUEST']._serialized_start=1072
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=1115
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=1117
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=1214
-  _globals['_GETBALANCESREQUEST']._serialized_start=1216
-  _globals['_GETBALANCESREQUEST']._serialized_end=1256
-  _globals['_BALANCE']._serialized_start=1258
-  _globals['_BALANCE']._serialized_end=1332
-  _globals['_GETBALANCESRESPONSE']._serialized_start=1334
-  _globals['_GETBALANCESRESPONSE']._serialized_end=1414
-  _globals['_TRANSFERREQUEST']._serialized_start=1417
-  _globals['_TRANSFERREQUEST']._serialized_end=1552
-  _globals['_TRANSFERRESPONSE']._serialized_start=1554
-  _globals['_TRANSFERRESPONSE']._serialized_end=1615
-  _globals['_LISTASSETSREQUEST']._serialized_start=1617
-  _globals['_LISTASSETSREQUEST']._serialized_end=1636
-  _globals['_ASSET']._serialized_start=1639
-  _globals['_ASSET']._serialized_end=1886
-  _globals['_LISTASSETSRESPONSE']._serialized_start=1888
-  _globals['_LISTASSETSRESPONSE']._serialized_end=1943
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=1945
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=1988
-  _globals['_STREAMEVENTSRESPONSE']._serialized_start=1990
-  _globals['_STREAMEVENTSRESPONSE']._serialized_end=2079
-  _globals['_GETDEPOSITADDRESSREQUEST']._serialized_start=2081
-  _globals['_GETDEPOSITADDRESSREQUEST']._serialized_end=2163
-  _globals['_GETDEPOSITADDRESSRESPONSE']._serialized_start=2165
-  _globals['_GETDEPOSITADDRESSRESPONSE']._serialized_end=2244
-  _globals['_LISTDEPOSITSREQUEST']._serialized_start=2246
-  _globals['_LISTDEPOSITSREQUEST']._serialized_end=2287
-  _globals['_DEPOSIT']._serialized_start=2290
-  _globals['_DEPOSIT']._serialized_end=2553
-  _globals['_LISTDEPOSITSRESPONSE']._serialized_start=2555
-  _globals['_LISTDEPOSITSRESPONSE']._serialized_end=2636
-  _globals['_CUSTODYSERVICE']._serialized_start=3285
-  _globals['_CUSTODYSERVICE']._serialized_end=4252
+  _globals['_LISTWITHDRAWALSREQUEST']._serialized_end=915
+  _globals['_LISTWITHDRAWALSRESPONSE']._serialized_start=917
+  _globals['_LISTWITHDRAWALSRESPONSE']._serialized_end=1012
+  _globals['_CANCELWITHDRAWALREQUEST']._serialized_start=1014
+  _globals['_CANCELWITHDRAWALREQUEST']._serialized_end=1062
+  _globals['_CANCELWITHDRAWALRESPONSE']._serialized_start=1064
+  _globals['_CANCELWITHDRAWALRESPONSE']._serialized_end=1134
+  _globals['_CREATEACCOUNTREQUEST']._serialized_start=1136
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=1179
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=1181
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=1278
+  _globals['_GETBALANCESREQUEST']._serialized_start=1280
+  _globals['_GETBALANCESREQUEST']._serialized_end=1320
+  _globals['_BALANCE']._serialized_start=1322
+  _globals['_BALANCE']._serialized_end=1396
+  _globals['_GETBALANCESRESPONSE']._serialized_start=1398
+  _globals['_GETBALANCESRESPONSE']._serialized_end=1478
+  _globals['_TRANSFERREQUEST']._serialized_start=1481
+  _globals['_TRANSFERREQUEST']._serialized_end=1616
+  _globals['_TRANSFERRESPONSE']._serialized_start=1618
+  _globals['_TRANSFERRESPONSE']._serialized_end=1679
+  _globals['_LISTASSETSREQUEST']._serialized_start=1681
+  _globals['_LISTASSETSREQUEST']._serialized_end=1700
+  _globals['_ASSET']._serialized_start=1703
+  _globals['_ASSET']._serialized_end=1950
+  _globals['_LISTASSETSRESPONSE']._serialized_start=1952
+  _globals['_LISTASSETSRESPONSE']._serialized_end=2007
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=2009
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=2052
+  _globals['_STREAMEVENTSRESPONSE']._serialized_start=2054
+  _globals['_STREAMEVENTSRESPONSE']._serialized_end=2143
+  _globals['_GETDEPOSITADDRESSREQUEST']._serialized_start=2145
+  _globals['_GETDEPOSITADDRESSREQUEST']._serialized_end=2227
+  _globals['_GETDEPOSITADDRESSRESPONSE']._serialized_start=2229
+  _globals['_GETDEPOSITADDRESSRESPONSE']._serialized_end=2308
+  _globals['_LISTDEPOSITSREQUEST']._serialized_start=2310
+  _globals['_LISTDEPOSITSREQUEST']._serialized_end=2390
+  _globals['_DEPOSIT']._serialized_start=2393
+  _globals['_DEPOSIT']._serialized_end=2656
+  _globals['_LISTDEPOSITSRESPONSE']._serialized_start=2658
+  _globals['_LISTDEPOSITSRESPONSE']._serialized_end=2764
+  _globals['_CUSTODYSERVICE']._serialized_start=3413
+  _globals['_CUSTODYSERVICE']._serialized_end=4380
 # @@protoc_insertion_point(module_scope)

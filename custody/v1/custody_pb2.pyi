@@ -128,16 +128,22 @@ class GetWithdrawalResponse(_message.Message):
     def __init__(self, withdrawal: _Optional[_Union[Withdrawal, _Mapping]] = ...) -> None: ...
 
 class ListWithdrawalsRequest(_message.Message):
-    __slots__ = ("account_id",)
+    __slots__ = ("account_id", "page_size", "page_token")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     account_id: str
-    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, account_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListWithdrawalsResponse(_message.Message):
-    __slots__ = ("withdrawals",)
+    __slots__ = ("withdrawals", "next_page_token")
     WITHDRAWALS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     withdrawals: _containers.RepeatedCompositeFieldContainer[Withdrawal]
-    def __init__(self, withdrawals: _Optional[_Iterable[_Union[Withdrawal, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, withdrawals: _Optional[_Iterable[_Union[Withdrawal, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CancelWithdrawalRequest(_message.Message):
     __slots__ = ("withdrawal_id",)
@@ -294,10 +300,14 @@ class GetDepositAddressResponse(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., chain: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class ListDepositsRequest(_message.Message):
-    __slots__ = ("account_id",)
+    __slots__ = ("account_id", "page_size", "page_token")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     account_id: str
-    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, account_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class Deposit(_message.Message):
     __slots__ = ("deposit_id", "chain", "asset", "txid", "index", "address", "amount", "confirmations", "status", "block_height", "block_hash", "coinbase", "reason")
@@ -330,9 +340,11 @@ class Deposit(_message.Message):
     def __init__(self, deposit_id: _Optional[str] = ..., chain: _Optional[str] = ..., asset: _Optional[str] = ..., txid: _Optional[str] = ..., index: _Optional[int] = ..., address: _Optional[str] = ..., amount: _Optional[str] = ..., confirmations: _Optional[int] = ..., status: _Optional[_Union[DepositStatus, str]] = ..., block_height: _Optional[int] = ..., block_hash: _Optional[str] = ..., coinbase: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListDepositsResponse(_message.Message):
-    __slots__ = ("account_id", "deposits")
+    __slots__ = ("account_id", "deposits", "next_page_token")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     DEPOSITS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     deposits: _containers.RepeatedCompositeFieldContainer[Deposit]
-    def __init__(self, account_id: _Optional[str] = ..., deposits: _Optional[_Iterable[_Union[Deposit, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, account_id: _Optional[str] = ..., deposits: _Optional[_Iterable[_Union[Deposit, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -149,7 +149,8 @@ class CustodyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDeposits(self, request, context):
-        """Every payment seen to the account's deposit addresses, oldest first.
+        """Every payment seen to the account's deposit addresses, newest first,
+        in pages (page_size, page_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,7 +174,7 @@ class CustodyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListWithdrawals(self, request, context):
-        """The account's withdrawals, newest first.
+        """The account's withdrawals, newest first, in pages (page_size, page_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

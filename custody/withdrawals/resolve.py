@@ -22,23 +22,29 @@ from custody.errors import CustodyError, FailedPrecondition, InvalidArgument, No
 from custody.ledger.commands import Command, Idempotency
 from custody.ledger.engine import apply_commands
 from custody.ledger.model import Posting, parse_id
+from custody.paging import Page
 from custody.text import parse_reason
 from custody.withdrawals import model, store
 from custody.withdrawals.refusal import NEEDS_STAFF
 
 
-def list_batches(engine, status: str) -> list[dict]:
+def list_batches(engine, status: str, page: Page) -> tuple[list[dict], str]:
+    """A page of the batches in status, oldest first (ids sort by creation time), and the next page's token."""
     b, w, r, u = t.withdrawal_batches.c, t.withdrawals.c, t.utxo_reservations.c, t.utxos.c
     out = []
+    query = select(t.withdrawal_batches).where(b.status == status)
+    if page.after is not None:
+        query = query.where(b.id > page.after)
     with read_transaction(engine) as conn:
-        for row in conn.execute(select(t.withdrawal_batches).where(b.status == status).order_by(b.created_at, b.id)):
+        rows, token = page.cut(conn.execute(query.order_by(b.id).limit(page.size + 1)).all(), lambda row: row.id)
+        for row in rows:
             spent_by = conn.execute(
                 select(u.spent_txid).distinct().select_from(t.utxo_reservations)
                 .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
                 .where(r.batch_id == row.id, u.spent_txid.is_not(None))).scalars().all()
             members = conn.execute(select(w.id).where(w.batch_id == row.id).order_by(w.created_at, w.id)).scalars()
             out.append({**dict(row._mapping), "withdrawal_ids": list(members), "spent_by": sorted(spent_by)})
-    return out
+    return out, token
 
 
 def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str) -> tuple[dict, list[dict]]:

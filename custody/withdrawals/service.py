@@ -28,6 +28,7 @@ from custody.ledger.commands import Command, HoldCreate, parse_idempotency_key
 from custody.ledger.engine import AccountIds, apply_commands
 from custody.ledger.model import new_id, parse_id
 from custody.money import parse_amount
+from custody.paging import parse_page
 from custody.text import parse_reason
 from custody.withdrawals import model, store
 from hsm.approvals import approval_message
@@ -155,13 +156,21 @@ class Withdrawals:
         with read_transaction(self.engine) as conn:
             return store.load(conn, withdrawal_id), store.history(conn, withdrawal_id)
 
-    def list_for_account(self, account_id: str) -> list[tuple[dict, list[dict]]]:
+    def list_for_account(self, account_id: str, page_size: int = 0,
+                         page_token: str = "") -> tuple[list[tuple[dict, list[dict]]], str]:
+        """A page of the account's withdrawals, newest first, each with its history; and the token
+        for the next page. Ids sort by creation time (new_id)."""
         account = parse_account_id(account_id)
+        page = parse_page(page_size, page_token, f"withdrawals:{account}", key_type=str)
+        w = t.withdrawals.c
+        query = select(t.withdrawals).where(w.account_id == account)
+        if page.after is not None:
+            query = query.where(w.id < page.after)
         with read_transaction(self.engine) as conn:
-            rows = conn.execute(select(t.withdrawals).where(t.withdrawals.c.account_id == account)
-                                .order_by(t.withdrawals.c.created_at.desc(), t.withdrawals.c.id.desc())).all()
-            history = store.histories_of_account(conn, account)  # one query, not one per withdrawal
-            return [(dict(r._mapping), history.get(r.id, [])) for r in rows]
+            rows, token = page.cut(conn.execute(query.order_by(w.id.desc()).limit(page.size + 1)).all(),
+                                   lambda r: r.id)
+            history = store.histories_of(conn, [r.id for r in rows])
+            return [(dict(r._mapping), history.get(r.id, [])) for r in rows], token
 
     def cancel(self, client: str, withdrawal_id: str) -> dict:
         withdrawal_id = parse_id(withdrawal_id, "withdrawal_id")
@@ -237,13 +246,19 @@ class Withdrawals:
             return store.move(conn, self.ids, w, model.REJECTED, staff, reason)[0]
         return self._write(work)
 
-    def review_list(self, status: str = model.PENDING_REVIEW) -> list[tuple[dict, dict]]:
-        """Withdrawals in status with the facts a reviewer needs."""
+    def review_list(self, status: str = model.PENDING_REVIEW, page_size: int = 0,
+                    page_token: str = "") -> tuple[list[tuple[dict, dict]], str]:
+        """A page of the withdrawals in status, oldest first, with the facts a reviewer needs;
+        and the token for the next page."""
+        page = parse_page(page_size, page_token, f"review:{status}", key_type=str)
         w, d, a = t.withdrawals.c, t.deposits.c, t.withdrawal_approvals.c
         since = store.now() - DAY
         out = []
+        query = select(t.withdrawals).where(w.status == status)
+        if page.after is not None:
+            query = query.where(w.id > page.after)
         with read_transaction(self.engine) as conn:
-            rows = conn.execute(select(t.withdrawals).where(w.status == status).order_by(w.created_at, w.id)).all()
+            rows, token = page.cut(conn.execute(query.order_by(w.id).limit(page.size + 1)).all(), lambda r: r.id)
             for r in rows:
                 created = conn.execute(select(t.accounts.c.created_at).where(t.accounts.c.id == r.account_id)
                                        ).scalar_one()
@@ -264,15 +279,16 @@ class Withdrawals:
                     "withdrawn_24h": sum(day), "daily_limit": asset.daily_withdrawal_limit,
                     "max_withdrawal": asset.max_withdrawal, "approvals_needed": self._approvals_needed(r.amount),
                     "approvers": approvers, "requested_by": r.client}))
-        return out
+        return out, token
 
     # -- batches held for staff (custody/withdrawals/resolve.py) -----------------------------------------
-    def batches(self, status: str = "NEEDS_STAFF") -> list[dict]:
+    def batches(self, status: str = "NEEDS_STAFF", page_size: int = 0, page_token: str = "") -> tuple[list[dict], str]:
+        """A page of the batches in status, oldest first, and the token for the next page."""
         from custody.withdrawals.resolve import list_batches
 
         if not _STATUS.fullmatch(status or ""):
             raise InvalidArgument(f"status must be a batch status such as NEEDS_STAFF: {(status or '')[:40]!r}")
-        return list_batches(self.engine, status)
+        return list_batches(self.engine, status, parse_page(page_size, page_token, f"batches:{status}", key_type=str))
 
     def resolve_batch(self, staff: str, batch_id: str, txid: str, reason: str) -> tuple[dict, list[dict]]:
         """Settles a NEEDS_STAFF batch on chain proof: txid must be the confirmed spend of its inputs."""

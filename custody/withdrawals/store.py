@@ -42,13 +42,13 @@ def history(conn: Connection, withdrawal_id: str) -> list[dict]:
         select(h).where(h.c.withdrawal_id == withdrawal_id).order_by(h.c.id))]
 
 
-def histories_of_account(conn: Connection, account_id: int) -> dict[str, list[dict]]:
-    """withdrawal id -> its history, for every withdrawal of the account, in one query."""
-    h, w = t.withdrawal_history, t.withdrawals
+def histories_of(conn: Connection, withdrawal_ids: list[str]) -> dict[str, list[dict]]:
+    """withdrawal id -> its history, for each of withdrawal_ids (a page of a list), in one query."""
+    h = t.withdrawal_history
     out: dict[str, list[dict]] = {}
-    rows = conn.execute(select(h).join(w, w.c.id == h.c.withdrawal_id).where(w.c.account_id == account_id)
-                        .order_by(h.c.id))
-    for r in rows:
+    if not withdrawal_ids:
+        return out
+    for r in conn.execute(select(h).where(h.c.withdrawal_id.in_(withdrawal_ids)).order_by(h.c.id)):
         out.setdefault(r.withdrawal_id, []).append(dict(r._mapping))
     return out
 

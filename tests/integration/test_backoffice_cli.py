@@ -81,3 +81,17 @@ def test_no_token_and_no_review_scope(served, monkeypatch, capsys):
     assert main(["--server", address, "list"], out=io.StringIO()) == 2
     code, _ = run(address, "exchange", monkeypatch, "list")
     assert code == 1 and "PERMISSION_DENIED" in capsys.readouterr().err
+
+
+def test_the_queue_is_read_to_its_last_page(served, tmp_path, monkeypatch):
+    """The server answers in pages; list shows every pending withdrawal and approve finds one on a later page."""
+    app, address = served
+    monkeypatch.setattr("backoffice.cli.PAGE_SIZE", 2)
+    acct = app.create_account("user").account_id
+    fund(app, acct, 5 * BTC)
+    ids = [app.withdrawals.request("wallet-service", f"k{i}", str(acct), "BTC", PAYEE, str(BTC // 2))[0]["id"]
+           for i in range(5)]
+    code, out = run(address, "alice", monkeypatch, "list")
+    assert code == 0 and "5 pending" in out and all(i in out for i in ids)
+    code, out = run(address, "alice", monkeypatch, "approve", ids[-1], "--key", key_file(tmp_path, "alice"), "--yes")
+    assert code == 0 and f"{ids[-1]} APPROVED" in out

@@ -4,6 +4,7 @@ import json
 import grpc
 import pytest
 
+from custody.paging import parse_page
 from custody.v1 import custody_pb2 as pb
 from tests.support.bitcoin import CONFIRMATIONS
 from tests.support.servers import Clients, ServerThread
@@ -73,3 +74,61 @@ def test_deposit_rpcs_refuse_bad_requests(api):
     with pytest.raises(grpc.RpcError) as err:
         api.custody.ListDeposits(pb.ListDepositsRequest(account_id=account), metadata=api.md("reviewer"))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def list_all(api, account, page_size, md):
+    """Every page of ListDeposits, as (page sizes, deposits in order)."""
+    sizes, deposits, token = [], [], ""
+    while True:
+        reply = api.custody.ListDeposits(pb.ListDepositsRequest(account_id=account, page_size=page_size,
+                                                                page_token=token), metadata=md)
+        sizes.append(len(reply.deposits))
+        deposits += reply.deposits
+        token = reply.next_page_token
+        if not token:
+            return sizes, deposits
+
+
+def test_deposits_come_in_pages_newest_first_and_new_ones_do_not_shift_the_pages(api, btc_app, chain):
+    md = api.md()
+    account = api.custody.CreateAccount(pb.CreateAccountRequest(external_id="pages"), metadata=md).account_id
+    address = api.custody.GetDepositAddress(pb.GetDepositAddressRequest(account_id=account, chain="bitcoin"),
+                                            metadata=md).address
+    script = btc_app.plugin("bitcoin").watch_key(address)
+    txid, _ = chain.pay(*[(script, 10_000 + i) for i in range(25)])
+    chain.mine(1)
+    btc_app.scanner("bitcoin").catch_up()
+
+    sizes, deposits = list_all(api, account, 10, md)
+    assert sizes == [10, 10, 5]
+    assert [(d.txid, d.index) for d in deposits] == [(txid, i) for i in reversed(range(25))]
+    assert [int(d.deposit_id) for d in deposits] == sorted((int(d.deposit_id) for d in deposits), reverse=True)
+    assert len(list_all(api, account, 0, md)[1]) == 25, "the default page holds them all"
+
+    first = api.custody.ListDeposits(pb.ListDepositsRequest(account_id=account, page_size=10), metadata=md)
+    later, _ = chain.pay((script, 20_000))  # arrives while the client is paging
+    chain.mine(1)
+    btc_app.scanner("bitcoin").catch_up()
+    second = api.custody.ListDeposits(pb.ListDepositsRequest(account_id=account, page_size=10,
+                                                             page_token=first.next_page_token), metadata=md)
+    assert [d.deposit_id for d in second.deposits] == [d.deposit_id for d in deposits[10:20]]
+    newest = api.custody.ListDeposits(pb.ListDepositsRequest(account_id=account, page_size=1), metadata=md)
+    assert newest.deposits[0].txid == later and newest.next_page_token
+
+
+def test_list_deposits_refuses_bad_pages(api):
+    md = api.md()
+    ann = api.custody.CreateAccount(pb.CreateAccountRequest(external_id="pages-ann"), metadata=md).account_id
+    bob = api.custody.CreateAccount(pb.CreateAccountRequest(external_id="pages-bob"), metadata=md).account_id
+    for request, message in [
+        (pb.ListDepositsRequest(account_id=ann, page_size=1001), "page_size must be from 1 to 1000"),
+        (pb.ListDepositsRequest(account_id=ann, page_token="garbage"), "not a token this server made"),
+        (pb.ListDepositsRequest(account_id=ann, page_token="x\x00y"), "not a token this server made"),
+    ]:
+        with pytest.raises(grpc.RpcError) as err:
+            api.custody.ListDeposits(request, metadata=md)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+    _, bobs_token = parse_page(1, "", f"deposits:{bob}").cut([2, 1], key=lambda r: r)
+    with pytest.raises(grpc.RpcError) as err:
+        api.custody.ListDeposits(pb.ListDepositsRequest(account_id=ann, page_token=bobs_token), metadata=md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "different list" in err.value.details()

@@ -59,7 +59,7 @@ def test_a_deposit_below_the_minimum_is_recorded_shown_and_never_credited(policy
     scan(policy_app)
 
     md = api.md()
-    small, ok = api.custody.ListDeposits(pb.ListDepositsRequest(account_id=str(account)), metadata=md).deposits
+    ok, small = api.custody.ListDeposits(pb.ListDepositsRequest(account_id=str(account)), metadata=md).deposits
     assert (small.txid, small.index, small.amount, small.status, small.confirmations) == (
         txid, 0, str(MIN - 1), pb.DEPOSIT_STATUS_BELOW_MINIMUM, CONFIRMATIONS + 2)
     assert small.reason == "9999 is below the BTC minimum deposit of 10000 base units"

@@ -61,7 +61,8 @@ def scan_through_drops(app: Custody, tip: int) -> None:
 def ledger_view(app: Custody, accounts: dict[str, int]) -> dict:
     view = {}
     for name, account in accounts.items():
-        _, deposits = app.list_deposits(str(account))
+        _, deposits, more = app.list_deposits(str(account), page_size=1000)
+        assert not more
         assert all(d.confirmations >= 0 for d in deposits), "a confirmation count went negative"
         balances = {b.asset: (b.available, b.pending) for b in app.get_balances(str(account))[1]}
         view[name] = (sorted((d.txid, d.index, d.amount, d.status) for d in deposits), balances["BTC"])

@@ -86,7 +86,7 @@ def test_two_hundred_concurrent_requests_never_overspend(pg_url):
                 _, (b, *_) = apps[1].get_balances(account)
                 assert (b.available, b.held) == (FUNDING - held, held)  # never below zero: no over-spend
                 # A refused request for this account was refused because it did not fit.
-                rows = apps[0].withdrawals.list_for_account(account)
+                rows, _ = apps[0].withdrawals.list_for_account(account, page_size=1000)
                 assert sorted(w["id"] for w, _ in rows) == sorted(wid for _, wid in mine)
                 assert all(w["status"] in ("PENDING_REVIEW", "APPROVED") for w, _ in rows)
 

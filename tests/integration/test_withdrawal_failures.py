@@ -176,13 +176,13 @@ def test_node_refusal_with_an_input_spent_on_chain_fails_nothing(btc, chain, sig
     assert available_held(btc, acct) == (BTC - 2_000_000 - WITHDRAWAL_FEE, 2_000_000 + WITHDRAWAL_FEE)
     # Staff settle it on the chain's proof: the spend paid nobody of ours, so the withdrawal fails
     # (hold released) and the hot wallet's loss is booked to suspense, once.
-    (spender,) = btc.withdrawals.batches()[0]["spent_by"]
+    (spender,) = btc.withdrawals.batches()[0][0]["spent_by"]
     confirm(btc, chain, s, blocks=1)
     _, (w,) = btc.withdrawals.resolve_batch("alice-admin", batch["id"], spender, "hot key used elsewhere")
     assert w["status"] == "FAILED" and "paid none" in w["reason"] and app_history_actor(btc, wid) == "alice-admin"
     assert available_held(btc, acct) == (BTC, 0)
     assert ledger_balance(btc, "wallet:bitcoin:hot") == -BTC and ledger_balance(btc, "suspense") == -BTC
-    assert batches(btc)[0]["status"] == "FAILED" and btc.withdrawals.batches() == []
+    assert batches(btc)[0]["status"] == "FAILED" and btc.withdrawals.batches() == ([], "")
 
 
 def app_history_reason(app, wid):

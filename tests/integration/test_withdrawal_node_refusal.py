@@ -283,7 +283,7 @@ def test_a_twin_with_another_txid_alerts_and_staff_complete_it_once(db_url, chai
         assert status(app, wid)["status"] == "SIGNED"
         assert available_held(app, acct) == (BTC - AMOUNT - WITHDRAWAL_FEE, AMOUNT + WITHDRAWAL_FEE)
         assert len(attempts(app)) == 1 and outputs_paying(chain, script, start) == [(twin_txid, AMOUNT)]
-        (listed,) = app.withdrawals.batches()
+        (listed,), _ = app.withdrawals.batches()
         assert listed["withdrawal_ids"] == [wid] and listed["spent_by"] == [twin_txid]
         # Staff resolution needs the on-chain proof: an empty or unrelated txid is refused.
         with pytest.raises(InvalidArgument):

@@ -107,7 +107,7 @@ def test_bad_requests_are_refused_and_hold_nothing(wapp, wclients, case, fields,
         request(wclients, acct, args.pop("amount"), **args)
     assert err.value.code() == code and message in err.value.details(), err.value.details()
     assert balances(wapp, acct) == (5 * BTC, 0)
-    assert wapp.withdrawals.list_for_account(acct) == []
+    assert wapp.withdrawals.list_for_account(acct) == ([], "")
 
 
 def test_frozen_account_and_reused_key_are_refused(wapp, wclients):
@@ -223,3 +223,49 @@ def test_reject_and_cancel_release_the_hold(wapp, wclients):
     assert types.count("withdrawal.pending_review") == 2
     assert "withdrawal.rejected" in types and "withdrawal.cancelled" in types
     assert types.count("ledger.withdrawal_release") == 2
+
+
+def every_page(call, request_of, page_size):
+    """(page sizes, items in order) of a list RPC followed page by page; request_of(token) builds each request."""
+    sizes, items, token = [], [], ""
+    while True:
+        reply = call(request_of(token))
+        listed = list(reply.withdrawals if hasattr(reply, "withdrawals") else reply.items)
+        sizes.append(len(listed))
+        items += listed
+        token = reply.next_page_token
+        if not token:
+            return sizes, items
+
+
+def test_withdrawal_lists_come_in_pages(wapp, wclients):
+    ann, bob = account(wapp, "ann"), account(wapp, "bob")
+    ids = [request(wclients, ann, BTC // 2, key=f"ann-{i}").withdrawal_id for i in range(5)]
+    ids.append(request(wclients, bob, BTC // 2, key="bob-0").withdrawal_id)
+    wallet, reviewer = Clients.md("wallet-service"), Clients.md("alice")
+
+    sizes, listed = every_page(
+        lambda r: wclients.custody.ListWithdrawals(r, metadata=wallet),
+        lambda token: S.ListWithdrawalsRequest(account_id=ann, page_size=2, page_token=token), 2)
+    assert sizes == [2, 2, 1]
+    assert [w.withdrawal_id for w in listed] == ids[4::-1], "the account's own, newest first"
+    assert all([h.to_status for h in w.history] == [S.WITHDRAWAL_STATUS_PENDING_REVIEW] for w in listed)
+
+    sizes, queue = every_page(
+        lambda r: wclients.backoffice.ListWithdrawals(r, metadata=reviewer),
+        lambda token: backoffice_pb2.BackofficeServiceListWithdrawalsRequest(page_size=4, page_token=token), 4)
+    assert sizes == [4, 2]
+    assert [item.withdrawal.withdrawal_id for item in queue] == ids, "the review queue, oldest first"
+
+    # A token goes only with the request it came from.
+    first = wclients.custody.ListWithdrawals(S.ListWithdrawalsRequest(account_id=ann, page_size=2), metadata=wallet)
+    for call, req in [
+        (wclients.custody.ListWithdrawals, S.ListWithdrawalsRequest(account_id=bob, page_token=first.next_page_token)),
+        (wclients.backoffice.ListWithdrawals,
+         backoffice_pb2.BackofficeServiceListWithdrawalsRequest(page_token=first.next_page_token)),
+        (wclients.custody.ListWithdrawals, S.ListWithdrawalsRequest(account_id=ann, page_size=1001)),
+        (wclients.backoffice.ListWithdrawalBatches, backoffice_pb2.ListWithdrawalBatchesRequest(page_token="x")),
+    ]:
+        with pytest.raises(grpc.RpcError) as err:
+            call(req, metadata=reviewer if call != wclients.custody.ListWithdrawals else wallet)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
