@@ -1,6 +1,8 @@
 """The withdrawal state machine (DESIGN section 4). Pure: no database, no gRPC."""
 from __future__ import annotations
 
+import datetime
+
 from custody.errors import FailedPrecondition
 
 PENDING_REVIEW = "PENDING_REVIEW"
@@ -20,6 +22,8 @@ STATUSES = (PENDING_REVIEW, APPROVED, QUEUED, SIGNING, SIGNED, BROADCAST, CONFIR
 TERMINAL = frozenset({COMPLETED, REJECTED, CANCELLED, FAILED})
 # Terminal states that release the hold; COMPLETED posts it instead.
 VOIDING = frozenset({REJECTED, CANCELLED, FAILED})
+# The window of the daily withdrawal limit: what was requested and not voided in the last DAY counts.
+DAY = datetime.timedelta(days=1)
 # The user may cancel until signing starts: after that a signed transaction
 # may exist and only the chain can say whether it paid.
 CANCELLABLE = frozenset({PENDING_REVIEW, APPROVED, QUEUED})

@@ -5,7 +5,6 @@ it wake StreamEvents readers after the commit (`notify`).
 """
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import re
@@ -13,7 +12,7 @@ from typing import Callable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from chains.base import ChainError
@@ -21,7 +20,6 @@ from custody.accounts.service import parse_account_id
 from custody.config import Config
 from custody.db import schema as t
 from custody.db.engine import read_transaction
-from custody.deposits.model import CREDITED
 from custody.errors import (AccountFrozen, CustodyError, FailedPrecondition, IdempotencyConflict, InvalidArgument,
                             NotFound)
 from custody.ledger.commands import Command, HoldCreate, parse_idempotency_key
@@ -31,9 +29,9 @@ from custody.money import parse_amount
 from custody.paging import parse_page
 from custody.text import parse_reason
 from custody.withdrawals import model, store
+from custody.withdrawals.review import page_facts
 from hsm.approvals import approval_message
 
-DAY = datetime.timedelta(days=1)
 LAST_EVENT = "custody.last_event"
 _STATUS = re.compile(r"[A-Z_]{1,32}")
 
@@ -111,7 +109,7 @@ class Withdrawals:
             if owner.frozen:
                 raise AccountFrozen(f"account {account} is frozen: {owner.frozen_reason or 'no reason given'}")
             w = t.withdrawals.c
-            since = store.now() - DAY
+            since = store.now() - model.DAY
             recent = conn.execute(select(w.amount).where(
                 w.account_id == account, w.asset == asset, w.created_at >= since,
                 w.status.not_in(sorted(model.VOIDING)))).scalars().all()
@@ -251,34 +249,19 @@ class Withdrawals:
         """A page of the withdrawals in status, oldest first, with the facts a reviewer needs;
         and the token for the next page."""
         page = parse_page(page_size, page_token, f"review:{status}", key_type=str)
-        w, d, a = t.withdrawals.c, t.deposits.c, t.withdrawal_approvals.c
-        since = store.now() - DAY
-        out = []
+        w = t.withdrawals.c
         query = select(t.withdrawals).where(w.status == status)
         if page.after is not None:
             query = query.where(w.id > page.after)
         with read_transaction(self.engine) as conn:
             rows, token = page.cut(conn.execute(query.order_by(w.id).limit(page.size + 1)).all(), lambda r: r.id)
-            for r in rows:
-                created = conn.execute(select(t.accounts.c.created_at).where(t.accounts.c.id == r.account_id)
-                                       ).scalar_one()
-                if created.tzinfo is None:
-                    created = created.replace(tzinfo=datetime.timezone.utc)
-                credited = conn.execute(select(d.amount).where(
-                    d.account_id == r.account_id, d.asset == r.asset, d.status == CREDITED)).scalars().all()
-                seen = conn.execute(select(func.count()).select_from(t.withdrawals).where(
-                    w.account_id == r.account_id, w.to_address == r.to_address, w.id != r.id)).scalar_one()
-                day = conn.execute(select(w.amount).where(
-                    w.account_id == r.account_id, w.asset == r.asset, w.created_at >= since,
-                    w.status.not_in(sorted(model.VOIDING)))).scalars().all()
-                approvers = sorted(conn.execute(select(a.approver).where(a.withdrawal_id == r.id)).scalars())
-                asset = self.config.asset(r.asset)
-                out.append((dict(r._mapping), {
-                    "account_age_days": (store.now() - created).days, "credited_deposits": len(credited),
-                    "deposited_amount": sum(credited), "destination_seen_before": seen,
-                    "withdrawn_24h": sum(day), "daily_limit": asset.daily_withdrawal_limit,
-                    "max_withdrawal": asset.max_withdrawal, "approvals_needed": self._approvals_needed(r.amount),
-                    "approvers": approvers, "requested_by": r.client}))
+            facts = page_facts(conn, rows, store.now())
+        out = []
+        for r in rows:
+            asset = self.config.asset(r.asset)
+            out.append((dict(r._mapping), {
+                **facts[r.id], "daily_limit": asset.daily_withdrawal_limit, "max_withdrawal": asset.max_withdrawal,
+                "approvals_needed": self._approvals_needed(r.amount)}))
         return out, token
 
     # -- batches held for staff (custody/withdrawals/resolve.py) -----------------------------------------

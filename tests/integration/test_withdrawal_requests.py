@@ -6,8 +6,9 @@ import pytest
 
 from custody.app import Custody
 from custody.v1 import backoffice_pb2, custody_pb2
+from tests.support.bitcoin import random_script
 from tests.support.servers import Clients, ServerThread
-from tests.support.signer import STAFF
+from tests.support.signer import STAFF, address_for
 from tests.support.withdrawals import BTC, PAYEE, TESTNET_PAYEE, WITHDRAWAL_FEE, approve_signature, fund, \
     withdrawal_config
 
@@ -191,6 +192,35 @@ def test_four_eyes(wapp, wclients):
     with pytest.raises(grpc.RpcError) as err:
         approve(wclients, wapp, own.withdrawal_id, "wallet-service", signature=b"x")
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_each_review_item_carries_its_own_facts(wapp, wclients):
+    """The facts of a review page are read for the whole page at once: each item must still get its own."""
+    ann, bob = account(wapp, "ann", amount=15 * BTC), account(wapp, "bob", amount=15 * BTC)
+    elsewhere = address_for(random_script())
+    a1 = request(wclients, ann, 2 * BTC, key="a1")
+    a2 = request(wclients, ann, BTC // 2, key="a2")
+    b1 = request(wclients, bob, 3 * BTC, key="b1", to=elsewhere)
+    b2 = request(wclients, bob, BTC // 2, key="b2")
+    rejected = request(wclients, bob, BTC, key="b3")
+    wclients.backoffice.RejectWithdrawal(backoffice_pb2.RejectWithdrawalRequest(
+        withdrawal_id=rejected.withdrawal_id, reason="not this one"), metadata=Clients.md("alice"))
+    assert approve(wclients, wapp, a1.withdrawal_id, "alice").status == S.WITHDRAWAL_STATUS_PENDING_REVIEW
+    assert approve(wclients, wapp, b1.withdrawal_id, "bob").status == S.WITHDRAWAL_STATUS_PENDING_REVIEW
+    items = wclients.backoffice.ListWithdrawals(backoffice_pb2.BackofficeServiceListWithdrawalsRequest(),
+                                                metadata=Clients.md("carol")).items
+    facts = {i.withdrawal.withdrawal_id: i.facts for i in items}
+    got = {w.withdrawal_id: (f.destination_seen_before, f.withdrawn_24h, list(f.approvers), f.approvals_needed,
+                             f.requested_by, f.account_age_days, f.credited_deposits, f.deposited_amount)
+           for w, f in ((w, facts[w.withdrawal_id]) for w in (a1, a2, b1, b2))}
+    assert got == {
+        a1.withdrawal_id: (1, str(2 * BTC + BTC // 2), ["alice"], 2, "wallet-service", 0, 0, "0"),
+        a2.withdrawal_id: (1, str(2 * BTC + BTC // 2), [], 1, "wallet-service", 0, 0, "0"),
+        # bob's rejected withdrawal to PAYEE counts as a destination seen, not towards the day's amount.
+        b1.withdrawal_id: (0, str(3 * BTC + BTC // 2), ["bob"], 2, "wallet-service", 0, 0, "0"),
+        b2.withdrawal_id: (1, str(3 * BTC + BTC // 2), [], 1, "wallet-service", 0, 0, "0"),
+    }
+    assert set(facts) == {a1.withdrawal_id, a2.withdrawal_id, b1.withdrawal_id, b2.withdrawal_id}
 
 
 def test_reject_and_cancel_release_the_hold(wapp, wclients):
