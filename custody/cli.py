@@ -222,7 +222,10 @@ def _scan(args) -> int:
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        stop.wait()
+        # Woken twice a second: a signal the kernel hands to a job's thread
+        # runs its handler only once the main thread runs (hsm/api/server.py).
+        while not stop.wait(0.5):
+            pass
         return 0
     finally:
         app.close()

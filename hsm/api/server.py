@@ -60,5 +60,10 @@ def serve(config: Config, signer: Signer) -> None:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    # Python runs a signal's handler in the main thread, when that thread next
+    # runs. The kernel may hand SIGTERM to one of gRPC's threads instead, and
+    # a wait without a timeout is then never woken: the signer ignored
+    # SIGTERM (seen in CI). So the main thread wakes twice a second.
+    while not done.wait(0.5):
+        pass
     server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
+import subprocess
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives import serialization
@@ -170,7 +171,6 @@ class SignerProcess:
 
     def __init__(self, folder: pathlib.Path, raw: dict, env: dict | None = None, client_tls: dict | None = None):
         import os
-        import subprocess
         import sys
         import time
 
@@ -204,5 +204,10 @@ class SignerProcess:
             self.client.close()
         if self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=15)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:  # fail the test, but leave no signer running behind
+                self.process.kill()
+                self.process.wait()
+                raise
         self.log.close()
