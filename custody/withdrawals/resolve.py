@@ -12,6 +12,8 @@ Anything else (an unrelated txid, not deep enough, partly paid) is refused.
 """
 from __future__ import annotations
 
+import collections
+
 from embit.transaction import Transaction
 from sqlalchemy import delete, select
 
@@ -29,22 +31,27 @@ from custody.withdrawals.refusal import NEEDS_STAFF
 
 
 def list_batches(engine, status: str, page: Page) -> tuple[list[dict], str]:
-    """A page of the batches in status, oldest first (ids sort by creation time), and the next page's token."""
+    """A page of the batches in status, oldest first (ids sort by creation time), and the next page's token.
+    Their withdrawals and the transactions that spent their inputs are read for the whole page at once."""
     b, w, r, u = t.withdrawal_batches.c, t.withdrawals.c, t.utxo_reservations.c, t.utxos.c
-    out = []
     query = select(t.withdrawal_batches).where(b.status == status)
     if page.after is not None:
         query = query.where(b.id > page.after)
     with read_transaction(engine) as conn:
         rows, token = page.cut(conn.execute(query.order_by(b.id).limit(page.size + 1)).all(), lambda row: row.id)
-        for row in rows:
-            spent_by = conn.execute(
-                select(u.spent_txid).distinct().select_from(t.utxo_reservations)
-                .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
-                .where(r.batch_id == row.id, u.spent_txid.is_not(None))).scalars().all()
-            members = conn.execute(select(w.id).where(w.batch_id == row.id).order_by(w.created_at, w.id)).scalars()
-            out.append({**dict(row._mapping), "withdrawal_ids": list(members), "spent_by": sorted(spent_by)})
-    return out, token
+        ids = [row.id for row in rows]
+        spent_by, members = collections.defaultdict(set), collections.defaultdict(list)
+        if ids:
+            for batch_id, txid in conn.execute(
+                    select(r.batch_id, u.spent_txid).select_from(t.utxo_reservations)
+                    .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
+                    .where(r.batch_id.in_(ids), u.spent_txid.is_not(None))):
+                spent_by[batch_id].add(txid)
+            for batch_id, withdrawal_id in conn.execute(
+                    select(w.batch_id, w.id).where(w.batch_id.in_(ids)).order_by(w.created_at, w.id)):
+                members[batch_id].append(withdrawal_id)
+    return [{**dict(row._mapping), "withdrawal_ids": members[row.id], "spent_by": sorted(spent_by[row.id])}
+            for row in rows], token
 
 
 def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str) -> tuple[dict, list[dict]]:

@@ -69,6 +69,8 @@ def test_three_thousand_small_coins_are_merged_then_the_withdrawal_is_paid(db_ur
         first, token = app.withdrawals.batches("COMPLETED", page_size=3)
         rest, end = app.withdrawals.batches("COMPLETED", page_size=3, page_token=token)
         assert [b["id"] for b in first + rest] == sorted(b["id"] for b in batches(app)) and (len(rest), end) == (1, "")
+        for b in first + rest:  # each batch with its own withdrawals and its own spending transaction
+            assert b["withdrawal_ids"] == ([wid] if b["kind"] == "withdrawals" else []) and b["spent_by"] == [b["txid"]]
         assert outputs_paying(chain, script, start) == [(paying[0]["txid"], amount)]
         fees = sum(a["fee"] for a in attempts(app))
         assert ledger_balance(app, "fees:network") == -fees
