@@ -52,14 +52,13 @@ def test_an_unreachable_database_is_a_clear_error(tmp_path):
         assert "Traceback" not in result.stderr and "secret" not in result.stderr, command
 
 
-def test_serve_migrates_serves_and_stops_on_sigterm(tmp_path):
-    port = free_port()
-    config = tmp_path / "custody.toml"
-    config.write_text(f"""
+def write_config(path: pathlib.Path, port: int, database: str) -> pathlib.Path:
+    """A small server config: one client ("exchange", token "secret-token", scope accounts), asset BTC."""
+    path.write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"
 [database]
-url = "sqlite:///data/custody.db"
+url = "{database}"
 [[clients]]
 name = "exchange"
 token_sha256 = "{token_digest('secret-token')}"
@@ -69,6 +68,12 @@ asset = "BTC"
 chain = "bitcoin"
 decimals = 8
 """)
+    return path
+
+
+def test_serve_migrates_serves_and_stops_on_sigterm(tmp_path):
+    port = free_port()
+    config = write_config(tmp_path / "custody.toml", port, "sqlite:///data/custody.db")
     (tmp_path / "data").mkdir()
     server = subprocess.Popen([*CUSTODY, "serve", "--config", str(config)], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

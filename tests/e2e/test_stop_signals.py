@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-from custody.api.auth import token_digest
-from tests.e2e.test_cli import ROOT, free_port
+from tests.e2e.test_cli import ROOT, free_port, write_config
 from tests.support import signer as S
 from tests.support.signals import send_to_another_thread, wait_until_catching
 
@@ -26,21 +25,7 @@ def test_the_signer_stops_on_a_sigterm_delivered_to_any_thread(tmp_path):
 @pytest.mark.parametrize("command", [["scan"], ["serve"]])
 def test_custody_stops_on_a_sigterm_delivered_to_any_thread(tmp_path, command):
     """scan: the job runner (threads: the ledger writer's); serve: the gRPC server (asyncio's signal handling)."""
-    config = tmp_path / "custody.toml"
-    config.write_text(f"""
-[server]
-listen = "127.0.0.1:{free_port()}"
-[database]
-url = "sqlite:///custody.db"
-[[clients]]
-name = "exchange"
-token_sha256 = "{token_digest('secret-token')}"
-scopes = ["accounts"]
-[[assets]]
-asset = "BTC"
-chain = "bitcoin"
-decimals = 8
-""")
+    config = write_config(tmp_path / "custody.toml", free_port(), "sqlite:///custody.db")
     process = subprocess.Popen([sys.executable, "-m", "custody.cli", *command, "--config", str(config)], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
