@@ -9,7 +9,9 @@ back for the next page.
 
 Pages are keyset pages: the token holds the sort key of the last item sent,
 and the next page starts after it. Items added meanwhile do not shift the
-pages, so none is skipped or sent twice. The token also names the list it
+pages, so none of the items already there is skipped or sent twice (an item
+added meanwhile may come in this pass or the next: ids are not committed in
+order across transactions and instances). The token also names the list it
 belongs to (which RPC, which account or status); a token sent with another
 request is refused, as is one that was altered.
 """
