@@ -27,6 +27,9 @@ _CHANGED = [
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        _rebuild_concurrently([(name, table, after) for name, table, _before, after in _CHANGED], add=True)
+        return
     for name, table, _before, after in _CHANGED:
         op.drop_index(name, table_name=table)
         op.create_index(name, table, after)
@@ -34,7 +37,30 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        _rebuild_concurrently([(name, table, before) for name, table, before, _after in _CHANGED], add=False)
+        return
     op.drop_index('ix_withdrawals_account_id', table_name='withdrawals')
     for name, table, before, _after in _CHANGED:
         op.drop_index(name, table_name=table)
         op.create_index(name, table, before)
+
+
+def _rebuild_concurrently(indexes, add: bool) -> None:
+    """On PostgreSQL the indexes are built without taking the lock that blocks writes: on a
+    live exchange deposits and withdrawals go on being recorded while a large table is
+    indexed. Each new index is built under a temporary name before the old one is dropped,
+    so the queries always have one. CONCURRENTLY cannot run inside a transaction; an index
+    left invalid by an interrupted run is dropped when the migration runs again."""
+    with op.get_context().autocommit_block():
+        for name, table, columns in indexes:
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}_new")
+            op.create_index(f"{name}_new", table, columns, postgresql_concurrently=True)
+            op.drop_index(name, table_name=table, postgresql_concurrently=True)
+            op.execute(f"ALTER INDEX {name}_new RENAME TO {name}")
+        if add:
+            op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_withdrawals_account_id")
+            op.create_index('ix_withdrawals_account_id', 'withdrawals', ['account_id', 'id'],
+                            postgresql_concurrently=True)
+        else:
+            op.drop_index('ix_withdrawals_account_id', table_name='withdrawals', postgresql_concurrently=True)
