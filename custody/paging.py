@@ -45,8 +45,13 @@ class Page:
         if len(rows) <= self.size:
             return rows, ""
         rows = rows[:self.size]
-        raw = json.dumps([self.listing, key(rows[-1])], separators=(",", ":")).encode()
-        return rows, base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+        return rows, self.token_after(key(rows[-1]))
+
+    def token_after(self, key) -> str:
+        """The token of the page that starts after the item whose sort key is key (for a page
+        cut short of size, as AIP-158 allows: a reply must stay well under 4 MiB)."""
+        raw = json.dumps([self.listing, key], separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def parse_page(page_size: int, page_token: str, listing: str, key_type: type = int) -> Page:

@@ -30,6 +30,12 @@ from custody.withdrawals import model, store
 from custody.withdrawals.refusal import NEEDS_STAFF
 
 
+# A batch lists its withdrawals' ids (about 35 bytes each) and a batch may hold thousands
+# ([withdrawals] max_batch): a page stops at this many ids so a reply stays well under
+# gRPC's 4 MiB, even with fewer batches than page_size.
+MAX_WITHDRAWAL_IDS_PER_PAGE = 50_000
+
+
 def list_batches(engine, status: str, page: Page) -> tuple[list[dict], str]:
     """A page of the batches in status, oldest first (ids sort by creation time), and the next page's token.
     Their withdrawals and the transactions that spent their inputs are read for the whole page at once."""
@@ -50,6 +56,12 @@ def list_batches(engine, status: str, page: Page) -> tuple[list[dict], str]:
             for batch_id, withdrawal_id in conn.execute(
                     select(w.batch_id, w.id).where(w.batch_id.in_(ids)).order_by(w.created_at, w.id)):
                 members[batch_id].append(withdrawal_id)
+    listed = 0
+    for n, row in enumerate(rows):
+        listed += len(members[row.id])
+        if listed > MAX_WITHDRAWAL_IDS_PER_PAGE and n > 0:  # the page ends before this batch
+            rows, token = rows[:n], page.token_after(rows[n - 1].id)
+            break
     return [{**dict(row._mapping), "withdrawal_ids": members[row.id], "spent_by": sorted(spent_by[row.id])}
             for row in rows], token
 

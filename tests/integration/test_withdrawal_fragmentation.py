@@ -27,7 +27,7 @@ def signer(tmp_path):
     process.stop()
 
 
-def test_three_thousand_small_coins_are_merged_then_the_withdrawal_is_paid(db_url, chain, signer):
+def test_three_thousand_small_coins_are_merged_then_the_withdrawal_is_paid(db_url, chain, signer, monkeypatch):
     app = Custody(withdrawal_config(db_url, chain.rpc.url, confirmations=2, max_inputs=MAX_INPUTS))
     try:
         app.scanner("bitcoin").catch_up()
@@ -71,6 +71,11 @@ def test_three_thousand_small_coins_are_merged_then_the_withdrawal_is_paid(db_ur
         assert [b["id"] for b in first + rest] == sorted(b["id"] for b in batches(app)) and (len(rest), end) == (1, "")
         for b in first + rest:  # each batch with its own withdrawals and its own spending transaction
             assert b["withdrawal_ids"] == ([wid] if b["kind"] == "withdrawals" else []) and b["spent_by"] == [b["txid"]]
+        # A page also ends before the batch that would take it past its budget of withdrawal ids.
+        monkeypatch.setattr("custody.withdrawals.resolve.MAX_WITHDRAWAL_IDS_PER_PAGE", 0)
+        merges, token = app.withdrawals.batches("COMPLETED", page_size=1000)
+        assert [b["kind"] for b in merges] == ["consolidation"] * 3 and token
+        assert [b["id"] for b in app.withdrawals.batches("COMPLETED", page_token=token)[0]] == [payment["id"]]
         assert outputs_paying(chain, script, start) == [(paying[0]["txid"], amount)]
         fees = sum(a["fee"] for a in attempts(app))
         assert ledger_balance(app, "fees:network") == -fees
