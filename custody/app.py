@@ -206,6 +206,15 @@ class Custody:
     def adjust_balance(self, *args, **kwargs) -> BatchResult:
         return self.submit_adjustment(*args, **kwargs).result()
 
+    def set_frozen(self, staff: str, account_id: str, frozen: bool, reason: str) -> tuple[accounts.Account, bool, int]:
+        """A staff freeze or unfreeze with a mandatory reason: (the account now, changed, event cursor or 0)."""
+        account = accounts.parse_account_id(account_id)
+        reason = parse_reason(reason)
+        result = accounts.set_frozen(self.engine, account, frozen, staff, reason)
+        if result[2]:
+            self.notifier.notify(result[2])
+        return result
+
     # -- events -------------------------------------------------------------
     def events_after(self, cursor: int, limit: int = 500):
         return read_after(self.engine, cursor, limit)

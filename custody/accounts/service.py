@@ -5,13 +5,13 @@ import dataclasses
 import datetime
 import re
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from custody.db import schema as t
 from custody.db.engine import is_postgres, read_transaction, write_transaction
-from custody.deposits.store import pending_by_asset
-from custody.errors import InvalidArgument, NotFound
+from custody.deposits.store import emit_events, pending_by_asset
+from custody.errors import FailedPrecondition, InvalidArgument, NotFound
 from custody.ledger.model import user_available, user_held
 
 _EXTERNAL_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -83,3 +83,30 @@ def get_balances(engine: Engine, account_id: int, assets: list[str]) -> list[Bal
         Balance(asset, totals.get((available, asset), 0), totals.get((held, asset), 0), pending.get(asset, 0))
         for asset in assets
     ]
+
+
+def set_frozen(engine: Engine, account_id: int, frozen: bool, staff: str, reason: str) -> tuple[Account, bool, int]:
+    """Freezes or unfreezes the account; returns (the account now, whether it changed, the event
+    cursor or 0). The same state again changes nothing. An account with a negative balance (a
+    deposit reversed after its coins were spent) stays frozen until staff settle that balance:
+    unfrozen, it would break the ledger's invariants (docs/ledger.md)."""
+    table, la = t.accounts, t.ledger_accounts
+    with write_transaction(engine) as conn:
+        query = select(table).where(table.c.id == account_id)
+        row = conn.execute(query.with_for_update() if is_postgres(engine) else query).first()
+        if row is None:
+            raise NotFound(f"account {account_id} does not exist")
+        if bool(row.frozen) == frozen:
+            return Account(row.id, row.external_id, frozen), False, 0
+        if not frozen:
+            negative = sorted(r.asset for r in conn.execute(
+                select(la.c.asset, la.c.debits, la.c.credits).where(la.c.account_id == account_id))
+                if r.credits < r.debits)
+            if negative:
+                raise FailedPrecondition(f"account {account_id} has a negative {', '.join(negative)} balance: "
+                                         "settle it (AdjustBalance) before unfreezing")
+        conn.execute(update(table).where(table.c.id == account_id)
+                     .values(frozen=frozen, frozen_reason=reason if frozen else None))
+        cursor = emit_events(conn, [("account.frozen" if frozen else "account.unfrozen",
+                                     {"account_id": account_id, "actor": staff, "reason": reason})])
+    return Account(row.id, row.external_id, frozen), True, cursor

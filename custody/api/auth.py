@@ -32,6 +32,7 @@ REQUIRED_SCOPE = {
     "/custody.v1.BackofficeService/RejectWithdrawal": "review",
     "/custody.v1.BackofficeService/ListWithdrawalBatches": "review",
     "/custody.v1.BackofficeService/ResolveWithdrawalBatch": "admin",
+    "/custody.v1.BackofficeService/SetAccountFrozen": "admin",
     "/custody.v1.MatchingService/ListMarkets": "accounts",
     "/custody.v1.MatchingService/PlaceOrder": "accounts",
     "/custody.v1.MatchingService/CancelOrder": "accounts",

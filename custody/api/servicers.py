@@ -202,6 +202,15 @@ class BackofficeServicer(backoffice_pb2_grpc.BackofficeServiceServicer):
             withdrawals=[withdrawal_message(w, []) for w in done])
 
 
+    async def SetAccountFrozen(self, request, context):
+        account, changed, cursor = await asyncio.to_thread(
+            self.app.set_frozen, current_client(), request.account_id, request.frozen, request.reason)
+        log.info("account frozen" if account.frozen else "account unfrozen", staff=current_client(),
+                 account_id=account.account_id, reason=request.reason, changed=changed)
+        return backoffice_pb2.SetAccountFrozenResponse(account_id=str(account.account_id), frozen=account.frozen,
+                                                      changed=changed, event_cursor=cursor)
+
+
 def batch_message(b: dict) -> backoffice_pb2.WithdrawalBatch:
     return backoffice_pb2.WithdrawalBatch(
         batch_id=b["id"], chain=b["chain"], status=b["status"], kind=b["kind"], reason=b["reason"] or "",

@@ -17,6 +17,28 @@ ADJUSTMENT_DIRECTION_UNSPECIFIED: AdjustmentDirection
 ADJUSTMENT_DIRECTION_CREDIT: AdjustmentDirection
 ADJUSTMENT_DIRECTION_DEBIT: AdjustmentDirection
 
+class SetAccountFrozenRequest(_message.Message):
+    __slots__ = ("account_id", "frozen", "reason")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    frozen: bool
+    reason: str
+    def __init__(self, account_id: _Optional[str] = ..., frozen: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SetAccountFrozenResponse(_message.Message):
+    __slots__ = ("account_id", "frozen", "changed", "event_cursor")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    EVENT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    frozen: bool
+    changed: bool
+    event_cursor: int
+    def __init__(self, account_id: _Optional[str] = ..., frozen: _Optional[bool] = ..., changed: _Optional[bool] = ..., event_cursor: _Optional[int] = ...) -> None: ...
+
 class WithdrawalBatch(_message.Message):
     __slots__ = ("batch_id", "chain", "status", "kind", "reason", "txid", "withdrawal_ids", "spent_by")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]

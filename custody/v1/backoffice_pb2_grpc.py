@@ -65,6 +65,11 @@ class BackofficeServiceStub:
                 request_serializer=custody_dot_v1_dot_backoffice__pb2.ResolveWithdrawalBatchRequest.SerializeToString,
                 response_deserializer=custody_dot_v1_dot_backoffice__pb2.ResolveWithdrawalBatchResponse.FromString,
                 _registered_method=True)
+        self.SetAccountFrozen = channel.unary_unary(
+                '/custody.v1.BackofficeService/SetAccountFrozen',
+                request_serializer=custody_dot_v1_dot_backoffice__pb2.SetAccountFrozenRequest.SerializeToString,
+                response_deserializer=custody_dot_v1_dot_backoffice__pb2.SetAccountFrozenResponse.FromString,
+                _registered_method=True)
 
 
 class BackofficeServiceServicer:
@@ -125,6 +130,21 @@ class BackofficeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAccountFrozen(self, request, context):
+        """Freezes or unfreezes a user account, with a mandatory reason (3-512
+        characters), recorded with the staff identity in an account.frozen or
+        account.unfrozen event. A frozen account cannot send transfers, request
+        withdrawals or place orders; deposits and incoming transfers still
+        arrive. Asking for the state it already has changes nothing
+        (changed = false). An account with a negative balance (a deposit
+        reversed after its coins were spent) cannot be unfrozen
+        (FAILED_PRECONDITION) until that balance is settled. Needs the admin
+        scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BackofficeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +177,11 @@ def add_BackofficeServiceServicer_to_server(servicer, server):
                     servicer.ResolveWithdrawalBatch,
                     request_deserializer=custody_dot_v1_dot_backoffice__pb2.ResolveWithdrawalBatchRequest.FromString,
                     response_serializer=custody_dot_v1_dot_backoffice__pb2.ResolveWithdrawalBatchResponse.SerializeToString,
+            ),
+            'SetAccountFrozen': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAccountFrozen,
+                    request_deserializer=custody_dot_v1_dot_backoffice__pb2.SetAccountFrozenRequest.FromString,
+                    response_serializer=custody_dot_v1_dot_backoffice__pb2.SetAccountFrozenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -322,6 +347,33 @@ class BackofficeService:
             '/custody.v1.BackofficeService/ResolveWithdrawalBatch',
             custody_dot_v1_dot_backoffice__pb2.ResolveWithdrawalBatchRequest.SerializeToString,
             custody_dot_v1_dot_backoffice__pb2.ResolveWithdrawalBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAccountFrozen(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/custody.v1.BackofficeService/SetAccountFrozen',
+            custody_dot_v1_dot_backoffice__pb2.SetAccountFrozenRequest.SerializeToString,
+            custody_dot_v1_dot_backoffice__pb2.SetAccountFrozenResponse.FromString,
             options,
             channel_credentials,
             insecure,

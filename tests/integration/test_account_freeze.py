@@ -1,0 +1,93 @@
+"""BackofficeService.SetAccountFrozen: staff freeze and unfreeze accounts, with a reason, through the real server."""
+import json
+
+import grpc
+import pytest
+
+from custody.ledger.commands import Command
+from custody.ledger.model import Posting, user_available, wallet
+from custody.v1 import backoffice_pb2 as bo
+from custody.v1 import custody_pb2 as pb
+from tests.integration.test_grpc_api import adjust, balances, create, event_count
+from tests.support.servers import bearer
+
+
+def set_frozen(clients, account_id, frozen, reason="suspicious activity reported", who="alice-admin"):
+    return clients.backoffice.SetAccountFrozen(bo.SetAccountFrozenRequest(
+        account_id=account_id, frozen=frozen, reason=reason), metadata=bearer(who))
+
+
+def transfer(clients, source, target, amount, key):
+    return clients.custody.Transfer(pb.TransferRequest(
+        idempotency_key=key, from_account_id=source, to_account_id=target, asset="BTC", amount=amount),
+        metadata=bearer("exchange"))
+
+
+def test_a_frozen_account_can_receive_but_not_send_until_unfrozen(app, clients):
+    ann, ben = create(clients, "ann").account_id, create(clients, "ben").account_id
+    adjust(clients, ann, "100", "fund-ann")
+    adjust(clients, ben, "100", "fund-ben")
+
+    frozen = set_frozen(clients, ann, True)
+    assert (frozen.account_id, frozen.frozen, frozen.changed) == (ann, True, True) and frozen.event_cursor
+    (event,) = app.events_after(frozen.event_cursor - 1, limit=1)
+    assert event.type == "account.frozen"
+    assert json.loads(event.payload) == {"account_id": int(ann), "actor": "alice-admin",
+                                         "reason": "suspicious activity reported"}
+    assert create(clients, "ann").frozen, "CreateAccount reports the account frozen"
+    with pytest.raises(grpc.RpcError) as err:
+        transfer(clients, ann, ben, "10", "out-1")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "frozen" in err.value.details()
+    transfer(clients, ben, ann, "10", "in-1")  # incoming transfers still arrive
+    assert balances(clients, ann)["BTC"][0] == "110"
+
+    events = event_count(app)
+    again = set_frozen(clients, ann, True, reason="asked twice")
+    assert (again.frozen, again.changed, again.event_cursor) == (True, False, 0)
+    assert event_count(app) == events, "the same state again records nothing"
+
+    thawed = set_frozen(clients, ann, False, reason="identity checked by compliance")
+    assert (thawed.frozen, thawed.changed) == (False, True)
+    (event,) = app.events_after(thawed.event_cursor - 1, limit=1)
+    assert event.type == "account.unfrozen" and json.loads(event.payload)["reason"] == "identity checked by compliance"
+    transfer(clients, ann, ben, "10", "out-2")
+    assert balances(clients, ann)["BTC"][0] == "100"
+
+
+@pytest.mark.parametrize("account, reason, who, code, detail", [
+    (None, "", "alice-admin", grpc.StatusCode.INVALID_ARGUMENT, "reason is required"),
+    (None, "ab", "alice-admin", grpc.StatusCode.INVALID_ARGUMENT, "reason is required"),
+    (None, "frozen\x1b[2K", "alice-admin", grpc.StatusCode.INVALID_ARGUMENT, "control characters"),
+    ("999", "a good reason", "alice-admin", grpc.StatusCode.NOT_FOUND, "does not exist"),
+    ("x", "a good reason", "alice-admin", grpc.StatusCode.INVALID_ARGUMENT, "account_id"),
+    (None, "a good reason", "reviewer", grpc.StatusCode.PERMISSION_DENIED, ""),
+    (None, "a good reason", "exchange", grpc.StatusCode.PERMISSION_DENIED, ""),
+])
+def test_bad_freeze_requests_change_nothing(app, clients, account, reason, who, code, detail):
+    ann = create(clients, "ann").account_id
+    events = event_count(app)
+    with pytest.raises(grpc.RpcError) as err:
+        set_frozen(clients, account or ann, True, reason=reason, who=who)
+    assert err.value.code() == code and detail in err.value.details()
+    assert not create(clients, "ann").frozen and event_count(app) == events
+
+
+def test_an_account_with_a_negative_balance_stays_frozen_until_settled(app, clients):
+    """A deposit reversed after its coins were spent leaves the balance negative; unfrozen, the
+    account would break the ledger's invariants, so unfreezing waits until staff settle it."""
+    ann = create(clients, "ann").account_id
+    adjust(clients, ann, "100", "fund-ann")
+    set_frozen(clients, ann, True, reason="deposit reversed by a reorg")
+    app.writer.submit(Command(  # what the scanner books for a reorged deposit (docs/deposits.md)
+        kind="deposit_reversal", actor="scanner", flagged=True, reference="deposit:test",
+        postings=(Posting("BTC", user_available(int(ann)), wallet("bitcoin", "deposit"), 250),))).result()
+    assert balances(clients, ann)["BTC"][0] == "-150"
+
+    events = event_count(app)
+    with pytest.raises(grpc.RpcError) as err:
+        set_frozen(clients, ann, False, reason="looked at it")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "negative BTC balance" in err.value.details()
+    assert create(clients, "ann").frozen and event_count(app) == events
+
+    adjust(clients, ann, "150", "settle", reason="loss written off by finance")
+    assert set_frozen(clients, ann, False, reason="settled by finance").changed
