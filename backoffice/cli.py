@@ -5,13 +5,16 @@
   python -m backoffice.cli --server HOST:PORT reject WITHDRAWAL_ID --reason TEXT
   python -m backoffice.cli --server HOST:PORT batches [--status NEEDS_STAFF]
   python -m backoffice.cli --server HOST:PORT resolve-batch BATCH_ID --txid TXID --reason TEXT
+  python -m backoffice.cli --server HOST:PORT freeze|unfreeze ACCOUNT_ID --reason TEXT
 
 The bearer token (review scope) is read from the environment variable named by
 --token-env (default CUSTODY_STAFF_TOKEN); the server knows the staff member by
 it. --key is a file holding the staff member's Ed25519 private key (64 hex
 digits of the raw key, or PEM). Approve prints exactly what is signed and asks
 before signing unless --yes. resolve-batch (admin scope) settles a batch held
-for staff on chain proof: TXID must be the confirmed spend of its inputs. TLS: --ca FILE (and --cert/--client-key for mutual TLS).
+for staff on chain proof: TXID must be the confirmed spend of its inputs. freeze and
+unfreeze (admin scope) set an account's frozen state, with a reason.
+TLS: --ca FILE (and --cert/--client-key for mutual TLS).
 """
 from __future__ import annotations
 
@@ -102,6 +105,11 @@ def main(argv=None, out=sys.stdout, confirm=input) -> int:
     rb.add_argument("batch_id")
     rb.add_argument("--txid", required=True, help="the confirmed transaction that spent its inputs")
     rb.add_argument("--reason", required=True)
+    for name, text in (("freeze", "stop an account sending, withdrawing and trading"),
+                       ("unfreeze", "let a frozen account send, withdraw and trade again")):
+        f = sub.add_parser(name, help=text + " (admin scope)")
+        f.add_argument("account_id")
+        f.add_argument("--reason", required=True)
     args = parser.parse_args(argv)
 
     token = os.environ.get(args.token_env)
@@ -134,6 +142,13 @@ def main(argv=None, out=sys.stdout, confirm=input) -> int:
             for batch in found:
                 show_batch(batch, out)
             print(f"{len(found)} {args.status}", file=out)
+            return 0
+        if args.command in ("freeze", "unfreeze"):
+            done = stub.SetAccountFrozen(bo.SetAccountFrozenRequest(
+                account_id=args.account_id, frozen=args.command == "freeze", reason=args.reason), metadata=md)
+            state = "frozen" if done.frozen else "not frozen"
+            print(f"account {done.account_id} {state}" + ("" if done.changed else " already: nothing changed"),
+                  file=out)
             return 0
         if args.command == "resolve-batch":
             done = stub.ResolveWithdrawalBatch(bo.ResolveWithdrawalBatchRequest(

@@ -95,3 +95,17 @@ def test_the_queue_is_read_to_its_last_page(served, tmp_path, monkeypatch):
     assert code == 0 and "5 pending" in out and all(i in out for i in ids)
     code, out = run(address, "alice", monkeypatch, "approve", ids[-1], "--key", key_file(tmp_path, "alice"), "--yes")
     assert code == 0 and f"{ids[-1]} APPROVED" in out
+
+
+def test_freeze_and_unfreeze(served, monkeypatch, capsys):
+    app, address = served
+    acct = str(app.create_account("user").account_id)
+    code, out = run(address, "alice-admin", monkeypatch, "freeze", acct, "--reason", "court order 2026-17")
+    assert code == 0 and f"account {acct} frozen" in out and app.create_account("user").frozen
+    code, out = run(address, "alice-admin", monkeypatch, "freeze", acct, "--reason", "court order 2026-17")
+    assert code == 0 and "already: nothing changed" in out
+    # A reviewer cannot; nothing changes.
+    code, _ = run(address, "alice", monkeypatch, "unfreeze", acct, "--reason", "lifted")
+    assert code == 1 and "PERMISSION_DENIED" in capsys.readouterr().err and app.create_account("user").frozen
+    code, out = run(address, "alice-admin", monkeypatch, "unfreeze", acct, "--reason", "order lifted")
+    assert code == 0 and f"account {acct} not frozen" in out and not app.create_account("user").frozen
