@@ -75,7 +75,8 @@ def show(item, out) -> None:
     print(f"    requested by {f.requested_by}; account age {f.account_age_days} days; {f.credited_deposits} "
           f"credited deposits ({f.deposited_amount}); destination used before: {f.destination_seen_before}; "
           f"24h {f.withdrawn_24h} of {f.daily_limit}; max {f.max_withdrawal}; approvals "
-          f"{len(f.approvers)}/{f.approvals_needed} {list(f.approvers)}", file=out)
+          f"{len(f.approvers)}/{f.approvals_needed} {list(f.approvers)}"
+          + ("; ACCOUNT FROZEN: not sent until unfrozen" if f.account_frozen else ""), file=out)
 
 
 def show_batch(batch, out) -> None:

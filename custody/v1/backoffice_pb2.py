@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from custody.v1 import custody_pb2 as custody_dot_v1_dot_custody__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63ustody/v1/backoffice.proto\x12\ncustody.v1\x1a\x18\x63ustody/v1/custody.proto\"M\n\x17SetAccountFrozenRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66rozen\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"e\n\x18SetAccountFrozenResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66rozen\x18\x02 \x01(\x08\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\x12\x14\n\x0c\x65vent_cursor\x18\x04 \x01(\x04\"\x98\x01\n\x0fWithdrawalBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\r\n\x05\x63hain\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0c\n\x04txid\x18\x06 \x01(\t\x12\x16\n\x0ewithdrawal_ids\x18\x07 \x03(\t\x12\x10\n\x08spent_by\x18\x08 \x03(\t\"U\n\x1cListWithdrawalBatchesRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"f\n\x1dListWithdrawalBatchesResponse\x12,\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x1b.custody.v1.WithdrawalBatch\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x1dResolveWithdrawalBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x0c\n\x04txid\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"y\n\x1eResolveWithdrawalBatchResponse\x12*\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1b.custody.v1.WithdrawalBatch\x12+\n\x0bwithdrawals\x18\x02 \x03(\x0b\x32\x16.custody.v1.Withdrawal\"~\n\'BackofficeServiceListWithdrawalsRequest\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.custody.v1.WithdrawalStatus\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x84\x02\n\x0bReviewFacts\x12\x18\n\x10\x61\x63\x63ount_age_days\x18\x01 \x01(\r\x12\x19\n\x11\x63redited_deposits\x18\x02 \x01(\r\x12\x18\n\x10\x64\x65posited_amount\x18\x03 \x01(\t\x12\x1f\n\x17\x64\x65stination_seen_before\x18\x04 \x01(\r\x12\x15\n\rwithdrawn_24h\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x61ily_limit\x18\x06 \x01(\t\x12\x16\n\x0emax_withdrawal\x18\x07 \x01(\t\x12\x18\n\x10\x61pprovals_needed\x18\x08 \x01(\r\x12\x11\n\tapprovers\x18\t \x03(\t\x12\x14\n\x0crequested_by\x18\n \x01(\t\"`\n\nReviewItem\x12*\n\nwithdrawal\x18\x01 \x01(\x0b\x32\x16.custody.v1.Withdrawal\x12&\n\x05\x66\x61\x63ts\x18\x02 \x01(\x0b\x32\x17.custody.v1.ReviewFacts\"j\n(BackofficeServiceListWithdrawalsResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.custody.v1.ReviewItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x18\x41pproveWithdrawalRequest\x12\x15\n\rwithdrawal_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"G\n\x19\x41pproveWithdrawalResponse\x12*\n\nwithdrawal\x18\x01 \x01(\x0b\x32\x16.custody.v1.Withdrawal\"@\n\x17RejectWithdrawalRequest\x12\x15\n\rwithdrawal_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"F\n\x18RejectWithdrawalResponse\x12*\n\nwithdrawal\x18\x01 \x01(\x0b\x32\x16.custody.v1.Withdrawal\"\xa6\x01\n\x14\x41\x64justBalanceRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\r\n\x05\x61sset\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\x32\n\tdirection\x18\x05 \x01(\x0e\x32\x1f.custody.v1.AdjustmentDirection\x12\x0e\n\x06reason\x18\x06 \x01(\t\"D\n\x15\x41\x64justBalanceResponse\x12\x15\n\radjustment_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65vent_cursor\x18\x02 \x01(\x04*|\n\x13\x41\x64justmentDirection\x12$\n ADJUSTMENT_DIRECTION_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x41\x44JUSTMENT_DIRECTION_CREDIT\x10\x01\x12\x1e\n\x1a\x41\x44JUSTMENT_DIRECTION_DEBIT\x10\x02\x32\xe6\x05\n\x11\x42\x61\x63kofficeService\x12T\n\rAdjustBalance\x12 .custody.v1.AdjustBalanceRequest\x1a!.custody.v1.AdjustBalanceResponse\x12|\n\x0fListWithdrawals\x12\x33.custody.v1.BackofficeServiceListWithdrawalsRequest\x1a\x34.custody.v1.BackofficeServiceListWithdrawalsResponse\x12`\n\x11\x41pproveWithdrawal\x12$.custody.v1.ApproveWithdrawalRequest\x1a%.custody.v1.ApproveWithdrawalResponse\x12]\n\x10RejectWithdrawal\x12#.custody.v1.RejectWithdrawalRequest\x1a$.custody.v1.RejectWithdrawalResponse\x12l\n\x15ListWithdrawalBatches\x12(.custody.v1.ListWithdrawalBatchesRequest\x1a).custody.v1.ListWithdrawalBatchesResponse\x12o\n\x16ResolveWithdrawalBatch\x12).custody.v1.ResolveWithdrawalBatchRequest\x1a*.custody.v1.ResolveWithdrawalBatchResponse\x12]\n\x10SetAccountFrozen\x12#.custody.v1.SetAccountFrozenRequest\x1a$.custody.v1.SetAccountFrozenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63ustody/v1/backoffice.proto\x12\ncustody.v1\x1a\x18\x63ustody/v1/custody.proto\"M\n\x17SetAccountFrozenRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66rozen\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"e\n\x18SetAccountFrozenResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66rozen\x18\x02 \x01(\x08\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\x12\x14\n\x0c\x65vent_cursor\x18\x04 \x01(\x04\"\x98\x01\n\x0fWithdrawalBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\r\n\x05\x63hain\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0c\n\x04txid\x18\x06 \x01(\t\x12\x16\n\x0ewithdrawal_ids\x18\x07 \x03(\t\x12\x10\n\x08spent_by\x18\x08 \x03(\t\"U\n\x1cListWithdrawalBatchesRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"f\n\x1dListWithdrawalBatchesResponse\x12,\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x1b.custody.v1.WithdrawalBatch\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x1dResolveWithdrawalBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x0c\n\x04txid\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"y\n\x1eResolveWithdrawalBatchResponse\x12*\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1b.custody.v1.WithdrawalBatch\x12+\n\x0bwithdrawals\x18\x02 \x03(\x0b\x32\x16.custody.v1.Withdrawal\"~\n\'BackofficeServiceListWithdrawalsRequest\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.custody.v1.WithdrawalStatus\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x9c\x02\n\x0bReviewFacts\x12\x18\n\x10\x61\x63\x63ount_age_days\x18\x01 \x01(\r\x12\x19\n\x11\x63redited_deposits\x18\x02 \x01(\r\x12\x18\n\x10\x64\x65posited_amount\x18\x03 \x01(\t\x12\x1f\n\x17\x64\x65stination_seen_before\x18\x04 \x01(\r\x12\x15\n\rwithdrawn_24h\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x61ily_limit\x18\x06 \x01(\t\x12\x16\n\x0emax_withdrawal\x18\x07 \x01(\t\x12\x18\n\x10\x61pprovals_needed\x18\x08 \x01(\r\x12\x11\n\tapprovers\x18\t \x03(\t\x12\x14\n\x0crequested_by\x18\n \x01(\t\x12\x16\n\x0e\x61\x63\x63ount_frozen\x18\x0b \x01(\x08\"`\n\nReviewItem\x12*\n\nwithdrawal\x18\x01 \x01(\x0b\x32\x16.custody.v1.Withdrawal\x12&\n\x05\x66\x61\x63ts\x18\x02 \x01(\x0b\x32\x17.custody.v1.ReviewFacts\"j\n(BackofficeServiceListWithdrawalsResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.custody.v1.ReviewItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x18\x41pproveWithdrawalRequest\x12\x15\n\rwithdrawal_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"G\n\x19\x41pproveWithdrawalResponse\x12*\n\nwithdrawal\x18\x01 \x01(\x0b\x32\x16.custody.v1.Withdrawal\"@\n\x17RejectWithdrawalRequest\x12\x15\n\rwithdrawal_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"F\n\x18RejectWithdrawalResponse\x12*\n\nwithdrawal\x18\x01 \x01(\x0b\x32\x16.custody.v1.Withdrawal\"\xa6\x01\n\x14\x41\x64justBalanceRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\r\n\x05\x61sset\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\t\x12\x32\n\tdirection\x18\x05 \x01(\x0e\x32\x1f.custody.v1.AdjustmentDirection\x12\x0e\n\x06reason\x18\x06 \x01(\t\"D\n\x15\x41\x64justBalanceResponse\x12\x15\n\radjustment_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65vent_cursor\x18\x02 \x01(\x04*|\n\x13\x41\x64justmentDirection\x12$\n ADJUSTMENT_DIRECTION_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x41\x44JUSTMENT_DIRECTION_CREDIT\x10\x01\x12\x1e\n\x1a\x41\x44JUSTMENT_DIRECTION_DEBIT\x10\x02\x32\xe6\x05\n\x11\x42\x61\x63kofficeService\x12T\n\rAdjustBalance\x12 .custody.v1.AdjustBalanceRequest\x1a!.custody.v1.AdjustBalanceResponse\x12|\n\x0fListWithdrawals\x12\x33.custody.v1.BackofficeServiceListWithdrawalsRequest\x1a\x34.custody.v1.BackofficeServiceListWithdrawalsResponse\x12`\n\x11\x41pproveWithdrawal\x12$.custody.v1.ApproveWithdrawalRequest\x1a%.custody.v1.ApproveWithdrawalResponse\x12]\n\x10RejectWithdrawal\x12#.custody.v1.RejectWithdrawalRequest\x1a$.custody.v1.RejectWithdrawalResponse\x12l\n\x15ListWithdrawalBatches\x12(.custody.v1.ListWithdrawalBatchesRequest\x1a).custody.v1.ListWithdrawalBatchesResponse\x12o\n\x16ResolveWithdrawalBatch\x12).custody.v1.ResolveWithdrawalBatchRequest\x1a*.custody.v1.ResolveWithdrawalBatchResponse\x12]\n\x10SetAccountFrozen\x12#.custody.v1.SetAccountFrozenRequest\x1a$.custody.v1.SetAccountFrozenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'custody.v1.backoffice_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ADJUSTMENTDIRECTION']._serialized_start=1918
-  _globals['_ADJUSTMENTDIRECTION']._serialized_end=2042
+  _globals['_ADJUSTMENTDIRECTION']._serialized_start=1942
+  _globals['_ADJUSTMENTDIRECTION']._serialized_end=2066
   _globals['_SETACCOUNTFROZENREQUEST']._serialized_start=69
   _globals['_SETACCOUNTFROZENREQUEST']._serialized_end=146
   _globals['_SETACCOUNTFROZENRESPONSE']._serialized_start=148
@@ -51,23 +51,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BACKOFFICESERVICELISTWITHDRAWALSREQUEST']._serialized_start=801
   _globals['_BACKOFFICESERVICELISTWITHDRAWALSREQUEST']._serialized_end=927
   _globals['_REVIEWFACTS']._serialized_start=930
-  _globals['_REVIEWFACTS']._serialized_end=1190
-  _globals['_REVIEWITEM']._serialized_start=1192
-  _globals['_REVIEWITEM']._serialized_end=1288
-  _globals['_BACKOFFICESERVICELISTWITHDRAWALSRESPONSE']._serialized_start=1290
-  _globals['_BACKOFFICESERVICELISTWITHDRAWALSRESPONSE']._serialized_end=1396
-  _globals['_APPROVEWITHDRAWALREQUEST']._serialized_start=1398
-  _globals['_APPROVEWITHDRAWALREQUEST']._serialized_end=1466
-  _globals['_APPROVEWITHDRAWALRESPONSE']._serialized_start=1468
-  _globals['_APPROVEWITHDRAWALRESPONSE']._serialized_end=1539
-  _globals['_REJECTWITHDRAWALREQUEST']._serialized_start=1541
-  _globals['_REJECTWITHDRAWALREQUEST']._serialized_end=1605
-  _globals['_REJECTWITHDRAWALRESPONSE']._serialized_start=1607
-  _globals['_REJECTWITHDRAWALRESPONSE']._serialized_end=1677
-  _globals['_ADJUSTBALANCEREQUEST']._serialized_start=1680
-  _globals['_ADJUSTBALANCEREQUEST']._serialized_end=1846
-  _globals['_ADJUSTBALANCERESPONSE']._serialized_start=1848
-  _globals['_ADJUSTBALANCERESPONSE']._serialized_end=1916
-  _globals['_BACKOFFICESERVICE']._serialized_start=2045
-  _globals['_BACKOFFICESERVICE']._serialized_end=2787
+  _globals['_REVIEWFACTS']._serialized_end=1214
+  _globals['_REVIEWITEM']._serialized_start=1216
+  _globals['_REVIEWITEM']._serialized_end=1312
+  _globals['_BACKOFFICESERVICELISTWITHDRAWALSRESPONSE']._serialized_start=1314
+  _globals['_BACKOFFICESERVICELISTWITHDRAWALSRESPONSE']._serialized_end=1420
+  _globals['_APPROVEWITHDRAWALREQUEST']._serialized_start=1422
+  _globals['_APPROVEWITHDRAWALREQUEST']._serialized_end=1490
+  _globals['_APPROVEWITHDRAWALRESPONSE']._serialized_start=1492
+  _globals['_APPROVEWITHDRAWALRESPONSE']._serialized_end=1563
+  _globals['_REJECTWITHDRAWALREQUEST']._serialized_start=1565
+  _globals['_REJECTWITHDRAWALREQUEST']._serialized_end=1629
+  _globals['_REJECTWITHDRAWALRESPONSE']._serialized_start=1631
+  _globals['_REJECTWITHDRAWALRESPONSE']._serialized_end=1701
+  _globals['_ADJUSTBALANCEREQUEST']._serialized_start=1704
+  _globals['_ADJUSTBALANCEREQUEST']._serialized_end=1870
+  _globals['_ADJUSTBALANCERESPONSE']._serialized_start=1872
+  _globals['_ADJUSTBALANCERESPONSE']._serialized_end=1940
+  _globals['_BACKOFFICESERVICE']._serialized_start=2069
+  _globals['_BACKOFFICESERVICE']._serialized_end=2811
 # @@protoc_insertion_point(module_scope)

@@ -106,7 +106,7 @@ class BackofficeServiceListWithdrawalsRequest(_message.Message):
     def __init__(self, status: _Optional[_Union[_custody_pb2.WithdrawalStatus, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ReviewFacts(_message.Message):
-    __slots__ = ("account_age_days", "credited_deposits", "deposited_amount", "destination_seen_before", "withdrawn_24h", "daily_limit", "max_withdrawal", "approvals_needed", "approvers", "requested_by")
+    __slots__ = ("account_age_days", "credited_deposits", "deposited_amount", "destination_seen_before", "withdrawn_24h", "daily_limit", "max_withdrawal", "approvals_needed", "approvers", "requested_by", "account_frozen")
     ACCOUNT_AGE_DAYS_FIELD_NUMBER: _ClassVar[int]
     CREDITED_DEPOSITS_FIELD_NUMBER: _ClassVar[int]
     DEPOSITED_AMOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,7 @@ class ReviewFacts(_message.Message):
     APPROVALS_NEEDED_FIELD_NUMBER: _ClassVar[int]
     APPROVERS_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FROZEN_FIELD_NUMBER: _ClassVar[int]
     account_age_days: int
     credited_deposits: int
     deposited_amount: str
@@ -127,7 +128,8 @@ class ReviewFacts(_message.Message):
     approvals_needed: int
     approvers: _containers.RepeatedScalarFieldContainer[str]
     requested_by: str
-    def __init__(self, account_age_days: _Optional[int] = ..., credited_deposits: _Optional[int] = ..., deposited_amount: _Optional[str] = ..., destination_seen_before: _Optional[int] = ..., withdrawn_24h: _Optional[str] = ..., daily_limit: _Optional[str] = ..., max_withdrawal: _Optional[str] = ..., approvals_needed: _Optional[int] = ..., approvers: _Optional[_Iterable[str]] = ..., requested_by: _Optional[str] = ...) -> None: ...
+    account_frozen: bool
+    def __init__(self, account_age_days: _Optional[int] = ..., credited_deposits: _Optional[int] = ..., deposited_amount: _Optional[str] = ..., destination_seen_before: _Optional[int] = ..., withdrawn_24h: _Optional[str] = ..., daily_limit: _Optional[str] = ..., max_withdrawal: _Optional[str] = ..., approvals_needed: _Optional[int] = ..., approvers: _Optional[_Iterable[str]] = ..., requested_by: _Optional[str] = ..., account_frozen: _Optional[bool] = ...) -> None: ...
 
 class ReviewItem(_message.Message):
     __slots__ = ("withdrawal", "facts")

@@ -134,8 +134,8 @@ class BackofficeServiceServicer:
         """Freezes or unfreezes a user account, with a mandatory reason (3-512
         characters), recorded with the staff identity in an account.frozen or
         account.unfrozen event. A frozen account cannot send transfers, request
-        withdrawals or place orders; deposits and incoming transfers still
-        arrive. Asking for the state it already has changes nothing
+        withdrawals or place orders, and its approved withdrawals are not sent
+        until it is unfrozen; deposits and incoming transfers still arrive. Asking for the state it already has changes nothing
         (changed = false). An account with a negative balance (a deposit
         reversed after its coins were spent) cannot be unfrozen
         (FAILED_PRECONDITION) until that balance is settled. Needs the admin

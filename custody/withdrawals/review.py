@@ -24,9 +24,11 @@ def page_facts(conn: Connection, rows: list, now: datetime.datetime) -> dict[str
     accounts = {r.account_id for r in rows}
     acc, d, w, a = t.accounts.c, t.deposits.c, t.withdrawals.c, t.withdrawal_approvals.c
 
-    created = {}
-    for account_id, at in conn.execute(select(acc.id, acc.created_at).where(acc.id.in_(accounts))):
+    created, frozen = {}, {}
+    for account_id, at, is_frozen in conn.execute(
+            select(acc.id, acc.created_at, acc.frozen).where(acc.id.in_(accounts))):
         created[account_id] = at if at.tzinfo else at.replace(tzinfo=datetime.timezone.utc)
+        frozen[account_id] = bool(is_frozen)
     credited = collections.defaultdict(list)  # (account, asset) -> credited deposit amounts
     for account_id, asset, amount in conn.execute(
             select(d.account_id, d.asset, d.amount).where(d.account_id.in_(accounts), d.status == CREDITED)):
@@ -48,6 +50,7 @@ def page_facts(conn: Connection, rows: list, now: datetime.datetime) -> dict[str
 
     return {r.id: {
         "account_age_days": (now - created[r.account_id]).days,
+        "account_frozen": frozen[r.account_id],
         "credited_deposits": len(credited[(r.account_id, r.asset)]),
         "deposited_amount": sum(credited[(r.account_id, r.asset)]),
         "destination_seen_before": to_address[(r.account_id, r.to_address)] - 1,

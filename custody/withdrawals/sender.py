@@ -108,7 +108,10 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
 
         def work(conn):
             w = t.withdrawals.c
-            q = (select(t.withdrawals).where(w.chain == CHAIN, w.status == model.APPROVED)
+            # A frozen account's approved withdrawals wait, unbatched, until staff unfreeze it: the
+            # freeze may be a deposit reversed by a reorg (FAILURE_MODES 6) or a staff decision.
+            frozen = select(t.accounts.c.id).where(t.accounts.c.frozen)
+            q = (select(t.withdrawals).where(w.chain == CHAIN, w.status == model.APPROVED, w.account_id.not_in(frozen))
                  .order_by(w.created_at, w.id).limit(self.rules.max_batch))
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True)

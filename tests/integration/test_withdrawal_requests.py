@@ -207,18 +207,20 @@ def test_each_review_item_carries_its_own_facts(wapp, wclients):
         withdrawal_id=rejected.withdrawal_id, reason="not this one"), metadata=Clients.md("alice"))
     assert approve(wclients, wapp, a1.withdrawal_id, "alice").status == S.WITHDRAWAL_STATUS_PENDING_REVIEW
     assert approve(wclients, wapp, b1.withdrawal_id, "bob").status == S.WITHDRAWAL_STATUS_PENDING_REVIEW
+    wapp.set_frozen("alice-admin", bob, True, "under investigation")
     items = wclients.backoffice.ListWithdrawals(backoffice_pb2.BackofficeServiceListWithdrawalsRequest(),
                                                 metadata=Clients.md("carol")).items
     facts = {i.withdrawal.withdrawal_id: i.facts for i in items}
     got = {w.withdrawal_id: (f.destination_seen_before, f.withdrawn_24h, list(f.approvers), f.approvals_needed,
-                             f.requested_by, f.account_age_days, f.credited_deposits, f.deposited_amount)
+                             f.requested_by, f.account_age_days, f.credited_deposits, f.deposited_amount,
+                             f.account_frozen)
            for w, f in ((w, facts[w.withdrawal_id]) for w in (a1, a2, b1, b2))}
     assert got == {
-        a1.withdrawal_id: (1, str(2 * BTC + BTC // 2), ["alice"], 2, "wallet-service", 0, 0, "0"),
-        a2.withdrawal_id: (1, str(2 * BTC + BTC // 2), [], 1, "wallet-service", 0, 0, "0"),
+        a1.withdrawal_id: (1, str(2 * BTC + BTC // 2), ["alice"], 2, "wallet-service", 0, 0, "0", False),
+        a2.withdrawal_id: (1, str(2 * BTC + BTC // 2), [], 1, "wallet-service", 0, 0, "0", False),
         # bob's rejected withdrawal to PAYEE counts as a destination seen, not towards the day's amount.
-        b1.withdrawal_id: (0, str(3 * BTC + BTC // 2), ["bob"], 2, "wallet-service", 0, 0, "0"),
-        b2.withdrawal_id: (1, str(3 * BTC + BTC // 2), [], 1, "wallet-service", 0, 0, "0"),
+        b1.withdrawal_id: (0, str(3 * BTC + BTC // 2), ["bob"], 2, "wallet-service", 0, 0, "0", True),
+        b2.withdrawal_id: (1, str(3 * BTC + BTC // 2), [], 1, "wallet-service", 0, 0, "0", True),
     }
     assert set(facts) == {a1.withdrawal_id, a2.withdrawal_id, b1.withdrawal_id, b2.withdrawal_id}
 

@@ -81,6 +81,25 @@ def test_one_withdrawal_end_to_end(btc, chain, signer):
     run_batch(btc, chain, signer, 1)
 
 
+def test_a_frozen_accounts_approved_withdrawal_waits_until_it_is_unfrozen(btc, chain, signer):
+    """Frozen after its withdrawal was approved (a reversed deposit, or staff): the withdrawal is not sent."""
+    fund_hot_wallet(btc, chain, 3 * BTC)
+    acct = str(btc.create_account("payer").account_id)
+    fund(btc, acct, 5 * BTC)
+    wid = btc.withdrawals.request("wallet-service", "k", acct, "BTC", script_to_address(random_script(), REGTEST),
+                                  "1000000")[0]["id"]
+    assert btc.withdrawals.get(wid)[0]["status"] == "APPROVED"
+    btc.set_frozen("alice-admin", acct, True, "deposit reversed by a reorg")
+    s = sender(btc, signer)
+    s.tick()
+    assert btc.withdrawals.get(wid)[0]["status"] == "APPROVED" and attempts(btc) == []
+    btc.set_frozen("alice-admin", acct, False, "the deposit was mined again")
+    s.tick()
+    assert btc.withdrawals.get(wid)[0]["status"] == "BROADCAST"
+    confirm(btc, chain, s)
+    assert btc.withdrawals.get(wid)[0]["status"] == "COMPLETED"
+
+
 def test_a_batch_of_twenty_in_one_transaction(btc, chain, signer):
     tx = run_batch(btc, chain, signer, 20)
     assert len(tx.vin) == 1
