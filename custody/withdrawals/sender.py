@@ -181,6 +181,13 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
                     self._dissolve(conn, batch_id, members, "a withdrawal left the batch before signing",
                                    requeue=True)
                     return None
+                frozen = conn.execute(select(t.accounts.c.id).where(
+                    t.accounts.c.id.in_({m["account_id"] for m in members}), t.accounts.c.frozen)).scalar()
+                if frozen is not None:
+                    # Frozen since the batch was built: the others go back to the queue without it.
+                    self._dissolve(conn, batch_id, members, f"account {frozen} was frozen before signing",
+                                   requeue=True)
+                    return None
                 for m in members:
                     store.move(conn, self.ids, m, model.SIGNING, "withdrawal-job", None)
                 self._set_batch(conn, batch_id, status=model.SIGNING)

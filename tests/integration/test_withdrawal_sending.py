@@ -100,6 +100,26 @@ def test_a_frozen_accounts_approved_withdrawal_waits_until_it_is_unfrozen(btc, c
     assert btc.withdrawals.get(wid)[0]["status"] == "COMPLETED"
 
 
+def test_an_account_frozen_after_batching_leaves_the_batch_before_signing(btc, chain, signer):
+    fund_hot_wallet(btc, chain, 3 * BTC)
+    ann, ben = (str(btc.create_account(name).account_id) for name in ("ann", "ben"))
+    for acct in (ann, ben):
+        fund(btc, acct, 5 * BTC)
+    wids = {acct: btc.withdrawals.request("wallet-service", f"k-{acct}", acct, "BTC",
+                                          script_to_address(random_script(), REGTEST), "1000000")[0]["id"]
+            for acct in (ann, ben)}
+    s = sender(btc, signer)
+    batch_id = s.build()
+    assert {btc.withdrawals.get(w)[0]["status"] for w in wids.values()} == {"QUEUED"}
+    btc.set_frozen("alice-admin", ann, True, "compliance hold")
+    s.sign(batch_id)
+    assert attempts(btc) == [], "nothing was signed"
+    assert {btc.withdrawals.get(w)[0]["status"] for w in wids.values()} == {"APPROVED"}
+    s.tick()
+    assert btc.withdrawals.get(wids[ben])[0]["status"] == "BROADCAST"
+    assert btc.withdrawals.get(wids[ann])[0]["status"] == "APPROVED", "the frozen account's waits"
+
+
 def test_a_batch_of_twenty_in_one_transaction(btc, chain, signer):
     tx = run_batch(btc, chain, signer, 20)
     assert len(tx.vin) == 1
