@@ -210,10 +210,10 @@ class Custody:
         """A staff freeze or unfreeze with a mandatory reason: (the account now, changed, event cursor or 0)."""
         account = accounts.parse_account_id(account_id)
         reason = parse_reason(reason)
-        result = accounts.set_frozen(self.engine, account, frozen, staff, reason)
-        if result[2]:
-            self.notifier.notify(result[2])
-        return result
+        now, changed, cursor = accounts.set_frozen(self.engine, account, frozen, staff, reason)
+        if cursor:
+            self.notifier.notify(cursor)
+        return now, changed, cursor
 
     # -- events -------------------------------------------------------------
     def events_after(self, cursor: int, limit: int = 500):

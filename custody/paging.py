@@ -21,15 +21,16 @@ import base64
 import binascii
 import dataclasses
 import json
-import re
+
+from sqlalchemy import Connection, Select
 
 from custody.errors import InvalidArgument
+from custody.events.journal import MAX_CURSOR
+from custody.ledger.model import is_id
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 _MAX_TOKEN = 256  # characters; tokens made here are well under 150
-_ID = re.compile(r"[0-9a-f]{32}")  # custody.ledger.model.new_id's ids
-_MAX_INT_KEY = 2**63 - 1  # a database BIGINT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,14 @@ class Page:
     listing: str  # the list and its filter, e.g. "deposits:42"
     size: int
     after: int | str | None  # sort key of the last item of the previous page; None for the first page
+
+    def read(self, conn: Connection, query: Select, id_column, newest_first: bool = False) -> tuple[list, str]:
+        """(this page of query's rows, ordered by id_column, and the token for the next page):
+        the rows after `after`, one more than size read to tell whether more follow."""
+        if self.after is not None:
+            query = query.where(id_column < self.after if newest_first else id_column > self.after)
+        query = query.order_by(id_column.desc() if newest_first else id_column).limit(self.size + 1)
+        return self.cut(conn.execute(query).all(), lambda row: row.id)
 
     def cut(self, rows: list, key) -> tuple[list, str]:
         """(this page's rows, the token for the next page or "" after the last page), from up to
@@ -80,5 +89,5 @@ def parse_page(page_size: int, page_token: str, listing: str, key_type: type = i
 def _valid_key(key, key_type: type) -> bool:
     """Checked so that an altered token is refused here rather than failing in the database."""
     if key_type is int:
-        return type(key) is int and 0 <= key <= _MAX_INT_KEY
-    return type(key) is str and _ID.fullmatch(key) is not None
+        return type(key) is int and 0 <= key <= MAX_CURSOR  # a 64-bit row id
+    return is_id(key)

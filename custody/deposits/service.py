@@ -123,11 +123,8 @@ def list_deposits(engine: Engine, account_id: int, page: Page) -> tuple[list[Dep
     with read_transaction(engine) as conn:
         if conn.execute(select(t.accounts.c.id).where(t.accounts.c.id == account_id)).first() is None:
             raise NotFound(f"account {account_id} does not exist")
-        query = select(d, a.c.address).join(a, a.c.id == d.c.address_id).where(d.c.account_id == account_id)
-        if page.after is not None:
-            query = query.where(d.c.id < page.after)
-        rows, token = page.cut(conn.execute(query.order_by(d.c.id.desc()).limit(page.size + 1)).all(),
-                               lambda r: r.id)
+        rows, token = page.read(conn, select(d, a.c.address).join(a, a.c.id == d.c.address_id)
+                                .where(d.c.account_id == account_id), d.c.id, newest_first=True)
         views = {r.chain: r.height for r in conn.execute(select(t.scan_cursors.c.chain, t.scan_cursors.c.height))}
     return [Deposit(
         deposit_id=r.id, account_id=r.account_id, chain=r.chain, asset=r.asset, txid=r.txid, index=r.output_index,

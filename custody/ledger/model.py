@@ -69,13 +69,18 @@ def new_id() -> str:
 _ID = re.compile(r"[0-9a-f]{32}")
 
 
+def is_id(text) -> bool:
+    """Whether text is an id new_id made: 32 lower-case hex digits."""
+    return type(text) is str and _ID.fullmatch(text) is not None
+
+
 def parse_id(text: str, field: str) -> str:
     """An id new_id made (an order, a withdrawal, a batch), as a client sent it back.
     Checked before any query: text PostgreSQL cannot take (NUL) must be refused
     as bad input, not fail in the driver."""
     if not text:
         raise InvalidArgument(f"{field} is required")
-    if not _ID.fullmatch(text):
+    if not is_id(text):
         raise InvalidArgument(f"{field} must be 32 lower-case hex digits: {text[:40]!r}")
     return text
 

@@ -40,11 +40,8 @@ def list_batches(engine, status: str, page: Page) -> tuple[list[dict], str]:
     """A page of the batches in status, oldest first (ids sort by creation time), and the next page's token.
     Their withdrawals and the transactions that spent their inputs are read for the whole page at once."""
     b, w, r, u = t.withdrawal_batches.c, t.withdrawals.c, t.utxo_reservations.c, t.utxos.c
-    query = select(t.withdrawal_batches).where(b.status == status)
-    if page.after is not None:
-        query = query.where(b.id > page.after)
     with read_transaction(engine) as conn:
-        rows, token = page.cut(conn.execute(query.order_by(b.id).limit(page.size + 1)).all(), lambda row: row.id)
+        rows, token = page.read(conn, select(t.withdrawal_batches).where(b.status == status), b.id)
         ids = [row.id for row in rows]
         spent_by, members = collections.defaultdict(set), collections.defaultdict(list)
         if ids:

@@ -161,12 +161,9 @@ class Withdrawals:
         account = parse_account_id(account_id)
         page = parse_page(page_size, page_token, f"withdrawals:{account}", key_type=str)
         w = t.withdrawals.c
-        query = select(t.withdrawals).where(w.account_id == account)
-        if page.after is not None:
-            query = query.where(w.id < page.after)
         with read_transaction(self.engine) as conn:
-            rows, token = page.cut(conn.execute(query.order_by(w.id.desc()).limit(page.size + 1)).all(),
-                                   lambda r: r.id)
+            rows, token = page.read(conn, select(t.withdrawals).where(w.account_id == account), w.id,
+                                    newest_first=True)
             history = store.histories_of(conn, [r.id for r in rows])
             return [(dict(r._mapping), history.get(r.id, [])) for r in rows], token
 
@@ -250,11 +247,8 @@ class Withdrawals:
         and the token for the next page."""
         page = parse_page(page_size, page_token, f"review:{status}", key_type=str)
         w = t.withdrawals.c
-        query = select(t.withdrawals).where(w.status == status)
-        if page.after is not None:
-            query = query.where(w.id > page.after)
         with read_transaction(self.engine) as conn:
-            rows, token = page.cut(conn.execute(query.order_by(w.id).limit(page.size + 1)).all(), lambda r: r.id)
+            rows, token = page.read(conn, select(t.withdrawals).where(w.status == status), w.id)
             facts = page_facts(conn, rows, store.now())
         out = []
         for r in rows:
