@@ -7,6 +7,7 @@ import pytest
 from custody.paging import parse_page
 from custody.v1 import custody_pb2 as pb
 from tests.support.bitcoin import CONFIRMATIONS
+from tests.support.paging import every_page
 from tests.support.servers import Clients, ServerThread
 
 
@@ -78,15 +79,8 @@ def test_deposit_rpcs_refuse_bad_requests(api):
 
 def list_all(api, account, page_size, md):
     """Every page of ListDeposits, as (page sizes, deposits in order)."""
-    sizes, deposits, token = [], [], ""
-    while True:
-        reply = api.custody.ListDeposits(pb.ListDepositsRequest(account_id=account, page_size=page_size,
-                                                                page_token=token), metadata=md)
-        sizes.append(len(reply.deposits))
-        deposits += reply.deposits
-        token = reply.next_page_token
-        if not token:
-            return sizes, deposits
+    return every_page(api.custody.ListDeposits, pb.ListDepositsRequest(account_id=account, page_size=page_size),
+                      "deposits", md)
 
 
 def test_deposits_come_in_pages_newest_first_and_new_ones_do_not_shift_the_pages(api, btc_app, chain):

@@ -7,6 +7,7 @@ import pytest
 from custody.app import Custody
 from custody.v1 import backoffice_pb2, custody_pb2
 from tests.support.bitcoin import random_script
+from tests.support.paging import every_page
 from tests.support.servers import Clients, ServerThread
 from tests.support.signer import STAFF, address_for
 from tests.support.withdrawals import BTC, PAYEE, TESTNET_PAYEE, WITHDRAWAL_FEE, approve_signature, fund, \
@@ -257,35 +258,20 @@ def test_reject_and_cancel_release_the_hold(wapp, wclients):
     assert types.count("ledger.withdrawal_release") == 2
 
 
-def every_page(call, request_of, page_size):
-    """(page sizes, items in order) of a list RPC followed page by page; request_of(token) builds each request."""
-    sizes, items, token = [], [], ""
-    while True:
-        reply = call(request_of(token))
-        listed = list(reply.withdrawals if hasattr(reply, "withdrawals") else reply.items)
-        sizes.append(len(listed))
-        items += listed
-        token = reply.next_page_token
-        if not token:
-            return sizes, items
-
-
 def test_withdrawal_lists_come_in_pages(wapp, wclients):
     ann, bob = account(wapp, "ann"), account(wapp, "bob")
     ids = [request(wclients, ann, BTC // 2, key=f"ann-{i}").withdrawal_id for i in range(5)]
     ids.append(request(wclients, bob, BTC // 2, key="bob-0").withdrawal_id)
     wallet, reviewer = Clients.md("wallet-service"), Clients.md("alice")
 
-    sizes, listed = every_page(
-        lambda r: wclients.custody.ListWithdrawals(r, metadata=wallet),
-        lambda token: S.ListWithdrawalsRequest(account_id=ann, page_size=2, page_token=token), 2)
+    sizes, listed = every_page(wclients.custody.ListWithdrawals, S.ListWithdrawalsRequest(account_id=ann, page_size=2),
+                               "withdrawals", wallet)
     assert sizes == [2, 2, 1]
     assert [w.withdrawal_id for w in listed] == ids[4::-1], "the account's own, newest first"
     assert all([h.to_status for h in w.history] == [S.WITHDRAWAL_STATUS_PENDING_REVIEW] for w in listed)
 
-    sizes, queue = every_page(
-        lambda r: wclients.backoffice.ListWithdrawals(r, metadata=reviewer),
-        lambda token: backoffice_pb2.BackofficeServiceListWithdrawalsRequest(page_size=4, page_token=token), 4)
+    sizes, queue = every_page(wclients.backoffice.ListWithdrawals,
+                              backoffice_pb2.BackofficeServiceListWithdrawalsRequest(page_size=4), "items", reviewer)
     assert sizes == [4, 2]
     assert [item.withdrawal.withdrawal_id for item in queue] == ids, "the review queue, oldest first"
 
