@@ -170,6 +170,18 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
         conn.execute(update(t.withdrawal_batches).where(t.withdrawal_batches.c.id == batch_id)
                      .values(updated_at=store.now(), **values))
 
+    @staticmethod
+    def _first_frozen(conn, members: list[dict]) -> int | None:
+        """A member's frozen account, if any. On PostgreSQL every member's account row is read FOR
+        SHARE (all of them: a row a filter skips is not waited for): a freeze committing meanwhile
+        is waited for and seen, and a later freeze waits until the batch is SIGNING, from where it
+        goes on. On SQLite the write lock already orders the two."""
+        accounts = t.accounts.c
+        query = select(accounts.id, accounts.frozen).where(accounts.id.in_({m["account_id"] for m in members}))
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(read=True)
+        return min((row.id for row in conn.execute(query) if row.frozen), default=None)
+
     def sign(self, batch_id: str) -> None:
         def start(conn):
             batch = self._batch(conn, batch_id)
@@ -181,8 +193,7 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
                     self._dissolve(conn, batch_id, members, "a withdrawal left the batch before signing",
                                    requeue=True)
                     return None
-                frozen = conn.execute(select(t.accounts.c.id).where(
-                    t.accounts.c.id.in_({m["account_id"] for m in members}), t.accounts.c.frozen)).scalar()
+                frozen = self._first_frozen(conn, members)
                 if frozen is not None:
                     # Frozen since the batch was built: the others go back to the queue without it.
                     self._dissolve(conn, batch_id, members, f"account {frozen} was frozen before signing",

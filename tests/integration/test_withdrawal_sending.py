@@ -2,15 +2,19 @@
 batching, coin selection, signing, storing, broadcast, confirmation, ledger postings."""
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from embit.transaction import Transaction
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from chains.bitcoin.addresses import script_to_address
 from chains.bitcoin.params import network
 from custody.app import Custody
 from custody.db import schema as t
-from custody.db.engine import read_transaction
+from custody.db.engine import is_postgres, read_transaction, write_transaction
+from custody.deposits.store import freeze_account
 from custody.withdrawals.sender import CrashForTest
 from tests.support.bitcoin import HOT_XPUB, random_script
 from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, confirm, fund, fund_hot_wallet, ledger_balance,
@@ -118,6 +122,51 @@ def test_an_account_frozen_after_batching_leaves_the_batch_before_signing(btc, c
     s.tick()
     assert btc.withdrawals.get(wids[ben])[0]["status"] == "BROADCAST"
     assert btc.withdrawals.get(wids[ann])[0]["status"] == "APPROVED", "the frozen account's waits"
+
+
+def test_a_freeze_that_commits_while_the_sender_checks_the_batch_is_seen(btc, chain, signer):
+    """The freeze's transaction is open when the sender starts its check: the sender waits for it
+    (PostgreSQL: the account rows are read FOR SHARE; SQLite: the write lock) instead of sending."""
+    fund_hot_wallet(btc, chain, 3 * BTC)
+    ann, ben = (str(btc.create_account(name).account_id) for name in ("ann", "ben"))
+    for acct in (ann, ben):
+        fund(btc, acct, 5 * BTC)
+    wids = [btc.withdrawals.request("wallet-service", f"k-{acct}", acct, "BTC",
+                                    script_to_address(random_script(), REGTEST), "1000000")[0]["id"]
+            for acct in (ann, ben)]
+    s = sender(btc, signer)
+    batch_id = s.build()
+    failures = []
+    with write_transaction(btc.engine) as conn:
+        freeze_account(conn, int(ann), "compliance hold")
+        checking = threading.Thread(target=lambda: _record_failure(failures, s.sign, batch_id))
+        checking.start()
+        _wait_until_waiting_or_done(btc.engine, checking)
+    checking.join(60)
+    assert not checking.is_alive() and failures == []
+    assert attempts(btc) == [], "nothing was signed"
+    assert {btc.withdrawals.get(w)[0]["status"] for w in wids} == {"APPROVED"}
+
+
+def _record_failure(failures: list, call, *args) -> None:
+    try:
+        call(*args)
+    except Exception as exc:  # noqa: BLE001 - the test thread reports it
+        failures.append(exc)
+
+
+def _wait_until_waiting_or_done(engine, thread: threading.Thread) -> None:
+    """Until the thread waits for a lock (PostgreSQL shows it) or has finished; on SQLite, which
+    shows no waiters, a second."""
+    if not is_postgres(engine):
+        thread.join(1.0)
+        return
+    deadline = time.monotonic() + 30
+    while thread.is_alive() and time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if conn.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar():
+                return
+        time.sleep(0.02)
 
 
 def test_a_batch_of_twenty_in_one_transaction(btc, chain, signer):
