@@ -40,6 +40,7 @@ nodes-down: install
 lint: install tools
 	cd proto && ../node_modules/.bin/buf lint
 	$(BIN)/python scripts/gen_proto.py --check
+	$(BIN)/ruff check .
 
 # SoftHSM2 for the signer's PKCS#11 tests: installed here when missing and we
 # are root; otherwise those tests fail with a message saying how to install it.

@@ -32,7 +32,7 @@ import tempfile
 import time
 
 from custody import config as config_mod
-from custody.db.engine import make_engine, write_transaction
+from custody.db.engine import write_transaction
 from custody.ledger import invariants
 from custody.ledger.commands import BatchResult, Command, HoldCreate, HoldPost
 from custody.ledger.engine import AccountIds, apply_commands

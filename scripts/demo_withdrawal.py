@@ -7,7 +7,6 @@ import os
 import pathlib
 import secrets
 import subprocess
-import sys
 import time
 
 import grpc

@@ -7,7 +7,7 @@ from custody.db.engine import write_transaction
 from custody.errors import FailedPrecondition, IdempotencyConflict, InsufficientFunds, NotFound
 from custody.ledger.commands import Command, HoldCreate, HoldPost, HoldVoid
 from custody.ledger.engine import AccountIds, apply_commands
-from custody.ledger.model import EQUITY, FEES_REVENUE, Posting, user_available, user_held
+from custody.ledger.model import EQUITY, FEES_REVENUE, Posting, user_available
 from custody.money import MAX_AMOUNT
 
 

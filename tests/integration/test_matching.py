@@ -7,7 +7,7 @@ from sqlalchemy import select, update
 
 from custody.db import schema as t
 from custody.errors import FailedPrecondition, IdempotencyConflict, InsufficientFunds, InvalidArgument, NotFound
-from tests.support.matching import ETH, MARKET, accounts, balances, fees_revenue, fund, open_holds, place
+from tests.support.matching import ETH, MARKET, accounts, balances, fees_revenue, open_holds, place
 
 BTC = 10**8
 

@@ -9,7 +9,7 @@ from custody.v1 import backoffice_pb2, custody_pb2
 from tests.support.bitcoin import random_script
 from tests.support.paging import every_page
 from tests.support.servers import Clients, ServerThread
-from tests.support.signer import STAFF, address_for
+from tests.support.signer import address_for
 from tests.support.withdrawals import BTC, PAYEE, TESTNET_PAYEE, WITHDRAWAL_FEE, approve_signature, fund, \
     withdrawal_config
 
