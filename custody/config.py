@@ -16,6 +16,11 @@ from custody.money import MAX_AMOUNT, parse_amount
 SCOPES = frozenset({"accounts", "withdraw", "review", "treasury", "compliance", "admin"})
 _ASSET_NAME = re.compile(r"[A-Z0-9]{2,16}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# A client's name is its idempotency scope and the actor recorded in events and histories (64
+# characters in the database). The service's own actors have a ':' or a space in them or are
+# reserved, so a client can neither pose as one nor take an internal command's idempotency key.
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+RESERVED_CLIENT_NAMES = frozenset({"anonymous", "withdrawals", "withdrawal-job"})
 
 
 class ConfigError(Exception):
@@ -267,7 +272,7 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
     return Config(
         database_url=url,
         server=server,
-        clients=tuple(_client(c, i) for i, c in enumerate(raw.get("clients", []))),
+        clients=_clients(raw.get("clients", [])),
         assets=assets,
         chains=_chains(raw.get("chains", {})),
         markets=_markets(raw.get("markets", []), assets),
@@ -341,11 +346,29 @@ def _withdrawals(raw: dict) -> WithdrawalConfig:
     )
 
 
+def _clients(raw: list) -> tuple[ClientConfig, ...]:
+    clients = tuple(_client(c, i) for i, c in enumerate(raw))
+    for field in ("name", "token_sha256"):
+        seen = set()
+        for i, c in enumerate(clients):
+            value = getattr(c, field)
+            if value in seen:
+                # Two clients with one name would share idempotency keys and actor; with one
+                # token, the later would silently take every call of the earlier.
+                raise ConfigError(f"clients[{i}] ({c.name}): another client has the same {field}")
+            seen.add(value)
+    return clients
+
+
 def _client(raw: dict, index: int) -> ClientConfig:
     where = f"clients[{index}]"
     name = raw.get("name", "")
     if not name:
         raise ConfigError(f"{where}: name is required")
+    if not isinstance(name, str) or not _CLIENT_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: name must be 1-64 letters, digits and . _ @ -, starting with a letter or digit")
+    if name in RESERVED_CLIENT_NAMES:
+        raise ConfigError(f"{where}: name {name!r} is reserved for the service itself")
     digest = str(raw.get("token_sha256", "")).lower()
     if not _SHA256_HEX.fullmatch(digest):
         raise ConfigError(f"{where} ({name}): token_sha256 must be 64 hex digits")

@@ -17,6 +17,16 @@ def test_the_example_config_loads():
 @pytest.mark.parametrize("raw, message", [
     ({"clients": [{"name": "x", "token_sha256": "ab", "scopes": []}]}, "64 hex digits"),
     ({"clients": [{"name": "x", "token_sha256": "a" * 64, "scopes": ["root"]}]}, "unknown scopes"),
+    ({"clients": [{"name": "withdrawals", "token_sha256": "a" * 64}]}, "reserved"),
+    ({"clients": [{"name": "withdrawal-job", "token_sha256": "a" * 64}]}, "reserved"),
+    ({"clients": [{"name": "scanner:bitcoin", "token_sha256": "a" * 64}]}, "name must be"),
+    ({"clients": [{"name": "two words", "token_sha256": "a" * 64}]}, "name must be"),
+    ({"clients": [{"name": "x" * 65, "token_sha256": "a" * 64}]}, "name must be"),
+    ({"clients": [{"name": 7, "token_sha256": "a" * 64}]}, "name must be"),
+    ({"clients": [{"name": "x", "token_sha256": "a" * 64}, {"name": "x", "token_sha256": "b" * 64}]},
+     r"clients\[1\] \(x\): another client has the same name"),
+    ({"clients": [{"name": "x", "token_sha256": "a" * 64}, {"name": "y", "token_sha256": "A" * 64}]},
+     r"clients\[1\] \(y\): another client has the same token_sha256"),
     ({"assets": [{"asset": "btc", "chain": "bitcoin", "decimals": 8}]}, "upper-case"),
     ({"assets": [{"asset": "BTC", "chain": "bitcoin", "decimals": 8}] * 2}, "listed twice"),
     ({"assets": [{"asset": "BTC", "chain": "bitcoin", "decimals": 8, "withdrawal_fee": "0.1"}]}, "fraction"),
@@ -79,3 +89,9 @@ def test_bad_markets_are_refused_with_the_reason(change, message):
 def test_a_market_listed_twice_is_refused():
     with pytest.raises(config.ConfigError, match="listed twice"):
         config.parse({"assets": ASSETS, "markets": [MARKET, MARKET]})
+
+
+def test_client_names_fit_their_columns_and_are_kept_as_given():
+    names = ["a", "alice@exchange.example", "wallet-service.v2_1", "Z" * 64]
+    cfg = config.parse({"clients": [{"name": n, "token_sha256": f"{i:064x}"} for i, n in enumerate(names)]})
+    assert [c.name for c in cfg.clients] == names
