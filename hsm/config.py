@@ -139,6 +139,9 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
         digest = str(c.get("token_sha256", "")).lower()
         if not c.get("name") or not _SHA256_HEX.fullmatch(digest):
             raise ConfigError(f"clients[{i}]: name and token_sha256 (64 hex digits) are required")
+        if any(digest == k.token_sha256 or c["name"] == k.name for k in clients):
+            # With one token, the later client would silently take the earlier's calls.
+            raise ConfigError(f"clients[{i}] ({c['name']}): another client has the same name or token_sha256")
         clients.append(ClientConfig(c["name"], digest))
     if not clients:
         raise ConfigError("clients: at least one client (the custody core) must be configured")
@@ -211,6 +214,10 @@ def _policy(raw: dict) -> PolicyConfig:
         if key in keys_seen:
             raise ConfigError(f"policy.staff[{i}] ({s['name']}): this public key is listed twice; "
                               "one person must not count as two approvers")
+        if any(s["name"] == other.name for other in staff):
+            # Approvals name their approver: two keys under one name would make one of them
+            # never verify, and a quorum counted over the entries could never be met.
+            raise ConfigError(f"policy.staff[{i}] ({s['name']}): this name is listed twice")
         keys_seen.add(key)
         staff.append(StaffKey(s["name"], bytes.fromhex(key)))
     quorum = int(raw.get("approval_quorum", 1))
