@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import secrets
 import sys
@@ -34,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     check = admin_sub.add_parser("check", help="verify the ledger invariants; exits 1 on a violation")
     check.add_argument("--config", required=True)
     check.set_defaults(run=_admin_check)
+    prune = admin_sub.add_parser("prune-keys", help="forget client idempotency keys older than the retry window")
+    prune.add_argument("--config", required=True)
+    prune.add_argument("--older-than", required=True, type=int, metavar="DAYS",
+                       help="keys created more than DAYS days ago (at least 1): a retry with one is a new request")
+    prune.set_defaults(run=_admin_prune_keys)
     pins = admin_sub.add_parser("config", help="the pinned chain and asset config (FAILURE_MODES 34)")
     pins_sub = pins.add_subparsers(dest="config_command", required=True)
     show = pins_sub.add_parser("show", help="list each chain's pinned config and where the config file differs")
@@ -133,6 +139,25 @@ def _admin_check(args) -> int:
         engine.dispose()
     print(report.render())
     return 0 if report.ok else 1
+
+
+def _admin_prune_keys(args) -> int:
+    from custody.db.engine import make_engine
+    from custody.ledger.key_retention import prune
+
+    config = config_mod.load(args.config)
+    engine = make_engine(config.database_url)
+    try:
+        done = prune(engine, datetime.timedelta(days=args.older_than), progress=lambda p: print(
+            f"prune-keys: {p.scanned} keys looked at, {p.deleted} deleted so far", file=sys.stderr, flush=True))
+    except ValueError as exc:
+        print(f"custody: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(f"{done.deleted} of {done.scanned} client idempotency keys were older than {args.older_than} days "
+          "and are deleted; the service's own keys are kept")
+    return 0
 
 
 def _config_show(args) -> int:

@@ -11,6 +11,7 @@ import re
 import tomllib
 
 from custody.errors import InvalidArgument
+from custody.ledger.commands import SERVICE_SCOPE
 from custody.money import MAX_AMOUNT, parse_amount
 
 SCOPES = frozenset({"accounts", "withdraw", "review", "treasury", "compliance", "admin"})
@@ -20,7 +21,7 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # characters in the database). The service's own actors have a ':' or a space in them or are
 # reserved, so a client can neither pose as one nor take an internal command's idempotency key.
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
-RESERVED_CLIENT_NAMES = frozenset({"anonymous", "withdrawals", "withdrawal-job"})
+RESERVED_CLIENT_NAMES = frozenset({"anonymous", SERVICE_SCOPE, "withdrawal-job"})
 
 
 class ConfigError(Exception):

@@ -12,6 +12,10 @@ from custody.errors import InvalidArgument
 from custody.ledger.model import Posting
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
+# The idempotency scope of the ledger commands the service issues itself (a withdrawal's release,
+# completion, fee, foreign spend). A client's scope is its name, which may not be this one
+# (custody.config); these keys are never pruned (custody.ledger.key_retention).
+SERVICE_SCOPE = "withdrawals"
 
 
 def parse_idempotency_key(key: str) -> str:

@@ -14,12 +14,12 @@ from sqlalchemy import Connection, insert, select, update
 from custody.db import schema as t
 from custody.deposits.store import emit_events
 from custody.errors import CustodyError, FailedPrecondition, NotFound
-from custody.ledger.commands import Command, HoldPost, HoldVoid, Idempotency
+from custody.ledger.commands import SERVICE_SCOPE, Command, HoldPost, HoldVoid, Idempotency
 from custody.ledger.engine import AccountIds, apply_commands
 from custody.ledger.model import Posting
 from custody.withdrawals import model
 
-SCOPE = "withdrawals"  # idempotency scope of the ledger commands withdrawals issue themselves
+SCOPE = SERVICE_SCOPE  # idempotency scope of the ledger commands withdrawals issue themselves
 
 
 def now() -> datetime.datetime:

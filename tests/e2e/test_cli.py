@@ -1,4 +1,5 @@
 """The `custody` command as an operator runs it."""
+import datetime
 import pathlib
 import signal
 import socket
@@ -8,8 +9,13 @@ import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import update
 
+from custody import config as config_mod
 from custody.api.auth import token_digest
+from custody.app import Custody
+from custody.db import schema as t
+from custody.db.engine import write_transaction
 from custody.v1 import custody_pb2 as pb
 from custody.v1 import custody_pb2_grpc
 
@@ -112,3 +118,25 @@ def test_the_quick_start_demo_runs_and_checks_itself():
     assert "WITHDRAWAL_STATUS_APPROVED: approved by rita-reviewer" in result.stdout
     assert "-> CONFIRMING (scanner) -> COMPLETED (withdrawal-job)" in result.stdout
     assert "signer stopped" in result.stdout and "bitcoin stopped, ethereum stopped" in result.stdout
+
+
+def test_prune_keys_deletes_client_keys_past_the_window_and_refuses_less_than_a_day(tmp_path):
+    config = write_config(tmp_path / "custody.toml", free_port(), "sqlite:///custody.db")
+    assert run("db", "upgrade", "--config", str(config)).returncode == 0
+    app = Custody(config_mod.load(config))
+    try:
+        a, b = (str(app.create_account(name).account_id) for name in ("alice", "bob"))
+        app.adjust_balance("admin", "fund", a, "BTC", "100", True, "test funding")
+        app.transfer("exchange", "old", a, b, "BTC", "1")
+        with write_transaction(app.engine) as conn:
+            conn.execute(update(t.idempotency_keys).where(t.idempotency_keys.c.key == "old")
+                         .values(created_at=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)))
+    finally:
+        app.close()
+    refused = run("admin", "prune-keys", "--config", str(config), "--older-than", "0")
+    assert refused.returncode == 2 and "younger than 1 day are never pruned" in refused.stderr
+    pruned = run("admin", "prune-keys", "--config", str(config), "--older-than", "30")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "1 of 2 client idempotency keys were older than 30 days and are deleted" in pruned.stdout
+    again = run("admin", "prune-keys", "--config", str(config), "--older-than", "30")
+    assert "0 of 1 client idempotency keys" in again.stdout
