@@ -11,8 +11,11 @@ release, completion, fee and foreign-spend postings) are never pruned: they are
 retried after a crash, however late, and must find their first result.
 
 One pass walks the table in primary-key order, a step at a time, each step in
-its own short transaction, so writers wait at most one step. It needs no index
-on created_at: that index would cost every transfer one more write.
+its own short transaction. It needs no index on created_at: that index would
+cost every transfer one more write. On SQLite a step holds the database's only
+write lock, so the ledger's commits wait for it: steps are 1,000 keys there
+(about 20 ms each, against 170 ms for 10,000; 500,000 keys, half of them old,
+took 10.5 s), 10,000 on PostgreSQL (4.3 s for the same).
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from custody.db.engine import write_transaction
 from custody.ledger.commands import SERVICE_SCOPE
 
 MIN_AGE = datetime.timedelta(days=1)
-STEP = 10_000
+STEPS = {"sqlite": 1_000, "postgresql": 10_000}
 PROGRESS_EVERY_S = 2.0
 
 
@@ -40,11 +43,12 @@ class Pruned:
 
 
 def prune(engine: Engine, older_than: datetime.timedelta, *, now: datetime.datetime | None = None,
-          step: int = STEP, progress: Callable[[Pruned], None] | None = None) -> Pruned:
+          step: int | None = None, progress: Callable[[Pruned], None] | None = None) -> Pruned:
     """Deletes the client keys created before now - older_than; refuses less than MIN_AGE, which
     would forget keys that clients are still retrying."""
     if older_than < MIN_AGE:
         raise ValueError(f"keys younger than {MIN_AGE.days} day are never pruned: clients may still retry them")
+    step = step or STEPS[engine.dialect.name]
     cut = (now or datetime.datetime.now(datetime.timezone.utc)) - older_than
     keys = t.idempotency_keys.c
     done, after, reported = Pruned(), None, time.monotonic()
