@@ -23,6 +23,7 @@ from custody.errors import InvalidArgument, NotFound
 from custody.events.journal import EventNotifier, check_cursor
 from custody.ledger.commands import Idempotency, parse_idempotency_key
 from custody.ledger.model import parse_id
+from custody.ledger.writer import settle
 from custody.money import MAX_TOTAL, parse_amount
 from matching_stub.amounts import PPM
 from matching_stub.engine import (
@@ -204,10 +205,7 @@ class MatchingService:
                     result = CancelledOrder(self.get_order(result.order_id), result.replayed)
             except Exception as exc:
                 result = exc
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+            settle(future, result)  # a caller that stopped waiting must not stop this thread
 
 
 def parse_order_id(text: str) -> str:

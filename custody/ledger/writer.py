@@ -146,15 +146,23 @@ def resolve_futures(futures: list, results: list) -> None:
 def settle_on_loop(pairs) -> None:
     """Settles (future, result) pairs on the futures' own event loop's thread."""
     for future, result in pairs:
-        if not future.done():  # done: the call was cancelled
-            settle(future, result)
+        settle(future, result)
 
 
 def settle(future, result) -> None:
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
+    """Gives the caller its result, unless it stopped waiting: a gRPC call cancelled or past its
+    deadline cancels the future it awaits (asyncio.wrap_future), while the command is still
+    applied. Setting a cancelled future raises, which killed the writer's thread and left every
+    later caller waiting for ever. The caller learns the outcome by retrying with its key."""
+    if future.done():
+        return
+    try:
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+    except (concurrent.futures.InvalidStateError, asyncio.InvalidStateError):
+        pass  # cancelled from another thread between the check and the set
 
 
 def cut_groups(q: queue.SimpleQueue, max_group: int, wait_s: float = 0.0) -> Iterator[list]:
