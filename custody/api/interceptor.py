@@ -43,13 +43,16 @@ class CustodyInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, authenticator: Authenticator):
         self.authenticator = authenticator
-        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, details):
         method = details.method
-        if method not in self._wrapped:
-            self._wrapped[method] = self._wrap(method, await continuation(details))
-        return self._wrapped[method]
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrap(method, await continuation(details))
+            if wrapped is not None:  # only served methods: any caller can name any number of others
+                self._wrapped[method] = wrapped
+        return wrapped
 
     def _wrap(self, method: str, handler):
         if handler is None:

@@ -37,8 +37,9 @@ class Server:
         self.start_jobs = start_jobs
         self.app = app or Custody(config)
         self._owns_app = app is None
+        self.interceptor = CustodyInterceptor(Authenticator(config.clients))
         self.server = grpc.aio.server(
-            interceptors=[CustodyInterceptor(Authenticator(config.clients))],
+            interceptors=[self.interceptor],
             options=[("grpc.max_receive_message_length", 1 << 20)],
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )

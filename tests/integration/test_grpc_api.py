@@ -186,6 +186,18 @@ def test_missing_or_invalid_token_is_unauthenticated(clients):
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_unknown_methods_are_unimplemented_and_not_remembered(server, clients):
+    clients.custody.ListAssets(pb.ListAssetsRequest(), metadata=bearer("exchange"))
+    remembered = dict(server.server.interceptor._wrapped)
+    assert remembered, "served methods are wrapped once"
+    for i in range(50):
+        call = clients.channel.unary_unary(f"/custody.v1.CustodyService/Nothing{i}")
+        with pytest.raises(grpc.RpcError) as err:
+            call(b"", metadata=bearer("exchange"))
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert server.server.interceptor._wrapped == remembered, "a name anyone can make up takes no memory"
+
+
 @pytest.mark.parametrize("client", ["exchange", "reviewer", "nobody"])
 def test_adjust_balance_needs_the_admin_scope(clients, two, client):
     a, _ = two
