@@ -14,7 +14,7 @@ from custody.errors import InvalidArgument
 from custody.deposits import service as deposits
 from custody.deposits.model import Deposit
 from custody.deposits.scanner import Scanner
-from custody.events.journal import EventNotifier, read_after
+from custody.events.journal import EventNotifier, last_cursor, read_after
 from custody.ledger.commands import BatchResult, Command, Idempotency, parse_idempotency_key
 from custody.ledger.process_writer import ProcessLedgerWriter
 from custody.ledger.writer import LedgerWriter
@@ -218,6 +218,9 @@ class Custody:
     # -- events -------------------------------------------------------------
     def events_after(self, cursor: int, limit: int = 500):
         return read_after(self.engine, cursor, limit)
+
+    def last_event_cursor(self) -> int:
+        return last_cursor(self.engine)
 
 
 def _make_plugin(chain: config_mod.ChainConfig) -> ChainPlugin:

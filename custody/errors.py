@@ -33,6 +33,11 @@ class LimitExceeded(CustodyError):
     """A stored total would exceed what the ledger can represent exactly."""
 
 
+class OutOfRange(CustodyError):
+    """A cursor beyond the end of its journal: from another database, or from before a restore.
+    Waiting would not help: events committed later below it would never be sent."""
+
+
 class Unavailable(CustodyError):
     """A part the request needs is not answering; the request may be retried (with its idempotency key)."""
 

@@ -13,7 +13,7 @@ import queue
 import threading
 from typing import Callable
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from custody.accounts.service import parse_account_id
 from custody.config import Config, MarketConfig
@@ -158,6 +158,10 @@ class MatchingService:
             rows = conn.execute(select(md).where(md.c.market == m.name, md.c.cursor > cursor)
                                 .order_by(md.c.cursor).limit(limit)).all()
         return [MarketDataItem(r.cursor, r.market, r.type, r.payload, r.created_at) for r in rows]
+
+    def last_market_data_cursor(self) -> int:
+        with read_transaction(self.db) as conn:
+            return conn.execute(select(func.max(t.market_data.c.cursor))).scalar() or 0
 
     def markets(self) -> tuple[MarketConfig, ...]:
         return self.config.markets

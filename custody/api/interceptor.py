@@ -16,6 +16,7 @@ STATUS_FOR = (
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.IdempotencyConflict, grpc.StatusCode.ALREADY_EXISTS),
     (errors.LimitExceeded, grpc.StatusCode.OUT_OF_RANGE),
+    (errors.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
 )
 

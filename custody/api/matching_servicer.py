@@ -8,6 +8,7 @@ import json
 from custody.api.auth import current_client
 from custody.app import Custody
 from custody.errors import InvalidArgument
+from custody.events.journal import check_cursor, check_not_beyond
 from custody.v1 import matching_pb2 as pb
 from custody.v1 import matching_pb2_grpc
 
@@ -118,7 +119,8 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
 
     async def StreamMarketData(self, request, context):
         self.matching.config.market(request.market)  # unknown market: INVALID_ARGUMENT before streaming
-        cursor = request.after_cursor
+        cursor = check_cursor(request.after_cursor, "after_cursor")
+        check_not_beyond(cursor, await asyncio.to_thread(self.matching.last_market_data_cursor), "market data")
         notifier = self.matching.market_data_notifier
         wake = notifier.subscribe()
         try:

@@ -9,6 +9,7 @@ import structlog
 from custody.api.auth import current_client
 from custody.app import Custody
 from custody.errors import InvalidArgument
+from custody.events.journal import check_cursor, check_not_beyond
 from custody.money import format_amount
 from custody.v1 import backoffice_pb2, backoffice_pb2_grpc, custody_pb2, custody_pb2_grpc
 
@@ -53,7 +54,8 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
             for a in self.app.list_assets()])
 
     async def StreamEvents(self, request, context):
-        cursor = request.after_cursor
+        cursor = check_cursor(request.after_cursor, "after_cursor")
+        check_not_beyond(cursor, await asyncio.to_thread(self.app.last_event_cursor), "event")
         wake = self.app.notifier.subscribe()
         try:
             while True:

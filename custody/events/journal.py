@@ -9,7 +9,7 @@ from sqlalchemy import Engine, select
 
 from custody.db import schema as t
 from custody.db.engine import read_transaction
-from custody.errors import InvalidArgument
+from custody.errors import InvalidArgument, OutOfRange
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +38,20 @@ def read_after(engine: Engine, after_cursor: int, limit: int = 500) -> list[Even
             select(t.events).where(t.events.c.cursor > after_cursor).order_by(t.events.c.cursor).limit(limit)
         ).all()
     return [Event(r.cursor, r.type, r.payload, _iso(r.created_at)) for r in rows]
+
+
+def check_not_beyond(after_cursor: int, last_cursor: int, journal: str) -> None:
+    """A reader that starts past the end would wait for ever and miss what commits below its
+    cursor (the database was restored from a backup, or it is another database)."""
+    if after_cursor > last_cursor:
+        raise OutOfRange(f"after_cursor {after_cursor} is beyond the last {journal} cursor, {last_cursor}: "
+                         "it comes from another database or from before a restore; resume from a cursor "
+                         "you received from this one")
+
+
+def last_cursor(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(t.event_sequence.c.last_cursor)).scalar_one()
 
 
 def _iso(value) -> str:

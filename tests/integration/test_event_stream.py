@@ -64,3 +64,24 @@ def test_stream_needs_a_token(clients):
         raise AssertionError("stream without a token was served")
     except grpc.RpcError as err:
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_cursor_beyond_the_journal_is_refused_not_waited_on(app, clients):
+    """A cursor from another database or from before a restore: waiting on it would skip every
+    event that commits below it. The head itself is fine (a reader that has seen everything)."""
+    ids = setup_accounts(app, 2)
+    head = app.last_event_cursor()
+    assert head == 2
+    call = clients.custody.StreamEvents(pb.StreamEventsRequest(after_cursor=head + 1), metadata=bearer("exchange"),
+                                        timeout=10)
+    try:
+        next(call)
+        raise AssertionError("a cursor beyond the head was served")
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert "beyond the last event cursor, 2" in err.details()
+    at_head = clients.custody.StreamEvents(pb.StreamEventsRequest(after_cursor=head), metadata=bearer("exchange"),
+                                           timeout=30)
+    transfers(app, ids, 1, "after")
+    assert next(at_head).cursor == head + 1
+    at_head.cancel()

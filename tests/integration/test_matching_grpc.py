@@ -182,6 +182,19 @@ def test_market_data_stream_resumes_without_gaps_or_repeats(app, clients):
     assert not trades[0].buyer_account_id  # public market data carries no accounts
 
 
+def test_a_market_data_cursor_beyond_the_journal_is_refused(app, clients):
+    makers = accounts(app, 1, eth=10 * ETH, prefix="maker")
+    place(app, makers[0], "SELL", 100_000, ETH // 10, key="s")
+    head = app.matching.last_market_data_cursor()
+    assert head > 0
+    with pytest.raises(grpc.RpcError) as err:
+        read(clients, head + 1, 1)
+    assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert f"beyond the last market data cursor, {head}" in err.value.details()
+    place(app, makers[0], "SELL", 100_010, ETH // 10, key="s2")
+    assert read(clients, head, 1)[0].cursor == head + 1
+
+
 def test_a_book_snapshot_plus_the_updates_after_its_cursor_is_the_book(app, clients):
     makers = accounts(app, 3, eth=10 * ETH, prefix="maker")
     takers = accounts(app, 3, btc=BTC, prefix="taker")
