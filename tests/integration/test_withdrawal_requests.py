@@ -176,9 +176,12 @@ def test_four_eyes(wapp, wclients):
         approve(wclients, wapp, two.withdrawal_id, "alice", signature=approve_signature(wapp, one.withdrawal_id, "alice"))
     assert approve(wclients, wapp, one.withdrawal_id, "alice").status == S.WITHDRAWAL_STATUS_APPROVED
     assert approve(wclients, wapp, two.withdrawal_id, "alice").status == S.WITHDRAWAL_STATUS_PENDING_REVIEW
+    # Alice retries (her first reply was lost): the withdrawal as it is, her approval counted once.
+    assert approve(wclients, wapp, two.withdrawal_id, "alice").status == S.WITHDRAWAL_STATUS_PENDING_REVIEW
+    assert approve(wclients, wapp, one.withdrawal_id, "alice").status == S.WITHDRAWAL_STATUS_APPROVED
     with pytest.raises(grpc.RpcError) as err:
-        approve(wclients, wapp, two.withdrawal_id, "alice")
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "already approved" in err.value.details()
+        approve(wclients, wapp, two.withdrawal_id, "alice", signature=b"\0" * 64)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, "a retry's signature is checked too"
     items = wclients.backoffice.ListWithdrawals(backoffice_pb2.BackofficeServiceListWithdrawalsRequest(),
                                                 metadata=Clients.md("bob")).items
     facts = {i.withdrawal.withdrawal_id: i.facts for i in items}
@@ -193,6 +196,27 @@ def test_four_eyes(wapp, wclients):
     with pytest.raises(grpc.RpcError) as err:
         approve(wclients, wapp, own.withdrawal_id, "wallet-service", signature=b"x")
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_repeated_rejection_by_the_same_staff_member_answers_as_the_first(wapp, wclients):
+    acct = account(wapp, amount=15 * BTC)
+    w = request(wclients, acct, 2 * BTC, key="r")
+
+    def reject(staff, reason="not this one"):
+        return wclients.backoffice.RejectWithdrawal(backoffice_pb2.RejectWithdrawalRequest(
+            withdrawal_id=w.withdrawal_id, reason=reason), metadata=Clients.md(staff)).withdrawal
+
+    first = reject("alice")
+    assert first.status == S.WITHDRAWAL_STATUS_REJECTED
+    events = len(wapp.events_after(0, limit=10_000))
+    assert reject("alice") == first, "the retry changes nothing and answers the same"
+    assert len(wapp.events_after(0, limit=10_000)) == events
+    with pytest.raises(grpc.RpcError) as err:
+        reject("bob")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "is REJECTED" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        approve(wclients, wapp, w.withdrawal_id, "bob")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_each_review_item_carries_its_own_facts(wapp, wclients):
