@@ -179,12 +179,20 @@ class _Group:
         owners, all_exist = self._load_owners(commands, holds, named.values())
         # Holds that earlier commands of this group create under a caller-chosen
         # id: later commands may post to them, so their accounts are needed too.
-        created = {h.hold_id: {"account_id": h.account_id, "asset": h.asset}
-                   for c in commands for h in c.hold_creates if h.hold_id}
-        known_holds = {**created, **holds} if created else holds
+        created: dict[str, list[dict]] = {}
+        for c in commands:
+            for h in c.hold_creates:
+                if h.hold_id:
+                    created.setdefault(h.hold_id, []).append({"account_id": h.account_id, "asset": h.asset})
         keys: set[tuple[str, str]] = set()
         for c in commands:
-            _add_account_keys(c, known_holds, keys)
+            _add_account_keys(c, holds, keys)
+            # Which of several creators of one id gets it is known only when they run (the first
+            # that succeeds): the accounts of each are loaded.
+            for op in (*c.hold_posts, *c.hold_voids):
+                if op.hold_id not in holds:
+                    for creator in created.get(op.hold_id, ()):
+                        _add_account_keys(c, {op.hold_id: creator}, keys)
         if not all_exist:
             # Never create ledger accounts for custody accounts that do not exist;
             # the commands naming them fail with NotFound below.

@@ -10,7 +10,7 @@ from custody.db.engine import write_transaction
 from custody.errors import InvalidArgument, NotFound
 from custody.ledger.commands import BatchResult, Command, HoldCreate, HoldPost, HoldVoid
 from custody.ledger.engine import AccountIds, apply_commands
-from custody.ledger.model import FEES_REVENUE, new_id, user_available
+from custody.ledger.model import FEES_REVENUE, Posting, new_id, user_available
 
 
 @pytest.fixture
@@ -97,3 +97,22 @@ def test_a_taken_hold_id_is_refused(app, users):
     ])
     assert isinstance(in_group[0], BatchResult) and isinstance(in_group[1], InvalidArgument)
     assert balance(app, a) == (980, 20)
+
+
+@pytest.mark.parametrize("first_fails", [False, True])
+def test_one_id_created_twice_in_a_group_is_the_first_creator_that_succeeds(app, users, first_fails):
+    """Whichever creator gets the id, the later posts and the rest of the group go through."""
+    a, b = users
+    app.adjust_balance("admin", "fund-b", str(b), "ETH", "1000", True, "test funding")
+    hold = new_id()
+    results = run(app, [
+        Command(kind="order", actor="t", hold_creates=(HoldCreate(a, "BTC", 5000 if first_fails else 10, hold_id=hold),)),
+        Command(kind="order", actor="t", hold_creates=(HoldCreate(b, "ETH", 10, hold_id=hold),)),
+        Command(kind="fill", actor="t", hold_posts=(HoldPost(hold, ((FEES_REVENUE, 4),)),)),
+        Command(kind="transfer", actor="t", postings=(Posting("BTC", user_available(a), user_available(b), 1),)),
+    ])
+    assert [type(r).__name__ for r in results] == (
+        ["InsufficientFunds", "BatchResult", "BatchResult", "BatchResult"] if first_fails
+        else ["BatchResult", "InvalidArgument", "BatchResult", "BatchResult"])
+    row = hold_row(app, hold)
+    assert (row.account_id, row.asset, row.remaining) == ((b, "ETH", 6) if first_fails else (a, "BTC", 6))
