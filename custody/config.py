@@ -311,6 +311,11 @@ def _withdrawals(raw: dict) -> WithdrawalConfig:
             key = b""
         if not s.get("name") or len(key) != 32:
             raise ConfigError(f"{where}.staff[{i}]: name and ed25519_public_key (64 hex digits) are required")
+        if any(key == other.public_key or s["name"] == other.name for other in staff):
+            # One key under two names would let one person give both approvals of a four-eyes
+            # withdrawal; two keys under one name leave one of them never verifying.
+            raise ConfigError(f"{where}.staff[{i}] ({s['name']}): another staff entry has the same name or key; "
+                              "one entry per person")
         staff.append(StaffKeyConfig(s["name"], key))
     rule = raw.get("on_node_rejection", d.on_node_rejection)
     if rule not in ("fail", "requeue"):
