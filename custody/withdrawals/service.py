@@ -206,19 +206,18 @@ class Withdrawals:
             w = store.load(conn, withdrawal_id, for_update=True)
             a = t.withdrawal_approvals.c
             given = set(conn.execute(select(a.approver).where(a.withdrawal_id == w["id"])).scalars())
-            if staff in given or w["status"] == model.PENDING_REVIEW:
-                if staff == w["client"]:
-                    raise FailedPrecondition(f"{staff} requested withdrawal {withdrawal_id} and can't approve it")
-                try:
-                    Ed25519PublicKey.from_public_bytes(keys[staff]).verify(bytes(signature), self.approval_message(w))
-                except (InvalidSignature, ValueError):
-                    raise InvalidArgument("the approval signature does not verify for this withdrawal and "
-                                          f"{staff}'s key") from None
-            if staff in given:
-                # A retry (the first reply was lost): the approval stands once; the withdrawal as it is now.
-                return w
-            if w["status"] != model.PENDING_REVIEW:
+            if w["status"] != model.PENDING_REVIEW and staff not in given:
                 raise FailedPrecondition(f"withdrawal {withdrawal_id} is {w['status']}, not PENDING_REVIEW")
+            if staff == w["client"]:
+                raise FailedPrecondition(f"{staff} requested withdrawal {withdrawal_id} and can't approve it")
+            try:
+                Ed25519PublicKey.from_public_bytes(keys[staff]).verify(bytes(signature), self.approval_message(w))
+            except (InvalidSignature, ValueError):
+                raise InvalidArgument("the approval signature does not verify for this withdrawal and "
+                                      f"{staff}'s key") from None
+            if staff in given:
+                # A retry (the first reply was lost): the approval counts once; the withdrawal as it is now.
+                return w
             conn.execute(insert(t.withdrawal_approvals).values(
                 withdrawal_id=w["id"], approver=staff, signature=bytes(signature), created_at=store.now()))
             given.add(staff)
