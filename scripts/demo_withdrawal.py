@@ -172,10 +172,11 @@ def story(step, address: str, tokens: dict, miner, ann_id: str, database_url: st
     exchange = [("authorization", f"Bearer {tokens['exchange'][0]}")]
     rita = [("authorization", f"Bearer {tokens[REVIEWER][0]}")]
 
-    step("The hot wallet gets 0.5 BTC from the regtest miner (address 0/1 of its vpub); one block")
+    step("The hot wallet gets 0.5 BTC from the regtest miner (address 0/1 of its vpub); two blocks, the depth "
+         "at which the sender spends a coin (BTC's confirmations)")
     hot = ROOT_KEY.derive("m/84h/1h/1h/0/1").to_public().key.sec()
     miner.pay([(p2wpkh_address(hot, regtest)[1], 50_000_000)])
-    miner.mine(1)
+    miner.mine(2)
     time.sleep(1.0)  # the scanner (every 0.3 s) records the hot wallet's new coin
 
     step("RequestWithdrawal: Ann withdraws 0.3 BTC to an outside address")

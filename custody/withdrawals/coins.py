@@ -101,18 +101,25 @@ class CoinsMixin:
 
     def _spendable(self, conn, fee_rate: int) -> list[tuple[str, Coin]]:
         """(wallet, coin) of the unreserved, unspent, mature coins worth spending at fee_rate
-        (at least min_utxo and more than their own input's fee), hot wallet first, largest first."""
+        (at least min_utxo and more than their own input's fee), hot wallet first, largest first.
+
+        Only coins as deep as the native asset's confirmations: a shallower one may be taken
+        away by a reorg for good (the change of a batch attempt whose fee bump is mined in the
+        new branch instead, a deposit its sender double-spends), and a batch spending it could
+        then never be mined, its withdrawals stuck (the same depth makes deposits credited)."""
         from chains.bitcoin.psbt import INPUT_VSIZE
 
         u, r, a = t.utxos.c, t.utxo_reservations.c, t.chain_addresses.c
         view = (load_cursor(conn, CHAIN) or None)
         height = view.height if view else 0
+        deep_enough = height - self.config.asset("BTC").confirmations + 1  # the chain's native asset
         wallets = ["hot"] + (["deposit"] if self.rules.include_deposit_wallet else [])
         rows = conn.execute(
             select(u.txid, u.output_index, u.amount, u.wallet, a.watch_key, a.branch, a.key_index)
             .join(t.chain_addresses, a.id == u.address_id)
             .outerjoin(t.utxo_reservations, (r.chain == u.chain) & (r.txid == u.txid) & (r.output_index == u.output_index))
             .where(u.chain == CHAIN, u.wallet.in_(wallets), u.spent_txid.is_(None), r.batch_id.is_(None),
+                   u.block_height <= deep_enough,
                    u.amount >= max(self.rules.min_utxo, INPUT_VSIZE * fee_rate + 1),
                    (u.coinbase == False) | (u.block_height <= height - self.plugin.params.coinbase_maturity))  # noqa: E712
         ).all()

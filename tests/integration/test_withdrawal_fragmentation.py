@@ -35,7 +35,7 @@ def test_three_thousand_small_coins_are_merged_then_the_withdrawal_is_paid(db_ur
         hot = app.plugin("bitcoin").derive_address(HOT_XPUB, 1).watch_key
         for _ in range(COINS // 1_500):
             chain.pay(*[(hot, DUST)] * 1_500)
-        chain.mine(1)
+        chain.mine(2)  # as deep as the sender spends
         app.scanner("bitcoin").catch_up()
         acct = app.create_account("payer").account_id
         fund(app, acct, BTC)
@@ -94,7 +94,7 @@ def test_many_small_coins_are_merged_when_fees_are_low(db_url, chain, signer):
         app.scanner("bitcoin").catch_up()
         hot = app.plugin("bitcoin").derive_address(HOT_XPUB, 1).watch_key
         chain.pay(*[(hot, DUST)] * 350, *[(hot, DUST + 1)] * 50)
-        chain.mine(1)
+        chain.mine(2)  # as deep as the sender spends
         app.scanner("bitcoin").catch_up()
         s = sender(app, signer)
         s.tick()

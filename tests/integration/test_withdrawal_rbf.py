@@ -138,6 +138,35 @@ def test_b_the_original_leaves_the_mempool_and_the_replacement_confirms(btc, cha
     check_completed_once_with(btc, acct, wid, bumped, original, s, clock)
 
 
+def test_the_change_of_a_bumped_batch_is_spent_only_once_deep_enough(btc, chain, signer):
+    """The original confirms, one block deep; a reorg of that block then mines the bump instead, and
+    the original's change never exists. A batch built on that change at depth 1 could never be
+    mined and its withdrawals would be stuck; the sender waits for BTC's confirmations instead."""
+    fund_hot_wallet(btc, chain, BTC)  # one coin: the next withdrawal can only be paid from change
+    clock = Clock()
+    s, acct, wid, original, bumped, coins = stuck_then_bumped(btc, chain, signer, clock)
+    one_deep = chain.height() + 1
+    chain.mine(1)  # bcoin refused the bump: the original is mined
+    btc.scanner("bitcoin").catch_up()
+    second = btc.withdrawals.request("wallet-service", "second", str(acct), "BTC",
+                                     script_to_address(random_script(), REGTEST), "3000000")[0]["id"]
+    s.tick()
+    assert btc.withdrawals.get(second)[0]["status"] == "APPROVED", "the change is one block deep: not spent yet"
+    assert all(txid != original["txid"] for txid, _ in reserved(btc))
+    chain.miner.invalidate(one_deep)  # bcoin's invalidateblock also wipes the mempool
+    chain.mine(1)
+    btc.scanner("bitcoin").catch_up()
+    s.tick()  # the highest fee is sent again first: the bump
+    assert bumped["txid"] in mempool(chain)
+    confirm(btc, chain, s, blocks=4)
+    assert btc.withdrawals.get(wid)[0]["status"] == "COMPLETED" and btc.withdrawals.get(wid)[0]["txid"] == bumped["txid"]
+    paid = btc.withdrawals.get(second)[0]
+    assert paid["status"] == "COMPLETED", paid
+    spent = {(i.txid.hex(), i.vout) for i in Transaction.parse(attempts(btc)[-1]["raw"]).vin}
+    assert spent == {(bumped["txid"], 1)}, "paid from the bump's change"
+    assert available_held(btc, acct)[1] == 0
+
+
 def test_a_bump_counts_once_against_the_signers_24h_limit(btc, chain, tmp_path):
     """The signer allows 1.5 withdrawals' worth a day: counted twice, the bump would be refused."""
     from tests.support.withdrawals import refusals

@@ -74,7 +74,7 @@ def fund_hot_wallet(app, chain, *amounts):
     hot = app.plugin("bitcoin").derive_address(HOT_XPUB, 1)
     for amount in amounts:
         chain.pay((hot.watch_key, amount))
-    chain.mine(1)
+    chain.mine(app.config.asset("BTC").confirmations)  # as deep as the sender spends (coins.py)
     app.scanner("bitcoin").catch_up()
 
 
