@@ -162,6 +162,10 @@ class Scanner:
         while max_blocks is None or applied < max_blocks:
             tip = self.plugin.tip()
             self._refresh_watch()  # after the tip: every address issued before it is watched
+            if cursor.height > tip.height and self._node_behind(tip):
+                log.warning("node is behind the scan cursor on the same chain; waiting for it", chain=self.chain,
+                            cursor=cursor.height, node_tip=tip.height)
+                break
             if cursor.height >= tip.height and (cursor.height, cursor.hash) != (tip.height, tip.hash):
                 if cursor.height > tip.height or self.plugin.block_hash(cursor.height) != cursor.hash:
                     cursor = self._unwind(cursor, tip)
@@ -185,6 +189,14 @@ class Scanner:
             cursor = self._apply(cursor, linked)
             applied += len(linked)
         return RunResult(applied, reorgs, cursor.height, backfilled=backfilled)
+
+    def _node_behind(self, tip) -> bool:
+        """The node's tip is a block we applied: the node is behind on our chain (restarting,
+        syncing, a failover to another node), not on another branch, since a prefix of our chain
+        has less work and cannot be the best one. Unwinding to it would orphan and reverse
+        deposits still on chain and freeze their accounts."""
+        with read_transaction(self.engine) as conn:
+            return store.remembered_hash(conn, self.chain, tip.height) == tip.hash
 
     def _cursor(self) -> Cursor:
         with read_transaction(self.engine) as conn:

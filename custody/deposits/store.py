@@ -72,6 +72,12 @@ def recent_blocks(conn: Connection, chain: str, limit: int) -> list[tuple[int, s
     return [(r.height, r.hash) for r in rows]
 
 
+def remembered_hash(conn: Connection, chain: str, height: int) -> str | None:
+    """The hash of the applied block at height, if it is still remembered."""
+    b = t.scanned_blocks.c
+    return conn.execute(select(b.hash).where(b.chain == chain, b.height == height)).scalar()
+
+
 # -- watched addresses and outpoints -------------------------------------------------------------
 def addresses_after(conn: Connection, chain: str, after_id: int) -> list[tuple[int, bytes]]:
     rows = conn.execute(select(t.chain_addresses.c.id, t.chain_addresses.c.watch_key)
