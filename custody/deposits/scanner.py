@@ -186,9 +186,22 @@ class Scanner:
                     cursor = self._unwind(cursor, tip)
                     reorgs += 1
                 continue
+            if not self._on_best_chain(linked[-1]):
+                # Fetched ahead, then replaced by a reorg: applied, they would count confirmations on
+                # a branch the node has left, credit deposits and then reverse them and freeze the
+                # accounts. Their last block still on the best chain vouches for all of them.
+                log.warning("blocks fetched are no longer on the best chain; fetching again", chain=self.chain,
+                            heights=f"{linked[0].height}..{linked[-1].height}")
+                continue
             cursor = self._apply(cursor, linked)
             applied += len(linked)
         return RunResult(applied, reorgs, cursor.height, backfilled=backfilled)
+
+    def _on_best_chain(self, block: Block) -> bool:
+        try:
+            return self.plugin.block_hash(block.height) == block.hash
+        except BlockNotFound:
+            return False
 
     def _node_behind(self, tip) -> bool:
         """The node's tip is a block we applied: the node is behind on our chain (restarting,
