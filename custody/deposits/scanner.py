@@ -473,6 +473,9 @@ class Scanner:
                                 f"chain any more (reorg deeper than {self.config.max_reorg_depth}); halting")
         events: list[tuple[str, dict]] = []
         with self._recording() as conn:
+            # The cursor row first, as every transaction that acts on what the scanner recorded
+            # takes it first (the withdrawal sender's completion): no deadlock between the two.
+            self._check_cursor(conn, cursor)
             dropped = store.deposits_above(conn, self.chain, fork.height)
             reversals = []
             for d in dropped:

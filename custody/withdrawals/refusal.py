@@ -120,6 +120,9 @@ class RefusalMixin:
             return
 
         def work(conn):
+            view_now = self._spent_still(conn, batch_id, attempt["txid"], height)
+            if view_now is None or view_now - height + 1 < self.config.asset("BTC").confirmations:
+                return  # unwound meanwhile
             batch = self._batch(conn, batch_id)
             if batch["status"] != CANCELLING:
                 return

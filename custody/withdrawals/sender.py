@@ -300,7 +300,7 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
             (txid,) = spenders  # one block holds one spend of an outpoint; all our attempts spend them all
             height = max(s.spent_height for s in spends)
             if attempts[txid]["kind"] == PAYMENT:
-                return self._confirmed(batch_id, attempts[txid], height, cursor.height)
+                return self._confirmed(batch_id, attempts[txid], height)
             return self._cancel_confirmed(batch_id, attempts[txid], height, cursor.height)
         if batch["status"] == model.CONFIRMING:  # a reorg took its block away
             self._write(lambda conn: self._back_to_broadcast(conn, batch_id))
@@ -438,11 +438,30 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
                                 .order_by(u.txid, u.output_index)).all()
         return [Coin(x.txid, x.output_index, x.amount, bytes(x.watch_key), f"{x.branch}/{x.key_index}") for x in rows]
 
-    def _confirmed(self, batch_id: str, attempt: dict, height: int, view: int) -> None:
-        depth = view - height + 1
+    def _spent_still(self, conn, batch_id: str, txid: str, height: int) -> int | None:
+        """In the transaction that acts on a spend: the scan cursor's height if the batch's reserved
+        outpoints are still all spent by txid at height, else None (the scanner unwound that block
+        since follow read it). The cursor row is locked first, as the scanner locks it first, so an
+        unwind waits for this transaction instead of slipping in before its commit."""
+        cursor = load_cursor(conn, CHAIN, for_update=True)
+        r, u = t.utxo_reservations.c, t.utxos.c
+        spends = conn.execute(select(u.spent_txid, u.spent_height).select_from(t.utxo_reservations)
+                              .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
+                              .where(r.batch_id == batch_id)).all()
+        if cursor is None or not spends or any(s.spent_txid != txid for s in spends):
+            return None
+        if max(s.spent_height for s in spends) != height:
+            return None
+        return cursor.height
+
+    def _confirmed(self, batch_id: str, attempt: dict, height: int) -> None:
         confirmations = self.config.asset("BTC").confirmations  # the chain's native asset
 
         def work(conn):
+            view_now = self._spent_still(conn, batch_id, attempt["txid"], height)
+            if view_now is None:
+                return  # unwound meanwhile: the next pass sees it again, or sends it again
+            depth = view_now - height + 1
             batch = self._batch(conn, batch_id)
             members = self._members(conn, batch_id)
             if batch["status"] in (model.SIGNED, model.BROADCAST, CANCELLING):

@@ -169,6 +169,31 @@ def _wait_until_waiting_or_done(engine, thread: threading.Thread) -> None:
         time.sleep(0.02)
 
 
+def test_completion_rechecks_a_spend_the_scanner_unwound_after_the_sender_read_it(btc, chain, signer):
+    """follow() reads the spend and the cursor, then completes in its own transaction. A reorg the
+    scanner unwinds in between must not let the withdrawal complete on the stale read."""
+    fund_hot_wallet(btc, chain, 3 * BTC)
+    acct = str(btc.create_account("payer").account_id)
+    fund(btc, acct, 5 * BTC)
+    wid = btc.withdrawals.request("wallet-service", "k", acct, "BTC", script_to_address(random_script(), REGTEST),
+                                  "1000000")[0]["id"]
+    s = sender(btc, signer)
+    s.tick()
+    (attempt,) = attempts(btc)
+    mined_at = chain.height() + 1
+    chain.mine(2)
+    btc.scanner("bitcoin").catch_up()
+    _, _, spends, _ = s._state(attempt["batch_id"])  # what follow() read: spent at mined_at, 2 deep
+    assert {sp.spent_height for sp in spends} == {mined_at}
+    chain.reorg(mined_at, 3)  # bcoin drops the transaction with the blocks
+    btc.scanner("bitcoin").catch_up()
+    s._confirmed(attempt["batch_id"], attempt, mined_at)  # acting on the stale read
+    assert btc.withdrawals.get(wid)[0]["status"] == "BROADCAST", "not completed on a spend that is gone"
+    s.tick()  # sent again
+    confirm(btc, chain, s)
+    assert btc.withdrawals.get(wid)[0]["status"] == "COMPLETED"
+
+
 def test_a_batch_of_twenty_in_one_transaction(btc, chain, signer):
     tx = run_batch(btc, chain, signer, 20)
     assert len(tx.vin) == 1
