@@ -3,7 +3,8 @@ it does, sign with a cold keystore, write the signed file. No network.
 
 The human is the policy here: the signer's limits are for the hot keys. What
 is still enforced: the payload decodes completely, Bitcoin inputs carry their
-UTXOs (so the fee shown is the real fee), change is shown as ours only if it
+UTXOs (the fee shown is computed from their stated amounts; docs/signer.md says
+what the operator must check), change is shown as ours only if it
 re-derives from the cold wallet, and Ethereum transactions must carry the
 chain id the operator named.
 """

@@ -1,6 +1,8 @@
 """The rules a payload must pass before the signer signs it.
 
 Checked in this order, the first failing rule refuses (Refused.rule names it):
+  inputs               - each Bitcoin input is claimed with the amount and script it was signed
+                         with before, if it was (hsm/replacements.py: CVE-2020-14199)
   asset                - every asset moved has a policy entry in signer.toml
   deny_list            - no destination is on the deny list (internal or not)
   allow_list           - if an allow list is configured, every external destination is on it
@@ -34,6 +36,7 @@ class Outflow(dict):
 
     spend_key: str | None = None
     replaces: bool = False
+    inputs: tuple = ()  # the input claims to remember once signed
 
 
 class Policy:
@@ -46,6 +49,12 @@ class Policy:
               payload: bytes = b"") -> Outflow:
         """Raises Refused, or returns the external amount per asset (to record once signed)."""
         cfg = self.config
+        if self.counted is not None:
+            for outpoint, amount, script, before, script_before in self.counted.claimed_otherwise(tx.inputs):
+                raise Refused("inputs", f"input {outpoint} was signed before as {before} sats to script "
+                                        f"{script_before.hex()}; this request says {amount} sats to {script.hex()}: "
+                                        "signatures made under two amounts for one input combine into a "
+                                        "transaction paying a fee neither request showed")
         external: dict[str, int] = collections.defaultdict(int)
         policies = {}
         for t in tx.transfers:
@@ -71,6 +80,7 @@ class Policy:
                 raise Refused("max_per_transaction", f"{amount} {asset} is above the maximum "
                                                      f"{policies[asset].max_per_transaction} per transaction")
         outflow = Outflow(external)
+        outflow.inputs = tx.inputs
         if self.counted is not None and payload:
             outflow.spend_key = spend_key(tx, payload)
             outflow.replaces = outflow.spend_key is not None and self.counted.counted_since(
@@ -103,13 +113,15 @@ class Policy:
             pool.remove(match)  # one approved withdrawal pays one output, never two
 
     def record(self, external: dict[str, int], now_s: float, payload_sha256: str) -> None:
-        if getattr(external, "replaces", False):
-            return  # a replacement of a spend counted within the window: the same money, counted once
-        for asset, amount in external.items():
-            self.limits.record(asset, amount, now_s, payload_sha256)
-        key = getattr(external, "spend_key", None)
-        if key is not None and self.counted is not None:
-            self.counted.add(key, now_s)
+        # A replacement of a spend counted within the window is the same money: counted once.
+        replaces = getattr(external, "replaces", False)
+        if not replaces:
+            for asset, amount in external.items():
+                self.limits.record(asset, amount, now_s, payload_sha256)
+        key = None if replaces else getattr(external, "spend_key", None)
+        inputs = getattr(external, "inputs", ())
+        if self.counted is not None and (key is not None or inputs):
+            self.counted.add(key, now_s, inputs)
 
     def close(self) -> None:
         if self.counted is not None:

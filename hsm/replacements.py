@@ -9,6 +9,15 @@ else (another input, another payee or amount) is a new spend and counts.
 Kept in SQLite next to the limits so a restart of the signer changes nothing.
 Bitcoin only: an Ethereum replacement (same nonce) still counts each time,
 which errs on the side of refusing.
+
+The same database remembers the amount and script each signed Bitcoin input
+was claimed with (its PSBT witness_utxo). A segwit v0 signature commits to the
+amount of its own input only, so two requests for one transaction that each
+understate a different input would each show a small fee, yet their signatures
+combine into a valid transaction paying the difference to miners
+(CVE-2020-14199). Every valid signature needs the input's true amount, so such
+a pair always claims two amounts for one outpoint: a claim that differs from
+the one signed before is refused (Policy, rule "inputs").
 """
 from __future__ import annotations
 
@@ -62,6 +71,8 @@ class CountedSpends:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.execute("CREATE TABLE IF NOT EXISTS counted_spends (spend_key TEXT PRIMARY KEY, at_s REAL NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS signed_inputs "
+                         "(outpoint TEXT PRIMARY KEY, amount INTEGER NOT NULL, script BLOB NOT NULL)")
         self._lock = threading.Lock()
 
     def counted_since(self, key: str, since_s: float) -> bool:
@@ -69,9 +80,33 @@ class CountedSpends:
             row = self._db.execute("SELECT at_s FROM counted_spends WHERE spend_key = ?", (key,)).fetchone()
         return row is not None and row[0] > since_s
 
-    def add(self, key: str, at_s: float) -> None:
+    def claimed_otherwise(self, inputs) -> list[tuple[str, int, bytes, int, bytes]]:
+        """(outpoint, amount, script, amount signed before, script signed before) of each input
+        whose claim differs from the one signed before."""
+        claims = {outpoint: (amount, script) for outpoint, amount, script in inputs}
+        if not claims:
+            return []
+        marks = ",".join("?" * len(claims))
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO counted_spends (spend_key, at_s) VALUES (?, ?)", (key, at_s))
+            rows = self._db.execute(f"SELECT outpoint, amount, script FROM signed_inputs WHERE outpoint IN ({marks})",
+                                    list(claims)).fetchall()
+        return [(outpoint, *claims[outpoint], amount, bytes(script)) for outpoint, amount, script in rows
+                if claims[outpoint] != (amount, bytes(script))]
+
+    def add(self, key: str | None, at_s: float, inputs=()) -> None:
+        """Records a signed spend's key (None: counted before) and its inputs' claims, in one commit."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if key is not None:
+                    self._db.execute("INSERT OR REPLACE INTO counted_spends (spend_key, at_s) VALUES (?, ?)",
+                                     (key, at_s))
+                self._db.executemany("INSERT OR IGNORE INTO signed_inputs (outpoint, amount, script) VALUES (?, ?, ?)",
+                                     inputs)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         self._db.close()

@@ -25,6 +25,8 @@ class Explained:
     fee_asset: str
     # Chain-specific state for signing (the parsed PSBT, the RLP fields, the keys).
     detail: object = None
+    # Bitcoin: (outpoint "txid:vout", amount, script) of each input, as the payload claims them.
+    inputs: tuple = ()
 
 
 class Signed(typing.NamedTuple):

@@ -32,6 +32,13 @@ def txid(tx) -> str:
     return out[::-1].hex()
 
 
+def input_outpoint(tx, index: int) -> str:
+    """"txid:vout" of input index."""
+    out = bytearray(32)
+    c.tx_get_input_txhash(tx, index, out)
+    return f"{out[::-1].hex()}:{c.tx_get_input_index(tx, index)}"
+
+
 def output_script(tx, index: int) -> bytes:
     out = bytearray(c.tx_get_output_script_len(tx, index))
     c.tx_get_output_script(tx, index, out)

@@ -133,7 +133,7 @@ class BitcoinDecoder:
         if not n_in or not n_out:
             raise Refused("decode", "a PSBT needs at least one input and one output")
         signers = self._signing_keys(keys)
-        plan, total_in = [], 0
+        plan, claims, total_in = [], [], 0
         for i in range(n_in):
             utxo = c.psbt_get_input_witness_utxo_alloc(psbt, i)
             if utxo is None:
@@ -152,6 +152,7 @@ class BitcoinDecoder:
                 raise Refused("keys", f"input {i} is not spendable by any of the keys given")
             amount = c.tx_output_get_satoshi(utxo)
             plan.append((*signer, script, amount))
+            claims.append((_wally.input_outpoint(tx, i), amount, script))
             total_in += amount
         transfers, total_out = [], 0
         for j in range(n_out):
@@ -167,7 +168,7 @@ class BitcoinDecoder:
         fee = total_in - total_out
         if fee < 0:
             raise Refused("decode", f"outputs ({total_out} sats) exceed inputs ({total_in} sats)")
-        return Explained("bitcoin", transfers, fee, self.asset, (psbt, tx, plan))
+        return Explained("bitcoin", transfers, fee, self.asset, (psbt, tx, plan), tuple(claims))
 
     def sign(self, explained: Explained) -> Signed:
         psbt, tx, plan = explained.detail

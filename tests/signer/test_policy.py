@@ -131,6 +131,34 @@ def test_rolling_limits_survive_a_restart(make_signer, keystore):
     assert (out.signed, out.refused_rule) == (False, "rolling_24h")
 
 
+def _two_inputs(keystore, a_amount: int, b_amount: int) -> bytes:
+    """Coins A and B of ours (1 BTC each in truth) paying 0.1 BTC out and 0.9 BTC change."""
+    ours = S.hot_script(keystore)
+    change_pub = keystore.public_key(S.HOT, S.HOT_CHANGE_PATH)
+    fp = bytes.fromhex(keystore.fingerprint(S.HOT))
+    outs = [(S.foreign_script("miner-friend"), S.BTC // 10), (S.p2wpkh_script(change_pub), S.BTC - S.BTC // 10)]
+    return S.make_psbt([("aa" * 32, 0, a_amount, ours), ("bb" * 32, 0, b_amount, ours)], outs,
+                       change={1: (change_pub, fp, S.HOT_CHANGE_PATH)})
+
+
+def test_an_input_claimed_with_another_amount_than_it_was_signed_with_is_refused(make_signer, keystore):
+    """CVE-2020-14199: each request understates the other coin, so each shows a 1,000 sat fee; their
+    signatures would combine into one transaction paying 1 BTC to miners. The second is refused,
+    also after a restart; the same claims again (a retry, a fee bump) are still signed."""
+    signer = make_signer()
+    first = btc(signer, _two_inputs(keystore, S.BTC, 1_000))
+    assert first.signed and first.fee == 1_000
+    assert btc(signer, _two_inputs(keystore, S.BTC, 1_000)).signed, "the same claims again"
+    second = btc(signer, _two_inputs(keystore, 1_000, S.BTC))
+    assert (second.signed, second.refused_rule) == (False, "inputs")
+    assert f"{'aa' * 32}:0 was signed before as {S.BTC} sats" in second.refused_reason
+    signer.audit.close()
+    signer.limits.close()
+    signer.policy.close()
+    restarted = make_signer()
+    assert btc(restarted, _two_inputs(keystore, 1_000, S.BTC)).refused_rule == "inputs"
+
+
 def test_refused_payment_does_not_use_up_the_daily_allowance(make_signer, keystore):
     signer = make_signer()
     assert btc(signer, S.simple_psbt(keystore, S.BTC, fee=200_000)).refused_rule == "max_fee"
