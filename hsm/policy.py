@@ -13,7 +13,9 @@ Checked in this order, the first failing rule refuses (Refused.rule names it):
                          outputs: a fee bump) counts once (hsm/replacements.py)
   approvals            - each external output above approval_above is covered by a quorum of distinct
                          staff approvals: of this whole payload, or of one withdrawal whose destination,
-                         amount and asset are that output's (one withdrawal covers one output)
+                         amount and asset are that output's (one withdrawal covers one output); a
+                         Bitcoin transaction paying a withdrawal paid before must spend every coin the
+                         first one spent (a fee bump does), so at most one of them can confirm
 Internal destinations (our change, configured internal wallets) are always
 allowed and don't count toward the amount limits: moving coins between the
 exchange's own wallets can't lose them. The fee is limited by max_fee only.
@@ -37,6 +39,7 @@ class Outflow(dict):
     spend_key: str | None = None
     replaces: bool = False
     inputs: tuple = ()  # the input claims to remember once signed
+    paid_first: tuple = ()  # approved withdrawals this transaction is the first to pay
 
 
 class Policy:
@@ -92,15 +95,33 @@ class Policy:
                                              f"the maximum {policies[asset].max_per_24h}")
         needs = [t for t in tx.transfers if not t.internal and t.amount > policies[t.asset].approval_above]
         if needs:
-            self._check_approvals(tx, needs, approvals, withdrawals, digest)
+            used = self._check_approvals(tx, needs, approvals, withdrawals, digest)
+            outflow.paid_first = self._paid_once(tx, used)
         return outflow
 
-    def _check_approvals(self, tx: Explained, needs, approvals, withdrawals, digest: bytes) -> None:
+    def _paid_once(self, tx: Explained, withdrawal_ids: list[str]) -> tuple[str, ...]:
+        """Refuses a payment of a withdrawal paid before by coins this one does not all spend: both
+        could confirm. Returns the withdrawals paid here for the first time."""
+        if self.counted is None or not tx.inputs:
+            return ()  # Ethereum: not tracked here yet (docs/signer.md)
+        spending = {outpoint for outpoint, _, _ in tx.inputs}
+        before = self.counted.first_spends(withdrawal_ids)
+        for withdrawal_id, coins in before.items():
+            if not coins <= spending:
+                raise Refused("approvals", f"withdrawal {withdrawal_id} was paid before by a transaction spending "
+                                           f"{', '.join(sorted(coins - spending))}, which this one does not spend: "
+                                           "both could confirm and pay it twice; a new payment needs a new withdrawal")
+        return tuple(w for w in withdrawal_ids if w not in before)
+
+    def _check_approvals(self, tx: Explained, needs, approvals, withdrawals, digest: bytes) -> list[str]:
         cfg = self.config
+        """Returns the ids of the withdrawals whose approvals cover the outputs (none when the whole
+        payload is approved)."""
         valid, rejected = count_valid(approvals, cfg.staff, tx.chain, digest)
         if len(valid) >= cfg.approval_quorum:
-            return  # the whole payload is approved
+            return []  # the whole payload is approved
         pool, short = approved_withdrawals(withdrawals, cfg.staff, tx.chain, cfg.approval_quorum)
+        used = []
         for t in needs:
             match = next((w for w in pool if w.asset == t.asset and w.amount == t.amount
                           and normalise_address(tx.chain, w.to_address) == t.destination), None)
@@ -111,6 +132,8 @@ class Policy:
                                            f"payload ({len(valid)} valid) or of a withdrawal of exactly this "
                                            f"destination and amount" + (f"; {detail}" if detail else ""))
             pool.remove(match)  # one approved withdrawal pays one output, never two
+            used.append(match.withdrawal_id)
+        return used
 
     def record(self, external: dict[str, int], now_s: float, payload_sha256: str) -> None:
         # A replacement of a spend counted within the window is the same money: counted once.
@@ -121,7 +144,7 @@ class Policy:
         key = None if replaces else getattr(external, "spend_key", None)
         inputs = getattr(external, "inputs", ())
         if self.counted is not None and (key is not None or inputs):
-            self.counted.add(key, now_s, inputs)
+            self.counted.add(key, now_s, inputs, getattr(external, "paid_first", ()))
 
     def close(self) -> None:
         if self.counted is not None:

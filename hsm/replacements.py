@@ -1,4 +1,5 @@
-"""Which spends the rolling 24-hour limit has already counted, so a fee bump counts once.
+"""What the signer remembers of what it signed: which spends the rolling 24-hour limit has already
+counted (so a fee bump counts once), the amounts inputs were signed with, the coins that paid a withdrawal.
 
 A replacement (RBF) spends exactly the same inputs as the transaction it
 replaces, so at most one of them can ever confirm: when it also pays exactly
@@ -18,6 +19,11 @@ combine into a valid transaction paying the difference to miners
 (CVE-2020-14199). Every valid signature needs the input's true amount, so such
 a pair always claims two amounts for one outpoint: a claim that differs from
 the one signed before is refused (Policy, rule "inputs").
+
+And it remembers which coins first paid each approved withdrawal: a later
+transaction using that withdrawal's approvals must spend all of them (a fee
+bump does), so any two payments of one withdrawal conflict and at most one
+can confirm (Policy, rule "approvals").
 """
 from __future__ import annotations
 
@@ -73,6 +79,8 @@ class CountedSpends:
         self._db.execute("CREATE TABLE IF NOT EXISTS counted_spends (spend_key TEXT PRIMARY KEY, at_s REAL NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS signed_inputs "
                          "(outpoint TEXT PRIMARY KEY, amount INTEGER NOT NULL, script BLOB NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS withdrawal_first_spends "
+                         "(withdrawal_id TEXT NOT NULL, outpoint TEXT NOT NULL, PRIMARY KEY (withdrawal_id, outpoint))")
         self._lock = threading.Lock()
 
     def counted_since(self, key: str, since_s: float) -> bool:
@@ -93,8 +101,23 @@ class CountedSpends:
         return [(outpoint, *claims[outpoint], amount, bytes(script)) for outpoint, amount, script in rows
                 if claims[outpoint] != (amount, bytes(script))]
 
-    def add(self, key: str | None, at_s: float, inputs=()) -> None:
-        """Records a signed spend's key (None: counted before) and its inputs' claims, in one commit."""
+    def first_spends(self, withdrawal_ids) -> dict[str, set[str]]:
+        """withdrawal id -> the outpoints of the first transaction signed for it, for those paid before."""
+        ids = list(withdrawal_ids)
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        out: dict[str, set[str]] = {}
+        with self._lock:
+            for withdrawal_id, outpoint in self._db.execute(
+                    f"SELECT withdrawal_id, outpoint FROM withdrawal_first_spends WHERE withdrawal_id IN ({marks})",
+                    ids):
+                out.setdefault(withdrawal_id, set()).add(outpoint)
+        return out
+
+    def add(self, key: str | None, at_s: float, inputs=(), paid_first=()) -> None:
+        """Records a signed spend's key (None: counted before), its inputs' claims and, for the
+        withdrawals it is the first to pay (paid_first), its inputs: in one commit."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -103,6 +126,8 @@ class CountedSpends:
                                      (key, at_s))
                 self._db.executemany("INSERT OR IGNORE INTO signed_inputs (outpoint, amount, script) VALUES (?, ?, ?)",
                                      inputs)
+                self._db.executemany("INSERT OR IGNORE INTO withdrawal_first_spends (withdrawal_id, outpoint) "
+                                     "VALUES (?, ?)", [(w, i[0]) for w in paid_first for i in inputs])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -90,3 +90,25 @@ def test_whole_payload_approvals_still_approve(signer, keystore):
     payload = S.simple_psbt(keystore, S.BTC, to=TO)
     approvals = [sign_approval(S.STAFF[n], n, "bitcoin", payload) for n in ("alice", "bob")]
     assert signer.sign("bitcoin", payload, HOT_KEY, approvals).signed
+
+
+def test_an_approved_withdrawal_is_paid_by_one_set_of_coins_only(make_signer, keystore):
+    """A compromised core sends the same approved withdrawal again with other coins: both payments
+    could confirm. Refused, also after a restart; a fee bump (the same coins) is still signed."""
+    signer = make_signer()
+    w1 = withdrawal("w1", S.BTC, ADDRESS, "alice", "bob")
+    first = sign(signer, S.simple_psbt(keystore, S.BTC, to=TO, input_txid="aa" * 32), [w1])
+    assert first.signed, first.refused_reason
+    bump = sign(signer, S.simple_psbt(keystore, S.BTC, to=TO, input_txid="aa" * 32, fee=5_000), [w1])
+    assert bump.signed and bump.txid != first.txid, bump.refused_reason
+    again = sign(signer, S.simple_psbt(keystore, S.BTC, to=TO, input_txid="bb" * 32), [w1])
+    assert (again.signed, again.refused_rule) == (False, "approvals")
+    assert "withdrawal w1 was paid before by a transaction spending" in again.refused_reason
+    other = sign(signer, S.simple_psbt(keystore, S.BTC, to=TO, input_txid="cc" * 32),
+                 [withdrawal("w2", S.BTC, ADDRESS, "alice", "bob")])
+    assert other.signed, "another withdrawal to the same address is its own payment"
+    signer.audit.close()
+    signer.policy.close()
+    restarted = make_signer()
+    assert sign(restarted, S.simple_psbt(keystore, S.BTC, to=TO, input_txid="dd" * 32), [w1]).refused_rule == \
+        "approvals"
