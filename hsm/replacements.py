@@ -36,6 +36,7 @@ import threading
 from embit.transaction import TransactionInput
 
 from hsm.decode import Explained
+from hsm.signed_inputs import SignedInputs
 
 
 def spend_key(tx: Explained, payload: bytes) -> str | None:
@@ -82,6 +83,7 @@ class CountedSpends:
         self._db.execute("CREATE TABLE IF NOT EXISTS withdrawal_first_spends "
                          "(withdrawal_id TEXT NOT NULL, outpoint TEXT NOT NULL, PRIMARY KEY (withdrawal_id, outpoint))")
         self._lock = threading.Lock()
+        self._inputs = SignedInputs(self._db)
 
     def counted_since(self, key: str, since_s: float) -> bool:
         with self._lock:
@@ -91,15 +93,13 @@ class CountedSpends:
     def claimed_otherwise(self, inputs) -> list[tuple[str, int, bytes, int, bytes]]:
         """(outpoint, amount, script, amount signed before, script signed before) of each input
         whose claim differs from the one signed before."""
-        claims = {outpoint: (amount, script) for outpoint, amount, script in inputs}
-        if not claims:
-            return []
-        marks = ",".join("?" * len(claims))
+        differ = []
         with self._lock:
-            rows = self._db.execute(f"SELECT outpoint, amount, script FROM signed_inputs WHERE outpoint IN ({marks})",
-                                    list(claims)).fetchall()
-        return [(outpoint, *claims[outpoint], amount, bytes(script)) for outpoint, amount, script in rows
-                if claims[outpoint] != (amount, bytes(script))]
+            for outpoint, amount, script in inputs:
+                before = self._inputs.claim(outpoint)
+                if before is not None and before != (amount, script):
+                    differ.append((outpoint, amount, script, *before))
+        return differ
 
     def first_spends(self, withdrawal_ids) -> dict[str, set[str]]:
         """withdrawal id -> the outpoints of the first transaction signed for it, for those paid before."""
@@ -132,6 +132,7 @@ class CountedSpends:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            self._inputs.signed(inputs)
 
     def close(self) -> None:
         self._db.close()
