@@ -30,16 +30,20 @@ class Order:
       fee_value     sum of quantity x price x fee ppm over its fills
       quote_filled  quote base units paid (a buy, before fees) or received (a sell, before fees)
       fee           quote base units charged as fees
+      held_fee_ppm  the fee rate its hold was sized with (the market's higher rate when it was
+                    placed; None until Matcher.place sets it). A buy's hold, and the most
+                    any of its fills is charged, follow this rate, not the market's current one
+                    (a sell records it too; its hold and fees do not depend on it).
       hold_remaining  what its ledger hold still holds (quote for a buy, base for a sell);
                       the hold is open exactly while this is above zero."""
 
     __slots__ = ("id", "account_id", "market", "side", "type", "time_in_force", "post_only", "price", "quantity",
                  "remaining", "sequence", "status", "reason", "filled", "fill_value", "fee_value", "quote_filled",
-                 "fee", "hold_id", "hold_remaining", "client", "client_key", "request_hash", "created_at")
+                 "fee", "held_fee_ppm", "hold_id", "hold_remaining", "client", "client_key", "request_hash", "created_at")
 
     def __init__(self, id, account_id, market, side, price, quantity, *, type="LIMIT", time_in_force="GTC",
                  post_only=False, sequence=0, hold_id=None, client=None, client_key=None, request_hash=None,
-                 created_at=None):
+                 created_at=None, held_fee_ppm=None):
         self.id = id
         self.account_id = account_id
         self.market = market
@@ -58,6 +62,7 @@ class Order:
         self.fee_value = 0
         self.quote_filled = 0
         self.fee = 0
+        self.held_fee_ppm = held_fee_ppm
         self.hold_id = hold_id
         self.hold_remaining = 0
         self.client = client

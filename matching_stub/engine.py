@@ -131,7 +131,21 @@ class MatchingEngine:
         self.epoch = conn.execute(update(me).where(me.c.id == 1).values(epoch=me.c.epoch + 1)
                                   .returning(me.c.epoch)).scalar_one()
         self.load(conn)
+        self._store_held_fee_rates(conn)
         return True
+
+    def _store_held_fee_rates(self, conn: Connection) -> None:
+        """Stores on the open orders written before migration 0014 (held_fee_ppm NULL) the
+        rate load() found their holds sized with (the market's current higher rate), so that
+        the market's rates may be changed while they rest, as for every newer order."""
+        by_rate: dict[int, list[str]] = {}
+        for order in self.unrecorded_fee_rates:
+            by_rate.setdefault(order.held_fee_ppm, []).append(order.id)
+        o = t.orders
+        for rate, ids in by_rate.items():
+            conn.execute(update(o).where(in_values(conn, o.c.id, ids), o.c.held_fee_ppm.is_(None))
+                         .values(held_fee_ppm=rate))
+        self.unrecorded_fee_rates = []
 
     # -- recovery -------------------------------------------------------------------
     def load(self, conn: Connection | None = None) -> None:
@@ -146,6 +160,8 @@ class MatchingEngine:
         # Frozen accounts whose resting orders were cancelled: none are known in a fresh
         # load, so the next group looks again (one indexed query, and only if any is frozen).
         self.frozen_swept: set[int] = set()
+        # Open orders written before migration 0014, given the market's current rate (see below).
+        self.unrecorded_fee_rates: list[Order] = []
         self.books = {name: Book(name) for name in self.markets}
         self.matchers = {name: Matcher(m, self.books[name], DictFunds()) for name, m in self.markets.items()}
         o, h = t.orders, t.ledger_holds
@@ -165,6 +181,12 @@ class MatchingEngine:
             if r.market not in self.books:
                 raise RecoveryError(f"open order {r.id} is in market {r.market}, which is not configured")
             order = _order_from_row(r)
+            if order.held_fee_ppm is None:
+                # Written before migration 0014, which stored no rate: sized with the market's
+                # current higher rate unless the rates were changed while it rested (then the
+                # check below fails, as it did before: put the old rates back to start).
+                order.held_fee_ppm = amounts.held_fee_ppm(self.markets[r.market])
+                self.unrecorded_fee_rates.append(order)
             order.hold_remaining = r.hold_remaining if r.hold_status == "OPEN" else 0
             expected = self._still_held(order)
             if order.hold_remaining != expected:
@@ -180,7 +202,7 @@ class MatchingEngine:
         if order.side != BUY:
             return order.remaining
         return amounts.buy_still_needed(market, order.fill_value, order.fee_value, order.quote_filled, order.fee,
-                                        order.remaining, order.price)
+                                        order.remaining, order.price, order.held_fee_ppm)
 
     # -- the committed view, for readers on other threads ------------------------
     def order_book(self, market: str, depth: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
@@ -567,7 +589,8 @@ def _levels(book: Book) -> dict[str, dict[int, int]]:
 def _order_from_row(r) -> Order:
     order = Order(r.id, r.account_id, r.market, r.side, r.price, r.quantity, type=r.type,
                   time_in_force=r.time_in_force, post_only=bool(r.post_only), sequence=r.sequence, hold_id=r.hold_id,
-                  client=r.client, client_key=r.client_key, request_hash=r.request_hash, created_at=r.created_at)
+                  client=r.client, client_key=r.client_key, request_hash=r.request_hash, created_at=r.created_at,
+                  held_fee_ppm=r.held_fee_ppm)
     order.remaining = r.quantity - r.filled_quantity
     order.filled = r.filled_quantity
     order.status, order.reason = r.status, r.reason

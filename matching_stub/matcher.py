@@ -133,9 +133,12 @@ class Matcher:
         if order.post_only and crosses:
             raise FailedPrecondition(
                 f"post-only order would match the resting order at {best.price}; nothing was placed")
+        held_ppm = order.held_fee_ppm
+        if held_ppm is None:  # a new order: its hold is sized at the market's current higher rate, kept on it
+            held_ppm = order.held_fee_ppm = self.held_fee_ppm
         if buying:  # amounts.buy_hold, inlined: this runs for every order
             value = order.quantity * order.price
-            asset, amount = self.quote, -(-value // self.unit) + -(-(value * self.held_fee_ppm) // self.fee_unit)
+            asset, amount = self.quote, -(-value // self.unit) + -(-(value * held_ppm) // self.fee_unit)
         else:
             asset, amount = self.base, order.quantity
         self.funds.take(order.account_id, asset, amount)  # the only check that may still refuse it
@@ -216,12 +219,18 @@ class Matcher:
     def _settle(self, taker: Order, maker: Order, quantity: int, price: int) -> Fill:
         """The amounts of one fill (see amounts.py); updates both orders and the funds.
 
-        This runs once per fill, so amounts.buy_still_needed is inlined and the
-        funds dict is updated in place rather than through calls."""
+        This runs once per fill, so amounts.buy_still_needed and
+        amounts.charged_fee_ppm are inlined and the funds dict is updated in
+        place rather than through calls. The buy's hold is re-sized at its own
+        held_fee_ppm, and its fee rate is capped there: a rate raised since it
+        was placed never makes it need more than it holds."""
         if taker.side == BUY:
             buy, sell, buy_ppm, sell_ppm = taker, maker, self.taker_ppm, self.maker_ppm
         else:
             buy, sell, buy_ppm, sell_ppm = maker, taker, self.maker_ppm, self.taker_ppm
+        held_ppm = buy.held_fee_ppm
+        if buy_ppm > held_ppm:
+            buy_ppm = held_ppm
         value = quantity * price
         unit, fee_unit = self.unit, self.fee_unit
 
@@ -234,7 +243,7 @@ class Matcher:
         rest = (buy.remaining - quantity) * buy.price  # remaining is reduced by the caller after this
         # With nothing left to buy both ceilings below equal paid and fee: skip the divisions.
         still_needed = (-(-(fill_value + rest) // unit) - paid
-                        + -(-(fee_value + rest * self.held_fee_ppm) // fee_unit) - fee) if rest else 0
+                        + -(-(fee_value + rest * held_ppm) // fee_unit) - fee) if rest else 0
         refund = buy.hold_remaining - buyer_paid - buyer_fee - still_needed
         buy.fill_value, buy.quote_filled, buy.fee_value, buy.fee = fill_value, paid, fee_value, fee
         buy.filled += quantity

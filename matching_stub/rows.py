@@ -20,8 +20,8 @@ from matching_stub.book import Order
 
 ORDER_COLUMNS = (
     "id", "market", "account_id", "side", "type", "time_in_force", "post_only", "price", "quantity",
-    "filled_quantity", "status", "reason", "fill_value", "fee_value", "quote_filled", "fee", "hold_id",
-    "sequence", "client", "client_key", "request_hash", "created_at", "updated_at",
+    "filled_quantity", "status", "reason", "fill_value", "fee_value", "quote_filled", "fee", "held_fee_ppm",
+    "hold_id", "sequence", "client", "client_key", "request_hash", "created_at", "updated_at",
 )
 TRADE_COLUMNS = (
     "id", "market", "price", "quantity", "taker_order_id", "maker_order_id", "taker_side", "buyer_account_id",
@@ -35,7 +35,7 @@ CANCEL_KEY_COLUMNS = ("client", "client_key", "order_id", "created_at")
 def insert_orders(conn: Connection, orders: list[Order], now: datetime.datetime) -> None:
     insert_rows(conn, t.orders, ORDER_COLUMNS, [
         (o.id, o.market, o.account_id, o.side, o.type, o.time_in_force, o.post_only, o.price, o.quantity,
-         o.filled, o.status, o.reason, o.fill_value, o.fee_value, o.quote_filled, o.fee, o.hold_id,
+         o.filled, o.status, o.reason, o.fill_value, o.fee_value, o.quote_filled, o.fee, o.held_fee_ppm, o.hold_id,
          o.sequence, o.client, o.client_key, o.request_hash, o.created_at, now)
         for o in orders])
 

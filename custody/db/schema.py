@@ -282,6 +282,12 @@ orders = Table(
     Column("fee_value", Amount, nullable=False),  # sum of quantity x price x fee ppm
     Column("quote_filled", Amount, nullable=False),  # quote paid (buy) or received (sell), before fees
     Column("fee", Amount, nullable=False),  # quote charged as fees
+    # The fee rate (ppm) the order's hold was sized with: the market's higher rate when it was
+    # placed. A buy's hold and its later fees follow it, not the rates in force since (a buy is
+    # charged at most this rate); a sell's are not affected (recorded all the same). NULL: written
+    # before migration 0014, read as the market's current higher rate (and then stored,
+    # matching_stub/engine.py).
+    Column("held_fee_ppm", Integer, nullable=True),
     Column("hold_id", String(32), ForeignKey("ledger_holds.id"), nullable=False),
     # Time priority within the market: the order rests behind every lower sequence.
     Column("sequence", BigInteger, nullable=False),

@@ -1,11 +1,14 @@
 """Helpers for matching tests: funded accounts, orders, balances in the ETH/BTC test market."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 from sqlalchemy import select
 
+from custody.config import Config
 from custody.db import schema as t
+from tests.support.config import make_config
 
 ETH = 10**18  # wei
 MARKET = "ETH/BTC"
@@ -54,3 +57,11 @@ def open_holds(app) -> int:
 def order_count(app) -> int:
     with app.engine.connect() as conn:
         return len(conn.execute(select(t.orders.c.id)).all())
+
+
+def config_with_fees(db_url: str, maker_fee_ppm: int, taker_fee_ppm: int, **server) -> Config:
+    """The test config (tests/support/config.py) with the ETH/BTC market's fee rates changed."""
+    config = make_config(db_url, **server)
+    markets = tuple(dataclasses.replace(m, maker_fee_ppm=maker_fee_ppm, taker_fee_ppm=taker_fee_ppm)
+                    if m.name == MARKET else m for m in config.markets)
+    return dataclasses.replace(config, markets=markets)
