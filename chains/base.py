@@ -225,6 +225,11 @@ class ChainPlugin(abc.ABC):
     def watch_key(self, address: str) -> bytes:
         """The bytes `fetch_block` matches for a (validated) address."""
 
+    def smallest_payment(self, address: str) -> int:
+        """The least amount a transaction may pay a (validated) address and still be relayed
+        (Bitcoin: the dust limit of its script); 0 where the chain has none."""
+        return 0
+
     # -- the chain ----------------------------------------------------------------
     @abc.abstractmethod
     def tip(self) -> BlockRef:

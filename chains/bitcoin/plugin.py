@@ -96,6 +96,9 @@ class BitcoinChain(ChainPlugin):
     def watch_key(self, address: str) -> bytes:
         return addresses.parse_address(address, self.network)[1]
 
+    def smallest_payment(self, address: str) -> int:
+        return psbt.dust_limit(self.watch_key(address))
+
     def address_of(self, watch_key: bytes) -> str | None:
         return addresses.script_to_address(watch_key, self.network)
 

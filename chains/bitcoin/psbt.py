@@ -20,6 +20,18 @@ from chains.bitcoin.params import BitcoinNetwork
 INPUT_VSIZE = 68
 OVERHEAD_VSIZE = 11
 DUST = 546
+DUST_RELAY_FEE_RATE = 3  # sat/vB: Bitcoin Core's -dustrelayfee default
+
+
+def dust_limit(script: bytes) -> int:
+    """The smallest output to script that Bitcoin Core relays: what spending it would cost at
+    the dust relay fee rate (its GetDustThreshold; no library we use exposes it): p2wpkh 294,
+    p2wsh and p2tr 330, p2sh 540, p2pkh 546 sats."""
+    output = 8 + 1 + len(script)  # amount, script length, script
+    witness_program = 4 <= len(script) <= 42 and (script[0] == 0 or 0x51 <= script[0] <= 0x60) \
+        and script[1] == len(script) - 2
+    spend = 32 + 4 + 1 + 107 // 4 + 4 if witness_program else 32 + 4 + 1 + 107 + 4
+    return (output + spend) * DUST_RELAY_FEE_RATE
 # Opt in to replacement (BIP125) so a stuck transaction can be fee-bumped.
 RBF_SEQUENCE = 0xFFFFFFFD
 # The master fingerprint is unknown to the core (it holds no private keys):

@@ -80,6 +80,10 @@ class Withdrawals:
             raise InvalidArgument(f"amount {value} is below the minimum withdrawal of {asset_cfg.min_withdrawal}")
         if value > asset_cfg.max_withdrawal:
             raise InvalidArgument(f"amount {value} is above the maximum withdrawal of {asset_cfg.max_withdrawal}")
+        if value < (dust := plugin.smallest_payment(address)):
+            # One such output makes the whole batch's transaction non-standard: nodes refuse it.
+            raise InvalidArgument(f"amount {value} is below {dust}, the least the network relays a payment "
+                                  f"to {address} of")
         request_hash = hashlib.sha256(json.dumps(
             {"account": account, "asset": asset, "to": address, "amount": value},
             sort_keys=True).encode()).hexdigest()

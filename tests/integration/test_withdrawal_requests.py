@@ -5,6 +5,7 @@ import grpc
 import pytest
 
 from custody.app import Custody
+from custody.errors import InvalidArgument
 from custody.v1 import backoffice_pb2, custody_pb2
 from tests.support.bitcoin import random_script
 from tests.support.paging import every_page
@@ -311,3 +312,29 @@ def test_withdrawal_lists_come_in_pages(wapp, wclients):
         with pytest.raises(grpc.RpcError) as err:
             call(req, metadata=reviewer if call != wclients.custody.ListWithdrawals else wallet)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+
+
+def test_a_payment_below_the_dust_limit_of_its_address_is_refused(db_url):
+    """One output below its script's dust limit makes the batch's transaction non-standard: Bitcoin
+    Core refuses it (bcoin is laxer), and with it every withdrawal of the batch."""
+    import dataclasses
+
+    from chains.bitcoin.addresses import script_to_address
+    from chains.bitcoin.params import network
+
+    config = withdrawal_config(db_url)
+    low = dataclasses.replace(config.asset("BTC"), min_withdrawal=1)
+    app = Custody(dataclasses.replace(config, assets=tuple(low if a.asset == "BTC" else a for a in config.assets)))
+    try:
+        acct = account(app)
+        regtest = network("regtest")
+        p2wpkh = script_to_address(bytes([0, 20]) + bytes(20), regtest)
+        p2pkh = script_to_address(b"\x76\xa9\x14" + bytes(20) + b"\x88\xac", regtest)
+        for address, dust in ((p2wpkh, 294), (p2pkh, 546)):
+            with pytest.raises(InvalidArgument, match=f"below {dust}, the least the network relays"):
+                app.withdrawals.request("wallet-service", f"k{dust}", acct, "BTC", address, str(dust - 1))
+            assert balances(app, acct) == (5 * BTC, 0)
+        created = app.withdrawals.request("wallet-service", "ok", acct, "BTC", p2wpkh, "294")[0]
+        assert created["amount"] == 294
+    finally:
+        app.close()

@@ -43,3 +43,17 @@ def test_bump_refuses_to_leave_dust_change():
     unsigned, _ = built(1, coin_value=10_000 + 1_500)
     with pytest.raises(NodeError, match="dust"):
         psbt.bump(unsigned.payload, 50)
+
+
+def test_dust_limits_are_bitcoin_cores():
+    from chains.bitcoin.psbt import dust_limit
+
+    scripts = {
+        "p2wpkh": (bytes([0, 20]) + bytes(20), 294),
+        "p2wsh": (bytes([0, 32]) + bytes(32), 330),
+        "p2tr": (bytes([0x51, 32]) + bytes(32), 330),
+        "p2sh": (bytes([0xA9, 0x14]) + bytes(20) + bytes([0x87]), 540),
+        "p2pkh": (bytes([0x76, 0xA9, 0x14]) + bytes(20) + bytes([0x88, 0xAC]), 546),
+    }
+    assert {kind: dust_limit(script) for kind, (script, _) in scripts.items()} == \
+        {kind: limit for kind, (_, limit) in scripts.items()}
