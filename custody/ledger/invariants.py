@@ -103,8 +103,12 @@ def check(engine: Engine, progress: Callable[[str], None] | None = None, progres
                                             f"transfer in batch {batch_id} ({asset}) touches account {side} of another asset"))
         open_holds: dict[tuple[int, str], int] = collections.defaultdict(int)
         h = t.ledger_holds.c
-        holds = conn.execution_options(yield_per=10_000).execute(select(h.id, h.account_id, h.asset, h.remaining, h.status))
-        for hold_id, account_id, asset, remaining, status in holds:  # every order has one: stream them too
+        holds = conn.execution_options(yield_per=10_000).execute(
+            select(h.id, h.account_id, h.asset, h.amount, h.remaining, h.status))
+        for hold_id, account_id, asset, amount, remaining, status in holds:  # every order has one: stream them too
+            if not 0 <= remaining <= amount:
+                # The held balance may still add up, yet a post of this hold would move funds backing another.
+                findings.append(Finding("3", "violation", f"hold {hold_id} has {remaining} remaining of {amount}"))
             if status == "OPEN":
                 open_holds[(account_id, asset)] += remaining
             elif remaining != 0:

@@ -86,6 +86,20 @@ def test_held_balance_not_matching_holds_is_found(app, funded):
     assert any("open holds sum to 49" in m for m in findings(app, "3"))
 
 
+def test_a_hold_with_more_remaining_than_its_amount_or_less_than_zero_is_found(app, funded):
+    """Two holds whose remainders still add up to the held balance: one above its amount, one below zero."""
+    a, _ = funded
+    app.writer.execute(Command(kind="hold", actor="t", hold_creates=(HoldCreate(a, "BTC", 30),)))
+    with app.engine.begin() as conn:
+        first, second = conn.execute(select(t.ledger_holds.c.id).order_by(t.ledger_holds.c.created_at,
+                                                                         t.ledger_holds.c.id)).scalars().all()
+        conn.execute(update(t.ledger_holds).where(t.ledger_holds.c.id == first).values(remaining=100))
+        conn.execute(update(t.ledger_holds).where(t.ledger_holds.c.id == second).values(remaining=-20))
+    found = findings(app, "3")
+    assert f"hold {first} has 100 remaining of 50" in found and f"hold {second} has -20 remaining of 30" in found
+    assert not any("open holds sum" in m for m in found), "the held balance itself still adds up"
+
+
 def test_event_gap_is_found(app, funded):
     with app.engine.begin() as conn:
         conn.execute(delete(t.events).where(t.events.c.cursor == 2))
