@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(run=_admin_check)
     prune = admin_sub.add_parser("prune-keys", help="forget client idempotency keys older than the retry window")
     prune.add_argument("--config", required=True)
-    prune.add_argument("--older-than", required=True, type=int, metavar="DAYS",
-                       help="keys created more than DAYS days ago (at least 1): a retry with one is a new request")
+    prune.add_argument("--older-than", required=True, type=_days, metavar="DAYS",
+                       help="keys created more than DAYS days ago (1 to 36,500): a retry with one is a new request")
     prune.set_defaults(run=_admin_prune_keys)
     pins = admin_sub.add_parser("config", help="the pinned chain and asset config (FAILURE_MODES 34)")
     pins_sub = pins.add_subparsers(dest="config_command", required=True)
@@ -139,6 +139,13 @@ def _admin_check(args) -> int:
         engine.dispose()
     print(report.render())
     return 0 if report.ok else 1
+
+
+def _days(text: str) -> int:
+    days = int(text)
+    if not 0 <= days <= 36_500:  # a century: beyond it the date arithmetic overflows
+        raise argparse.ArgumentTypeError(f"{days} is not from 0 to 36,500 days")
+    return days
 
 
 def _admin_prune_keys(args) -> int:

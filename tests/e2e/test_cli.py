@@ -135,6 +135,9 @@ def test_prune_keys_deletes_client_keys_past_the_window_and_refuses_less_than_a_
         app.close()
     refused = run("admin", "prune-keys", "--config", str(config), "--older-than", "0")
     assert refused.returncode == 2 and "younger than 1 day are never pruned" in refused.stderr
+    for days in ("1000000000", "-1", "ten"):
+        out_of_range = run("admin", "prune-keys", "--config", str(config), "--older-than", days)
+        assert out_of_range.returncode == 2 and "Traceback" not in out_of_range.stderr, out_of_range.stderr
     pruned = run("admin", "prune-keys", "--config", str(config), "--older-than", "30")
     assert pruned.returncode == 0, pruned.stderr
     assert "1 of 2 client idempotency keys were older than 30 days and are deleted" in pruned.stdout
