@@ -112,6 +112,16 @@ class Withdrawals:
                 raise NotFound(f"account {account} does not exist")
             if owner.frozen:
                 raise AccountFrozen(f"account {account} is frozen: {owner.frozen_reason or 'no reason given'}")
+            a = t.chain_addresses.c
+            ours = conn.execute(select(a.wallet, a.account_id).where(
+                a.chain == asset_cfg.chain, a.address == address)).first()
+            if ours is not None:
+                # Paying ourselves on chain would be credited as a deposit (or kept, for a hot or cold
+                # address) while the resolve path reads such an output as our own: a twin of the batch
+                # would look as if it paid nobody, and the hold would be released (FAILURE_MODES 13).
+                whose = f"account {ours.account_id}'s deposit" if ours.account_id else f"the {ours.wallet} wallet's"
+                raise InvalidArgument(f"to_address {address} is {whose} address at this exchange: move funds "
+                                      "between accounts with Transfer, not on chain")
             w = t.withdrawals.c
             since = store.now() - model.DAY
             recent = conn.execute(select(w.amount).where(

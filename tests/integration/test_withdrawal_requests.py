@@ -5,9 +5,10 @@ import grpc
 import pytest
 
 from custody.app import Custody
+from custody.deposits.service import ensure_wallet_addresses
 from custody.errors import InvalidArgument
 from custody.v1 import backoffice_pb2, custody_pb2
-from tests.support.bitcoin import random_script
+from tests.support.bitcoin import HOT_XPUB, random_script
 from tests.support.paging import every_page
 from tests.support.servers import Clients, ServerThread
 from tests.support.signer import address_for
@@ -338,3 +339,17 @@ def test_a_payment_below_the_dust_limit_of_its_address_is_refused(db_url):
         assert created["amount"] == 294
     finally:
         app.close()
+
+
+def test_a_withdrawal_to_one_of_our_own_addresses_is_refused(wapp):
+    """On chain to ourselves would be credited as a deposit while the resolve path reads the output as
+    our own: internal moves go through Transfer."""
+    payer, payee = account(wapp), account(wapp, "user-2", amount=0)
+    deposit = wapp.deposit_address(payee, "bitcoin")[1]
+    hot = wapp.plugin("bitcoin").derive_address(HOT_XPUB, 1).address
+    ensure_wallet_addresses(wapp.engine, wapp.plugin("bitcoin"), "bitcoin", "hot", HOT_XPUB, 2)
+    for address, whose in ((deposit, f"account {payee}'s deposit"), (hot, "the hot wallet's")):
+        with pytest.raises(InvalidArgument, match=f"is {whose} address at this exchange"):
+            wapp.withdrawals.request("wallet-service", f"k-{address}", payer, "BTC", address, str(BTC // 10))
+    assert balances(wapp, payer) == (5 * BTC, 0)
+    assert wapp.withdrawals.list_for_account(payer) == ([], "")
