@@ -169,6 +169,10 @@ class RefusalMixin:
                 return False
             self._set_batch(conn, batch_id, status=NEEDS_STAFF, reason=reason)
             members = self._members(conn, batch_id)
+            # Its own payment is in no block now (something else spent its inputs): a member still
+            # CONFIRMING goes back, or staff could never fail it (CONFIRMING leads only to COMPLETED).
+            members = [store.move(conn, self.ids, m, model.BROADCAST, "withdrawal-job", "its block left the best "
+                                  "chain")[0] if m["status"] == model.CONFIRMING else m for m in members]
             events = [store.record(conn, m, m["status"], "withdrawal-job", f"held for staff: {reason}")
                       for m in members]
             # A cancelled batch's withdrawals have left it (failed or requeued): found by their history.

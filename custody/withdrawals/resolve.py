@@ -114,6 +114,8 @@ def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str
         elif none_paid:
             why = f"resolved by {staff}: {txid} paid none of its withdrawals ({reason})"
             for m in members:
+                if m["status"] == model.CONFIRMING:  # held for staff before that step back existed
+                    m, _ = _to(conn, withdrawals, m, model.BROADCAST, staff, why)
                 store.move(conn, withdrawals.ids, m, model.FAILED, staff, why, batch_id=None)
             lost = sum(c["amount"] for c in coins if c["spent_txid"] == txid) - kept
             if lost > 0:
