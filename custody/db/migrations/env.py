@@ -1,23 +1,54 @@
 """Alembic environment: the URL comes from custody's own config (see custody.db.migrate)."""
+import contextlib
+import time
+
 from alembic import context
 
 from custody.db.engine import make_engine
 from custody.db.schema import metadata
 
 
+# Any constant: two `custody db upgrade` (or two instances' `custody serve`, which migrates at
+# start) at once on one PostgreSQL database take turns on it. Without it both read the same
+# revision and ran the same migration, each dropping the other's indexes (SQLite's BEGIN
+# IMMEDIATE already makes them take turns).
+MIGRATION_LOCK = 0x637573746F6479  # "custody"
+
+
 def run_migrations_online() -> None:
     url = context.config.get_main_option("sqlalchemy.url")
     engine = make_engine(url)
-    with engine.connect().execution_options(custody_write=True) as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
-            compare_type=True,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-    engine.dispose()
+    try:
+        with _turn(engine):
+            with engine.connect().execution_options(custody_write=True) as connection:
+                context.configure(
+                    connection=connection,
+                    target_metadata=metadata,
+                    render_as_batch=connection.dialect.name == "sqlite",
+                    compare_type=True,
+                )
+                with context.begin_transaction():
+                    context.run_migrations()
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _turn(engine):
+    """Holds the migration lock on PostgreSQL, on a session of its own that is never inside a
+    transaction: asked for again every 0.2 s rather than waited on in a statement, since CREATE
+    INDEX CONCURRENTLY waits for every statement older than itself, and a statement waiting for
+    the lock its own session holds would be a deadlock."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock:
+        while not lock.exec_driver_sql(f"SELECT pg_try_advisory_lock({MIGRATION_LOCK})").scalar():
+            time.sleep(0.2)
+        try:
+            yield
+        finally:
+            lock.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
 
 
 if context.is_offline_mode():

@@ -50,17 +50,24 @@ def _rebuild_concurrently(indexes, add: bool) -> None:
     """On PostgreSQL the indexes are built without taking the lock that blocks writes: on a
     live exchange deposits and withdrawals go on being recorded while a large table is
     indexed. Each new index is built under a temporary name before the old one is dropped,
-    so the queries always have one. CONCURRENTLY cannot run inside a transaction; an index
-    left invalid by an interrupted run is dropped when the migration runs again."""
+    so the queries always have one. CONCURRENTLY cannot run inside a transaction, so a run may
+    be interrupted between any two steps; running the migration again finishes the job: a
+    valid new index whose old one is gone is only renamed, anything else is built again."""
     with op.get_context().autocommit_block():
         for name, table, columns in indexes:
+            state = dict(op.get_bind().exec_driver_sql(
+                "SELECT c.relname, i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+                f"WHERE c.relname IN ('{name}', '{name}_new')").all())
+            if state.get(f"{name}_new") and name not in state:
+                op.execute(f"ALTER INDEX {name}_new RENAME TO {name}")
+                continue
             op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}_new")
             op.create_index(f"{name}_new", table, columns, postgresql_concurrently=True)
-            op.drop_index(name, table_name=table, postgresql_concurrently=True)
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
             op.execute(f"ALTER INDEX {name}_new RENAME TO {name}")
         if add:
             op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_withdrawals_account_id")
             op.create_index('ix_withdrawals_account_id', 'withdrawals', ['account_id', 'id'],
                             postgresql_concurrently=True)
         else:
-            op.drop_index('ix_withdrawals_account_id', table_name='withdrawals', postgresql_concurrently=True)
+            op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_withdrawals_account_id")
