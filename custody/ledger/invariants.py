@@ -165,6 +165,16 @@ def _check_events(conn, batches: int) -> list[Finding]:
     ).scalar_one()
     if ledger_events != batches:
         out.append(Finding("events", "violation", f"{batches} ledger batches but {ledger_events} ledger events"))
+    # Equal counts are not enough: each batch must name its own ledger event.
+    b, e = t.ledger_batches.c, t.events.c
+    own = exists().where(e.cursor == b.event_cursor, e.type.like("ledger.%"))
+    unmatched, example = conn.execute(select(func.count(), func.min(b.id)).where(~own)).one()
+    if unmatched:
+        out.append(Finding("events", "violation",
+                           f"{unmatched} ledger batches name no ledger event of theirs (e.g. batch {example})"))
+    distinct = conn.execute(select(func.count(func.distinct(b.event_cursor)))).scalar_one()
+    if distinct != batches:
+        out.append(Finding("events", "violation", f"{batches - distinct} ledger batches share an event cursor"))
     return out
 
 

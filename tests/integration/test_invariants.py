@@ -100,6 +100,22 @@ def test_a_hold_with_more_remaining_than_its_amount_or_less_than_zero_is_found(a
     assert not any("open holds sum" in m for m in found), "the held balance itself still adds up"
 
 
+def test_two_batches_naming_one_event_are_found_though_the_counts_agree(app, funded):
+    with app.engine.begin() as conn:
+        first, second = conn.execute(select(t.ledger_batches.c.id, t.ledger_batches.c.event_cursor)
+                                     .order_by(t.ledger_batches.c.event_cursor).limit(2)).all()
+        conn.execute(update(t.ledger_batches).where(t.ledger_batches.c.id == second.id)
+                     .values(event_cursor=first.event_cursor))
+    assert "1 ledger batches share an event cursor" in findings(app, "events")
+
+
+def test_a_batch_naming_an_event_that_is_not_its_own_is_found(app, funded):
+    with app.engine.begin() as conn:
+        batch = conn.execute(select(t.ledger_batches.c.id).limit(1)).scalar_one()
+        conn.execute(update(t.ledger_batches).where(t.ledger_batches.c.id == batch).values(event_cursor=10_000))
+    assert any(f"name no ledger event of theirs (e.g. batch {batch})" in m for m in findings(app, "events"))
+
+
 def test_event_gap_is_found(app, funded):
     with app.engine.begin() as conn:
         conn.execute(delete(t.events).where(t.events.c.cursor == 2))
