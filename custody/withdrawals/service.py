@@ -104,7 +104,11 @@ class Withdrawals:
             again = replay(conn)
             if again:
                 return again, False
-            q = select(t.accounts.c.frozen, t.accounts.c.frozen_reason).where(t.accounts.c.id == account)
+            a = t.chain_addresses.c
+            # Whether the destination is one of our own addresses, in the same round trip.
+            ours = select(a.id).where(a.chain == asset_cfg.chain, a.address == address).scalar_subquery()
+            q = select(t.accounts.c.frozen, t.accounts.c.frozen_reason, ours.label("own_address")).where(
+                t.accounts.c.id == account)
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update()  # one request per account at a time: the daily limit can't be raced
             owner = conn.execute(q).first()
@@ -112,10 +116,8 @@ class Withdrawals:
                 raise NotFound(f"account {account} does not exist")
             if owner.frozen:
                 raise AccountFrozen(f"account {account} is frozen: {owner.frozen_reason or 'no reason given'}")
-            a = t.chain_addresses.c
-            ours = conn.execute(select(a.wallet, a.account_id).where(
-                a.chain == asset_cfg.chain, a.address == address)).first()
-            if ours is not None:
+            if owner.own_address is not None:
+                ours = conn.execute(select(a.wallet, a.account_id).where(a.id == owner.own_address)).one()
                 # Paying ourselves on chain would be credited as a deposit (or kept, for a hot or cold
                 # address) while the resolve path reads such an output as our own: a twin of the batch
                 # would look as if it paid nobody, and the hold would be released (FAILURE_MODES 13).
