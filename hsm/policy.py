@@ -85,7 +85,7 @@ class Policy:
         outflow = Outflow(external)
         outflow.inputs = tx.inputs
         if self.counted is not None and payload:
-            outflow.spend_key = spend_key(tx, payload)
+            outflow.spend_key = spend_key(tx)
             outflow.replaces = outflow.spend_key is not None and self.counted.counted_since(
                 outflow.spend_key, now_s - WINDOW_S)
         for asset, amount in ({} if outflow.replaces else external).items():

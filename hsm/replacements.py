@@ -28,48 +28,23 @@ can confirm (Policy, rule "approvals").
 from __future__ import annotations
 
 import hashlib
-import io
 import pathlib
 import sqlite3
 import threading
-
-from embit.transaction import TransactionInput
 
 from hsm.decode import Explained
 from hsm.signed_inputs import SignedInputs
 
 
-def spend_key(tx: Explained, payload: bytes) -> str | None:
-    """The key of tx's spend, or None when it has no inputs to compare (Ethereum)."""
+def spend_key(tx: Explained) -> str | None:
+    """The key of tx's spend, or None when it has no inputs to compare (Ethereum). The inputs are
+    the ones the decoder read from the transaction it signs (Explained.inputs)."""
     if tx.chain != "bitcoin":
         return None
-    inputs = sorted(_bitcoin_inputs(payload))
+    inputs = sorted((txid, int(vout)) for txid, vout in (outpoint.split(":") for outpoint, _, _ in tx.inputs))
     paid = sorted((t.destination, t.asset, t.amount) for t in tx.transfers if not t.internal)
     text = repr((tx.chain, inputs, paid)).encode()
     return hashlib.sha256(text).hexdigest()
-
-
-def _bitcoin_inputs(payload: bytes) -> list[tuple[str, int]]:
-    """The outpoints of a PSBT's unsigned transaction. Fast path: read only the inputs when the
-    first global entry is the unsigned transaction (key 0x00, as every writer puts it); else
-    parse the whole PSBT with embit."""
-    from embit.psbt import PSBT
-
-    from hsm.decode.bitcoin import psbt_bytes
-
-    data = psbt_bytes(payload)
-    s = io.BytesIO(data)
-    s.read(5)  # magic
-    if _varint(s) != 1 or s.read(1) != b"\x00":
-        return [(i.txid.hex(), i.vout) for i in PSBT.parse(data).tx.vin]
-    _varint(s)  # the transaction's length
-    s.read(4)  # version
-    return [(i.txid.hex(), i.vout) for i in (TransactionInput.read_from(s) for _ in range(_varint(s)))]
-
-
-def _varint(s) -> int:
-    first = s.read(1)[0]
-    return first if first < 0xFD else int.from_bytes(s.read({0xFD: 2, 0xFE: 4, 0xFF: 8}[first]), "little")
 
 
 class CountedSpends:
