@@ -275,12 +275,17 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
             attempts = {r.txid: dict(r._mapping) for r in conn.execute(
                 select(t.withdrawal_attempts).where(t.withdrawal_attempts.c.batch_id == batch_id)
                 .order_by(t.withdrawal_attempts.c.created_at, t.withdrawal_attempts.c.fee_rate))}
-            r, u = t.utxo_reservations.c, t.utxos.c
-            spends = conn.execute(select(u.spent_txid, u.spent_height).select_from(t.utxo_reservations)
-                                  .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
-                                  .where(r.batch_id == batch_id)).all()
+            spends = self._spends(conn, batch_id)
             cursor = load_cursor(conn, CHAIN)
         return batch, attempts, spends, cursor
+
+    @staticmethod
+    def _spends(conn, batch_id: str) -> list:
+        """(spent_txid, spent_height) of each of the batch's reserved outpoints."""
+        r, u = t.utxo_reservations.c, t.utxos.c
+        return conn.execute(select(u.spent_txid, u.spent_height).select_from(t.utxo_reservations)
+                            .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
+                            .where(r.batch_id == batch_id)).all()
 
     def follow(self, batch_id: str) -> None:
         """Where are the batch's reserved outpoints? Spent by a payment attempt: confirm and
@@ -444,10 +449,7 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
         since follow read it). The cursor row is locked first, as the scanner locks it first, so an
         unwind waits for this transaction instead of slipping in before its commit."""
         cursor = load_cursor(conn, CHAIN, for_update=True)
-        r, u = t.utxo_reservations.c, t.utxos.c
-        spends = conn.execute(select(u.spent_txid, u.spent_height).select_from(t.utxo_reservations)
-                              .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
-                              .where(r.batch_id == batch_id)).all()
+        spends = self._spends(conn, batch_id)
         if cursor is None or not spends or any(s.spent_txid != txid for s in spends):
             return None
         if max(s.spent_height for s in spends) != height:
