@@ -53,6 +53,7 @@ class AssetPolicy:
     max_per_transaction: int = NO_LIMIT
     max_per_24h: int = NO_LIMIT
     max_fee: int = NO_LIMIT  # for the chain's native asset: the fee one transaction may pay
+    max_fees_per_24h: int = NO_LIMIT  # for the chain's native asset: all fees over the last 24 hours
     approval_above: int = NO_LIMIT  # external amounts above this need the approval quorum
 
 
@@ -203,9 +204,12 @@ def _policy(raw: dict) -> PolicyConfig:
         if (a["chain"], contract) in seen:
             raise ConfigError(f"{where}: a second policy for {a['chain']} {contract or 'native coin'}")
         seen.add((a["chain"], contract))
+        if contract and ("max_fee" in a or "max_fees_per_24h" in a):
+            raise ConfigError(f"{where}: fees are paid in the chain's native coin; set max_fee and "
+                              "max_fees_per_24h on its policy (no contract)")
         assets.append(AssetPolicy(a["asset"], a["chain"], contract, _amount(a, "max_per_transaction", where),
                                   _amount(a, "max_per_24h", where), _amount(a, "max_fee", where),
-                                  _amount(a, "approval_above", where)))
+                                  _amount(a, "max_fees_per_24h", where), _amount(a, "approval_above", where)))
     staff, keys_seen = [], set()
     for i, s in enumerate(raw.get("staff", [])):
         key = str(s.get("ed25519_public_key", "")).lower()

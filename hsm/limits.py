@@ -1,8 +1,8 @@
-"""Rolling 24-hour outflow totals per asset.
+"""Rolling 24-hour totals per asset: the outflow (external amounts) and the fees.
 
 They survive a restart of the signer (a compromised core can't reset them by
-making the signer restart): every signature's outflow is part of its "signed"
-audit entry, made durable with that entry before the signer answers, and the
+making the signer restart): every signature's outflow and counted fee are part
+of its "signed" audit entry, made durable with that entry before the signer answers, and the
 totals are rebuilt from the audit log at start (`replay`). So a request costs
 one durable sync, not one for the log and one for a limits database. Amounts
 are kept as decimal text in the log (they can exceed 2^63 in wei). The rows
@@ -17,31 +17,50 @@ import threading
 WINDOW_S = 24 * 3600
 
 
+def outflow_of(entry: dict) -> tuple[float, dict[str, int]]:
+    """(at_s, external amount per asset) that a "signed" audit entry counted."""
+    data = entry["data"]
+    if "outflow" in data:
+        return data["at_s"], {asset: int(amount) for asset, amount in data["outflow"].items()}
+    # Written before outflows were logged: the same sum, from its destinations.
+    outflow: dict[str, int] = collections.defaultdict(int)
+    for d in data.get("destinations", []):
+        if not d["internal"]:
+            outflow[d["asset"]] += int(d["amount"])
+    return entry["at"], outflow
+
+
+def fees_of(entry: dict) -> tuple[float, dict[str, int]]:
+    """(at_s, fee per asset) that a "signed" audit entry counted."""
+    data = entry["data"]
+    if "fees" in data:
+        return data["at_s"], {asset: int(amount) for asset, amount in data["fees"].items()}
+    # Written before fees were counted: its whole fee (a fee bump then counts in full, erring on the
+    # side of refusing for at most one window).
+    if not data.get("fee_asset"):
+        return entry["at"], {}
+    return data.get("at_s", entry["at"]), {data["fee_asset"]: int(data.get("fee", "0"))}
+
+
 class RollingLimits:
-    def __init__(self, now_s: float):
+    def __init__(self, now_s: float, counted=outflow_of):
         # Replay keeps what is less than two windows old: the caller's clock decides what is in the window.
         self._replay_since_s = now_s - 2 * WINDOW_S
+        self._counted = counted
         self._lock = threading.Lock()
         # asset -> deque of (at_s, amount) in time order, and their running sum.
         self._window: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self._sums: dict[str, int] = collections.defaultdict(int)
 
     def replay(self, entry: dict) -> None:
-        """Counts the outflow of a "signed" audit entry (called for each entry of the log at start)."""
+        """Counts what a "signed" audit entry counted (called for each entry of the log at start)."""
         if entry.get("kind") != "signed":
             return
-        data = entry["data"]
-        if "outflow" in data:
-            at_s, outflow = data["at_s"], {asset: int(amount) for asset, amount in data["outflow"].items()}
-        else:  # written before outflows were logged: the same sum, from its destinations
-            at_s, outflow = entry["at"], collections.defaultdict(int)
-            for d in data.get("destinations", []):
-                if not d["internal"]:
-                    outflow[d["asset"]] += int(d["amount"])
+        at_s, amounts = self._counted(entry)
         if at_s <= self._replay_since_s:
             return
-        for asset, amount in outflow.items():
-            self.record(asset, amount, at_s, data.get("payload_sha256", ""))
+        for asset, amount in amounts.items():
+            self.record(asset, amount, at_s, entry["data"].get("payload_sha256", ""))
 
     def spent_since(self, asset: str, since_s: float) -> int:
         with self._lock:

@@ -8,6 +8,9 @@ Checked in this order, the first failing rule refuses (Refused.rule names it):
   allow_list           - if an allow list is configured, every external destination is on it
   max_fee              - the fee is at most the chain's native-asset max_fee
   max_per_transaction  - external amount per asset
+  rolling_fees_24h     - the fees over the last 24 hours, this one included, are at most the native
+                         asset's max_fees_per_24h; a fee bump counts only what it pays above the
+                         highest fee counted for its spend (one of them confirms)
   rolling_24h          - external amount per asset over the last 24 hours, this one included; a
                          replacement of a spend already counted (same inputs, same external
                          outputs: a fee bump) counts once (hsm/replacements.py)
@@ -18,7 +21,8 @@ Checked in this order, the first failing rule refuses (Refused.rule names it):
                          first one spent (a fee bump does), so at most one of them can confirm
 Internal destinations (our change, configured internal wallets) are always
 allowed and don't count toward the amount limits: moving coins between the
-exchange's own wallets can't lose them. The fee is limited by max_fee only.
+exchange's own wallets can't lose them, except in fees, which every transaction
+pays and the fee rules limit.
 """
 from __future__ import annotations
 
@@ -34,19 +38,25 @@ from hsm.replacements import CountedSpends, spend_key
 
 class Outflow(dict):
     """External amount per asset to record once signed; spend_key names the spend, and
-    replaces says it was counted already (a fee bump): nothing more is recorded."""
+    replaces says it was counted already (a fee bump): no more outflow is recorded, and of its
+    fee only what is above the fee counted for the spend."""
 
     spend_key: str | None = None
     replaces: bool = False
+    fee_asset: str = ""
+    fee: int = 0  # this transaction's fee
+    fee_counted: int = 0  # what it adds to the rolling fees: all of it, or a bump's excess
     inputs: tuple = ()  # the input claims to remember once signed
     paid_first: tuple = ()  # approved withdrawals this transaction is the first to pay
 
 
 class Policy:
-    def __init__(self, config: PolicyConfig, limits: RollingLimits, counted: CountedSpends | None = None):
+    def __init__(self, config: PolicyConfig, limits: RollingLimits, counted: CountedSpends | None = None,
+                 fees: RollingLimits | None = None):
         self.config = config
         self.limits = limits
         self.counted = counted
+        self.fees = fees if fees is not None else RollingLimits(0.0)
 
     def check(self, tx: Explained, approvals, digest: bytes, now_s: float, withdrawals=(),
               payload: bytes = b"") -> Outflow:
@@ -84,10 +94,18 @@ class Policy:
                                                      f"{policies[asset].max_per_transaction} per transaction")
         outflow = Outflow(external)
         outflow.inputs = tx.inputs
+        fee_before = None
         if self.counted is not None and payload:
             outflow.spend_key = spend_key(tx)
-            outflow.replaces = outflow.spend_key is not None and self.counted.counted_since(
-                outflow.spend_key, now_s - WINDOW_S)
+            if outflow.spend_key is not None:
+                fee_before = self.counted.counted_since(outflow.spend_key, now_s - WINDOW_S)
+            outflow.replaces = fee_before is not None
+        outflow.fee_asset, outflow.fee = tx.fee_asset, tx.fee
+        outflow.fee_counted = max(0, tx.fee - (fee_before or 0))
+        fees = self.fees.spent_since(tx.fee_asset, now_s - WINDOW_S)
+        if fees + outflow.fee_counted > fee_policy.max_fees_per_24h:
+            raise Refused("rolling_fees_24h", f"fee {outflow.fee_counted} {tx.fee_asset} on top of {fees} in the last "
+                                              f"24 hours is above the maximum {fee_policy.max_fees_per_24h}")
         for asset, amount in ({} if outflow.replaces else external).items():
             spent = self.limits.spent_since(asset, now_s - WINDOW_S)
             if spent + amount > policies[asset].max_per_24h:
@@ -141,10 +159,14 @@ class Policy:
         if not replaces:
             for asset, amount in external.items():
                 self.limits.record(asset, amount, now_s, payload_sha256)
-        key = None if replaces else getattr(external, "spend_key", None)
+        fee_counted = getattr(external, "fee_counted", 0)
+        if fee_counted:
+            self.fees.record(external.fee_asset, fee_counted, now_s, payload_sha256)
+        key = getattr(external, "spend_key", None)
         inputs = getattr(external, "inputs", ())
         if self.counted is not None and (key is not None or inputs):
-            self.counted.add(key, now_s, inputs, getattr(external, "paid_first", ()))
+            self.counted.add(key, now_s, inputs, getattr(external, "paid_first", ()),
+                             fee=getattr(external, "fee", 0), replaces=replaces)
 
     def close(self) -> None:
         if self.counted is not None:

@@ -8,6 +8,9 @@ allowance a second time. The key of a spend is SHA-256 over the chain, its
 sorted inputs and its sorted external (destination, amount) pairs; anything
 else (another input, another payee or amount) is a new spend and counts.
 Kept in SQLite next to the limits so a restart of the signer changes nothing.
+Only one of a spend and its fee bumps can confirm, so the fees limit counts the
+highest fee signed for a spend once: each spend keeps the fee counted so far,
+and a bump counts only what it pays above it.
 Bitcoin only: an Ethereum replacement (same nonce) still counts each time,
 which errs on the side of refusing.
 
@@ -52,7 +55,12 @@ class CountedSpends:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self._db.execute("CREATE TABLE IF NOT EXISTS counted_spends (spend_key TEXT PRIMARY KEY, at_s REAL NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS counted_spends (spend_key TEXT PRIMARY KEY, at_s REAL NOT NULL, "
+                         "fee TEXT NOT NULL DEFAULT '0')")
+        if "fee" not in {row[1] for row in self._db.execute("PRAGMA table_info(counted_spends)")}:
+            # A file from before fees were limited: its spends' fees count as 0, so a bump of one of
+            # them counts its whole fee (errs on the side of refusing, for one window at most).
+            self._db.execute("ALTER TABLE counted_spends ADD COLUMN fee TEXT NOT NULL DEFAULT '0'")
         self._db.execute("CREATE TABLE IF NOT EXISTS signed_inputs "
                          "(outpoint TEXT PRIMARY KEY, amount INTEGER NOT NULL, script BLOB NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS withdrawal_first_spends "
@@ -60,10 +68,11 @@ class CountedSpends:
         self._lock = threading.Lock()
         self._inputs = SignedInputs(self._db)
 
-    def counted_since(self, key: str, since_s: float) -> bool:
+    def counted_since(self, key: str, since_s: float) -> int | None:
+        """The fee counted for the spend named key if it was counted after since_s, else None."""
         with self._lock:
-            row = self._db.execute("SELECT at_s FROM counted_spends WHERE spend_key = ?", (key,)).fetchone()
-        return row is not None and row[0] > since_s
+            row = self._db.execute("SELECT at_s, fee FROM counted_spends WHERE spend_key = ?", (key,)).fetchone()
+        return int(row[1]) if row is not None and row[0] > since_s else None
 
     def claimed_otherwise(self, inputs) -> list[tuple[str, int, bytes, int, bytes]]:
         """(outpoint, amount, script, amount signed before, script signed before) of each input
@@ -90,15 +99,21 @@ class CountedSpends:
                 out.setdefault(withdrawal_id, set()).add(outpoint)
         return out
 
-    def add(self, key: str | None, at_s: float, inputs=(), paid_first=()) -> None:
-        """Records a signed spend's key (None: counted before), its inputs' claims and, for the
-        withdrawals it is the first to pay (paid_first), its inputs: in one commit."""
+    def add(self, key: str | None, at_s: float, inputs=(), paid_first=(), fee: int = 0, replaces: bool = False) -> None:
+        """Records a signed spend's key and the fee counted for it (replaces: a bump of a spend
+        counted before, whose counted fee becomes the higher of the two), its inputs' claims and,
+        for the withdrawals it is the first to pay (paid_first), its inputs: in one commit."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                if key is not None:
-                    self._db.execute("INSERT OR REPLACE INTO counted_spends (spend_key, at_s) VALUES (?, ?)",
-                                     (key, at_s))
+                if key is not None and replaces:
+                    # Decimal text, compared here: wei would not fit SQLite's integers.
+                    row = self._db.execute("SELECT fee FROM counted_spends WHERE spend_key = ?", (key,)).fetchone()
+                    if row is not None and fee > int(row[0]):
+                        self._db.execute("UPDATE counted_spends SET fee = ? WHERE spend_key = ?", (str(fee), key))
+                elif key is not None:
+                    self._db.execute("INSERT OR REPLACE INTO counted_spends (spend_key, at_s, fee) VALUES (?, ?, ?)",
+                                     (key, at_s, str(fee)))
                 self._db.executemany("INSERT OR IGNORE INTO signed_inputs (outpoint, amount, script) VALUES (?, ?, ?)",
                                      inputs)
                 self._db.executemany("INSERT OR IGNORE INTO withdrawal_first_spends (withdrawal_id, outpoint) "

@@ -23,7 +23,7 @@ from hsm.decode.bitcoin import BitcoinDecoder
 from hsm.decode.ethereum import EthereumDecoder
 from hsm.errors import Refused
 from hsm.keystores.base import KeyInfo, Keystore
-from hsm.limits import RollingLimits
+from hsm.limits import RollingLimits, fees_of
 from hsm.policy import Policy
 from hsm.replacements import CountedSpends
 
@@ -51,8 +51,10 @@ class Signer:
         # The rolling limits are rebuilt from the log's "signed" entries (config.limits_db is not used
         # for them); fee bumps already counted are remembered next to it (hsm/replacements.py).
         self.limits = RollingLimits(now_s=clock())
-        self.audit = AuditLog(config.audit_log, durable=config.durable, visit=self.limits.replay)
-        self.policy = Policy(config.policy, self.limits, CountedSpends(config.limits_db, durable=config.durable))
+        self.fees = RollingLimits(now_s=clock(), counted=fees_of)
+        self.audit = AuditLog(config.audit_log, durable=config.durable, visit=self._replay)
+        self.policy = Policy(config.policy, self.limits, CountedSpends(config.limits_db, durable=config.durable),
+                             self.fees)
         pc = config.policy
         btc = pc.asset("bitcoin", "")
         self.decoders = {
@@ -63,6 +65,10 @@ class Signer:
                                         pc.internal),
         }
         self._lock = threading.Lock()
+
+    def _replay(self, entry: dict) -> None:
+        self.limits.replay(entry)
+        self.fees.replay(entry)
 
     def list_keys(self) -> list[KeyInfo]:
         return self.keystore.list_keys()
@@ -122,6 +128,9 @@ class Signer:
                                # A fee bump of a spend already counted adds nothing (Policy.record).
                                "outflow": {} if getattr(external, "replaces", False)
                                else {asset: str(amount) for asset, amount in external.items()},
+                               # What the rolling fees count: the fee, or a bump's excess over its spend's.
+                               "fees": {explained.fee_asset: str(external.fee_counted)} if external.fee_counted
+                               else {},
                                "at_s": now, **_summary(explained)})
         return Outcome(True, digest_hex, 0, signed_payload=signed.signed_payload,
                        raw_transaction=signed.raw_transaction, txid=signed.txid,
@@ -131,6 +140,7 @@ class Signer:
     def close(self) -> None:
         self.audit.close()
         self.limits.close()
+        self.fees.close()
         self.policy.close()
         self.keystore.close()
 

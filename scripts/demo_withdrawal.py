@@ -76,6 +76,7 @@ chain = "bitcoin"
 max_per_transaction = "100000000"
 max_per_24h = "300000000"
 max_fee = "100000"
+max_fees_per_24h = "1000000"
 """)
         self.log = open(folder / "signer.log", "w")
         self.process = subprocess.Popen([*custody_cmd, "signer", "serve", "--config", str(folder / "signer.toml")],
