@@ -62,6 +62,10 @@ GAP_WAIT_S = 600.0
 MAX_GAP = 1_000
 # Blocks of backfill requests rescanned per run, so new blocks are not held up for long.
 BACKFILL_BLOCKS_PER_RUN = 2_000
+# Times in a row a run reads the tip again because the node's blocks did not match it (a reorg
+# under us) before it gives up until the next tick: a node that keeps announcing a tip it cannot
+# serve would otherwise keep the run spinning on it, holding the scan lock.
+MAX_REREADS_PER_RUN = 5
 
 
 class ScannerHalted(Exception):
@@ -157,8 +161,15 @@ class Scanner:
     # -- the loop --------------------------------------------------------------------------
     def _run(self, max_blocks: int | None) -> RunResult:
         cursor = self._cursor()
-        applied = reorgs = 0
+        applied = reorgs = rereads = 0
         backfilled = self._backfill(cursor, BACKFILL_BLOCKS_PER_RUN)
+
+        def read_again(why: str) -> int:
+            if rereads + 1 >= MAX_REREADS_PER_RUN:
+                raise NodeUnavailable(f"{why}, {MAX_REREADS_PER_RUN} times in a row: the node does not serve "
+                                      f"the chain it announces (tip {tip.height}, cursor {cursor.height})")
+            return rereads + 1
+
         while max_blocks is None or applied < max_blocks:
             tip = self.plugin.tip()
             self._refresh_watch()  # after the tip: every address issued before it is watched
@@ -179,12 +190,15 @@ class Scanner:
             try:
                 blocks = self.plugin.fetch_blocks(cursor.height + 1, count, Watch(self.keys, self.outpoints))
             except BlockNotFound:
+                rereads = read_again("a block below the node's tip was not found")
                 continue  # the chain changed under us: read the tip again
             linked = _linked(cursor, blocks)
             if not linked:
                 if blocks:
                     cursor = self._unwind(cursor, tip)
                     reorgs += 1
+                else:
+                    rereads = read_again("the node returned no blocks below its tip")
                 continue
             if not self._on_best_chain(linked[-1]):
                 # Fetched ahead, then replaced by a reorg: applied, they would count confirmations on
@@ -192,9 +206,11 @@ class Scanner:
                 # accounts. Their last block still on the best chain vouches for all of them.
                 log.warning("blocks fetched are no longer on the best chain; fetching again", chain=self.chain,
                             heights=f"{linked[0].height}..{linked[-1].height}")
+                rereads = read_again("blocks fetched were no longer on the node's best chain")
                 continue
             cursor = self._apply(cursor, linked)
             applied += len(linked)
+            rereads = 0
         return RunResult(applied, reorgs, cursor.height, backfilled=backfilled)
 
     def _on_best_chain(self, block: Block) -> bool:

@@ -313,3 +313,43 @@ def test_a_node_behind_the_cursor_on_the_same_chain_is_waited_for_not_unwound(bt
         assert conn.execute(select(t.ledger_batches.c.kind).where(t.ledger_batches.c.flagged)).all() == []
     # A lower tip that is not a block we applied is still a reorg (the existing reorg tests run it on the node).
     assert not scanner._node_behind(BlockRef(top - 1, "00" * 32))
+
+
+@pytest.mark.parametrize("answer", ["not found", "no blocks", "off the best chain"])
+def test_a_node_announcing_a_tip_it_cannot_serve_is_backed_off_not_spun_on(btc_app, chain, monkeypatch, answer):
+    """A node whose tip is above the cursor while its blocks there are missing (pruned, half
+    synced, a broken proxy in front of it) made the run read the tip again without end, hammering
+    the node and holding the scan lock. The run now gives up after a few tries and backs off."""
+    from chains.base import BlockNotFound, BlockRef
+    from custody.deposits.scanner import MAX_REREADS_PER_RUN
+
+    plugin, scanner = btc_app.plugin("bitcoin"), btc_app.scanner("bitcoin")
+    scanner.catch_up()
+    before = cursor_height(btc_app.engine)
+    chain.mine(2)
+    real_tip, real_fetch = plugin.tip, plugin.fetch_blocks
+    calls = []
+
+    def fetch(start, count, watch):
+        calls.append(start)
+        if len(calls) > 50:
+            raise AssertionError("the scanner keeps asking: it spins on the node")
+        if answer == "not found":
+            raise BlockNotFound(f"no block at {start}")
+        if answer == "no blocks":
+            return []
+        return real_fetch(start, count, watch)
+
+    monkeypatch.setattr(plugin, "fetch_blocks", fetch)
+    if answer == "off the best chain":  # the node serves blocks its best chain no longer has
+        monkeypatch.setattr(plugin, "block_hash", lambda height: "00" * 32)
+        monkeypatch.setattr(plugin, "tip", lambda: BlockRef(real_tip().height, real_tip().hash))
+    result = scanner.tick()
+    assert result.status == "node unavailable" and "times in a row" in result.detail, result
+    assert len(calls) == MAX_REREADS_PER_RUN
+    assert scanner.next_attempt > 0, "the scanner backs off before it tries again"
+    assert cursor_height(btc_app.engine) == before
+    monkeypatch.undo()
+    scanner.next_attempt = 0.0
+    assert scanner.tick().status == "ok"
+    assert cursor_height(btc_app.engine) == chain.height()
