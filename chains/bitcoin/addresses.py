@@ -28,6 +28,11 @@ def parse_address(text: str, net: BitcoinNetwork) -> tuple[str, bytes]:
     if any(not 33 <= ord(c) <= 126 for c in text):
         raise InvalidAddress("address contains a character that is not printable ASCII")
     lower = text.lower()
+    if lower.startswith("bitcoin:"):
+        raise InvalidAddress("a payment URI (bitcoin:...), not an address: give the address alone")
+    if lower.startswith(("bitcoincash:", "bchtest:", "bchreg:")) or _cashaddr_without_prefix(lower):
+        # Bitcoin Cash's CashAddr (FAILURE_MODES 35): say so instead of a puzzling length or prefix error.
+        raise InvalidAddress(f"a Bitcoin Cash address (CashAddr), not a Bitcoin {net.name} address")
     sep = lower.rfind("1")
     if sep > 0 and lower[:sep] in KNOWN_HRPS:
         return _parse_segwit(text, lower, sep, net)
@@ -36,6 +41,12 @@ def parse_address(text: str, net: BitcoinNetwork) -> tuple[str, bytes]:
     if sep > 0 and (text == lower or text == text.upper()):
         raise InvalidAddress(f"unknown bech32 prefix {lower[:sep]!r}: a {net.name} address starts with {net.hrp}1")
     raise InvalidAddress(f"not a Bitcoin address: neither bech32 ({net.hrp}1...) nor base58")
+
+
+def _cashaddr_without_prefix(lower: str) -> bool:
+    # 42 characters of the bech32 alphabet starting with q (p2pkh) or p (p2sh): base58 addresses
+    # have 25 to 34 characters and bech32 ones a "1" separator, so no Bitcoin address looks like this.
+    return len(lower) == 42 and lower[0] in "qp" and "1" not in lower and all(c in bech32.CHARSET for c in lower)
 
 
 def _parse_segwit(text: str, lower: str, sep: int, net: BitcoinNetwork) -> tuple[str, bytes]:

@@ -99,6 +99,8 @@ def test_small_amount_is_auto_approved(wapp, wclients):
     ("unknown asset", {"asset": "DOGE"}, grpc.StatusCode.INVALID_ARGUMENT, "unknown asset"),
     ("wrong network", {"to": TESTNET_PAYEE}, grpc.StatusCode.INVALID_ARGUMENT, "not regtest"),
     ("bad checksum", {"to": PAYEE[:-1] + "q"}, grpc.StatusCode.INVALID_ARGUMENT, "bad checksum"),
+    ("bitcoin cash address", {"to": "bchreg:qpm2qsznhks23z7629mms6s4cwef74vcwvy22gdx6a"}, grpc.StatusCode.INVALID_ARGUMENT,
+     "Bitcoin Cash address"),
     ("below minimum", {"amount": 9_999}, grpc.StatusCode.INVALID_ARGUMENT, "below the minimum"),
     ("above maximum", {"amount": 10 * BTC + 1}, grpc.StatusCode.INVALID_ARGUMENT, "above the maximum"),
     ("fraction", {"amount": "0.5"}, grpc.StatusCode.INVALID_ARGUMENT, "not a fraction"),

@@ -103,6 +103,12 @@ INVALID = [
     ("0x52908400098527886E0F7030069857D2E4169EE7", MAIN, "not a Bitcoin address"),
     ("ltc1qw508d6qejxtdg4y5r3zarvary0c5xw7kgmn4n9", MAIN, "unknown bech32 prefix 'ltc'"),
     ("", MAIN, "empty"),
+    # FAILURE_MODES 35: Bitcoin Cash addresses and payment URIs pasted as addresses
+    ("bitcoincash:qpm2qsznhks23z7629mms6s4cwef74vcwvy22gdx6a", MAIN, "Bitcoin Cash address"),
+    ("BITCOINCASH:QPM2QSZNHKS23Z7629MMS6S4CWEF74VCWVY22GDX6A", MAIN, "Bitcoin Cash address"),
+    ("qpm2qsznhks23z7629mms6s4cwef74vcwvy22gdx6a", MAIN, "Bitcoin Cash address"),
+    ("bchreg:qpm2qsznhks23z7629mms6s4cwef74vcwvy22gdx6a", REGTEST, "Bitcoin Cash address"),
+    ("bitcoin:bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4", MAIN, "payment URI"),
     (" bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4", MAIN, "whitespace"),
 ]
 
