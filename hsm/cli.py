@@ -105,6 +105,9 @@ def register(sub) -> None:
     p.add_argument("--in", dest="in_path", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--yes", action="store_true", help="don't ask (for scripts)")
+    p.add_argument("--trust-stated-amounts", action="store_true",
+                   help="bitcoin: sign inputs that lack the transaction creating their coin (non_witness_utxo); "
+                        "the amounts and fee shown are then only what the file says")
     p.set_defaults(run=_offline_sign)
 
 
@@ -293,8 +296,10 @@ def _offline_sign(args) -> int:
     job = offline.OfflineJob(args.chain, args.wallet, args.network, args.chain_id, args.path, tuple(tokens))
     payload = offline.read_payload(args.chain, pathlib.Path(args.in_path))
     store = _open(args)
-    explained, decoder = offline.explain(job, payload, store)
+    explained, decoder = offline.explain(job, payload, store, args.trust_stated_amounts)
     print(offline.describe(explained))
+    if args.trust_stated_amounts and args.chain == "bitcoin":
+        print("  WARNING: input amounts not proven (--trust-stated-amounts): check them against the chain")
     if not args.yes:
         try:
             answer = input("sign this transaction? [y/N] ").strip().lower()

@@ -2,11 +2,19 @@
 it does, sign with a cold keystore, write the signed file. No network.
 
 The human is the policy here: the signer's limits are for the hot keys. What
-is still enforced: the payload decodes completely, Bitcoin inputs carry their
-UTXOs (the fee shown is computed from their stated amounts; docs/signer.md says
-what the operator must check), change is shown as ours only if it
-re-derives from the cold wallet, and Ethereum transactions must carry the
-chain id the operator named.
+is still enforced: the payload decodes completely, change is shown as ours only
+if it re-derives from the cold wallet, Ethereum transactions must carry the
+chain id the operator named, and each Bitcoin input carries the whole
+transaction that created its coin (non_witness_utxo), whose txid must be the
+input's and whose output must be the amount and script the input claims.
+
+Why the whole transaction: a segwit v0 signature commits to its own input's
+amount only, so two files for one transaction, each understating another input,
+would each show a small fee while the two signatures combine into a valid
+transaction paying the difference to miners (CVE-2020-14199). The hot signer
+remembers the amounts it signed (hsm/replacements.py); an offline signer keeps
+no state between files, so it proves each amount instead, as hardware wallets
+do since that CVE. --trust-stated-amounts signs without that proof.
 """
 from __future__ import annotations
 
@@ -68,9 +76,40 @@ def keys_for(job: OfflineJob, payload: bytes, keystore: Keystore) -> list[tuple[
     return keys
 
 
-def explain(job: OfflineJob, payload: bytes, keystore: Keystore) -> tuple[Explained, object]:
+def explain(job: OfflineJob, payload: bytes, keystore: Keystore,
+            trust_stated_amounts: bool = False) -> tuple[Explained, object]:
     decoder = decoder_for(job, keystore)
-    return decoder.explain(payload, keys_for(job, payload, keystore)), decoder
+    explained = decoder.explain(payload, keys_for(job, payload, keystore))
+    if job.chain == "bitcoin" and not trust_stated_amounts:
+        check_input_amounts(explained)
+    return explained, decoder
+
+
+def check_input_amounts(explained: Explained) -> None:
+    """Refuses (rule "previous_tx") unless each input carries the transaction that created its coin,
+    with the input's txid, paying the amount and script the input claims."""
+    import _wallycore as c
+
+    from hsm.decode._wally import output_script, txid
+
+    psbt = explained.detail[0]
+    for i, (outpoint, amount, script) in enumerate(explained.inputs):
+        previous = c.psbt_get_input_utxo_alloc(psbt, i)
+        if previous is None:
+            raise Refused("previous_tx", f"input {i} ({outpoint}) lacks the transaction that created its coin "
+                                         "(non_witness_utxo), so its amount and the fee can't be proven; "
+                                         "export the PSBT with it (Bitcoin Core does), or sign with "
+                                         "--trust-stated-amounts after checking the amounts yourself")
+        prev_txid, vout = outpoint.split(":")
+        if txid(previous) != prev_txid:
+            raise Refused("previous_tx", f"input {i}: the transaction given for {outpoint} is {txid(previous)}")
+        vout = int(vout)
+        if vout >= c.tx_get_num_outputs(previous):
+            raise Refused("previous_tx", f"input {i}: {prev_txid} has no output {vout}")
+        real = c.tx_get_output_satoshi(previous, vout), output_script(previous, vout)
+        if real != (amount, script):
+            raise Refused("previous_tx", f"input {i} claims {amount} sats to {script.hex()}, but {outpoint} is "
+                                         f"{real[0]} sats to {real[1].hex()}")
 
 
 def describe(explained: Explained) -> str:

@@ -27,8 +27,10 @@ def test_import_xpub_offline_sign_with_confirmation_and_audit_verify(tmp_path):
     store = SoftwareKeystore.open(ks, Passphrase(S.PASSPHRASE))
     path = "m/84h/1h/0h/0/0"
     pub = store.public_key("cold", path)
-    unsigned = S.make_psbt([("33" * 32, 0, S.BTC, S.p2wpkh_script(pub))], [(S.foreign_script("hot"), S.BTC - 2_000)])
-    psbt = PSBT.parse(unsigned)
+    creator = S.coin_creator([(S.p2wpkh_script(pub), S.BTC)])
+    unsigned = S.make_psbt([(creator.txid().hex(), 0, S.BTC, S.p2wpkh_script(pub))],
+                           [(S.foreign_script("hot"), S.BTC - 2_000)])
+    psbt = PSBT.parse(S.with_creators(unsigned, [creator]))
     from embit.ec import PublicKey
     from embit.psbt import DerivationPath
 

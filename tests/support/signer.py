@@ -110,6 +110,20 @@ def make_psbt(inputs: list[tuple[str, int, int, bytes]], outputs: list[tuple[byt
     return psbt.serialize()
 
 
+def coin_creator(outputs: list[tuple[bytes, int]], seed: str = "funding") -> Transaction:
+    """A transaction creating coins (script, sats): what a PSBT's non_witness_utxo carries."""
+    spent = TransactionInput(hashlib.sha256(seed.encode()).digest(), 0)
+    return Transaction(version=2, vin=[spent], vout=[TransactionOutput(v, Script(s)) for s, v in outputs], locktime=0)
+
+
+def with_creators(payload: bytes, creators: list[Transaction]) -> bytes:
+    """payload with each input's non_witness_utxo set to the given transaction."""
+    psbt = PSBT.parse(payload)
+    for scope, creator in zip(psbt.inputs, creators):
+        scope.non_witness_utxo = creator
+    return psbt.serialize()
+
+
 def simple_psbt(store, amount: int, to: bytes | None = None, fee: int = 1_000, input_value: int = 5 * BTC,
                 change_path: str = HOT_CHANGE_PATH, input_txid: str = "11" * 32) -> bytes:
     """One input of ours, a payment and our change (with its derivation hint)."""
