@@ -163,8 +163,9 @@ def verify(path: pathlib.Path, expect_count: int | None = None, expect_head: str
     if expect_count is not None and expect_head is not None:
         anchors[expect_count] = (expect_head, "the one recorded elsewhere")
     count, prev = 0, GENESIS
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    for line_no, line in enumerate(lines, start=1):
+    line_no, last = 0, "\n"
+    for line_no, last in enumerate(_lines(path), start=1):
+        line = last.rstrip("\n")
         try:
             entry = json.loads(line)
             stored = entry["hash"]
@@ -187,7 +188,11 @@ def verify(path: pathlib.Path, expect_count: int | None = None, expect_head: str
             problems.append(f"entry {count} is not {anchors[count][1]} ({anchors[count][0][:16]}...): rewritten")
         if visit is not None:
             visit(entry)
-    if head_problem and lines:
+    if not last.endswith("\n"):
+        # Appending after it would join the next entry to this line and break the log at the next start.
+        problems.append(f"line {line_no}: ends without a newline (a write cut short by a crash, or an edit); "
+                        "an operator must look before anything more is written")
+    if head_problem and line_no:
         problems.append(head_problem)
     if head and head["count"] > count:
         # The head only lags behind the log (it is replaced after each sync), never runs ahead.
@@ -195,6 +200,15 @@ def verify(path: pathlib.Path, expect_count: int | None = None, expect_head: str
     if expect_count is not None and expect_count > count:
         problems.append(f"expected at least {expect_count} entries, the log has {count} (truncated)")
     return Report(count, prev, problems)
+
+
+def _lines(path: pathlib.Path):
+    """The log's lines with their newlines, read as a stream: a long log is never in memory at once."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            yield from f
+    except FileNotFoundError:
+        return
 
 
 def _read_head(head_file: pathlib.Path) -> tuple[dict | None, str]:

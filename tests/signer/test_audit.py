@@ -205,6 +205,18 @@ def test_a_cut_short_last_line_is_reported(log_with_entries):
     assert not report.ok and any("line 6" in p and "not a complete entry" in p for p in report.problems)
 
 
+def test_a_last_entry_cut_just_before_its_newline_stops_the_signer(log_with_entries):
+    """The entry is whole but its newline was lost in a crash: appending after it would join the next
+    entry to that line and break the log at the following start, looking like tampering."""
+    log_with_entries.write_text(log_with_entries.read_text()[:-1])
+    report = audit.verify(log_with_entries)
+    assert [p for p in report.problems if "line 6" in p] == [
+        "line 6: ends without a newline (a write cut short by a crash, or an edit); an operator must look before "
+        "anything more is written"]
+    with pytest.raises(AuditLogBroken, match="without a newline"):
+        AuditLog(log_with_entries)
+
+
 def test_a_failure_while_signing_is_still_on_record(signer, keystore, monkeypatch):
     """The token fails in the middle of a request: the request and an `error` decision are logged, nothing is
     counted toward the rolling limits, and the error reaches the caller."""
