@@ -62,6 +62,11 @@ class AuditLog:
         self._file = open(self.path, "a", encoding="utf-8")
         self._head_file = _HeadFile(self.path, self.count, self.head)
 
+    @property
+    def next_seq(self) -> int:
+        """The sequence the next entry written will have (callers that write one at a time know it)."""
+        return self.count + 1
+
     def append(self, kind: str, data: dict) -> int:
         """One entry, durable on return."""
         seq = self.write([(kind, data)])

@@ -21,6 +21,10 @@ class KeystoreCorrupted(KeystoreError):
     """The keystore file was changed or damaged: it does not decrypt or parse."""
 
 
+class LimitsFileMissing(SignerError):
+    """limits_db is gone while the audit log says the signer has signed with what it remembered."""
+
+
 class UnknownKey(SignerError):
     """No key with that id (or that path does not apply to it)."""
 

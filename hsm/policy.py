@@ -153,7 +153,7 @@ class Policy:
             used.append(match.withdrawal_id)
         return used
 
-    def record(self, external: dict[str, int], now_s: float, payload_sha256: str) -> None:
+    def record(self, external: dict[str, int], now_s: float, payload_sha256: str, audit_seq: int | None = None) -> None:
         # A replacement of a spend counted within the window is the same money: counted once.
         replaces = getattr(external, "replaces", False)
         if not replaces:
@@ -166,7 +166,7 @@ class Policy:
         inputs = getattr(external, "inputs", ())
         if self.counted is not None and (key is not None or inputs):
             self.counted.add(key, now_s, inputs, getattr(external, "paid_first", ()),
-                             fee=getattr(external, "fee", 0), replaces=replaces)
+                             fee=getattr(external, "fee", 0), replaces=replaces, audit_seq=audit_seq)
 
     def close(self) -> None:
         if self.counted is not None:

@@ -7,7 +7,7 @@ the same external outputs, it moves no new money and must not use up the
 allowance a second time. The key of a spend is SHA-256 over the chain, its
 sorted inputs and its sorted external (destination, amount) pairs; anything
 else (another input, another payee or amount) is a new spend and counts.
-Kept in SQLite next to the limits so a restart of the signer changes nothing.
+Kept in SQLite (limits_db) so a restart of the signer changes nothing.
 Only one of a spend and its fee bumps can confirm, so the fees limit counts the
 highest fee signed for a spend once: each spend keeps the fee counted so far,
 and a bump counts only what it pays above it.
@@ -27,6 +27,15 @@ And it remembers which coins first paid each approved withdrawal: a later
 transaction using that withdrawal's approvals must spend all of them (a fee
 bump does), so any two payments of one withdrawal conflict and at most one
 can confirm (Policy, rule "approvals").
+
+The audit log is the record of what was signed; this file is written first
+(under the signer's lock, before the request's audit entries), so a crash
+between the two can leave rows for a signature that was never handed out or
+logged. Each row keeps the audit sequence of the decision that wrote it, and
+at start rows beyond the log's last entry are dropped: kept, a retry of that
+request would pass as a fee bump of a spend already counted and skip the
+rolling limits. A spend's row touched by a lost bump is dropped whole, so its
+next bump counts again (errs on the side of refusing).
 """
 from __future__ import annotations
 
@@ -50,8 +59,12 @@ def spend_key(tx: Explained) -> str | None:
     return hashlib.sha256(text).hexdigest()
 
 
+_TABLES = ("counted_spends", "signed_inputs", "withdrawal_first_spends")
+
+
 class CountedSpends:
-    def __init__(self, path: pathlib.Path, durable: bool = True):
+    def __init__(self, path: pathlib.Path, durable: bool = True, logged_up_to: int | None = None):
+        """logged_up_to: the audit log's last sequence; rows written by later decisions are dropped."""
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
@@ -65,6 +78,14 @@ class CountedSpends:
                          "(outpoint TEXT PRIMARY KEY, amount INTEGER NOT NULL, script BLOB NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS withdrawal_first_spends "
                          "(withdrawal_id TEXT NOT NULL, outpoint TEXT NOT NULL, PRIMARY KEY (withdrawal_id, outpoint))")
+        for table in _TABLES:
+            if "audit_seq" not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                # Rows from before: NULL, kept (their decisions were logged long ago).
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN audit_seq INTEGER")
+        self.dropped: dict[str, int] = {}
+        if logged_up_to is not None:
+            self.dropped = {table: self._db.execute(f"DELETE FROM {table} WHERE audit_seq > ?",
+                                                    (logged_up_to,)).rowcount for table in _TABLES}
         self._lock = threading.Lock()
         self._inputs = SignedInputs(self._db)
 
@@ -99,10 +120,12 @@ class CountedSpends:
                 out.setdefault(withdrawal_id, set()).add(outpoint)
         return out
 
-    def add(self, key: str | None, at_s: float, inputs=(), paid_first=(), fee: int = 0, replaces: bool = False) -> None:
+    def add(self, key: str | None, at_s: float, inputs=(), paid_first=(), fee: int = 0, replaces: bool = False,
+            audit_seq: int | None = None) -> None:
         """Records a signed spend's key and the fee counted for it (replaces: a bump of a spend
         counted before, whose counted fee becomes the higher of the two), its inputs' claims and,
-        for the withdrawals it is the first to pay (paid_first), its inputs: in one commit."""
+        for the withdrawals it is the first to pay (paid_first), its inputs: in one commit.
+        audit_seq: the sequence its decision will have in the audit log."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -110,14 +133,16 @@ class CountedSpends:
                     # Decimal text, compared here: wei would not fit SQLite's integers.
                     row = self._db.execute("SELECT fee FROM counted_spends WHERE spend_key = ?", (key,)).fetchone()
                     if row is not None and fee > int(row[0]):
-                        self._db.execute("UPDATE counted_spends SET fee = ? WHERE spend_key = ?", (str(fee), key))
+                        self._db.execute("UPDATE counted_spends SET fee = ?, audit_seq = ? WHERE spend_key = ?",
+                                         (str(fee), audit_seq, key))
                 elif key is not None:
-                    self._db.execute("INSERT OR REPLACE INTO counted_spends (spend_key, at_s, fee) VALUES (?, ?, ?)",
-                                     (key, at_s, str(fee)))
-                self._db.executemany("INSERT OR IGNORE INTO signed_inputs (outpoint, amount, script) VALUES (?, ?, ?)",
-                                     inputs)
-                self._db.executemany("INSERT OR IGNORE INTO withdrawal_first_spends (withdrawal_id, outpoint) "
-                                     "VALUES (?, ?)", [(w, i[0]) for w in paid_first for i in inputs])
+                    self._db.execute("INSERT OR REPLACE INTO counted_spends (spend_key, at_s, fee, audit_seq) "
+                                     "VALUES (?, ?, ?, ?)", (key, at_s, str(fee), audit_seq))
+                self._db.executemany("INSERT OR IGNORE INTO signed_inputs (outpoint, amount, script, audit_seq) "
+                                     "VALUES (?, ?, ?, ?)", [(*i, audit_seq) for i in inputs])
+                self._db.executemany("INSERT OR IGNORE INTO withdrawal_first_spends (withdrawal_id, outpoint, "
+                                     "audit_seq) VALUES (?, ?, ?)",
+                                     [(w, i[0], audit_seq) for w in paid_first for i in inputs])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -21,7 +21,7 @@ from hsm.config import Config
 from hsm.decode import Explained, Transfer
 from hsm.decode.bitcoin import BitcoinDecoder
 from hsm.decode.ethereum import EthereumDecoder
-from hsm.errors import Refused
+from hsm.errors import LimitsFileMissing, Refused
 from hsm.keystores.base import KeyInfo, Keystore
 from hsm.limits import RollingLimits, fees_of
 from hsm.policy import Policy
@@ -44,17 +44,31 @@ class Outcome:
 
 
 class Signer:
-    def __init__(self, config: Config, keystore: Keystore, clock=time.time):
+    def __init__(self, config: Config, keystore: Keystore, clock=time.time, new_limits_db: bool = False):
+        """new_limits_db: the operator knows limits_db is lost and starts with an empty one (on record)."""
         self.config = config
         self.keystore = keystore
         self.clock = clock
-        # The rolling limits are rebuilt from the log's "signed" entries (config.limits_db is not used
-        # for them); fee bumps already counted are remembered next to it (hsm/replacements.py).
+        # The rolling limits are rebuilt from the log's "signed" entries; what they can't be rebuilt
+        # from (input claims, counted fee bumps, the coins that paid approved withdrawals) is kept in
+        # limits_db (hsm/replacements.py).
         self.limits = RollingLimits(now_s=clock())
         self.fees = RollingLimits(now_s=clock(), counted=fees_of)
+        self._signed_bitcoin, self._last_request_chain = 0, ""
+        limits_db_existed = config.limits_db.exists() and config.limits_db.stat().st_size > 0
         self.audit = AuditLog(config.audit_log, durable=config.durable, visit=self._replay)
-        self.policy = Policy(config.policy, self.limits, CountedSpends(config.limits_db, durable=config.durable),
-                             self.fees)
+        if self._signed_bitcoin and not limits_db_existed:
+            if not new_limits_db:
+                self.audit.close()
+                raise LimitsFileMissing(
+                    f"limits_db {config.limits_db} is missing, but the audit log holds {self._signed_bitcoin} "
+                    "Bitcoin signatures: it remembers the amounts inputs were signed with (CVE-2020-14199) and "
+                    "the coins that paid approved withdrawals, which an empty file would forget. Restore it "
+                    "from a backup; if it is lost for good, start once with --new-limits-db")
+            self.audit.append("limits_db_recreated", {"path": str(config.limits_db),
+                                                      "signed_bitcoin_before": self._signed_bitcoin})
+        counted = CountedSpends(config.limits_db, durable=config.durable, logged_up_to=self.audit.count)
+        self.policy = Policy(config.policy, self.limits, counted, self.fees)
         pc = config.policy
         btc = pc.asset("bitcoin", "")
         self.decoders = {
@@ -69,6 +83,10 @@ class Signer:
     def _replay(self, entry: dict) -> None:
         self.limits.replay(entry)
         self.fees.replay(entry)
+        if entry.get("kind") == "request":
+            self._last_request_chain = entry["data"].get("chain", "")
+        elif entry.get("kind") == "signed" and self._last_request_chain == "bitcoin":
+            self._signed_bitcoin += 1
 
     def list_keys(self) -> list[KeyInfo]:
         return self.keystore.list_keys()
@@ -109,7 +127,8 @@ class Signer:
             now = self.clock()
             external = self.policy.check(explained, approvals, digest, now, withdrawals, payload)
             signed = decoder.sign(explained)
-            self.policy.record(external, now, digest_hex)
+            # The decision's sequence in the log: request, then decision (hsm/replacements.py).
+            self.policy.record(external, now, digest_hex, audit_seq=self.audit.next_seq + 1)
         except Refused as exc:
             decision = ("refused", {"payload_sha256": digest_hex, "rule": exc.rule, "reason": exc.reason,
                                     **_summary(explained)})

@@ -2,6 +2,8 @@
 mnemonic, a signer.toml in a temporary folder, and the Signer on top."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from hsm.service import Signer
@@ -17,9 +19,9 @@ def keystore(tmp_path):
 def make_signer(tmp_path, keystore):
     made = []
 
-    def make(clock=None, **policy):
+    def make(clock=None, new_limits_db=False, **policy):
         config = S.make_config(tmp_path, **policy)
-        signer = Signer(config, keystore, clock=clock) if clock else Signer(config, keystore)
+        signer = Signer(config, keystore, clock=clock or time.time, new_limits_db=new_limits_db)
         made.append(signer)
         return signer
 
