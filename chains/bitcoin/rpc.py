@@ -1,6 +1,7 @@
 """The one client through which the Bitcoin plugin talks to its node.
 
-python-bitcoinrpc does the JSON-RPC; this wraps it once with timeouts,
+python-bitcoinrpc does the single JSON-RPC calls (batches are posted here,
+see _post_batch for why); this wraps them once with timeouts,
 retries with exponential backoff, and error translation, so nothing else in
 the plugin or the scanner deals with sockets. A call that still fails after
 its retries raises NodeUnavailable; the caller (the scanner) keeps its cursor
@@ -9,11 +10,15 @@ skips a block.
 """
 from __future__ import annotations
 
+import base64
+import decimal
 import http.client
+import json
 import logging
 import socket
 import time
 from typing import Callable
+from urllib.parse import unquote, urlsplit
 
 from bitcoinrpc.authproxy import AuthServiceProxy, JSONRPCException
 
@@ -46,6 +51,7 @@ class BitcoinRPC:
         self.max_backoff_s = max_backoff_s
         self.sleep = sleep
         self._proxy: AuthServiceProxy | None = None
+        self._batch_conn: http.client.HTTPConnection | None = None
 
     def call(self, method: str, *params):
         return self._with_retries(method, lambda proxy: getattr(proxy, method)(*params))
@@ -55,13 +61,64 @@ class BitcoinRPC:
         if not calls:
             return []
         method = f"batch of {len(calls)} {calls[0][0]}"
-        results = self._with_retries(method, lambda proxy: proxy.batch_([list(c) for c in calls]))
-        if len(results) != len(calls):
-            raise NodeError(f"{method}: {len(results)} results for {len(calls)} calls")
+        return self._with_retries(method, lambda _proxy: self._post_batch(method, calls))
+
+    def _post_batch(self, method: str, calls: list[tuple]) -> list:
+        # Hand-written because python-bitcoinrpc's batch_ sends JSON-RPC 2.0 and reads response["error"],
+        # which Bitcoin Core 28+ leaves out of a successful 2.0 answer (KeyError on every batch), and
+        # pairs answers with calls by position, which JSON-RPC does not promise. Here the calls go
+        # as JSON-RPC 1.x, like the library's single calls, and answers are matched by id.
+        body = json.dumps([{"version": "1.1", "method": call[0], "params": list(call[1:]), "id": i}
+                           for i, call in enumerate(calls, start=1)])
+        conn = self._batch_connection()
+        try:
+            conn.request("POST", self._path, body, self._headers)
+            response = conn.getresponse()
+            data = response.read()
+        except BaseException:
+            self._batch_conn = None  # the connection is unusable after a transport error
+            raise
+        if not (response.getheader("Content-Type") or "").startswith("application/json"):
+            raise JSONRPCException({"code": -342, "message": f"non-JSON HTTP response with '{response.status} "
+                                                             f"{response.reason}' from server"})
+        try:
+            answers = json.loads(data, parse_float=decimal.Decimal)
+        except ValueError:
+            raise NodeError(f"{method}: the node's answer is not JSON") from None
+        if isinstance(answers, dict) and answers.get("error") is not None:
+            raise JSONRPCException(answers["error"])  # the batch as a whole was refused
+        if not isinstance(answers, list):
+            raise NodeError(f"{method}: the node did not answer with a list")
+        by_id = {a.get("id"): a for a in answers if isinstance(a, dict)}
+        results = []
+        for i in range(1, len(calls) + 1):
+            answer = by_id.get(i)
+            if answer is None:
+                raise NodeError(f"{method}: {len(answers)} answers for {len(calls)} calls, none for call {i}")
+            if answer.get("error") is not None:
+                raise JSONRPCException(answer["error"])
+            if "result" not in answer:
+                raise JSONRPCException({"code": -343, "message": "missing JSON-RPC result"})
+            results.append(answer["result"])
         return results
+
+    def _batch_connection(self) -> http.client.HTTPConnection:
+        if self._batch_conn is None:
+            parts = urlsplit(self.url)
+            self._path = parts.path or "/"
+            self._headers = {"Content-Type": "application/json"}
+            if parts.username is not None:
+                secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+                self._headers["Authorization"] = "Basic " + base64.b64encode(secret).decode()
+            kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+            self._batch_conn = kind(parts.hostname, parts.port, timeout=self.timeout_s)
+        return self._batch_conn
 
     def close(self) -> None:
         self._proxy = None
+        if self._batch_conn is not None:
+            self._batch_conn.close()
+            self._batch_conn = None
 
     def _with_retries(self, method: str, do):
         delay = self.backoff_s
