@@ -78,8 +78,8 @@ def test_an_account_with_a_negative_balance_stays_frozen_until_settled(app, clie
     ann = create(clients, "ann").account_id
     adjust(clients, ann, "100", "fund-ann")
     set_frozen(clients, ann, True, reason="deposit reversed by a reorg")
-    app.writer.submit(Command(  # what the scanner books for a reorged deposit (docs/deposits.md)
-        kind="deposit_reversal", actor="scanner", flagged=True, reference="deposit:test",
+    app.writer.submit(Command(  # as the scanner books a reorged deposit (docs/deposits.md), without a deposit row
+        kind="correction", actor="scanner", flagged=True, reference="reorg-test",
         postings=(Posting("BTC", user_available(int(ann)), wallet("bitcoin", "deposit"), 250),))).result()
     assert balances(clients, ann)["BTC"][0] == "-150"
 

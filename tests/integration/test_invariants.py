@@ -80,6 +80,38 @@ def test_flagged_correction_on_a_frozen_account_is_reported_not_failed(app, fund
     request.node.skip_invariants = False
 
 
+def test_a_negative_deeper_than_its_flagged_corrections_is_a_violation_on_a_frozen_account_too(app, funded):
+    """b has 100; a flagged correction takes 10, and a debit of 150 that was not flagged (its flag
+    cleared here) takes it to -60: only 10 of that is explained by a flagged correction."""
+    _, b = funded
+    with app.engine.begin() as conn:
+        conn.execute(update(t.accounts).where(t.accounts.c.id == b).values(frozen=True))
+    for amount, reference in ((10, "small"), (150, "large")):
+        app.writer.execute(Command(kind="correction", actor="t", flagged=True, reference=reference,
+                                   postings=(Posting("BTC", user_available(b), EQUITY, amount),)))
+    with app.engine.begin() as conn:
+        conn.execute(update(t.ledger_batches).where(t.ledger_batches.c.reference == "large").values(flagged=False))
+    assert any(f"user:{b}:available (BTC) is negative: -60" in m for m in findings(app, "2"))
+
+
+def test_a_deposit_credited_twice_is_found(btc_app, chain, db_url, request):
+    from custody.ledger.model import wallet
+    from tests.support.bitcoin import CONFIRMATIONS
+
+    plugin = btc_app.plugin("bitcoin")
+    ann = btc_app.create_account("ann").account_id
+    chain.pay((plugin.watch_key(btc_app.deposit_address(str(ann), "bitcoin")[1]), 40_000))
+    chain.mine(CONFIRMATIONS)
+    btc_app.scanner("bitcoin").catch_up()
+    assert check(btc_app.engine).ok
+    deposit_id = btc_app.list_deposits(str(ann))[1][0].deposit_id
+    request.node.skip_invariants = True
+    btc_app.writer.execute(Command(kind="deposit", actor="t", reference=f"deposit:{deposit_id}", postings=(
+        Posting("BTC", wallet("bitcoin", "deposit"), user_available(ann), 40_000),)))
+    assert findings(btc_app, "deposits") == [
+        f"deposit {deposit_id} (CREDITED, 40000) is credited 2 time(s) net, 80000 in all, by the ledger"]
+
+
 def test_held_balance_not_matching_holds_is_found(app, funded):
     with app.engine.begin() as conn:
         conn.execute(update(t.ledger_holds).values(remaining=49))
