@@ -31,6 +31,9 @@ def register(sub) -> None:
 
     p = s.add_parser("serve", help="run hsm.v1.SignerService")
     p.add_argument("--config", required=True)
+    p.add_argument("--new-limits-db", action="store_true",
+                   help="limits_db is lost for good: start with an empty one (what it remembered is forgotten; "
+                        "the restart is put on record in the audit log)")
     p.set_defaults(run=_serve)
 
     wallet = s.add_parser("wallet", help="create or import an HD wallet seed in a software keystore")
@@ -97,7 +100,8 @@ def register(sub) -> None:
     _keystore_args(p)
     p.add_argument("--wallet", required=True)
     p.add_argument("--chain", choices=("bitcoin", "ethereum"), required=True)
-    p.add_argument("--network", default="regtest", choices=("mainnet", "testnet", "signet", "regtest"))
+    p.add_argument("--network", choices=("mainnet", "testnet", "signet", "regtest"),
+                   help="bitcoin (required): the network whose addresses are shown")
     p.add_argument("--chain-id", type=int, default=0, help="ethereum: the chain id the transaction must carry")
     p.add_argument("--path", default="m/44h/60h/0h/0/0", help="ethereum: the key's derivation path")
     p.add_argument("--token", action="append", default=[], metavar="CONTRACT=ASSET",
@@ -108,7 +112,7 @@ def register(sub) -> None:
     p.add_argument("--trust-stated-amounts", action="store_true",
                    help="bitcoin: sign inputs that lack the transaction creating their coin (non_witness_utxo); "
                         "the amounts and fee shown are then only what the file says")
-    p.set_defaults(run=_offline_sign)
+    p.set_defaults(run=_offline_sign, usage_error=p.error)
 
 
 def run(args) -> int:
@@ -172,7 +176,7 @@ def _serve(args) -> int:
 
     config = config_mod.load(args.config)
     keystore = open_keystore(config)  # fails here, at start, on a wrong secret or a missing token
-    serve(config, Signer(config, keystore))
+    serve(config, Signer(config, keystore, new_limits_db=args.new_limits_db))
     return 0
 
 
@@ -289,6 +293,10 @@ def _audit_verify(args) -> int:
 def _offline_sign(args) -> int:
     from hsm import offline
 
+    if args.chain == "bitcoin" and args.network is None:
+        # No default: the destinations are shown in the network's address encoding, and a mainnet PSBT shown
+        # with regtest addresses can't be checked against the addresses the operator expects.
+        args.usage_error("--network is required with --chain bitcoin")  # exits 2 before the keystore is opened
     tokens = []
     for t in args.token:
         contract, _, asset = t.partition("=")

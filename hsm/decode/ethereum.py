@@ -44,6 +44,18 @@ def _int(item, name: str) -> int:
     return int.from_bytes(item, "big")
 
 
+def _check_access_list(access_list) -> None:
+    """EIP-2930's shape, [[20-byte address, [32-byte storage key, ...]], ...]: nodes reject anything else, and
+    a signed transaction they reject would leave its nonce stuck until another is signed in its place."""
+    if not isinstance(access_list, list):
+        raise Refused("decode", "access_list is not a list")
+    for n, entry in enumerate(access_list):
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], bytes) and len(entry[0]) == 20
+                and isinstance(entry[1], list)
+                and all(isinstance(key, bytes) and len(key) == 32 for key in entry[1])):
+            raise Refused("decode", f"access_list entry {n} is not [20-byte address, [32-byte storage keys]]")
+
+
 class EthereumDecoder:
     def __init__(self, chain_id: int, keystore: Keystore, tokens: dict[str, str],
                  internal_addresses: frozenset[str] = frozenset()):
@@ -81,8 +93,9 @@ class EthereumDecoder:
         to, data = fields["to"], fields["data"]
         if not isinstance(to, bytes) or len(to) != 20:
             raise Refused("decode", "no 20-byte destination (contract creation is not signed)")
-        if not isinstance(data, bytes) or not isinstance(fields["access_list"], list):
-            raise Refused("decode", "data must be bytes and access_list a list")
+        if not isinstance(data, bytes):
+            raise Refused("decode", "data must be bytes")
+        _check_access_list(fields["access_list"])
         to_address = "0x" + to.hex()
         if not data:
             transfers = [self._transfer(to_address, "ETH", "", numbers["value"])]

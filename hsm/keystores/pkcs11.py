@@ -75,8 +75,7 @@ class Pkcs11Keystore(Keystore):
     # -- Keystore interface ------------------------------------------------------------------
     def list_keys(self) -> list[KeyInfo]:
         with self._lock:
-            labels = sorted({k.label for k in self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
-                                                                            Attribute.KEY_TYPE: KeyType.EC})})
+            labels = sorted({k.label for k in self._session.get_objects(_template(ObjectClass.PRIVATE_KEY))})
         out = []
         for label in labels:
             pub = self.public_key(label, "")
@@ -119,12 +118,16 @@ class Pkcs11Keystore(Keystore):
         return private, compressed
 
     def _find(self, object_class, label: str):
-        try:
-            return self._session.get_key(object_class=object_class, key_type=KeyType.EC, label=label)
-        except pkcs11.exceptions.NoSuchKey:
-            return None
-        except pkcs11.exceptions.MultipleObjectsReturned:
-            raise KeystoreError(f"token {self.token_label!r} has several keys labelled {label!r}") from None
+        found = list(self._session.get_objects({**_template(object_class), Attribute.LABEL: label}))
+        if len(found) > 1:
+            raise KeystoreError(f"token {self.token_label!r} has several keys labelled {label!r}")
+        return found[0] if found else None
+
+
+def _template(object_class) -> dict:
+    """Our keys only: a token may also hold other EC keys (a P-256 TLS key, another application's),
+    which coincurve can't parse and we must not list or use."""
+    return {Attribute.CLASS: object_class, Attribute.KEY_TYPE: KeyType.EC, Attribute.EC_PARAMS: SECP256K1_PARAMS}
 
 
 def _hash160(data: bytes) -> bytes:

@@ -51,3 +51,47 @@ def test_hostile_requests_are_refused_and_the_signer_keeps_serving(tmp_path):
         assert signer.client.list_keys()  # still serving
     finally:
         signer.stop()
+
+
+def test_oversized_text_fields_are_refused_before_they_reach_the_audit_log(tmp_path):
+    """Free text goes into the audit log verbatim: a field over its limit is INVALID_ARGUMENT naming the
+    field and its limit, and nothing is logged; a request shaped like the core's biggest is still decided."""
+    from hsm.approvals import Approval, WithdrawalApproval
+
+    signer = start_signer(tmp_path)
+    log = signer.config_path.parent / "audit.log"
+    stub, md = signer.client.stub, signer.client.metadata
+    try:
+        key = signer_pb2.KeyPath(key_id="hot", path="m/84h/1h/1h/0/0")
+        oversized = [
+            ("reference is 129 characters long; at most 128", dict(reference="x" * 129)),
+            ("reference is 3900000 characters", dict(reference="x" * 3_900_000)),
+            ("keys[1].path is 603 characters long; at most 64",
+             dict(keys=[key, signer_pb2.KeyPath(key_id="hot", path="m/" + "0/" * 300 + "0")])),
+            ("keys[0].key_id", dict(keys=[signer_pb2.KeyPath(key_id="k" * 65)])),
+            ("keys has 2001 entries; at most 2000", dict(keys=[key] * 2001)),
+            ("approvals[0].approver", dict(approvals=[signer_pb2.Approval(approver="a" * 65)])),
+            ("withdrawals[0].withdrawal_id", dict(withdrawals=[signer_pb2.ApprovedWithdrawal(withdrawal_id="w" * 65)])),
+            ("withdrawals[0].approvals has 101 entries; at most 100", dict(withdrawals=[signer_pb2.ApprovedWithdrawal(
+                withdrawal_id="w", approvals=[signer_pb2.Approval(approver="alice")] * 101)])),
+        ]
+        size = log.stat().st_size if log.exists() else 0
+        for expected, fields in oversized:
+            try:
+                stub.Sign(signer_pb2.SignRequest(chain="bitcoin", payload=b"junk", **fields), metadata=md, timeout=30)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT and expected in exc.details(), exc.details()
+            else:
+                raise AssertionError(f"{expected}: not refused")
+        assert (log.stat().st_size if log.exists() else 0) == size
+
+        # The core's largest: a 500-withdrawal batch (32-character ids, two approvals each) with its inputs.
+        batch = [WithdrawalApproval("%032x" % i, i, "BTC", "bcrt1q" + "q" * 58, 10**8, 1_000,
+                                    (Approval("alice", bytes(64)), Approval("bob", bytes(64)))) for i in range(500)]
+        keys = [("hot", f"m/84h/1h/1h/{i % 2}/{i}") for i in range(1_000)]
+        result = signer.client.sign("bitcoin", b"junk", keys, [Approval("alice", bytes(64))],
+                                    reference="%032x:bump:1000" % 7, withdrawals=batch)
+        assert (result.signed, result.refused_rule) == (False, "decode")
+        assert log.stat().st_size > size
+    finally:
+        signer.stop()

@@ -89,8 +89,8 @@ def test_the_cli_refuses_without_the_proof_and_warns_when_told_to_trust(tmp_path
     psbt.inputs[0].bip32_derivations[PublicKey.parse(pub)] = DerivationPath(
         bytes.fromhex(store.fingerprint("cold")), [84 + 2**31, 1 + 2**31, 2**31, 0, 0])
     (tmp_path / "in.psbt").write_bytes(psbt.serialize())
-    args = ("offline-sign", "--keystore", ks, "--wallet", "cold", "--chain", "bitcoin", "--in", tmp_path / "in.psbt",
-            "--out", tmp_path / "out.psbt", "--yes")
+    args = ("offline-sign", "--keystore", ks, "--wallet", "cold", "--chain", "bitcoin", "--network", "regtest",
+            "--in", tmp_path / "in.psbt", "--out", tmp_path / "out.psbt", "--yes")
     refused = custody(*args)
     assert refused.returncode == 3 and "non_witness_utxo" in refused.stderr + refused.stdout
     assert not (tmp_path / "out.psbt").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import coincurve
 import pytest
-from pkcs11 import Attribute, Mechanism, ObjectClass
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from hsm.errors import KeystoreError, UnknownKey, WrongSecret
 from hsm.keystores.base import HALF_N
@@ -89,5 +89,25 @@ def test_signer_with_token_keys_signs_psbt_and_ethereum(token, tmp_path):
     assert [t.internal for t in out.transfers] == [False, True]
     eth = signer.sign("ethereum", S.eth_payload("0x" + "22" * 20, S.ETH), [("hot-token", "")], [])
     assert eth.signed and Account.recover_transaction(eth.raw_transaction).lower() == address_of(pub)
+    signer.audit.close()
+    signer.limits.close()
+
+
+def test_other_ec_keys_in_the_token_are_ignored(token, tmp_path):
+    """A token that also holds P-256 keys (another application's TLS key, even one under our key's label):
+    ListKeys shows only the secp256k1 key, and a Bitcoin payment with change is still signed."""
+    _, store = token
+    pub = store.generate_key("hot-token")
+    p256 = store._session.create_domain_parameters(
+        KeyType.EC, {Attribute.EC_PARAMS: bytes.fromhex("06082a8648ce3d030107")}, local=True)  # OID prime256v1
+    p256.generate_keypair(store=True, label="tls-p256")
+    p256.generate_keypair(store=True, label="hot-token")
+    assert [(k.key_id, k.public_key) for k in store.list_keys()] == [("hot-token", pub)]
+    signer = Signer(S.make_config(tmp_path), store)
+    mine = S.p2wpkh_script(pub)
+    payload = S.make_psbt([("33" * 32, 0, S.BTC, mine)], [(S.foreign_script(), 10_000), (mine, S.BTC - 11_000)])
+    out = signer.sign("bitcoin", payload, [("hot-token", "")], [])
+    assert out.signed, out.refused_reason
+    assert [t.internal for t in out.transfers] == [False, True]
     signer.audit.close()
     signer.limits.close()

@@ -239,6 +239,31 @@ def test_ethereum_contract_calls_are_explained_or_refused(signer, keystore):
                        ETH_KEY, []).refused_rule == "decode"
 
 
+def test_ethereum_access_list_must_have_eip2930_shape(signer, keystore):
+    """A malformed access list is refused (nodes would reject the signed transaction, its nonce stuck);
+    a well-formed one is signed and kept as it was sent."""
+    import rlp
+    from eth_account import Account
+
+    from hsm.decode.ethereum import unsigned_transaction
+
+    def payload(access_list):
+        return unsigned_transaction(S.ANVIL_CHAIN_ID, 0, 10**9, 2 * 10**9, 30_000, "0x" + "22" * 20, S.ETH,
+                                    b"", access_list)
+
+    address, key = b"\x55" * 20, b"\x66" * 32
+    for bad in ([b"junk", [b"\x01"]], [[address]], [[address, [key], []]], [[address[:19], [key]]],
+                [[address, key]], [[address, [key[:31]]]], [[address, [[key]]]], [[[address], [key]]]):
+        out = signer.sign("ethereum", payload(bad), ETH_KEY, [])
+        assert (out.signed, out.refused_rule) == (False, "decode"), bad
+        assert "access_list" in out.refused_reason
+    access_list = [[address, [key, b"\x77" * 32]], [b"\x88" * 20, []]]
+    good = signer.sign("ethereum", payload(access_list), ETH_KEY, [])
+    assert good.signed, good.refused_reason
+    assert Account.recover_transaction(good.raw_transaction).lower() == S.hot_eth_address(keystore)
+    assert rlp.decode(good.raw_transaction[1:])[8] == access_list
+
+
 def test_never_signs_what_it_cannot_decode(signer):
     """There is no bare-digest path: a 32-byte 'payload' is refused by the decoder."""
     digest = bytes(range(32))
