@@ -7,6 +7,7 @@ machine. Relative paths are taken from the file's own folder.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import pathlib
 import re
 import tomllib
@@ -117,11 +118,25 @@ def normalise_address(chain: str, address: str) -> str:
     return address
 
 
+def _known(table, where: str, keys: tuple[str, ...]) -> dict:
+    """table, if every key in it is one of keys: a misspelt limit must stop the signer, not leave
+    that limit off."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where or 'the file'}: expected a table")
+    for key in table:
+        if key not in keys:
+            near = difflib.get_close_matches(key, keys, n=1)
+            raise ConfigError(f"{where + '.' if where else ''}{key}: unknown setting"
+                              + (f" (did you mean {near[0]}?)" if near else f"; known: {', '.join(keys)}"))
+    return table
+
+
 def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
     def rel(value) -> pathlib.Path | None:
         return (base_dir / value).resolve() if value else None
 
-    srv = raw.get("server", {})
+    _known(raw, "", ("server", "clients", "keystore", "state", "chains", "policy"))
+    srv = _known(raw.get("server", {}), "server", ("listen", "tls_cert", "tls_key", "tls_client_ca"))
     listen = srv.get("listen", "")
     if not listen:
         raise ConfigError("server.listen is required: unix:/path/to/signer.sock or 127.0.0.1:PORT")
@@ -137,6 +152,7 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
             raise ConfigError("server: a TCP listener needs tls_cert and tls_key (or use unix:PATH)")
     clients = []
     for i, c in enumerate(raw.get("clients", [])):
+        _known(c, f"clients[{i}]", ("name", "token_sha256"))
         digest = str(c.get("token_sha256", "")).lower()
         if not c.get("name") or not _SHA256_HEX.fullmatch(digest):
             raise ConfigError(f"clients[{i}]: name and token_sha256 (64 hex digits) are required")
@@ -147,7 +163,8 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
     if not clients:
         raise ConfigError("clients: at least one client (the custody core) must be configured")
 
-    ks = raw.get("keystore", {})
+    ks = _known(raw.get("keystore", {}), "keystore",
+                ("kind", "path", "passphrase_env", "key_file", "library", "token_label", "pin_env"))
     kind = ks.get("kind", "")
     if kind == "software":
         keystore = KeystoreConfig("software", path=rel(ks.get("path")), passphrase_env=ks.get("passphrase_env", ""),
@@ -164,8 +181,10 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
     else:
         raise ConfigError(f"keystore.kind must be 'software' or 'pkcs11', got {kind!r}")
 
-    state = raw.get("state", {})
-    chains = raw.get("chains", {})
+    state = _known(raw.get("state", {}), "state", ("audit_log", "limits_db", "durable"))
+    chains = _known(raw.get("chains", {}), "chains", ("bitcoin", "ethereum"))
+    _known(chains.get("bitcoin", {}), "chains.bitcoin", ("network",))
+    _known(chains.get("ethereum", {}), "chains.ethereum", ("chain_id",))
     network = chains.get("bitcoin", {}).get("network", "regtest")
     if network not in ("mainnet", "testnet", "signet", "regtest"):
         raise ConfigError(f"chains.bitcoin.network: unknown network {network!r}")
@@ -193,9 +212,12 @@ def _amount(raw: dict, key: str, where: str) -> int:
 
 
 def _policy(raw: dict) -> PolicyConfig:
+    _known(raw, "policy", ("approval_quorum", "deny", "allow", "internal", "internal_xpubs", "staff", "assets"))
     assets, seen = [], set()
     for i, a in enumerate(raw.get("assets", [])):
         where = f"policy.assets[{i}]"
+        _known(a, where, ("asset", "chain", "contract", "max_per_transaction", "max_per_24h", "max_fee",
+                          "max_fees_per_24h", "approval_above"))
         if not a.get("asset") or a.get("chain") not in ("bitcoin", "ethereum"):
             raise ConfigError(f"{where}: asset and chain ('bitcoin' or 'ethereum') are required")
         contract = str(a.get("contract", "")).lower()
@@ -212,6 +234,7 @@ def _policy(raw: dict) -> PolicyConfig:
                                   _amount(a, "max_fees_per_24h", where), _amount(a, "approval_above", where)))
     staff, keys_seen = [], set()
     for i, s in enumerate(raw.get("staff", [])):
+        _known(s, f"policy.staff[{i}]", ("name", "ed25519_public_key"))
         key = str(s.get("ed25519_public_key", "")).lower()
         if not s.get("name") or not _HEX32.fullmatch(key):
             raise ConfigError(f"policy.staff[{i}]: name and ed25519_public_key (64 hex digits) are required")

@@ -43,6 +43,18 @@ def test_a_minimal_config_loads():
      r"policy.staff\[1\] \(alice\): this name is listed twice"),
     ({"policy": {"approval_quorum": 2, "staff": [{"name": "alice", "ed25519_public_key": KEY_A}]}},
      "more than the 1 staff keys"),
+    # A misspelt limit would leave that limit off (no limit at all): refused, with the likely meaning.
+    ({"policy": {"assets": [{"asset": "BTC", "chain": "bitcoin", "max_per_24hr": "1"}]}},
+     r"policy.assets\[0\].max_per_24hr: unknown setting \(did you mean max_per_24h\?\)"),
+    ({"policy": {"assets": [{"asset": "BTC", "chain": "bitcoin", "max_fee_per_24h": "1"}]}},
+     r"did you mean max_fees_per_24h\?"),
+    ({"policy": {"aproval_quorum": 2}}, r"policy.aproval_quorum: unknown setting \(did you mean approval_quorum\?\)"),
+    ({"policy": {"staff": [{"name": "alice", "ed25519_public_key": KEY_A, "role": "x"}]}},
+     r"policy.staff\[0\].role: unknown setting"),
+    ({"state": {"audit": "a.log"}}, r"state.audit: unknown setting \(did you mean audit_log\?\)"),
+    ({"limits": {}}, r"^limits: unknown setting"),
+    ({"chains": {"bitcoin": {"net": "mainnet"}, "ethereum": {"chain_id": 1}}}, r"chains.bitcoin.net: unknown"),
+    ({"server": "unix:signer.sock"}, r"server: expected a table"),
 ])
 def test_bad_configs_are_refused_with_the_reason(overrides, message):
     with pytest.raises(config.ConfigError, match=message):
