@@ -80,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     rescan.add_argument("--queue", action="store_true",
                         help="only record the request; the running service's scanner does it")
     rescan.set_defaults(run=_rescan)
+    cancel = scan_sub.add_parser("cancel-rescan", help="end an open rescan request (e.g. one whose blocks the node "
+                                                       "cannot serve); what it found stays recorded")
+    cancel.add_argument("--config", required=True)
+    cancel.add_argument("--chain", required=True)
+    cancel.add_argument("--id", type=int, required=True, help="the rescan's id (printed by rescan, in its alerts)")
+    cancel.add_argument("--staff", required=True, help="who cancels it (recorded)")
+    cancel.add_argument("--reason", required=True, help="why (recorded)")
+    cancel.set_defaults(run=_cancel_rescan)
 
     token = sub.add_parser("token", help="make a new client token and the SHA-256 to put in the config")
     token.set_defaults(run=_token)
@@ -273,6 +281,7 @@ def _rescan(args) -> int:
     upgrade(config.database_url)
     app = Custody(config)
     try:
+        app.verify_config(args.chain)  # before the request: a command refused for changed config changes nothing
         request_id = deposits.request_rescan(app.engine, args.chain, args.from_height,
                                              f"custody scan rescan --from-height {args.from_height}")
         print(f"rescan {request_id}: {args.chain} from height {args.from_height} requested")
@@ -280,12 +289,29 @@ def _rescan(args) -> int:
             return 0
         result = app.scanner(args.chain).catch_up()
         state = deposits.backfill_state(app.engine, request_id)
+        outcome = state["stop_reason"] or ("finished" if state["finished_at"] else "not finished")
         print(f"rescan {request_id}: {result.backfilled} blocks rescanned, heights {state['from_height']}.."
-              f"{state['to_height']}, {'finished' if state['finished_at'] else 'not finished'}; cursor at "
-              f"{result.height}")
-        return 0 if state["finished_at"] else 1
+              f"{state['to_height']}, {outcome}; cursor at {result.height}")
+        return 0 if state["finished_at"] and not state["stop_reason"] else 1
     finally:
         app.close()
+
+
+def _cancel_rescan(args) -> int:
+    from custody.db.engine import make_engine
+    from custody.db.migrate import upgrade
+    from custody.deposits import service as deposits
+
+    config = config_mod.load(args.config)
+    config.chain(args.chain)  # an unknown chain is refused here
+    upgrade(config.database_url)
+    engine = make_engine(config.database_url)
+    try:
+        deposits.cancel_rescan(engine, args.chain, args.id, args.staff, args.reason)
+        print(f"rescan {args.id}: cancelled by {args.staff}")
+        return 0
+    finally:
+        engine.dispose()
 
 
 def _token(args) -> int:

@@ -233,6 +233,8 @@ scan_cursors = Table(
 # restore. Blocks from from_height up to the scan cursor are scanned again with
 # the current watched set; next_height moves with each committed chunk,
 # to_height is the cursor the backfill has run up to (NULL before it starts).
+# stop_reason: why it ended before catching up (the node could not serve its
+# blocks, or cancelled by staff); NULL while open and when it finished.
 scan_backfills = Table(
     "scan_backfills",
     metadata,
@@ -244,6 +246,7 @@ scan_backfills = Table(
     Column("reason", String(200), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("stop_reason", String(200), nullable=True),
     Index("ix_scan_backfills_chain_finished", "chain", "finished_at"),
 )
 

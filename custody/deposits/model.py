@@ -9,7 +9,7 @@ ORPHANED = "ORPHANED"  # its block left the best chain before it was credited
 REVERSED = "REVERSED"  # its block left the best chain after it was credited
 # Outside policy (FAILURE_MODES 25): recorded and shown, never credited; the
 # coins stay on the deposit address for staff to refund or credit by hand.
-BELOW_MINIMUM = "BELOW_MINIMUM"  # less than the asset's min_deposit
+BELOW_MINIMUM = "BELOW_MINIMUM"  # less than the asset's min_deposit (and always 0)
 ASSET_DISABLED = "ASSET_DISABLED"  # the asset's deposits_enabled was false when it was seen
 STATUSES = (PENDING, CREDITED, ORPHANED, REVERSED, BELOW_MINIMUM, ASSET_DISABLED)
 # Statuses of a deposit whose block is on the scanner's chain (a reorg that drops the block orphans it).
@@ -41,8 +41,11 @@ def policy_status(amount: int, asset: str, min_deposit: int, deposits_enabled: b
     """(status, reason) for a deposit first seen now: PENDING, or why it won't be credited."""
     if not deposits_enabled:
         return ASSET_DISABLED, f"deposits of {asset} are disabled"
-    if amount < min_deposit:
-        return BELOW_MINIMUM, f"{amount} is below the {asset} minimum deposit of {min_deposit} base units"
+    # At least 1 whatever min_deposit says: a 0-value output is valid on chain, but the ledger
+    # refuses a transfer of 0, and a deposit it refuses halts the scanner for every user.
+    minimum = max(1, min_deposit)
+    if amount < minimum:
+        return BELOW_MINIMUM, f"{amount} is below the {asset} minimum deposit of {minimum} base units"
     return PENDING, None
 
 

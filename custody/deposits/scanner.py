@@ -370,7 +370,8 @@ class Scanner:
         credits and the request's progress); the cursor is checked, never moved.
         A chunk that is not on the cursor's chain (a reorg under way) stops the
         backfill for this run: the main loop unwinds first, the backfill goes on
-        next run."""
+        next run. A request whose blocks the node cannot serve is stopped for
+        good, with an alert (_fail_backfill)."""
         with read_transaction(self.engine) as conn:
             requests = store.open_backfills(conn, self.chain)
         if not requests:
@@ -386,7 +387,15 @@ class Scanner:
             start, end = req["next_height"], cursor.height
             while start <= end and done < budget:
                 count = min(self.config.blocks_per_commit, end - start + 1, budget - done)
-                blocks = self.plugin.fetch_blocks(start, count, Watch(self.keys, self.outpoints))
+                try:
+                    blocks = self.plugin.fetch_blocks(start, count, Watch(self.keys, self.outpoints))
+                except NodeUnavailable:
+                    raise  # the node is down: the whole run backs off
+                except ChainError as exc:
+                    if self._on_best_chain(cursor):  # and so every block below it: the node can't serve them
+                        self._fail_backfill(req, start, exc)
+                        break
+                    blocks = []  # a reorg under way: paused below
                 if len(blocks) != count or not self._on_cursor_chain(blocks, cursor):
                     log.warning("backfill paused: the chain changed under it", chain=self.chain,
                                 backfill_id=req["id"], height=start)
@@ -395,7 +404,7 @@ class Scanner:
                 with self._recording() as conn:
                     self._check_cursor(conn, cursor)
                     events, created, spent = self._record_blocks(conn, blocks, cursor.height, backfill=True)
-                    store.set_backfill(conn, req["id"], next_height=start, to_height=end)
+                    still_open = store.set_backfill(conn, req["id"], next_height=start, to_height=end)
                     last_event = store.emit_events(conn, events)
                 self.outpoints.update(created)
                 self.outpoints.difference_update(spent)
@@ -404,6 +413,9 @@ class Scanner:
                 log.info("backfill chunk applied", chain=self.chain, backfill_id=req["id"],
                          heights=f"{blocks[0].height}..{blocks[-1].height}",
                          deposit_events=sum(1 for kind, _ in events if kind.startswith("deposit.")))
+                if not still_open:  # cancelled by staff meanwhile (what it found stays recorded)
+                    log.warning("backfill cancelled while running", chain=self.chain, backfill_id=req["id"])
+                    break
             if start > end:  # caught up with the cursor: the main loop scans what comes next
                 with write_transaction(self.engine) as conn:
                     store.set_backfill(conn, req["id"], to_height=end, finished_at=store.now())
@@ -416,8 +428,24 @@ class Scanner:
         the node has both at their heights on its best chain (one batch)."""
         if _linked(Cursor(blocks[0].height - 1, blocks[0].parent_hash), blocks) != blocks:
             return False
-        return (self.plugin.block_hash(blocks[-1].height) == blocks[-1].hash
-                and self.plugin.block_hash(cursor.height) == cursor.hash)
+        return self._on_best_chain(blocks[-1]) and self._on_best_chain(cursor)
+
+    def _fail_backfill(self, req: dict, height: int, exc: ChainError) -> None:
+        """Stops a request whose blocks the node cannot serve while the cursor is on its best
+        chain (a pruned node: "Block not available"), with one alert. Left open, it would fail
+        every run before the main loop and no new block would ever be applied."""
+        reason = f"failed at height {height}: {exc}"
+        with write_transaction(self.engine) as conn:
+            if not store.stop_backfill(conn, req["id"], reason):
+                return  # cancelled meanwhile
+            last_event = store.emit_events(conn, [("alert.rescan_failed", {
+                "chain": self.chain, "backfill_id": str(req["id"]), "from_height": req["from_height"],
+                "height": height, "error": str(exc)[:200],
+                "action": f"blocks from {height} not rescanned; once the node serves them: custody scan rescan "
+                          f"--from-height {height}"})])
+        log.error("ALERT backfill stopped: the node cannot serve its blocks", chain=self.chain,
+                  backfill_id=req["id"], height=height, error=str(exc))
+        self._notify(last_event)
 
     def _record_deposit(self, conn, block: Block, receipt, owner: dict, existing: dict | None,
                         view: int) -> tuple[str, dict]:

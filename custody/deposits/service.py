@@ -98,6 +98,20 @@ def request_rescan(engine: Engine, chain: str, from_height: int, reason: str) ->
         return store.request_backfill(conn, chain, from_height, reason)
 
 
+def cancel_rescan(engine: Engine, chain: str, backfill_id: int, staff: str, reason: str) -> None:
+    """Ends an open rescan request (one the node cannot serve, a wrong height): the
+    scanner no longer works on it; what it found already stays recorded."""
+    if not staff.strip() or not reason.strip():
+        raise InvalidArgument("staff and reason are required")
+    with write_transaction(engine) as conn:
+        row = conn.execute(select(t.scan_backfills).where(t.scan_backfills.c.id == backfill_id,
+                                                          t.scan_backfills.c.chain == chain)).first()
+        if row is None:
+            raise NotFound(f"rescan {backfill_id} of chain {chain} does not exist")
+        if not store.stop_backfill(conn, backfill_id, f"cancelled by {staff.strip()}: {reason.strip()}"):
+            raise FailedPrecondition(f"rescan {backfill_id} has already ended: {row.stop_reason or 'finished'}")
+
+
 def backfill_state(engine: Engine, backfill_id: int) -> dict:
     with read_transaction(engine) as conn:
         row = conn.execute(select(t.scan_backfills).where(t.scan_backfills.c.id == backfill_id)).first()

@@ -54,14 +54,15 @@ def move_cursor(conn: Connection, chain: str, expected: Cursor, new: Cursor) -> 
         raise CursorMoved(f"the {chain} scan cursor is no longer at {expected.height} {expected.hash}")
 
 
-def record_blocks(conn: Connection, chain: str, blocks: list[tuple[int, str, str]], keep: int) -> None:
-    """Stores (height, hash, parent hash) of applied blocks; forgets those more
-    than `keep` below the newest, which no reorg we unwind can reach."""
+def record_blocks(conn: Connection, chain: str, blocks: list[tuple[int, str, str]], depth: int) -> None:
+    """Stores (height, hash, parent hash) of applied blocks; keeps the newest
+    `depth` and the one below them, the fork point of a reorg `depth` deep,
+    and forgets the rest, which no reorg we unwind can reach."""
     conn.execute(insert(t.scanned_blocks), [
         {"chain": chain, "height": h, "hash": bh, "parent_hash": parent} for h, bh, parent in blocks])
     newest = blocks[-1][0]
     conn.execute(delete(t.scanned_blocks).where(t.scanned_blocks.c.chain == chain,
-                                                t.scanned_blocks.c.height <= newest - keep))
+                                                t.scanned_blocks.c.height < newest - depth))
 
 
 def recent_blocks(conn: Connection, chain: str, limit: int) -> list[tuple[int, str]]:
@@ -154,8 +155,16 @@ def open_backfills(conn: Connection, chain: str) -> list[dict]:
     return [dict(r._mapping) for r in rows]
 
 
-def set_backfill(conn: Connection, backfill_id: int, **values) -> None:
-    conn.execute(update(t.scan_backfills).where(t.scan_backfills.c.id == backfill_id).values(**values))
+def set_backfill(conn: Connection, backfill_id: int, **values) -> bool:
+    """Updates an open request; False if it has ended meanwhile (cancelled by staff)."""
+    b = t.scan_backfills.c
+    return conn.execute(update(t.scan_backfills).where(b.id == backfill_id, b.finished_at.is_(None))
+                        .values(**values)).rowcount == 1
+
+
+def stop_backfill(conn: Connection, backfill_id: int, reason: str) -> bool:
+    """Ends an open request before it caught up, with why; False if it had ended already."""
+    return set_backfill(conn, backfill_id, finished_at=now(), stop_reason=reason[:200])
 
 
 def known_utxos(conn: Connection, chain: str, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:

@@ -1,16 +1,20 @@
 """FAILURE_MODES 23 against the real bcoin node: addresses registered late (a high
 derivation index, a restore), rescans from a height (CLI and automatic), never a
 cursor moved back, never a double credit."""
+import json
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy import select
 
+from chains.base import BlockNotFound, NodeUnavailable
+from chains.bitcoin.rpc import RpcError
 from custody.db import schema as t
 from custody.deposits import service as deposits
 from custody.deposits import store
 from tests.integration.test_scanner_robustness import write_config
-from tests.support.bitcoin import CONFIRMATIONS, DEPOSIT_XPUB, deposit_key, random_script, spend
+from tests.support.bitcoin import CONFIRMATIONS, DEPOSIT_XPUB, OTHER_XPUB, deposit_key, random_script, spend
 from tests.support.databases import ROOT
 
 HIGH_INDEX = 100_000
@@ -178,3 +182,98 @@ def test_a_backfill_spread_over_runs_sees_spends_in_blocks_applied_meanwhile(btc
     assert utxo["spent_txid"] == sweep_txid
     (request,) = table(btc_app, t.scan_backfills)
     assert request["to_height"] == chain.height() and request["finished_at"] is not None
+
+
+def serve_no_blocks_up_to(app, height, error, monkeypatch):
+    """The node fails to serve blocks up to height (as a pruned node does), later ones as usual."""
+    plugin = app.plugin("bitcoin")
+    real = plugin.fetch_blocks
+
+    def fetch_blocks(start, count, watch):
+        if start <= height:
+            raise error
+        return real(start, count, watch)
+
+    monkeypatch.setattr(plugin, "fetch_blocks", fetch_blocks)
+
+
+@pytest.mark.parametrize("error", [
+    RpcError("getblock", -1, "Block not available (pruned data)"),
+    BlockNotFound("block 0f... or one after it left the best chain while fetching"),
+], ids=["pruned", "not-found"])
+def test_a_rescan_the_node_cannot_serve_is_stopped_with_an_alert_and_new_blocks_are_still_applied(
+        btc_app, chain, monkeypatch, error):
+    """A rescan from a height the node can't serve (while the scanner's cursor is on its best
+    chain) is stopped with its reason and one alert; it no longer holds up the main loop."""
+    ann = btc_app.create_account("ann").account_id
+    script = btc_app.plugin("bitcoin").watch_key(btc_app.deposit_address(str(ann), "bitcoin")[1])
+    top = cursor(btc_app).height
+    serve_no_blocks_up_to(btc_app, top, error, monkeypatch)
+    request_id = deposits.request_rescan(btc_app.engine, "bitcoin", top - 5, "operator: rescan")
+    chain.pay((script, 50_000))
+    chain.mine(CONFIRMATIONS)
+
+    scanner = btc_app.scanner("bitcoin")
+    assert scanner.tick().status == "ok"
+    assert cursor(btc_app).height == chain.height()
+    (d,) = btc_app.list_deposits(str(ann))[1]
+    assert (d.amount, d.status) == (50_000, "CREDITED")
+    state = deposits.backfill_state(btc_app.engine, request_id)
+    assert state["finished_at"] is not None and state["stop_reason"] == f"failed at height {top - 5}: {error}"
+    (alert,) = [json.loads(e.payload) for e in btc_app.events_after(0, 1000) if e.type == "alert.rescan_failed"]
+    assert (alert["backfill_id"], alert["height"], alert["error"]) == (str(request_id), top - 5, str(error))
+
+    chain.mine(1)
+    assert scanner.tick().status == "ok" and scanner.run_once().backfilled == 0, "not tried again"
+    assert [e.type for e in btc_app.events_after(0, 1000)].count("alert.rescan_failed") == 1
+
+
+def test_a_rescan_meeting_a_node_outage_stays_open_and_the_run_backs_off(btc_app, chain, monkeypatch):
+    top = cursor(btc_app).height
+    serve_no_blocks_up_to(btc_app, top, NodeUnavailable("connection refused"), monkeypatch)
+    request_id = deposits.request_rescan(btc_app.engine, "bitcoin", top - 5, "operator: rescan")
+    chain.mine(1)
+    assert btc_app.scanner("bitcoin").tick().status == "node unavailable"
+    assert deposits.backfill_state(btc_app.engine, request_id)["finished_at"] is None
+    monkeypatch.undo()
+    btc_app.scanner("bitcoin").next_attempt = 0
+    assert btc_app.scanner("bitcoin").tick().status == "ok"
+    state = deposits.backfill_state(btc_app.engine, request_id)
+    assert state["finished_at"] is not None and state["stop_reason"] is None
+
+
+def test_cli_cancel_rescan_ends_an_open_rescan_and_records_who_and_why(btc_app, chain, db_url, tmp_path):
+    config_file = write_config(tmp_path / "custody.toml", db_url, chain.rpc.url)
+    custody = [sys.executable, "-m", "custody.cli", "scan"]
+
+    def run(*args):
+        return subprocess.run([*custody, *args, "--config", str(config_file), "--chain", "bitcoin"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    queued = run("rescan", "--from-height", str(cursor(btc_app).height - 5), "--queue")
+    assert queued.returncode == 0, queued.stderr[-2000:]
+    (request,) = table(btc_app, t.scan_backfills)
+    refused = run("cancel-rescan", "--id", str(request["id"]), "--staff", "carol", "--reason", " ")
+    assert refused.returncode == 2 and "reason" in refused.stderr
+    cancelled = run("cancel-rescan", "--id", str(request["id"]), "--staff", "carol", "--reason", "wrong height")
+    assert cancelled.returncode == 0, cancelled.stderr[-2000:]
+    assert f"rescan {request['id']}: cancelled by carol" in cancelled.stdout
+    (request,) = table(btc_app, t.scan_backfills)
+    assert request["finished_at"] is not None and request["stop_reason"] == "cancelled by carol: wrong height"
+    assert scan(btc_app).backfilled == 0
+
+    again = run("cancel-rescan", "--id", str(request["id"]), "--staff", "carol", "--reason", "wrong height")
+    assert again.returncode == 2 and "already ended: cancelled by carol" in again.stderr
+    missing = run("cancel-rescan", "--id", str(request["id"] + 1), "--staff", "carol", "--reason", "typo")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_cli_rescan_refused_for_a_changed_config_records_no_request(btc_app, chain, db_url, tmp_path):
+    """The config pins are checked before the request is recorded: exit 2 and nothing queued."""
+    config_file = write_config(tmp_path / "custody.toml", db_url, chain.rpc.url, hot_xpub=OTHER_XPUB)
+    for queue in ([], ["--queue"]):
+        refused = subprocess.run([sys.executable, "-m", "custody.cli", "scan", "rescan", "--config", str(config_file),
+                                  "--chain", "bitcoin", "--from-height", "1", *queue],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2 and "hot_xpub" in refused.stderr, refused.stderr[-2000:]
+        assert table(btc_app, t.scan_backfills) == []

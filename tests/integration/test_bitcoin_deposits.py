@@ -313,8 +313,9 @@ def test_a_credited_deposit_reversed_by_a_deep_reorg_and_mined_again_ends_credit
 
 
 def test_a_reorg_deeper_than_the_remembered_blocks_halts_the_scanner_with_one_alert(db_url, chain):
-    """The scanner keeps max_reorg_depth blocks; a deeper reorg stops it with an alert event and
-    nothing changed: no guessed fork point, the deposit left as it was for staff to judge."""
+    """The scanner keeps max_reorg_depth blocks and the fork block below them; a deeper reorg stops
+    it with an alert event and nothing changed: no guessed fork point, the deposit left as it was
+    for staff to judge."""
     from custody.app import Custody
     from tests.support.bitcoin import make_chain_config
 
@@ -333,7 +334,7 @@ def test_a_reorg_deeper_than_the_remembered_blocks_halts_the_scanner_with_one_al
         with app.engine.connect() as conn:
             before = store.load_cursor(conn, "bitcoin")
             remembered = store.recent_blocks(conn, "bitcoin", 100)
-        assert len(remembered) == 3, "only max_reorg_depth blocks are kept"
+        assert len(remembered) == 4, "only max_reorg_depth blocks and the one below them are kept"
 
         chain.reorg(d.block_height, 8)  # replaces 6 blocks: below everything remembered
         first = app.scanner("bitcoin").tick()
@@ -346,5 +347,43 @@ def test_a_reorg_deeper_than_the_remembered_blocks_halts_the_scanner_with_one_al
         assert (after.status, after.block_hash) == ("CREDITED", d.block_hash), "nothing guessed or unwound"
         alerts = [json.loads(e.payload) for e in app.events_after(0, 1000) if e.type == "alert.reorg_too_deep"]
         assert [(a["cursor_height"], a["max_reorg_depth"]) for a in alerts] == [(before.height, 3)]
+    finally:
+        app.close()
+
+
+def test_a_reorg_exactly_max_reorg_depth_deep_is_unwound_and_one_block_deeper_halts(db_url, chain):
+    """max_reorg_depth = 3: a reorg replacing the 3 newest blocks is unwound (its fork block is
+    remembered); one replacing 4 halts the scanner with an alert."""
+    from custody.app import Custody
+    from tests.support.bitcoin import make_chain_config
+
+    app = Custody(make_chain_config(db_url, chain.rpc.url, max_reorg_depth=3))
+    try:
+        scanner = app.scanner("bitcoin")
+        scanner.catch_up()
+        account, address = account_with_address(app, "ann")
+        chain.mine(3)
+        chain.pay((script_of(app, address), 9_000))
+        chain.mine(2)
+        scan(app)
+        (d,) = deposits_of(app, account)
+        assert (d.status, d.block_height) == ("PENDING", chain.height() - 1)
+
+        chain.reorg(chain.height() - 2, 4)  # depth 3: the block below the deposit's, it and the tip
+        assert scanner.tick().status == "ok"
+        with app.engine.connect() as conn:
+            assert store.load_cursor(conn, "bitcoin").height == chain.height()
+        (d,) = deposits_of(app, account)
+        assert d.status == "ORPHANED"
+        assert "alert.reorg_too_deep" not in event_types(app)
+
+        with app.engine.connect() as conn:
+            before = store.load_cursor(conn, "bitcoin")
+        chain.reorg(before.height - 3, 5)  # depth 4
+        result = scanner.tick()
+        assert result.status == "halted" and "reorg deeper than 3" in result.detail
+        with app.engine.connect() as conn:
+            assert store.load_cursor(conn, "bitcoin") == before
+        assert event_types(app).count("alert.reorg_too_deep") == 1
     finally:
         app.close()

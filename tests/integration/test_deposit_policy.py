@@ -113,3 +113,54 @@ def test_a_reorg_orphans_a_below_minimum_deposit_and_a_re_mine_records_it_again_
     assert (d.status, d.txid, d.confirmations) == ("BELOW_MINIMUM", txid, CONFIRMATIONS)
     assert btc(policy_app, account).available == 0
     assert len(events(policy_app, "deposit.below_minimum")) == 2
+
+
+def test_a_zero_value_output_is_below_minimum_and_later_deposits_are_still_credited(btc_app, chain):
+    """min_deposit at its default (0): a 0-sat output to a deposit address (valid on chain) is
+    BELOW_MINIMUM, never sent to the ledger (which refuses 0 and would halt the scanner for
+    every user); a payment to another user in a later block is credited."""
+    assert btc_app.config.asset("BTC").min_deposit == 0
+    mallory, mallorys = address_of(btc_app, "mallory")
+    ann, anns = address_of(btc_app, "ann")
+    plugin = btc_app.plugin("bitcoin")
+    zero_txid, _ = chain.pay((plugin.watch_key(mallorys), 0))
+    chain.mine(1)
+    scan(btc_app)
+    chain.pay((plugin.watch_key(anns), 70_000))
+    chain.mine(CONFIRMATIONS + 1)  # past the 0-value output's confirmation depth too
+
+    scanner = btc_app.scanner("bitcoin")
+    assert scanner.tick().status == "ok"
+    assert scanner.run_once().height == chain.height()
+    (zero,) = btc_app.list_deposits(str(mallory))[1]
+    assert (zero.txid, zero.amount, zero.status, zero.reason) == (
+        zero_txid, 0, "BELOW_MINIMUM", "0 is below the BTC minimum deposit of 1 base units")
+    (paid,) = btc_app.list_deposits(str(ann))[1]
+    assert (paid.amount, paid.status) == (70_000, "CREDITED")
+    assert btc(btc_app, ann).available == 70_000 and btc(btc_app, mallory).available == 0
+    assert [e["txid"] for e in events(btc_app, "deposit.below_minimum")] == [zero_txid]
+
+
+def test_a_zero_value_deposit_left_pending_by_an_older_version_is_moved_below_minimum_by_the_upgrade(
+        btc_app, chain, db_url):
+    """A database where a 0-value deposit was recorded PENDING (before this fix) would halt the
+    scanner at its confirmation depth; migration 0015 makes it BELOW_MINIMUM and the scanner goes on."""
+    from alembic import command
+    from sqlalchemy import update
+
+    from custody.db import schema as t
+    from custody.db.migrate import alembic_config, upgrade
+
+    mallory, mallorys = address_of(btc_app, "mallory")
+    chain.pay((btc_app.plugin("bitcoin").watch_key(mallorys), 0))
+    chain.mine(1)
+    scan(btc_app)
+    with btc_app.engine.begin() as conn:  # as the older version recorded it
+        conn.execute(update(t.deposits).values(status="PENDING", reason=None))
+    command.downgrade(alembic_config(db_url), "0014")
+    upgrade(db_url)
+
+    chain.mine(CONFIRMATIONS)
+    assert btc_app.scanner("bitcoin").tick().status == "ok"
+    (zero,) = btc_app.list_deposits(str(mallory))[1]
+    assert (zero.status, zero.reason) == ("BELOW_MINIMUM", "0 is below the BTC minimum deposit of 1 base units")
