@@ -1,11 +1,16 @@
 """The service's configuration: one TOML file, validated in full at start.
 
-Relative paths in the file (database, TLS files) are taken relative to the
-file's own folder, so a config works from any working directory.
+Relative paths in the file (database, TLS files, the signer's files and
+socket) are taken relative to the file's own folder, so a config works from
+any working directory. Every key is checked: an unknown one (a misspelt
+limit would otherwise mean no limit) or a value of the wrong type stops the
+service with a ConfigError naming the key.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import pathlib
 import re
 import tomllib
@@ -21,7 +26,11 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # characters in the database). The service's own actors have a ':' or a space in them or are
 # reserved, so a client can neither pose as one nor take an internal command's idempotency key.
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
-RESERVED_CLIENT_NAMES = frozenset({"anonymous", SERVICE_SCOPE, "withdrawal-job"})
+# signer and scanner: actors in withdrawal histories (withdrawals/sender.py); matching: the ledger
+# actor of the cancels of frozen accounts' orders (matching_stub/engine.py).
+RESERVED_CLIENT_NAMES = frozenset({"anonymous", SERVICE_SCOPE, "withdrawal-job", "signer", "scanner", "matching"})
+# ListAssets carries confirmations in a uint32.
+MAX_CONFIRMATIONS = 2**32 - 1
 
 
 class ConfigError(Exception):
@@ -232,59 +241,111 @@ def load(path: str | pathlib.Path) -> Config:
 
 
 def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
-    db = raw.get("database", {})
+    _known(raw, "", ("server", "database", "clients", "assets", "chains", "markets", "withdrawals"))
+    db = _known(raw.get("database", {}), "database", ("url",))
     url = db.get("url", "sqlite:///custody.db")
+    if not isinstance(url, str) or not url:
+        raise ConfigError("database.url must be a database URL: sqlite:///FILE or postgresql://...")
+    # custody/db/engine.py refuses these too, but with a traceback at first use.
+    if url.startswith("sqlite") and (":memory:" in url or url in ("sqlite://", "sqlite:///")):
+        raise ConfigError("database.url: an in-memory SQLite database is not durable; give a file path")
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        rel = url.removeprefix("sqlite:///")
-        if rel and rel != ":memory:":
-            url = "sqlite:///" + str((base_dir / rel).resolve())
-    srv = raw.get("server", {})
+        url = "sqlite:///" + str((base_dir / url.removeprefix("sqlite:///")).resolve())
+    srv = _known(raw.get("server", {}), "server", _keys(ServerConfig))
 
     def opt_path(key: str) -> pathlib.Path | None:
-        value = srv.get(key)
+        value = _string(srv, key, "", "server")
         return (base_dir / value).resolve() if value else None
 
     server = ServerConfig(
-        listen=srv.get("listen", ServerConfig.listen),
+        listen=_string(srv, "listen", ServerConfig.listen, "server"),
         tls_cert=opt_path("tls_cert"),
         tls_key=opt_path("tls_key"),
         tls_client_ca=opt_path("tls_client_ca"),
-        max_group_commit=int(srv.get("max_group_commit", ServerConfig.max_group_commit)),
-        group_commit_wait_ms=srv.get("group_commit_wait_ms", ServerConfig.group_commit_wait_ms),
+        max_group_commit=_number(srv, "max_group_commit", ServerConfig.max_group_commit, "server", int, 1),
+        group_commit_wait_ms=_number(srv, "group_commit_wait_ms", ServerConfig.group_commit_wait_ms, "server",
+                                     float, 0, 100),
         ledger_writer=srv.get("ledger_writer", ServerConfig.ledger_writer),
-        max_concurrent_rpcs=srv.get("max_concurrent_rpcs", ServerConfig.max_concurrent_rpcs),
+        max_concurrent_rpcs=_number(srv, "max_concurrent_rpcs", ServerConfig.max_concurrent_rpcs, "server", int, 1),
     )
     if server.ledger_writer not in LEDGER_WRITERS:
         raise ConfigError(f"server: ledger_writer must be one of {', '.join(LEDGER_WRITERS)}, "
                           f"not {server.ledger_writer!r}")
-    if server.max_group_commit < 1:
-        raise ConfigError("server: max_group_commit must be at least 1")
-    limit = server.max_concurrent_rpcs
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ConfigError("server: max_concurrent_rpcs must be a whole number of at least 1")
-    wait = server.group_commit_wait_ms
-    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 100:
-        raise ConfigError("server: group_commit_wait_ms must be a number from 0 to 100")
     if bool(server.tls_cert) != bool(server.tls_key):
         raise ConfigError("server: tls_cert and tls_key must be given together")
     if server.tls_client_ca and not server.tls_cert:
         raise ConfigError("server: tls_client_ca needs tls_cert and tls_key")
-    assets = _assets(raw.get("assets", []))
-    return Config(
+    assets = _assets(_tables(raw, "assets"))
+    config = Config(
         database_url=url,
         server=server,
-        clients=_clients(raw.get("clients", [])),
+        clients=_clients(_tables(raw, "clients")),
         assets=assets,
         chains=_chains(raw.get("chains", {})),
-        markets=_markets(raw.get("markets", []), assets),
-        withdrawals=_withdrawals(raw.get("withdrawals", {})),
+        markets=_markets(_tables(raw, "markets"), assets),
+        withdrawals=_withdrawals(raw.get("withdrawals", {}), base_dir),
     )
+    if config.withdrawals.signer_target and any(c.name == "bitcoin" for c in config.chains):
+        # The withdrawal job reads the Bitcoin chain's native asset as "BTC" (coins.py, sender.py,
+        # refusal.py): under another name it would fail at its first run, after withdrawals were taken.
+        btc = [a for a in assets if a.asset == "BTC"]
+        if not btc or btc[0].chain != "bitcoin" or btc[0].contract:
+            raise ConfigError("assets: the withdrawal job needs the bitcoin chain's native asset listed as "
+                              "asset = \"BTC\" (chain = \"bitcoin\", no contract)")
+    return config
 
 
-def _withdrawals(raw: dict) -> WithdrawalConfig:
+def _known(table, where: str, keys: tuple[str, ...]) -> dict:
+    """table, if every key in it is one of keys: a misspelt limit must stop the service, not
+    leave that limit off (daily_withdrawl_limit would mean no daily limit at all)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where or 'the file'}: must be a table")
+    for key in table:
+        if key not in keys:
+            near = difflib.get_close_matches(key, keys, n=1)
+            raise ConfigError(f"{where + '.' if where else ''}{key}: unknown setting"
+                              + (f" (did you mean {near[0]}?)" if near else f"; known: {', '.join(keys)}"))
+    return table
+
+
+def _keys(cls) -> tuple[str, ...]:
+    """The keys of a table read into cls: its fields are named as the file's keys."""
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _tables(raw: dict, key: str, where: str = "") -> list[dict]:
+    """The array of tables raw[key] ([[key]] in the file)."""
+    items = raw.get(key, [])
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ConfigError(f"{where}{key}: must be an array of tables ([[{where}{key}]])")
+    return items
+
+
+def _string(raw: dict, key: str, default: str, where: str) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be a string")
+    return value
+
+
+def _number(raw: dict, key: str, default, where: str, kind: type = int, minimum=0, maximum=None):
+    """raw[key], or default when absent: an integer (kind int) or any number (kind float) from
+    minimum to maximum. A TOML boolean is not a number here, though Python counts it as one."""
+    value = raw.get(key, default)
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or kind is int and not isinstance(value, int)
+            or isinstance(value, float) and not math.isfinite(value)):
+        raise ConfigError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'}")
+    if value < minimum or maximum is not None and value > maximum:
+        raise ConfigError(f"{where}: {key} must be " + (f"from {minimum} to {maximum}" if maximum is not None
+                                                         else f"at least {minimum}"))
+    return kind(value)
+
+
+def _withdrawals(raw: dict, base_dir: pathlib.Path) -> WithdrawalConfig:
     where = "withdrawals"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must be a table")
+    _known(raw, where, _keys(WithdrawalConfig))
     d = WithdrawalConfig()
 
     def amount(key: str, default: int) -> int:
@@ -296,43 +357,51 @@ def _withdrawals(raw: dict) -> WithdrawalConfig:
             raise ConfigError(str(exc)) from None
 
     def number(key, default, kind=int, minimum=0):
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or kind is int and not isinstance(value, int):
-            raise ConfigError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'}")
-        if value < minimum:
-            raise ConfigError(f"{where}: {key} must be at least {minimum}")
-        return kind(value)
+        return _number(raw, key, default, where, kind, minimum)
+
+    def string(key: str) -> str:
+        return _string(raw, key, getattr(d, key), where)
+
+    def path(key: str) -> str:
+        # Relative to the config file's folder, like every other path in it.
+        value = string(key)
+        return str((base_dir / value).resolve()) if value else ""
 
     staff = []
-    for i, s in enumerate(raw.get("staff", [])):
+    for i, s in enumerate(_tables(raw, "staff", f"{where}.")):
+        _known(s, f"{where}.staff[{i}]", ("name", "ed25519_public_key"))
+        name, key_hex = s.get("name"), s.get("ed25519_public_key")
         try:
-            key = bytes.fromhex(s.get("ed25519_public_key", ""))
+            key = bytes.fromhex(key_hex) if isinstance(key_hex, str) else b""
         except ValueError:
             key = b""
-        if not s.get("name") or len(key) != 32:
+        if not isinstance(name, str) or not name or len(key) != 32:
             raise ConfigError(f"{where}.staff[{i}]: name and ed25519_public_key (64 hex digits) are required")
-        if any(key == other.public_key or s["name"] == other.name for other in staff):
+        if any(key == other.public_key or name == other.name for other in staff):
             # One key under two names would let one person give both approvals of a four-eyes
             # withdrawal; two keys under one name leave one of them never verifying.
-            raise ConfigError(f"{where}.staff[{i}] ({s['name']}): another staff entry has the same name or key; "
+            raise ConfigError(f"{where}.staff[{i}] ({name}): another staff entry has the same name or key; "
                               "one entry per person")
-        staff.append(StaffKeyConfig(s["name"], key))
+        staff.append(StaffKeyConfig(name, key))
     rule = raw.get("on_node_rejection", d.on_node_rejection)
     if rule not in ("fail", "requeue"):
         raise ConfigError(f"{where}: on_node_rejection must be \"fail\" or \"requeue\"")
+    target = string("signer_target")
+    if target.startswith("unix:"):
+        target = "unix:" + str((base_dir / target.removeprefix("unix:")).resolve())
     return WithdrawalConfig(
         auto_approve_max=amount("auto_approve_max", d.auto_approve_max),
         two_approvals_above=amount("two_approvals_above", d.two_approvals_above),
         staff=tuple(staff),
-        signer_target=str(raw.get("signer_target", "")),
-        signer_token=str(raw.get("signer_token", "")),
-        signer_token_env=str(raw.get("signer_token_env", "")),
-        signer_ca_file=str(raw.get("signer_ca_file", "")),
-        signer_cert_file=str(raw.get("signer_cert_file", "")),
-        signer_key_file=str(raw.get("signer_key_file", "")),
+        signer_target=target,
+        signer_token=string("signer_token"),
+        signer_token_env=string("signer_token_env"),
+        signer_ca_file=path("signer_ca_file"),
+        signer_cert_file=path("signer_cert_file"),
+        signer_key_file=path("signer_key_file"),
         signer_timeout_s=number("signer_timeout_s", d.signer_timeout_s, float, 0.1),
-        signer_key_id=str(raw.get("signer_key_id", d.signer_key_id)),
-        hot_account_path=str(raw.get("hot_account_path", d.hot_account_path)),
+        signer_key_id=string("signer_key_id"),
+        hot_account_path=string("hot_account_path"),
         fallback_fee_rate=number("fallback_fee_rate", d.fallback_fee_rate, int, 1),
         max_fee_rate=number("max_fee_rate", d.max_fee_rate, int, 1),
         max_batch=number("max_batch", d.max_batch, int, 1),
@@ -343,7 +412,7 @@ def _withdrawals(raw: dict) -> WithdrawalConfig:
         consolidate_above=number("consolidate_above", d.consolidate_above, int, 0),
         consolidation_max_fee_rate=number("consolidation_max_fee_rate", d.consolidation_max_fee_rate, int, 1),
         min_utxo=number("min_utxo", d.min_utxo, int, 0),
-        include_deposit_wallet=bool(raw.get("include_deposit_wallet", False)),
+        include_deposit_wallet=_flag(raw, "include_deposit_wallet", d.include_deposit_wallet, where),
         replace_after_s=number("replace_after_s", d.replace_after_s, float, 0),
         replace_fee_multiplier=number("replace_fee_multiplier", d.replace_fee_multiplier, float, 1.0),
         on_node_rejection=rule,
@@ -368,6 +437,7 @@ def _clients(raw: list) -> tuple[ClientConfig, ...]:
 
 def _client(raw: dict, index: int) -> ClientConfig:
     where = f"clients[{index}]"
+    _known(raw, where, _keys(ClientConfig))
     name = raw.get("name", "")
     if not name:
         raise ConfigError(f"{where}: name is required")
@@ -375,10 +445,14 @@ def _client(raw: dict, index: int) -> ClientConfig:
         raise ConfigError(f"{where}: name must be 1-64 letters, digits and . _ @ -, starting with a letter or digit")
     if name in RESERVED_CLIENT_NAMES:
         raise ConfigError(f"{where}: name {name!r} is reserved for the service itself")
-    digest = str(raw.get("token_sha256", "")).lower()
-    if not _SHA256_HEX.fullmatch(digest):
+    digest = raw.get("token_sha256", "")
+    if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest.lower()):
         raise ConfigError(f"{where} ({name}): token_sha256 must be 64 hex digits")
-    scopes = frozenset(raw.get("scopes", []))
+    digest = digest.lower()
+    scopes = raw.get("scopes", [])
+    if not isinstance(scopes, list) or not all(isinstance(scope, str) for scope in scopes):
+        raise ConfigError(f"{where} ({name}): scopes must be a list of strings")
+    scopes = frozenset(scopes)
     unknown = scopes - SCOPES
     if unknown:
         raise ConfigError(f"{where} ({name}): unknown scopes {sorted(unknown)}")
@@ -390,8 +464,9 @@ def _assets(items: list[dict]) -> tuple[AssetConfig, ...]:
     out = []
     for i, raw in enumerate(items):
         where = f"assets[{i}]"
+        _known(raw, where, _keys(AssetConfig))
         name = raw.get("asset", "")
-        if not _ASSET_NAME.fullmatch(name):
+        if not isinstance(name, str) or not _ASSET_NAME.fullmatch(name):
             raise ConfigError(f"{where}: asset must be 2-16 upper-case letters or digits")
         if name in seen:
             raise ConfigError(f"{where}: asset {name} is listed twice")
@@ -406,17 +481,18 @@ def _assets(items: list[dict]) -> tuple[AssetConfig, ...]:
                 raise ConfigError(str(exc)) from None
 
         decimals = raw.get("decimals")
-        if not isinstance(decimals, int) or not 0 <= decimals <= 77:
+        if type(decimals) is not int or not 0 <= decimals <= 77:
             raise ConfigError(f"{where}: decimals must be an integer from 0 to 77")
-        if not raw.get("chain"):
+        if not isinstance(raw.get("chain"), str) or not raw["chain"]:
             raise ConfigError(f"{where}: chain is required")
         out.append(
             AssetConfig(
                 asset=name,
                 chain=raw["chain"],
                 decimals=decimals,
-                contract=raw.get("contract", ""),
-                confirmations=int(raw.get("confirmations", 1)),
+                contract=_string(raw, "contract", "", where),
+                # At least 1: the scanner credits from blocks only, so 0 would promise what never happens.
+                confirmations=_number(raw, "confirmations", 1, where, int, 1, MAX_CONFIRMATIONS),
                 withdrawal_fee=amount("withdrawal_fee", 0),
                 min_withdrawal=amount("min_withdrawal", 1),
                 max_withdrawal=amount("max_withdrawal", MAX_AMOUNT),
@@ -440,6 +516,8 @@ def _chains(section: dict) -> tuple[ChainConfig, ...]:
         raise ConfigError("chains: must be a table of [chains.<name>] sections")
     out = []
     for name, raw in section.items():
+        # The whole section is also the chain plugin's settings (rpc_timeout_s, ...), so unknown
+        # keys here are the plugin's to refuse (chains/base.py, ChainPlugin.__init__), not ours.
         where = f"chains.{name}"
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: must be a table")
@@ -448,25 +526,18 @@ def _chains(section: dict) -> tuple[ChainConfig, ...]:
                 raise ConfigError(f"{where}: {key} is required")
 
         def number(key, default, kind=int, minimum=0):
-            value = raw.get(key, default)
-            if value is None:
-                return None
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or kind is int and not isinstance(value, int):
-                raise ConfigError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'}")
-            if value < minimum:
-                raise ConfigError(f"{where}: {key} must be at least {minimum}")
-            return kind(value)
+            return _number(raw, key, default, where, kind, minimum)
 
         out.append(ChainConfig(
             name=name,
             network=raw["network"],
             rpc_url=raw["rpc_url"],
             deposit_xpub=raw["deposit_xpub"],
-            hot_xpub=raw.get("hot_xpub", ""),
-            cold_xpub=raw.get("cold_xpub", ""),
+            hot_xpub=_string(raw, "hot_xpub", "", where),
+            cold_xpub=_string(raw, "cold_xpub", "", where),
             wallet_addresses=number("wallet_addresses", 20),
             start_height=number("start_height", None),
-            scan=bool(raw.get("scan", True)),
+            scan=_flag(raw, "scan", True, where),
             poll_interval_s=number("poll_interval_s", 5.0, float, 0.01),
             blocks_per_commit=number("blocks_per_commit", 16, int, 1),
             max_reorg_depth=number("max_reorg_depth", 100, int, 1),
@@ -480,9 +551,10 @@ def _markets(items: list[dict], assets: tuple[AssetConfig, ...]) -> tuple[Market
     out: list[MarketConfig] = []
     for i, raw in enumerate(items):
         where = f"markets[{i}]"
+        _known(raw, where, _keys(MarketConfig))
         base, quote = raw.get("base", ""), raw.get("quote", "")
         for key, name in (("base", base), ("quote", quote)):
-            if name not in decimals:
+            if not isinstance(name, str) or name not in decimals:
                 raise ConfigError(f"{where}: {key} {name!r} is not a configured asset")
         if base == quote:
             raise ConfigError(f"{where}: base and quote must differ")

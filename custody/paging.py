@@ -87,7 +87,7 @@ def parse_page(page_size: int, page_token: str, listing: str, key_type: type = i
 
 
 def _valid_key(key, key_type: type) -> bool:
-    """Checked so that an altered token is refused here rather than failing in the database."""
+    """Checked so that a malformed token, or one from another request, is refused here rather than failing in the database."""
     if key_type is int:
         return type(key) is int and 0 <= key <= MAX_CURSOR  # a 64-bit row id
     return is_id(key)
