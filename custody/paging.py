@@ -13,7 +13,8 @@ pages, so none of the items already there is skipped or sent twice (an item
 added meanwhile may come in this pass or the next: ids are not committed in
 order across transactions and instances). The token also names the list it
 belongs to (which RPC, which account or status); a token sent with another
-request is refused, as is one that was altered.
+request is refused, as is a malformed one (a key edited within its list is
+not: it only moves where the page starts, within what the caller may list).
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def parse_page(page_size: int, page_token: str, listing: str, key_type: type = i
 
 
 def _valid_key(key, key_type: type) -> bool:
-    """Checked so that a malformed token, or one from another request, is refused here rather than failing in the database."""
+    """Checked so that a token with a malformed key is refused here rather than failing in the database."""
     if key_type is int:
         return type(key) is int and 0 <= key <= MAX_CURSOR  # a 64-bit row id
     return is_id(key)
