@@ -353,6 +353,8 @@ class Scanner:
                 before = existing.get((r.txid, r.index))
                 if backfill and before is not None and before["status"] in ON_CHAIN:
                     continue  # seen by the scanner already: one deposit per key (FAILURE_MODES 16)
+                if before is not None and before["status"] == CREDITED and before["block_hash"] == block.hash:
+                    continue  # kept across a reorg by _unwind, which moved it to this block
                 events.append(self._record_deposit(conn, block, r, owner, before, view))
         for block in blocks:
             for sp in block.spends:
@@ -516,14 +518,28 @@ class Scanner:
             raise ScannerHalted(f"{self.chain}: no block remembered below height {cursor.height} is on the best "
                                 f"chain any more (reorg deeper than {self.config.max_reorg_depth}); halting")
         events: list[tuple[str, dict]] = []
+        new_cursor = fork
         with self._recording() as conn:
             # The cursor row first, as every transaction that acts on what the scanner recorded
             # takes it first (the withdrawal sender's completion): no deadlock between the two.
             self._check_cursor(conn, cursor)
-            dropped = store.deposits_above(conn, self.chain, fork.height)
+            store.unwind_utxos(conn, self.chain, fork.height)
+            # The new branch is applied in this same transaction, so a credited deposit it holds
+            # again (a stale tip replaced by a block with the same transactions) is kept, not
+            # reversed with its account frozen and credited again a moment later.
+            replacement = self._replacement(fork, cursor, tip, store.unspent_outpoints(conn, self.chain))
+            view = replacement[-1].height if replacement else fork.height
+            again = {(r.txid, r.index): b for b in replacement for r in b.receipts}
             reversals = []
-            for d in dropped:
-                if d["status"] == CREDITED:
+            for d in store.deposits_above(conn, self.chain, fork.height):
+                block = again.get((d["txid"], d["output_index"]))
+                if d["status"] == CREDITED and block is not None and credit_due(block.height, view, required_confirmations(
+                        self.asset.confirmations, d["coinbase"], self.plugin.params.coinbase_maturity)):
+                    store.set_deposit(conn, d["id"], block_height=block.height, block_hash=block.hash)
+                    events.append(("deposit.remined", self._payload(
+                        d["id"], d["account_id"], d["txid"], d["output_index"], d["amount"], CREDITED,
+                        block.height, block.hash, view)))
+                elif d["status"] == CREDITED:
                     reversals.append(d)
                 else:  # PENDING, or outside policy: nothing was credited, nothing to take back
                     store.set_deposit(conn, d["id"], status=ORPHANED)
@@ -531,17 +547,40 @@ class Scanner:
                         d["id"], d["account_id"], d["txid"], d["output_index"], d["amount"], ORPHANED,
                         d["block_height"], d["block_hash"], fork.height)))
             events += self._reverse(conn, reversals, cursor, fork)
-            store.unwind_utxos(conn, self.chain, fork.height)
             store.move_cursor(conn, self.chain, cursor, fork)
+            if replacement:
+                new_cursor = Cursor(view, replacement[-1].hash)
+                applied, _, _ = self._record_blocks(conn, replacement, view, backfill=False)
+                events += applied
+                store.record_blocks(conn, self.chain, [(b.height, b.hash, b.parent_hash) for b in replacement],
+                                    self.config.max_reorg_depth)
+                store.move_cursor(conn, self.chain, fork, new_cursor)
             last_event = store.emit_events(conn, events)
         self.outpoints = None  # reloaded from the unwound UTXO set on the next refresh
         self._refresh_watch()
         log.warning("reorg unwound", chain=self.chain, from_height=cursor.height, from_hash=cursor.hash,
                     fork_height=fork.height, fork_hash=fork.hash, depth=cursor.height - fork.height,
+                    applied_to=new_cursor.height,
                     orphaned=sum(1 for e in events if e[0] == "deposit.orphaned"),
+                    remined=sum(1 for e in events if e[0] == "deposit.remined"),
                     reversed=sum(1 for e in events if e[0] == "deposit.reversed"))
         self._notify(last_event)
-        return fork
+        return new_cursor
+
+    def _replacement(self, fork: Cursor, cursor: Cursor, tip, outpoints) -> list[Block]:
+        """The new branch's blocks above the fork (at least as many as were unwound, if the node has
+        them), read for the unwind's own transaction; outpoints: our unspent outputs as of the fork."""
+        count = min(tip.height - fork.height, max(self.config.blocks_per_commit, cursor.height - fork.height))
+        if count <= 0:
+            return []
+        try:
+            blocks = self.plugin.fetch_blocks(fork.height + 1, count, Watch(self.keys, outpoints))
+        except BlockNotFound:
+            blocks = []
+        if not blocks or _linked(fork, blocks) != blocks or not self._on_best_chain(blocks[-1]):
+            # The chain moved again while we read it: roll back, the next run starts over.
+            raise NodeUnavailable(f"{self.chain}: the node's best chain changed while a reorg was unwound")
+        return blocks
 
     def _alert_halted(self, cursor: Cursor, tip) -> None:
         """One alert event per halt (the scheduler retries; staff need one page, not one a minute)."""

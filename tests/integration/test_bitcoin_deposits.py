@@ -312,6 +312,57 @@ def test_a_credited_deposit_reversed_by_a_deep_reorg_and_mined_again_ends_credit
     assert acct["frozen"], "a re-credit does not lift the freeze: staff review the account"
 
 
+def test_a_credited_deposit_the_new_branch_holds_again_deep_enough_stays_credited(btc_app, chain):
+    """A reorg that replaces the deposit's block with one holding the same transaction (a stale tip,
+    the common case) changes where it is, not whether it is: no reversal, no frozen account, no
+    second credit; the reorg and the new branch are applied in one transaction."""
+    account, address = account_with_address(btc_app, "ann")
+    txid, raw = chain.pay((script_of(btc_app, address), SATS))
+    chain.mine(CONFIRMATIONS)
+    scan(btc_app)
+    (d,) = deposits_of(btc_app, account)
+    assert d.status == "CREDITED"
+    old_block = (d.block_height, d.block_hash)
+
+    chain.miner.invalidate(d.block_height)  # bcoin drops the transaction with the block...
+    chain.miner.send(raw)  # ...so it is sent again, and mined at the same height in another block
+    chain.mine(CONFIRMATIONS + 1)
+    result = scan(btc_app)
+    assert result.reorgs == 1
+    (d,) = deposits_of(btc_app, account)
+    assert (d.status, d.txid, d.block_height) == ("CREDITED", txid, old_block[0]) and d.block_hash != old_block[1]
+    assert d.confirmations == CONFIRMATIONS + 1
+    assert balance(btc_app, account).available == SATS
+    assert [b["kind"] for b in rows(btc_app, t.ledger_batches)] == ["deposit"]
+    types = [e for e in event_types(btc_app) if e.startswith(("deposit.", "alert."))]
+    assert types == ["deposit.pending", "deposit.credited", "deposit.remined"]
+    (acct,) = rows(btc_app, t.accounts, id=account)
+    assert not acct["frozen"]
+    (utxo,) = [u for u in rows(btc_app, t.utxos) if u["txid"] == txid]
+    assert utxo["block_hash"] == d.block_hash and utxo["spent_txid"] is None
+
+
+def test_a_credited_deposit_mined_again_too_shallow_is_still_reversed(btc_app, chain):
+    """Held again by the new branch but not as deep as a credit needs: reversed as before (the
+    account frozen), and credited again once deep enough."""
+    account, address = account_with_address(btc_app, "ann")
+    _, raw = chain.pay((script_of(btc_app, address), SATS))
+    chain.mine(CONFIRMATIONS)
+    scan(btc_app)
+    (d,) = deposits_of(btc_app, account)
+    chain.miner.invalidate(d.block_height)
+    chain.mine(CONFIRMATIONS)  # a longer branch without it...
+    chain.miner.send(raw)
+    chain.mine(1)  # ...that holds it at its tip only
+    scan(btc_app)
+    (d,) = deposits_of(btc_app, account)
+    assert d.status == "PENDING" and balance(btc_app, account).available == 0
+    assert [b["kind"] for b in rows(btc_app, t.ledger_batches)] == ["deposit", "deposit_reversal"]
+    chain.mine(CONFIRMATIONS - 1)
+    scan(btc_app)
+    assert deposits_of(btc_app, account)[0].status == "CREDITED" and balance(btc_app, account).available == SATS
+
+
 def test_a_reorg_deeper_than_the_remembered_blocks_halts_the_scanner_with_one_alert(db_url, chain):
     """The scanner keeps max_reorg_depth blocks and the fork block below them; a deeper reorg stops
     it with an alert event and nothing changed: no guessed fork point, the deposit left as it was
