@@ -190,6 +190,10 @@ class ChainPlugin(abc.ABC):
     scanner for a chain is the only caller of the block methods."""
 
     name: ClassVar[str]
+    # The keys of its own a plugin reads from its [chains.<name>] section, beyond the core's
+    # (custody/config.py, ChainConfig). Declared: any other key stops the service at start, so a
+    # misspelt setting is not silently left at its default. None: not declared, not checked.
+    settings_keys: ClassVar[tuple[str, ...] | None] = None
 
     @abc.abstractmethod
     def __init__(self, settings: Mapping[str, object]):

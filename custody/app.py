@@ -228,7 +228,10 @@ def _make_plugin(chain: config_mod.ChainConfig) -> ChainPlugin:
     config stops the server at start (exit 2), not at the first deposit."""
     where = f"chains.{chain.name}"
     try:
-        plugin = registry.create(chain.name, chain.settings)
+        plugin_class = registry.load(chain.name)
+        if plugin_class.settings_keys is not None:
+            config_mod.reject_unknown(chain.settings, where, config_mod.CORE_CHAIN_KEYS + plugin_class.settings_keys)
+        plugin = plugin_class(chain.settings)
     except registry.UnknownChain as exc:
         raise config_mod.ConfigError(f"{where}: {exc}") from None
     except ValueError as exc:

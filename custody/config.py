@@ -241,8 +241,8 @@ def load(path: str | pathlib.Path) -> Config:
 
 
 def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
-    _known(raw, "", ("server", "database", "clients", "assets", "chains", "markets", "withdrawals"))
-    db = _known(raw.get("database", {}), "database", ("url",))
+    reject_unknown(raw, "", ("server", "database", "clients", "assets", "chains", "markets", "withdrawals"))
+    db = reject_unknown(raw.get("database", {}), "database", ("url",))
     url = db.get("url", "sqlite:///custody.db")
     if not isinstance(url, str) or not url:
         raise ConfigError("database.url must be a database URL: sqlite:///FILE or postgresql://...")
@@ -251,7 +251,7 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
         raise ConfigError("database.url: an in-memory SQLite database is not durable; give a file path")
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         url = "sqlite:///" + str((base_dir / url.removeprefix("sqlite:///")).resolve())
-    srv = _known(raw.get("server", {}), "server", _keys(ServerConfig))
+    srv = reject_unknown(raw.get("server", {}), "server", _keys(ServerConfig))
 
     def opt_path(key: str) -> pathlib.Path | None:
         value = _string(srv, key, "", "server")
@@ -295,7 +295,7 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
     return config
 
 
-def _known(table, where: str, keys: tuple[str, ...]) -> dict:
+def reject_unknown(table, where: str, keys: tuple[str, ...]) -> dict:
     """table, if every key in it is one of keys: a misspelt limit must stop the service, not
     leave that limit off (daily_withdrawl_limit would mean no daily limit at all)."""
     if not isinstance(table, dict):
@@ -345,7 +345,7 @@ def _number(raw: dict, key: str, default, where: str, kind: type = int, minimum=
 
 def _withdrawals(raw: dict, base_dir: pathlib.Path) -> WithdrawalConfig:
     where = "withdrawals"
-    _known(raw, where, _keys(WithdrawalConfig))
+    reject_unknown(raw, where, _keys(WithdrawalConfig))
     d = WithdrawalConfig()
 
     def amount(key: str, default: int) -> int:
@@ -369,7 +369,7 @@ def _withdrawals(raw: dict, base_dir: pathlib.Path) -> WithdrawalConfig:
 
     staff = []
     for i, s in enumerate(_tables(raw, "staff", f"{where}.")):
-        _known(s, f"{where}.staff[{i}]", ("name", "ed25519_public_key"))
+        reject_unknown(s, f"{where}.staff[{i}]", ("name", "ed25519_public_key"))
         name, key_hex = s.get("name"), s.get("ed25519_public_key")
         try:
             key = bytes.fromhex(key_hex) if isinstance(key_hex, str) else b""
@@ -437,7 +437,7 @@ def _clients(raw: list) -> tuple[ClientConfig, ...]:
 
 def _client(raw: dict, index: int) -> ClientConfig:
     where = f"clients[{index}]"
-    _known(raw, where, _keys(ClientConfig))
+    reject_unknown(raw, where, _keys(ClientConfig))
     name = raw.get("name", "")
     if not name:
         raise ConfigError(f"{where}: name is required")
@@ -464,7 +464,7 @@ def _assets(items: list[dict]) -> tuple[AssetConfig, ...]:
     out = []
     for i, raw in enumerate(items):
         where = f"assets[{i}]"
-        _known(raw, where, _keys(AssetConfig))
+        reject_unknown(raw, where, _keys(AssetConfig))
         name = raw.get("asset", "")
         if not isinstance(name, str) or not _ASSET_NAME.fullmatch(name):
             raise ConfigError(f"{where}: asset must be 2-16 upper-case letters or digits")
@@ -511,13 +511,17 @@ def _flag(raw: dict, key: str, default: bool, where: str) -> bool:
     return value
 
 
+# The keys of a [chains.<name>] section the core reads; the plugin declares its own (chains/base.py).
+CORE_CHAIN_KEYS = tuple(f.name for f in dataclasses.fields(ChainConfig) if f.name not in ("name", "settings"))
+
+
 def _chains(section: dict) -> tuple[ChainConfig, ...]:
     if not isinstance(section, dict):
         raise ConfigError("chains: must be a table of [chains.<name>] sections")
     out = []
     for name, raw in section.items():
-        # The whole section is also the chain plugin's settings (rpc_timeout_s, ...), so unknown
-        # keys here are the plugin's to refuse (chains/base.py, ChainPlugin.__init__), not ours.
+        # The whole section is also the chain plugin's settings (rpc_timeout_s, ...): its unknown
+        # keys are refused once the plugin says which are its own (custody/app.py, _make_plugin).
         where = f"chains.{name}"
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: must be a table")
@@ -551,7 +555,7 @@ def _markets(items: list[dict], assets: tuple[AssetConfig, ...]) -> tuple[Market
     out: list[MarketConfig] = []
     for i, raw in enumerate(items):
         where = f"markets[{i}]"
-        _known(raw, where, _keys(MarketConfig))
+        reject_unknown(raw, where, _keys(MarketConfig))
         base, quote = raw.get("base", ""), raw.get("quote", "")
         for key, name in (("base", base), ("quote", quote)):
             if not isinstance(name, str) or name not in decimals:

@@ -70,3 +70,20 @@ def test_a_bad_extended_key_is_a_configuration_error(db_url):
     })
     with pytest.raises(config_mod.ConfigError, match=r"chains.bitcoin.deposit_xpub: .*tpub/vpub for regtest"):
         Custody(config)
+
+
+@pytest.mark.parametrize("key, message", [
+    ("rpc_timout_s", r"chains.bitcoin.rpc_timout_s: unknown setting \(did you mean rpc_timeout_s\?\)"),
+    ("max_reorg_dept", r"chains.bitcoin.max_reorg_dept: unknown setting \(did you mean max_reorg_depth\?\)"),
+])
+def test_a_misspelt_key_in_a_chain_section_is_a_configuration_error(db_url, key, message):
+    """The Bitcoin plugin declares its own keys, so a misspelt one (its or the core's) stops the
+    service instead of silently leaving that setting at its default."""
+    config = config_mod.parse({
+        "database": {"url": db_url},
+        "chains": {"bitcoin": {"network": "regtest", "rpc_url": "http://127.0.0.1:1/", key: 5,
+                               "deposit_xpub": "vpub5Y6cjg78GGuNLsaPhmYsiw4gYX3HoQiRBiSwDaBXKUafCt9bNwWQiitDk5VZ"
+                                               "5BVxYnQdwoTyXSs2JHRPAgjAvtbBrf8ZhDYe2jWAqvZVnsc"}},
+    })
+    with pytest.raises(config_mod.ConfigError, match=message):
+        Custody(config)
