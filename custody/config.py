@@ -167,6 +167,9 @@ class WithdrawalConfig:
     signer_key_id: str = "hot"
     # The hot wallet's account path in the signer (its keys sign our inputs).
     hot_account_path: str = "m/84h/1h/1h"
+    # The deposit wallet's (deposit_xpub's) account path in the signer: used when
+    # include_deposit_wallet lets batches spend deposit coins, which need its keys.
+    deposit_account_path: str = "m/84h/1h/0h"
     # sat/vB when the node has no estimate (bcoin never has one).
     fallback_fee_rate: int = 2
     max_fee_rate: int = 500
@@ -402,6 +405,7 @@ def _withdrawals(raw: dict, base_dir: pathlib.Path) -> WithdrawalConfig:
         signer_timeout_s=number("signer_timeout_s", d.signer_timeout_s, float, 0.1),
         signer_key_id=string("signer_key_id"),
         hot_account_path=string("hot_account_path"),
+        deposit_account_path=string("deposit_account_path"),
         fallback_fee_rate=number("fallback_fee_rate", d.fallback_fee_rate, int, 1),
         max_fee_rate=number("max_fee_rate", d.max_fee_rate, int, 1),
         max_batch=number("max_batch", d.max_batch, int, 1),

@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 
 from chains.base import Coin, NodeError
 from custody.db import schema as t
+from custody.deposits.model import CREDITED, DEPOSIT_WALLET
 from custody.deposits.store import load_cursor
 from custody.withdrawals import model
 
 log = logging.getLogger(__name__)
 CHAIN = "bitcoin"
+
+
+def signing_path(rules, wallet: str, branch: int, key_index: int) -> str:
+    """The signer's derivation path of a coin's key: its wallet's account, then branch and index."""
+    account = rules.deposit_account_path if wallet == DEPOSIT_WALLET else rules.hot_account_path
+    return f"{account}/{branch}/{key_index}"
 
 
 class CoinsMixin:
@@ -109,23 +116,28 @@ class CoinsMixin:
         then never be mined, its withdrawals stuck (the same depth makes deposits credited)."""
         from chains.bitcoin.psbt import INPUT_VSIZE
 
-        u, r, a = t.utxos.c, t.utxo_reservations.c, t.chain_addresses.c
+        u, r, a, d = t.utxos.c, t.utxo_reservations.c, t.chain_addresses.c, t.deposits.c
         view = (load_cursor(conn, CHAIN) or None)
         height = view.height if view else 0
         deep_enough = height - self.config.asset("BTC").confirmations + 1  # the chain's native asset
         wallets = ["hot"] + (["deposit"] if self.rules.include_deposit_wallet else [])
+        # A deposit-wallet coin only once the ledger credited it: one outside policy (below the
+        # minimum, asset disabled) stays on its address for staff to refund or credit by hand, and
+        # spending it would move coins the ledger never counted.
+        credited = exists().where(d.chain == u.chain, d.txid == u.txid, d.output_index == u.output_index,
+                                  d.status == CREDITED)
         rows = conn.execute(
             select(u.txid, u.output_index, u.amount, u.wallet, a.watch_key, a.branch, a.key_index)
             .join(t.chain_addresses, a.id == u.address_id)
             .outerjoin(t.utxo_reservations, (r.chain == u.chain) & (r.txid == u.txid) & (r.output_index == u.output_index))
             .where(u.chain == CHAIN, u.wallet.in_(wallets), u.spent_txid.is_(None), r.batch_id.is_(None),
-                   u.block_height <= deep_enough,
+                   u.block_height <= deep_enough, (u.wallet != DEPOSIT_WALLET) | credited,
                    u.amount >= max(self.rules.min_utxo, INPUT_VSIZE * fee_rate + 1),
                    (u.coinbase == False) | (u.block_height <= height - self.plugin.params.coinbase_maturity))  # noqa: E712
         ).all()
         rows.sort(key=lambda x: (wallets.index(x.wallet), -x.amount, x.txid, x.output_index))
-        return [(x.wallet, Coin(x.txid, x.output_index, x.amount, bytes(x.watch_key), f"{x.branch}/{x.key_index}"))
-                for x in rows]
+        return [(x.wallet, Coin(x.txid, x.output_index, x.amount, bytes(x.watch_key),
+                                signing_path(self.rules, x.wallet, x.branch, x.key_index))) for x in rows]
 
     def _select(self, spendable: list[tuple[str, Coin]], pending: list[dict], fee_rate: int) -> list[Coin] | None:
         """Largest coins first until they pay the withdrawals and the fee, within max_inputs and

@@ -27,7 +27,7 @@ from custody.deposits.store import load_cursor
 from custody.ledger.engine import AccountIds
 from custody.ledger.model import new_id
 from custody.withdrawals import model, store
-from custody.withdrawals.coins import CoinsMixin
+from custody.withdrawals.coins import CoinsMixin, signing_path
 from custody.withdrawals.refusal import CANCEL, CANCELLING, CHAIN, PAYMENT, RefusalMixin
 
 log = logging.getLogger(__name__)
@@ -430,18 +430,18 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
                                    tuple(by_id.get(m["id"], ()))) for m in members]
 
     def _keys(self, coins: list[Coin]) -> list[tuple[str, str]]:
-        return sorted({(self.rules.signer_key_id, f"{self.rules.hot_account_path}/{c.derivation_path}")
-                       for c in coins})
+        return sorted({(self.rules.signer_key_id, c.derivation_path) for c in coins})
 
     def _reserved_coins(self, batch_id: str) -> list[Coin]:
         r, u, a = t.utxo_reservations.c, t.utxos.c, t.chain_addresses.c
         with read_transaction(self.engine) as conn:
-            rows = conn.execute(select(u.txid, u.output_index, u.amount, a.watch_key, a.branch, a.key_index)
+            rows = conn.execute(select(u.txid, u.output_index, u.amount, u.wallet, a.watch_key, a.branch, a.key_index)
                                 .select_from(t.utxo_reservations)
                                 .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
                                 .join(t.chain_addresses, a.id == u.address_id).where(r.batch_id == batch_id)
                                 .order_by(u.txid, u.output_index)).all()
-        return [Coin(x.txid, x.output_index, x.amount, bytes(x.watch_key), f"{x.branch}/{x.key_index}") for x in rows]
+        return [Coin(x.txid, x.output_index, x.amount, bytes(x.watch_key),
+                     signing_path(self.rules, x.wallet, x.branch, x.key_index)) for x in rows]
 
     def _spent_still(self, conn, batch_id: str, txid: str, height: int) -> int | None:
         """In the transaction that acts on a spend: the scan cursor's height if the batch's reserved

@@ -231,3 +231,39 @@ def test_crash_at_each_step_then_restart_pays_once(btc, chain, signer, step):
     _, bs = btc.get_balances(str(acct))
     b = next(b for b in bs if b.asset == "BTC")
     assert (b.available, b.held) == (BTC - 2_000_000 - WITHDRAWAL_FEE, 0)
+
+
+def test_the_deposit_wallet_pays_with_credited_deposits_only(db_url, chain, signer):
+    """include_deposit_wallet: a credited deposit's coin pays withdrawals, signed with the deposit
+    wallet's keys (deposit_account_path; every input was signed at the hot wallet's path, so the
+    signer refused and the withdrawals failed); a deposit outside policy (below the minimum) stays on
+    its address for staff to refund or credit by hand: spending it would move coins the ledger never
+    counted."""
+    config = withdrawal_config(db_url, chain.rpc.url, confirmations=2, include_deposit_wallet=True,
+                               btc={"min_deposit": str(4_500_000)})
+    btc = Custody(config)
+    try:
+        btc.scanner("bitcoin").catch_up()
+        depositor = btc.create_account("depositor").account_id
+        script = btc.plugin("bitcoin").watch_key(btc.deposit_address(str(depositor), "bitcoin")[1])
+        chain.pay((script, 5_000_000), (script, 4_000_000))  # credited; below the minimum
+        chain.mine(2)
+        btc.scanner("bitcoin").catch_up()
+        with read_transaction(btc.engine) as conn:
+            coins = {r.status: (r.txid, r.output_index) for r in conn.execute(select(t.deposits))}
+        assert set(coins) == {"CREDITED", "BELOW_MINIMUM"}
+        fund(btc, depositor, BTC)  # a balance from trades, say
+        (w, _) = btc.withdrawals.request("wallet-service", "k-dep", str(depositor), "BTC",
+                                         script_to_address(random_script(), REGTEST), str(6_000_000))
+        s = sender(btc, signer)
+        s.tick()  # the credited coin alone can't pay it with its fee; the other is not ours to spend
+        assert btc.withdrawals.get(w["id"])[0]["status"] == "APPROVED" and attempts(btc) == []
+        fund_hot_wallet(btc, chain, 2_000_000)
+        s.tick()
+        (attempt,) = attempts(btc)
+        spent = {(i.txid.hex(), i.vout) for i in Transaction.parse(attempt["raw"]).vin}
+        assert coins["CREDITED"] in spent and coins["BELOW_MINIMUM"] not in spent
+        confirm(btc, chain, s)  # the deposit coin signed at deposit_account_path: mined, paid
+        assert btc.withdrawals.get(w["id"])[0]["status"] == "COMPLETED"
+    finally:
+        btc.close()

@@ -23,14 +23,15 @@ TESTNET_PAYEE = "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx"
 
 
 def withdrawal_config(db_url: str, rpc_url: str = "http://x:y@127.0.0.1:9", confirmations: int = 2,
-                      chain: dict | None = None, **withdrawals) -> config_mod.Config:
+                      chain: dict | None = None, btc: dict | None = None, **withdrawals) -> config_mod.Config:
+    """btc: more [[assets]] settings for BTC (min_deposit, ...)."""
     return config_mod.parse({
         "database": {"url": db_url},
         "server": {"listen": "127.0.0.1:0"},
         "clients": [{"name": n, "token_sha256": token_digest(TOKENS[n]), "scopes": SCOPES[n]} for n in TOKENS],
         "assets": [{"asset": "BTC", "chain": "bitcoin", "decimals": 8, "confirmations": confirmations,
                     "withdrawal_fee": str(WITHDRAWAL_FEE), "min_withdrawal": str(MIN_WITHDRAWAL),
-                    "max_withdrawal": str(10 * BTC), "daily_withdrawal_limit": str(20 * BTC)},
+                    "max_withdrawal": str(10 * BTC), "daily_withdrawal_limit": str(20 * BTC), **(btc or {})},
                    {"asset": "ETH", "chain": "ethereum", "decimals": 18, "confirmations": 3}],
         "chains": {"bitcoin": chain_config(rpc_url, **(chain or {}))},
         "withdrawals": {
