@@ -26,8 +26,8 @@ class Order:
 
     The settlement fields (all ints) are kept here because the next fill's
     rounding depends on them (docs/matching.md, "Rounding"):
-      fill_value    sum of quantity x price over its fills (quote base units x price_unit)
-      fee_value     sum of quantity x price x fee ppm over its fills
+      fill_value    a buy's sum of quantity x price over its fills (quote base units x price_unit)
+      fee_value     a buy's sum of quantity x price x fee ppm over its fills (both 0 for a sell)
       quote_filled  quote base units paid (a buy, before fees) or received (a sell, before fees)
       fee           quote base units charged as fees
       held_fee_ppm  the fee rate its hold was sized with (the market's higher rate when it was

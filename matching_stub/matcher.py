@@ -253,8 +253,8 @@ class Matcher:
         seller_fee = -(-(value * sell_ppm) // fee_unit)
         if seller_fee > seller_gross:
             seller_fee = seller_gross
-        sell.fill_value += value
-        sell.fee_value += value * sell_ppm
+        # A sell's fill_value and fee_value stay 0: its proceeds and fee are worked out per fill, and
+        # summed at the bids' prices (not its own) they could outgrow the 78-digit columns.
         sell.quote_filled += seller_gross
         sell.fee += seller_fee
         sell.filled += quantity

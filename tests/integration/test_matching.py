@@ -426,3 +426,31 @@ def test_a_group_lost_with_the_database_leaves_nothing_in_the_books(pg_url, monk
         assert book(app) == ([], [])
     finally:
         app.close()
+
+
+def test_a_sell_that_took_from_huge_bids_can_still_be_filled_as_a_maker(db_url):
+    """A sell filled at the bids' prices, far above its own, summed fill and fee values past what the
+    78-digit columns hold: on PostgreSQL every later buy that met it failed with a numeric overflow,
+    until its owner cancelled it. A sell's proceeds are worked out per fill; the sums were unused."""
+    import dataclasses
+
+    from custody.app import Custody
+    from tests.support.config import make_config
+
+    base = make_config(db_url)
+    markets = tuple(dataclasses.replace(m, price_unit=1, price_tick=1, quantity_step=1, min_quantity=1,
+                                        maker_fee_ppm=100_000, taker_fee_ppm=100_000) for m in base.markets)
+    app = Custody(dataclasses.replace(base, markets=markets))
+    try:
+        q, p = 10**36 - 1, 10**36 + 1  # q x p = 10^72 - 1: the largest a bid may be here
+        for buyer in accounts(app, 10, btc=2 * 10**72, prefix="bigbuyer"):
+            place(app, buyer, "BUY", p, q)
+        (seller,) = accounts(app, 1, eth=10 * q + 10**6, prefix="seller")
+        sell = place(app, seller, "SELL", 1, 10 * q + 10**6)
+        assert sell.order.filled_quantity == 10 * q and len(sell.trades) == 10  # the rest rests
+        (small,) = accounts(app, 1, btc=10**6, prefix="smallbuyer")
+        for _ in range(3):
+            assert place(app, small, "BUY", 1, 100).order.status == "FILLED"
+        assert balances(app, seller)["ETH"] == (0, 10**6 - 300)
+    finally:
+        app.close()
