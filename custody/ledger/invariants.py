@@ -22,7 +22,7 @@ from sqlalchemy import Engine, exists, func, select
 
 from custody.db import schema as t
 from custody.db.engine import read_transaction
-from custody.ledger.model import owner_of
+from custody.ledger.model import owner_of, user_available, wallet
 
 
 # (column, the column it refers to) for references kept without a foreign key
@@ -120,7 +120,7 @@ def check(engine: Engine, progress: Callable[[str], None] | None = None, progres
         batches = conn.execute(select(func.count()).select_from(t.ledger_batches)).scalar_one()
         findings += _check_events(conn, batches)
         findings += _check_references(conn)
-        findings += _check_deposits(conn)
+        findings += _check_deposits(conn, accounts)
 
     per_asset: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for a in accounts.values():
@@ -183,27 +183,44 @@ def _check_events(conn, batches: int) -> list[Finding]:
     return out
 
 
-def _check_deposits(conn) -> list[Finding]:
+def _check_deposits(conn, accounts: dict) -> list[Finding]:
     """Each deposit's credits minus its reversals (batches with reference deposit:<id>) are one
-    credit of its amount when it is CREDITED, nothing otherwise: a second credit, or a credit
-    of another amount, balances in the ledger yet pays a user what never arrived."""
+    credit of its amount, from its chain's deposit wallet to its own account in its own asset,
+    when it is CREDITED, nothing otherwise: a second credit, a credit of another amount or to
+    another account balances in the ledger, yet pays a user what never arrived. Amounts are
+    summed here, not in SQL: SQLite keeps them as text and would sum them as floats."""
     b, tr, d = t.ledger_batches.c, t.ledger_transfers.c, t.deposits.c
+    code = {account_id: row.code for account_id, row in accounts.items()}
     net: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])  # reference -> [credits, amount]
-    for reference, kind, amount in conn.execution_options(yield_per=10_000).execute(
-            select(b.reference, b.kind, func.sum(tr.amount)).join(t.ledger_transfers, tr.batch_id == b.id)
-            .where(b.kind.in_(("deposit", "deposit_reversal"))).group_by(b.id, b.reference, b.kind)):
+    legs: dict[str, set] = collections.defaultdict(set)  # reference -> {(from, to, asset)} as credits
+    counted: set[str] = set()
+    for batch_id, reference, kind, asset, debit, credit, amount in conn.execution_options(yield_per=10_000).execute(
+            select(b.id, b.reference, b.kind, tr.asset, tr.debit_account_id, tr.credit_account_id, tr.amount)
+            .join(t.ledger_transfers, tr.batch_id == b.id).where(b.kind.in_(("deposit", "deposit_reversal")))
+            .order_by(b.id)):
         sign = 1 if kind == "deposit" else -1
-        net[reference][0] += sign
+        if batch_id not in counted:
+            counted.add(batch_id)
+            net[reference][0] += sign
         net[reference][1] += sign * amount
+        pair = (code.get(debit), code.get(credit)) if sign > 0 else (code.get(credit), code.get(debit))
+        legs[reference].add((*pair, asset))
     out = []
-    for deposit_id, status, amount in conn.execution_options(yield_per=10_000).execute(
-            select(d.id, d.status, d.amount)):
+    for deposit_id, chain, account_id, asset, status, amount in conn.execution_options(yield_per=10_000).execute(
+            select(d.id, d.chain, d.account_id, d.asset, d.status, d.amount)):
+        reference = f"deposit:{deposit_id}"
         expected = [1, amount] if status == "CREDITED" else [0, 0]
-        got = net.pop(f"deposit:{deposit_id}", [0, 0])
+        got = net.pop(reference, [0, 0])
         if got != expected:
             out.append(Finding("deposits", "violation",
                                f"deposit {deposit_id} ({status}, {amount}) is credited {got[0]} time(s) net, "
                                f"{got[1]} in all, by the ledger"))
+        # "deposit": the scanner credits from its chain's deposit wallet (custody/deposits/model.py).
+        wrong = legs.pop(reference, set()) - {(wallet(chain, "deposit"), user_available(account_id), asset)}
+        if wrong:
+            moved = ", ".join(f"{src} -> {dst} ({what})" for src, dst, what in sorted(wrong, key=str))
+            out.append(Finding("deposits", "violation", f"deposit {deposit_id} of {asset} to account {account_id} "
+                                                        f"is credited as {moved}"))
     for reference, (count, amount) in sorted(net.items()):
         out.append(Finding("deposits", "violation", f"ledger batches for {reference} ({count} net, {amount}) "
                                                     "name no deposit"))

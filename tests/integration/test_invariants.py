@@ -181,3 +181,50 @@ def test_cli_exits_non_zero_with_a_readable_report(app, funded, tmp_path):
     assert bad.returncode == 1
     assert "invariant 3: VIOLATION" in bad.stdout
     assert "RESULT: VIOLATIONS FOUND" in bad.stdout
+
+
+def _recorded_deposit(app, account: int, amount: int, asset: str = "ETH") -> int:
+    """A CREDITED deposit row as the scanner records one (no chain needed here)."""
+    import datetime
+
+    from sqlalchemy import insert
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    with app.engine.begin() as conn:
+        address = conn.execute(insert(t.chain_addresses).values(
+            chain="ethereum", wallet="deposit", branch=0, key_index=account, address=f"0xabc{account}",
+            watch_key=b"x", account_id=account, created_height=0, created_at=now).returning(t.chain_addresses.c.id))
+        return conn.execute(insert(t.deposits).values(
+            chain="ethereum", txid=f"{account:064x}", output_index=0, address_id=address.scalar_one(),
+            account_id=account, asset=asset, amount=amount, coinbase=False, status="CREDITED", block_height=1,
+            block_hash="00", created_at=now, updated_at=now).returning(t.deposits.c.id)).scalar_one()
+
+
+def _credit(app, deposit_id: int, account: int, amount: int, asset: str = "ETH") -> None:
+    from custody.ledger.model import wallet
+
+    app.writer.execute(Command(kind="deposit", actor="scanner:ethereum", reference=f"deposit:{deposit_id}", postings=(
+        Posting(asset, wallet("ethereum", "deposit"), user_available(account), amount),)))
+
+
+@pytest.mark.parametrize("credited", [12345678901234567891, 2**64 + 1], ids=["right", "one wei more"])
+def test_deposit_amounts_above_2_63_are_compared_exactly(app, request, credited):
+    """SQLite keeps amounts as text: summed in SQL they became floats, so 12.3 ETH credited exactly
+    was reported wrong and 2^64 credited as 2^64+1 passed."""
+    a = app.create_account("a").account_id
+    amount = 12345678901234567891 if credited == 12345678901234567891 else 2**64
+    _credit(app, _recorded_deposit(app, a, amount), a, credited)
+    report = check(app.engine)
+    request.node.skip_invariants = credited != amount
+    assert report.ok is (credited == amount), report.render()
+
+
+def test_a_deposit_credited_to_another_account_or_asset_is_found(app, request):
+    a = app.create_account("a").account_id
+    b = app.create_account("b").account_id
+    deposit_id = _recorded_deposit(app, a, 5000)
+    _credit(app, deposit_id, b, 5000, asset="USDT")
+    request.node.skip_invariants = True
+    assert findings(app, "deposits") == [
+        f"deposit {deposit_id} of ETH to account {a} is credited as wallet:ethereum:deposit -> user:{b}:available "
+        "(USDT)"]
