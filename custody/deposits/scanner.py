@@ -112,6 +112,9 @@ class Scanner:
         self._halt_alerted: tuple[int, str] | None = None
         self._gaps: dict[int, float] = {}  # address ids skipped by a refresh -> when first missed
         self.outpoints: set[tuple[str, int]] | None = None  # unspent outputs we own
+        # The cursor row's stamp as this instance last wrote it (_check_cursor): another means another
+        # instance recorded since, and the outpoints are read again.
+        self._stamp = self._pending_stamp = None
         self._mutex = threading.Lock()
         self.failures = 0
         self.next_attempt = 0.0
@@ -161,6 +164,12 @@ class Scanner:
     # -- the loop --------------------------------------------------------------------------
     def _run(self, max_blocks: int | None) -> RunResult:
         cursor = self._cursor()
+        with read_transaction(self.engine) as conn:
+            if store.cursor_stamp(conn, self.chain) != self._stamp:
+                # Another instance recorded blocks or a rescan since this one did (the scan lock
+                # passes between instances): our unspent outputs in memory miss what it recorded,
+                # and a spend of one of them would go unseen. Read them again.
+                self.outpoints = None
         applied = reorgs = rereads = 0
         backfilled = self._backfill(cursor, BACKFILL_BLOCKS_PER_RUN)
 
@@ -316,17 +325,25 @@ class Scanner:
         created and spent may be committed or not (a connection lost during the
         commit), so the set of our unspent outputs kept in memory is dropped and
         read again before the next fetch: a stale one would miss our own spends."""
+        self._pending_stamp = None
         try:
             with self.ids.write_transaction(self.engine) as conn:
                 yield conn
         except BaseException:
             self.outpoints = None
             raise
+        self._stamp = self._pending_stamp  # committed: the cursor row now says this instance wrote last
 
-    def _check_cursor(self, conn, cursor: Cursor) -> None:
+    def _check_cursor(self, conn, cursor: Cursor, stamp=None) -> None:
+        """First in every transaction that records: the cursor is still where this run read it
+        (and, given its stamp, nothing was recorded since); then the row is stamped, so a run can
+        tell whether anyone else recorded since (_run)."""
         current = store.load_cursor(conn, self.chain, for_update=True)
         if current is None or (current.height, current.hash) != (cursor.height, cursor.hash):
             raise store.CursorMoved(f"{self.chain}: cursor moved by another scanner")
+        if stamp is not None and store.cursor_stamp(conn, self.chain) != stamp:
+            raise store.CursorMoved(f"{self.chain}: another scanner recorded blocks meanwhile")
+        self._pending_stamp = store.stamp_cursor(conn, self.chain)
 
     def _record_blocks(self, conn, blocks: list[Block], view: int, backfill: bool):
         """Records the blocks' receipts (UTXOs, deposits) and spends, credits
@@ -519,16 +536,21 @@ class Scanner:
                                 f"chain any more (reorg deeper than {self.config.max_reorg_depth}); halting")
         events: list[tuple[str, dict]] = []
         new_cursor = fork
+        # The new branch is applied in the same transaction as the unwind, so a credited deposit it
+        # holds again (a stale tip replaced by a block with the same transactions) is kept, not
+        # reversed with its account frozen and credited again a moment later. Its blocks are read
+        # first, with our outputs as the unwind will leave them, so no lock is held while the node
+        # answers; the stamp says nothing was recorded between that read and the transaction.
+        with read_transaction(self.engine) as conn:
+            stamp = store.cursor_stamp(conn, self.chain)
+            outpoints = store.unspent_outpoints_at(conn, self.chain, fork.height)
+        replacement = self._replacement(fork, cursor, tip, outpoints)
+        view = replacement[-1].height if replacement else fork.height
         with self._recording() as conn:
             # The cursor row first, as every transaction that acts on what the scanner recorded
             # takes it first (the withdrawal sender's completion): no deadlock between the two.
-            self._check_cursor(conn, cursor)
+            self._check_cursor(conn, cursor, stamp)
             store.unwind_utxos(conn, self.chain, fork.height)
-            # The new branch is applied in this same transaction, so a credited deposit it holds
-            # again (a stale tip replaced by a block with the same transactions) is kept, not
-            # reversed with its account frozen and credited again a moment later.
-            replacement = self._replacement(fork, cursor, tip, store.unspent_outpoints(conn, self.chain))
-            view = replacement[-1].height if replacement else fork.height
             again = {(r.txid, r.index): b for b in replacement for r in b.receipts}
             reversals = []
             for d in store.deposits_above(conn, self.chain, fork.height):

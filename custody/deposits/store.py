@@ -38,6 +38,17 @@ def load_cursor(conn: Connection, chain: str, for_update: bool = False) -> Curso
     return Cursor(row.height, row.hash) if row else None
 
 
+def cursor_stamp(conn: Connection, chain: str) -> datetime.datetime | None:
+    """When the cursor row was last written (by any instance's scanner)."""
+    return conn.execute(select(t.scan_cursors.c.updated_at).where(t.scan_cursors.c.chain == chain)).scalar()
+
+
+def stamp_cursor(conn: Connection, chain: str) -> datetime.datetime:
+    """Marks the cursor row as written now (by this transaction); returns the stamp as stored."""
+    conn.execute(update(t.scan_cursors).where(t.scan_cursors.c.chain == chain).values(updated_at=now()))
+    return cursor_stamp(conn, chain)
+
+
 def create_cursor(conn: Connection, chain: str, cursor: Cursor) -> None:
     conn.execute(insert(t.scan_cursors).values(chain=chain, height=cursor.height, hash=cursor.hash, updated_at=now()))
 
@@ -48,7 +59,7 @@ def move_cursor(conn: Connection, chain: str, expected: Cursor, new: Cursor) -> 
         update(t.scan_cursors)
         .where(t.scan_cursors.c.chain == chain, t.scan_cursors.c.height == expected.height,
                t.scan_cursors.c.hash == expected.hash)
-        .values(height=new.height, hash=new.hash, updated_at=now())
+        .values(height=new.height, hash=new.hash)  # updated_at: stamp_cursor, once per transaction
     ).rowcount
     if moved != 1:
         raise CursorMoved(f"the {chain} scan cursor is no longer at {expected.height} {expected.hash}")
@@ -98,6 +109,14 @@ def addresses_by_id(conn: Connection, chain: str, ids) -> list[tuple[int, bytes,
 def address_rows(conn: Connection, ids) -> dict[int, dict]:
     rows = conn.execute(select(t.chain_addresses).where(t.chain_addresses.c.id.in_(set(ids))))
     return {r.id: dict(r._mapping) for r in rows}
+
+
+def unspent_outpoints_at(conn: Connection, chain: str, height: int) -> set[tuple[str, int]]:
+    """Our outputs unspent as of a block height: what unwind_utxos(height) would leave."""
+    u = t.utxos.c
+    rows = conn.execute(select(u.txid, u.output_index).where(
+        u.chain == chain, u.block_height <= height, u.spent_txid.is_(None) | (u.spent_height > height)))
+    return {(r.txid, r.output_index) for r in rows}
 
 
 def unspent_outpoints(conn: Connection, chain: str) -> set[tuple[str, int]]:
