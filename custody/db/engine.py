@@ -11,14 +11,19 @@ from typing import Iterator
 from sqlalchemy import Connection, Engine, create_engine, event
 
 
-def make_engine(url: str, *, pool_size: int = 8) -> Engine:
+def make_engine(url: str, *, pool_size: int = 8, session_timeouts: bool = True) -> Engine:
+    """session_timeouts: PostgreSQL sessions get PG_SESSION_DEFAULTS (off for migrations, whose
+    DDL and CREATE INDEX CONCURRENTLY may wait long on a live database, as they always did)."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
         engine = create_engine(url, poolclass=_sqlite_pool(url))
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    if session_timeouts:
+        _configure_postgres(engine)
+    return engine
 
 
 def is_postgres(engine: Engine) -> bool:
@@ -44,6 +49,26 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
     with engine.connect().execution_options(**options) as conn:
         with conn.begin():
             yield conn
+
+
+# A session that stops in the middle of a transaction (an instance paused or killed mid group, a
+# host gone without closing its socket) keeps its row locks: every group takes the event sequence
+# row, so every instance's ledger writes would wait on it with no end (a dead host: until TCP
+# keepalive, about two hours). With these the server ends such a session and a write waiting on a
+# lock fails (UNAVAILABLE to its caller, who retries with the same key) instead of hanging. Set
+# only where the server, database, role or URL (options=-c ...) sets nothing else.
+PG_SESSION_DEFAULTS = {"lock_timeout": "10s", "idle_in_transaction_session_timeout": "60s"}
+
+
+def _configure_postgres(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        with dbapi_conn.cursor() as cur:
+            for name, value in PG_SESSION_DEFAULTS.items():
+                cur.execute("SELECT current_setting(%s)", (name,))
+                if cur.fetchone()[0] == "0":
+                    cur.execute("SELECT set_config(%s, %s, false)", (name, value))
+        dbapi_conn.commit()
 
 
 def _sqlite_pool(url: str):

@@ -17,7 +17,7 @@ MIGRATION_LOCK = 0x637573746F6479  # "custody"
 
 def run_migrations_online() -> None:
     url = context.config.get_main_option("sqlalchemy.url")
-    engine = make_engine(url)
+    engine = make_engine(url, session_timeouts=False)
     try:
         with _turn(engine):
             with engine.connect().execution_options(custody_write=True) as connection:
