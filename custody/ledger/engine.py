@@ -140,11 +140,27 @@ class _Group:
 
     def run(self) -> list[Result]:
         first_by_key = self._replay_idempotent()
+        # The same key more than once in one group: the commands with it, in order. The first that
+        # succeeds holds the key and the later ones answer as its replay; one that fails leaves the
+        # key unused (docs/api.md), so the next runs in a further pass in this transaction.
+        same_key: dict[int, list[int]] = {}
+        for i, first in sorted(first_by_key.items()):
+            same_key.setdefault(first, [first]).append(i)
         active = [i for i, r in enumerate(self.results) if r is None and i not in first_by_key]
-        if active:
+        while active:
             self._execute(active)
-        for i, first in first_by_key.items():  # the same key twice in one group
-            self.results[i] = _same_key_again(self.commands[first], self.commands[i], self.results[first])
+            active = []
+            for indices in same_key.values():
+                holder = next((i for i in indices if isinstance(self.results[i], BatchResult)), None)
+                for i in indices:
+                    if self.results[i] is not None:
+                        continue
+                    if holder is not None:
+                        self.results[i] = _same_key_again(self.commands[holder], self.commands[i],
+                                                          self.results[holder])
+                    else:  # every earlier one failed: this one runs next
+                        active.append(i)
+                        break
         return self.results  # type: ignore[return-value]
 
     # -- idempotency ---------------------------------------------------------
@@ -489,9 +505,7 @@ def _owners_named(c: Command) -> set[int]:
     return {owner for owner in map(owner_of, codes) if owner is not None}
 
 
-def _same_key_again(first: Command, again: Command, first_result: Result | None) -> Result:
-    if first.idempotency.request_hash != again.idempotency.request_hash:
+def _same_key_again(holder: Command, again: Command, holder_result: BatchResult) -> Result:
+    if holder.idempotency.request_hash != again.idempotency.request_hash:
         return IdempotencyConflict(f"idempotency key {again.idempotency.key!r} was used for a different request")
-    if isinstance(first_result, BatchResult):
-        return BatchResult(first_result.batch_id, first_result.event_cursor, first_result.hold_ids, replayed=True)
-    return first_result
+    return BatchResult(holder_result.batch_id, holder_result.event_cursor, holder_result.hold_ids, replayed=True)

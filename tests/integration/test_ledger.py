@@ -233,3 +233,27 @@ def test_frozen_account_cannot_pay(app, users):
         conn.execute(t.accounts.update().where(t.accounts.c.id == a).values(frozen=True))
     with pytest.raises(FailedPrecondition, match="frozen"):
         app.transfer("exchange", "t", str(a), str(b), "BTC", "1", "")
+
+
+def test_a_key_whose_first_request_in_a_group_failed_is_still_unused(app):
+    """One key three times in one group (a client's retries racing each other): the first fails, so
+    the key is unused (docs/api.md) and the second runs; the third is the second's replay. It was
+    answered ALREADY_EXISTS, as if the failed request had taken the key."""
+    from custody.ledger.commands import BatchResult
+
+    a, b = (app.create_account(name).account_id for name in ("a", "b"))
+    app.adjust_balance("admin", "fund", str(b), "BTC", "100", True, "funding")
+    empty = app._transfer_command("exchange", "K", str(a), str(b), "BTC", "5")  # a has nothing
+    ok = app._transfer_command("exchange", "K", str(b), str(a), "BTC", "5")
+    other = app._transfer_command("exchange", "K", str(b), str(a), "BTC", "6")
+    with write_transaction(app.engine) as conn:
+        failed, first, again, conflict = apply_commands(conn, [empty, ok, ok, other], AccountIds())
+    assert isinstance(failed, InsufficientFunds)
+    assert isinstance(first, BatchResult) and not first.replayed
+    assert isinstance(again, BatchResult) and again.replayed and again.batch_id == first.batch_id
+    assert isinstance(conflict, IdempotencyConflict)
+    assert {x.asset: x.available for x in app.get_balances(str(a))[1]}["BTC"] == 5  # applied once
+    assert app.transfer("exchange", "K", str(b), str(a), "BTC", "5").replayed
+    empty = app._transfer_command("exchange", "K2", str(a), str(b), "BTC", "500")
+    with write_transaction(app.engine) as conn:  # two failures: each answers for itself
+        assert [type(r) for r in apply_commands(conn, [empty, empty], AccountIds())] == [InsufficientFunds] * 2
