@@ -85,6 +85,28 @@ class CoinsMixin:
                  batch_id, len(coins), len(pending))
         return batch_id
 
+    def _payable(self, conn, spendable: list[tuple[str, Coin]], pending: list[dict], fee_rate: int) -> list[dict]:
+        """The oldest of pending that the spendable coins and the merges on their way could pay
+        together, skipping each that would take the total past them: one withdrawal larger than
+        the hot wallet must not hold up the others. A skipped one waits, APPROVED, with a warning
+        saying how much is missing, for staff to refill the hot wallet."""
+        from chains.bitcoin.psbt import INPUT_VSIZE, output_vsize, vsize
+
+        # Each coin net of its own input's fee (it is worth more: _spendable), less the
+        # transaction's overhead and change output: what one transaction of them all could pay.
+        funds = (sum(c.amount - INPUT_VSIZE * fee_rate for _, c in spendable) + self._consolidating(conn)
+                 - vsize(0, [self._change().watch_key]) * fee_rate)
+        payable, total = [], 0
+        for p in pending:
+            cost = p["amount"] + output_vsize(self.plugin.watch_key(p["to_address"])) * fee_rate
+            if total + cost <= funds:
+                payable.append(p)
+                total += cost
+            else:
+                log.warning("withdrawal %s of %d sats waits: the spendable coins are %d sats short of it; "
+                            "refill the hot wallet", p["id"], p["amount"], total + cost - funds)
+        return payable
+
     def _consolidating(self, conn) -> int:
         """What the unconfirmed consolidations will give back to the hot wallet."""
         b, r, u = t.withdrawal_batches.c, t.utxo_reservations.c, t.utxos.c
@@ -116,6 +138,7 @@ class CoinsMixin:
         then never be mined, its withdrawals stuck (the same depth makes deposits credited)."""
         from chains.bitcoin.psbt import INPUT_VSIZE
 
+        least = max(self.rules.min_utxo, INPUT_VSIZE * fee_rate + 1)
         u, r, a, d = t.utxos.c, t.utxo_reservations.c, t.chain_addresses.c, t.deposits.c
         view = (load_cursor(conn, CHAIN) or None)
         height = view.height if view else 0
@@ -132,9 +155,11 @@ class CoinsMixin:
             .outerjoin(t.utxo_reservations, (r.chain == u.chain) & (r.txid == u.txid) & (r.output_index == u.output_index))
             .where(u.chain == CHAIN, u.wallet.in_(wallets), u.spent_txid.is_(None), r.batch_id.is_(None),
                    u.block_height <= deep_enough, (u.wallet != DEPOSIT_WALLET) | credited,
-                   u.amount >= max(self.rules.min_utxo, INPUT_VSIZE * fee_rate + 1),
                    (u.coinbase == False) | (u.block_height <= height - self.plugin.params.coinbase_maturity))  # noqa: E712
         ).all()
+        # Amounts are compared here, not in SQL: SQLite stores them as text (custody/db/types.py),
+        # where "500" >= "2000" and "100000" < "2000".
+        rows = [x for x in rows if x.amount >= least]
         rows.sort(key=lambda x: (wallets.index(x.wallet), -x.amount, x.txid, x.output_index))
         return [(x.wallet, Coin(x.txid, x.output_index, x.amount, bytes(x.watch_key),
                                 signing_path(self.rules, x.wallet, x.branch, x.key_index))) for x in rows]

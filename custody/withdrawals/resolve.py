@@ -105,11 +105,21 @@ def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str
         if paid and len(external) == len(wanted) and ours_in is not None:
             fee = ours_in - kept - sum(m["amount"] for m in members)
             why = f"resolved by {staff}: paid by {txid} ({reason})"
-            shares = model.split_fee(fee, [m["amount"] for m in members])
-            for m, share in zip(members, shares):
-                m, _ = _to(conn, withdrawals, m, model.BROADCAST, staff, why)
-                m, _ = _to(conn, withdrawals, m, model.CONFIRMING, staff, why, txid=txid)
-                store.move(conn, withdrawals.ids, m, model.COMPLETED, staff, why, network_fee=share, txid=txid)
+            if members:
+                shares = model.split_fee(fee, [m["amount"] for m in members])
+                for m, share in zip(members, shares):
+                    m, _ = _to(conn, withdrawals, m, model.BROADCAST, staff, why)
+                    m, _ = _to(conn, withdrawals, m, model.CONFIRMING, staff, why, txid=txid)
+                    store.move(conn, withdrawals.ids, m, model.COMPLETED, staff, why, network_fee=share, txid=txid)
+            elif fee > 0:
+                # No withdrawals (a consolidation): only the fee left the hot wallet, booked as the job
+                # books a self-spend's or a consolidation's (refusal.py _book_fee), under the same key.
+                _ledger(conn, withdrawals, Command(
+                    kind="utxo_consolidation_fee" if b["kind"] == "consolidation" else "withdrawal_cancel_fee",
+                    actor=staff, postings=(Posting(_native_asset(withdrawals.config, b["chain"]).asset,
+                                                   "fees:network", f"wallet:{b['chain']}:hot", fee),),
+                    idempotency=Idempotency(store.SCOPE, f"fee:{batch_id}", batch_id),
+                    reference=batch_id, memo=txid))
             status = model.COMPLETED
         elif none_paid:
             why = f"resolved by {staff}: {txid} paid none of its withdrawals ({reason})"

@@ -77,23 +77,35 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
                 log.exception("withdrawal job (%s) failed; the next run resumes from the stored state", CHAIN)
 
     def tick(self) -> None:
-        """One pass over every step; safe to run again at any time."""
+        """One pass over every step; safe to run again at any time. An error in one batch's step
+        is logged with the batch's id and the pass goes on with the others (one batch that can't
+        move must not stop every payment); the first such error is raised at the end of the pass."""
+        errors: list[Exception] = []
         for batch_id in self._batches("QUEUED", "SIGNING"):
-            self.sign(batch_id)
+            self._steps(errors, batch_id, self.sign)
         for batch_id in self._batches("SIGNED", "BROADCAST", "CONFIRMING", CANCELLING):
-            self.follow(batch_id)
+            self._steps(errors, batch_id, self.follow)
         for batch_id in self._watched_cancelled():
-            self.watch_cancelled(batch_id)
+            self._steps(errors, batch_id, self.watch_cancelled)
         for _ in range(self.rules.max_batches_per_pass):
             batch_id = self.build()
             if batch_id is None:
                 break
-            self.sign(batch_id)
-            self.follow(batch_id)  # does nothing if the signer refused it
+            self._steps(errors, batch_id, self.sign, self.follow)  # follow does nothing if the signer refused it
         batch_id = self.consolidate_when_cheap()
         if batch_id:
-            self.sign(batch_id)
-            self.follow(batch_id)
+            self._steps(errors, batch_id, self.sign, self.follow)
+        if errors:
+            raise errors[0]
+
+    @staticmethod
+    def _steps(errors: list[Exception], batch_id: str, *steps) -> None:
+        try:
+            for step in steps:
+                step(batch_id)
+        except Exception as exc:  # CrashForTest is a BaseException: a test's "crash" still stops the pass
+            log.exception("batch %s: %s failed; the other batches go on", batch_id, step.__name__)
+            errors.append(exc)
 
     def _batches(self, *statuses) -> list[str]:
         b = t.withdrawal_batches.c
@@ -121,7 +133,14 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
             spendable = self._spendable(conn, fee_rate)
             coins = self._select(spendable, pending, fee_rate)
             if coins is None:
-                return self._consolidate(conn, spendable, pending, fee_rate)
+                # Not all of them: those the coins can pay go now, the others wait (APPROVED);
+                # coins that exist but not within one transaction are merged first.
+                pending = self._payable(conn, spendable, pending, fee_rate)
+                if not pending:
+                    return None
+                coins = self._select(spendable, pending, fee_rate)
+                if coins is None:
+                    return self._consolidate(conn, spendable, pending, fee_rate)
             payments = [Payment(p["to_address"], p["amount"]) for p in pending]
             unsigned = self.plugin.build_transaction(payments, coins, self._change(), fee_rate)
             batch_id = self._insert_batch(conn, "withdrawals", unsigned, fee_rate, coins)
@@ -191,13 +210,13 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
                 if len(members) != expected or any(m["status"] != model.QUEUED for m in members):
                     # A withdrawal was cancelled out of it: dissolve, the rest goes back to the queue.
                     self._dissolve(conn, batch_id, members, "a withdrawal left the batch before signing",
-                                   requeue=True)
+                                   requeue=True, counted=False)
                     return None
                 frozen = self._first_frozen(conn, members)
                 if frozen is not None:
                     # Frozen since the batch was built: the others go back to the queue without it.
                     self._dissolve(conn, batch_id, members, f"account {frozen} was frozen before signing",
-                                   requeue=True)
+                                   requeue=True, counted=False)
                     return None
                 for m in members:
                     store.move(conn, self.ids, m, model.SIGNING, "withdrawal-job", None)
@@ -254,11 +273,16 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
         self._set_batch(conn, batch_id, status=model.FAILED, reason=reason)
 
     def _dissolve(self, conn, batch_id: str, members: list[dict], reason: str, requeue: bool,
-                  status: str = model.FAILED, keep_reservations: bool = False) -> None:
+                  status: str = model.FAILED, keep_reservations: bool = False, counted: bool = True) -> None:
+        """counted: the requeue counts against each member's max_requeues (the node refused its own
+        transaction). A dissolution caused by another member (cancelled, account frozen) is not
+        counted: the others did nothing wrong, and a QUEUED withdrawal can't be failed anyway."""
         for m in members:
             if m["status"] in model.TERMINAL:
                 continue
-            if requeue and m["requeues"] < self.rules.max_requeues:
+            if requeue and not counted:
+                store.move(conn, self.ids, m, model.APPROVED, "withdrawal-job", f"requeued: {reason}", batch_id=None)
+            elif requeue and m["requeues"] < self.rules.max_requeues:
                 store.move(conn, self.ids, m, model.APPROVED, "withdrawal-job", f"requeued: {reason}",
                            batch_id=None, requeues=m["requeues"] + 1)
             else:

@@ -61,8 +61,8 @@ class Withdrawals:
     # -- clients -------------------------------------------------------------------------------------
     def request(self, client: str, idempotency_key: str, account_id: str, asset: str, to_address: str,
                 amount: str) -> tuple[dict, bool]:
-        """Validates, then holds amount + fee and records the withdrawal in one transaction.
-        Returns (withdrawal, created)."""
+        """Answers a known key with its withdrawal; else validates, then holds amount + fee and
+        records the withdrawal in one transaction. Returns (withdrawal, created)."""
         key = parse_idempotency_key(idempotency_key)
         account = parse_account_id(account_id)
         asset_cfg = self.config.asset(asset)
@@ -76,14 +76,6 @@ class Withdrawals:
         except ChainError as exc:
             raise InvalidArgument(f"to_address: {exc}") from None
         value = parse_amount(amount)
-        if value < asset_cfg.min_withdrawal:
-            raise InvalidArgument(f"amount {value} is below the minimum withdrawal of {asset_cfg.min_withdrawal}")
-        if value > asset_cfg.max_withdrawal:
-            raise InvalidArgument(f"amount {value} is above the maximum withdrawal of {asset_cfg.max_withdrawal}")
-        if value < (dust := plugin.smallest_payment(address)):
-            # One such output makes the whole batch's transaction non-standard: nodes refuse it.
-            raise InvalidArgument(f"amount {value} is below {dust}, the least the network relays a payment "
-                                  f"to {address} of")
         request_hash = hashlib.sha256(json.dumps(
             {"account": account, "asset": asset, "to": address, "amount": value},
             sort_keys=True).encode()).hexdigest()
@@ -97,13 +89,19 @@ class Withdrawals:
                 raise IdempotencyConflict(f"idempotency key {key!r} was used for a different withdrawal")
             return dict(row._mapping)
 
+        def check_amount():
+            if value < asset_cfg.min_withdrawal:
+                raise InvalidArgument(f"amount {value} is below the minimum withdrawal of {asset_cfg.min_withdrawal}")
+            if value > asset_cfg.max_withdrawal:
+                raise InvalidArgument(f"amount {value} is above the maximum withdrawal of {asset_cfg.max_withdrawal}")
+            if value < (dust := plugin.smallest_payment(address)):
+                # One such output makes the whole batch's transaction non-standard: nodes refuse it.
+                raise InvalidArgument(f"amount {value} is below {dust}, the least the network relays a payment "
+                                      f"to {address} of")
+
         # No separate read for a replay first: it would cost every new request a transaction;
         # the replay check below, under the account's lock, answers replays too.
         def work(conn):
-            # A replay answers with the first result whatever happened since (e.g. a freeze).
-            again = replay(conn)
-            if again:
-                return again, False
             a = t.chain_addresses.c
             # Whether the destination is one of our own addresses, in the same round trip.
             ours = select(a.id).where(a.chain == asset_cfg.chain, a.address == address).scalar_subquery()
@@ -112,6 +110,14 @@ class Withdrawals:
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update()  # one request per account at a time: the daily limit can't be raced
             owner = conn.execute(q).first()
+            # Only once the lock is held: a retry that waited for it while the first request with
+            # its key committed finds it now (each statement sees the latest commits on PostgreSQL).
+            # A replay answers with the first result whatever happened since (a freeze, or a
+            # minimum raised by a rolling config change): the amount is checked only when new.
+            again = replay(conn)
+            if again:
+                return again, False
+            check_amount()
             if owner is None:
                 raise NotFound(f"account {account} does not exist")
             if owner.frozen:

@@ -103,3 +103,41 @@ def test_two_hundred_concurrent_requests_never_overspend(pg_url):
             s.stop()
         for app in apps:
             app.close()
+
+
+def test_a_retry_waiting_for_the_first_request_answers_with_its_withdrawal(pg_url):
+    """A client's retry (same key) arrives while its first request waits for the account's
+    row lock: once the first commits, the retry answers with that withdrawal, not with an
+    error from checking its amount against the first's hold (exactly one withdrawal's funds)."""
+    import time
+
+    from sqlalchemy import text
+
+    app = Custody(withdrawal_config(pg_url))
+    try:
+        acct = app.create_account("payer").account_id
+        amount = 500_000
+        fund(app, acct, amount + WITHDRAWAL_FEE)
+        results: dict[str, object] = {}
+
+        def call(name):
+            try:
+                results[name] = app.withdrawals.request("wallet-service", "same-key", str(acct), "BTC", PAYEE,
+                                                        str(amount))
+            except Exception as exc:  # noqa: BLE001  (checked below)
+                results[name] = exc
+
+        # Another transaction holds the account's row, as a request in flight does.
+        with app.engine.connect() as blocker:
+            with blocker.begin():
+                blocker.execute(text("SELECT id FROM accounts WHERE id = :a FOR UPDATE"), {"a": int(acct)})
+                threads = [threading.Thread(target=call, args=(name,)) for name in ("first", "retry")]
+                for th in threads:
+                    th.start()
+                    time.sleep(0.3)  # both are waiting for the row lock
+        for th in threads:
+            th.join(30)
+        (first, created), (again, created_again) = results["first"], results["retry"]
+        assert sorted([created, created_again]) == [False, True] and first["id"] == again["id"]
+    finally:
+        app.close()

@@ -209,7 +209,7 @@ def test_cancel_while_queued_dissolves_the_batch_and_requeues_the_others(btc, ch
         old = conn.execute(select(t.withdrawal_batches).where(t.withdrawal_batches.c.id == first)).one()
     assert old.status == "FAILED" and "left the batch" in old.reason
     w = status(btc, kept)
-    assert w["status"] == "BROADCAST" and w["batch_id"] != first and w["requeues"] == 1
+    assert w["status"] == "BROADCAST" and w["batch_id"] != first and w["requeues"] == 0  # not its own doing
     assert reserved(btc) == [coin]  # released by the old batch, reserved by the new one
     confirm(btc, chain, s)
     assert status(btc, kept)["status"] == "COMPLETED" and status(btc, dropped)["status"] == "CANCELLED"
@@ -222,3 +222,59 @@ def test_cancel_while_queued_dissolves_the_batch_and_requeues_the_others(btc, ch
     # After signing starts, cancel is refused.
     with pytest.raises(Exception, match="until signing starts"):
         btc.withdrawals.cancel("wallet-service", kept)
+
+
+def test_others_leaving_its_batch_again_and_again_never_fails_a_withdrawal(btc, chain, signer):
+    """Another client cancels its withdrawal out of the victim's QUEUED batch more often than
+    max_requeues: each dissolution requeues the victim without counting it, the victim and an
+    unrelated withdrawal are paid."""
+    fund_hot_wallet(btc, chain, 5_000_000)
+    victim, other, third = (btc.create_account(n).account_id for n in ("victim", "other", "third"))
+    for acct in (victim, other, third):
+        fund(btc, acct, BTC)
+    vid = request(btc, victim, payee(), 100_000, "v")
+    s = sender(btc, signer)
+    for i in range(btc.config.withdrawals.max_requeues + 2):
+        oid = request(btc, other, payee(), 100_000, f"o{i}")
+        batch = s.build()
+        assert status(btc, vid)["batch_id"] == batch == status(btc, oid)["batch_id"]
+        btc.withdrawals.cancel("wallet-service", oid)
+        s.sign(batch)  # dissolved before signing
+        w = status(btc, vid)
+        assert (w["status"], w["batch_id"], w["requeues"]) == ("APPROVED", None, 0)
+    tid = request(btc, third, payee(), 100_000, "t")
+    s.tick()
+    confirm(btc, chain, s)
+    assert status(btc, vid)["status"] == "COMPLETED" and status(btc, tid)["status"] == "COMPLETED"
+    assert available_held(btc, victim) == (BTC - 100_000 - WITHDRAWAL_FEE, 0)
+
+
+def test_a_batch_whose_step_fails_does_not_stop_the_others(btc, chain, signer, monkeypatch, caplog):
+    """One batch's signing step raises every pass (a bug, a bad row): the error is logged with the
+    batch's id and raised at the end of the pass, and meanwhile the other withdrawals are paid."""
+    fund_hot_wallet(btc, chain, BTC, BTC)  # one coin for each batch
+    acct = btc.create_account("payer").account_id
+    fund(btc, acct, BTC)
+    stuck_id = request(btc, acct, payee(), 100_000, "stuck")
+    s = sender(btc, signer)
+    stuck = s.build()
+    other = request(btc, acct, payee(), 200_000, "other")
+    sign = s.sign
+
+    def broken(batch_id):
+        if batch_id == stuck:
+            raise RuntimeError("cannot sign this one")
+        sign(batch_id)
+    monkeypatch.setattr(s, "sign", broken)
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="cannot sign this one"):
+            s.tick()
+        chain.mine(1)
+        btc.scanner("bitcoin").catch_up()
+    assert f"batch {stuck}: broken failed" in caplog.text and "cannot sign this one" in caplog.text
+    assert status(btc, other)["status"] == "COMPLETED" and status(btc, stuck_id)["status"] == "QUEUED"
+    monkeypatch.setattr(s, "sign", sign)  # fixed: it goes out too
+    s.tick()
+    confirm(btc, chain, s)
+    assert status(btc, stuck_id)["status"] == "COMPLETED"
+    assert available_held(btc, acct) == (BTC - 300_000 - 2 * WITHDRAWAL_FEE, 0)

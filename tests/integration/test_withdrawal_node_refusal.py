@@ -430,3 +430,41 @@ def test_a_foreign_spend_replacing_a_confirming_batch_can_be_failed_by_staff(db_
         assert available_held(app, payer) == (BTC, 0)
     finally:
         app.close()
+
+
+def test_a_consolidation_spent_by_a_twin_is_resolved_by_staff(db_url, chain, signer):
+    """A scheduled merge (no withdrawals) is spent by a twin with another txid: held for staff,
+    and the resolution completes it with the twin, its fee booked once (fees:network -> hot
+    wallet, as the job books a merge's fee)."""
+    from embit.transaction import Transaction
+
+    from custody.errors import FailedPrecondition
+
+    app = make_app(db_url, chain, consolidate_above=2)
+    try:
+        coins = {100_000, 200_000, 300_000}
+        fund_hot_wallet(app, chain, *sorted(coins))
+        with pytest.raises(CrashForTest):
+            sender(app, signer, crash_at="after_store").tick()
+        (ours,) = attempts(app)
+        (merge,) = batches(app)
+        s = sender(app, signer)
+        amounts = {(c.txid, c.index): c.amount for c in s._reserved_coins(merge["id"])}
+        vin = Transaction.parse(ours["raw"]).vin
+        assert merge["kind"] == "consolidation" and len(vin) == len(amounts) == 3
+        twin = twin_of(ours["raw"], [(v.txid.hex(), v.vout, amounts[(v.txid.hex(), v.vout)]) for v in vin])
+        twin_txid = chain.miner.send(twin)
+        confirm(app, chain, s, blocks=2)
+        (batch,) = batches(app)
+        assert batch["status"] == "NEEDS_STAFF" and twin_txid in batch["reason"]
+        resolved, done = app.withdrawals.resolve_batch("alice-admin", batch["id"], twin_txid, "twin of our merge")
+        assert resolved["status"] == "COMPLETED" and done == []
+        fee = sum(coins) - hot_change(app, twin_txid)
+        assert fee == ours["fee"]
+        assert ledger_balance(app, "fees:network") == -fee and ledger_balance(app, "wallet:bitcoin:hot") == -fee
+        with pytest.raises(FailedPrecondition):  # once
+            app.withdrawals.resolve_batch("alice-admin", batch["id"], twin_txid, "again")
+        assert ledger_balance(app, "wallet:bitcoin:hot") == -fee
+    finally:
+        app.close()
+

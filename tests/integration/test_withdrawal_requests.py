@@ -355,3 +355,25 @@ def test_a_withdrawal_to_one_of_our_own_addresses_is_refused(wapp):
             wapp.withdrawals.request("wallet-service", f"k-{address}", payer, "BTC", address, str(BTC // 10))
     assert balances(wapp, payer) == (5 * BTC, 0)
     assert wapp.withdrawals.list_for_account(payer) == ([], "")
+
+
+def test_a_retry_after_the_minimum_was_raised_answers_with_its_withdrawal(db_url):
+    """A rolling config change raises min_withdrawal: a retry of an existing withdrawal's key
+    reaching an instance with the new minimum answers with that withdrawal; the same key with
+    another request is still a conflict, and a new request is checked against the new minimum."""
+    from custody.errors import IdempotencyConflict
+
+    old, new = Custody(withdrawal_config(db_url)), Custody(withdrawal_config(db_url, btc={"min_withdrawal": "50000"}))
+    try:
+        acct = account(old)
+        first, created = old.withdrawals.request("wallet-service", "k1", acct, "BTC", PAYEE, "20000")
+        again, created_again = new.withdrawals.request("wallet-service", "k1", acct, "BTC", PAYEE, "20000")
+        assert created and not created_again and again["id"] == first["id"]
+        with pytest.raises(IdempotencyConflict):
+            new.withdrawals.request("wallet-service", "k1", acct, "BTC", PAYEE, "20001")
+        with pytest.raises(InvalidArgument, match="below the minimum withdrawal of 50000"):
+            new.withdrawals.request("wallet-service", "k2", acct, "BTC", PAYEE, "20000")
+        assert balances(new, acct) == (5 * BTC - 20_000 - WITHDRAWAL_FEE, 20_000 + WITHDRAWAL_FEE)
+    finally:
+        old.close()
+        new.close()

@@ -15,10 +15,10 @@ from custody.app import Custody
 from custody.db import schema as t
 from custody.db.engine import is_postgres, read_transaction, write_transaction
 from custody.deposits.store import freeze_account
-from custody.withdrawals.sender import CrashForTest
+from custody.withdrawals.sender import BitcoinSender, CrashForTest
 from tests.support.bitcoin import HOT_XPUB, random_script
-from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, confirm, fund, fund_hot_wallet, ledger_balance,
-                                       sender, start_signer, withdrawal_config)
+from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_held, confirm, fund, fund_hot_wallet,
+                                       ledger_balance, sender, start_signer, withdrawal_config)
 
 REGTEST = network("regtest")
 
@@ -267,3 +267,44 @@ def test_the_deposit_wallet_pays_with_credited_deposits_only(db_url, chain, sign
         assert btc.withdrawals.get(w["id"])[0]["status"] == "COMPLETED"
     finally:
         btc.close()
+
+
+def test_a_withdrawal_larger_than_the_hot_wallet_waits_and_the_others_go(btc, chain, signer, caplog):
+    """The oldest withdrawal (9M sats) is more than the hot wallet holds (6M): the three of 100k
+    behind it are paid, it waits APPROVED with a warning saying how much is missing, and is
+    paid once the hot wallet is refilled."""
+    fund_hot_wallet(btc, chain, 3_000_000, 3_000_000)
+    acct = btc.create_account("payer").account_id
+    fund(btc, acct, BTC)
+
+    def request(key, amount):
+        return btc.withdrawals.request("wallet-service", key, str(acct), "BTC",
+                                       script_to_address(random_script(), REGTEST), str(amount))[0]["id"]
+    big = request("big", 9_000_000)
+    small = [request(f"small-{i}", 100_000) for i in range(3)]
+    s = sender(btc, signer)
+    s.tick()
+    confirm(btc, chain, s)
+    assert [btc.withdrawals.get(i)[0]["status"] for i in small] == ["COMPLETED"] * 3
+    assert btc.withdrawals.get(big)[0]["status"] == "APPROVED" and btc.withdrawals.get(big)[0]["batch_id"] is None
+    assert f"withdrawal {big} of 9000000 sats waits: the spendable coins are " in caplog.text
+    fund_hot_wallet(btc, chain, 5_000_000)
+    s.tick()
+    confirm(btc, chain, s)
+    assert btc.withdrawals.get(big)[0]["status"] == "COMPLETED"
+    assert available_held(btc, acct) == (BTC - 9_300_000 - 4 * WITHDRAWAL_FEE, 0)
+
+
+def test_coin_amounts_are_compared_as_numbers(db_url, chain):
+    """SQLite stores amounts as text: coins of 500, 2,000 and 100,000 sats with min_utxo = 2,000
+    must leave exactly the last two spendable (as text, "500" >= "2000" > "100000")."""
+    app = Custody(withdrawal_config(db_url, chain.rpc.url, confirmations=2, min_utxo=2_000))
+    try:
+        app.scanner("bitcoin").catch_up()
+        fund_hot_wallet(app, chain, 500, 2_000, 100_000)
+        s = BitcoinSender(app.config, app.engine, app.plugin("bitcoin"), None, app.notifier.notify)
+        with read_transaction(app.engine) as conn:
+            spendable = s._spendable(conn, 1)  # 1 sat/vB: an input's fee is far below min_utxo
+        assert [c.amount for _, c in spendable] == [100_000, 2_000]
+    finally:
+        app.close()
