@@ -38,12 +38,12 @@ class SignedInputs:
         return None if row is None else (row[0], bytes(row[1]))
 
     def signed(self, claims) -> None:
-        """After the claims' rows are committed (an outpoint keeps its first claim: a different one
-        was refused before signing, so these are equal to what is stored)."""
+        """After the claims' rows are committed. An outpoint keeps its first claim, as its row does
+        (INSERT OR IGNORE): a claim already known is left as it is, whatever this one says."""
         recent = self._recent
         for outpoint, amount, script in claims:
             self._filter.add(outpoint)
-            recent[outpoint] = (amount, script)
+            recent.setdefault(outpoint, (amount, script))
             recent.move_to_end(outpoint)
         self._added += len(claims)
         while len(recent) > RECENT:

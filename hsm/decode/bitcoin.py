@@ -154,6 +154,10 @@ class BitcoinDecoder:
             plan.append((*signer, script, amount))
             claims.append((_wally.input_outpoint(tx, i), amount, script))
             total_in += amount
+        if len({outpoint for outpoint, _, _ in claims}) != n_in:
+            # Invalid on chain, and a way to give one coin two claimed amounts in one request
+            # (the inputs rule compares a request's claims with those signed before).
+            raise Refused("decode", "the transaction spends one outpoint twice")
         transfers, total_out = [], 0
         for j in range(n_out):
             script = _wally.output_script(tx, j)

@@ -159,6 +159,17 @@ def test_an_input_claimed_with_another_amount_than_it_was_signed_with_is_refused
     assert btc(restarted, _two_inputs(keystore, 1_000, S.BTC)).refused_rule == "inputs"
 
 
+def test_a_transaction_spending_one_outpoint_twice_is_refused(signer, keystore):
+    """Invalid on chain, and a way to give one coin two claimed amounts in one request: listed as
+    [A low, A true, B true, B low], memory and the table kept different claims, and two later
+    requests could each show a small fee while their signatures combined into one paying miners."""
+    ours = S.hot_script(keystore)
+    payload = S.make_psbt([("aa" * 32, 0, 1_000, ours), ("aa" * 32, 0, S.BTC, ours)],
+                          [(S.foreign_script(), S.BTC // 10)])
+    out = btc(signer, payload)
+    assert (out.signed, out.refused_rule) == (False, "decode") and "one outpoint twice" in out.refused_reason
+
+
 def test_refused_payment_does_not_use_up_the_daily_allowance(make_signer, keystore):
     signer = make_signer()
     assert btc(signer, S.simple_psbt(keystore, S.BTC, fee=200_000)).refused_rule == "max_fee"

@@ -45,3 +45,14 @@ def test_every_claim_is_found_wherever_it_is_kept_and_new_outpoints_cost_no_quer
     before = db.queries
     assert memory.claim(never[0][0]) == never[0][1:] and db.queries == before, "a recent claim costs no query"
     spends.close()
+
+
+def test_memory_keeps_the_first_claim_of_an_outpoint_as_the_table_does(tmp_path):
+    spends = CountedSpends(tmp_path / "limits.sqlite")
+    first = claims(1)
+    lie = [(first[0][0], 1, first[0][2])]
+    spends.add(None, 1.0, first)
+    spends.add(None, 2.0, lie)  # never reached by a request (refused before), but memory must not differ
+    assert spends._inputs.claim(first[0][0]) == first[0][1:]
+    assert spends._db.execute("SELECT amount FROM signed_inputs").fetchall() == [(first[0][1],)]
+    spends.close()
