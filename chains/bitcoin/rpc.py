@@ -129,8 +129,15 @@ class BitcoinRPC:
                 code = getattr(exc, "code", None)
                 if code == _WARMING_UP and attempt < self.retries:
                     problem = f"node warming up: {exc.message}"
-                elif code in (-342, -343):  # python-bitcoinrpc: not JSON (e.g. 401), no result
-                    self._proxy = None
+                elif code == -342 and attempt < self.retries:
+                    # Not JSON: a busy node's 503 ("work queue depth exceeded") or a proxy's 502 pass;
+                    # retried like a transport error, and NodeUnavailable if it lasts (a 401 too).
+                    self._proxy = self._batch_conn = None
+                    problem = exc.message
+                elif code in (-342, -343):  # still not JSON; or no result
+                    self._proxy = self._batch_conn = None
+                    if code == -342:
+                        raise NodeUnavailable(f"{method}: {exc.message}") from None
                     raise NodeError(f"{method}: {exc.message}") from None
                 else:
                     raise RpcError(method, code, str(getattr(exc, "message", exc))) from None

@@ -66,6 +66,8 @@ BACKFILL_BLOCKS_PER_RUN = 2_000
 # under us) before it gives up until the next tick: a node that keeps announcing a tip it cannot
 # serve would otherwise keep the run spinning on it, holding the scan lock.
 MAX_REREADS_PER_RUN = 5
+# Reorgs unwound back to back in a run, with no block applied on top, before it backs off.
+MAX_UNWINDS_IN_A_ROW = 2
 
 
 class ScannerHalted(Exception):
@@ -165,12 +167,14 @@ class Scanner:
     def _run(self, max_blocks: int | None) -> RunResult:
         cursor = self._cursor()
         with read_transaction(self.engine) as conn:
-            if store.cursor_stamp(conn, self.chain) != self._stamp:
-                # Another instance recorded blocks or a rescan since this one did (the scan lock
-                # passes between instances): our unspent outputs in memory miss what it recorded,
-                # and a spend of one of them would go unseen. Read them again.
-                self.outpoints = None
-        applied = reorgs = rereads = 0
+            stamp = store.cursor_stamp(conn, self.chain)
+        if stamp != self._stamp:
+            # Another instance recorded blocks or a rescan since this one did (the scan lock passes
+            # between instances): our unspent outputs in memory miss what it recorded, and a spend
+            # of one of them would go unseen. Read them again; every recording transaction of this
+            # run checks that the stamp is still this one (_check_cursor).
+            self.outpoints, self._stamp = None, stamp
+        applied = reorgs = rereads = unwound = 0
         backfilled = self._backfill(cursor, BACKFILL_BLOCKS_PER_RUN)
 
         def read_again(why: str) -> int:
@@ -188,6 +192,7 @@ class Scanner:
                 break
             if cursor.height >= tip.height and (cursor.height, cursor.hash) != (tip.height, tip.hash):
                 if cursor.height > tip.height or self.plugin.block_hash(cursor.height) != cursor.hash:
+                    unwound = self._unwind_again(unwound, cursor, tip)
                     cursor = self._unwind(cursor, tip)
                     reorgs += 1
                     continue
@@ -204,6 +209,7 @@ class Scanner:
             linked = _linked(cursor, blocks)
             if not linked:
                 if blocks:
+                    unwound = self._unwind_again(unwound, cursor, tip)
                     cursor = self._unwind(cursor, tip)
                     reorgs += 1
                 else:
@@ -219,8 +225,17 @@ class Scanner:
                 continue
             cursor = self._apply(cursor, linked)
             applied += len(linked)
-            rereads = 0
+            rereads = unwound = 0
         return RunResult(applied, reorgs, cursor.height, backfilled=backfilled)
+
+    def _unwind_again(self, unwound: int, cursor: Cursor, tip) -> int:
+        """Unwinds in a row in this run, this one included. A node whose best chain flips back and
+        forth (two nodes behind a round-robin proxy during a stale-block race) would otherwise have
+        the run unwind and re-apply without end, crediting and reversing deposits each time."""
+        if unwound >= MAX_UNWINDS_IN_A_ROW:
+            raise NodeUnavailable(f"{self.chain}: the node's best chain changed {unwound} times in a row "
+                                  f"(cursor {cursor.height}, tip {tip.height}); waiting for it to settle")
+        return unwound + 1
 
     def _on_best_chain(self, block: Block) -> bool:
         try:
@@ -308,7 +323,7 @@ class Scanner:
     def _apply(self, cursor: Cursor, blocks: list[Block]) -> Cursor:
         new_cursor = Cursor(blocks[-1].height, blocks[-1].hash)
         with self._recording() as conn:
-            self._check_cursor(conn, cursor)
+            self._check_cursor(conn, cursor, self._stamp)
             events, created, spent = self._record_blocks(conn, blocks, new_cursor.height, backfill=False)
             store.record_blocks(conn, self.chain, [(b.height, b.hash, b.parent_hash) for b in blocks],
                                 self.config.max_reorg_depth)
@@ -421,7 +436,7 @@ class Scanner:
                     return done
                 start = blocks[-1].height + 1
                 with self._recording() as conn:
-                    self._check_cursor(conn, cursor)
+                    self._check_cursor(conn, cursor, self._stamp)
                     events, created, spent = self._record_blocks(conn, blocks, cursor.height, backfill=True)
                     still_open = store.set_backfill(conn, req["id"], next_height=start, to_height=end)
                     last_event = store.emit_events(conn, events)

@@ -18,9 +18,12 @@ from chains.bitcoin.rpc import BitcoinRPC, RpcError
 
 
 class ShapingProxy:
-    def __init__(self, node_url: str, shape):
+    def __init__(self, node_url: str, shape, busy_answers: int = 0):
+        """busy_answers: the first this many requests get a 503 with an HTML body, as a busy Bitcoin
+        Core ("work queue depth exceeded") or a proxy in front of it answers."""
         parts = urlsplit(node_url)
         target = f"http://{parts.hostname}:{parts.port}/"
+        busy = [busy_answers]
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -30,13 +33,22 @@ class ShapingProxy:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                if busy[0] > 0:
+                    busy[0] -= 1
+                    page = b"<html>Work queue depth exceeded</html>"
+                    self.send_response(503)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
                 request = urllib.request.Request(target, data=body, method="POST", headers={
                     "Authorization": self.headers["Authorization"], "Content-Type": "application/json"})
                 try:
                     answer, status = urllib.request.urlopen(request, timeout=30).read(), 200
                 except urllib.error.HTTPError as exc:
                     answer, status = exc.read(), exc.code
-                if isinstance(json.loads(body), list):
+                if shape and isinstance(json.loads(body), list):
                     answer = json.dumps(shape(json.loads(answer))).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -111,4 +123,29 @@ def test_the_scanner_scans_through_a_node_that_answers_like_core_28(db_url, chai
         assert_invariants(db_url)
     finally:
         app.close()
+        proxy.close()
+
+
+def test_a_busy_node_is_retried_and_one_that_stays_busy_is_unavailable(chain):
+    """A 503 with an HTML body (Bitcoin Core's "work queue depth exceeded", a proxy's 502) was a
+    NodeError at once: a rescan meeting one was stopped for good as if the node could not serve its
+    blocks. It is retried like a transport error, and NodeUnavailable (back off) if it lasts."""
+    from chains.base import NodeUnavailable
+
+    proxy = ShapingProxy(chain.rpc.url, None, busy_answers=2)
+    sleeps = []
+    rpc = BitcoinRPC(proxy.url, retries=3, backoff_s=0.01, sleep=sleeps.append)
+    try:
+        height = chain.height()
+        assert rpc.batch([("getblockhash", height)]) == [chain.rpc.call("getblockhash", height)]
+        assert len(sleeps) == 2
+        proxy_busy = ShapingProxy(chain.rpc.url, None, busy_answers=100)
+        stuck = BitcoinRPC(proxy_busy.url, retries=2, backoff_s=0.01, sleep=sleeps.append)
+        with pytest.raises(NodeUnavailable, match="503"):
+            stuck.batch([("getblockhash", height)])
+        with pytest.raises(NodeUnavailable, match="503"):
+            stuck.call("getblockcount")
+        proxy_busy.close()
+    finally:
+        rpc.close()
         proxy.close()

@@ -44,3 +44,54 @@ def test_a_spend_of_a_coin_another_instance_recorded_is_seen(db_url, chain, sign
     finally:
         a.close()
         b.close()
+
+
+def test_a_rescan_by_another_instance_during_a_run_is_not_stamped_over(db_url, chain, monkeypatch):
+    """Instance b records a rescan's new output while instance a's run is fetching: a's commit must
+    not stamp over b's, or a never reads its outputs again and misses a later spend of that output
+    (SQLite, where runs of two instances are not serialised by an advisory lock)."""
+    from sqlalchemy import select
+
+    from custody.db import schema as t
+    from custody.deposits import service as deposits
+    from tests.support.bitcoin import DEPOSIT_XPUB, deposit_key, make_chain_config, spend
+
+    a, b = (Custody(make_chain_config(db_url, chain.rpc.url)) for _ in range(2))
+    try:
+        scanner_a, scanner_b = a.scanner("bitcoin"), b.scanner("bitcoin")
+        scanner_a.catch_up()
+        scanner_b.catch_up()
+        plugin = a.plugin("bitcoin")
+        ann = a.create_account("ann").account_id
+        created = chain.height()
+        late = plugin.derive_address(DEPOSIT_XPUB, 100_000)  # far past the addresses issued: unwatched
+        txid, _ = chain.pay((late.watch_key, 70_000))
+        chain.mine(1)
+        scanner_a.catch_up()
+        chain.mine(1)
+        fetch, once = plugin.fetch_blocks, []
+
+        def fetch_while_b_rescans(start, count, watch):
+            blocks = fetch(start, count, watch)
+            if not once:
+                once.append(True)
+                deposits.register_deposit_address(a.engine, plugin, "bitcoin", DEPOSIT_XPUB, ann, 100_000, created)
+                scanner_b.run_once(max_blocks=0)  # b's rescan records the output
+            return blocks
+
+        monkeypatch.setattr(plugin, "fetch_blocks", fetch_while_b_rescans)
+        try:
+            scanner_a.run_once()
+        except Exception:
+            pass  # refused: another instance recorded meanwhile; the next run starts over
+        monkeypatch.undo()
+        swept = chain.miner.send(spend((txid, 0), 70_000, deposit_key(100_000), random_script()))
+        chain.mine(1)
+        for _ in range(2):
+            scanner_a.next_attempt = 0.0
+            scanner_a.tick()
+        with a.engine.connect() as conn:
+            assert conn.execute(select(t.utxos.c.spent_txid).where(t.utxos.c.txid == txid)).scalar() == swept
+    finally:
+        a.close()
+        b.close()

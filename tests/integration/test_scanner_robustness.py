@@ -353,3 +353,44 @@ def test_a_node_announcing_a_tip_it_cannot_serve_is_backed_off_not_spun_on(btc_a
     scanner.next_attempt = 0.0
     assert scanner.tick().status == "ok"
     assert cursor_height(btc_app.engine) == chain.height()
+
+
+def test_a_best_chain_that_keeps_flipping_is_backed_off_not_followed_without_end(db_url, chain, monkeypatch):
+    """Two tips of one height served in turn (two nodes behind a round-robin proxy in a stale-block
+    race): every tip read was a reorg, and one run flipped without end, crediting and reversing a
+    deposit and freezing its account each time. After a few unwinds in a row the run backs off."""
+    from chains.base import Block, BlockRef
+    from custody.deposits.scanner import MAX_UNWINDS_IN_A_ROW
+
+    app = Custody(make_chain_config(db_url, chain.rpc.url, confirmations=1))
+    try:
+        scanner, plugin = app.scanner("bitcoin"), app.plugin("bitcoin")
+        scanner.catch_up()
+        top = chain.height()
+        real, parent = plugin.block_hash(top), plugin.block_hash(top - 1)
+        other = Block(top, "ab" * 32, parent, (), ())
+        real_hash, real_fetch = plugin.block_hash, plugin.fetch_blocks
+        serving, tips = ["real"], []
+
+        def tip():
+            tips.append(1)
+            assert len(tips) < 40, "the run follows the flips without end"
+            serving[0] = "other" if serving[0] == "real" else "real"
+            return BlockRef(top, real if serving[0] == "real" else other.hash)
+
+        def block_hash(height):
+            return (real if serving[0] == "real" else other.hash) if height == top else real_hash(height)
+
+        def fetch(start, count, watch):
+            if start == top and serving[0] == "other":
+                return [other]
+            return real_fetch(start, min(count, top - start + 1), watch)
+
+        monkeypatch.setattr(plugin, "tip", tip)
+        monkeypatch.setattr(plugin, "block_hash", block_hash)
+        monkeypatch.setattr(plugin, "fetch_blocks", fetch)
+        result = scanner.tick()
+        assert result.status == "node unavailable" and "changed" in result.detail, result
+        assert len(tips) <= 2 * MAX_UNWINDS_IN_A_ROW + 2
+    finally:
+        app.close()
