@@ -27,12 +27,15 @@ the signer's host. The signer hands one out with every answer
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import pathlib
 import threading
 import time
+
+from hsm.errors import SignerError
 
 GENESIS = "0" * 64
 
@@ -53,9 +56,18 @@ class AuditLog:
         self.durable = durable
         self._lock = threading.Lock()  # appends: seq and prev in file order
         self._sync_lock = threading.Lock()  # one fsync at a time; waiters find theirs done
+        # One writer per log: a second signer started on the same config wrote its own chain into
+        # the same file (and the rolling limits were counted twice apart). Held until close.
+        self._owner = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._owner)
+            raise AuditLogInUse(f"audit log {self.path} is in use by another signer process") from None
         report = verify(self.path, visit=visit)
         if not report.ok:
             # A signer must not go on writing after a tampered history: an operator decides.
+            os.close(self._owner)
             raise AuditLogBroken(f"audit log {self.path} fails verification: " + "; ".join(report.problems))
         self.count, self.head = report.count, report.head
         self._synced = self.count
@@ -103,10 +115,17 @@ class AuditLog:
     def close(self) -> None:
         self._file.close()
         self._head_file.close()
+        if self._owner >= 0:
+            os.close(self._owner)  # releases the lock
+            self._owner = -1
 
 
-class AuditLogBroken(Exception):
-    pass
+class AuditLogBroken(SignerError):
+    """The log fails verification: the signer does not start until an operator has looked."""
+
+
+class AuditLogInUse(SignerError):
+    """Another signer process holds the log."""
 
 
 HEAD_RECORD_BYTES = 128

@@ -60,11 +60,20 @@ def spend_key(tx: Explained) -> str | None:
 
 
 _TABLES = ("counted_spends", "signed_inputs", "withdrawal_first_spends")
+# Decisions that may be in limits_db but not in the log after a crash: those written under the lock
+# but not yet fsynced (a group commit's worth, with margin). More means the log was replaced or cut.
+LOST_DECISIONS_AT_MOST = 1_000
+
+
+class StateMismatch(Exception):
+    """limits_db and the audit log are not each other's (hsm/service.py turns this into a refusal)."""
 
 
 class CountedSpends:
-    def __init__(self, path: pathlib.Path, durable: bool = True, logged_up_to: int | None = None):
-        """logged_up_to: the audit log's last sequence; rows written by later decisions are dropped."""
+    def __init__(self, path: pathlib.Path, durable: bool = True, logged_up_to: int | None = None,
+                 last_bitcoin_signed: int = 0):
+        """logged_up_to: the audit log's last sequence; rows written by later decisions are dropped.
+        last_bitcoin_signed: the log's last signed Bitcoin decision, which this file must have seen."""
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
@@ -82,12 +91,31 @@ class CountedSpends:
             if "audit_seq" not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
                 # Rows from before: NULL, kept (their decisions were logged long ago).
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN audit_seq INTEGER")
+        # The sequence of the last decision that wrote here (absent in files from before it was kept).
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         self.dropped: dict[str, int] = {}
         if logged_up_to is not None:
+            self._check_against_log(logged_up_to, last_bitcoin_signed)
             self.dropped = {table: self._db.execute(f"DELETE FROM {table} WHERE audit_seq > ?",
                                                     (logged_up_to,)).rowcount for table in _TABLES}
         self._lock = threading.Lock()
         self._inputs = SignedInputs(self._db)
+
+    def _check_against_log(self, logged_up_to: int, last_bitcoin_signed: int) -> None:
+        rows = sum(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in _TABLES)
+        newest = max((self._db.execute(f"SELECT max(audit_seq) FROM {table}").fetchone()[0] or 0
+                      for table in _TABLES), default=0)
+        written = self._db.execute("SELECT value FROM meta WHERE name = 'last_audit_seq'").fetchone()
+        if rows and logged_up_to == 0:
+            raise StateMismatch(f"the audit log is empty or missing, but limits_db holds {rows} rows of signatures "
+                                "made before: a new log would wipe them")
+        if newest > logged_up_to + LOST_DECISIONS_AT_MOST:
+            raise StateMismatch(f"limits_db holds decision {newest}, the audit log ends at {logged_up_to}: "
+                                "the log was replaced or cut")
+        if written is not None and written[0] < last_bitcoin_signed:
+            raise StateMismatch(f"limits_db was last written by decision {written[0]}, but the audit log signed "
+                                f"Bitcoin decision {last_bitcoin_signed} after it: an older copy of the file "
+                                "(restored from a backup, or copied without its -wal file)")
 
     def counted_since(self, key: str, since_s: float) -> int | None:
         """The fee counted for the spend named key if it was counted after since_s, else None."""
@@ -143,6 +171,9 @@ class CountedSpends:
                 self._db.executemany("INSERT OR IGNORE INTO withdrawal_first_spends (withdrawal_id, outpoint, "
                                      "audit_seq) VALUES (?, ?, ?)",
                                      [(w, i[0], audit_seq) for w in paid_first for i in inputs])
+                if audit_seq is not None:
+                    self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('last_audit_seq', ?)",
+                                     (audit_seq,))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

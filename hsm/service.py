@@ -25,7 +25,7 @@ from hsm.errors import LimitsFileMissing, Refused
 from hsm.keystores.base import KeyInfo, Keystore
 from hsm.limits import RollingLimits, fees_of
 from hsm.policy import Policy
-from hsm.replacements import CountedSpends
+from hsm.replacements import CountedSpends, StateMismatch
 
 
 @dataclasses.dataclass
@@ -54,7 +54,7 @@ class Signer:
         # limits_db (hsm/replacements.py).
         self.limits = RollingLimits(now_s=clock())
         self.fees = RollingLimits(now_s=clock(), counted=fees_of)
-        self._signed_bitcoin, self._last_request_chain = 0, ""
+        self._signed_bitcoin, self._last_bitcoin_signed, self._last_request_chain = 0, 0, ""
         limits_db_existed = config.limits_db.exists() and config.limits_db.stat().st_size > 0
         self.audit = AuditLog(config.audit_log, durable=config.durable, visit=self._replay)
         if self._signed_bitcoin and not limits_db_existed:
@@ -67,7 +67,13 @@ class Signer:
                     "from a backup; if it is lost for good, start once with --new-limits-db")
             self.audit.append("limits_db_recreated", {"path": str(config.limits_db),
                                                       "signed_bitcoin_before": self._signed_bitcoin})
-        counted = CountedSpends(config.limits_db, durable=config.durable, logged_up_to=self.audit.count)
+        try:
+            counted = CountedSpends(config.limits_db, durable=config.durable, logged_up_to=self.audit.count,
+                                    last_bitcoin_signed=self._last_bitcoin_signed)
+        except StateMismatch as exc:
+            self.audit.close()
+            raise LimitsFileMissing(f"limits_db {config.limits_db} and audit log {config.audit_log} do not match: "
+                                    f"{exc}. Restore the two together from one backup") from None
         self.policy = Policy(config.policy, self.limits, counted, self.fees)
         pc = config.policy
         btc = pc.asset("bitcoin", "")
@@ -87,6 +93,7 @@ class Signer:
             self._last_request_chain = entry["data"].get("chain", "")
         elif entry.get("kind") == "signed" and self._last_request_chain == "bitcoin":
             self._signed_bitcoin += 1
+            self._last_bitcoin_signed = entry["seq"]
 
     def list_keys(self) -> list[KeyInfo]:
         return self.keystore.list_keys()
