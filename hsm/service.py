@@ -175,7 +175,8 @@ def _summary(explained: Explained | None) -> dict:
     if explained is None:
         return {}
     return {"destinations": [{"address": t.destination, "asset": t.asset, "amount": str(t.amount),
-                              "internal": t.internal} for t in explained.transfers],
+                              "internal": t.internal, **({"path": t.path} if t.path else {})}
+                             for t in explained.transfers],
             "fee": str(explained.fee), "fee_asset": explained.fee_asset}
 
 

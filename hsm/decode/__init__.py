@@ -15,6 +15,7 @@ class Transfer(typing.NamedTuple):  # immutable, and cheaper to build than a fro
     contract: str  # "" for the native coin
     amount: int  # base units
     internal: bool  # the signer's own wallet (change) or a configured internal wallet
+    path: str = ""  # for our own change: the key id and path it derives at (in the audit log)
 
 
 @dataclasses.dataclass

@@ -32,6 +32,11 @@ from hsm.keystores.base import KeyInfo, Keystore
 PSBT_MAGIC = b"psbt\xff"
 SIGHASH_ALL = wally.WALLY_SIGHASH_ALL
 HARDENED = 2**31
+# Where our own change may go: BIP84 paths m/84'/coin'/account'/branch/index with an account below
+# this and an index below that. Any other path of our keys is not counted as ours (its output is
+# external, under the limits): coins sent to a path nobody records could never be found again.
+MAX_CHANGE_ACCOUNT = 100
+MAX_CHANGE_INDEX = 1_000_000
 _MAX_CACHED_SCRIPTS = 100_000
 
 
@@ -121,7 +126,7 @@ class BitcoinDecoder:
         self._key_index: tuple[dict[str, KeyInfo], frozenset[bytes]] | None = None
         # (key id, path) -> (p2wpkh script, public key), as the keystore derived them.
         self._scripts: dict[tuple[str, str], tuple[bytes, bytes]] = {}
-        self._hints: dict[bytes, tuple[bytes, bytes] | None] = {}  # see _derived_at
+        self._hints: dict[bytes, tuple[bytes, bytes, str] | None] = {}  # see _derived_at
         # script -> address of the scripts _derived_at found ours: change goes to the same few
         # addresses again and again, and encoding one costs about 0.7 us, a thirtieth of a signature.
         # Only a memo of script_to_address: being in it makes no output ours.
@@ -166,8 +171,9 @@ class BitcoinDecoder:
             if address is None:
                 raise Refused("decode", f"output {j} pays a script with no address (OP_RETURN or non-standard)")
             # Ours if it pays a key signing this very transaction, or re-derives from our keys.
-            internal = address in self.internal_addresses or script in signers or self._is_ours(psbt, j, script)
-            transfers.append(Transfer(address, self.asset, "", amount, internal))
+            path = "" if address in self.internal_addresses or script in signers else self._is_ours(psbt, j, script)
+            internal = path is not None
+            transfers.append(Transfer(address, self.asset, "", amount, internal, path or ""))
             total_out += amount
         fee = total_in - total_out
         if fee < 0:
@@ -212,41 +218,48 @@ class BitcoinDecoder:
             out[found[0]] = (key_id, path, found[1])
         return out
 
-    def _is_ours(self, psbt, index: int, script: bytes) -> bool:
-        """True only if we derive this output's key ourselves (our HD wallets, a token key,
-        or a configured internal account xpub)."""
+    def _is_ours(self, psbt, index: int, script: bytes) -> str | None:
+        """Where we derive this output's key ourselves (our HD wallets at a change path, a token
+        key, or a configured internal account xpub), said as a path for the audit log; else None."""
         wallets, token_scripts = self._wallets()
         if script in token_scripts:
-            return True
+            return "token key"
         for k in range(c.psbt_get_output_keypaths_size(psbt, index)):
             hint = _wally.output_keypath(psbt, index, k)
             mine = self._derived_at(hint, wallets)
             # The hint must name our key (not only our path) and the output must pay it.
             if mine and mine[0] == script and c.psbt_find_output_keypath(psbt, index, mine[1]) == k + 1:
-                return True
+                return mine[2]
             if self.internal_xpubs:
                 tail = keypath(hint)[1][-2:]
-                if len(tail) == 2 and tail[0] in (0, 1) and tail[1] < HARDENED:
+                if len(tail) == 2 and tail[0] in (0, 1) and tail[1] < MAX_CHANGE_INDEX:
                     for xpub in self.internal_xpubs:
                         if _xpub_script(xpub, self.net.name, tail[0], tail[1]) == script:
-                            return True
-        return False
+                            return f"{xpub[:16]}.../{tail[0]}/{tail[1]}"
+        return None
 
-    def _derived_at(self, hint: bytes, wallets: dict[str, KeyInfo]) -> tuple[bytes, bytes] | None:
-        """(p2wpkh script, public key) of our HD key at a derivation hint (fingerprint || path), if the
-        fingerprint is one of our wallets'. Cached: change hints repeat, and a derivation costs more
-        than the rest of the decoding."""
+    def _change_path(self, derivation: list[int]) -> bool:
+        coin = 0 if self.net.name == "mainnet" else 1
+        return (len(derivation) == 5 and derivation[:2] == [84 + HARDENED, coin + HARDENED]
+                and HARDENED <= derivation[2] < HARDENED + MAX_CHANGE_ACCOUNT
+                and derivation[3] in (0, 1) and derivation[4] < MAX_CHANGE_INDEX)
+
+    def _derived_at(self, hint: bytes, wallets: dict[str, KeyInfo]) -> tuple[bytes, bytes, str] | None:
+        """(p2wpkh script, public key, key id and path) of our HD key at a derivation hint
+        (fingerprint || path), if the fingerprint is one of our wallets' and the path a change
+        path (_change_path). Cached: change hints repeat, and a derivation costs more than the
+        rest of the decoding."""
         if hint in self._hints:
             return self._hints[hint]
         fingerprint, derivation = keypath(hint)
         owner, found = wallets.get(fingerprint), None
-        if owner is not None and not owner.public_key:
+        if owner is not None and not owner.public_key and self._change_path(derivation):
             try:
                 pub = self.keystore.public_key(owner.key_id, path_text(derivation))
             except UnknownKey:
                 pass
             else:
-                found = (p2wpkh_script(pub), pub)
+                found = (p2wpkh_script(pub), pub, f"{owner.key_id} {path_text(derivation)}")
         if len(self._hints) >= _MAX_CACHED_SCRIPTS:
             self._hints.clear()
             self._addresses.clear()

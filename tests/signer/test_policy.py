@@ -1,6 +1,8 @@
 """Policy: each rule refuses when it should and allows when it should (FAILURE_MODES 9, 10, 11)."""
 from __future__ import annotations
 
+import pytest
+
 from hsm.approvals import Approval, sign_approval
 from tests.support import signer as S
 
@@ -44,6 +46,30 @@ def test_change_hint_with_a_wrong_path_is_not_trusted(signer, keystore):
                           [(S.foreign_script(), S.BTC // 10), (other, 4 * S.BTC)],
                           change={1: (pub, bytes.fromhex(keystore.fingerprint(S.HOT)), S.HOT_CHANGE_PATH)})
     assert btc(signer, payload).transfers[1].internal is False
+
+
+@pytest.mark.parametrize("path", ["m/84h/1h/1h/1/5000000", "m/84h/1h/1h/7/0", "m/84h/1h/1h/1/7h",
+                                  "m/84h/1h/4000h/1/0", "m/84h/0h/1h/1/0", "m/99h/1h/1h/1/0", "m/84h/1h/1h/1/0/0"])
+def test_change_to_our_key_at_a_path_nobody_records_counts_as_external(signer, keystore, path):
+    """Our own key, but at a path no wallet scan would find (a huge or hardened index, another branch,
+    account, coin type or purpose): a compromised core could move the hot wallet there, limits
+    untouched, and only its own copy of the PSBT would say where. Not ours, so the limits apply."""
+    pub = keystore.public_key(S.HOT, path)
+    fp = bytes.fromhex(keystore.fingerprint(S.HOT))
+    payload = S.make_psbt([("11" * 32, 0, 5 * S.BTC, S.hot_script(keystore))],
+                          [(S.foreign_script(), S.BTC // 10), (S.p2wpkh_script(pub), 5 * S.BTC - S.BTC // 10 - 1_000)],
+                          change={1: (pub, fp, path)})
+    out = btc(signer, payload)
+    assert out.transfers[1].internal is False and out.refused_rule == "max_per_transaction"
+
+
+def test_the_audit_log_says_where_our_change_went(signer, keystore):
+    import json
+
+    assert btc(signer, S.simple_psbt(keystore, S.BTC // 10)).signed
+    (signed,) = [json.loads(line) for line in signer.config.audit_log.read_text().splitlines()
+                 if json.loads(line)["kind"] == "signed"]
+    assert [d.get("path") for d in signed["data"]["destinations"]] == [None, f"{S.HOT} {S.HOT_CHANGE_PATH}"]
 
 
 def test_input_without_its_utxo_is_refused(signer, keystore):
