@@ -63,6 +63,9 @@ _TABLES = ("counted_spends", "signed_inputs", "withdrawal_first_spends")
 # Decisions that may be in limits_db but not in the log after a crash: those written under the lock
 # but not yet fsynced (a group commit's worth, with margin). More means the log was replaced or cut.
 LOST_DECISIONS_AT_MOST = 1_000
+# limits_db notes the audit sequence of the decisions that write it, once per this many sequences: on
+# every write it cost a fifth of a durable signature (one more page per commit).
+SEQ_NOTED_EVERY = 1_000
 
 
 class StateMismatch(Exception):
@@ -94,6 +97,7 @@ class CountedSpends:
         # The sequence of the last decision that wrote here (absent in files from before it was kept).
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         self.dropped: dict[str, int] = {}
+        self._noted = 0
         if logged_up_to is not None:
             self._check_against_log(logged_up_to, last_bitcoin_signed)
             self.dropped = {table: self._db.execute(f"DELETE FROM {table} WHERE audit_seq > ?",
@@ -112,7 +116,8 @@ class CountedSpends:
         if newest > logged_up_to + LOST_DECISIONS_AT_MOST:
             raise StateMismatch(f"limits_db holds decision {newest}, the audit log ends at {logged_up_to}: "
                                 "the log was replaced or cut")
-        if written is not None and written[0] < last_bitcoin_signed:
+        self._noted = written[0] if written is not None else 0
+        if written is not None and written[0] + SEQ_NOTED_EVERY < last_bitcoin_signed:
             raise StateMismatch(f"limits_db was last written by decision {written[0]}, but the audit log signed "
                                 f"Bitcoin decision {last_bitcoin_signed} after it: an older copy of the file "
                                 "(restored from a backup, or copied without its -wal file)")
@@ -171,13 +176,16 @@ class CountedSpends:
                 self._db.executemany("INSERT OR IGNORE INTO withdrawal_first_spends (withdrawal_id, outpoint, "
                                      "audit_seq) VALUES (?, ?, ?)",
                                      [(w, i[0], audit_seq) for w in paid_first for i in inputs])
-                if audit_seq is not None:
+                note = audit_seq is not None and audit_seq >= self._noted + SEQ_NOTED_EVERY
+                if note:
                     self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('last_audit_seq', ?)",
                                      (audit_seq,))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            if note:
+                self._noted = audit_seq
             self._inputs.signed(inputs)
 
     def close(self) -> None:

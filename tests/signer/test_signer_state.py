@@ -44,13 +44,19 @@ def test_a_missing_audit_log_does_not_wipe_what_limits_db_remembers(make_signer,
     # Nothing was dropped: with the log back, the coin's claim is still remembered.
 
 
-def test_an_older_copy_of_limits_db_is_refused(make_signer, keystore, tmp_path):
+def test_an_older_copy_of_limits_db_is_refused(make_signer, keystore, tmp_path, monkeypatch):
+    """It notes the audit sequence once per SEQ_NOTED_EVERY sequences (on every write it cost a fifth of
+    a durable signature): a copy older than that is refused."""
+    from hsm import replacements
+
+    monkeypatch.setattr(replacements, "SEQ_NOTED_EVERY", 2)
     first = make_signer()
     assert pay(first, keystore, "a3" * 32).signed
     first.policy.counted._db.execute("PRAGMA wal_checkpoint(FULL)")
     backup = tmp_path / "limits.backup"
     shutil.copy(first.config.limits_db, backup)
-    assert pay(first, keystore, "a4" * 32).signed  # signed after the backup
+    for coin in ("a4", "a5", "a6"):  # signed after the backup
+        assert pay(first, keystore, coin * 32).signed
     stop(first)
     for suffix in ("-wal", "-shm"):
         first.config.limits_db.with_name(first.config.limits_db.name + suffix).unlink(missing_ok=True)
