@@ -1,4 +1,10 @@
-"""The `custody` command."""
+"""The `custody` command.
+
+Exit codes: 0 done; 1 the operation failed (a chain node unreachable, a file it
+could not read or write, a check that found a problem); 2 a bad argument, config
+or database (unreachable, or its schema newer than this code). `custody signer`
+has its own (hsm/cli.py).
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +14,10 @@ import json
 import secrets
 import sys
 
+from alembic.util import CommandError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from chains.base import ChainError
 from custody import config as config_mod
 from custody import logs
 from custody.errors import CustodyError, driver_reason
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 "(late registration, restore); the cursor never moves back")
     rescan.add_argument("--config", required=True)
     rescan.add_argument("--chain", required=True)
-    rescan.add_argument("--from-height", type=int, required=True, help="first block to rescan")
+    rescan.add_argument("--from-height", type=_height, required=True, help="first block to rescan")
     rescan.add_argument("--queue", action="store_true",
                         help="only record the request; the running service's scanner does it")
     rescan.set_defaults(run=_rescan)
@@ -113,13 +121,32 @@ def main(argv: list[str] | None = None) -> int:
               f"custody: check [database] url in the config and that the database server is running",
               file=sys.stderr)
         return 2
+    except CommandError as exc:  # e.g. "Can't locate revision": a newer custody migrated the database
+        print(f"custody: database schema: {exc} (was the database upgraded by a newer custody?)", file=sys.stderr)
+        return 2
+    except ChainError as exc:
+        print(f"custody: chain node: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"custody: {exc.filename}: {exc.strerror}" if exc.filename else f"custody: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"custody: {exc}", file=sys.stderr)
+        return 1
+
+
+def _load(path: str) -> config_mod.Config:
+    try:
+        return config_mod.load(path)
+    except OSError as exc:  # a directory given as --config
+        raise config_mod.ConfigError(f"{path}: {exc.strerror}") from None
 
 
 def _serve(args) -> int:
     from custody.api.server import serve
     from custody.db.migrate import upgrade
 
-    config = config_mod.load(args.config)
+    config = _load(args.config)
     if not args.no_migrate:
         upgrade(config.database_url)
     asyncio.run(serve(config))
@@ -129,7 +156,7 @@ def _serve(args) -> int:
 def _db_upgrade(args) -> int:
     from custody.db.migrate import current, upgrade
 
-    config = config_mod.load(args.config)
+    config = _load(args.config)
     upgrade(config.database_url)
     print(f"database at revision {current(config.database_url)}")
     return 0
@@ -139,7 +166,7 @@ def _admin_check(args) -> int:
     from custody.db.engine import make_engine
     from custody.ledger.invariants import check
 
-    config = config_mod.load(args.config)
+    config = _load(args.config)
     engine = make_engine(config.database_url)
     try:
         report = check(engine, progress=lambda message: print(f"admin check: {message}", file=sys.stderr, flush=True))
@@ -147,6 +174,13 @@ def _admin_check(args) -> int:
         engine.dispose()
     print(report.render())
     return 0 if report.ok else 1
+
+
+def _height(text: str) -> int:
+    height = int(text)
+    if not 0 <= height < 2**63:  # the database's BIGINT
+        raise argparse.ArgumentTypeError(f"{height} is not a block height")
+    return height
 
 
 def _days(text: str) -> int:
@@ -160,7 +194,7 @@ def _admin_prune_keys(args) -> int:
     from custody.db.engine import make_engine
     from custody.ledger.key_retention import prune
 
-    config = config_mod.load(args.config)
+    config = _load(args.config)
     engine = make_engine(config.database_url)
     try:
         done = prune(engine, datetime.timedelta(days=args.older_than), progress=lambda p: print(
@@ -179,7 +213,7 @@ def _config_show(args) -> int:
     from custody import config_pins
     from custody.db.engine import make_engine
 
-    config = config_mod.load(args.config)
+    config = _load(args.config)
     engine = make_engine(config.database_url)
     try:
         for chain in config.chains:
@@ -199,7 +233,7 @@ def _config_accept(args) -> int:
     from custody import config_pins
     from custody.db.engine import make_engine
 
-    config = config_mod.load(args.config)
+    config = _load(args.config)
     engine = make_engine(config.database_url)
     try:
         changed = config_pins.accept(engine, config, args.chain, args.staff, args.reason)
@@ -247,7 +281,7 @@ def _scan(args) -> int:
 
     if not args.config:
         raise config_mod.ConfigError("scan: --config is required")
-    config = config_mod.load(args.config)
+    config = _load(args.config)
     upgrade(config.database_url)
     app = Custody(config)
     try:
@@ -276,18 +310,28 @@ def _rescan(args) -> int:
     from custody.db.migrate import upgrade
     from custody.deposits import service as deposits
 
-    config = config_mod.load(args.config)
+    config = _load(args.config)
     config.chain(args.chain)  # an unknown chain is refused here
     upgrade(config.database_url)
     app = Custody(config)
     try:
         app.verify_config(args.chain)  # before the request: a command refused for changed config changes nothing
-        request_id = deposits.request_rescan(app.engine, args.chain, args.from_height,
-                                             f"custody scan rescan --from-height {args.from_height}")
-        print(f"rescan {request_id}: {args.chain} from height {args.from_height} requested")
+        request_id = _open_rescan(app.engine, args.chain, args.from_height)
+        if request_id is None:
+            request_id = deposits.request_rescan(app.engine, args.chain, args.from_height,
+                                                 f"custody scan rescan --from-height {args.from_height}")
+            print(f"rescan {request_id}: {args.chain} from height {args.from_height} requested")
+        else:  # a re-run (the node was down) adds no second identical request
+            print(f"rescan {request_id}: {args.chain} from height {args.from_height} was requested already "
+                  "and is still open")
         if args.queue:
             return 0
-        result = app.scanner(args.chain).catch_up()
+        try:
+            result = app.scanner(args.chain).catch_up()
+        except ChainError as exc:
+            print(f"custody: rescan {request_id} is queued but the {args.chain} node is unreachable ({exc}); "
+                  "the running service's scanner will do it", file=sys.stderr)
+            return 1
         state = deposits.backfill_state(app.engine, request_id)
         outcome = state["stop_reason"] or ("finished" if state["finished_at"] else "not finished")
         print(f"rescan {request_id}: {result.backfilled} blocks rescanned, heights {state['from_height']}.."
@@ -297,12 +341,21 @@ def _rescan(args) -> int:
         app.close()
 
 
+def _open_rescan(engine, chain: str, from_height: int) -> int | None:
+    """The id of an open rescan request of chain from from_height, if there is one."""
+    from custody.db.engine import read_transaction
+    from custody.deposits import store
+
+    with read_transaction(engine) as conn:
+        return next((b["id"] for b in store.open_backfills(conn, chain) if b["from_height"] == from_height), None)
+
+
 def _cancel_rescan(args) -> int:
     from custody.db.engine import make_engine
     from custody.db.migrate import upgrade
     from custody.deposits import service as deposits
 
-    config = config_mod.load(args.config)
+    config = _load(args.config)
     config.chain(args.chain)  # an unknown chain is refused here
     upgrade(config.database_url)
     engine = make_engine(config.database_url)

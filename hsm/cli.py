@@ -2,8 +2,11 @@
 
 Secrets never go on the command line: the keystore passphrase comes from an
 environment variable (--passphrase-env, default CUSTODY_SIGNER_PASSPHRASE),
-a key file (--key-file), or a prompt; a mnemonic to import from
---mnemonic-env or standard input.
+a key file (--key-file), or a prompt (asked twice when a keystore is created); a
+mnemonic to import from --mnemonic-env or standard input (not echoed on a terminal).
+
+Exit codes: 0 done; 1 the operation failed (a file missing or unreadable, a wrong
+secret, declined); 2 a bad argument or config; 3 refused by a policy rule.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import sys
 from hsm.errors import ConfigError, KeystoreError, Refused, SignerError
 
 PASSPHRASE_ENV = "CUSTODY_SIGNER_PASSPHRASE"
+HARDENED = 2**31  # BIP32: child indexes from here on are hardened; an account number is below it
 XPUB_VERSIONS = {  # BIP84 account keys: zpub/vpub say "native segwit"; xpub/tpub for tools that want those
     ("mainnet", "bip84"): "04b24746", ("mainnet", "bip32"): "0488b21e",
     ("testnet", "bip84"): "045f1cf6", ("testnet", "bip32"): "043587cf",
@@ -54,7 +58,7 @@ def register(sub) -> None:
     p.add_argument("--wallet", required=True)
     p.add_argument("--chain", choices=("bitcoin", "ethereum"), required=True)
     p.add_argument("--network", default="regtest", choices=("mainnet", "testnet", "signet", "regtest"))
-    p.add_argument("--account", type=int, default=0)
+    p.add_argument("--account", type=_account, default=0, help=f"0 to {HARDENED - 1} (hardened)")
     p.add_argument("--format", choices=("bip84", "bip32"), default="bip84",
                    help="bitcoin: zpub/vpub (bip84, default) or xpub/tpub (bip32)")
     p.set_defaults(run=_xpub)
@@ -108,6 +112,7 @@ def register(sub) -> None:
                    help="ethereum: an ERC-20 contract whose transfers may be signed")
     p.add_argument("--in", dest="in_path", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite --out (and <out>.tx.hex) if they exist")
     p.add_argument("--yes", action="store_true", help="don't ask (for scripts)")
     p.add_argument("--trust-stated-amounts", action="store_true",
                    help="bitcoin: sign inputs that lack the transaction creating their coin (non_witness_utxo); "
@@ -128,6 +133,29 @@ def run(args) -> int:
     except SignerError as exc:
         print(f"custody signer: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a missing file, a directory given for a file: one line, not a traceback
+        print(f"custody signer: {exc.filename}: {exc.strerror}" if exc.filename else f"custody signer: {exc}",
+              file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"custody signer: {exc}", file=sys.stderr)
+        return 1
+
+
+def _account(text: str) -> int:
+    account = int(text)
+    if not 0 <= account < HARDENED:  # -1 or 2**31 would name another (or a non-hardened) key
+        raise argparse.ArgumentTypeError(f"{account} is not from 0 to {HARDENED - 1}")
+    return account
+
+
+def _load_config(path: str):
+    from hsm import config as config_mod
+
+    try:
+        return config_mod.load(path)
+    except OSError as exc:  # a directory given as --config
+        raise ConfigError(f"{path}: {exc.strerror}") from None
 
 
 # -- keystore access -----------------------------------------------------------------------------
@@ -137,7 +165,8 @@ def _keystore_args(p) -> None:
     p.add_argument("--passphrase-env", default=PASSPHRASE_ENV)
 
 
-def _secret(args):
+def _secret(args, new: bool = False):
+    """new: for a keystore about to be created, a typed passphrase is asked twice."""
     from hsm.keystores.software import KeyFile, Passphrase
 
     if args.key_file:
@@ -145,7 +174,10 @@ def _secret(args):
     if args.passphrase_env in os.environ:
         return Passphrase(os.environ[args.passphrase_env])
     if sys.stdin.isatty():
-        return Passphrase(getpass.getpass("keystore passphrase: "))
+        text = getpass.getpass("new keystore passphrase: " if new else "keystore passphrase: ")
+        if new and getpass.getpass("the same passphrase again: ") != text:
+            raise KeystoreError("the two passphrases differ; nothing was created")
+        return Passphrase(text)
     raise KeystoreError(f"no passphrase: set {args.passphrase_env} or give --key-file")
 
 
@@ -161,20 +193,20 @@ def _open_or_create(args):
     path = pathlib.Path(args.keystore)
     if path.exists():
         return _open(args)
+    secret = None if args.key_file else _secret(args, new=True)  # asked before anything is written
     if args.key_file and not pathlib.Path(args.key_file).exists():
         KeyFile.generate(pathlib.Path(args.key_file))
         print(f"wrote a new key file {args.key_file}: keep it apart from the keystore", file=sys.stderr)
-    return SoftwareKeystore.create(path, _secret(args), scrypt_n=args.scrypt_n or DEFAULT_SCRYPT_N)
+    return SoftwareKeystore.create(path, secret or _secret(args), scrypt_n=args.scrypt_n or DEFAULT_SCRYPT_N)
 
 
 # -- commands ------------------------------------------------------------------------------------
 def _serve(args) -> int:
-    from hsm import config as config_mod
     from hsm.api.server import serve
     from hsm.keystores import open_keystore
     from hsm.service import Signer
 
-    config = config_mod.load(args.config)
+    config = _load_config(args.config)
     keystore = open_keystore(config)  # fails here, at start, on a wrong secret or a missing token
     serve(config, Signer(config, keystore, new_limits_db=args.new_limits_db))
     return 0
@@ -190,7 +222,18 @@ def _wallet_create(args) -> int:
 
 
 def _wallet_import(args) -> int:
-    mnemonic = os.environ.get(args.mnemonic_env, "") if args.mnemonic_env else sys.stdin.readline()
+    from embit import bip39
+
+    if args.mnemonic_env:
+        if args.mnemonic_env not in os.environ:
+            raise KeystoreError(f"no mnemonic: environment variable {args.mnemonic_env} is not set")
+        mnemonic = os.environ[args.mnemonic_env]
+    elif sys.stdin.isatty():
+        mnemonic = getpass.getpass("mnemonic (not shown): ")
+    else:
+        mnemonic = sys.stdin.readline()
+    if not bip39.mnemonic_is_valid(" ".join(mnemonic.split())):  # before a keystore or key file is created
+        raise KeystoreError("not a valid BIP39 mnemonic (unknown word or bad checksum); nothing was written")
     store = _open_or_create(args)
     store.import_wallet(args.wallet, mnemonic)
     print(f"wallet {args.wallet} imported, fingerprint {store.fingerprint(args.wallet)}")
@@ -250,7 +293,10 @@ def _staff_keygen(args) -> int:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = Ed25519PrivateKey.generate()
-    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise SignerError(f"{args.out} exists already; a key file is never overwritten") from None
     with os.fdopen(fd, "wb") as f:
         f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
@@ -261,11 +307,18 @@ def _staff_keygen(args) -> int:
 
 def _approve(args) -> int:
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from hsm.approvals import payload_hash, sign_approval
     from hsm.offline import read_payload
 
-    key = serialization.load_pem_private_key(pathlib.Path(args.staff_key).read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(pathlib.Path(args.staff_key).read_bytes(), password=None)
+    except (ValueError, TypeError):  # not PEM, or a passphrase-protected one
+        key = None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SignerError(f"{args.staff_key}: not an unencrypted PEM Ed25519 private key "
+                          "(as `custody signer staff-keygen` writes)")
     payload = read_payload(args.chain, pathlib.Path(args.payload))
     approval = sign_approval(key, args.name, args.chain, payload)
     print(json.dumps({"approver": approval.approver, "chain": args.chain,
@@ -280,11 +333,11 @@ def _audit_verify(args) -> int:
     if args.log:
         log = pathlib.Path(args.log)
     elif args.config:
-        from hsm import config as config_mod
-
-        log = config_mod.load(args.config).audit_log
+        log = _load_config(args.config).audit_log
     else:
         raise ConfigError("give --config or --log")
+    if not log.exists():  # an empty report would read as OK
+        raise SignerError(f"no log at {log}")
     report = audit.verify(log, args.expect_count, args.expect_head)
     print(report.render())
     return 0 if report.ok else 1
@@ -301,6 +354,10 @@ def _offline_sign(args) -> int:
     for t in args.token:
         contract, _, asset = t.partition("=")
         tokens.append((contract.lower(), asset))
+    out = pathlib.Path(args.out)
+    for path in (out, out.with_name(out.name + ".tx.hex")) if args.chain == "bitcoin" else (out,):
+        if path.exists() and not args.force:
+            raise SignerError(f"{path} exists already; give --force to overwrite it")
     job = offline.OfflineJob(args.chain, args.wallet, args.network, args.chain_id, args.path, tuple(tokens))
     payload = offline.read_payload(args.chain, pathlib.Path(args.in_path))
     store = _open(args)

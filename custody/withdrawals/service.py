@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Callable
 
 from cryptography.exceptions import InvalidSignature
@@ -33,7 +32,10 @@ from custody.withdrawals.review import page_facts
 from hsm.approvals import approval_message
 
 LAST_EVENT = "custody.last_event"
-_STATUS = re.compile(r"[A-Z_]{1,32}")
+# Every status a batch can be in (custody/withdrawals/sender.py, refusal.py): a misspelt one is refused,
+# not answered with an empty list that reads as "nothing there".
+BATCH_STATUSES = (model.QUEUED, model.SIGNING, model.SIGNED, model.BROADCAST, model.CONFIRMING, model.COMPLETED,
+                  model.FAILED, "CANCELLING", "CANCELLED", "NEEDS_STAFF")
 
 
 class Withdrawals:
@@ -270,6 +272,8 @@ class Withdrawals:
                     page_token: str = "") -> tuple[list[tuple[dict, dict]], str]:
         """A page of the withdrawals in status, oldest first, with the facts a reviewer needs;
         and the token for the next page."""
+        if status not in model.STATUSES:
+            raise InvalidArgument(f"status must be one of {', '.join(model.STATUSES)}: {str(status)[:40]!r}")
         page = parse_page(page_size, page_token, f"review:{status}", key_type=str)
         w = t.withdrawals.c
         with read_transaction(self.engine) as conn:
@@ -288,8 +292,8 @@ class Withdrawals:
         """A page of the batches in status, oldest first, and the token for the next page."""
         from custody.withdrawals.resolve import list_batches
 
-        if not _STATUS.fullmatch(status or ""):
-            raise InvalidArgument(f"status must be a batch status such as NEEDS_STAFF: {(status or '')[:40]!r}")
+        if status not in BATCH_STATUSES:
+            raise InvalidArgument(f"status must be one of {', '.join(BATCH_STATUSES)}: {(status or '')[:40]!r}")
         return list_batches(self.engine, status, parse_page(page_size, page_token, f"batches:{status}", key_type=str))
 
     def resolve_batch(self, staff: str, batch_id: str, txid: str, reason: str) -> tuple[dict, list[dict]]:

@@ -3,6 +3,7 @@ against the real gRPC server."""
 from __future__ import annotations
 
 import io
+import pathlib
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -109,3 +110,82 @@ def test_freeze_and_unfreeze(served, monkeypatch, capsys):
     assert code == 1 and "PERMISSION_DENIED" in capsys.readouterr().err and app.create_account("user").frozen
     code, out = run(address, "alice-admin", monkeypatch, "unfreeze", acct, "--reason", "order lifted")
     assert code == 0 and f"account {acct} not frozen" in out and not app.create_account("user").frozen
+
+
+def test_a_misspelt_batch_status_is_refused_by_the_cli(served, monkeypatch, capsys):
+    """`batches --status NEEDS_STAF` answered "0 NEEDS_STAF", exit 0: staff read it as nothing to do."""
+    _, address = served
+    with pytest.raises(SystemExit) as exited:
+        run(address, "alice", monkeypatch, "batches", "--status", "NEEDS_STAF")
+    assert exited.value.code == 2 and "invalid choice: 'NEEDS_STAF'" in capsys.readouterr().err
+    code, out = run(address, "alice", monkeypatch, "batches")
+    assert code == 0 and "0 NEEDS_STAFF" in out
+
+
+def test_a_misspelt_status_is_refused_by_the_server_naming_the_statuses(served):
+    import grpc
+
+    from custody.errors import InvalidArgument
+    from custody.v1 import backoffice_pb2 as bo
+    from tests.support.servers import Clients, bearer
+
+    app, address = served
+    clients = Clients(address)
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            clients.backoffice.ListWithdrawalBatches(bo.ListWithdrawalBatchesRequest(status="NEEDS_STAF"),
+                                                     metadata=bearer("alice"), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "CANCELLING" in refused.value.details() and "NEEDS_STAFF" in refused.value.details()
+        assert not clients.backoffice.ListWithdrawalBatches(bo.ListWithdrawalBatchesRequest(status="CANCELLING"),
+                                                            metadata=bearer("alice"), timeout=30).batches
+    finally:
+        clients.close()
+    with pytest.raises(InvalidArgument, match="PENDING_REVIEW"):
+        app.withdrawals.review_list("PENDING_REVIE")
+
+
+def test_no_token_in_the_clear_across_a_network_and_every_call_has_a_deadline(served, tmp_path, monkeypatch,
+                                                                              capsys):
+    import socket
+
+    _, address = served
+    cert = str(tmp_path / "cert.pem")
+    pathlib.Path(cert).write_text("not used")
+    code, _ = run(address, "alice", monkeypatch, "--cert", cert, "--client-key", cert, "list")
+    assert code == 2 and "--cert/--client-key need --ca" in capsys.readouterr().err
+    for server in ("10.1.2.3:50051", "custody.internal:50051"):
+        code, _ = run(server, "alice", monkeypatch, "list")
+        assert code == 2 and "give --ca (TLS), or --insecure" in capsys.readouterr().err
+    code, _ = run("10.1.2.3:50051", "alice", monkeypatch, "--insecure", "--timeout", "0.2", "list")
+    assert code == 1 and capsys.readouterr().err.startswith("backoffice: ")  # tried: the network said no
+    code, _ = run(address, "alice", monkeypatch, "--ca", str(tmp_path / "missing.pem"), "list")
+    err = capsys.readouterr().err
+    assert code == 2 and "missing.pem: No such file or directory" in err and len(err.splitlines()) == 1
+    # A server that takes the connection and never answers: the call ends at its deadline.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        code, _ = run(f"127.0.0.1:{silent.getsockname()[1]}", "alice", monkeypatch, "--timeout", "0.5", "list")
+    assert code == 1 and "DEADLINE_EXCEEDED" in capsys.readouterr().err
+
+
+def test_approve_with_a_bad_key_file_or_stdin_closed_sends_nothing(served, tmp_path, monkeypatch, capsys):
+    app, address = served
+    acct = app.create_account("user").account_id
+    fund(app, acct, 5 * BTC)
+    wid = app.withdrawals.request("wallet-service", "two", str(acct), "BTC", PAYEE, str(2 * BTC))[0]["id"]
+    (tmp_path / "bad.key").write_text("not a key")
+    for key in (tmp_path / "missing.key", tmp_path / "bad.key", tmp_path):
+        code, _ = run(address, "alice", monkeypatch, "approve", wid, "--key", str(key))
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+    def closed(_prompt):
+        raise EOFError
+
+    monkeypatch.setenv("CUSTODY_STAFF_TOKEN", "token-alice")
+    out = io.StringIO()
+    code = main(["--server", address, "approve", wid, "--key", key_file(tmp_path, "alice")], out=out, confirm=closed)
+    assert code == 1 and "not approved" in out.getvalue()
+    assert app.withdrawals.get(wid)[0]["status"] == "PENDING_REVIEW"

@@ -86,3 +86,133 @@ def test_audit_verify_exit_codes(tmp_path, signer, keystore):
     log.write_text(log.read_text().splitlines()[0] + "\n")
     r = custody("audit", "verify", "--log", log)
     assert r.returncode == 1 and "truncated" in r.stdout
+
+
+def on_terminal(args, answers, env=None) -> tuple[str, int]:
+    """Runs `custody signer ARGS` on a pseudo-terminal, as an operator at a console; answers each prompt
+    (prompt text -> what is typed) in turn. Returns what the terminal showed and the exit code."""
+    import pty
+    import select
+    import signal
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdin, stdout and stderr are the terminal
+        os.chdir(pathlib.Path(__file__).resolve().parents[2])
+        os.execve(sys.executable, [sys.executable, "-m", "custody.cli", "signer", *map(str, args)],
+                  {k: v for k, v in {**os.environ, **(env or {})}.items() if k != "CUSTODY_SIGNER_PASSPHRASE"})
+    shown, pending = b"", list(answers)
+    while True:
+        if pending and pending[0][0].encode() in shown:
+            prompt, text = pending.pop(0)
+            shown = shown.replace(prompt.encode(), b"<" + prompt.encode() + b">", 1)  # answered
+            os.write(fd, (text + "\n").encode())
+        ready, _, _ = select.select([fd], [], [], 20)
+        if not ready:  # waiting for input it was not given (a prompt not expected)
+            os.kill(pid, signal.SIGKILL)
+            break
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal
+            data = b""
+        if not data:
+            break
+        shown += data
+    _, status = os.waitpid(pid, 0)
+    return shown.decode(errors="replace"), os.waitstatus_to_exitcode(status)
+
+
+def test_import_on_a_terminal_does_not_echo_the_mnemonic_and_asks_the_new_passphrase_twice(tmp_path):
+    ks = tmp_path / "ks.json"
+    shown, code = on_terminal(("wallet", "import", "--keystore", ks, "--wallet", "cold", "--scrypt-n", 1024), [
+        ("mnemonic (not shown): ", S.MNEMONIC), ("new keystore passphrase: ", S.PASSPHRASE),
+        ("the same passphrase again: ", S.PASSPHRASE)])
+    assert code == 0 and "73c5da0a" in shown, shown
+    assert "abandon" not in shown and S.PASSPHRASE not in shown
+
+
+def test_create_on_a_terminal_refuses_two_different_passphrases_and_writes_nothing(tmp_path):
+    ks = tmp_path / "ks.json"
+    args = ("wallet", "create", "--keystore", ks, "--wallet", "hot", "--scrypt-n", 1024)
+    shown, code = on_terminal(args, [("new keystore passphrase: ", S.PASSPHRASE),
+                                     ("the same passphrase again: ", S.PASSPHRASE + "x")])
+    assert code == 1 and "the two passphrases differ" in shown and not ks.exists(), shown
+    shown, code = on_terminal(args, [("new keystore passphrase: ", S.PASSPHRASE),
+                                     ("the same passphrase again: ", S.PASSPHRASE)])
+    assert code == 0 and "wallet hot created" in shown and ks.exists(), shown
+    # An existing keystore is opened: its passphrase is asked once.
+    shown, code = on_terminal(("fingerprint", "--keystore", ks, "--wallet", "hot"),
+                              [("keystore passphrase: ", S.PASSPHRASE)])
+    assert code == 0 and "again" not in shown, shown
+
+
+def test_a_bad_or_missing_mnemonic_creates_no_keystore_and_no_key_file(tmp_path):
+    ks, key = tmp_path / "ks.json", tmp_path / "ks.key"
+    r = custody("wallet", "import", "--keystore", ks, "--wallet", "cold", "--key-file", key,
+                input_text="abandon " * 12 + "\n")
+    assert r.returncode == 1 and "not a valid BIP39 mnemonic" in r.stderr and "Traceback" not in r.stderr
+    r = custody("wallet", "import", "--keystore", ks, "--wallet", "cold", "--key-file", key,
+                "--mnemonic-env", "NO_SUCH_VARIABLE")
+    assert r.returncode == 1 and "NO_SUCH_VARIABLE is not set" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_xpub_account_must_be_a_hardened_index(tmp_path, keystore):
+    ks = tmp_path / "keystore.json"
+    for account in ("-1", "2147483648"):
+        r = custody("xpub", "--keystore", ks, "--wallet", S.HOT, "--chain", "bitcoin", "--account", account)
+        assert r.returncode == 2 and "is not from 0 to 2147483647" in r.stderr and not r.stdout, r.stderr
+        assert "Traceback" not in r.stderr
+    r = custody("xpub", "--keystore", ks, "--wallet", S.HOT, "--chain", "bitcoin", "--account", 2**31 - 1)
+    assert r.returncode == 0 and "m/84h/1h/2147483647h" in r.stderr
+
+
+def test_offline_sign_does_not_overwrite_without_force(tmp_path, keystore):
+    (tmp_path / "in.tx").write_text(S.eth_payload("0x" + "22" * 20, S.ETH).hex())
+    out = tmp_path / "out.tx"
+    out.write_text("precious\n")
+    args = ("offline-sign", "--keystore", tmp_path / "keystore.json", "--wallet", S.HOT, "--chain", "ethereum",
+            "--chain-id", S.ANVIL_CHAIN_ID, "--path", S.HOT_ETH_PATH, "--in", tmp_path / "in.tx", "--out", out, "--yes")
+    r = custody(*args)
+    assert r.returncode == 1 and "exists already; give --force" in r.stderr and out.read_text() == "precious\n"
+    r = custody(*args, "--force")
+    assert r.returncode == 0 and out.read_text().startswith("0x"), r.stderr
+    # Bitcoin writes <out>.tx.hex too: an existing one is refused as well.
+    (tmp_path / "b.psbt.tx.hex").write_text("precious\n")
+    r = custody("offline-sign", "--keystore", tmp_path / "keystore.json", "--wallet", S.HOT, "--chain", "bitcoin",
+                "--network", "regtest", "--in", tmp_path / "in.tx", "--out", tmp_path / "b.psbt", "--yes")
+    assert r.returncode == 1 and "b.psbt.tx.hex exists already" in r.stderr
+    assert not (tmp_path / "b.psbt").exists()
+
+
+def test_operator_mistakes_are_one_line_not_a_traceback(tmp_path, keystore):
+    """A directory or a missing file where a file is expected, a key that is not a PEM key, an existing
+    staff key file: one line on stderr, exit 1 (2 for a config), nothing written."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "in.tx").write_text(S.eth_payload("0x" + "22" * 20, S.ETH).hex())
+    (tmp_path / "not.pem").write_text("00" * 32)
+    (tmp_path / "staff.pem").write_text("keep me")
+    cases = [
+        (1, ("fingerprint", "--keystore", folder, "--wallet", S.HOT)),
+        (2, ("serve", "--config", folder)),
+        (2, ("audit", "verify", "--config", folder)),
+        (1, ("audit", "verify", "--log", folder)),
+        (1, ("audit", "verify", "--log", tmp_path / "no-such-log")),
+        (1, ("staff-keygen", "--out", tmp_path / "staff.pem")),
+        (1, ("approve", "--staff-key", tmp_path / "missing.pem", "--name", "a", "--chain", "ethereum",
+             "--payload", tmp_path / "in.tx")),
+        (1, ("approve", "--staff-key", tmp_path / "not.pem", "--name", "a", "--chain", "ethereum",
+             "--payload", tmp_path / "in.tx")),
+        (1, ("offline-sign", "--keystore", tmp_path / "keystore.json", "--wallet", S.HOT, "--chain", "ethereum",
+             "--chain-id", S.ANVIL_CHAIN_ID, "--path", S.HOT_ETH_PATH, "--in", folder, "--out", tmp_path / "o",
+             "--yes")),
+        (1, ("offline-sign", "--keystore", tmp_path / "keystore.json", "--wallet", S.HOT, "--chain", "ethereum",
+             "--chain-id", S.ANVIL_CHAIN_ID, "--path", S.HOT_ETH_PATH, "--in", tmp_path / "in.tx", "--out",
+             folder / "missing" / "o", "--yes")),
+    ]
+    for code, args in cases:
+        r = custody(*args)
+        assert r.returncode == code and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert r"no log at" in custody("audit", "verify", "--log", tmp_path / "no-such-log").stderr
+    assert (tmp_path / "staff.pem").read_text() == "keep me" and not (tmp_path / "o").exists()
