@@ -15,6 +15,7 @@ import decimal
 import http.client
 import json
 import logging
+import re
 import socket
 import time
 from typing import Callable
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 # Bitcoin Core answers -28 while it starts (loading blocks, verifying): wait.
 _WARMING_UP = -28
 _TRANSPORT_ERRORS = (OSError, socket.timeout, http.client.HTTPException)
+_SERVER_BUSY = re.compile(r"'5\d\d ")  # in python-bitcoinrpc's "non-JSON HTTP response with '503 ...'"
 
 
 class RpcError(NodeError):
@@ -129,15 +131,13 @@ class BitcoinRPC:
                 code = getattr(exc, "code", None)
                 if code == _WARMING_UP and attempt < self.retries:
                     problem = f"node warming up: {exc.message}"
-                elif code == -342 and attempt < self.retries:
-                    # Not JSON: a busy node's 503 ("work queue depth exceeded") or a proxy's 502 pass;
-                    # retried like a transport error, and NodeUnavailable if it lasts (a 401 too).
+                elif code == -342 and _SERVER_BUSY.search(str(exc.message)):
+                    # Not JSON, a 5xx: a busy node's 503 ("work queue depth exceeded") or a proxy's 502.
+                    # Retried like a transport error, NodeUnavailable if it lasts (below).
                     self._proxy = self._batch_conn = None
                     problem = exc.message
-                elif code in (-342, -343):  # still not JSON; or no result
+                elif code in (-342, -343):  # not JSON otherwise (a 401: wrong credentials), no result
                     self._proxy = self._batch_conn = None
-                    if code == -342:
-                        raise NodeUnavailable(f"{method}: {exc.message}") from None
                     raise NodeError(f"{method}: {exc.message}") from None
                 else:
                     raise RpcError(method, code, str(getattr(exc, "message", exc))) from None
