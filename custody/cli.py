@@ -142,11 +142,30 @@ def _load(path: str) -> config_mod.Config:
         raise config_mod.ConfigError(f"{path}: {exc.strerror}") from None
 
 
+def _existing(path) -> config_mod.Config:
+    """The config, for a command that works on a custody database: it must exist. Only `db upgrade`
+    creates one: a mistyped path would otherwise get a fresh, empty database, served as if it were
+    the real one (its deposit addresses starting again at index 0, already given to other users)."""
+    from custody.db.migrate import has_schema
+
+    config = _load(path)
+    if not has_schema(config.database_url):
+        raise config_mod.ConfigError(f"no custody database at {_shown(config.database_url)}: check [database] url, "
+                                     f"or create it with `custody db upgrade --config {path}`")
+    return config
+
+
+def _shown(database_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(database_url).render_as_string(hide_password=True)
+
+
 def _serve(args) -> int:
     from custody.api.server import serve
     from custody.db.migrate import upgrade
 
-    config = _load(args.config)
+    config = _existing(args.config)
     if not args.no_migrate:
         upgrade(config.database_url)
     asyncio.run(serve(config))
@@ -166,7 +185,7 @@ def _admin_check(args) -> int:
     from custody.db.engine import make_engine
     from custody.ledger.invariants import check
 
-    config = _load(args.config)
+    config = _existing(args.config)
     engine = make_engine(config.database_url)
     try:
         report = check(engine, progress=lambda message: print(f"admin check: {message}", file=sys.stderr, flush=True))
@@ -194,7 +213,7 @@ def _admin_prune_keys(args) -> int:
     from custody.db.engine import make_engine
     from custody.ledger.key_retention import prune
 
-    config = _load(args.config)
+    config = _existing(args.config)
     engine = make_engine(config.database_url)
     try:
         done = prune(engine, datetime.timedelta(days=args.older_than), progress=lambda p: print(
@@ -213,7 +232,7 @@ def _config_show(args) -> int:
     from custody import config_pins
     from custody.db.engine import make_engine
 
-    config = _load(args.config)
+    config = _existing(args.config)
     engine = make_engine(config.database_url)
     try:
         for chain in config.chains:
@@ -233,7 +252,7 @@ def _config_accept(args) -> int:
     from custody import config_pins
     from custody.db.engine import make_engine
 
-    config = _load(args.config)
+    config = _existing(args.config)
     engine = make_engine(config.database_url)
     try:
         changed = config_pins.accept(engine, config, args.chain, args.staff, args.reason)
@@ -281,7 +300,7 @@ def _scan(args) -> int:
 
     if not args.config:
         raise config_mod.ConfigError("scan: --config is required")
-    config = _load(args.config)
+    config = _existing(args.config)
     upgrade(config.database_url)
     app = Custody(config)
     try:
@@ -310,7 +329,7 @@ def _rescan(args) -> int:
     from custody.db.migrate import upgrade
     from custody.deposits import service as deposits
 
-    config = _load(args.config)
+    config = _existing(args.config)
     config.chain(args.chain)  # an unknown chain is refused here
     upgrade(config.database_url)
     app = Custody(config)
@@ -355,7 +374,7 @@ def _cancel_rescan(args) -> int:
     from custody.db.migrate import upgrade
     from custody.deposits import service as deposits
 
-    config = _load(args.config)
+    config = _existing(args.config)
     config.chain(args.chain)  # an unknown chain is refused here
     upgrade(config.database_url)
     engine = make_engine(config.database_url)

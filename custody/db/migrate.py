@@ -29,3 +29,14 @@ def current(database_url: str) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+def has_schema(database_url: str) -> bool:
+    """Whether the URL names a custody database (one `custody db upgrade` created). Checked without
+    creating anything: connecting to a SQLite path that does not exist would create the file."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and not (url.database and pathlib.Path(url.database).is_file()):
+        return False
+    return current(database_url) is not None

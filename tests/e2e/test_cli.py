@@ -77,10 +77,24 @@ decimals = 8
     return path
 
 
+def test_serve_refuses_a_database_that_does_not_exist(tmp_path):
+    """Only `db upgrade` creates a database: serve on a mistyped path made a fresh, empty one and
+    served from it, handing out deposit addresses from index 0 again (already other users')."""
+    config = write_config(tmp_path / "custody.toml", free_port(), "sqlite:///data/typo.db")
+    (tmp_path / "data").mkdir()
+    for command in (("serve",), ("scan", "--once"), ("admin", "check")):
+        r = subprocess.run([*CUSTODY, *command, "--config", str(config)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2 and "no custody database at sqlite:///" in r.stderr, (command, r.stderr)
+        assert "custody db upgrade --config" in r.stderr
+    assert not (tmp_path / "data" / "typo.db").exists()
+
+
 def test_serve_migrates_serves_and_stops_on_sigterm(tmp_path):
     port = free_port()
     config = write_config(tmp_path / "custody.toml", port, "sqlite:///data/custody.db")
     (tmp_path / "data").mkdir()
+    subprocess.run([*CUSTODY, "db", "upgrade", "--config", str(config)], cwd=ROOT, check=True, capture_output=True)
     server = subprocess.Popen([*CUSTODY, "serve", "--config", str(config)], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

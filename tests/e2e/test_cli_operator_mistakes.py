@@ -47,6 +47,7 @@ def rescans(tmp_path) -> list[tuple]:
 
 def test_a_rescan_with_the_node_down_is_queued_once_and_said_in_one_line(tmp_path):
     config = config_with_a_dead_node(tmp_path)
+    assert custody("db", "upgrade", "--config", config).returncode == 0
     rescan = ("scan", "rescan", "--config", config, "--chain", "bitcoin", "--from-height", 5)
     first = custody(*rescan)
     assert "rescan 1 is queued but the bitcoin node is unreachable" in one_line(first, 1)

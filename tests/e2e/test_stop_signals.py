@@ -26,6 +26,8 @@ def test_the_signer_stops_on_a_sigterm_delivered_to_any_thread(tmp_path):
 def test_custody_stops_on_a_sigterm_delivered_to_any_thread(tmp_path, command):
     """scan: the job runner (threads: the ledger writer's); serve: the gRPC server (asyncio's signal handling)."""
     config = write_config(tmp_path / "custody.toml", free_port(), "sqlite:///custody.db")
+    subprocess.run([sys.executable, "-m", "custody.cli", "db", "upgrade", "--config", str(config)], cwd=ROOT,
+                   check=True, capture_output=True)
     process = subprocess.Popen([sys.executable, "-m", "custody.cli", *command, "--config", str(config)], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
