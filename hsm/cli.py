@@ -208,7 +208,12 @@ def _serve(args) -> int:
 
     config = _load_config(args.config)
     keystore = open_keystore(config)  # fails here, at start, on a wrong secret or a missing token
-    serve(config, Signer(config, keystore, new_limits_db=args.new_limits_db))
+    signer = Signer(config, keystore, new_limits_db=args.new_limits_db)
+    try:
+        serve(config, signer)
+    except OSError:
+        signer.close()  # its lock on the audit log, its limits_db
+        raise
     return 0
 
 

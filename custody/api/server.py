@@ -18,6 +18,7 @@ from custody.api.matching_servicer import MatchingServicer
 from custody.api.servicers import BackofficeServicer, CustodyServicer
 from custody.app import Custody
 from custody.config import Config
+from custody.errors import CustodyError
 from custody.v1 import backoffice_pb2, backoffice_pb2_grpc, custody_pb2, custody_pb2_grpc, matching_pb2, matching_pb2_grpc
 
 log = structlog.get_logger("custody.server")
@@ -26,6 +27,10 @@ SERVICES = (
     backoffice_pb2.DESCRIPTOR.services_by_name["BackofficeService"].full_name,
     matching_pb2.DESCRIPTOR.services_by_name["MatchingService"].full_name,
 )
+
+
+class CannotListen(CustodyError):
+    pass
 
 
 class Server:
@@ -40,7 +45,9 @@ class Server:
         self.interceptor = CustodyInterceptor(Authenticator(config.clients))
         self.server = grpc.aio.server(
             interceptors=[self.interceptor],
-            options=[("grpc.max_receive_message_length", 1 << 20)],
+            # Without so_reuseport 0, a second `custody serve` on the same port
+            # binds too and the kernel shares the callers between the two.
+            options=[("grpc.max_receive_message_length", 1 << 20), ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
         custody_pb2_grpc.add_CustodyServiceServicer_to_server(CustodyServicer(self.app), self.server)
@@ -50,17 +57,26 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                              reflection.SERVICE_NAME), self.server)
-        self.port = self._bind(config)
+        try:
+            self.port = self._bind(config)
+        except CannotListen:
+            if self._owns_app:
+                self.app.close()
+            raise
 
     def _bind(self, config: Config) -> int:
         srv = config.server
-        if srv.tls_cert:
-            ca = srv.tls_client_ca.read_bytes() if srv.tls_client_ca else None
-            creds = grpc.ssl_server_credentials(
-                [(srv.tls_key.read_bytes(), srv.tls_cert.read_bytes())],
-                root_certificates=ca, require_client_auth=ca is not None)
-            return self.server.add_secure_port(srv.listen, creds)
-        return self.server.add_insecure_port(srv.listen)
+        try:
+            if srv.tls_cert:
+                ca = srv.tls_client_ca.read_bytes() if srv.tls_client_ca else None
+                creds = grpc.ssl_server_credentials(
+                    [(srv.tls_key.read_bytes(), srv.tls_cert.read_bytes())],
+                    root_certificates=ca, require_client_auth=ca is not None)
+                return self.server.add_secure_port(srv.listen, creds)
+            return self.server.add_insecure_port(srv.listen)
+        except RuntimeError:  # grpc's only word for it: "Failed to bind"
+            raise CannotListen(f"cannot listen on {srv.listen}: the port is in use (another custody serve?) "
+                               "or the address is not this host's ([server] listen)") from None
 
     async def start(self) -> None:
         asyncio.get_running_loop().set_default_executor(

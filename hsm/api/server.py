@@ -23,11 +23,16 @@ class SignerServer:
         self.signer = signer
         auth = TokenAuth(config.clients)
         self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="signer"),
-                                  interceptors=[auth], options=[("grpc.max_receive_message_length", 4 << 20)])
+                                  interceptors=[auth], options=[("grpc.max_receive_message_length", 4 << 20),
+                                                                ("grpc.so_reuseport", 0)])  # no silent sharing of a port
         signer_pb2_grpc.add_SignerServiceServicer_to_server(SignerServicer(signer, auth), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self._bind()
+        try:
+            self.port = self._bind()
+        except RuntimeError:  # grpc's only word for it: "Failed to bind"
+            raise OSError(f"cannot listen on {config.server.listen}: the port is in use or the address "
+                          "is not this host's ([server] listen)") from None
 
     def _bind(self) -> int:
         srv = self.config.server

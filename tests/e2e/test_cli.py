@@ -123,6 +123,30 @@ def test_serve_migrates_serves_and_stops_on_sigterm(tmp_path):
     assert check.returncode == 0 and "RESULT: OK" in check.stdout
 
 
+def test_a_second_serve_on_the_same_port_is_refused(tmp_path):
+    """gRPC binds with SO_REUSEPORT by default: a second `custody serve` on the same port started
+    without a word and the kernel shared the callers between the two servers."""
+    port = free_port()
+    config = write_config(tmp_path / "custody.toml", port, "sqlite:///data/custody.db")
+    (tmp_path / "data").mkdir()
+    subprocess.run([*CUSTODY, "db", "upgrade", "--config", str(config)], cwd=ROOT, check=True, capture_output=True)
+    first = subprocess.Popen([*CUSTODY, "serve", "--config", str(config)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=30)
+        channel.close()
+        second = subprocess.run([*CUSTODY, "serve", "--config", str(config)], cwd=ROOT, capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode == 2, second.stderr
+        assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+
+
 def test_the_quick_start_demo_runs_and_checks_itself():
     result = subprocess.run([sys.executable, "scripts/demo.py"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -2,13 +2,17 @@
 only its configured clients get in (a certificate from its CA and a listed bearer token)."""
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 
 import grpc
 import pytest
 
 from hsm.client import SignerClient
 from tests.support import signer as S
+from tests.support.signer import to_toml
 from tests.support.tls import make_pki
 
 
@@ -106,3 +110,24 @@ def test_server_certificate_from_another_ca_is_not_trusted_by_the_client(served,
         client.list_keys()
     assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
     client.close()
+
+
+def test_a_second_signer_on_the_same_port_is_refused(served, tmp_path, pki):
+    """gRPC binds with SO_REUSEPORT by default: a second signer (its own keystore and state) on the
+    same port started without a word and the kernel shared the core's calls between the two."""
+    other = tmp_path / "second"
+    other.mkdir()
+    S.make_keystore(other)
+    raw = S.raw_config(other)
+    ours, _ = pki
+    raw["server"] = {"listen": served.target, "tls_cert": str(ours["server_crt"]),
+                     "tls_key": str(ours["server_key"]), "tls_client_ca": str(ours["ca"])}
+    (other / "signer.toml").write_text(to_toml(raw))
+    second = subprocess.run([sys.executable, "-m", "custody.cli", "signer", "serve",
+                             "--config", str(other / "signer.toml")],
+                            env={**os.environ, "TEST_SIGNER_PASS": S.PASSPHRASE},
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert f"cannot listen on {served.target}: the port is in use" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert served.client.list_keys()  # the first one still serves
