@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import os
 import secrets
 import sys
 
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logs.configure()
+    # Files this service creates (the SQLite database, the signer's audit log and limits_db, its
+    # socket, PSBTs) hold balances, addresses and decisions: readable by their owner only.
+    os.umask(os.umask(0o077) | 0o077)
     if args.command == "signer":
         return signer_cli.run(args)
     try:

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
 import sys
 
 from hsm.errors import ConfigError, KeystoreError, Refused, SignerError
@@ -49,6 +48,8 @@ def register(sub) -> None:
         p.add_argument("--scrypt-n", type=int, default=None, help=argparse.SUPPRESS)
         if name == "create":
             p.add_argument("--words", type=int, choices=(12, 24), default=24)
+            p.add_argument("--mnemonic-out", help="write the words to this new file (0600) instead of the "
+                                                  "terminal; needed when standard output is not a terminal")
         else:
             p.add_argument("--mnemonic-env", help="read the mnemonic from this variable (default: standard input)")
         p.set_defaults(run=fn)
@@ -218,12 +219,39 @@ def _serve(args) -> int:
 
 
 def _wallet_create(args) -> int:
+    # Words printed to a redirected stdout end up in a log or a CI transcript, for good.
+    if not args.mnemonic_out and not sys.stdout.isatty():
+        raise KeystoreError("standard output is not a terminal: the words would be written where others "
+                            "can read them; give --mnemonic-out FILE; nothing was created")
+    if args.mnemonic_out and pathlib.Path(args.mnemonic_out).exists():
+        raise KeystoreError(f"{args.mnemonic_out} exists already; it is never overwritten; nothing was created")
     store = _open_or_create(args)
     mnemonic = store.generate_wallet(args.wallet, words=args.words)
     print(f"wallet {args.wallet} created, fingerprint {store.fingerprint(args.wallet)}")
-    print("write these words down, in order, and keep them offline; they are shown only now:")
-    print(mnemonic)
+    if args.mnemonic_out:
+        _write_new_private_file(pathlib.Path(args.mnemonic_out), (mnemonic + "\n").encode())
+        print(f"its words are in {args.mnemonic_out}: write them down, keep them offline, then delete the file")
+    else:
+        print("write these words down, in order, and keep them offline; they are shown only now:")
+        print(mnemonic)
     return 0
+
+
+def _write_new_private_file(path: pathlib.Path, data: bytes) -> None:
+    """Creates path (never overwriting), readable by this user only, and makes it durable."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeystoreError(f"{path} exists already; it is never overwritten") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the new name too, not only the bytes
+    finally:
+        os.close(folder)
 
 
 def _wallet_import(args) -> int:
@@ -267,11 +295,9 @@ def _fingerprint(args) -> int:
 def _backup(args) -> int:
     _open(args)  # a backup that doesn't open with today's secret is no backup
     out = pathlib.Path(args.out)
-    if out.exists():
-        raise KeystoreError(f"{out} exists already; a backup never overwrites")
-    shutil.copyfile(args.keystore, out)
-    os.chmod(out, 0o600)
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    data = pathlib.Path(args.keystore).read_bytes()
+    _write_new_private_file(out, data)
+    digest = hashlib.sha256(data).hexdigest()
     print(f"backup written to {out} (still encrypted), sha256 {digest}")
     return 0
 

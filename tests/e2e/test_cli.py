@@ -119,6 +119,8 @@ def test_serve_migrates_serves_and_stops_on_sigterm(tmp_path):
     assert server.returncode == 0, output
     assert '"event": "listening"' in output and '"event": "stopped"' in output
     assert (tmp_path / "data" / "custody.db").exists()  # relative to the config file
+    for made in (tmp_path / "data").iterdir():  # the database, its -wal and -shm: balances, addresses
+        assert made.stat().st_mode & 0o077 == 0, made
     check = run("admin", "check", "--config", str(config))
     assert check.returncode == 0 and "RESULT: OK" in check.stdout
 

@@ -216,3 +216,36 @@ def test_operator_mistakes_are_one_line_not_a_traceback(tmp_path, keystore):
         assert "Traceback" not in r.stderr
     assert r"no log at" in custody("audit", "verify", "--log", tmp_path / "no-such-log").stderr
     assert (tmp_path / "staff.pem").read_text() == "keep me" and not (tmp_path / "o").exists()
+
+
+def test_create_does_not_print_the_words_where_others_can_read_them(tmp_path):
+    """Words printed to a redirected standard output end up in a log or a CI transcript."""
+    ks, words = tmp_path / "ks.json", tmp_path / "words.txt"
+    r = custody("wallet", "create", "--keystore", ks, "--wallet", "hot", "--scrypt-n", 1024)
+    assert r.returncode == 1 and "standard output is not a terminal" in r.stderr and "--mnemonic-out" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+    r = custody("wallet", "create", "--keystore", ks, "--wallet", "hot", "--scrypt-n", 1024, "--mnemonic-out", words)
+    assert r.returncode == 0, r.stderr
+    mnemonic = words.read_text().strip()
+    assert len(mnemonic.split()) == 24 and mnemonic not in r.stdout and mnemonic.split()[0] not in r.stdout.split()
+    assert words.stat().st_mode & 0o777 == 0o600
+    # The file holds the very words of the new wallet: imported elsewhere, the fingerprint is the same.
+    fingerprint = custody("fingerprint", "--keystore", ks, "--wallet", "hot").stdout.strip()
+    r = custody("wallet", "import", "--keystore", tmp_path / "again.json", "--wallet", "hot", "--scrypt-n", 1024,
+                input_text=mnemonic + "\n")
+    assert r.returncode == 0 and fingerprint in r.stdout, r.stdout + r.stderr
+    # An existing words file is never overwritten, and then no wallet is added.
+    r = custody("wallet", "create", "--keystore", ks, "--wallet", "second", "--scrypt-n", 1024,
+                "--mnemonic-out", words)
+    assert r.returncode == 1 and "exists already" in r.stderr and words.read_text().strip() == mnemonic
+    assert custody("fingerprint", "--keystore", ks, "--wallet", "second").returncode != 0
+
+
+def test_a_backup_is_private_and_never_overwrites(tmp_path, keystore):
+    ks, out = tmp_path / "keystore.json", tmp_path / "backup.json"
+    r = custody("backup", "--keystore", ks, "--out", out)
+    assert r.returncode == 0 and out.read_bytes() == ks.read_bytes()
+    assert out.stat().st_mode & 0o777 == 0o600
+    out.write_text("older backup")
+    r = custody("backup", "--keystore", ks, "--out", out)
+    assert r.returncode == 1 and "exists already" in r.stderr and out.read_text() == "older backup"

@@ -131,3 +131,10 @@ def test_a_second_signer_on_the_same_port_is_refused(served, tmp_path, pki):
     assert f"cannot listen on {served.target}: the port is in use" in second.stderr
     assert "Traceback" not in second.stderr
     assert served.client.list_keys()  # the first one still serves
+
+
+def test_the_signers_files_are_readable_by_its_owner_only(served, tmp_path):
+    """The audit log and limits_db hold every decision, address and amount; they were 0644."""
+    assert served.client.list_keys()
+    for made in (tmp_path / "audit.log", tmp_path / "limits.sqlite"):
+        assert made.stat().st_mode & 0o077 == 0, made
