@@ -339,10 +339,9 @@ def _rescan(args) -> int:
     app = Custody(config)
     try:
         app.verify_config(args.chain)  # before the request: a command refused for changed config changes nothing
-        request_id = _open_rescan(app.engine, args.chain, args.from_height)
-        if request_id is None:
-            request_id = deposits.request_rescan(app.engine, args.chain, args.from_height,
-                                                 f"custody scan rescan --from-height {args.from_height}")
+        request_id, created = deposits.request_rescan(app.engine, args.chain, args.from_height,
+                                                      f"custody scan rescan --from-height {args.from_height}")
+        if created:
             print(f"rescan {request_id}: {args.chain} from height {args.from_height} requested")
         else:  # a re-run (the node was down) adds no second identical request
             print(f"rescan {request_id}: {args.chain} from height {args.from_height} was requested already "
@@ -362,15 +361,6 @@ def _rescan(args) -> int:
         return 0 if state["finished_at"] and not state["stop_reason"] else 1
     finally:
         app.close()
-
-
-def _open_rescan(engine, chain: str, from_height: int) -> int | None:
-    """The id of an open rescan request of chain from from_height, if there is one."""
-    from custody.db.engine import read_transaction
-    from custody.deposits import store
-
-    with read_transaction(engine) as conn:
-        return next((b["id"] for b in store.open_backfills(conn, chain) if b["from_height"] == from_height), None)
 
 
 def _cancel_rescan(args) -> int:

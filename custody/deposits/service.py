@@ -1,15 +1,16 @@
 """Deposit use cases: issuing addresses and listing deposits."""
 from __future__ import annotations
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from chains.base import ChainPlugin
 from custody.db import schema as t
-from custody.db.engine import read_transaction, write_transaction
+from custody.db.engine import is_postgres, read_transaction, write_transaction
 from custody.deposits import store
 from custody.deposits.model import DEPOSIT_WALLET, ON_CHAIN, Deposit, confirmations
 from custody.errors import FailedPrecondition, InvalidArgument, NotFound
+from custody.jobs.locks import lock_key
 from custody.paging import Page
 
 # Two instances issuing addresses at once may pick the same index; the loser retries.
@@ -87,15 +88,22 @@ def register_deposit_address(engine: Engine, plugin: ChainPlugin, chain: str, xp
     return derived.address
 
 
-def request_rescan(engine: Engine, chain: str, from_height: int, reason: str) -> int:
+def request_rescan(engine: Engine, chain: str, from_height: int, reason: str) -> tuple[int, bool]:
     """Asks the chain's scanner to rescan from `from_height` up to its cursor
     (as it is when the scanner takes the request up) with every address it
     watches then. Past payments are recorded once (deposit keys); the cursor
-    never moves back. Returns the request id."""
+    never moves back. Returns the request id, and False when an open request
+    of the same chain and height already existed and is reused (an operator
+    re-running the command after the node was down)."""
     if from_height < 0:
         raise InvalidArgument("from_height must not be negative")
     with write_transaction(engine) as conn:
-        return store.request_backfill(conn, chain, from_height, reason)
+        if is_postgres(engine):  # two requests at the same moment: the second sees the first
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(f"rescan-request:{chain}")})
+        reused = next((b["id"] for b in store.open_backfills(conn, chain) if b["from_height"] == from_height), None)
+        if reused is not None:
+            return reused, False
+        return store.request_backfill(conn, chain, from_height, reason), True
 
 
 def cancel_rescan(engine: Engine, chain: str, backfill_id: int, staff: str, reason: str) -> None:

@@ -209,7 +209,7 @@ def test_a_rescan_the_node_cannot_serve_is_stopped_with_an_alert_and_new_blocks_
     script = btc_app.plugin("bitcoin").watch_key(btc_app.deposit_address(str(ann), "bitcoin")[1])
     top = cursor(btc_app).height
     serve_no_blocks_up_to(btc_app, top, error, monkeypatch)
-    request_id = deposits.request_rescan(btc_app.engine, "bitcoin", top - 5, "operator: rescan")
+    request_id, _ = deposits.request_rescan(btc_app.engine, "bitcoin", top - 5, "operator: rescan")
     chain.pay((script, 50_000))
     chain.mine(CONFIRMATIONS)
 
@@ -231,7 +231,7 @@ def test_a_rescan_the_node_cannot_serve_is_stopped_with_an_alert_and_new_blocks_
 def test_a_rescan_meeting_a_node_outage_stays_open_and_the_run_backs_off(btc_app, chain, monkeypatch):
     top = cursor(btc_app).height
     serve_no_blocks_up_to(btc_app, top, NodeUnavailable("connection refused"), monkeypatch)
-    request_id = deposits.request_rescan(btc_app.engine, "bitcoin", top - 5, "operator: rescan")
+    request_id, _ = deposits.request_rescan(btc_app.engine, "bitcoin", top - 5, "operator: rescan")
     chain.mine(1)
     assert btc_app.scanner("bitcoin").tick().status == "node unavailable"
     assert deposits.backfill_state(btc_app.engine, request_id)["finished_at"] is None
@@ -277,3 +277,25 @@ def test_cli_rescan_refused_for_a_changed_config_records_no_request(btc_app, cha
                                  cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert refused.returncode == 2 and "hot_xpub" in refused.stderr, refused.stderr[-2000:]
         assert table(btc_app, t.scan_backfills) == []
+
+
+def test_rescan_requests_made_at_the_same_moment_are_one_request(btc_app):
+    """The reuse of an open identical request was read, then written: two operators (or a retry
+    loop) at the same moment recorded two requests, and the scanner read the range twice."""
+    import threading
+
+    barrier = threading.Barrier(8)
+    answers = []
+
+    def request():
+        barrier.wait()
+        answers.append(deposits.request_rescan(btc_app.engine, "bitcoin", 1, "operator: rescan"))
+
+    threads = [threading.Thread(target=request) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({request_id for request_id, _ in answers}) == 1, answers
+    assert sorted(created for _, created in answers) == [False] * 7 + [True]
+    assert len(table(btc_app, t.scan_backfills)) == 1
