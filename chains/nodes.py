@@ -20,6 +20,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -106,6 +107,11 @@ class Nodes:
     # -- starting and stopping ----------------------------------------------------------
     def _start(self, kind: str, home: pathlib.Path, timeout_s: float) -> NodeStatus:
         port = self.ports[kind]
+        # Another program on the port (someone else's anvil) would answer our health check while
+        # our node exits: everything after would run against a node that is not ours.
+        if _listening(port):
+            raise NodeStartError(f"port {port} is in use by another program; stop it or choose another "
+                                 f"port (--{kind}-port)")
         if kind == "bitcoin":
             if not (NODE_MODULES / "bcoin").is_dir():
                 raise NodeStartError(f"bcoin is not installed in {NODE_MODULES}; run `npm ci` (or `make tools`)")
@@ -155,6 +161,12 @@ class Nodes:
             return json.loads(path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _alive(pid: int, marker: str) -> bool:

@@ -44,3 +44,36 @@ def test_nodes_up_status_down_with_configurable_ports_and_one_data_folder(tmp_pa
     assert down.returncode == 0
     assert "bitcoin   stopped" in down.stdout and "ethereum  stopped" in down.stdout
     assert "stopped" in run("nodes", "status", "--dir", str(folder)).stdout
+
+
+
+def test_nodes_up_refuses_a_port_another_program_listens_on(tmp_path):
+    """Someone else's node on the port answered our start-up check while ours failed to bind and
+    exited: `nodes up` said running, and the demo and tests ran against a node that was not ours."""
+    import http.server
+    import threading
+
+    class ForeignNode(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": "0x5"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    foreign = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ForeignNode)
+    threading.Thread(target=foreign.serve_forever, daemon=True).start()
+    port = foreign.server_address[1]
+    try:
+        up = run("nodes", "up", "--dir", str(tmp_path / "nodes"), "--only", "ethereum", "--ethereum-port", str(port))
+    finally:
+        run("nodes", "down", "--dir", str(tmp_path / "nodes"))
+        foreign.shutdown()
+    assert up.returncode != 0 and f"port {port} is in use by another program" in up.stderr, up.stdout + up.stderr
+    assert "Traceback" not in up.stderr
+    assert not (tmp_path / "nodes" / "ethereum" / "node.json").exists()
