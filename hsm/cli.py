@@ -90,7 +90,10 @@ def register(sub) -> None:
     p.add_argument("--name", required=True, help="your name as listed in the signer's config")
     p.add_argument("--chain", choices=("bitcoin", "ethereum"), required=True)
     p.add_argument("--payload", required=True)
-    p.set_defaults(run=_approve)
+    p.add_argument("--network", choices=("mainnet", "testnet", "signet", "regtest"),
+                   help="bitcoin (required): the network whose addresses to show")
+    p.add_argument("--yes", action="store_true", help="approve without asking (after checking the payload)")
+    p.set_defaults(run=_approve, usage_error=p.error)
 
     audit = s.add_parser("audit", help="the audit log")
     a = audit.add_subparsers(dest="audit_command", required=True)
@@ -340,8 +343,13 @@ def _approve(args) -> int:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from chains.bitcoin.params import network
     from hsm.approvals import payload_hash, sign_approval
+    from hsm.decode.summary import summarize
     from hsm.offline import read_payload
+
+    if args.chain == "bitcoin" and args.network is None:
+        args.usage_error("--network is required with --chain bitcoin")  # the addresses shown depend on it
 
     try:
         key = serialization.load_pem_private_key(pathlib.Path(args.staff_key).read_bytes(), password=None)
@@ -351,6 +359,13 @@ def _approve(args) -> int:
         raise SignerError(f"{args.staff_key}: not an unencrypted PEM Ed25519 private key "
                           "(as `custody signer staff-keygen` writes)")
     payload = read_payload(args.chain, pathlib.Path(args.payload))
+    # On stderr: standard output is the approval, often redirected to a file.
+    print(summarize(args.chain, payload, network(args.network) if args.network else None), file=sys.stderr)
+    if not args.yes:
+        print("approve this transaction? [y/N] ", end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("not approved", file=sys.stderr)
+            return 1
     approval = sign_approval(key, args.name, args.chain, payload)
     print(json.dumps({"approver": approval.approver, "chain": args.chain,
                       "payload_sha256": payload_hash(args.chain, payload).hex(),

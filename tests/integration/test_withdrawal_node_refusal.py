@@ -13,7 +13,7 @@ from custody.app import Custody
 from custody.withdrawals.sender import CrashForTest
 from tests.support.bitcoin import HOT_XPUB, account_xprv, random_script, spend
 from tests.support.servers import ServerThread
-from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_held, batches, confirm, events, fund,
+from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, approve_signature, attempts, available_held, batches, confirm, events, fund,
                                        fund_hot_wallet, ledger_balance, outputs_paying, reserved, sender,
                                        start_signer, wipe_mempool, withdrawal_config)
 
@@ -468,3 +468,111 @@ def test_a_consolidation_spent_by_a_twin_is_resolved_by_staff(db_url, chain, sig
     finally:
         app.close()
 
+
+
+def test_a_consolidation_refused_for_good_gives_its_coins_back(db_url, chain, signer, caplog):
+    """A scheduled merge whose input is gone for good (a reorg deeper than the confirmations took
+    away the transaction that made it: bcoin forgets it) is refused by the node on every pass. As
+    for a refused withdrawal batch, its other coins are spent back to the hot wallet by a
+    self-spend, with a warning; once that is at depth the merge is CANCELLED, its fee booked once,
+    and a later withdrawal is paid from the coin the self-spend made. Before, the merge was sent
+    again forever and its coins stayed reserved: the withdrawal waited forever."""
+    import logging
+
+    app = make_app(db_url, chain, consolidate_above=2)
+    try:
+        start = chain.height()
+        fund_hot_wallet(app, chain, 100_000, 200_000)
+        fork = chain.height() + 1
+        fund_hot_wallet(app, chain, 300_000)  # in a block of its own, taken away below
+        s = sender(app, signer)
+        s.tick()
+        (merge,) = batches(app)
+        (sent,) = attempts(app)
+        assert merge["kind"] == "consolidation" and merge["status"] == "BROADCAST" and len(reserved(app)) == 3
+        chain.reorg(fork, 3)  # deeper than the 2 confirmations; the mempool goes too
+        app.scanner("bitcoin").catch_up()
+        with caplog.at_level(logging.WARNING, logger="custody.withdrawals"):
+            s.tick()  # one input is missing: refused, for good
+        (merge,) = batches(app)
+        assert merge["status"] == "CANCELLING" and "the node refused" in merge["reason"]
+        assert any(merge["id"] in r.getMessage() and "refused" in r.getMessage() for r in caplog.records
+                   if r.levelno == logging.WARNING)
+        _, cancel = attempts(app)
+        assert cancel["kind"] == "cancel" and cancel["fee"] > sent["fee"]
+        assert cancel["txid"] in chain.rpc.call("getrawmempool")
+        confirm(app, chain, s, blocks=2)
+        (merge,) = batches(app)
+        assert merge["status"] == "CANCELLED" and merge["txid"] == cancel["txid"]
+        assert ledger_balance(app, "fees:network") == -cancel["fee"]
+        # The coin the self-spend made pays a withdrawal once it is deep enough.
+        acct = app.create_account("payer").account_id
+        fund(app, acct, BTC)
+        script = random_script()
+        wid = app.withdrawals.request("wallet-service", "k", str(acct), "BTC", script_to_address(script, REGTEST),
+                                      "250000")[0]["id"]
+        confirm(app, chain, s, blocks=3)
+        w = status(app, wid)
+        assert w["status"] == "COMPLETED"
+        assert outputs_paying(chain, script, start) == [(w["txid"], 250_000)]
+        assert [b["status"] for b in batches(app)] == ["CANCELLED", "COMPLETED"]
+        paid = next(a for a in attempts(app) if a["txid"] == w["txid"])
+        assert ledger_balance(app, "fees:network") == -(cancel["fee"] + paid["fee"])
+        assert available_held(app, acct) == (BTC - 250_000 - WITHDRAWAL_FEE, 0)
+    finally:
+        app.close()
+
+
+def test_a_requeued_withdrawal_the_signer_wont_pay_again_fails_alone(db_url, chain, tmp_path):
+    """on_node_rejection = "requeue": a staff-approved withdrawal above the signer's approval_above
+    is requeued once the self-spend of its refused batch confirmed, and batched with a new one. Its
+    approvals go with it, but the signer pays one approved withdrawal with one set of coins only
+    (docs/signer.md): it refuses the new batch, naming that withdrawal by its id. That one fails,
+    hold released; the other goes out in the same pass and is paid once. Before, the refusal named
+    no address of the batch, so both failed."""
+    app = make_app(db_url, chain, on_node_rejection="requeue")
+    signer = start_signer(tmp_path, assets=[{
+        "asset": "BTC", "chain": "bitcoin", "max_per_transaction": str(50 * BTC), "max_per_24h": str(500 * BTC),
+        "max_fee": "1000000", "approval_above": str(BTC // 2)}])
+    try:
+        start = chain.height()
+        fund_hot_wallet(app, chain, 3 * BTC, 3 * BTC)
+        chain.mine(1)  # an empty tip, to be taken back later to wipe the mempool
+        app.scanner("bitcoin").catch_up()
+        acct = app.create_account("payer").account_id
+        fund(app, acct, 4 * BTC)
+        big_script, small_script = random_script(), random_script()
+        big = app.withdrawals.request("wallet-service", "big", str(acct), "BTC",
+                                      script_to_address(big_script, REGTEST), str(2 * BTC))[0]["id"]
+        for staff in ("alice", "bob"):  # two approvals above 1 BTC (core), a quorum of 2 (signer)
+            app.withdrawals.approve(staff, big, approve_signature(app, big, staff))
+        with pytest.raises(CrashForTest):
+            sender(app, signer, crash_at="after_store").tick()
+        (coin,) = reserved(app)
+        chain.miner.send(spend(coin, 3 * BTC, account_xprv(1).derive("m/0/1").key, random_script()))
+        s = sender(app, signer)
+        s.tick()
+        assert batches(app)[0]["status"] == "CANCELLING"
+        wipe_mempool(app, chain)  # the conflict is gone: the self-spend goes in
+        s.tick()
+        confirm(app, chain, s, blocks=1)
+        small = app.withdrawals.request("wallet-service", "small", str(acct), "BTC",
+                                        script_to_address(small_script, REGTEST), str(AMOUNT))[0]["id"]
+        confirm(app, chain, s, blocks=1)  # the self-spend at depth: big requeued, batched with small
+        cancel = next(a for a in attempts(app) if a["kind"] == "cancel")
+        w = status(app, big)
+        assert w["status"] == "FAILED" and w["requeues"] == 1
+        assert "signer refused (approvals)" in w["reason"] and f"withdrawal {big} was paid before" in w["reason"]
+        assert status(app, small)["status"] == "BROADCAST"
+        confirm(app, chain, s, blocks=2)
+        w = status(app, small)
+        assert w["status"] == "COMPLETED"
+        assert outputs_paying(chain, small_script, start) == [(w["txid"], AMOUNT)]
+        assert outputs_paying(chain, big_script, start) == []
+        assert available_held(app, acct) == (4 * BTC - AMOUNT - WITHDRAWAL_FEE, 0)
+        paid = next(a for a in attempts(app) if a["txid"] == w["txid"])
+        assert ledger_balance(app, "fees:network") == -(cancel["fee"] + paid["fee"])
+        assert [b["status"] for b in batches(app)] == ["CANCELLED", "FAILED", "COMPLETED"]
+    finally:
+        signer.stop()
+        app.close()

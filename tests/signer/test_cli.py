@@ -1,6 +1,7 @@
 """The ceremony and cold-signing CLI as an operator runs it."""
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
@@ -249,3 +250,41 @@ def test_a_backup_is_private_and_never_overwrites(tmp_path, keystore):
     out.write_text("older backup")
     r = custody("backup", "--keystore", ks, "--out", out)
     assert r.returncode == 1 and "exists already" in r.stderr and out.read_text() == "older backup"
+
+
+def test_approve_shows_what_it_approves_and_asks(tmp_path):
+    """An approval lets the signer pay past its quorum limits: staff signed a file blind before."""
+    from cryptography.hazmat.primitives import serialization
+
+    from hsm.approvals import Approval, count_valid, payload_hash
+    from hsm.config import StaffKey
+
+    key = tmp_path / "alice.pem"
+    key.write_bytes(S.STAFF["alice"].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+    psbt = S.make_psbt([("11" * 32, 0, 100_000, S.foreign_script("ours"))],
+                       [(S.foreign_script(), 60_000), (S.foreign_script("change"), 39_000)])
+    (tmp_path / "tx.psbt").write_bytes(psbt)
+    args = ("approve", "--staff-key", key, "--name", "alice", "--chain", "bitcoin", "--payload", tmp_path / "tx.psbt")
+    assert custody(*args).returncode == 2  # --network: the addresses shown depend on it
+    declined = custody(*args, "--network", "regtest", input_text="n\n")
+    assert declined.returncode == 1 and declined.stdout == "" and "not approved" in declined.stderr
+    shown = declined.stderr
+    assert f"pay 60000 sats to {S.address_for(S.foreign_script())}" in shown
+    assert f"pay 39000 sats to {S.address_for(S.foreign_script('change'))}" in shown
+    assert f"spend {'11' * 32}:0: 100000 sats" in shown and "fee: 1000 sats" in shown
+    approved = custody(*args, "--network", "regtest", input_text="y\n")
+    assert approved.returncode == 0, approved.stderr
+    answer = json.loads(approved.stdout)
+    staff = (StaffKey("alice", bytes.fromhex(S.staff_public_hex("alice"))),)
+    valid, _ = count_valid([Approval(answer["approver"], bytes.fromhex(answer["signature"]))], staff, "bitcoin",
+                           payload_hash("bitcoin", psbt))
+    assert valid == {"alice"}
+
+    token = bytes.fromhex("a9059cbb") + bytes(12) + bytes.fromhex("22" * 20) + (5_000).to_bytes(32, "big")
+    (tmp_path / "tx.eth").write_text("0x" + S.eth_payload(S.USDT_CONTRACT, 0, gas=60_000, data=token).hex())
+    r = custody("approve", "--staff-key", key, "--name", "alice", "--chain", "ethereum", "--payload",
+                tmp_path / "tx.eth", "--yes")
+    assert r.returncode == 0 and json.loads(r.stdout)["approver"] == "alice", r.stderr
+    assert f"call token contract {S.USDT_CONTRACT}: transfer 5000 token units to 0x{'22' * 20}" in r.stderr
+    assert f"chain id {S.ANVIL_CHAIN_ID}" in r.stderr and "fee: at most 120000000000000 wei" in r.stderr
