@@ -109,6 +109,12 @@ class ServerConfig:
     # RESOURCE_EXHAUSTED at once instead of queueing in memory behind a
     # stalled database (see docs/configuration.md).
     max_concurrent_rpcs: int = 10_000
+    # Streams (StreamEvents, market data, reflection, health Watch) one client may hold open at
+    # once; without a cap one client's leaked streams took every slot of max_concurrent_rpcs.
+    max_streams_per_client: int = 100
+    # A listener off loopback without TLS sends every bearer token in cleartext: refused unless
+    # this says a TLS-terminating proxy or a private network stands in front.
+    allow_plaintext: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,6 +276,9 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
                                      float, 0, 100),
         ledger_writer=srv.get("ledger_writer", ServerConfig.ledger_writer),
         max_concurrent_rpcs=_number(srv, "max_concurrent_rpcs", ServerConfig.max_concurrent_rpcs, "server", int, 1),
+        max_streams_per_client=_number(srv, "max_streams_per_client", ServerConfig.max_streams_per_client,
+                                       "server", int, 1),
+        allow_plaintext=_flag(srv, "allow_plaintext", False, "server"),
     )
     if server.ledger_writer not in LEDGER_WRITERS:
         raise ConfigError(f"server: ledger_writer must be one of {', '.join(LEDGER_WRITERS)}, "
@@ -278,6 +287,10 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
         raise ConfigError("server: tls_cert and tls_key must be given together")
     if server.tls_client_ca and not server.tls_cert:
         raise ConfigError("server: tls_client_ca needs tls_cert and tls_key")
+    if not server.tls_cert and not server.allow_plaintext and not _loopback(server.listen):
+        raise ConfigError(f"server: listen = {server.listen!r} is reachable from other hosts and no tls_cert is "
+                          "set: bearer tokens would travel in cleartext. Configure tls_cert and tls_key, or set "
+                          "allow_plaintext = true if a TLS proxy or a private network stands in front")
     assets = _assets(_tables(raw, "assets"))
     config = Config(
         database_url=url,
@@ -322,6 +335,13 @@ def _tables(raw: dict, key: str, where: str = "") -> list[dict]:
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise ConfigError(f"{where}{key}: must be an array of tables ([[{where}{key}]])")
     return items
+
+
+def _loopback(listen: str) -> bool:
+    if listen.startswith("unix:"):
+        return True
+    host = listen.rsplit(":", 1)[0].removeprefix("ipv4:").removeprefix("ipv6:").strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def _string(raw: dict, key: str, default: str, where: str) -> str:

@@ -2,8 +2,9 @@
 
 Clients send `authorization: Bearer <token>`; the config lists each client's
 name, the SHA-256 of its token and its scopes. The server never stores tokens.
-Every method needs exactly one scope; the health and reflection services are
-open so that load balancers and tools can use them.
+Every method needs exactly one scope. The health service is open, for load
+balancers; server reflection needs a valid token of any scope (open, anyone
+could hold its streams open and take the server's call slots).
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ REQUIRED_SCOPE = {
     "/custody.v1.MatchingService/ListTrades": "accounts",
     "/custody.v1.MatchingService/StreamMarketData": "accounts",
 }
-OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+ANY_SCOPE_PREFIXES = ("/grpc.reflection.",)
 
 _client: contextvars.ContextVar[str] = contextvars.ContextVar("custody_client")
 
@@ -79,6 +81,8 @@ class Authenticator:
             if client is None:
                 return None, grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token"
             self._by_token[token] = client
+        if method.startswith(ANY_SCOPE_PREFIXES):
+            return client.name, None, ""
         scope = REQUIRED_SCOPE.get(method)
         if scope is None or scope not in client.scopes:
             return None, grpc.StatusCode.PERMISSION_DENIED, f"client {client.name} lacks scope {scope or 'for ' + method}"

@@ -1,12 +1,14 @@
 """The one place where calls are authenticated and domain errors become gRPC statuses."""
 from __future__ import annotations
 
+import inspect
+
 import grpc
 import structlog
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from custody import errors
-from custody.api.auth import OPEN_PREFIXES, Authenticator, set_current_client
+from custody.api.auth import ANY_SCOPE_PREFIXES, Authenticator, set_current_client
 
 log = structlog.get_logger("custody.api")
 
@@ -42,8 +44,10 @@ class CustodyInterceptor(grpc.aio.ServerInterceptor):
     """Wraps each method's handler once (handlers are fixed when the server starts);
     the wrapper authorizes every call from its own metadata."""
 
-    def __init__(self, authenticator: Authenticator):
+    def __init__(self, authenticator: Authenticator, max_streams_per_client: int = 100):
         self.authenticator = authenticator
+        self.max_streams_per_client = max_streams_per_client
+        self._streams: dict[str, int] = {}  # open streams by client; the event loop's thread only
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, details):
@@ -80,27 +84,63 @@ class CustodyInterceptor(grpc.aio.ServerInterceptor):
 
         if handler.unary_stream:
             inner_stream = handler.unary_stream
-
-            async def unary_stream(request, context):
-                client, status, message = authorize(method, context.invocation_metadata())
-                if client is None:
-                    await context.abort(status, message)
-                set_current_client(client)
-                try:
-                    async for item in inner_stream(request, context):
-                        yield item
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    await _abort_for(exc, context, method)
+            if inspect.isasyncgenfunction(inner_stream):
+                async def unary_stream(request, context):
+                    client = await self._open_stream(method, context)
+                    try:
+                        async for item in inner_stream(request, context):
+                            yield item
+                    except grpc.aio.AbortError:
+                        raise
+                    except Exception as exc:
+                        await _abort_for(exc, context, method)
+                    finally:
+                        self._close_stream(client)
+            else:  # a coroutine that writes with context.write (grpc's health Watch)
+                async def unary_stream(request, context):
+                    client = await self._open_stream(method, context)
+                    try:
+                        await inner_stream(request, context)
+                    finally:
+                        self._close_stream(client)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, handler.request_deserializer, handler.response_serializer)
 
-        # Streaming-request methods: none of ours (reflection is open), but never let one through unchecked.
+        if handler.stream_stream and method.startswith(ANY_SCOPE_PREFIXES):  # server reflection
+            inner_bidi = handler.stream_stream
+
+            async def stream_stream(requests, context):
+                client = await self._open_stream(method, context)
+                try:
+                    async for item in inner_bidi(requests, context):
+                        yield item
+                finally:
+                    self._close_stream(client)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream, handler.request_deserializer, handler.response_serializer)
+
+        # Other streaming-request methods: none of ours, but never let one through unchecked.
         async def refuse(request, context):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} needs a scope no client can have")
 
-        if method.startswith(OPEN_PREFIXES):
-            return handler
         return grpc.unary_unary_rpc_method_handler(refuse)
+
+    async def _open_stream(self, method: str, context) -> str:
+        """Authorizes a streaming call and takes one of its client's stream slots (callers without a
+        token share the slots of "anonymous"): a stream holds a server call slot for as long as it is
+        open, and one client's leaked streams could otherwise take all of them."""
+        client, status, message = self.authenticator.authorize(method, context.invocation_metadata())
+        if client is None:
+            await context.abort(status, message)
+        if self._streams.get(client, 0) >= self.max_streams_per_client:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"client {client} has {self.max_streams_per_client} streams open, the most "
+                                "allowed (server.max_streams_per_client); close one first")
+        self._streams[client] = self._streams.get(client, 0) + 1
+        set_current_client(client)
+        return client
+
+    def _close_stream(self, client: str) -> None:
+        self._streams[client] -= 1

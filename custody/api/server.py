@@ -42,12 +42,17 @@ class Server:
         self.start_jobs = start_jobs
         self.app = app or Custody(config)
         self._owns_app = app is None
-        self.interceptor = CustodyInterceptor(Authenticator(config.clients))
+        self.interceptor = CustodyInterceptor(Authenticator(config.clients), config.server.max_streams_per_client)
         self.server = grpc.aio.server(
             interceptors=[self.interceptor],
             # Without so_reuseport 0, a second `custody serve` on the same port
             # binds too and the kernel shares the callers between the two.
-            options=[("grpc.max_receive_message_length", 1 << 20), ("grpc.so_reuseport", 0)],
+            options=[("grpc.max_receive_message_length", 1 << 20), ("grpc.so_reuseport", 0),
+                     # A client host gone without closing its connection (power loss, a dropped
+                     # network) is found in about 80 s, not TCP's two hours: its streams give back
+                     # their slots (max_streams_per_client, max_concurrent_rpcs).
+                     ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
+                     ("grpc.http2.max_pings_without_data", 0)],
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
         custody_pb2_grpc.add_CustodyServiceServicer_to_server(CustodyServicer(self.app), self.server)

@@ -222,7 +222,8 @@ def test_health_and_reflection_are_on(clients):
         reply = health.Check(health_pb2.HealthCheckRequest(service=service))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     stub = reflection_pb2_grpc.ServerReflectionStub(clients.channel)
-    reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                         metadata=bearer("exchange")))
     names = {s.name for s in reply.list_services_response.service}
     assert {"custody.v1.CustodyService", "custody.v1.BackofficeService", "grpc.health.v1.Health"} <= names
 

@@ -91,7 +91,8 @@ def test_markets_health_and_reflection(clients):
     reply = health.Check(health_pb2.HealthCheckRequest(service="custody.v1.MatchingService"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     stub = reflection_pb2_grpc.ServerReflectionStub(clients.channel)
-    listed = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    listed = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                         metadata=bearer("exchange")))
     assert "custody.v1.MatchingService" in {s.name for s in listed.list_services_response.service}
 
 
