@@ -150,13 +150,15 @@ class MatchingService:
                                 .order_by(tr.c.id).limit(limit or DEFAULT_PAGE)).all()
         return [trade_view_from_row(r) for r in rows]
 
-    def market_data_after(self, market: str, cursor: int, limit: int = 500) -> list[MarketDataItem]:
-        m = self.config.market(market)
+    def market_data_after(self, market: str | None, cursor: int, limit: int = 500) -> list[MarketDataItem]:
+        """One market's items after cursor, or every market's (market None)."""
         check_cursor(cursor, "after_cursor")
         md = t.market_data
+        query = select(md).where(md.c.cursor > cursor)
+        if market is not None:
+            query = query.where(md.c.market == self.config.market(market).name)
         with read_transaction(self.db) as conn:
-            rows = conn.execute(select(md).where(md.c.market == m.name, md.c.cursor > cursor)
-                                .order_by(md.c.cursor).limit(limit)).all()
+            rows = conn.execute(query.order_by(md.c.cursor).limit(limit)).all()
         return [MarketDataItem(r.cursor, r.market, r.type, r.payload, r.created_at) for r in rows]
 
     def last_market_data_cursor(self) -> int:

@@ -9,6 +9,7 @@ from custody.api.auth import current_client
 from custody.app import Custody
 from custody.errors import InvalidArgument
 from custody.events.journal import check_cursor, check_not_beyond
+from custody.events.tail import JournalTail
 from custody.v1 import matching_pb2 as pb
 from custody.v1 import matching_pb2_grpc
 
@@ -76,6 +77,8 @@ def market_data_message(item) -> pb.StreamMarketDataResponse:
 class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
     def __init__(self, app: Custody):
         self.matching = app.matching
+        self.market_data = JournalTail(lambda after, limit: self.matching.market_data_after(None, after, limit),
+                                       self.matching.market_data_notifier, MARKET_DATA_POLL_S, MARKET_DATA_PAGE)
 
     async def ListMarkets(self, request, context):
         return pb.ListMarketsResponse(markets=[
@@ -118,23 +121,11 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
         return pb.ListTradesResponse(trades=[trade_message(tr) for tr in trades])
 
     async def StreamMarketData(self, request, context):
-        self.matching.config.market(request.market)  # unknown market: INVALID_ARGUMENT before streaming
+        market = self.matching.config.market(request.market).name  # unknown: INVALID_ARGUMENT before streaming
         cursor = check_cursor(request.after_cursor, "after_cursor")
-        check_not_beyond(cursor, await asyncio.to_thread(self.matching.last_market_data_cursor), "market data")
-        notifier = self.matching.market_data_notifier
-        wake = notifier.subscribe()
-        try:
-            while True:
-                wake.clear()
-                items = await asyncio.to_thread(self.matching.market_data_after, request.market, cursor,
-                                                MARKET_DATA_PAGE)
-                for item in items:
-                    yield market_data_message(item)
-                    cursor = item.cursor
-                if len(items) < MARKET_DATA_PAGE:
-                    try:
-                        await asyncio.wait_for(wake.wait(), timeout=MARKET_DATA_POLL_S)
-                    except asyncio.TimeoutError:
-                        pass
-        finally:
-            notifier.unsubscribe(wake)
+        head = await asyncio.to_thread(self.matching.last_market_data_cursor)
+        check_not_beyond(cursor, head, "market data")
+        async for item in self.market_data.follow(
+                cursor, head, wanted=lambda item: item.market == market,
+                read_wanted=lambda after, limit: self.matching.market_data_after(market, after, limit)):
+            yield market_data_message(item)

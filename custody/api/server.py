@@ -55,9 +55,11 @@ class Server:
                      ("grpc.http2.max_pings_without_data", 0)],
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
-        custody_pb2_grpc.add_CustodyServiceServicer_to_server(CustodyServicer(self.app), self.server)
+        custody_servicer, matching_servicer = CustodyServicer(self.app), MatchingServicer(self.app)
+        self._tails = (custody_servicer.events, matching_servicer.market_data)
+        custody_pb2_grpc.add_CustodyServiceServicer_to_server(custody_servicer, self.server)
         backoffice_pb2_grpc.add_BackofficeServiceServicer_to_server(BackofficeServicer(self.app), self.server)
-        matching_pb2_grpc.add_MatchingServiceServicer_to_server(MatchingServicer(self.app), self.server)
+        matching_pb2_grpc.add_MatchingServiceServicer_to_server(matching_servicer, self.server)
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -102,6 +104,8 @@ class Server:
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        for tail in self._tails:
+            await tail.stop()
         if self._owns_app:
             self.app.close()
         log.info("stopped")

@@ -10,6 +10,7 @@ from custody.api.auth import current_client
 from custody.app import Custody
 from custody.errors import InvalidArgument
 from custody.events.journal import check_cursor, check_not_beyond
+from custody.events.tail import JournalTail
 from custody.money import format_amount
 from custody.v1 import backoffice_pb2, backoffice_pb2_grpc, custody_pb2, custody_pb2_grpc
 
@@ -22,6 +23,7 @@ EVENT_POLL_S = 1.0
 class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
     def __init__(self, app: Custody):
         self.app = app
+        self.events = JournalTail(app.events_after, app.notifier, EVENT_POLL_S, EVENT_PAGE)
 
     async def CreateAccount(self, request, context):
         account = await asyncio.to_thread(self.app.create_account, request.external_id)
@@ -55,23 +57,11 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
 
     async def StreamEvents(self, request, context):
         cursor = check_cursor(request.after_cursor, "after_cursor")
-        check_not_beyond(cursor, await asyncio.to_thread(self.app.last_event_cursor), "event")
-        wake = self.app.notifier.subscribe()
-        try:
-            while True:
-                wake.clear()
-                events = await asyncio.to_thread(self.app.events_after, cursor, EVENT_PAGE)
-                for e in events:
-                    yield custody_pb2.StreamEventsResponse(
-                        cursor=e.cursor, type=e.type, payload=e.payload, created_at=e.created_at)
-                    cursor = e.cursor
-                if len(events) < EVENT_PAGE:
-                    try:
-                        await asyncio.wait_for(wake.wait(), timeout=EVENT_POLL_S)
-                    except asyncio.TimeoutError:
-                        pass
-        finally:
-            self.app.notifier.unsubscribe(wake)
+        head = await asyncio.to_thread(self.app.last_event_cursor)
+        check_not_beyond(cursor, head, "event")
+        async for e in self.events.follow(cursor, head):
+            yield custody_pb2.StreamEventsResponse(cursor=e.cursor, type=e.type, payload=e.payload,
+                                                   created_at=e.created_at)
 
 
     async def GetDepositAddress(self, request, context):
