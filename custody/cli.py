@@ -15,6 +15,7 @@ import os
 import secrets
 import sys
 
+import structlog
 from alembic.util import CommandError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -171,7 +172,8 @@ def _serve(args) -> int:
 
     config = _existing(args.config)
     if not args.no_migrate:
-        upgrade(config.database_url)
+        log = structlog.get_logger("custody.db")
+        upgrade(config.database_url, progress=lambda step: log.info("migration", step=step))
     asyncio.run(serve(config))
     return 0
 
@@ -180,7 +182,7 @@ def _db_upgrade(args) -> int:
     from custody.db.migrate import current, upgrade
 
     config = _load(args.config)
-    upgrade(config.database_url)
+    upgrade(config.database_url, progress=lambda step: print(f"db upgrade: {step}", file=sys.stderr, flush=True))
     print(f"database at revision {current(config.database_url)}")
     return 0
 

@@ -1,10 +1,13 @@
 """`custody db upgrade`: runs the Alembic migrations shipped inside the package."""
+import logging
 import pathlib
+from collections.abc import Callable
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = pathlib.Path(__file__).parent / "migrations"
+PROGRESS_LOGGER = "alembic.runtime.migration"  # Alembic says "Running upgrade A -> B, ..." there
 
 
 def alembic_config(database_url: str) -> AlembicConfig:
@@ -14,8 +17,35 @@ def alembic_config(database_url: str) -> AlembicConfig:
     return cfg
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(database_url), revision)
+def upgrade(database_url: str, revision: str = "head", progress: Callable[[str], None] | None = None) -> None:
+    """progress, if given, hears each migration as it starts (one can take minutes on a large
+    database) and a wait for another process's upgrade."""
+    if progress is None:
+        command.upgrade(alembic_config(database_url), revision)
+        return
+    handler = _Forward(progress)
+    logger = logging.getLogger(PROGRESS_LOGGER)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # said once, through progress
+    try:
+        command.upgrade(alembic_config(database_url), revision)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+class _Forward(logging.Handler):
+    def __init__(self, progress: Callable[[str], None]):
+        super().__init__(logging.INFO)
+        self.progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage().strip()
+        if message.startswith(("Running upgrade", "waiting")):  # not Alembic's "Context impl ..."
+            self.progress(" ".join(message.split()))
 
 
 def current(database_url: str) -> str | None:

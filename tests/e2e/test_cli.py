@@ -94,7 +94,13 @@ def test_serve_migrates_serves_and_stops_on_sigterm(tmp_path):
     port = free_port()
     config = write_config(tmp_path / "custody.toml", port, "sqlite:///data/custody.db")
     (tmp_path / "data").mkdir()
-    subprocess.run([*CUSTODY, "db", "upgrade", "--config", str(config)], cwd=ROOT, check=True, capture_output=True)
+    upgraded = subprocess.run([*CUSTODY, "db", "upgrade", "--config", str(config)], cwd=ROOT, check=True,
+                              capture_output=True, text=True)
+    # Each migration is said as it starts (one can take minutes on a large database), once.
+    steps = [line for line in upgraded.stderr.splitlines() if line.startswith("db upgrade: Running upgrade")]
+    shipped = list((ROOT / "custody" / "db" / "migrations" / "versions").glob("0*.py"))
+    assert len(steps) == len(shipped) and steps[0].startswith("db upgrade: Running upgrade -> 0001"), upgraded.stderr
+    assert len(upgraded.stderr.splitlines()) == len(steps), upgraded.stderr
     server = subprocess.Popen([*CUSTODY, "serve", "--config", str(config)], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

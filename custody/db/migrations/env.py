@@ -1,10 +1,12 @@
 """Alembic environment: the URL comes from custody's own config (see custody.db.migrate)."""
 import contextlib
+import logging
 import time
 
 from alembic import context
 
 from custody.db.engine import make_engine
+from custody.db.migrate import PROGRESS_LOGGER
 from custody.db.schema import metadata
 
 
@@ -43,7 +45,11 @@ def _turn(engine):
         yield
         return
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock:
+        waiting = False
         while not lock.exec_driver_sql(f"SELECT pg_try_advisory_lock({MIGRATION_LOCK})").scalar():
+            if not waiting:
+                logging.getLogger(PROGRESS_LOGGER).info("waiting for another process's upgrade of this database")
+                waiting = True
             time.sleep(0.2)
         try:
             yield
