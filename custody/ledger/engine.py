@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from custody.db import schema as t
 from custody.db.bulk import (
-    fetch_rows, in_pairs, insert_rows, select_by_ids, select_by_pairs, update_account_totals, update_rows,
+    fetch_rows, in_pairs, insert_rows, int_array, select_by_ids, select_by_pairs, update_account_totals, update_rows,
 )
 from custody.db.engine import is_postgres, write_transaction
 from custody.errors import CustodyError, FailedPrecondition, IdempotencyConflict, InvalidArgument, NotFound
@@ -223,7 +223,11 @@ class _Group:
                 writes.rollback()
                 self.results[i] = exc
         if writes.batches:
-            self._write(writes, staging)
+            checked = {a for i in active if self.results[i] is None for a in self.commands[i].not_frozen}
+            if not self._write(writes, staging, checked):
+                for i in active:
+                    self.results[i] = None
+                self._execute(active)  # again, now seeing the accounts frozen meanwhile
 
     def _load_owners(self, commands: list[Command], holds: dict[str, dict], named) -> tuple[dict[int, bool], bool]:
         """custody account id -> frozen, for every account the commands name; and whether all of them exist."""
@@ -359,7 +363,9 @@ class _Group:
         hold["closed_at"] = self.now
 
     # -- writing ---------------------------------------------------------------
-    def _write(self, writes: "_Writes", staging: Staging) -> None:
+    def _write(self, writes: "_Writes", staging: Staging, checked_not_frozen: set[int]) -> bool:
+        """Writes the pass; False (nothing written) if an account it read as not frozen has been
+        frozen since, by a commit ordered before this group's events."""
         conn = self.conn
         n = len(writes.batches)
         # Taken last-but-inserts so that on PostgreSQL the sequence row's lock
@@ -367,6 +373,16 @@ class _Group:
         mark = "%s" if self.lock else "?"
         ((last,),) = fetch_rows(
             conn, f"UPDATE event_sequence SET last_cursor = last_cursor + {mark} WHERE id = 1 RETURNING last_cursor", (n,))
+        if self.lock and checked_not_frozen and fetch_rows(
+                conn, "SELECT id FROM accounts WHERE frozen AND id = ANY(%s::bigint[])",
+                (int_array(checked_not_frozen),)):
+            # PostgreSQL: the accounts were read unlocked when the group began, and a freeze
+            # (which takes this sequence row too) may have committed since. Without this, a debit
+            # checked against "not frozen" committed after staff were told the account was frozen.
+            # Read now, under the sequence row's lock, a freeze is either visible or ordered after
+            # this group. SQLite's write lock (BEGIN IMMEDIATE) rules the race out.
+            conn.exec_driver_sql("UPDATE event_sequence SET last_cursor = last_cursor - %s WHERE id = 1", (n,))
+            return False
         first = last - n + 1
         now = self.now
         events = []
@@ -390,6 +406,7 @@ class _Group:
         update_account_totals(conn, [(s.id, s.debits, s.credits) for s in dirty])
         for s in dirty:
             s.dirty = False
+        return True
 
 
 # Amounts are read as text, which int() parses exactly: psycopg makes a

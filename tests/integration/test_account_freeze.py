@@ -91,3 +91,48 @@ def test_an_account_with_a_negative_balance_stays_frozen_until_settled(app, clie
 
     adjust(clients, ann, "150", "settle", reason="loss written off by finance")
     assert set_frozen(clients, ann, False, reason="settled by finance").changed
+
+
+def test_no_debit_is_ordered_after_the_freeze_that_stopped_it(pg_url):
+    """PostgreSQL: the writer read `frozen` unlocked when a group began and took the event cursors
+    at its end. A freeze committing in between came first in the journal, and staff were told
+    "frozen", yet the group's debit from that account committed after it (found by a review
+    helper). Big groups with one debit from the account, a freeze while they are applied; the
+    debit must either come before the freeze or be refused."""
+    import time
+
+    from custody.app import Custody
+    from custody.errors import FailedPrecondition
+    from tests.support.config import make_config
+
+    app = Custody(make_config(pg_url, max_group_commit=5000))
+    try:
+        victim, sink = app.create_account("victim").account_id, app.create_account("sink").account_id
+        others = [app.create_account(f"other-{i}").account_id for i in range(20)]
+        for account in (victim, *others):
+            app.adjust_balance("alice-admin", f"fund-{account}", str(account), "BTC", str(10**12), True, "fund")
+        orders = []
+        for attempt in range(30):
+            crowd = [app.writer.submit(Command(
+                kind="transfer", actor="exchange",
+                postings=(Posting("BTC", user_available(others[i % 20]), user_available(others[(i + 1) % 20]), 1),),
+                not_frozen=(others[i % 20],), must_exist=(others[(i + 1) % 20],))) for i in range(3000)]
+            debit = app.writer.submit(Command(
+                kind="transfer", actor="exchange", postings=(Posting("BTC", user_available(victim),
+                                                                     user_available(sink), 1),),
+                not_frozen=(victim,), must_exist=(sink,)))
+            time.sleep(0.004 + 0.001 * (attempt % 10))  # the freeze lands while the group is applied
+            _, changed, freeze_cursor = app.set_frozen("alice-admin", str(victim), True, "incident")
+            assert changed
+            for future in crowd:
+                future.result()
+            try:
+                orders.append((debit.result().event_cursor, freeze_cursor))
+            except FailedPrecondition as refused:
+                assert "frozen" in str(refused)
+                orders.append((None, freeze_cursor))
+            app.set_frozen("alice-admin", str(victim), False, "next attempt")
+        after = [(cursor, freeze) for cursor, freeze in orders if cursor is not None and cursor > freeze]
+        assert not after, f"debits committed after the freeze that came first: {after}"
+    finally:
+        app.close()
