@@ -107,7 +107,9 @@ class Server:
         for tail in self._tails:
             await tail.stop()
         if self._owns_app:
-            self.app.close()
+            # Off the event loop: closing waits for the ledger writer child, which may be reading the
+            # rest of a message that only this loop can write (it hung there until SIGKILL).
+            await asyncio.to_thread(self.app.close)
         log.info("stopped")
 
 
