@@ -62,9 +62,9 @@ class RefusalMixin:
         if any(self.plugin.spent_on_chain(c.txid, c.index) for c in coins):
             log.warning("batch %s: refused but an input is spent on chain; waiting for the scanner", batch_id)
             return
-        if batch["kind"] != "withdrawals":
-            log.warning("batch %s (%s): refused (%s); sent again next pass", batch_id, batch["kind"], exc)
-            return
+        # A consolidation too: only re-sent, one refused for good (an input gone with a reorg deeper
+        # than the confirmations) kept its other coins reserved forever, and the withdrawals waiting
+        # for the merge waited forever. Its self-spend gives them back as one coin of the hot wallet.
         reason = f"the node refused the transaction: {exc}"
         top = max(attempts, key=lambda a: a["fee_rate"])
         rate = min(max(top["fee_rate"] + 1, math.ceil(top["fee_rate"] * self.rules.replace_fee_multiplier)),
@@ -99,6 +99,8 @@ class RefusalMixin:
         cancel = self._write(stored)
         if cancel is None:
             return
+        log.warning("batch %s (%s): %s; its inputs are being spent back to the hot wallet by %s",
+                    batch_id, batch["kind"], reason, cancel["txid"])
         self._crash("after_cancel_store")
         self._push(batch_id, cancel)
 

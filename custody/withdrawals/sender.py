@@ -260,9 +260,13 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
 
     def _refused(self, conn, batch_id: str, reason: str) -> None:
         """The signer said no: withdrawals whose destination the refusal names fail with
-        the reason (holds released); the others go back to the queue. No retry loop."""
+        the reason (holds released); the others go back to the queue. No retry loop. An approved
+        withdrawal the signer paid before with other coins (requeued after a node refusal) is
+        named by its id instead (hsm/policy.py _paid_once): it alone fails, not its whole new
+        batch. A mere id is not enough: an approvals refusal lists the others' ids in its details."""
         members = self._members(conn, batch_id)
-        named = [m for m in members if m["to_address"] in reason] or members
+        named = [m for m in members if m["to_address"] in reason
+                 or f"withdrawal {m['id']} was paid before" in reason] or members
         for m in members:
             if m in named:
                 store.move(conn, self.ids, m, model.FAILED, "signer", reason, batch_id=None)

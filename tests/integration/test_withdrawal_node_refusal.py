@@ -13,9 +13,9 @@ from custody.app import Custody
 from custody.withdrawals.sender import CrashForTest
 from tests.support.bitcoin import HOT_XPUB, account_xprv, random_script, spend
 from tests.support.servers import ServerThread
-from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, approve_signature, attempts, available_held, batches, confirm, events, fund,
-                                       fund_hot_wallet, ledger_balance, outputs_paying, reserved, sender,
-                                       start_signer, wipe_mempool, withdrawal_config)
+from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, approve_signature, attempts, available_held, batches,
+                                       confirm, events, fund, fund_hot_wallet, ledger_balance, outputs_paying,
+                                       reserved, sender, start_signer, wipe_mempool, withdrawal_config)
 
 REGTEST = network("regtest")
 AMOUNT = 2_000_000
