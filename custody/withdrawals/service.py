@@ -186,6 +186,8 @@ class Withdrawals:
         page = parse_page(page_size, page_token, f"withdrawals:{account}", key_type=str)
         w = t.withdrawals.c
         with read_transaction(self.engine) as conn:
+            if conn.execute(select(t.accounts.c.id).where(t.accounts.c.id == account)).first() is None:
+                raise NotFound(f"account {account} does not exist")  # as ListDeposits and GetBalances say
             rows, token = page.read(conn, select(t.withdrawals).where(w.account_id == account), w.id,
                                     newest_first=True)
             history = store.histories_of(conn, [r.id for r in rows])

@@ -377,3 +377,12 @@ def test_a_retry_after_the_minimum_was_raised_answers_with_its_withdrawal(db_url
     finally:
         old.close()
         new.close()
+
+
+def test_listing_the_withdrawals_of_an_account_that_does_not_exist_is_not_found(wapp, wclients):
+    """It answered an empty list, while ListDeposits and GetBalances say NOT_FOUND: a client with a
+    mistyped account id saw "no withdrawals" rather than its mistake."""
+    with pytest.raises(grpc.RpcError) as err:
+        wclients.custody.ListWithdrawals(S.ListWithdrawalsRequest(account_id="987654"),
+                                         metadata=Clients.md("wallet-service"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "987654" in err.value.details()
