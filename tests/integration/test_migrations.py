@@ -89,3 +89,33 @@ def test_two_upgrades_at_once_take_turns(tmp_path):
         assert not any(name.endswith("_new") for name in indexes)
     finally:
         databases.drop_postgres_database(url)
+
+
+def test_a_downgrade_below_0006_with_deposits_it_cannot_hold_is_refused_with_a_reason(db_url):
+    """0006 widened deposits.status for BELOW_MINIMUM and ASSET_DISABLED; its downgrade shrank the
+    column back and failed in the driver ("value too long") on PostgreSQL. It now says why."""
+    import datetime
+
+    from alembic import command
+    from sqlalchemy import insert, select
+
+    from custody.db import schema as t
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            account = conn.execute(insert(t.accounts).values(external_id="a", created_at=now, frozen=False)
+                                   .returning(t.accounts.c.id)).scalar_one()
+            address = conn.execute(insert(t.chain_addresses).values(
+                chain="bitcoin", wallet="deposit", branch=0, key_index=0, address="bcrt1qexample", watch_key=b"k",
+                account_id=account, created_at=now).returning(t.chain_addresses.c.id)).scalar_one()
+            conn.execute(insert(t.deposits).values(
+                chain="bitcoin", txid="ab" * 32, output_index=0, address_id=address, account_id=account,
+                asset="BTC", amount=1, coinbase=False, status="BELOW_MINIMUM", created_at=now, updated_at=now))
+        with pytest.raises(RuntimeError, match="cannot downgrade below 0006: 1 deposits have a status"):
+            command.downgrade(alembic_config(db_url), "0005")
+        with engine.connect() as conn:  # nothing lost on the way
+            assert conn.execute(select(t.deposits.c.status)).scalar_one() == "BELOW_MINIMUM"
+    finally:
+        engine.dispose()

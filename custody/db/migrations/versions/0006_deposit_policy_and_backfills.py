@@ -35,6 +35,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Statuses this revision added (BELOW_MINIMUM, ASSET_DISABLED) don't fit the old column, and
+    # the old code has no word for them: refused with a reason rather than a driver error half-way.
+    longer = op.get_bind().execute(sa.text("SELECT COUNT(*) FROM deposits WHERE LENGTH(status) > 12")).scalar()
+    if longer:
+        raise RuntimeError(f"cannot downgrade below 0006: {longer} deposits have a status (BELOW_MINIMUM, "
+                           "ASSET_DISABLED) that revisions before it do not know")
     with op.batch_alter_table('scan_backfills', schema=None) as batch_op:
         batch_op.drop_index('ix_scan_backfills_chain_finished')
     op.drop_table('scan_backfills')
