@@ -189,3 +189,20 @@ def test_prune_keys_deletes_client_keys_past_the_window_and_refuses_less_than_a_
     assert "1 of 2 client idempotency keys were older than 30 days and are deleted" in pruned.stdout
     again = run("admin", "prune-keys", "--config", str(config), "--older-than", "30")
     assert "0 of 1 client idempotency keys" in again.stdout
+
+
+def test_upgrades_started_together_take_turns_on_sqlite(tmp_path):
+    """Alembic committed after each SQLite migration with the revision read once, so a second
+    upgrade could read it between two migrations and run one again (found in review; here four
+    start at the same moment and must all finish on the one schema)."""
+    config = write_config(tmp_path / "custody.toml", free_port(), "sqlite:///data/custody.db")
+    (tmp_path / "data").mkdir()
+    upgrades = [subprocess.Popen([*CUSTODY, "db", "upgrade", "--config", str(config)], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outcomes = [(u.wait(timeout=120), *u.communicate()) for u in upgrades]
+    assert all(code == 0 for code, _, _ in outcomes), outcomes
+    ran = [line for _, _, err in outcomes for line in err.splitlines() if "Running upgrade" in line]
+    shipped = list((ROOT / "custody" / "db" / "migrations" / "versions").glob("0*.py"))
+    assert len(ran) == len(shipped), ran  # each migration ran once, in one of the four
+    check = run("admin", "check", "--config", str(config))
+    assert check.returncode == 0 and "RESULT: OK" in check.stdout

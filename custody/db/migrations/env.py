@@ -28,6 +28,11 @@ def run_migrations_online() -> None:
                     target_metadata=metadata,
                     render_as_batch=connection.dialect.name == "sqlite",
                     compare_type=True,
+                    # SQLite's DDL is transactional too, but Alembic assumes not and commits after
+                    # each migration, having read the revision once: a second upgrade could read it
+                    # between two of them and run a migration again. One transaction (BEGIN
+                    # IMMEDIATE) makes two upgrades take turns, the second finding nothing to do.
+                    transactional_ddl=True,
                 )
                 with context.begin_transaction():
                     context.run_migrations()
