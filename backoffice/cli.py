@@ -32,6 +32,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from custody.money import MAX_AMOUNT
 from custody.v1 import backoffice_pb2 as bo
 from custody.v1 import backoffice_pb2_grpc
 from custody.v1 import custody_pb2 as pb
@@ -106,12 +107,23 @@ def pending(stub, rpc: dict) -> list:
         status=pb.WITHDRAWAL_STATUS_PENDING_REVIEW), "items", rpc)
 
 
+def coins(base_units: str, decimals: int) -> str:
+    """Base units as coins, exactly (integers only, never a float): "30000000", 8 -> "0.30000000"."""
+    if int(base_units) == MAX_AMOUNT:  # a limit left at its default
+        return "no limit"
+    whole, part = divmod(int(base_units), 10**decimals)
+    return f"{whole:,}.{part:0{decimals}d}" if decimals else f"{whole:,}"
+
+
 def show(item, out) -> None:
     w, f = item.withdrawal, item.facts
-    print(f"{w.withdrawal_id}  account {w.account_id}  {w.amount} {w.asset} (+ fee {w.fee}) -> {w.to_address}", file=out)
+    d = f.asset_decimals
+    print(f"{w.withdrawal_id}  account {w.account_id}  {coins(w.amount, d)} {w.asset} ({w.amount} base units; "
+          f"+ fee {coins(w.fee, d)}) -> {w.to_address}", file=out)
     print(f"    requested by {f.requested_by}; account age {f.account_age_days} days; {f.credited_deposits} "
-          f"credited deposits ({f.deposited_amount}); destination used before: {f.destination_seen_before}; "
-          f"24h {f.withdrawn_24h} of {f.daily_limit}; max {f.max_withdrawal}; approvals "
+          f"credited deposits ({coins(f.deposited_amount, d)} {w.asset}); destination used before: "
+          f"{f.destination_seen_before}; 24h {coins(f.withdrawn_24h, d)} of {coins(f.daily_limit, d)}; "
+          f"max {coins(f.max_withdrawal, d)}; approvals "
           f"{len(f.approvers)}/{f.approvals_needed} {list(f.approvers)}"
           + ("; ACCOUNT FROZEN: not sent until unfrozen" if f.account_frozen else ""), file=out)
 

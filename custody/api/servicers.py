@@ -161,7 +161,8 @@ class BackofficeServicer(backoffice_pb2_grpc.BackofficeServiceServicer):
                 destination_seen_before=f["destination_seen_before"],
                 withdrawn_24h=format_amount(f["withdrawn_24h"]), daily_limit=format_amount(f["daily_limit"]),
                 max_withdrawal=format_amount(f["max_withdrawal"]), approvals_needed=f["approvals_needed"],
-                approvers=f["approvers"], requested_by=f["requested_by"], account_frozen=f["account_frozen"]))
+                approvers=f["approvers"], requested_by=f["requested_by"], account_frozen=f["account_frozen"],
+                asset_decimals=self.app.config.asset(w["asset"]).decimals))
             for w, f in items])
 
     async def ApproveWithdrawal(self, request, context):

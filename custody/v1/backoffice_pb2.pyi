@@ -106,7 +106,7 @@ class BackofficeServiceListWithdrawalsRequest(_message.Message):
     def __init__(self, status: _Optional[_Union[_custody_pb2.WithdrawalStatus, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ReviewFacts(_message.Message):
-    __slots__ = ("account_age_days", "credited_deposits", "deposited_amount", "destination_seen_before", "withdrawn_24h", "daily_limit", "max_withdrawal", "approvals_needed", "approvers", "requested_by", "account_frozen")
+    __slots__ = ("account_age_days", "credited_deposits", "deposited_amount", "destination_seen_before", "withdrawn_24h", "daily_limit", "max_withdrawal", "approvals_needed", "approvers", "requested_by", "account_frozen", "asset_decimals")
     ACCOUNT_AGE_DAYS_FIELD_NUMBER: _ClassVar[int]
     CREDITED_DEPOSITS_FIELD_NUMBER: _ClassVar[int]
     DEPOSITED_AMOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class ReviewFacts(_message.Message):
     APPROVERS_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_FROZEN_FIELD_NUMBER: _ClassVar[int]
+    ASSET_DECIMALS_FIELD_NUMBER: _ClassVar[int]
     account_age_days: int
     credited_deposits: int
     deposited_amount: str
@@ -129,7 +130,8 @@ class ReviewFacts(_message.Message):
     approvers: _containers.RepeatedScalarFieldContainer[str]
     requested_by: str
     account_frozen: bool
-    def __init__(self, account_age_days: _Optional[int] = ..., credited_deposits: _Optional[int] = ..., deposited_amount: _Optional[str] = ..., destination_seen_before: _Optional[int] = ..., withdrawn_24h: _Optional[str] = ..., daily_limit: _Optional[str] = ..., max_withdrawal: _Optional[str] = ..., approvals_needed: _Optional[int] = ..., approvers: _Optional[_Iterable[str]] = ..., requested_by: _Optional[str] = ..., account_frozen: _Optional[bool] = ...) -> None: ...
+    asset_decimals: int
+    def __init__(self, account_age_days: _Optional[int] = ..., credited_deposits: _Optional[int] = ..., deposited_amount: _Optional[str] = ..., destination_seen_before: _Optional[int] = ..., withdrawn_24h: _Optional[str] = ..., daily_limit: _Optional[str] = ..., max_withdrawal: _Optional[str] = ..., approvals_needed: _Optional[int] = ..., approvers: _Optional[_Iterable[str]] = ..., requested_by: _Optional[str] = ..., account_frozen: _Optional[bool] = ..., asset_decimals: _Optional[int] = ...) -> None: ...
 
 class ReviewItem(_message.Message):
     __slots__ = ("withdrawal", "facts")

@@ -51,6 +51,9 @@ def test_list_approve_reject(served, tmp_path, monkeypatch, capsys):
     bad = app.withdrawals.request("wallet-service", "bad", str(acct), "BTC", PAYEE, str(BTC // 2))[0]["id"]
     code, out = run(address, "alice", monkeypatch, "list")
     assert code == 0 and "2 pending" in out and two in out and "approvals 0/2" in out
+    # Coins as well as base units: "200000000 BTC" read as two hundred million bitcoin.
+    assert f"2.00000000 BTC (200000000 base units; + fee 0.00001000) -> {PAYEE}" in out
+    assert "credited deposits (0.00000000 BTC)" in out and "max 10.00000000;" in out
 
     # Declined at the prompt: nothing sent.
     code, out = run(address, "alice", monkeypatch, "approve", two, "--key", key_file(tmp_path, "alice"), answer="n")
