@@ -6,13 +6,16 @@ someone holding the hot key. Staff name that transaction; the service checks it
 against what the scanner recorded and the block that holds it, then decides:
 - it pays every withdrawal of the batch (address and amount) and nothing else
   leaves the exchange: the withdrawals complete with it, once, its fee booked;
-- it pays none of them: the withdrawals fail (holds released) and what the hot
-  wallet lost is booked to suspense, an explicit correction.
+- it pays none of them: the withdrawals fail (holds released).
+Either way, what the hot wallet lost through each transaction that spent the
+batch's inputs and is not the batch's payment is booked to suspense, an
+explicit correction, once per such transaction.
 Anything else (an unrelated txid, not deep enough, partly paid) is refused.
 """
 from __future__ import annotations
 
 import collections
+import hashlib
 
 from embit.transaction import Transaction
 from sqlalchemy import delete, select
@@ -120,6 +123,7 @@ def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str
                                                    "fees:network", f"wallet:{b['chain']}:hot", fee),),
                     idempotency=Idempotency(store.SCOPE, f"fee:{batch_id}", batch_id),
                     reference=batch_id, memo=txid))
+            _book_foreign_spends(conn, withdrawals, b, coins, staff, reason, exclude=txid)
             status = model.COMPLETED
         elif none_paid:
             why = f"resolved by {staff}: {txid} paid none of its withdrawals ({reason})"
@@ -127,14 +131,7 @@ def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str
                 if m["status"] == model.CONFIRMING:  # held for staff before that step back existed
                     m, _ = _to(conn, withdrawals, m, model.BROADCAST, staff, why)
                 store.move(conn, withdrawals.ids, m, model.FAILED, staff, why, batch_id=None)
-            lost = sum(c["amount"] for c in coins if c["spent_txid"] == txid) - kept
-            if lost > 0:
-                _ledger(conn, withdrawals, Command(
-                    kind="withdrawal_foreign_spend", actor=staff,
-                    postings=(Posting(_native_asset(withdrawals.config, b["chain"]).asset, "suspense",
-                                      f"wallet:{b['chain']}:hot", lost),),
-                    idempotency=Idempotency(store.SCOPE, f"foreign-spend:{batch_id}", batch_id),
-                    reference=batch_id, memo=why[:256]))
+            _book_foreign_spends(conn, withdrawals, b, coins, staff, reason)
             status = model.FAILED
         else:
             raise FailedPrecondition(f"{txid} pays some but not all of batch {batch_id}'s withdrawals, or pays "
@@ -153,6 +150,30 @@ def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str
         return [store.load(conn, m["id"]) for m in members]
     done = withdrawals._write(work)
     return list_batches_by_id(withdrawals.engine, batch_id), done
+
+
+def _book_foreign_spends(conn, withdrawals, batch: dict, coins: list[dict], staff: str, reason: str,
+                         exclude: str | None = None) -> None:
+    """Books to suspense what the hot wallet lost through each transaction that spent the batch's
+    inputs and is not ours (exclude: the one staff named as paying the batch). Each spender is
+    booked whole (every coin of ours it spent less what it paid back to us), once, under a key of
+    its own: a batch whose inputs two outside transactions spent was settled naming one of them,
+    and the other's loss was never booked. A spender of two batches' inputs is booked once."""
+    u = t.utxos.c
+    chain = batch["chain"]
+    spenders = sorted({c["spent_txid"] for c in coins if c["spent_txid"] and c["spent_txid"] != exclude})
+    for spender in spenders:
+        taken = sum(a for (a,) in conn.execute(select(u.amount).where(u.chain == chain, u.spent_txid == spender)))
+        lost = taken - sum(_our_outputs(conn, chain, spender).values())
+        if lost > 0:
+            why = f"resolved by {staff}: {spender} spent the hot wallet's coins of batch {batch['id']} ({reason})"
+            _ledger(conn, withdrawals, Command(
+                kind="withdrawal_foreign_spend", actor=staff,
+                postings=(Posting(_native_asset(withdrawals.config, chain).asset, "suspense",
+                                  f"wallet:{chain}:hot", lost),),
+                idempotency=Idempotency(store.SCOPE, f"foreign-spend:{spender}",
+                                        hashlib.sha256(f"{spender}:{lost}".encode()).hexdigest()),
+                reference=batch["id"], memo=why[:256]))
 
 
 def list_batches_by_id(engine, batch_id: str) -> dict:

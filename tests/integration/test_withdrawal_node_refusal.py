@@ -576,3 +576,34 @@ def test_a_requeued_withdrawal_the_signer_wont_pay_again_fails_alone(db_url, cha
     finally:
         signer.stop()
         app.close()
+
+
+def test_a_batch_whose_inputs_two_outside_transactions_spent_books_both_losses(db_url, chain, signer):
+    """Someone with the hot key spends each of a stored batch's two coins in a transaction of its
+    own. Staff settle the batch naming one of them: before, only that one's loss was booked and the
+    batch was closed, so the other's was never booked (found by the FAILURE_MODES review)."""
+    app = make_app(db_url, chain)
+    try:
+        fund_hot_wallet(app, chain, 1_500_000, 1_500_000)
+        hot_before = ledger_balance(app, "wallet:bitcoin:hot")
+        payer = app.create_account("payer").account_id
+        fund(app, payer, BTC)
+        wid = app.withdrawals.request("wallet-service", "k", str(payer), "BTC",
+                                      script_to_address(random_script(), REGTEST), str(AMOUNT))[0]["id"]
+        with pytest.raises(CrashForTest):
+            sender(app, signer, crash_at="after_store").tick()
+        coins = reserved(app)
+        assert len(coins) == 2
+        key = account_xprv(1).derive("m/0/1").key
+        first, second = (chain.miner.send(spend(coin, 1_500_000, key, random_script())) for coin in coins)
+        s = sender(app, signer)
+        confirm(app, chain, s, blocks=3)
+        (batch,) = batches(app)
+        assert batch["status"] == "NEEDS_STAFF" and first in batch["reason"] and second in batch["reason"]
+        app.withdrawals.resolve_batch("alice-admin", batch["id"], first, "hot key leaked")
+        assert status(app, wid)["status"] == "FAILED" and available_held(app, payer) == (BTC, 0)
+        # Both coins left the exchange, each in its own transaction: both are booked, once.
+        assert ledger_balance(app, "suspense") == -3_000_000
+        assert ledger_balance(app, "wallet:bitcoin:hot") == hot_before - 3_000_000
+    finally:
+        app.close()
