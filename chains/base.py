@@ -46,6 +46,11 @@ class NodeError(ChainError):
     """The node answered with an error or with something the plugin does not understand."""
 
 
+class WrongNetwork(NodeError):
+    """The node serves another network than the config names (a testnet node behind a mainnet
+    config): a script is the same bytes on every network, so its coins would be credited."""
+
+
 class BlockNotFound(ChainError):
     """No block at that height or with that hash on the node's best chain (anymore)."""
 
@@ -202,6 +207,11 @@ class ChainPlugin(abc.ABC):
 
     def close(self) -> None:
         """Releases connections and threads; the instance is not used after."""
+
+    def check_network(self) -> None:
+        """Raises WrongNetwork if the node serves another network than the config names. The
+        scanner calls it before each run (a failover may land on another node). A plugin whose
+        node cannot say leaves it as is."""
 
     # -- parameters and addresses ---------------------------------------------
     @property

@@ -83,7 +83,8 @@ max_fees_per_24h = "1000000"
                                         cwd=root, env={**os.environ, PASSPHRASE_ENV: passphrase},
                                         stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
-        while not self.socket.exists():
+        # Said once it listens (the socket's file appears a moment before).
+        while b"signer listening on" not in (folder / "signer.log").read_bytes():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise SystemExit(f"the signer did not start; see {folder / 'signer.log'}")

@@ -29,6 +29,7 @@ from chains.base import (
     TxStatus,
     UnsignedTransaction,
     Watch,
+    WrongNetwork,
 )
 from chains.bitcoin import addresses, psbt
 from chains.bitcoin.blocks import parse_block, transaction_id
@@ -105,10 +106,10 @@ class BitcoinChain(ChainPlugin):
 
     # -- the chain ---------------------------------------------------------------------------
     def check_network(self) -> None:
-        """Raises NodeError if the node runs another network than configured."""
         chain = self.rpc.call("getblockchaininfo")["chain"]
         if chain != self.network.core_name:
-            raise NodeError(f"the node runs {chain!r} but the config says network = {self.network.name!r}")
+            raise WrongNetwork(f"the node at rpc_url runs {chain!r} but the config says network = "
+                               f"{self.network.name!r}: nothing is scanned until they agree")
 
     def tip(self) -> BlockRef:
         best, height = self.rpc.batch([("getbestblockhash",), ("getblockcount",)])

@@ -28,7 +28,7 @@ import time
 import structlog
 from sqlalchemy import Engine, text
 
-from chains.base import Block, BlockNotFound, ChainError, ChainPlugin, NodeUnavailable, Watch
+from chains.base import Block, BlockNotFound, ChainError, ChainPlugin, NodeUnavailable, Watch, WrongNetwork
 from custody.config import AssetConfig, ChainConfig
 from custody.db.engine import is_postgres, read_transaction, write_transaction
 from custody.deposits import store
@@ -165,6 +165,10 @@ class Scanner:
 
     # -- the loop --------------------------------------------------------------------------
     def _run(self, max_blocks: int | None) -> RunResult:
+        try:
+            self.plugin.check_network()
+        except WrongNetwork as exc:
+            raise ScannerHalted(f"{self.chain}: {exc}") from None
         cursor = self._cursor()
         with read_transaction(self.engine) as conn:
             stamp = store.cursor_stamp(conn, self.chain)

@@ -438,3 +438,37 @@ def test_a_reorg_exactly_max_reorg_depth_deep_is_unwound_and_one_block_deeper_ha
         assert event_types(app).count("alert.reorg_too_deep") == 1
     finally:
         app.close()
+
+
+def test_a_mainnet_service_pointed_at_a_regtest_node_scans_nothing(db_url, chain):
+    """A script is the same bytes on every network: a mainnet config whose rpc_url reached a
+    regtest (or testnet) node, by a mistake or a failover, credited free coins as real BTC. The
+    plugin could tell, but nothing asked it (found by the chain plugin review)."""
+    from custody.app import Custody
+    from tests.support.bitcoin import account_xprv, make_chain_config
+
+    def xpub(n):  # mainnet account keys
+        return account_xprv(n).to_public().to_base58()
+
+    app = Custody(make_chain_config(db_url, chain.rpc.url, network="mainnet", deposit_xpub=xpub(0),
+                                    hot_xpub=xpub(1), cold_xpub=xpub(2)))
+    try:
+        scanner = app.scanner("bitcoin")
+        ann = app.create_account("ann").account_id
+        _, address = app.deposit_address(str(ann), "bitcoin")
+        assert address.startswith("bc1q")
+        chain.pay((app.plugin("bitcoin").watch_key(address), 2 * 10**8))
+        chain.mine(CONFIRMATIONS)
+        result = scanner.tick()
+        assert result.status == "halted"
+        assert "runs 'regtest' but the config says network = 'mainnet'" in result.detail
+        assert app.list_deposits(str(ann))[1] == []
+        assert {b.asset: b.available for b in app.get_balances(str(ann))[1]}["BTC"] == 0
+        engine = make_engine(db_url)
+        try:
+            with engine.connect() as conn:  # not one block was taken from that node
+                assert store.load_cursor(conn, "bitcoin") is None
+        finally:
+            engine.dispose()
+    finally:
+        app.close()

@@ -209,8 +209,8 @@ class SignerProcess:
         self.client = SignerClient(listen, CLIENT_TOKEN, **(client_tls or {}))
 
     def _listening(self, listen: str) -> bool:
-        if listen.startswith("unix:"):
-            return pathlib.Path(listen.removeprefix("unix:")).exists()
+        # Said once the server has started. A unix socket's file appears at bind, before the
+        # server listens: a call in between was refused (seen once under load).
         return b"signer listening on" in self.log_path.read_bytes()
 
     def stop(self) -> None:
