@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 
 # Bitcoin Core: -8 "Block height out of range", -5 "Block not found".
 NOT_FOUND_CODES = (-8, -5)
+
+
+def not_found(exc: RpcError) -> bool:
+    """The node has no such block (height above its tip, or a hash it dropped in a reorg). bcoin
+    says so with code -1 ("Block not found", "Not found."), Core with NOT_FOUND_CODES."""
+    return exc.code in NOT_FOUND_CODES or (exc.code == -1 and "not found" in exc.message.lower())
 # Room for a whole chunk in the pipe, so the child can go on to the next one
 # before this process reads it (Linux's unprivileged maximum).
 _PIPE_BYTES = 1 << 20
@@ -43,14 +49,14 @@ def block_hashes(rpc: BitcoinRPC, start: int, count: int) -> list[str]:
     try:
         return rpc.batch([("getblockhash", h) for h in range(start, start + count)])
     except RpcError as exc:
-        if exc.code not in NOT_FOUND_CODES:
+        if not not_found(exc):
             raise
     hashes = []
     for h in range(start, start + count):  # some heights are above the tip: up to it, one by one
         try:
             hashes.append(rpc.call("getblockhash", h))
         except RpcError as exc:
-            if exc.code in NOT_FOUND_CODES:
+            if not_found(exc):
                 break
             raise
     return hashes
@@ -62,7 +68,7 @@ def raw_blocks(rpc: BitcoinRPC, hashes: list[str]) -> list[RawBlock]:
     try:
         raws = rpc.batch([("getblock", h, False) for h in hashes])
     except RpcError as exc:
-        if exc.code in NOT_FOUND_CODES:  # reorged away since its hash was read
+        if not_found(exc):  # reorged away since its hash was read
             raise BlockNotFound(f"block {hashes[0]} or one after it left the best chain while fetching") from None
         raise
     return [(h, bytes.fromhex(raw)) for h, raw in zip(hashes, raws)]

@@ -33,7 +33,7 @@ from chains.base import (
 )
 from chains.bitcoin import addresses, psbt
 from chains.bitcoin.blocks import parse_block, transaction_id
-from chains.bitcoin.fetcher import NOT_FOUND_CODES, BlockFetcher, RawBlock, block_hashes, raw_blocks
+from chains.bitcoin.fetcher import BlockFetcher, RawBlock, block_hashes, not_found, raw_blocks
 from chains.bitcoin.params import COINBASE_MATURITY, network
 from chains.bitcoin.rpc import BitcoinRPC, RpcError
 
@@ -122,7 +122,7 @@ class BitcoinChain(ChainPlugin):
         try:
             return self.rpc.call("getblockhash", height)
         except RpcError as exc:
-            if exc.code in NOT_FOUND_CODES:
+            if not_found(exc):
                 raise BlockNotFound(f"no block at height {height}") from None
             raise
 

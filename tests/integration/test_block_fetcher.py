@@ -93,3 +93,20 @@ def test_a_refusal_by_the_node_comes_back_as_the_nodes_error(chain):
         assert not isinstance(refused.value, NodeUnavailable)
     finally:
         fetcher.close()
+
+
+def test_a_block_gone_with_a_reorg_is_block_not_found_on_bcoin(chain, plugin):
+    """bcoin drops a reorged-away block and says "Block not found" with code -1, not Core's -5:
+    the scanner's re-read of the tip (the race between getblockhash and getblock) did not catch
+    it, and the run failed with a traceback and a back-off (found by the chain plugin review)."""
+    from chains.base import BlockNotFound
+    from chains.bitcoin.fetcher import raw_blocks
+
+    chain.mine(2)
+    height = chain.height()
+    gone = plugin.block_hash(height)
+    chain.reorg(height, 2)
+    with pytest.raises(BlockNotFound):
+        raw_blocks(plugin.rpc, [gone])
+    with pytest.raises(BlockNotFound):
+        plugin.block_hash(chain.height() + 1)
