@@ -162,6 +162,46 @@ class RefusalMixin:
             return
         self._push(batch_id, attempts[batch["txid"]])
 
+    def retry_held(self, batch_id: str) -> None:
+        """A batch held for staff none of whose inputs is spent on chain, with its withdrawals still
+        in it and no self-spend ever made (the self-spend could not be built or signed, then the
+        conflict that made the node refuse the payment left the mempool; or a foreign spend left
+        the chain with a reorg). Nothing could settle it: staff resolve on a spend, and a SIGNED
+        withdrawal can't be cancelled, so its hold stayed for good. Its stored payment, still
+        validly signed, is sent again; once the node takes it, the batch is followed as before."""
+        batch, attempts, spends, _ = self._state(batch_id)
+        payments = [a for a in attempts.values() if a["kind"] == PAYMENT]
+        if (batch["status"] != NEEDS_STAFF or not payments or any(s.spent_txid for s in spends)
+                or any(a["kind"] == CANCEL for a in attempts.values())):
+            return
+        accepted = None
+        for attempt in reversed(payments):  # the highest fee first
+            try:
+                if not self.plugin.in_mempool(attempt["txid"]):
+                    self.plugin.broadcast(attempt["raw"])
+                accepted = attempt
+                break
+            except (NodeError, NodeUnavailable):
+                continue
+        if accepted is None:
+            return
+
+        def work(conn) -> bool:
+            held = self._batch(conn, batch_id)
+            members = self._members(conn, batch_id)
+            if held["status"] != NEEDS_STAFF or (held["kind"] == "withdrawals" and not members):
+                return False
+            why = f"released from the staff hold: the node took its payment {accepted['txid']} again"
+            status = model.SIGNED if any(m["status"] == model.SIGNED for m in members) else model.BROADCAST
+            self._set_batch(conn, batch_id, status=status, reason=why)
+            store.emit_events(conn, [store.record(conn, m, m["status"], "withdrawal-job", why) for m in members]
+                              + [("withdrawal.batch_released", {"chain": CHAIN, "batch_id": batch_id,
+                                                                "txid": accepted["txid"]})])
+            return True
+        if self._write(work):
+            log.warning("batch %s: released from the staff hold, its payment %s was taken by the node again",
+                        batch_id, accepted["txid"])
+
     def _needs_staff(self, batch_id: str, reason: str, alert: str) -> None:
         """Stops the job for this batch: an alert event, the reason on the batch and in each
         withdrawal's history (holds kept); staff settle it on chain proof (resolve_batch)."""

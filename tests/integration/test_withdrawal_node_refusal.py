@@ -607,3 +607,47 @@ def test_a_batch_whose_inputs_two_outside_transactions_spent_books_both_losses(d
         assert ledger_balance(app, "wallet:bitcoin:hot") == hot_before - 3_000_000
     finally:
         app.close()
+
+
+def test_a_held_batch_whose_conflict_goes_away_is_paid_by_its_stored_payment(db_url, chain, tmp_path):
+    """The node refuses the payment (a conflicting spend in its mempool) and the signer refuses the
+    self-spend (its max_fee): the batch is held for staff. Then the conflict leaves the mempool,
+    never mined. Nothing spent the coin, so staff could settle nothing, the withdrawal (SIGNED)
+    could not be cancelled, and its hold stayed for good (found by the staff flows review). The
+    job now sends the stored payment again; it confirms and completes, once."""
+    app = make_app(db_url, chain)
+    signer = start_signer(tmp_path, name="low-fee", assets=[{
+        "asset": "BTC", "chain": "bitcoin", "max_per_transaction": str(BTC), "max_per_24h": str(10 * BTC),
+        "max_fee": "400"}])
+    try:
+        fund_hot_wallet(app, chain, BTC)
+        chain.mine(1)  # an empty tip, taken back later to wipe the mempool
+        app.scanner("bitcoin").catch_up()
+        payer = app.create_account("payer").account_id
+        fund(app, payer, BTC)
+        payee, start = random_script(), chain.height()
+        wid = app.withdrawals.request("wallet-service", "k", str(payer), "BTC",
+                                      script_to_address(payee, REGTEST), str(AMOUNT))[0]["id"]
+        with pytest.raises(CrashForTest):
+            sender(app, signer, crash_at="after_store").tick()
+        (payment,) = attempts(app)
+        (coin,) = reserved(app)
+        chain.miner.send(spend(coin, BTC, account_xprv(1).derive("m/0/1").key, random_script()))
+        s = sender(app, signer)
+        s.tick()
+        (batch,) = batches(app)
+        assert batch["status"] == "NEEDS_STAFF" and "signer refused the self-spend" in batch["reason"]
+        s.tick()  # the conflict is still there: held
+        assert batches(app)[0]["status"] == "NEEDS_STAFF"
+        wipe_mempool(app, chain)
+        s.tick()
+        (batch,) = batches(app)
+        assert batch["status"] == "SIGNED" and payment["txid"] in batch["reason"]
+        assert [e["txid"] for e in events(app, "withdrawal.batch_released")] == [payment["txid"]]
+        confirm(app, chain, s, blocks=3)
+        assert status(app, wid)["status"] == "COMPLETED"
+        assert available_held(app, payer) == (BTC - AMOUNT - WITHDRAWAL_FEE, 0)
+        assert len(outputs_paying(chain, payee, start)) == 1
+    finally:
+        signer.stop()
+        app.close()
