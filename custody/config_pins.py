@@ -23,6 +23,7 @@ from custody.config import Config
 from custody.db import schema as t
 from custody.db.engine import write_transaction
 from custody.errors import ConfigChanged
+from custody.text import parse_reason, parse_staff
 
 __all__ = ["ConfigChanged", "accept", "differences", "pinned_fields", "verify"]
 
@@ -101,10 +102,7 @@ def describe(chain: str, changed: list[tuple[str, dict | None, dict]]) -> str:
 
 def accept(engine: Engine, config: Config, chain: str, staff: str, reason: str) -> list[tuple[str, dict | None, dict]]:
     """Moves the pins of chain to the configured values; returns what changed."""
-    if not staff.strip():
-        raise ValueError("staff is required")
-    if len(reason.strip()) < 3:
-        raise ValueError("a reason is required")
+    staff, reason = parse_staff(staff), parse_reason(reason)
     diffs = differences(engine, config, chain)
     now = datetime.datetime.now(datetime.timezone.utc)
     with write_transaction(engine) as conn:
@@ -116,5 +114,5 @@ def accept(engine: Engine, config: Config, chain: str, staff: str, reason: str) 
                              .values(value=_encode(new), pinned_at=now))
             conn.execute(insert(t.config_pin_changes).values(
                 name=name, old_value=None if old is None else _encode(old), new_value=_encode(new),
-                actor=staff.strip(), reason=reason.strip(), changed_at=now))
+                actor=staff, reason=reason, changed_at=now))
     return diffs

@@ -11,6 +11,7 @@ from custody.deposits import store
 from custody.deposits.model import DEPOSIT_WALLET, ON_CHAIN, Deposit, confirmations
 from custody.errors import FailedPrecondition, InvalidArgument, NotFound
 from custody.jobs.locks import lock_key
+from custody.text import parse_reason, parse_staff
 from custody.paging import Page
 
 # Two instances issuing addresses at once may pick the same index; the loser retries.
@@ -109,14 +110,13 @@ def request_rescan(engine: Engine, chain: str, from_height: int, reason: str) ->
 def cancel_rescan(engine: Engine, chain: str, backfill_id: int, staff: str, reason: str) -> None:
     """Ends an open rescan request (one the node cannot serve, a wrong height): the
     scanner no longer works on it; what it found already stays recorded."""
-    if not staff.strip() or not reason.strip():
-        raise InvalidArgument("staff and reason are required")
+    staff, reason = parse_staff(staff), parse_reason(reason)
     with write_transaction(engine) as conn:
         row = conn.execute(select(t.scan_backfills).where(t.scan_backfills.c.id == backfill_id,
                                                           t.scan_backfills.c.chain == chain)).first()
         if row is None:
             raise NotFound(f"rescan {backfill_id} of chain {chain} does not exist")
-        if not store.stop_backfill(conn, backfill_id, f"cancelled by {staff.strip()}: {reason.strip()}"):
+        if not store.stop_backfill(conn, backfill_id, f"cancelled by {staff}: {reason}"):
             raise FailedPrecondition(f"rescan {backfill_id} has already ended: {row.stop_reason or 'finished'}")
 
 

@@ -151,6 +151,14 @@ def test_cli_serve_refuses_a_changed_config_and_accept_records_it(db_url, chain,
     refused = subprocess.run([*custody, "admin", "config", "accept", "--config", str(path), "--chain", "bitcoin",
                               "--staff", "carol", "--reason", ""], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "reason" in refused.stderr
+    # The recorded "who" and "why" are plain text: an escape or a right-to-left override made the
+    # record read as someone else's (found by the staff flows review).
+    for staff, reason in (("ceo-of-the-exchange\u202e", "decimals fixed"),
+                          ("carol", "ok\x1b[2K\rapproved by compliance")):
+        refused = subprocess.run([*custody, "admin", "config", "accept", "--config", str(path), "--chain",
+                                  "bitcoin", "--staff", staff, "--reason", reason], capture_output=True, text=True,
+                                 timeout=60)
+        assert refused.returncode == 2 and ("staff name" in refused.stderr or "control characters" in refused.stderr)
     accepted = subprocess.run([*custody, "admin", "config", "accept", "--config", str(path), "--chain", "bitcoin",
                                "--staff", "carol", "--reason", "decimals fixed"], capture_output=True, text=True,
                               timeout=60)
