@@ -91,7 +91,7 @@ def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str
     tx = Transaction.parse(raw)
 
     def work(conn):
-        b, coins = _load(conn, batch_id)
+        b, coins = _load(conn, batch_id, lock=True)  # two staff at once: the second sees it settled
         if b["status"] != NEEDS_STAFF:
             raise FailedPrecondition(f"batch {batch_id} is {b['status']}, not {NEEDS_STAFF}")
         members = [m for m in conn.execute(select(t.withdrawals).where(t.withdrawals.c.batch_id == batch_id)
@@ -182,8 +182,9 @@ def list_batches_by_id(engine, batch_id: str) -> dict:
     return {**batch, "withdrawal_ids": [], "spent_by": [batch["txid"]] if batch["txid"] else []}
 
 
-def _load(conn, batch_id: str) -> tuple[dict, list[dict]]:
-    row = conn.execute(select(t.withdrawal_batches).where(t.withdrawal_batches.c.id == batch_id)).first()
+def _load(conn, batch_id: str, lock: bool = False) -> tuple[dict, list[dict]]:
+    query = select(t.withdrawal_batches).where(t.withdrawal_batches.c.id == batch_id)
+    row = conn.execute(query.with_for_update() if lock and conn.dialect.name == "postgresql" else query).first()
     if row is None:
         raise NotFound(f"withdrawal batch {batch_id[:40]!r} does not exist")
     r, u = t.utxo_reservations.c, t.utxos.c

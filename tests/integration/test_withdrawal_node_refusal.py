@@ -457,8 +457,29 @@ def test_a_consolidation_spent_by_a_twin_is_resolved_by_staff(db_url, chain, sig
         confirm(app, chain, s, blocks=2)
         (batch,) = batches(app)
         assert batch["status"] == "NEEDS_STAFF" and twin_txid in batch["reason"]
-        resolved, done = app.withdrawals.resolve_batch("alice-admin", batch["id"], twin_txid, "twin of our merge")
+        # Two staff members at the same moment: one settles it, the other is told it is settled (on
+        # PostgreSQL both used to commit, each with its event and its reason written over the other's).
+        import threading
+
+        barrier, outcomes = threading.Barrier(2), []
+
+        def settle(who):
+            barrier.wait()
+            try:
+                outcomes.append(app.withdrawals.resolve_batch(who, batch["id"], twin_txid, "twin of our merge"))
+            except Exception as exc:
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=settle, args=(who,)) for who in ("alice-admin", "bob")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        ((resolved, done),) = [o for o in outcomes if isinstance(o, tuple)]
+        (told,) = [o for o in outcomes if not isinstance(o, tuple)]
+        assert isinstance(told, FailedPrecondition) and "COMPLETED, not NEEDS_STAFF" in str(told), repr(told)
         assert resolved["status"] == "COMPLETED" and done == []
+        assert len(events(app, "withdrawal.batch_resolved")) == 1
         fee = sum(coins) - hot_change(app, twin_txid)
         assert fee == ours["fee"]
         assert ledger_balance(app, "fees:network") == -fee and ledger_balance(app, "wallet:bitcoin:hot") == -fee
