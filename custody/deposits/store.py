@@ -217,16 +217,6 @@ def unwind_utxos(conn: Connection, chain: str, fork_height: int) -> None:
                                                 t.scanned_blocks.c.height > fork_height))
 
 
-def spendable_utxos(conn: Connection, chain: str, wallet: str, view_height: int, coinbase_maturity: int) -> list[dict]:
-    """Unspent outputs of a wallet that may be spent now: coinbase outputs only
-    once mature (FAILURE_MODES 17)."""
-    rows = conn.execute(select(t.utxos).where(
-        t.utxos.c.chain == chain, t.utxos.c.wallet == wallet, t.utxos.c.spent_txid.is_(None),
-        (t.utxos.c.coinbase == False) | (t.utxos.c.block_height <= view_height - coinbase_maturity))  # noqa: E712
-        .order_by(t.utxos.c.block_height, t.utxos.c.txid, t.utxos.c.output_index))
-    return [dict(r._mapping) for r in rows]
-
-
 # -- accounts and events -------------------------------------------------------------------------------
 def freeze_account(conn: Connection, account_id: int, reason: str) -> None:
     conn.execute(update(t.accounts).where(t.accounts.c.id == account_id)

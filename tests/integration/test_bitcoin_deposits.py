@@ -7,11 +7,13 @@ import pytest
 from sqlalchemy import select
 
 from custody.db import schema as t
-from custody.db.engine import make_engine
+from custody.db.engine import make_engine, read_transaction
 from custody.deposits import store
 from custody.errors import FailedPrecondition
 from custody.ledger.invariants import check
-from tests.support.bitcoin import CONFIRMATIONS, deposit_key, random_script, spend
+from custody.withdrawals.sender import BitcoinSender
+from tests.support.bitcoin import CONFIRMATIONS, HOT_XPUB, deposit_key, random_script, spend
+from tests.support.withdrawals import withdrawal_config
 
 SATS = 100_000_000
 
@@ -48,6 +50,17 @@ def rows(app, table, **where):
 
 def event_types(app):
     return [e.type for e in app.events_after(0, 10_000)]
+
+
+def job_would_spend(app, db_url, chain):
+    """(wallet, txid, index) of the coins the withdrawal job would select now (BitcoinSender._spendable,
+    at its fallback fee rate), the credited deposit coins included (include_deposit_wallet), the
+    app's depth of CONFIRMATIONS."""
+    config = withdrawal_config(db_url, chain.rpc.url, confirmations=CONFIRMATIONS, include_deposit_wallet=True)
+    job = BitcoinSender(config, app.engine, app.plugin("bitcoin"), None, app.notifier.notify)
+    with read_transaction(app.engine) as conn:
+        coins = job._spendable(conn, config.withdrawals.fallback_fee_rate)
+    return [(wallet, c.txid, c.index) for wallet, c in coins]
 
 
 def test_deposit_is_pending_then_credited_exactly_at_the_configured_depth(btc_app, chain):
@@ -199,50 +212,67 @@ def test_a_credited_deposit_dropped_by_a_deeper_reorg_is_reversed_and_the_accoun
         btc_app.transfer("exchange", "move-2", str(account), str(other), "BTC", "1")
 
 
-def test_a_coinbase_deposit_waits_for_maturity(btc_app, chain):
-    """FAILURE_MODES 17: a pool payout straight from a coinbase is not credited, nor spendable, before depth 101."""
+def test_a_coinbase_deposit_waits_for_maturity(btc_app, db_url, chain):
+    """FAILURE_MODES 17: a coinbase output is not credited, nor spent by the withdrawal job, before
+    depth 101: a pool payout straight to a user's deposit address, and a block mined to the hot
+    wallet (the coins the job spends by default). Both are past the job's own depth (CONFIRMATIONS)
+    long before: only maturity holds them back."""
     account, address = account_with_address(btc_app, "pool")
+    hot = btc_app.plugin("bitcoin").derive_address(HOT_XPUB, 1)
     chain.miner.mine(1, address)
-    chain.mine(CONFIRMATIONS + 96)  # 100 confirmations
+    chain.pay((random_script(), 1_000))  # its fee goes to the next coinbase: worth spending at any height
+    chain.miner.mine(1, hot.address)
+    chain.mine(CONFIRMATIONS + 95)  # 100 confirmations of the deposit's coinbase, 99 of the hot one's
     scan(btc_app)
     (d,) = deposits_of(btc_app, account)
     assert (d.status, d.confirmations, d.coinbase) == ("PENDING", 100, True)
-    with btc_app.engine.connect() as conn:
-        assert store.spendable_utxos(conn, "bitcoin", "deposit", d.block_height + 99, 100) == []
-    chain.mine(1)
+    (hot_coin,) = rows(btc_app, t.utxos, wallet="hot")
+    assert (hot_coin["coinbase"], hot_coin["block_height"]) == (True, d.block_height + 1)
+    assert job_would_spend(btc_app, db_url, chain) == []
+
+    chain.mine(1)  # 101 and 100
     scan(btc_app)
     (d,) = deposits_of(btc_app, account)
     assert (d.status, d.confirmations) == ("CREDITED", 101)
-    with btc_app.engine.connect() as conn:
-        assert len(store.spendable_utxos(conn, "bitcoin", "deposit", d.block_height + 100, 100)) == 1
+    assert job_would_spend(btc_app, db_url, chain) == [("deposit", d.txid, d.index)]
+
+    chain.mine(1)  # 102 and 101
+    scan(btc_app)
+    assert job_would_spend(btc_app, db_url, chain) == [("hot", hot_coin["txid"], hot_coin["output_index"]),
+                                                       ("deposit", d.txid, d.index)]
 
 
-def test_the_utxo_set_tracks_hot_wallet_outputs_and_spends_without_crediting_anyone(btc_app, chain):
-    """FAILURE_MODES 13: a sweep from a deposit address to the hot wallet is no deposit."""
+def test_the_utxo_set_tracks_hot_wallet_outputs_and_spends_without_crediting_anyone(btc_app, db_url, chain):
+    """FAILURE_MODES 13: a sweep from a deposit address to the hot wallet is no deposit. The
+    withdrawal job spends the sweep's output, never the deposit output it spent."""
     account, address = account_with_address(btc_app, "ann")
     txid, _ = chain.pay((script_of(btc_app, address), 80_000))
     chain.mine(CONFIRMATIONS)
     scan(btc_app)
+    assert job_would_spend(btc_app, db_url, chain) == [("deposit", txid, 0)]  # credited: include_deposit_wallet
     (hot,) = [r for r in rows(btc_app, t.chain_addresses, wallet="hot") if r["key_index"] == 0]
     assert len(rows(btc_app, t.chain_addresses, wallet="cold")) == 3
     sweep = spend((txid, 0), 80_000, deposit_key(0), bytes(hot["watch_key"]))
     sweep_txid = chain.miner.send(sweep)
     chain.mine(1)
+    sweep_height = chain.height()
     scan(btc_app)
     (deposit_utxo,) = rows(btc_app, t.utxos, wallet="deposit")
     (hot_utxo,) = rows(btc_app, t.utxos, wallet="hot")
     assert (deposit_utxo["txid"], deposit_utxo["spent_txid"]) == (txid, sweep_txid)
     assert (hot_utxo["txid"], hot_utxo["amount"], hot_utxo["spent_txid"]) == (sweep_txid, 79_000, None)
     assert len(rows(btc_app, t.deposits)) == 1 and balance(btc_app, account).available == 80_000
-    with btc_app.engine.connect() as conn:
-        assert [u["txid"] for u in store.spendable_utxos(conn, "bitcoin", "hot", chain.height(), 100)] == [sweep_txid]
-        assert store.spendable_utxos(conn, "bitcoin", "deposit", chain.height(), 100) == []
+    assert job_would_spend(btc_app, db_url, chain) == [], "the sweep is not yet as deep as the job spends"
+    chain.mine(CONFIRMATIONS - 1)
+    scan(btc_app)
+    assert job_would_spend(btc_app, db_url, chain) == [("hot", sweep_txid, 0)]
 
     # A reorg that drops the sweep un-spends the deposit output and forgets the hot one.
-    chain.reorg(chain.height(), 2)
+    chain.reorg(sweep_height, CONFIRMATIONS + 1)
     scan(btc_app)
     (deposit_utxo,) = rows(btc_app, t.utxos, wallet="deposit")
     assert deposit_utxo["spent_txid"] is None and rows(btc_app, t.utxos, wallet="hot") == []
+    assert job_would_spend(btc_app, db_url, chain) == [("deposit", txid, 0)]
 
 
 def test_deposit_addresses_are_stable_never_shared_and_new_on_request(btc_app):

@@ -5,11 +5,16 @@ credited, and follows reorgs like any other deposit."""
 import json
 
 import pytest
+from sqlalchemy import select
 
 from custody.app import Custody
+from custody.db import schema as t
+from custody.db.engine import read_transaction
 from custody.v1 import custody_pb2 as pb
+from custody.withdrawals.sender import BitcoinSender
 from tests.support.bitcoin import CONFIRMATIONS, make_chain_config
 from tests.support.servers import Clients, ServerThread
+from tests.support.withdrawals import withdrawal_config
 
 MIN = 10_000
 
@@ -49,9 +54,10 @@ def btc(app, account):
     return {b.asset: b for b in app.get_balances(str(account))[1]}["BTC"]
 
 
-def test_a_deposit_below_the_minimum_is_recorded_shown_and_never_credited(policy_app, api, chain):
+def test_a_deposit_below_the_minimum_is_recorded_shown_and_never_credited(policy_app, api, chain, db_url):
     """One transaction pays 9,999 and 10,000 sats to a user: the first is BELOW_MINIMUM with its
-    reason (ListDeposits, an event), the second is credited at the configured depth."""
+    reason (ListDeposits, an event), the second is credited at the configured depth. Both stay in
+    the UTXO set, and the withdrawal job never spends the first."""
     account, address = address_of(policy_app, "ann")
     script = policy_app.plugin("bitcoin").watch_key(address)
     txid, _ = chain.pay((script, MIN - 1), (script, MIN))
@@ -72,11 +78,19 @@ def test_a_deposit_below_the_minimum_is_recorded_shown_and_never_credited(policy
         txid, 0, str(MIN - 1), "BELOW_MINIMUM", str(account))
     assert event["reason"] == small.reason
     assert [e["index"] for e in events(policy_app, "deposit.credited")] == [1]
-    # The coins are ours on chain all the same: the UTXO set has both outputs.
-    with policy_app.engine.connect() as conn:
-        from custody.deposits import store
-        amounts = sorted(u["amount"] for u in store.spendable_utxos(conn, "bitcoin", "deposit", chain.height(), 100))
-    assert amounts == [MIN - 1, MIN]
+    # The coins are ours on chain all the same: the UTXO set has both outputs...
+    with read_transaction(policy_app.engine) as conn:
+        utxos = conn.execute(select(t.utxos.c.txid, t.utxos.c.output_index, t.utxos.c.amount, t.utxos.c.wallet,
+                                    t.utxos.c.spent_txid).order_by(t.utxos.c.output_index)).all()
+    assert [tuple(u) for u in utxos] == [(txid, 0, MIN - 1, "deposit", None), (txid, 1, MIN, "deposit", None)]
+    # ...but the withdrawal job, even one that spends deposit coins, takes only the credited one:
+    # the other stays on its address for staff to refund or credit by hand.
+    config = withdrawal_config(db_url, chain.rpc.url, confirmations=CONFIRMATIONS, btc={"min_deposit": str(MIN)},
+                               include_deposit_wallet=True)
+    job = BitcoinSender(config, policy_app.engine, policy_app.plugin("bitcoin"), None, policy_app.notifier.notify)
+    with read_transaction(policy_app.engine) as conn:
+        spendable = job._spendable(conn, config.withdrawals.fallback_fee_rate)
+    assert [(wallet, c.txid, c.index, c.amount) for wallet, c in spendable] == [("deposit", txid, 1, MIN)]
     (asset,) = [a for a in api.custody.ListAssets(pb.ListAssetsRequest(), metadata=md).assets if a.asset == "BTC"]
     assert (asset.min_deposit, asset.deposits_enabled) == (str(MIN), True)
 

@@ -394,3 +394,79 @@ def test_a_best_chain_that_keeps_flipping_is_backed_off_not_followed_without_end
         assert len(tips) <= 2 * MAX_UNWINDS_IN_A_ROW + 2
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("failure", ["unreachable", "rpc error", "not found"])
+def test_a_block_the_node_fails_to_serve_is_waited_for_never_skipped(db_url, chain, monkeypatch, failure):
+    """FAILURE_MODES 18: over 220 blocks with deposits before, in and after it, the node fails to serve
+    block N (unreachable, an RPC error, 'not found' below its tip) for several runs while serving the
+    others. The cursor stays below N, nothing from N on is recorded or credited; once the node serves
+    N again every deposit is credited exactly once and every block applied once, in order."""
+    from chains.base import BlockNotFound, NodeUnavailable
+    from chains.bitcoin.rpc import RpcError
+
+    app = Custody(make_chain_config(db_url, chain.rpc.url, blocks_per_commit=16, max_reorg_depth=5000))
+    try:
+        scanner, plugin = app.scanner("bitcoin"), app.plugin("bitcoin")
+        scanner.catch_up()
+        start = chain.height()
+        n = start + 105  # in the middle of the group of 16 blocks start+97..start+112
+        # A deposit in each of these blocks: credited and still pending below that group, in it before
+        # N, in N, right after N, and far after it.
+        offsets = [1, 40, 95, 100, 104, 105, 106, 150, 210]
+        accounts = [app.create_account(f"user-{i}").account_id for i in range(len(offsets))]
+        paid_in = {}
+        for i, (account, offset) in enumerate(zip(accounts, offsets)):
+            chain.mine(start + offset - 1 - chain.height())
+            chain.pay((plugin.watch_key(app.deposit_address(str(account), "bitcoin")[1]), 10_000 + i))
+            chain.mine(1)
+            paid_in[account] = chain.height()
+        chain.mine(start + 220 - chain.height())
+        assert n in paid_in.values()
+
+        error = {"unreachable": NodeUnavailable("the node closed the connection"),
+                 "rpc error": RpcError("getblock", -32603, "Internal error"),
+                 "not found": BlockNotFound(f"no block at height {n}")}[failure]
+        real_raw_blocks, failing, refused = plugin._raw_blocks, [True], []
+
+        def raw_blocks(first, count):  # the plugin's fetch of raw blocks first..first+count-1, in order
+            for height, item in enumerate(real_raw_blocks(first, count), first):
+                if height == n and failing[0]:
+                    refused.append(height)
+                    raise error
+                yield item
+
+        monkeypatch.setattr(plugin, "_raw_blocks", raw_blocks)
+        for run in range(4):
+            scanner.next_attempt = 0.0
+            result = scanner.tick()
+            assert result.status in ("node unavailable", "error"), result
+            cursor = cursor_height(app.engine)
+            assert start + 96 <= cursor, f"run {run}: the blocks before N's group were served and must be applied"
+            assert cursor <= n - 1, f"run {run}: the cursor is at {cursor}, block {n} was never applied"
+            assert scanned_heights(app)[-1] == cursor
+            with app.engine.connect() as conn:
+                recorded = conn.execute(select(t.deposits.c.account_id, t.deposits.c.block_height)).all()
+                utxo_heights = conn.execute(select(t.utxos.c.block_height)).scalars().all()
+            assert sorted(recorded) == sorted((a, h) for a, h in paid_in.items() if h <= cursor), (
+                "exactly the deposits up to the cursor")
+            assert all(h <= cursor for h in utxo_heights)
+            for account, height in paid_in.items():
+                b = {b.asset: b for b in app.get_balances(str(account))[1]}["BTC"]
+                credited = height + CONFIRMATIONS - 1 <= cursor
+                assert (b.available > 0, b.pending > 0) == (credited, height <= cursor and not credited), account
+        assert len(refused) >= 4, "the node was asked for block N on every run"
+
+        failing[0] = False  # the node serves block N again
+        scanner.next_attempt = 0.0
+        assert scanner.tick().status == "ok"
+        assert cursor_height(app.engine) == chain.height()
+        assert scanned_heights(app) == list(range(start - 6, chain.height() + 1)), "every block once, in order"
+        credited_once(app, {account: 10_000 + i for i, account in enumerate(accounts)})
+        with app.engine.connect() as conn:
+            heights = conn.execute(select(t.deposits.c.account_id, t.deposits.c.block_height)).all()
+        assert sorted(heights) == sorted(paid_in.items())
+        credited = [e for e in app.events_after(0, 10_000) if e.type == "deposit.credited"]
+        assert len(credited) == len(accounts)
+    finally:
+        app.close()
