@@ -8,6 +8,7 @@ Token keys are single keys, not HD wallets: their path is empty.
 """
 from __future__ import annotations
 
+import hashlib
 import pathlib
 import threading
 
@@ -114,6 +115,16 @@ class Pkcs11Keystore(Keystore):
         if len(point) == 67 and point[:2] == b"\x04\x41":
             point = point[2:]
         compressed = coincurve.PublicKey(bytes(point)).format(compressed=True)
+        # The two halves are separate objects found by label, and a public key object can be
+        # replaced without the PIN: a swapped one made the signer count payments to someone else's
+        # key as our own (internal, no limits). The pair is proven by a signature before first use.
+        with self._lock:
+            raw = private.sign(_PAIRING_DIGEST, mechanism=Mechanism.ECDSA)
+        try:
+            normalise(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"), _PAIRING_DIGEST, compressed)
+        except ValueError:
+            raise KeystoreError(f"token {self.token_label!r}: the public key labelled {key_id[:64]!r} is not the "
+                                "private key's: the token's objects were changed; the key is not used") from None
         self._keys[key_id] = (private, compressed)
         return private, compressed
 
@@ -122,6 +133,9 @@ class Pkcs11Keystore(Keystore):
         if len(found) > 1:
             raise KeystoreError(f"token {self.token_label!r} has several keys labelled {label!r}")
         return found[0] if found else None
+
+
+_PAIRING_DIGEST = hashlib.sha256(b"custody-signer/pkcs11-key-pairing/v1").digest()
 
 
 def _template(object_class) -> dict:

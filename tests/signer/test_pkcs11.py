@@ -8,7 +8,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from hsm.errors import KeystoreError, UnknownKey, WrongSecret
 from hsm.keystores.base import HALF_N
-from hsm.keystores.pkcs11 import Pkcs11Keystore
+from hsm.keystores.pkcs11 import SECP256K1_PARAMS, Pkcs11Keystore
 from hsm.service import Signer
 from tests.support import signer as S
 from tests.support import softhsm
@@ -111,3 +111,27 @@ def test_other_ec_keys_in_the_token_are_ignored(token, tmp_path):
     assert [t.internal for t in out.transfers] == [False, True]
     signer.audit.close()
     signer.limits.close()
+
+
+def test_a_public_key_object_swapped_in_the_token_is_refused(token):
+    """The two halves of a token key are separate objects found by label, and a public key object
+    can be replaced without the PIN. A swapped one made the signer report someone else's key as
+    ours and count payments to it as internal: no allow list, limits or approvals (a review
+    reproduced 3.9999 BTC signed against a 2 BTC limit). The pair is now proven by a signature."""
+    _, store = token
+    store.generate_key("hot-a")
+    genuine = store.generate_key("hot-b")
+    (public,) = store._session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: "hot-b"})
+    public.destroy()
+    attacker = coincurve.PrivateKey(b"\x42" * 32).public_key
+    store._session.create_object({
+        Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC, Attribute.TOKEN: True,
+        Attribute.PRIVATE: False, Attribute.LABEL: "hot-b", Attribute.EC_PARAMS: SECP256K1_PARAMS,
+        Attribute.EC_POINT: b"\x04\x41" + attacker.format(compressed=False), Attribute.VERIFY: True})
+    store._keys.clear()  # as a signer started afterwards: the objects are read again
+    with pytest.raises(KeystoreError, match="'hot-b' is not the private key's"):
+        store.public_key("hot-b", "")
+    with pytest.raises(KeystoreError, match="not the private key's"):
+        store.list_keys()
+    assert store.public_key("hot-a", "")  # the untouched pair still proves itself
+    assert genuine != attacker.format()
