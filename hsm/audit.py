@@ -35,7 +35,7 @@ import pathlib
 import threading
 import time
 
-from hsm.errors import SignerError
+from hsm.errors import AuditLogBroken, SignerError
 
 GENESIS = "0" * 64
 
@@ -64,7 +64,11 @@ class AuditLog:
         except BlockingIOError:
             os.close(self._owner)
             raise AuditLogInUse(f"audit log {self.path} is in use by another signer process") from None
-        report = verify(self.path, visit=visit)
+        try:
+            report = verify(self.path, visit=visit)
+        except BaseException:  # visit refused an entry (hsm/limits.py): the lock goes with it
+            os.close(self._owner)
+            raise
         if not report.ok:
             # A signer must not go on writing after a tampered history: an operator decides.
             os.close(self._owner)
@@ -118,10 +122,6 @@ class AuditLog:
         if self._owner >= 0:
             os.close(self._owner)  # releases the lock
             self._owner = -1
-
-
-class AuditLogBroken(SignerError):
-    """The log fails verification: the signer does not start until an operator has looked."""
 
 
 class AuditLogInUse(SignerError):
@@ -186,6 +186,8 @@ def verify(path: pathlib.Path, expect_count: int | None = None, expect_head: str
         anchors[head["count"]] = (head["hash"], "the head file's")
     if expect_count is not None and expect_head is not None:
         anchors[expect_count] = (expect_head, "the one recorded elsewhere")
+    elif expect_head is not None:  # a head alone anchors nothing: it was silently ignored
+        problems.append("a head recorded elsewhere needs the entry count it was recorded at (--expect-count)")
     count, prev = 0, GENESIS
     line_no, last = 0, "\n"
     for line_no, last in enumerate(_lines(path), start=1):
@@ -199,6 +201,11 @@ def verify(path: pathlib.Path, expect_count: int | None = None, expect_head: str
                             "or cut short by a crash while it was written)")
             continue
         expected_seq = count + 1
+        if line != json.dumps(entry, sort_keys=True, separators=(",", ":")):
+            # The hash is over the parsed entry: a line with a second "data" key in front of the
+            # real one verified, while a reader that takes the first key saw the forged one.
+            problems.append(f"line {line_no} (seq {entry.get('seq')}): not as this signer writes entries "
+                            "(a key repeated, reordered or reformatted): rewritten")
         if stored != computed:
             problems.append(f"line {line_no} (seq {entry.get('seq')}): changed: its hash does not match its contents")
         if entry["seq"] != expected_seq:

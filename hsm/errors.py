@@ -36,3 +36,7 @@ class Refused(SignerError):
         super().__init__(f"{rule}: {reason}")
         self.rule = rule
         self.reason = reason
+
+
+class AuditLogBroken(SignerError):
+    """The log fails verification: the signer does not start until an operator has looked."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 import collections
 import threading
 
+from hsm.errors import AuditLogBroken
+
 WINDOW_S = 24 * 3600
 
 
@@ -42,10 +44,16 @@ def fees_of(entry: dict) -> tuple[float, dict[str, int]]:
     return data.get("at_s", entry["at"]), {data["fee_asset"]: int(data.get("fee", "0"))}
 
 
+# How far ahead of the signer's clock a replayed entry's time may be (clocks of two hosts, a
+# clock stepped back since): more, and the entry was not written by this signer.
+MAX_AHEAD_S = 3600
+
+
 class RollingLimits:
     def __init__(self, now_s: float, counted=outflow_of):
         # Replay keeps what is less than two windows old: the caller's clock decides what is in the window.
         self._replay_since_s = now_s - 2 * WINDOW_S
+        self._latest_s = now_s + MAX_AHEAD_S
         self._counted = counted
         self._lock = threading.Lock()
         # asset -> deque of (at_s, amount) in time order, and their running sum.
@@ -57,6 +65,13 @@ class RollingLimits:
         if entry.get("kind") != "signed":
             return
         at_s, amounts = self._counted(entry)
+        # The chain of hashes is unkeyed: someone able to write the state folder can append entries
+        # that verify. A negative amount, or a time far ahead that never leaves the window, would
+        # switch a limit off for good; the signer never writes either, so it refuses to start.
+        if (not isinstance(at_s, (int, float)) or at_s > self._latest_s
+                or any(amount < 0 for amount in amounts.values())):
+            raise AuditLogBroken(f"audit entry {entry.get('seq')} counts {amounts} at {at_s}: a negative amount "
+                                 "or a time ahead of this host's clock, which this signer never writes")
         if at_s <= self._replay_since_s:
             return
         for asset, amount in amounts.items():

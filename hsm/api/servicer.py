@@ -117,4 +117,5 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
 
 def _amount(text: str) -> int:
     """Base units; anything else is -1, which matches no output and no signed content."""
-    return int(text) if text.isdigit() else -1
+    # ASCII only: "²".isdigit() is true and int("²") raises (the client got UNKNOWN, nothing logged).
+    return int(text) if text.isascii() and text.isdigit() else -1

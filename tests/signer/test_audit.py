@@ -231,3 +231,47 @@ def test_a_failure_while_signing_is_still_on_record(signer, keystore, monkeypatc
     assert [e["kind"] for e in entries] == ["request", "error"] and "token removed" in entries[1]["data"]["error"]
     assert audit.verify(signer.config.audit_log).ok
     assert signer.limits.spent_since("BTC", 0) == 0
+
+
+@pytest.mark.parametrize("forged", [
+    {"outflow": {"ETH": str(-10**30)}, "fees": {}, "ahead_s": 0},  # a negative amount: the limit used up never
+    {"outflow": {"ETH": "1"}, "fees": {}, "ahead_s": 10 * 365 * 86400},  # a time that never leaves the window
+    {"outflow": {}, "fees": {"ETH": "-5"}, "ahead_s": 0},
+])
+def test_a_forged_signed_entry_that_would_switch_a_limit_off_stops_the_signer(log_with_entries, make_signer,
+                                                                                forged):
+    """The chain of hashes is unkeyed: someone able to write the state folder appended entries that
+    verify (and pass --expect-count/--expect-head, since a log may run ahead of its head file), and
+    replaying them switched the 24-hour limit off for good (a review reproduced 12 ETH more signed
+    against an 8 ETH limit). The signer never writes such an entry, so it now refuses to start."""
+    import hashlib
+    import time
+
+    *_, last = lines(log_with_entries)
+    last = json.loads(last)
+    entry = {"seq": last["seq"] + 1, "at": round(time.time(), 6), "kind": "signed", "prev": last["hash"],
+             "data": {"payload_sha256": "00" * 32, "outflow": forged["outflow"], "fees": forged["fees"],
+                      "at_s": time.time() + forged["ahead_s"]}}
+    entry["hash"] = hashlib.sha256(json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    with open(log_with_entries, "a") as f:
+        f.write(json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n")
+    assert audit.verify(log_with_entries).ok  # the chain alone can't tell
+    with pytest.raises(AuditLogBroken, match="which this signer never writes"):
+        make_signer()
+
+
+def test_a_line_with_a_second_key_in_front_of_the_real_one_is_found(log_with_entries):
+    """The hash is over the parsed entry and Python keeps a repeated key's last value: a forged
+    "data" put in front of the real one verified, while a reader taking the first key saw it."""
+    entries = lines(log_with_entries)
+    entries[1] = '{"data":{"outflow":{"BTC":"999999"}},' + entries[1][1:]
+    log_with_entries.write_text("\n".join(entries) + "\n")
+    report = audit.verify(log_with_entries)
+    assert not report.ok and any("line 2" in p and "rewritten" in p for p in report.problems), report.render()
+
+
+def test_a_head_recorded_elsewhere_without_its_count_is_not_silently_ignored(log_with_entries):
+    count = len(lines(log_with_entries))
+    assert not audit.verify(log_with_entries, expect_head="deadbeef").ok
+    assert audit.verify(log_with_entries, expect_count=count,
+                        expect_head=json.loads(lines(log_with_entries)[-1])["hash"]).ok
