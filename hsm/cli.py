@@ -226,13 +226,21 @@ def _wallet_create(args) -> int:
     if not args.mnemonic_out and not sys.stdout.isatty():
         raise KeystoreError("standard output is not a terminal: the words would be written where others "
                             "can read them; give --mnemonic-out FILE; nothing was created")
-    if args.mnemonic_out and pathlib.Path(args.mnemonic_out).exists():
-        raise KeystoreError(f"{args.mnemonic_out} exists already; it is never overwritten; nothing was created")
-    store = _open_or_create(args)
-    mnemonic = store.generate_wallet(args.wallet, words=args.words)
+    # The words file is created before the seed exists: a missing folder or an existing file fails here, before
+    # a wallet is saved that no one has the words of.
+    words_out = pathlib.Path(args.mnemonic_out) if args.mnemonic_out else None
+    words_fd = _create_private_file(words_out) if words_out else None
+    try:
+        store = _open_or_create(args)
+        mnemonic = store.generate_wallet(args.wallet, words=args.words)
+    except BaseException:  # a wrong passphrase, an existing wallet, a failed save, ^C at a prompt
+        if words_fd is not None:
+            os.close(words_fd)
+            words_out.unlink()  # still empty: nothing was created
+        raise
     print(f"wallet {args.wallet} created, fingerprint {store.fingerprint(args.wallet)}")
-    if args.mnemonic_out:
-        _write_new_private_file(pathlib.Path(args.mnemonic_out), (mnemonic + "\n").encode())
+    if words_out:
+        _finish_private_file(words_fd, words_out, (mnemonic + "\n").encode())
         print(f"its words are in {args.mnemonic_out}: write them down, keep them offline, then delete the file")
     else:
         print("write these words down, in order, and keep them offline; they are shown only now:")
@@ -242,10 +250,19 @@ def _wallet_create(args) -> int:
 
 def _write_new_private_file(path: pathlib.Path, data: bytes) -> None:
     """Creates path (never overwriting), readable by this user only, and makes it durable."""
+    _finish_private_file(_create_private_file(path), path, data)
+
+
+def _create_private_file(path: pathlib.Path) -> int:
+    """Creates path, empty, readable by this user only; an existing file (or symlink) is never overwritten."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise KeystoreError(f"{path} exists already; it is never overwritten") from None
+        raise KeystoreError(f"{path} exists already; it is never overwritten; nothing was created") from None
+
+
+def _finish_private_file(fd: int, path: pathlib.Path, data: bytes) -> None:
+    """Writes data to fd, a file _create_private_file made, and makes it and its name durable."""
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()

@@ -5,8 +5,10 @@ File format (JSON):
      "kdf": {"name": "scrypt", "salt": b64, "n": 65536, "r": 8, "p": 1} | {"name": "key-file"},
      "check": hex HMAC-SHA256(key, "custody keystore key check"),
      "nonce": b64 (12 bytes), "ciphertext": b64}
-The header (format, kdf, check) is the GCM associated data, so changing the
-KDF parameters is detected like any other change. `check` lets us tell a
+The header (format, kdf, check) is the GCM associated data, but the key that
+checks it comes from the kdf: so the kdf is checked first against what create()
+writes (scrypt r=8, p=1, n a power of two in SCRYPT_N_RANGE); an n changed
+within that range still reads as a wrong passphrase. `check` lets us tell a
 wrong passphrase from a damaged file, which the GCM tag alone can't.
 The plaintext is {"wallets": {name: {"seed": hex}}}. Child keys are derived
 in memory when first used and kept only in this process.
@@ -34,6 +36,11 @@ from hsm.keystores.base import KeyInfo, Keystore, Signature
 
 FORMAT = "custody-signer-keystore/1"
 DEFAULT_SCRYPT_N = 2**16  # about 0.2 s and 64 MiB per unlock on a laptop
+# The header is read before anything is authenticated: whoever can write the file chooses these. Only what
+# create() writes is accepted (tests use 2**10; 2**20 is 1 GiB and seconds per unlock), so an edited header
+# can't make an unlock take hours or read as a wrong passphrase.
+SCRYPT_N_RANGE = (2**10, 2**20)
+SCRYPT_R, SCRYPT_P = 8, 1
 _CHECK_LABEL = b"custody keystore key check"
 _MAX_CACHED_KEYS = 100_000
 
@@ -75,6 +82,24 @@ class KeyFile:
         return KeyFile(path)
 
 
+def _kdf_problem(kdf) -> str | None:
+    """What is wrong with a keystore's `kdf`, or None if it is one that create() writes."""
+    if not isinstance(kdf, dict):
+        return f"kdf is {type(kdf).__name__}, not an object"
+    if kdf.get("name") == "key-file":
+        return None
+    if kdf.get("name") != "scrypt":
+        return f"unknown kdf {str(kdf.get('name'))[:40]!r}"
+    n, r, p = kdf.get("n"), kdf.get("r"), kdf.get("p")
+    low, high = SCRYPT_N_RANGE
+    # type() is int: not a bool, a float or a string that int() would take
+    if type(n) is not int or n & (n - 1) or not low <= n <= high:
+        return f"scrypt n must be a power of two from {low} to {high}, got {str(n)[:40]}"
+    if type(r) is not int or type(p) is not int or r != SCRYPT_R or p != SCRYPT_P:
+        return f"scrypt r and p must be {SCRYPT_R} and {SCRYPT_P}, got {str(r)[:40]} and {str(p)[:40]}"
+    return None
+
+
 def _header_aad(header: dict) -> bytes:
     return json.dumps({k: header[k] for k in ("format", "kdf", "check")}, sort_keys=True).encode()
 
@@ -102,9 +127,12 @@ class SoftwareKeystore(Keystore):
             if len(secret.text) < 8:
                 raise KeystoreError("the passphrase must have at least 8 characters")
             kdf = {"name": "scrypt", "salt": base64.b64encode(secrets.token_bytes(16)).decode(),
-                   "n": scrypt_n, "r": 8, "p": 1}
+                   "n": scrypt_n, "r": SCRYPT_R, "p": SCRYPT_P}
         else:
             kdf = {"name": "key-file"}
+        problem = _kdf_problem(kdf)
+        if problem:  # a keystore that open() would refuse
+            raise KeystoreError(f"can't create {path}: {problem}")
         store = cls(path, secret.key(kdf), kdf, {})
         store.save()
         return store
@@ -121,8 +149,12 @@ class SoftwareKeystore(Keystore):
             raise KeystoreCorrupted(f"keystore {path} is not valid JSON: damaged or not a keystore") from None
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise KeystoreCorrupted(f"keystore {path}: unknown format {header.get('format') if isinstance(header, dict) else None!r}")
+        kdf = header.get("kdf")
+        problem = _kdf_problem(kdf)
+        if problem:  # checked before scrypt runs: its cost is in these parameters
+            raise KeystoreCorrupted(f"keystore {path}: KDF parameters changed or damaged ({problem}); "
+                                    "restore it from a backup")
         try:
-            kdf = header["kdf"]
             key = secret.key(kdf)
             nonce, ciphertext = base64.b64decode(header["nonce"]), base64.b64decode(header["ciphertext"])
             check = bytes.fromhex(header["check"])
@@ -149,13 +181,23 @@ class SoftwareKeystore(Keystore):
         nonce = secrets.token_bytes(12)
         header["nonce"] = base64.b64encode(nonce).decode()
         header["ciphertext"] = base64.b64encode(AESGCM(self._key).encrypt(nonce, plain, _header_aad(header))).decode()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(header, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        # A new file under a random name: a leftover or planted one (another mode, a symlink) is never reused.
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(header, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename too, not only the bytes
+        finally:
+            os.close(folder)
 
     # -- wallets ----------------------------------------------------------------------------
     def generate_wallet(self, name: str, words: int = 24) -> str:

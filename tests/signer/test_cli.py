@@ -242,6 +242,63 @@ def test_create_does_not_print_the_words_where_others_can_read_them(tmp_path):
     assert custody("fingerprint", "--keystore", ks, "--wallet", "second").returncode != 0
 
 
+def test_create_whose_words_file_cannot_be_made_saves_no_wallet(tmp_path, keystore):
+    """The seed was saved before the words file was written: with the file's folder missing the command failed,
+    the wallet stayed in the keystore with no copy of its words, and a retry said it exists."""
+    ks, words = tmp_path / "new.json", tmp_path / "no-such-dir" / "words.txt"
+    r = custody("wallet", "create", "--keystore", ks, "--wallet", "hot", "--scrypt-n", 1024, "--mnemonic-out", words)
+    assert r.returncode == 1 and "No such file or directory" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not ks.exists()
+    # Into an existing keystore: no wallet added; once the folder is there, the same command works.
+    args = ("wallet", "create", "--keystore", tmp_path / "keystore.json", "--wallet", "second",
+            "--mnemonic-out", words)
+    r = custody(*args)
+    assert r.returncode == 1 and "No such file or directory" in r.stderr
+    assert custody("fingerprint", "--keystore", tmp_path / "keystore.json", "--wallet", "second").returncode == 1
+    words.parent.mkdir()
+    r = custody(*args)
+    assert r.returncode == 0, r.stderr
+    mnemonic = words.read_text().strip()
+    assert len(mnemonic.split()) == 24 and mnemonic not in r.stdout and words.stat().st_mode & 0o777 == 0o600
+    fingerprint = custody("fingerprint", "--keystore", tmp_path / "keystore.json", "--wallet", "second").stdout
+    r = custody("wallet", "import", "--keystore", ks, "--wallet", "again", "--scrypt-n", 1024,
+                input_text=mnemonic + "\n")
+    assert r.returncode == 0 and fingerprint.strip() in r.stdout, r.stdout + r.stderr
+
+
+def test_create_that_fails_after_making_the_words_file_removes_it(tmp_path, keystore):
+    """The words file is made first; when no wallet comes of it, the (empty) file goes."""
+    ks, words = tmp_path / "keystore.json", tmp_path / "words.txt"
+    r = custody("wallet", "create", "--keystore", ks, "--wallet", "second", "--mnemonic-out", words,
+                env={"CUSTODY_SIGNER_PASSPHRASE": "wrong passphrase"})
+    assert r.returncode == 1 and "wrong passphrase" in r.stderr and not words.exists()
+    r = custody("wallet", "create", "--keystore", ks, "--wallet", S.HOT, "--mnemonic-out", words)
+    assert r.returncode == 1 and "exists already" in r.stderr and not words.exists()
+
+
+def test_create_whose_keystore_save_fails_leaves_no_words_file(tmp_path, keystore, monkeypatch):
+    """A full disk when the keystore is saved: no wallet, and no words file of a wallet that doesn't exist."""
+    import argparse
+
+    from hsm import cli
+    from hsm.keystores.software import SoftwareKeystore
+
+    def full_disk(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SoftwareKeystore, "save", full_disk)
+    monkeypatch.setenv("CUSTODY_SIGNER_PASSPHRASE", S.PASSPHRASE)
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    words = tmp_path / "words.txt"
+    args = parser.parse_args(["signer", "wallet", "create", "--keystore", str(tmp_path / "keystore.json"),
+                              "--wallet", "second", "--mnemonic-out", str(words)])
+    assert cli.run(args) == 1
+    assert not words.exists()
+    monkeypatch.undo()
+    assert custody("fingerprint", "--keystore", tmp_path / "keystore.json", "--wallet", "second").returncode == 1
+
+
 def test_a_backup_is_private_and_never_overwrites(tmp_path, keystore):
     ks, out = tmp_path / "keystore.json", tmp_path / "backup.json"
     r = custody("backup", "--keystore", ks, "--out", out)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import stat
 
 import coincurve
 import pytest
 
 from hsm.errors import KeystoreCorrupted, KeystoreError, WrongSecret
 from hsm.keystores.base import HALF_N, SECP256K1_N, normalise
-from hsm.keystores.software import KeyFile, Passphrase, SoftwareKeystore
+from hsm.keystores.software import DEFAULT_SCRYPT_N, KeyFile, Passphrase, SoftwareKeystore
 from tests.support import signer as S
 
 
@@ -40,7 +42,8 @@ def test_corrupted_keystore_fails_clearly(tmp_path, keystore, damage):
         path.write_text(json.dumps(data))
         error, message = KeystoreCorrupted, "changed or damaged"
     elif damage == "kdf":
-        data["kdf"]["n"] = data["kdf"]["n"] * 2  # a different key comes out: reads as a wrong passphrase
+        # Still a power of two in range, so scrypt runs: a different key comes out, read as a wrong passphrase.
+        data["kdf"]["n"] = data["kdf"]["n"] * 2
         path.write_text(json.dumps(data))
         error, message = WrongSecret, "wrong passphrase"
     elif damage == "truncate":
@@ -51,6 +54,76 @@ def test_corrupted_keystore_fails_clearly(tmp_path, keystore, damage):
         error, message = KeystoreCorrupted, "not valid JSON"
     with pytest.raises(error, match=message):
         SoftwareKeystore.open(path, Passphrase(S.PASSPHRASE))
+
+
+@pytest.mark.parametrize("kdf", [
+    "scrypt", None, ["scrypt"],  # not an object: was an AttributeError traceback
+    {"name": "argon2"}, {"name": None},
+    {"n": 2}, {"n": 1000}, {"n": 2**21}, {"n": 2**40}, {"n": "1024"}, {"n": 1024.0}, {"n": None},
+    {"p": 40}, {"p": 2}, {"p": True}, {"r": 1}, {"r": 8000}, {"r": "8"},
+], ids=json.dumps)
+def test_edited_kdf_header_is_refused_as_damaged_without_running_scrypt(tmp_path, keystore, monkeypatch, kdf):
+    """Whoever can write the file chooses the scrypt cost (p=40: 40 times the unlock; larger hangs the start)
+    and an edited n read as a wrong passphrase: only what create() writes is run."""
+    from hsm.keystores import software
+
+    path = tmp_path / "keystore.json"
+    data = json.loads(path.read_text())
+    data["kdf"] = {**data["kdf"], **kdf} if isinstance(kdf, dict) else kdf  # a dict: fields changed
+    path.write_text(json.dumps(data))
+
+    def no_scrypt(*args, **kwargs):
+        raise AssertionError("scrypt ran on an unchecked header")
+
+    monkeypatch.setattr(software.hashlib, "scrypt", no_scrypt)
+    with pytest.raises(KeystoreCorrupted, match="KDF parameters changed or damaged"):
+        SoftwareKeystore.open(path, Passphrase(S.PASSPHRASE))
+
+
+def test_create_makes_only_keystores_that_open(tmp_path):
+    for n in (2, 1000, 2**21):  # open() would refuse these
+        with pytest.raises(KeystoreError, match="scrypt n must be a power of two"):
+            SoftwareKeystore.create(tmp_path / "bad.json", Passphrase(S.PASSPHRASE), scrypt_n=n)
+        assert not (tmp_path / "bad.json").exists()
+    for n in (2**10, 2**14, DEFAULT_SCRYPT_N):  # the tests' --scrypt-n, the review's, the default
+        SoftwareKeystore.create(tmp_path / f"{n}.json", Passphrase(S.PASSPHRASE), scrypt_n=n)
+        assert SoftwareKeystore.open(tmp_path / f"{n}.json", Passphrase(S.PASSPHRASE)).list_keys() == []
+
+
+def test_save_does_not_reuse_a_leftover_temporary_file(tmp_path, keystore):
+    """save() wrote <keystore>.tmp with O_TRUNC: a leftover 0644 one kept its mode, and the saved keystore
+    became world-readable."""
+    path, leftover = tmp_path / "keystore.json", tmp_path / "keystore.json.tmp"
+    leftover.write_text("")
+    os.chmod(leftover, 0o644)
+    keystore.import_wallet("second", S.MNEMONIC)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(SoftwareKeystore.open(path, Passphrase(S.PASSPHRASE))._seeds) == [S.HOT, "second"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keystore.json", "keystore.json.tmp"]
+
+
+def test_save_does_not_follow_a_planted_symlink(tmp_path, keystore):
+    """A symlink planted at <keystore>.tmp was followed: the keystore was written where it pointed and the
+    keystore itself replaced by the link."""
+    path, elsewhere = tmp_path / "keystore.json", tmp_path / "elsewhere.json"
+    (tmp_path / "keystore.json.tmp").symlink_to(elsewhere)
+    keystore.import_wallet("second", S.MNEMONIC)
+    assert not path.is_symlink() and not elsewhere.exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(SoftwareKeystore.open(path, Passphrase(S.PASSPHRASE))._seeds) == [S.HOT, "second"]
+
+
+def test_a_failed_save_leaves_the_old_keystore_and_no_temporary_file(tmp_path, keystore, monkeypatch):
+    path = tmp_path / "keystore.json"
+    before = path.read_bytes()
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        keystore.import_wallet("second", S.MNEMONIC)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["keystore.json"]
 
 
 def test_missing_keystore_and_key_file_mismatch(tmp_path):
