@@ -22,7 +22,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from chains.base import ChainError
 from custody import config as config_mod
 from custody import logs
-from custody.errors import CustodyError, driver_reason
+from custody.errors import CustodyError, ScannerHalted, driver_reason
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ChainError as exc:
         print(f"custody: chain node: {exc}", file=sys.stderr)
+        return 1
+    except ScannerHalted as exc:  # e.g. the node serves another network than the config names
+        print(f"custody: scanner halted: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"custody: {exc.filename}: {exc.strerror}" if exc.filename else f"custody: {exc}", file=sys.stderr)

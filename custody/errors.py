@@ -60,3 +60,8 @@ def driver_reason(exc: Exception) -> str:
 
 class ConfigChanged(FailedPrecondition):
     """A chain's or asset's config differs from what its data was read with (custody/config_pins.py)."""
+
+
+class ScannerHalted(Exception):
+    """The scanner must not go on without an operator (deep reorg, changed settings, a node on
+    another network)."""

@@ -44,6 +44,7 @@ from custody.deposits.model import (
     required_confirmations,
 )
 from custody.deposits.store import Cursor
+from custody.errors import ScannerHalted
 from custody.ledger.commands import BatchResult, Command
 from custody.ledger.engine import AccountIds, apply_commands
 from custody.ledger.model import Posting, user_available, wallet
@@ -68,10 +69,6 @@ BACKFILL_BLOCKS_PER_RUN = 2_000
 MAX_REREADS_PER_RUN = 5
 # Reorgs unwound back to back in a run, with no block applied on top, before it backs off.
 MAX_UNWINDS_IN_A_ROW = 2
-
-
-class ScannerHalted(Exception):
-    """The scanner must not go on without an operator (deep reorg, changed settings)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -502,3 +502,24 @@ def test_a_mainnet_service_pointed_at_a_regtest_node_scans_nothing(db_url, chain
             engine.dispose()
     finally:
         app.close()
+
+
+def test_scan_once_against_a_node_on_another_network_is_one_line_and_exit_1(db_url, chain, tmp_path):
+    """`custody scan --once` halted by the network check printed a traceback (found by the docs review)."""
+    import subprocess
+    import sys
+
+    from custody.db.migrate import upgrade
+    from tests.integration.test_scanner_robustness import write_config
+    from tests.support.bitcoin import account_xprv
+
+    def xpub(n):
+        return account_xprv(n).to_public().to_base58()
+
+    upgrade(db_url)
+    config = write_config(tmp_path / "custody.toml", db_url, chain.rpc.url, network="mainnet",
+                          deposit_xpub=xpub(0), hot_xpub=xpub(1), cold_xpub=xpub(2))
+    r = subprocess.run([sys.executable, "-m", "custody.cli", "scan", "--config", str(config), "--once"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "scanner halted" in r.stderr and "runs 'regtest'" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
