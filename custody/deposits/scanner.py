@@ -109,6 +109,7 @@ class Scanner:
         self.keys: dict[bytes, int] = {}  # watch key -> chain_addresses.id
         self._last_address_id = 0
         self._halt_alerted: tuple[int, str] | None = None
+        self._network_alerted = False  # alert.node_wrong_network sent for the current mismatch
         self._gaps: dict[int, float] = {}  # address ids skipped by a refresh -> when first missed
         self.outpoints: set[tuple[str, int]] | None = None  # unspent outputs we own
         # The cursor row's stamp as this instance last wrote it (_check_cursor): another means another
@@ -165,7 +166,9 @@ class Scanner:
         try:
             self.plugin.check_network()
         except WrongNetwork as exc:
+            self._alert_wrong_network(str(exc))
             raise ScannerHalted(f"{self.chain}: {exc}") from None
+        self._network_alerted = False
         cursor = self._cursor()
         with read_transaction(self.engine) as conn:
             stamp = store.cursor_stamp(conn, self.chain)
@@ -619,6 +622,17 @@ class Scanner:
             # The chain moved again while we read it: roll back, the next run starts over.
             raise NodeUnavailable(f"{self.chain}: the node's best chain changed while a reorg was unwound")
         return blocks
+
+    def _alert_wrong_network(self, reason: str) -> None:
+        """One alert event while the node serves another network (staff need one page, not one a minute)."""
+        if self._network_alerted:
+            return
+        with write_transaction(self.engine) as conn:
+            last_event = store.emit_events(conn, [("alert.node_wrong_network", {
+                "chain": self.chain, "reason": reason,
+                "action": "scanner halted; nothing read or credited until the node and the config agree"})])
+        self._network_alerted = True
+        self._notify(last_event)
 
     def _alert_halted(self, cursor: Cursor, tip) -> None:
         """One alert event per halt (the scheduler retries; staff need one page, not one a minute)."""

@@ -492,6 +492,10 @@ def test_a_mainnet_service_pointed_at_a_regtest_node_scans_nothing(db_url, chain
         result = scanner.tick()
         assert result.status == "halted"
         assert "runs 'regtest' but the config says network = 'mainnet'" in result.detail
+        scanner.next_attempt = 0
+        assert scanner.tick().status == "halted"
+        (alert,) = [json.loads(e.payload) for e in app.events_after(0, 1000) if e.type == "alert.node_wrong_network"]
+        assert alert["chain"] == "bitcoin" and "runs 'regtest'" in alert["reason"]  # one page, not one a retry
         assert app.list_deposits(str(ann))[1] == []
         assert {b.asset: b.available for b in app.get_balances(str(ann))[1]}["BTC"] == 0
         engine = make_engine(db_url)
