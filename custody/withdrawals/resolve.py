@@ -159,10 +159,24 @@ def _book_foreign_spends(conn, withdrawals, batch: dict, coins: list[dict], staf
     booked whole (every coin of ours it spent less what it paid back to us), once, under a key of
     its own: a batch whose inputs two outside transactions spent was settled naming one of them,
     and the other's loss was never booked. A spender of two batches' inputs is booked once."""
-    u = t.utxos.c
+    u, r, b = t.utxos.c, t.utxo_reservations.c, t.withdrawal_batches.c
     chain = batch["chain"]
     spenders = sorted({c["spent_txid"] for c in coins if c["spent_txid"] and c["spent_txid"] != exclude})
     for spender in spenders:
+        # A spender of another batch's inputs too may be that batch's payment: its amounts and fee
+        # are booked by that batch's settlement, and booking it here as well counted them twice.
+        others = dict(conn.execute(
+            select(b.id, b.status).join(t.utxo_reservations, r.batch_id == b.id)
+            .join(t.utxos, (u.chain == r.chain) & (u.txid == r.txid) & (u.output_index == r.output_index))
+            .where(u.chain == chain, u.spent_txid == spender, b.id != batch["id"])).all())
+        if any(status == model.COMPLETED for status in others.values()) or conn.execute(
+                select(b.id).where(b.chain == chain, b.txid == spender, b.status == model.COMPLETED,
+                                   b.id != batch["id"])).first():
+            continue
+        open_ = sorted(i for i, status in others.items() if status not in (model.FAILED, "CANCELLED"))
+        if open_:
+            raise FailedPrecondition(f"{spender} also spent the inputs of batch {', '.join(open_)}, not settled "
+                                     "yet: settle that batch first (it may be what paid it)")
         taken = sum(a for (a,) in conn.execute(select(u.amount).where(u.chain == chain, u.spent_txid == spender)))
         lost = taken - sum(_our_outputs(conn, chain, spender).values())
         if lost > 0:

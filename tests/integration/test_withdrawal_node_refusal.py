@@ -672,3 +672,61 @@ def test_a_held_batch_whose_conflict_goes_away_is_paid_by_its_stored_payment(db_
     finally:
         signer.stop()
         app.close()
+
+
+def test_one_outside_transaction_paying_one_held_batch_from_two_batches_coins_is_booked_once(db_url, chain, signer):
+    """P spends the coins of two held batches A and B, pays A's withdrawal and sends change to the hot
+    wallet. Settling B booked all P took as a foreign spend, and settling A booked A's amount and fee
+    again: what left the hot wallet once was booked twice (found by today's review). Now B can't be
+    settled before A (P may be A's payment), and once A is, P is A's and B books nothing for it."""
+    from embit.script import Script, Witness, p2pkh
+    from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
+
+    from custody.errors import FailedPrecondition
+
+    coin, amount = 1_500_000, 1_000_000
+    app = make_app(db_url, chain)
+    try:
+        fund_hot_wallet(app, chain, coin, coin)
+        hot_before = ledger_balance(app, "wallet:bitcoin:hot")
+        payer = app.create_account("payer").account_id
+        fund(app, payer, BTC)
+        a_script, b_script = random_script(), random_script()
+        wa = app.withdrawals.request("wallet-service", "a", str(payer), "BTC",
+                                     script_to_address(a_script, REGTEST), str(amount))[0]["id"]
+        with pytest.raises(CrashForTest):
+            sender(app, signer, crash_at="after_store").tick()
+        chain.mine(1)  # an empty tip, to wipe the mempool with later
+        app.scanner("bitcoin").catch_up()
+        wb = app.withdrawals.request("wallet-service", "b", str(payer), "BTC",
+                                     script_to_address(b_script, REGTEST), str(amount))[0]["id"]
+        with pytest.raises(CrashForTest):
+            sender(app, signer, crash_at="after_store").tick()
+        wipe_mempool(app, chain)
+        coins = reserved(app)
+        assert len(batches(app)) == 2 and len(coins) == 2
+        change = 2 * coin - amount - 5_000
+        key = account_xprv(1).derive("m/0/1").key
+        tx = Transaction(version=2, vin=[TransactionInput(bytes.fromhex(txid), i) for txid, i in coins],
+                         vout=[TransactionOutput(amount, Script(a_script)),
+                               TransactionOutput(change, Script(app.plugin("bitcoin").derive_address(HOT_XPUB, 1)
+                                                                .watch_key))])
+        pub = key.get_public_key()
+        for n in range(len(coins)):
+            signature = key.sign(tx.sighash_segwit(n, p2pkh(pub), coin)).serialize() + bytes([SIGHASH.ALL])
+            tx.vin[n].witness = Witness([signature, pub.sec()])
+        p = chain.miner.send(tx.serialize())
+        s = sender(app, signer)
+        confirm(app, chain, s, blocks=3)
+        assert [x["status"] for x in batches(app)] == ["NEEDS_STAFF", "NEEDS_STAFF"]
+        batch_of = {w: status(app, w)["batch_id"] for w in (wa, wb)}
+        with pytest.raises(FailedPrecondition, match="settle that batch first"):
+            app.withdrawals.resolve_batch("alice-admin", batch_of[wb], p, "paid none of its withdrawals")
+        app.withdrawals.resolve_batch("alice-admin", batch_of[wa], p, "paid by it")
+        app.withdrawals.resolve_batch("alice-admin", batch_of[wb], p, "paid none of its withdrawals")
+        assert (status(app, wa)["status"], status(app, wb)["status"]) == ("COMPLETED", "FAILED")
+        assert hot_before - ledger_balance(app, "wallet:bitcoin:hot") == 2 * coin - change  # A's amount and the fee
+        assert ledger_balance(app, "suspense") == 0
+        assert available_held(app, payer) == (BTC - amount - WITHDRAWAL_FEE, 0)
+    finally:
+        app.close()
