@@ -94,14 +94,17 @@ def request_rescan(engine: Engine, chain: str, from_height: int, reason: str) ->
     (as it is when the scanner takes the request up) with every address it
     watches then. Past payments are recorded once (deposit keys); the cursor
     never moves back. Returns the request id, and False when an open request
-    of the same chain and height already existed and is reused (an operator
-    re-running the command after the node was down)."""
+    of the same chain and height, not started yet, is reused (an operator
+    re-running the command while the node was down)."""
     if from_height < 0:
         raise InvalidArgument("from_height must not be negative")
     with write_transaction(engine) as conn:
         if is_postgres(engine):  # two requests at the same moment: the second sees the first
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(f"rescan-request:{chain}")})
-        reused = next((b["id"] for b in store.open_backfills(conn, chain) if b["from_height"] == from_height), None)
+        # Only one nothing was done for yet: a request partly done read its blocks with the addresses
+        # watched then, and a re-run (addresses added since) must read them again.
+        reused = next((b["id"] for b in store.open_backfills(conn, chain)
+                       if b["from_height"] == from_height and b["next_height"] == from_height), None)
         if reused is not None:
             return reused, False
         return store.request_backfill(conn, chain, from_height, reason), True

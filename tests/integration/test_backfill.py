@@ -299,3 +299,16 @@ def test_rescan_requests_made_at_the_same_moment_are_one_request(btc_app):
     assert len({request_id for request_id, _ in answers}) == 1, answers
     assert sorted(created for _, created in answers) == [False] * 7 + [True]
     assert len(table(btc_app, t.scan_backfills)) == 1
+
+
+def test_a_rescan_requested_again_after_it_started_is_a_new_request(btc_app):
+    """The reuse matched an open request on its height alone: an operator who added addresses and
+    ran the same rescan again got the partly done request back, and the blocks it had read were not
+    read again with the new addresses (suspected by today's review)."""
+    first, created = deposits.request_rescan(btc_app.engine, "bitcoin", 1, "operator: rescan")
+    again, created_again = deposits.request_rescan(btc_app.engine, "bitcoin", 1, "operator: rescan")
+    assert created and (again, created_again) == (first, False)  # not started: the same request
+    with btc_app.engine.begin() as conn:
+        assert store.set_backfill(conn, first, next_height=5)  # the scanner got to height 5
+    later, created_later = deposits.request_rescan(btc_app.engine, "bitcoin", 1, "operator: rescan")
+    assert created_later and later != first
