@@ -3,6 +3,7 @@ and the tests all go through this object; none of it knows about gRPC."""
 from __future__ import annotations
 
 import concurrent.futures
+import time
 
 from custody import config as config_mod
 from custody import config_pins
@@ -10,7 +11,7 @@ from chains import registry
 from chains.base import ChainError, ChainPlugin
 from custody.accounts import service as accounts
 from custody.db.engine import make_engine
-from custody.errors import InvalidArgument
+from custody.errors import InvalidArgument, Unavailable
 from custody.deposits import service as deposits
 from custody.deposits.model import Deposit
 from custody.deposits.scanner import Scanner
@@ -24,6 +25,10 @@ from custody.paging import parse_page
 from custody.text import parse_memo, parse_reason
 from matching_stub.service import MatchingService
 
+
+
+# How long a check of a chain's config pins holds for deposit_address (one query each time).
+PINS_RECHECK_S = 60.0
 
 
 class Custody:
@@ -40,6 +45,7 @@ class Custody:
         self.writer.on_commit(self.notifier.notify)
         self.chains: dict[str, ChainPlugin] = {c.name: _make_plugin(c) for c in config.chains}
         self._scanners: dict[str, Scanner] = {}
+        self._pins_verified: dict[str, float] = {}  # chain -> when deposit_address last checked its pins
         self._jobs = None
         self._signer = None
         # Order books; fills are ledger batches too, so they wake StreamEvents readers.
@@ -70,8 +76,25 @@ class Custody:
         if not chain:
             raise InvalidArgument("chain is required")
         plugin = self.plugin(chain)
-        return account, deposits.deposit_address(self.engine, plugin, chain, self.config.chain(chain).deposit_xpub,
-                                                 account, new)
+        # An instance whose config differs from the chain's pins (another deposit_xpub: a typo, a stale
+        # config in a rolling deploy) handed out addresses that another instance's scanner credited:
+        # coins the signer's keys can't spend.
+        if time.monotonic() - self._pins_verified.get(chain, -PINS_RECHECK_S) >= PINS_RECHECK_S:
+            self.verify_config(chain)
+            self._pins_verified[chain] = time.monotonic()
+        xpub = self.config.chain(chain).deposit_xpub
+        try:
+            return account, deposits.deposit_address(self.engine, plugin, chain, xpub, account, new)
+        except deposits.ChainNotScannedYet:
+            # First address of the chain, before its scanner's first run: start the scan cursor now
+            # (at the node's tip), so that the address is watched from a height at or below where it
+            # could first be paid. Without it the scanner started above that payment, never read it.
+            try:
+                self.scanner(chain).ensure_cursor()
+            except ChainError as exc:
+                raise Unavailable(f"{chain}: the chain is not scanned yet and its node is unreachable "
+                                  f"({exc}); no deposit address is handed out before it is") from None
+            return account, deposits.deposit_address(self.engine, plugin, chain, xpub, account, new)
 
     def list_deposits(self, account_id: str, page_size: int = 0, page_token: str = "") -> tuple[int, list[Deposit], str]:
         """(account id, a page of its deposits newest first, the token for the next page or "")."""

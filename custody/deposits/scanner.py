@@ -27,6 +27,7 @@ import time
 
 import structlog
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import IntegrityError
 
 from chains.base import Block, BlockNotFound, ChainError, ChainPlugin, NodeUnavailable, Watch, WrongNetwork
 from custody.config import AssetConfig, ChainConfig
@@ -254,6 +255,15 @@ class Scanner:
         deposits still on chain and freeze their accounts."""
         with read_transaction(self.engine) as conn:
             return store.remembered_hash(conn, self.chain, tip.height) == tip.hash
+
+    def ensure_cursor(self) -> Cursor:
+        """The scan cursor, created at the node's tip (or start_height) if there is none yet; the
+        node must serve the configured network (WrongNetwork)."""
+        self.plugin.check_network()
+        try:
+            return self._cursor()
+        except IntegrityError:  # another instance created it at the same moment
+            return self._cursor()
 
     def _cursor(self) -> Cursor:
         with read_transaction(self.engine) as conn:

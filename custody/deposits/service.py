@@ -18,30 +18,53 @@ from custody.paging import Page
 ISSUE_ATTEMPTS = 5
 
 
+class ChainNotScannedYet(FailedPrecondition):
+    """The chain's scanner has no cursor yet: an address handed out now would be paid in blocks
+    below the height its scanner will start at, and never be read."""
+
+
 def deposit_address(engine: Engine, plugin: ChainPlugin, chain: str, xpub: str, account_id: int,
                     new: bool = False) -> str:
     """The account's current deposit address on chain; a new one if asked or if it has none.
 
     The address is stored (and so watched by the scanner) before it is
-    returned, and never given to another account (FAILURE_MODES 23, 33)."""
+    returned, and never given to another account (FAILURE_MODES 23, 33).
+    ChainNotScannedYet if the chain has no scan cursor yet."""
+    if not new:  # the common case, without the issuing lock
+        with read_transaction(engine) as conn:
+            current = _current_address(conn, chain, account_id)
+        if current is not None:
+            return current
     for attempt in range(ISSUE_ATTEMPTS):
         try:
             with write_transaction(engine) as conn:
+                _issuing_lock(conn, chain, DEPOSIT_WALLET)
                 if conn.execute(select(t.accounts.c.id).where(t.accounts.c.id == account_id)).first() is None:
                     raise NotFound(f"account {account_id} does not exist")
-                if not new:
-                    current = conn.execute(
-                        select(t.chain_addresses.c.address)
-                        .where(t.chain_addresses.c.account_id == account_id, t.chain_addresses.c.chain == chain,
-                               t.chain_addresses.c.wallet == DEPOSIT_WALLET)
-                        .order_by(t.chain_addresses.c.id.desc()).limit(1)).scalar()
+                if not new:  # again, under the lock: two first calls at once got two "current" addresses
+                    current = _current_address(conn, chain, account_id)
                     if current is not None:
                         return current
                 return _issue(conn, plugin, chain, DEPOSIT_WALLET, xpub, account_id).address
-        except IntegrityError:
+        except IntegrityError:  # SQLite has no lock to take; the two writers' indexes collided
             if attempt == ISSUE_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def _current_address(conn, chain: str, account_id: int) -> str | None:
+    a = t.chain_addresses.c
+    return conn.execute(select(a.address).where(a.account_id == account_id, a.chain == chain,
+                                                a.wallet == DEPOSIT_WALLET).order_by(a.id.desc()).limit(1)).scalar()
+
+
+def _issuing_lock(conn, chain: str, wallet: str) -> None:
+    """On PostgreSQL, one issuer of a chain's wallet addresses at a time, across instances: each
+    picks the next index after the highest, and without it concurrent callers collided (most of
+    16 at once failed), two instances starting together failed to start, and two first calls for
+    one account got two addresses. SQLite's write lock (BEGIN IMMEDIATE) does this already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(f"address-issue:{chain}:{wallet}")})
 
 
 def ensure_wallet_addresses(engine: Engine, plugin: ChainPlugin, chain: str, wallet: str, xpub: str,
@@ -51,6 +74,7 @@ def ensure_wallet_addresses(engine: Engine, plugin: ChainPlugin, chain: str, wal
     if not xpub or count <= 0:
         return
     with write_transaction(engine) as conn:
+        _issuing_lock(conn, chain, wallet)
         have = conn.execute(select(func.count()).select_from(t.chain_addresses).where(
             t.chain_addresses.c.chain == chain, t.chain_addresses.c.wallet == wallet)).scalar_one()
         for _ in range(have, count):
@@ -71,6 +95,7 @@ def register_deposit_address(engine: Engine, plugin: ChainPlugin, chain: str, xp
         raise InvalidArgument("index and created_height must not be negative")
     derived = plugin.derive_address(xpub, index)
     with write_transaction(engine) as conn:
+        _issuing_lock(conn, chain, DEPOSIT_WALLET)
         if conn.execute(select(t.accounts.c.id).where(t.accounts.c.id == account_id)).first() is None:
             raise NotFound(f"account {account_id} does not exist")
         taken = conn.execute(select(t.chain_addresses.c.account_id).where(
@@ -136,8 +161,11 @@ def _issue(conn, plugin: ChainPlugin, chain: str, wallet: str, xpub: str, accoun
     last = conn.execute(select(func.max(c.key_index)).where(c.chain == chain, c.wallet == wallet, c.branch == 0)
                         ).scalar()
     index = 0 if last is None else last + 1
-    derived = plugin.derive_address(xpub, index)
     cursor = store.load_cursor(conn, chain)
+    if cursor is None and wallet == DEPOSIT_WALLET:
+        raise ChainNotScannedYet(f"{chain}: no deposit address is handed out before its scanner has started "
+                                 "watching the chain")
+    derived = plugin.derive_address(xpub, index)
     conn.execute(t.chain_addresses.insert().values(
         chain=chain, wallet=wallet, branch=0, key_index=index, address=derived.address, watch_key=derived.watch_key,
         account_id=account_id, created_height=cursor.height if cursor else None, created_at=store.now()))

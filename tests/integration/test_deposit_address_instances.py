@@ -1,0 +1,110 @@
+"""Deposit addresses handed out by several instances on one database, with real bcoin: every address is
+watched from a height at or below its first possible payment, comes from the pinned deposit key, and
+is issued once, under load, with no failure (found by a review of accounts and addresses)."""
+import threading
+
+import pytest
+
+from custody.app import Custody
+from custody.errors import ConfigChanged
+from tests.support.bitcoin import CONFIRMATIONS, DEPOSIT_XPUB, OTHER_XPUB, make_chain_config
+
+
+def available(app, account_id):
+    return {b.asset: b for b in app.get_balances(str(account_id))[1]}["BTC"].available
+
+
+def test_an_address_handed_out_before_any_scanner_ran_is_credited(db_url, chain):
+    """Instance A serves the API before any scanner has run (a first deployment, a chain added, the
+    scanner on an instance that starts later). The scanner then started at the node's tip, above the
+    block paying the address, and never read it."""
+    config = make_chain_config(db_url, chain.rpc.url)
+    api, scanning = Custody(config), None
+    try:
+        ann = api.create_account("ann").account_id
+        _, address = api.deposit_address(str(ann), "bitcoin")
+        chain.pay((api.plugin("bitcoin").watch_key(address), 250_000))
+        chain.mine(1)
+        scanning = Custody(config)
+        scanning.scanner("bitcoin").catch_up()
+        chain.mine(CONFIRMATIONS)
+        scanning.scanner("bitcoin").catch_up()
+        assert [(d.amount, d.status) for d in api.list_deposits(str(ann))[1]] == [(250_000, "CREDITED")]
+        assert available(api, ann) == 250_000
+    finally:
+        api.close()
+        if scanning is not None:
+            scanning.close()
+
+
+def test_an_instance_whose_deposit_key_differs_from_the_pins_hands_out_no_address(db_url, chain):
+    """B's config names another deposit_xpub (a typo, a stale config in a rolling deploy): its scanner
+    refused to start, yet B handed out addresses of that key, which A's scanner then credited: coins
+    the signer's keys can't spend (FAILURE_MODES 34)."""
+    a = Custody(make_chain_config(db_url, chain.rpc.url))
+    b = Custody(make_chain_config(db_url, chain.rpc.url, deposit_xpub=OTHER_XPUB))
+    try:
+        a.scanner("bitcoin").catch_up()  # pins deposit_xpub
+        bob = a.create_account("bob").account_id
+        with pytest.raises(ConfigChanged, match="deposit_xpub"):
+            b.deposit_address(str(bob), "bitcoin")
+        _, address = a.deposit_address(str(bob), "bitcoin")
+        assert address == a.plugin("bitcoin").derive_address(DEPOSIT_XPUB, 0).address
+    finally:
+        a.close()
+        b.close()
+
+
+def test_addresses_issued_at_once_by_two_instances_are_distinct_and_none_fails(pg_url, chain):
+    """Each caller took the index after the highest and only one of them won: 14 of 16 concurrent
+    callers failed with INTERNAL, two instances starting together failed to start, and two first calls
+    for one account got two "current" addresses."""
+    config = make_chain_config(pg_url, chain.rpc.url)
+    instances = [Custody(config), Custody(config)]
+    try:
+        barrier, errors = threading.Barrier(2), []
+
+        def start(app):  # both register the hot and cold wallets' addresses on an empty database
+            barrier.wait()
+            try:
+                app.scanner("bitcoin")
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(app,)) for app in instances]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        instances[0].scanner("bitcoin").catch_up()
+
+        accounts = [instances[0].create_account(f"user-{i}").account_id for i in range(8)]
+        barrier, answers = threading.Barrier(16), []
+
+        def issue(app, account, new):
+            barrier.wait()
+            try:
+                answers.append((account, new, app.deposit_address(str(account), "bitcoin", new=new)[1]))
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=issue, args=(instances[i % 2], accounts[i // 2], i % 4 == 3))
+                   for i in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        owner, current = {}, {}
+        for account, new, address in answers:
+            assert owner.setdefault(address, account) == account, f"{address} given to two accounts"
+            if not new:
+                current.setdefault(account, set()).add(address)
+        twice_current = [a for i, a in enumerate(accounts) if i % 2 == 0]  # two new=False calls at once
+        assert all(len(current[a]) == 1 for a in twice_current), current
+        fresh = [address for _, new, address in answers if new]
+        assert len(set(fresh)) == len(fresh) == 4
+    finally:
+        for app in instances:
+            app.close()
