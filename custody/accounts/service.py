@@ -93,7 +93,11 @@ def set_frozen(engine: Engine, account_id: int, frozen: bool, staff: str, reason
     table, la = t.accounts, t.ledger_accounts
     with write_transaction(engine) as conn:
         query = select(table).where(table.c.id == account_id)
-        row = conn.execute(query.with_for_update() if is_postgres(engine) else query).first()
+        # FOR NO KEY UPDATE: it still serialises freezes, but not the foreign-key checks of a ledger
+        # group inserting this account's hold while holding the event sequence row, which the freeze
+        # then waits for: with FOR UPDATE the two deadlocked and PostgreSQL aborted one, usually the
+        # freeze (found by the matching review).
+        row = conn.execute(query.with_for_update(key_share=True) if is_postgres(engine) else query).first()
         if row is None:
             raise NotFound(f"account {account_id} does not exist")
         if bool(row.frozen) == frozen:

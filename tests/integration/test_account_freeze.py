@@ -136,3 +136,45 @@ def test_no_debit_is_ordered_after_the_freeze_that_stopped_it(pg_url):
         assert not after, f"debits committed after the freeze that came first: {after}"
     finally:
         app.close()
+
+
+def test_a_freeze_racing_an_order_of_the_same_account_does_not_deadlock(pg_url, monkeypatch):
+    """PostgreSQL: the freeze locked the account row, then waited for the event sequence row; a
+    matching group holding that row inserted the order's hold, whose foreign key needs a key-share
+    lock on the account row. Deadlock: PostgreSQL aborted one side, usually the freeze."""
+    import threading
+    import time
+
+    from custody.accounts.service import set_frozen
+    from custody.app import Custody
+    from custody.ledger import engine as ledger_mod
+    from tests.support.config import make_config
+    from tests.support.matching import ETH, accounts, place
+
+    app = Custody(make_config(pg_url))
+    try:
+        (x,) = accounts(app, 1, btc=10**8, eth=10 * ETH)
+        warm = place(app, x, "BUY", 50_000, ETH).order  # its held BTC ledger account exists
+        app.matching.cancel("exchange", "warm", warm.order_id)
+        real_insert, outcome, started = ledger_mod.insert_rows, {}, []
+
+        def freeze():
+            try:
+                outcome["freeze"] = set_frozen(app.engine, x, True, "alice-admin", "incident")[1]
+            except Exception as exc:
+                outcome["freeze"] = f"{type(exc).__name__}: {exc}"
+
+        def insert_rows(conn, table, columns, rows):
+            if table.name == "ledger_holds" and rows and not started:
+                started.append(threading.Thread(target=freeze))
+                started[0].start()
+                time.sleep(0.5)  # the freeze takes the account row, then waits for the sequence row
+            return real_insert(conn, table, columns, rows)
+
+        monkeypatch.setattr(ledger_mod, "insert_rows", insert_rows)
+        placed = place(app, x, "BUY", 100_000, ETH)
+        started[0].join()
+        assert outcome["freeze"] is True, outcome
+        assert placed.order.status == "OPEN"
+    finally:
+        app.close()
