@@ -24,6 +24,10 @@ class InsufficientFunds(FailedPrecondition):
 class AccountFrozen(FailedPrecondition):
     """The account is frozen for outgoing movements."""
 
+    def __init__(self, message: str, account_id: int | None = None):
+        super().__init__(message)
+        self.account_id = account_id
+
 
 class IdempotencyConflict(CustodyError):
     """An idempotency key was reused with a different request."""

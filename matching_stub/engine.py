@@ -108,6 +108,13 @@ class _Rejected(Exception):
         self.error = error
 
 
+def _frozen_since(error: CustodyError, request) -> bool:
+    """The ledger refused a request for another account frozen since its group began (a resting
+    order's owner): the request itself is fine."""
+    return (isinstance(error, AccountFrozen) and error.account_id is not None
+            and error.account_id != getattr(request, "account_id", None))
+
+
 class MatchingEngine:
     """Books for every configured market. Not thread-safe: one thread calls run()."""
 
@@ -240,6 +247,11 @@ class MatchingEngine:
         except (_Rejected, DBAPIError) as exc:  # nothing was committed and the books are back (see _commit)
             if len(requests) == 1:
                 if isinstance(exc, _Rejected) and exc.request_index >= 0:  # not the frozen sweep's
+                    if _frozen_since(exc.error, requests[0]):
+                        try:  # once more, in a new group: it sweeps that account's orders first
+                            return self._commit(requests)
+                        except _Rejected as again:
+                            return [again.error], 0, 0
                     return [exc.error], 0, 0
                 raise
             log.warning("matching group of %d failed (%s); retrying one by one", len(requests), exc)
@@ -442,7 +454,11 @@ class _Group:
             legs.append((buyer, f.refund))
         sell_post = HoldPost(sell.hold_id, ((buyer, f.quantity),))
         posts = (HoldPost(buy.hold_id, tuple(legs)), sell_post) if legs else (sell_post,)
-        self._command(Command(kind="trade", actor=client, reference=f"trade:{trade_id}", hold_posts=posts))
+        # The maker's account as not frozen: the group read frozen accounts when it began, and a
+        # freeze committed since must still stop the resting order (the ledger checks it under the
+        # event sequence row's lock; run() then plays the request again, after the sweep).
+        self._command(Command(kind="trade", actor=client, reference=f"trade:{trade_id}", hold_posts=posts,
+                              not_frozen=(f.maker.account_id,)))
         self.changed_orders[f.maker.id] = f.maker
         self.fills.append((len(self.commands) - 1, trade_id, market.name, f))
         self._data(market.name, "trade", {

@@ -22,7 +22,9 @@ from custody.db.bulk import (
     fetch_rows, in_pairs, insert_rows, int_array, select_by_ids, select_by_pairs, update_account_totals, update_rows,
 )
 from custody.db.engine import is_postgres, write_transaction
-from custody.errors import CustodyError, FailedPrecondition, IdempotencyConflict, InvalidArgument, NotFound
+from custody.errors import (
+    AccountFrozen, CustodyError, FailedPrecondition, IdempotencyConflict, InvalidArgument, NotFound,
+)
 from custody.ledger.commands import BatchResult, Command
 from custody.ledger.model import AccountState, Posting, Staging, new_id, owner_of, user_available, user_held
 
@@ -308,7 +310,7 @@ class _Group:
                 raise NotFound(f"account {account_id} does not exist")
         for account_id in c.not_frozen:
             if owners[account_id]:
-                raise FailedPrecondition(f"account {account_id} is frozen")
+                raise AccountFrozen(f"account {account_id} is frozen", account_id)
         for owner in named:
             if owner not in owners:
                 raise NotFound(f"account {owner} does not exist")

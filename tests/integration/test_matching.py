@@ -454,3 +454,34 @@ def test_a_sell_that_took_from_huge_bids_can_still_be_filled_as_a_maker(db_url):
         assert balances(app, seller)["ETH"] == (0, 10**6 - 300)
     finally:
         app.close()
+
+
+def test_a_resting_order_whose_owner_is_frozen_during_a_group_does_not_trade(pg_url, monkeypatch):
+    """PostgreSQL: the group read frozen accounts when it began; a freeze committed after that was
+    confirmed to staff, and the frozen maker's resting order still traded in the group (found by the
+    matching review). The fill now names the maker as not frozen, and the request is played again
+    in a new group, which sweeps the frozen maker's orders first."""
+    from custody.accounts.service import set_frozen
+    from custody.app import Custody
+    from matching_stub import engine as engine_mod
+    from tests.support.config import make_config
+
+    app = Custody(make_config(pg_url))
+    try:
+        maker, other, taker = accounts(app, 3, btc=10**8, eth=10 * ETH)
+        resting = place(app, maker, "SELL", 100_000, ETH).order
+        fallback = place(app, other, "SELL", 110_000, ETH).order
+        real_load, frozen_at = engine_mod._LedgerFunds.load_frozen, []
+
+        def load_frozen_then_staff_freeze(self):
+            real_load(self)  # the group's read: the maker is not frozen yet
+            if not frozen_at:  # staff freeze it now, in a transaction of their own, committed first
+                frozen_at.append(set_frozen(app.engine, maker, True, "alice-admin", "deposit reversed")[2])
+
+        monkeypatch.setattr(engine_mod._LedgerFunds, "load_frozen", load_frozen_then_staff_freeze)
+        placed = place(app, taker, "BUY", 110_000, ETH)
+        assert [tr.maker_order_id for tr in placed.trades] == [fallback.order_id]  # the other seller's
+        assert app.matching.get_order(resting.order_id).status == "CANCELLED"  # swept, never traded
+        assert balances(app, maker)["ETH"] == (10 * ETH, 0)  # its held ETH back, none sold
+    finally:
+        app.close()

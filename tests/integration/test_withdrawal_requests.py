@@ -346,7 +346,12 @@ def test_a_payment_below_the_dust_limit_of_its_address_is_refused(db_url):
 def test_a_withdrawal_to_one_of_our_own_addresses_is_refused(wapp):
     """On chain to ourselves would be credited as a deposit while the resolve path reads the output as
     our own: internal moves go through Transfer."""
+    from custody.deposits import store as deposit_store
+    from custody.deposits.store import Cursor
+
     payer, payee = account(wapp), account(wapp, "user-2", amount=0)
+    with wapp.engine.begin() as conn:  # as if scanned (no node here): the chain's addresses may be handed out
+        deposit_store.create_cursor(conn, "bitcoin", Cursor(100, "00" * 32))
     deposit = wapp.deposit_address(payee, "bitcoin")[1]
     hot = wapp.plugin("bitcoin").derive_address(HOT_XPUB, 1).address
     ensure_wallet_addresses(wapp.engine, wapp.plugin("bitcoin"), "bitcoin", "hot", HOT_XPUB, 2)
