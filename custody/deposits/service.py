@@ -1,16 +1,16 @@
 """Deposit use cases: issuing addresses and listing deposits."""
 from __future__ import annotations
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
 from chains.base import ChainPlugin
 from custody.db import schema as t
-from custody.db.engine import is_postgres, read_transaction, write_transaction
+from custody.db.engine import read_transaction, write_transaction
 from custody.deposits import store
 from custody.deposits.model import DEPOSIT_WALLET, ON_CHAIN, Deposit, confirmations
 from custody.errors import FailedPrecondition, InvalidArgument, NotFound
-from custody.jobs.locks import lock_key
+from custody.jobs import locks
 from custody.text import parse_reason, parse_staff
 from custody.paging import Page
 
@@ -63,8 +63,7 @@ def _issuing_lock(conn, chain: str, wallet: str) -> None:
     picks the next index after the highest, and without it concurrent callers collided (most of
     16 at once failed), two instances starting together failed to start, and two first calls for
     one account got two addresses. SQLite's write lock (BEGIN IMMEDIATE) does this already."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(f"address-issue:{chain}:{wallet}")})
+    locks.for_this_transaction(conn, f"address-issue:{chain}:{wallet}")
 
 
 def ensure_wallet_addresses(engine: Engine, plugin: ChainPlugin, chain: str, wallet: str, xpub: str,
@@ -124,8 +123,7 @@ def request_rescan(engine: Engine, chain: str, from_height: int, reason: str) ->
     if from_height < 0:
         raise InvalidArgument("from_height must not be negative")
     with write_transaction(engine) as conn:
-        if is_postgres(engine):  # two requests at the same moment: the second sees the first
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(f"rescan-request:{chain}")})
+        locks.for_this_transaction(conn, f"rescan-request:{chain}")  # two at once: the second sees the first
         # Only one nothing was done for yet: a request partly done read its blocks with the addresses
         # watched then, and a re-run (addresses added since) must read them again.
         reused = next((b["id"] for b in store.open_backfills(conn, chain)

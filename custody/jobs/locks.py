@@ -27,3 +27,10 @@ def exclusive(engine: Engine, name: str):
             if got:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 conn.commit()
+
+
+def for_this_transaction(conn, name: str) -> None:
+    """Waits for, then holds until the transaction ends, the lock `name` (PostgreSQL; on SQLite
+    the write transaction's own lock, BEGIN IMMEDIATE, already lets one writer in at a time)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(name)})
