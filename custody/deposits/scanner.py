@@ -220,10 +220,13 @@ class Scanner:
                 else:
                     rereads = read_again("the node returned no blocks below its tip")
                 continue
-            if not self._on_best_chain(linked[-1]):
+            if not self._on_best_chain(linked[-1]) or not self._tip_still_best(tip, linked[-1]):
                 # Fetched ahead, then replaced by a reorg: applied, they would count confirmations on
                 # a branch the node has left, credit deposits and then reverse them and freeze the
-                # accounts. Their last block still on the best chain vouches for all of them.
+                # accounts. Their last block still on the best chain vouches for all of them. And the
+                # tip read before the watched set was refreshed must still be on it: a block a reorg
+                # brought in after that read may pay an address issued after the refresh, which this
+                # run does not watch (no block older than an address can pay it).
                 log.warning("blocks fetched are no longer on the best chain; fetching again", chain=self.chain,
                             heights=f"{linked[0].height}..{linked[-1].height}")
                 rereads = read_again("blocks fetched were no longer on the node's best chain")
@@ -241,6 +244,11 @@ class Scanner:
             raise NodeUnavailable(f"{self.chain}: the node's best chain changed {unwound} times in a row "
                                   f"(cursor {cursor.height}, tip {tip.height}); waiting for it to settle")
         return unwound + 1
+
+    def _tip_still_best(self, tip, last: Block) -> bool:
+        if last.height == tip.height:  # the common case, a group ending at the tip: no call
+            return last.hash == tip.hash
+        return self._on_best_chain(tip)
 
     def _on_best_chain(self, block: Block) -> bool:
         try:

@@ -108,3 +108,37 @@ def test_addresses_issued_at_once_by_two_instances_are_distinct_and_none_fails(p
     finally:
         for app in instances:
             app.close()
+
+
+def test_a_block_a_reorg_brings_in_after_the_tip_was_read_is_not_applied_unwatched(pg_url, chain):
+    """The scanner reads the tip, refreshes its watched addresses, then fetches. An address issued on
+    another instance after the refresh, paid in a block a reorg brought in before the fetch, was
+    applied without the address being watched: the payment was never credited."""
+    config = make_chain_config(pg_url, chain.rpc.url)
+    api, scanning = Custody(config), Custody(config)
+    try:
+        scanner = scanning.scanner("bitcoin")
+        scanner.catch_up()
+        chain.mine(1)
+        height = chain.height()
+        plugin = scanning.plugin("bitcoin")
+        fetch, late = plugin.fetch_blocks, {}
+
+        def fetch_after_a_reorg(start, count, watch):
+            if not late:  # after the tip read and the refresh, before the blocks are read
+                late["account"] = api.create_account("late").account_id
+                _, address = api.deposit_address(str(late["account"]), "bitcoin")
+                chain.miner.invalidate(height)
+                chain.pay((api.plugin("bitcoin").watch_key(address), 123_456))
+                chain.mine(1)
+            return fetch(start, count, watch)
+
+        plugin.fetch_blocks = fetch_after_a_reorg
+        scanner.catch_up()
+        plugin.fetch_blocks = fetch
+        chain.mine(CONFIRMATIONS + 1)
+        scanner.catch_up()
+        assert [(d.amount, d.status) for d in api.list_deposits(str(late["account"]))[1]] == [(123_456, "CREDITED")]
+    finally:
+        api.close()
+        scanning.close()
