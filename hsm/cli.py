@@ -226,21 +226,29 @@ def _wallet_create(args) -> int:
     if not args.mnemonic_out and not sys.stdout.isatty():
         raise KeystoreError("standard output is not a terminal: the words would be written where others "
                             "can read them; give --mnemonic-out FILE; nothing was created")
-    # The words file is created before the seed exists: a missing folder or an existing file fails here, before
-    # a wallet is saved that no one has the words of.
+    # The words are on disk before the seed is saved: a missing folder, an existing file or a failed
+    # write stops here, before a wallet exists that no one has the words of.
+    from hsm.keystores.software import new_mnemonic
+
     words_out = pathlib.Path(args.mnemonic_out) if args.mnemonic_out else None
     words_fd = _create_private_file(words_out) if words_out else None
     try:
         store = _open_or_create(args)
-        mnemonic = store.generate_wallet(args.wallet, words=args.words)
-    except BaseException:  # a wrong passphrase, an existing wallet, a failed save, ^C at a prompt
-        if words_fd is not None:
-            os.close(words_fd)
-            words_out.unlink()  # still empty: nothing was created
+        if words_out:
+            mnemonic = new_mnemonic(args.words)
+            fd, words_fd = words_fd, None
+            _finish_private_file(fd, words_out, (mnemonic + "\n").encode())
+            store.import_wallet(args.wallet, mnemonic)
+        else:
+            mnemonic = store.generate_wallet(args.wallet, words=args.words)
+    except BaseException:  # a wrong passphrase, an existing wallet, a failed write or save, ^C at a prompt
+        if words_out:
+            if words_fd is not None:
+                os.close(words_fd)
+            words_out.unlink(missing_ok=True)  # the words of a wallet that was not saved
         raise
     print(f"wallet {args.wallet} created, fingerprint {store.fingerprint(args.wallet)}")
     if words_out:
-        _finish_private_file(words_fd, words_out, (mnemonic + "\n").encode())
         print(f"its words are in {args.mnemonic_out}: write them down, keep them offline, then delete the file")
     else:
         print("write these words down, in order, and keep them offline; they are shown only now:")

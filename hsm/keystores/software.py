@@ -202,7 +202,7 @@ class SoftwareKeystore(Keystore):
     # -- wallets ----------------------------------------------------------------------------
     def generate_wallet(self, name: str, words: int = 24) -> str:
         """A fresh seed from the OS's randomness; returns its mnemonic to write down once."""
-        mnemonic = bip39.mnemonic_from_bytes(secrets.token_bytes(words * 4 // 3))
+        mnemonic = new_mnemonic(words)
         self.import_wallet(name, mnemonic)
         return mnemonic
 
@@ -262,3 +262,8 @@ class SoftwareKeystore(Keystore):
                 self._children.clear()
             self._children[(key_id, path)] = child
         return child
+
+
+def new_mnemonic(words: int = 24) -> str:
+    """A fresh BIP39 mnemonic from the OS's randomness (12 or 24 words)."""
+    return bip39.mnemonic_from_bytes(secrets.token_bytes(words * 4 // 3))

@@ -345,3 +345,29 @@ def test_approve_shows_what_it_approves_and_asks(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["approver"] == "alice", r.stderr
     assert f"call token contract {S.USDT_CONTRACT}: transfer 5000 token units to 0x{'22' * 20}" in r.stderr
     assert f"chain id {S.ANVIL_CHAIN_ID}" in r.stderr and "fee: at most 120000000000000 wei" in r.stderr
+
+
+def test_create_whose_words_cannot_be_written_saves_no_wallet(tmp_path, keystore, monkeypatch):
+    """A full disk while the words are written: the seed was saved first, so a wallet existed whose
+    words were lost. The words are now on disk before the seed is saved."""
+    import argparse
+
+    from hsm import cli
+
+    def full_disk(fd, path, data):
+        import os
+
+        os.close(fd)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "_finish_private_file", full_disk)
+    monkeypatch.setenv("CUSTODY_SIGNER_PASSPHRASE", S.PASSPHRASE)
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    words = tmp_path / "words.txt"
+    args = parser.parse_args(["signer", "wallet", "create", "--keystore", str(tmp_path / "keystore.json"),
+                              "--wallet", "second", "--mnemonic-out", str(words)])
+    assert cli.run(args) == 1
+    assert not words.exists()
+    monkeypatch.undo()
+    assert custody("fingerprint", "--keystore", tmp_path / "keystore.json", "--wallet", "second").returncode == 1
