@@ -18,6 +18,7 @@ import tomllib
 from custody.errors import InvalidArgument
 from custody.ledger.commands import SERVICE_SCOPE
 from custody.money import MAX_AMOUNT, parse_amount
+from custody.text import NAME
 
 SCOPES = frozenset({"accounts", "withdraw", "review", "treasury", "compliance", "admin"})
 _ASSET_NAME = re.compile(r"[A-Z0-9]{2,16}")
@@ -25,7 +26,6 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # A client's name is its idempotency scope and the actor recorded in events and histories (64
 # characters in the database). The service's own actors have a ':' or a space in them or are
 # reserved, so a client can neither pose as one nor take an internal command's idempotency key.
-_CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 # signer and scanner: actors in withdrawal histories (withdrawals/sender.py); matching: the ledger
 # actor of the cancels of frozen accounts' orders (matching_stub/engine.py).
 RESERVED_CLIENT_NAMES = frozenset({"anonymous", SERVICE_SCOPE, "withdrawal-job", "signer", "scanner", "matching"})
@@ -465,7 +465,7 @@ def _client(raw: dict, index: int) -> ClientConfig:
     name = raw.get("name", "")
     if not name:
         raise ConfigError(f"{where}: name is required")
-    if not isinstance(name, str) or not _CLIENT_NAME.fullmatch(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ConfigError(f"{where}: name must be 1-64 letters, digits and . _ @ -, starting with a letter or digit")
     if name in RESERVED_CLIENT_NAMES:
         raise ConfigError(f"{where}: name {name!r} is reserved for the service itself")

@@ -49,15 +49,15 @@ def parse_reason(reason: str | None) -> str:
     return _check(reason, "reason")
 
 
-# As client names in the config (custody/config.py): what an operator command records as "who".
-_STAFF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+# A client's name in the config (custody/config.py), and the staff name an operator command records.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 
 def parse_staff(name: str | None) -> str:
     """The staff name an operator command records (--staff): a plain name, so that no escape,
     line break or right-to-left override can make the record read as someone else's."""
     name = (name or "").strip()
-    if not _STAFF.fullmatch(name):
+    if not NAME.fullmatch(name):
         raise InvalidArgument(f"staff name {name[:64]!r} must be 1 to 64 letters, digits and . _ @ - "
                               "(as client names in the config)")
     return name
