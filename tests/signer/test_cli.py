@@ -276,17 +276,13 @@ def test_create_that_fails_after_making_the_words_file_removes_it(tmp_path, keys
     assert r.returncode == 1 and "exists already" in r.stderr and not words.exists()
 
 
-def test_create_whose_keystore_save_fails_leaves_no_words_file(tmp_path, keystore, monkeypatch):
-    """A full disk when the keystore is saved: no wallet, and no words file of a wallet that doesn't exist."""
+def create_fails_leaving_no_wallet_and_no_words(tmp_path, monkeypatch):
+    """`wallet create --mnemonic-out` run in this process (so a test can patch a step to fail): it
+    fails, and leaves neither the wallet nor its words file."""
     import argparse
 
     from hsm import cli
-    from hsm.keystores.software import SoftwareKeystore
 
-    def full_disk(self):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(SoftwareKeystore, "save", full_disk)
     monkeypatch.setenv("CUSTODY_SIGNER_PASSPHRASE", S.PASSPHRASE)
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command"))
@@ -297,6 +293,17 @@ def test_create_whose_keystore_save_fails_leaves_no_words_file(tmp_path, keystor
     assert not words.exists()
     monkeypatch.undo()
     assert custody("fingerprint", "--keystore", tmp_path / "keystore.json", "--wallet", "second").returncode == 1
+
+
+def test_create_whose_keystore_save_fails_leaves_no_words_file(tmp_path, keystore, monkeypatch):
+    """A full disk when the keystore is saved: no wallet, and no words file of a wallet that doesn't exist."""
+    from hsm.keystores.software import SoftwareKeystore
+
+    def full_disk(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SoftwareKeystore, "save", full_disk)
+    create_fails_leaving_no_wallet_and_no_words(tmp_path, monkeypatch)
 
 
 def test_a_backup_is_private_and_never_overwrites(tmp_path, keystore):
@@ -350,8 +357,6 @@ def test_approve_shows_what_it_approves_and_asks(tmp_path):
 def test_create_whose_words_cannot_be_written_saves_no_wallet(tmp_path, keystore, monkeypatch):
     """A full disk while the words are written: the seed was saved first, so a wallet existed whose
     words were lost. The words are now on disk before the seed is saved."""
-    import argparse
-
     from hsm import cli
 
     def full_disk(fd, path, data):
@@ -361,13 +366,4 @@ def test_create_whose_words_cannot_be_written_saves_no_wallet(tmp_path, keystore
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cli, "_finish_private_file", full_disk)
-    monkeypatch.setenv("CUSTODY_SIGNER_PASSPHRASE", S.PASSPHRASE)
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers(dest="command"))
-    words = tmp_path / "words.txt"
-    args = parser.parse_args(["signer", "wallet", "create", "--keystore", str(tmp_path / "keystore.json"),
-                              "--wallet", "second", "--mnemonic-out", str(words)])
-    assert cli.run(args) == 1
-    assert not words.exists()
-    monkeypatch.undo()
-    assert custody("fingerprint", "--keystore", tmp_path / "keystore.json", "--wallet", "second").returncode == 1
+    create_fails_leaving_no_wallet_and_no_words(tmp_path, monkeypatch)
