@@ -26,6 +26,14 @@ network.addressPrefix.scripthash = 0xc4;
 network.addressPrefix.bech32 = 'bcrt';
 network.keyPrefix.privkey = 0xef;
 
+// Off the peer-to-peer network. bcoin dialled regtest's seed 127.0.0.1:48444 every few
+// seconds, and now and then the kernel gave that socket the source port 48444: a TCP
+// self-connect, which bcoin accepts on regtest. The node was then its own peer and handed
+// itself back transactions an invalidateblock had just wiped from its mempool. So: no
+// seeds, no host list kept from an older run, and a self-connect refused all the same.
+// (node.connect() stays: without it the chain's reset handlers fail, mempool included.)
+network.selfConnect = false;
+
 const port = Number(arg('--port', '18443'));
 const apiKey = arg('--api-key', '');
 const prefix = arg('--prefix', null);
@@ -38,6 +46,7 @@ const node = new bcoin.FullNode({
   httpHost: '127.0.0.1',
   apiKey,
   listen: false,
+  seeds: [],
   logLevel: process.env.CUSTODY_BCOIN_LOG_LEVEL || 'warning',
   logConsole: true,
   // Our tests and the scanner read raw blocks; no indexes are needed.
@@ -46,8 +55,10 @@ const node = new bcoin.FullNode({
 });
 
 async function main() {
-  if (prefix !== null)
+  if (prefix !== null) {
     fs.mkdirSync(path.join(prefix, 'regtest'), { recursive: true });
+    fs.rmSync(path.join(prefix, 'regtest', 'hosts.json'), { force: true });
+  }
   await node.open();
   await node.connect();
   console.log(JSON.stringify({ event: 'ready', port, height: node.chain.height }));

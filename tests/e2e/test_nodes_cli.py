@@ -77,3 +77,37 @@ def test_nodes_up_refuses_a_port_another_program_listens_on(tmp_path):
     assert up.returncode != 0 and f"port {port} is in use by another program" in up.stderr, up.stdout + up.stderr
     assert "Traceback" not in up.stderr
     assert not (tmp_path / "nodes" / "ethereum" / "node.json").exists()
+
+
+def test_the_regtest_bitcoin_node_never_dials_a_peer(tmp_path, monkeypatch):
+    """Connected to the network, bcoin dialled regtest's seed 127.0.0.1:48444 every few seconds.
+    Now and then the kernel gave that socket the source port 48444: a TCP self-connect, which
+    bcoin accepts on regtest. The node was then its own peer and handed itself back the
+    transactions an invalidateblock had just wiped (two CI failures). Its debug log shows every
+    dial: none on a fresh start, none on a restart whose folder holds an old run's host list."""
+    import time
+
+    from chains.nodes import Nodes
+    from tests.support.bitcoin import start_node
+
+    monkeypatch.setenv("CUSTODY_BCOIN_LOG_LEVEL", "debug")
+    folder = tmp_path / "nodes"
+    log = folder / "bitcoin" / "node.log"
+    nodes = start_node(folder)
+    try:
+        json_rpc(nodes.rpc_url("bitcoin"), "generatetoaddress", [1, "bcrt1q6rz28mcfaxtmd6v789l9rrlrusdprr9pz3cppk"])
+        time.sleep(2)  # it dialled on start-up, and again on a timer
+        nodes.down()
+        first_run = log.read_text()
+        log.unlink()
+        (folder / "bitcoin" / "data" / "regtest" / "hosts.json").write_text(json.dumps({
+            "version": 0, "network": "regtest", "fresh": [["127.0.0.1:48444"]] + [[]] * 19, "used": [[]] * 20,
+            "addrs": [{"addr": "127.0.0.1:48444", "src": "0.0.0.0:48444", "services": "1101", "time": 1796534073,
+                       "attempts": 0, "lastSuccess": 0, "lastAttempt": 0}]}))
+        Nodes(folder, nodes.ports).up(("bitcoin",))
+        time.sleep(2)
+    finally:
+        nodes.down()
+    assert "(miner) Created block" in first_run  # the debug log is on
+    for run_log in (first_run, log.read_text()):
+        assert "(net) Connecting to" not in run_log and "loader peer" not in run_log, run_log
