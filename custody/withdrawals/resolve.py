@@ -22,6 +22,7 @@ from sqlalchemy import delete, select
 
 from custody.db import schema as t
 from custody.db.engine import read_transaction
+from custody.deposits.model import DEPOSIT_WALLET, WALLETS
 from custody.deposits.store import load_cursor
 from custody.errors import CustodyError, FailedPrecondition, InvalidArgument, NotFound
 from custody.ledger.commands import Command, Idempotency
@@ -31,6 +32,8 @@ from custody.paging import Page
 from custody.text import parse_reason
 from custody.withdrawals import model, store
 from custody.withdrawals.refusal import NEEDS_STAFF
+
+OUR_WALLETS = tuple(w for w in WALLETS if w != DEPOSIT_WALLET)  # the exchange's own: hot and cold
 
 
 # A batch lists its withdrawals' ids (about 35 bytes each) and a batch may hold thousands
@@ -223,10 +226,13 @@ def _our_inputs(conn, chain: str, tx) -> int | None:
 
 
 def _our_outputs(conn, chain: str, txid: str) -> dict[int, int]:
-    """Outputs of txid paying our own addresses (the scanner recorded them): index -> amount."""
+    """Outputs of txid paying our own wallets, hot or cold (the scanner recorded them): index ->
+    amount. Not a user's deposit address: that output is the user's deposit, which the scanner
+    credits. Counted as ours, it shrank a foreign spender's loss and let a transaction paying
+    one pass as a batch's payment, and the ledger kept in the hot wallet coins a user owned."""
     u = t.utxos.c
     return {r.output_index: r.amount for r in conn.execute(
-        select(u.output_index, u.amount).where(u.chain == chain, u.txid == txid))}
+        select(u.output_index, u.amount).where(u.chain == chain, u.txid == txid, u.wallet.in_(OUR_WALLETS)))}
 
 
 def _multiset_includes(have: list, want: list) -> bool:

@@ -630,6 +630,78 @@ def test_a_batch_whose_inputs_two_outside_transactions_spent_books_both_losses(d
         app.close()
 
 
+
+def test_an_outside_spend_into_a_users_deposit_address_is_booked_as_a_loss(db_url, chain, signer):
+    """Someone with the hot key sends a stored batch's coin to their own deposit address at the
+    exchange. The scanner credits that deposit to them. Staff settle the batch: the coin was
+    counted as paid back to us and only the miner's fee was booked as lost, so the ledger kept
+    in the hot wallet coins that now belonged to a user (a review note, now fixed)."""
+    from chains.bitcoin.addresses import parse_address
+
+    app = make_app(db_url, chain)
+    try:
+        fund_hot_wallet(app, chain, 3_000_000)
+        hot_before = ledger_balance(app, "wallet:bitcoin:hot")
+        payer, thief = app.create_account("payer").account_id, app.create_account("thief").account_id
+        fund(app, payer, BTC)
+        wid = app.withdrawals.request("wallet-service", "k", str(payer), "BTC",
+                                      script_to_address(random_script(), REGTEST), str(AMOUNT))[0]["id"]
+        with pytest.raises(CrashForTest):
+            sender(app, signer, crash_at="after_store").tick()
+        (coin,) = reserved(app)
+        _, address = app.deposit_address(str(thief), "bitcoin")
+        _, thief_script = parse_address(address, REGTEST)
+        taken = chain.miner.send(spend(coin, 3_000_000, account_xprv(1).derive("m/0/1").key, thief_script))
+        s = sender(app, signer)
+        confirm(app, chain, s, blocks=3)
+        assert available_held(app, thief) == (2_999_000, 0)  # credited as the thief's deposit
+        (batch,) = batches(app)
+        assert batch["status"] == "NEEDS_STAFF" and taken in batch["reason"]
+        app.withdrawals.resolve_batch("alice-admin", batch["id"], taken, "hot key leaked")
+        assert status(app, wid)["status"] == "FAILED" and available_held(app, payer) == (BTC, 0)
+        # The whole coin left the hot wallet; the deposit wallet holds what the thief was credited.
+        assert ledger_balance(app, "suspense") == -3_000_000
+        assert ledger_balance(app, "wallet:bitcoin:hot") == hot_before - 3_000_000
+        assert ledger_balance(app, "wallet:bitcoin:deposit") == 2_999_000
+    finally:
+        app.close()
+
+
+def test_an_outside_transaction_paying_the_withdrawal_and_a_deposit_address_is_not_taken_as_its_payment(
+        db_url, chain, signer):
+    """Someone with the hot key pays a stored batch's withdrawal exactly, from its coin, and sends
+    the rest to their own deposit address. Named by staff, it passed as the batch's payment: the
+    deposit output counted as change kept by the hot wallet, while the scanner credited it to
+    the thief as well. It pays someone besides the batch's withdrawals: refused, nothing changed."""
+    from chains.bitcoin.addresses import parse_address
+    from custody.errors import FailedPrecondition
+
+    app = make_app(db_url, chain)
+    try:
+        fund_hot_wallet(app, chain, 3_000_000)
+        payer, thief = app.create_account("payer").account_id, app.create_account("thief").account_id
+        fund(app, payer, BTC)
+        payee = random_script()
+        wid = app.withdrawals.request("wallet-service", "k", str(payer), "BTC", script_to_address(payee, REGTEST),
+                                      str(AMOUNT))[0]["id"]
+        with pytest.raises(CrashForTest):
+            sender(app, signer, crash_at="after_store").tick()
+        (coin,) = reserved(app)
+        _, thief_script = parse_address(app.deposit_address(str(thief), "bitcoin")[1], REGTEST)
+        other = chain.miner.send(spend(coin, 3_000_000, account_xprv(1).derive("m/0/1").key, thief_script,
+                                       also=((payee, AMOUNT),)))
+        s = sender(app, signer)
+        confirm(app, chain, s, blocks=3)
+        (batch,) = batches(app)
+        assert batch["status"] == "NEEDS_STAFF"
+        before = (ledger_balance(app, "wallet:bitcoin:hot"), ledger_balance(app, "suspense"), status(app, wid))
+        with pytest.raises(FailedPrecondition, match="pays others too"):
+            app.withdrawals.resolve_batch("alice-admin", batch["id"], other, "hot key leaked")
+        assert batches(app)[0]["status"] == "NEEDS_STAFF"
+        assert (ledger_balance(app, "wallet:bitcoin:hot"), ledger_balance(app, "suspense"), status(app, wid)) == before
+    finally:
+        app.close()
+
 def test_a_held_batch_whose_conflict_goes_away_is_paid_by_its_stored_payment(db_url, chain, tmp_path):
     """The node refuses the payment (a conflicting spend in its mempool) and the signer refuses the
     self-spend (its max_fee): the batch is held for staff. Then the conflict leaves the mempool,

@@ -109,10 +109,14 @@ def deposit_key(index: int) -> PrivateKey:
     return account_xprv(0).derive(f"m/0/{index}").key
 
 
-def spend(outpoint: tuple[str, int], amount: int, key: PrivateKey, to_script: bytes, fee: int = 1000) -> bytes:
-    """A signed transaction moving a p2wpkh output we hold the key for."""
+def spend(outpoint: tuple[str, int], amount: int, key: PrivateKey, to_script: bytes, fee: int = 1000,
+          also: tuple[tuple[bytes, int], ...] = ()) -> bytes:
+    """A signed transaction moving a p2wpkh output we hold the key for: to_script gets what the
+    outputs in `also` (script, sats) and the fee leave."""
+    rest = amount - fee - sum(sats for _, sats in also)
     tx = Transaction(version=2, vin=[TransactionInput(bytes.fromhex(outpoint[0]), outpoint[1])],
-                     vout=[TransactionOutput(amount - fee, Script(to_script))])
+                     vout=[TransactionOutput(rest, Script(to_script))]
+                     + [TransactionOutput(sats, Script(script)) for script, sats in also])
     pub = key.get_public_key()
     digest = tx.sighash_segwit(0, p2pkh(pub), amount)
     tx.vin[0].witness = Witness([key.sign(digest).serialize() + bytes([SIGHASH.ALL]), pub.sec()])
