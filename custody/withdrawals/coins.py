@@ -1,7 +1,8 @@
 """Coin selection and consolidation for the Bitcoin withdrawal job (a part of BitcoinSender).
 
 Selection: largest first, only coins worth more than their own input's fee,
-within max_inputs and the standard size (max_tx_vsize). Consolidation
+within max_inputs and the standard size (max_tx_vsize), with change enough to
+bump the fee to max_fee_rate when the coins allow it. Consolidation
 (FAILURE_MODES 29): when the coins exist but not within one transaction, the
 largest hot-wallet coins are merged into one, as many merges as the waiting
 withdrawals need (docs/withdrawals.md).
@@ -166,15 +167,23 @@ class CoinsMixin:
 
     def _select(self, spendable: list[tuple[str, Coin]], pending: list[dict], fee_rate: int) -> list[Coin] | None:
         """Largest coins first until they pay the withdrawals and the fee, within max_inputs and
-        the standard size (max_tx_vsize); None if they can't."""
-        from chains.bitcoin.psbt import vsize
+        the standard size (max_tx_vsize); None if they can't.
+
+        Then more coins while the change could not pay a bump to max_fee_rate and stay above dust:
+        a bump takes its fee from the change (psbt.bump), so a batch with no change, or too little,
+        could never be bumped and waited out a fee spike (FAILURE_MODES 26). If the coins run out
+        first, the smallest selection that pays goes as it is."""
+        from chains.bitcoin.psbt import DUST, vsize
 
         need = sum(p["amount"] for p in pending)
         scripts = [self.plugin.watch_key(p["to_address"]) for p in pending] + [b"\0" * 22]
-        chosen, total = [], 0
+        chosen, total, paying = [], 0, None
         for _, coin in spendable[: self._max_inputs(scripts)]:
             chosen.append(coin)
             total += coin.amount
-            if total >= need + vsize(len(chosen), scripts) * fee_rate:
+            size = vsize(len(chosen), scripts)
+            if total >= need + size * self.rules.max_fee_rate + DUST:
                 return chosen
-        return None
+            if paying is None and total >= need + size * fee_rate:
+                paying = list(chosen)
+        return paying

@@ -15,8 +15,9 @@ from chains.bitcoin.params import network
 from custody.app import Custody
 from custody.withdrawals import store
 from tests.support.bitcoin import random_script
-from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_held, confirm, fund, fund_hot_wallet,
-                                       ledger_balance, reserved, sender, start_signer, withdrawal_config)
+from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_held, batches, confirm, fund,
+                                       fund_hot_wallet, ledger_balance, reserved, sender, start_signer,
+                                       withdrawal_config)
 
 REGTEST = network("regtest")
 AMOUNT = 2_000_000
@@ -183,3 +184,62 @@ def test_a_bump_counts_once_against_the_signers_24h_limit(btc, chain, tmp_path):
         check_completed_once_with(btc, acct, wid, original, bumped, s, clock)
     finally:
         signer.stop()
+
+
+@pytest.fixture
+def quiet_btc(db_url, chain):
+    """btc on a chain whose mempool held nothing from earlier tests: a transaction of theirs
+    mined later may pay our (shared, deterministic) hot addresses and add coins to select."""
+    chain.mine(1)
+    app = Custody(withdrawal_config(db_url, chain.rpc.url, confirmations=2, fallback_fee_rate=2))
+    app.scanner("bitcoin").catch_up()
+    yield app
+    app.close()
+
+
+def test_a_batch_keeps_change_enough_to_be_bumped_to_the_maximum_fee_rate(quiet_btc, chain, signer):
+    """The largest coin pays the withdrawal and its fee with 1,000 sats to spare. Taken alone, the
+    batch had a change output too small for any real bump (a bump takes its fee from the change),
+    so in a fee spike it waited for days (FAILURE_MODES 26). With another coin in the hot wallet,
+    the batch takes it too and can be bumped all the way to max_fee_rate."""
+    from chains.bitcoin.psbt import bump
+
+    btc, size, rate = quiet_btc, 141, 2  # vB of one p2wpkh input, the payment and the change; fallback rate
+    tight, other = AMOUNT + size * rate + 1_000, 500_000
+    fund_hot_wallet(btc, chain, tight, other)
+    acct = btc.create_account("payer").account_id
+    fund(btc, acct, BTC)
+    btc.withdrawals.request("wallet-service", "k", str(acct), "BTC", script_to_address(random_script(), REGTEST),
+                            str(AMOUNT))
+    sender(btc, signer).tick()
+    assert _reserved_amounts(btc) == [other, tight]
+    (batch,) = batches(btc)
+    max_rate = btc.config.withdrawals.max_fee_rate
+    _, fee = bump(batch["psbt"], max_rate)  # raised NodeError ("below the dust limit") before
+    assert fee == (size + 68) * max_rate
+
+
+def test_without_another_coin_the_batch_goes_with_the_change_it_has(quiet_btc, chain, signer):
+    """The rule above never holds a withdrawal back: with no other coin, the tight one pays."""
+    btc = quiet_btc
+    tight = AMOUNT + 141 * 2 + 1_000
+    fund_hot_wallet(btc, chain, tight)
+    acct = btc.create_account("payer").account_id
+    fund(btc, acct, BTC)
+    wid = btc.withdrawals.request("wallet-service", "k", str(acct), "BTC", script_to_address(random_script(), REGTEST),
+                                  str(AMOUNT))[0]["id"]
+    sender(btc, signer).tick()
+    assert _reserved_amounts(btc) == [tight]
+    assert btc.withdrawals.get(wid)[0]["status"] == "BROADCAST"
+
+
+def _reserved_amounts(app) -> list[int]:
+    from sqlalchemy import select
+
+    from custody.db import schema as t
+    from custody.db.engine import read_transaction
+
+    u, r = t.utxos.c, t.utxo_reservations.c
+    with read_transaction(app.engine) as conn:
+        return sorted(conn.execute(select(u.amount).join(t.utxo_reservations, (r.chain == u.chain) & (
+            r.txid == u.txid) & (r.output_index == u.output_index))).scalars())
