@@ -61,7 +61,7 @@ def test_an_adjustment_past_its_deadline_does_not_stop_the_ledger_writer(served)
     adjust(clients, a, "fund", 30)
     with writes_stalled(app.engine):
         with pytest.raises(grpc.RpcError) as late:
-            adjust(clients, a, "late", 0.5)
+            adjust(clients, a, "late", 2)  # what the call waits for is stalled: its deadline passes
         assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     clients.custody.Transfer(pb.TransferRequest(idempotency_key="t", from_account_id=a, to_account_id=b,
                                                 asset="BTC", amount="300"), metadata=Clients.md(), timeout=30)
@@ -84,7 +84,7 @@ def test_an_order_past_its_deadline_does_not_stop_the_matching_thread(served):
 
     with writes_stalled(app.engine):
         with pytest.raises(grpc.RpcError) as late:
-            place("late", 0.5)
+            place("late", 2)
         assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     second = place("next", 30)
     retried = place("late", 30)

@@ -107,7 +107,7 @@ def test_dropped_and_duplicated_block_answers_leave_the_same_ledger(db_url, chai
         chain.reorg(fork, 2)  # drops it: orphaned
         everyone_scans()
         assert ledger_view(clean, accounts[0]) == ledger_view(shaky, accounts[1])
-        chain.rpc.call("sendrawtransaction", raw.hex())  # re-mined: seen again, credited once
+        chain.miner.send(raw)  # re-mined: seen again, credited once
         chain.mine(CONFIRMATIONS + 1)
         everyone_scans()
 

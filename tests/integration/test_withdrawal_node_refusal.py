@@ -218,7 +218,7 @@ def test_a_broadcast_whose_answer_is_lost_is_not_paid_twice(db_url, chain, signe
         s.tick()
         (attempt,) = attempts(app)
         assert proxy.dropped == ["sendrawtransaction", "sendrawtransaction"]  # the call and its retry
-        assert attempt["txid"] in chain.rpc.call("getrawmempool")  # the node took it
+        assert chain.in_mempool(attempt["txid"])  # the node took it
         assert status(app, wid)["status"] == "SIGNED"  # unknown outcome: not refused, not failed
         s.tick()
         assert status(app, wid)["status"] == "BROADCAST"

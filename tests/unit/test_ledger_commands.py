@@ -2,7 +2,7 @@
 import json
 import pickle
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from custody.ledger.commands import BatchResult, Command, HoldCreate, HoldPost, HoldVoid, Idempotency, canonical_json
@@ -13,6 +13,7 @@ _values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.
                                                                                              max_size=3), max_leaves=8)
 
 
+@settings(deadline=None)  # a loaded CI machine, not a slow function
 @given(st.dictionaries(st.text(max_size=8), _values, max_size=6))
 def test_canonical_json_writes_the_bytes_json_dumps_wrote(fields):
     """orjson's fast path must not change a single digest: non-ASCII text and ints beyond 64 bits take json's path."""

@@ -3,7 +3,7 @@ import base64
 import json
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from custody.errors import InvalidArgument
 from custody.ledger.model import new_id
@@ -69,6 +69,7 @@ def test_string_keys_must_be_ids(key):
         parse_page(10, token_for("withdrawals:3", key), "withdrawals:3", key_type=str)
 
 
+@settings(deadline=None)  # a loaded CI machine, not a slow function
 @given(st.text(max_size=300))
 def test_any_text_is_a_token_or_refused_as_bad_input(text):
     try:

@@ -1,5 +1,6 @@
 """How the ledger writer cuts what is queued into group commits."""
 import queue
+import time
 
 from custody.ledger.writer import STOP, cut_groups
 
@@ -41,9 +42,12 @@ def test_while_callers_are_concurrent_a_group_waits_for_more():
     q.put([1, 2])
     assert next(groups) == [1, 2]  # the first group: nothing says callers are concurrent yet
     q.put([3])
-    threading.Timer(0.2, q.put, ([4],)).start()
-    threading.Timer(0.3, q.put, ([5, 6],)).start()
-    threading.Timer(0.4, q.put, (list(range(7, 120)),)).start()
+    def later():  # one thread, so the three arrive in this order whatever the machine's load
+        for delay, commands in ((0.2, [4]), (0.1, [5, 6]), (0.1, list(range(7, 120)))):
+            time.sleep(delay)
+            q.put(commands)
+
+    threading.Thread(target=later).start()
     # The last group had two commands: this one waits, and ends when full.
     assert _next_within(groups, 10) == list(range(3, 103))
 
