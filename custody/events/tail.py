@@ -61,8 +61,12 @@ class JournalTail:
                 if self._error is not None:
                     raise self._error
                 if base is not None and cursor >= base:
-                    batch = self._after(cursor)
-                    cursor = max(cursor, self._head)  # everything up to the head was looked at
+                    # A page at a time: a stream whose client stops reading waits at a yield holding
+                    # its batch; the whole rest of the window, held by each of a client's stalled
+                    # streams, outlived the window (100 streams: about a million items).
+                    batch = self._after(cursor, self._page)
+                    # With a short page, everything up to the head was looked at.
+                    cursor = batch[-1].cursor if len(batch) == self._page else max(cursor, self._head)
                     for item in batch:
                         if wanted is None or wanted(item):
                             yield item
@@ -89,14 +93,14 @@ class JournalTail:
             except asyncio.CancelledError:
                 pass
 
-    def _after(self, cursor: int) -> list:
+    def _after(self, cursor: int, limit: int) -> list:
+        """The first `limit` items of the window after cursor."""
         newer = []
         for item in reversed(self._items):
             if item.cursor <= cursor:
                 break
             newer.append(item)
-        newer.reverse()
-        return newer
+        return newer[: -limit - 1: -1]
 
     async def _run(self) -> None:
         wake = self._notifier.subscribe()
