@@ -7,6 +7,7 @@ CUSTODY_TEST_DB=sqlite or =postgresql limits the run to one database.
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -74,6 +75,16 @@ def clients(server):
     yield c
     c.close()
 
+
+
+@pytest.fixture
+def dead_port():
+    """A local port nothing listens on for the whole test. A port only picked as free could be
+    bound by the other worker's servers meanwhile; this one is bound here, never listening,
+    so a connection to it is refused and nobody else can take it."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 # -- Bitcoin: one real bcoin regtest node per worker (tests/support/bitcoin.py) ----------------
 @pytest.fixture(scope="session")

@@ -48,9 +48,9 @@ def test_bad_config_is_a_clear_error(tmp_path):
     assert run("db", "upgrade", "--config", str(tmp_path / "missing.toml")).returncode == 2
 
 
-def test_an_unreachable_database_is_a_clear_error(tmp_path):
+def test_an_unreachable_database_is_a_clear_error(tmp_path, dead_port):
     config = tmp_path / "custody.toml"
-    config.write_text(f'[database]\nurl = "postgresql://custody:secret@127.0.0.1:{free_port()}/custody"\n')
+    config.write_text(f'[database]\nurl = "postgresql://custody:secret@127.0.0.1:{dead_port}/custody"\n')
     for command in (("admin", "check"), ("db", "upgrade"), ("serve",)):
         result = run(*command, "--config", str(config))
         assert result.returncode == 2, command

@@ -4,7 +4,7 @@ import sqlite3
 import subprocess
 import sys
 
-from tests.e2e.test_cli import ROOT, free_port
+from tests.e2e.test_cli import ROOT
 
 DEPOSIT_XPUB = ("vpub5Y6cjg78GGuNLsaPhmYsiw4gYX3HoQiRBiSwDaBXKUafCt9bNwWQiitDk5VZ5BVxYnQdwoTyXSs2JHRPAgjAvtbBrf8Z"
                 "hDYe2jWAqvZVnsc")
@@ -20,7 +20,7 @@ def one_line(result, code: int) -> str:
     return result.stderr
 
 
-def config_with_a_dead_node(tmp_path):
+def config_with_a_dead_node(tmp_path, port):
     """Bitcoin regtest whose node (a port nobody listens on) is down."""
     path = tmp_path / "custody.toml"
     path.write_text(f"""
@@ -32,7 +32,7 @@ chain = "bitcoin"
 decimals = 8
 [chains.bitcoin]
 network = "regtest"
-rpc_url = "http://u:p@127.0.0.1:{free_port()}/"
+rpc_url = "http://u:p@127.0.0.1:{port}/"
 deposit_xpub = "{DEPOSIT_XPUB}"
 rpc_retries = 0
 rpc_timeout_s = 2
@@ -45,8 +45,8 @@ def rescans(tmp_path) -> list[tuple]:
         return db.execute("select id, chain, from_height, finished_at from scan_backfills").fetchall()
 
 
-def test_a_rescan_with_the_node_down_is_queued_once_and_said_in_one_line(tmp_path):
-    config = config_with_a_dead_node(tmp_path)
+def test_a_rescan_with_the_node_down_is_queued_once_and_said_in_one_line(tmp_path, dead_port):
+    config = config_with_a_dead_node(tmp_path, dead_port)
     assert custody("db", "upgrade", "--config", config).returncode == 0
     rescan = ("scan", "rescan", "--config", config, "--chain", "bitcoin", "--from-height", 5)
     first = custody(*rescan)
@@ -64,8 +64,8 @@ def test_a_rescan_with_the_node_down_is_queued_once_and_said_in_one_line(tmp_pat
     assert "unreachable" in one_line(once, 1)
 
 
-def test_mistakes_are_one_line_and_change_nothing(tmp_path):
-    config = config_with_a_dead_node(tmp_path)
+def test_mistakes_are_one_line_and_change_nothing(tmp_path, dead_port):
+    config = config_with_a_dead_node(tmp_path, dead_port)
     assert custody("db", "upgrade", "--config", config).returncode == 0
     assert "Is a directory" in one_line(custody("admin", "check", "--config", tmp_path), 2)
     too_high = custody("scan", "rescan", "--config", config, "--chain", "bitcoin", "--from-height",
