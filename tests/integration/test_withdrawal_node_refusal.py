@@ -631,26 +631,33 @@ def test_a_batch_whose_inputs_two_outside_transactions_spent_books_both_losses(d
 
 
 
+
+def stored_batch_and_a_thief(app, chain, signer, payee: bytes):
+    """A 0.03 BTC hot coin reserved by a stored, unsent batch paying AMOUNT to payee, and a
+    customer "thief" with a deposit address: (payer, thief, withdrawal id, coin, thief's script)."""
+    from chains.bitcoin.addresses import parse_address
+
+    fund_hot_wallet(app, chain, 3_000_000)
+    payer, thief = app.create_account("payer").account_id, app.create_account("thief").account_id
+    fund(app, payer, BTC)
+    wid = app.withdrawals.request("wallet-service", "k", str(payer), "BTC", script_to_address(payee, REGTEST),
+                                  str(AMOUNT))[0]["id"]
+    with pytest.raises(CrashForTest):
+        sender(app, signer, crash_at="after_store").tick()
+    (coin,) = reserved(app)
+    _, thief_script = parse_address(app.deposit_address(str(thief), "bitcoin")[1], REGTEST)
+    return payer, thief, wid, coin, thief_script
+
+
 def test_an_outside_spend_into_a_users_deposit_address_is_booked_as_a_loss(db_url, chain, signer):
     """Someone with the hot key sends a stored batch's coin to their own deposit address at the
     exchange. The scanner credits that deposit to them. Staff settle the batch: the coin was
     counted as paid back to us and only the miner's fee was booked as lost, so the ledger kept
     in the hot wallet coins that now belonged to a user (a review note, now fixed)."""
-    from chains.bitcoin.addresses import parse_address
-
     app = make_app(db_url, chain)
     try:
-        fund_hot_wallet(app, chain, 3_000_000)
         hot_before = ledger_balance(app, "wallet:bitcoin:hot")
-        payer, thief = app.create_account("payer").account_id, app.create_account("thief").account_id
-        fund(app, payer, BTC)
-        wid = app.withdrawals.request("wallet-service", "k", str(payer), "BTC",
-                                      script_to_address(random_script(), REGTEST), str(AMOUNT))[0]["id"]
-        with pytest.raises(CrashForTest):
-            sender(app, signer, crash_at="after_store").tick()
-        (coin,) = reserved(app)
-        _, address = app.deposit_address(str(thief), "bitcoin")
-        _, thief_script = parse_address(address, REGTEST)
+        payer, thief, wid, coin, thief_script = stored_batch_and_a_thief(app, chain, signer, random_script())
         taken = chain.miner.send(spend(coin, 3_000_000, account_xprv(1).derive("m/0/1").key, thief_script))
         s = sender(app, signer)
         confirm(app, chain, s, blocks=3)
@@ -673,21 +680,12 @@ def test_an_outside_transaction_paying_the_withdrawal_and_a_deposit_address_is_n
     the rest to their own deposit address. Named by staff, it passed as the batch's payment: the
     deposit output counted as change kept by the hot wallet, while the scanner credited it to
     the thief as well. It pays someone besides the batch's withdrawals: refused, nothing changed."""
-    from chains.bitcoin.addresses import parse_address
     from custody.errors import FailedPrecondition
 
     app = make_app(db_url, chain)
     try:
-        fund_hot_wallet(app, chain, 3_000_000)
-        payer, thief = app.create_account("payer").account_id, app.create_account("thief").account_id
-        fund(app, payer, BTC)
         payee = random_script()
-        wid = app.withdrawals.request("wallet-service", "k", str(payer), "BTC", script_to_address(payee, REGTEST),
-                                      str(AMOUNT))[0]["id"]
-        with pytest.raises(CrashForTest):
-            sender(app, signer, crash_at="after_store").tick()
-        (coin,) = reserved(app)
-        _, thief_script = parse_address(app.deposit_address(str(thief), "bitcoin")[1], REGTEST)
+        _, _, wid, coin, thief_script = stored_batch_and_a_thief(app, chain, signer, payee)
         other = chain.miner.send(spend(coin, 3_000_000, account_xprv(1).derive("m/0/1").key, thief_script,
                                        also=((payee, AMOUNT),)))
         s = sender(app, signer)
