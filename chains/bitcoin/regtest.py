@@ -97,12 +97,19 @@ class RegtestMiner:
     def send(self, raw: bytes) -> str:
         """Broadcasts and checks that the mempool took it (bcoin says yes either way)."""
         txid = self.rpc.call("sendrawtransaction", raw.hex())
-        deadline = time.monotonic() + 3  # bcoin adds it to its mempool a moment after answering
+        if not self.in_mempool(txid):
+            raise NodeError(f"the node's mempool refused transaction {txid}")
+        return txid
+
+    def in_mempool(self, txid: str, wait_s: float = 3.0) -> bool:
+        """Whether the node's mempool holds txid within wait_s: bcoin answers sendrawtransaction
+        before its mempool has looked at the transaction."""
+        deadline = time.monotonic() + wait_s
         while txid not in self.rpc.call("getrawmempool"):
             if time.monotonic() > deadline:
-                raise NodeError(f"the node's mempool refused transaction {txid}")
+                return False
             time.sleep(0.02)
-        return txid
+        return True
 
     # -- coins ---------------------------------------------------------------------------------
     def _take_coin(self, need: int) -> _Coin:

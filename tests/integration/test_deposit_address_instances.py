@@ -1,13 +1,13 @@
 """Deposit addresses handed out by several instances on one database, with real bcoin: every address is
 watched from a height at or below its first possible payment, comes from the pinned deposit key, and
 is issued once, under load, with no failure (found by a review of accounts and addresses)."""
-import threading
 
 import pytest
 
 from custody.app import Custody
 from custody.errors import ConfigChanged
 from tests.support.bitcoin import CONFIRMATIONS, DEPOSIT_XPUB, OTHER_XPUB, make_chain_config
+from tests.support.threads import run_in_threads
 
 
 def available(app, account_id):
@@ -62,39 +62,19 @@ def test_addresses_issued_at_once_by_two_instances_are_distinct_and_none_fails(p
     config = make_chain_config(pg_url, chain.rpc.url)
     instances = [Custody(config), Custody(config)]
     try:
-        barrier, errors = threading.Barrier(2), []
-
-        def start(app):  # both register the hot and cold wallets' addresses on an empty database
-            barrier.wait()
-            try:
-                app.scanner("bitcoin")
-            except Exception as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=start, args=(app,)) for app in instances]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        # Both register the hot and cold wallets' addresses on an empty database.
+        errors = run_in_threads([lambda app=app: app.scanner("bitcoin") for app in instances], together=True)
         assert not errors, errors
         instances[0].scanner("bitcoin").catch_up()
 
         accounts = [instances[0].create_account(f"user-{i}").account_id for i in range(8)]
-        barrier, answers = threading.Barrier(16), []
+        answers = []
 
         def issue(app, account, new):
-            barrier.wait()
-            try:
-                answers.append((account, new, app.deposit_address(str(account), "bitcoin", new=new)[1]))
-            except Exception as exc:
-                errors.append(exc)
+            answers.append((account, new, app.deposit_address(str(account), "bitcoin", new=new)[1]))
 
-        threads = [threading.Thread(target=issue, args=(instances[i % 2], accounts[i // 2], i % 4 == 3))
-                   for i in range(16)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        errors = run_in_threads([lambda i=i: issue(instances[i % 2], accounts[i // 2], i % 4 == 3)
+                                 for i in range(16)], together=True)
         assert not errors, errors
         owner, current = {}, {}
         for account, new, address in answers:

@@ -15,6 +15,7 @@ from custody.v1 import backoffice_pb2 as bo
 from custody.v1 import custody_pb2 as pb
 from tests.support.config import make_config
 from tests.support.servers import bearer
+from tests.support.threads import run_in_threads
 
 
 @pytest.fixture
@@ -33,24 +34,6 @@ def _transfer(clients, key, a, b, amount):
 
 def _available(app, account_id):
     return {b.asset: b.available for b in app.get_balances(account_id)[1]}["BTC"]
-
-
-def _run_in_threads(work) -> list[BaseException]:
-    """Runs each callable on a thread of its own; returns what they raised."""
-    errors = []
-
-    def run(f):
-        try:
-            f()
-        except Exception as exc:  # reported by the caller
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(f,)) for f in work]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return errors
 
 
 def _fund(clients, account_id, amount):
@@ -106,7 +89,7 @@ def test_concurrent_calls_share_commits(app, clients):
         for k in range(25):
             _transfer(clients, f"w{n}-{k}", ids[n], ids[(n + 1) % 16], 1)
 
-    assert not _run_in_threads([lambda n=n: worker(n) for n in range(16)])
+    assert not run_in_threads([lambda n=n: worker(n) for n in range(16)])
     assert [_available(app, i) for i in ids] == [1000] * 16  # each paid 25 and received 25
 
 
@@ -122,7 +105,7 @@ def test_event_loop_and_thread_callers_share_the_child(app, clients):
         for k in range(20):
             app.transfer("exchange", f"t{n}-{k}", ids[n + 2], ids[n], "BTC", "1")
 
-    assert not _run_in_threads([lambda f=f, n=n: f(n) for f in (by_grpc, by_thread) for n in range(2)])
+    assert not run_in_threads([lambda f=f, n=n: f(n) for f in (by_grpc, by_thread) for n in range(2)])
     assert app.writer._loop_channel is not None, "the server's calls did not take the event loop's channel"
     assert [_available(app, i) for i in ids] == [1000] * 4
     with pytest.raises(grpc.RpcError) as err:  # a replay from either side meets the other's key

@@ -38,19 +38,33 @@ def status(app, wid):
     return app.withdrawals.get(wid)[0]
 
 
+def stored_payment(app, signer, payee: bytes | None = None) -> tuple[int, str]:
+    """A funded customer's withdrawal of AMOUNT to payee (a random script if none), signed and
+    stored by the job, which dies before sending it: (the customer's account, the withdrawal)."""
+    payer = app.create_account("payer").account_id
+    fund(app, payer, BTC)
+    wid = app.withdrawals.request("wallet-service", "k", str(payer), "BTC",
+                                  script_to_address(payee or random_script(), REGTEST), str(AMOUNT))[0]["id"]
+    with pytest.raises(CrashForTest):
+        sender(app, signer, crash_at="after_store").tick()
+    return payer, wid
+
+
+def low_fee_signer(tmp_path):
+    """A signer whose max_fee (400 sats) admits a one-input payment (282) but not its self-spend (440)."""
+    return start_signer(tmp_path, name="low-fee", assets=[{
+        "asset": "BTC", "chain": "bitcoin", "max_per_transaction": str(BTC), "max_per_24h": str(10 * BTC),
+        "max_fee": "400"}])
+
+
 def refused_and_cancelling(app, chain, signer, *hot_coins):
     """One withdrawal signed and stored; a conflicting spend of its coin (someone else holding
     the hot key) sits in the mempool, so the node refuses ours; the job stores a self-spend."""
     fund_hot_wallet(app, chain, *hot_coins)
     chain.mine(1)  # an empty tip, to be taken back later to wipe the mempool
     app.scanner("bitcoin").catch_up()
-    acct = app.create_account("payer").account_id
-    fund(app, acct, BTC)
     script = random_script()
-    wid = app.withdrawals.request("wallet-service", "k", str(acct), "BTC", script_to_address(script, REGTEST),
-                                  str(AMOUNT))[0]["id"]
-    with pytest.raises(CrashForTest):
-        sender(app, signer, crash_at="after_store").tick()
+    acct, wid = stored_payment(app, signer, script)
     (coin,) = reserved(app)
     key = account_xprv(1).derive("m/0/1").key
     chain.miner.send(spend(coin, next(a for a in hot_coins), key, random_script()))
@@ -175,12 +189,7 @@ def test_the_self_spend_is_stored_before_it_is_sent(db_url, chain, signer):
         fund_hot_wallet(app, chain, BTC)
         chain.mine(1)
         app.scanner("bitcoin").catch_up()
-        acct = app.create_account("payer").account_id
-        fund(app, acct, BTC)
-        wid = app.withdrawals.request("wallet-service", "k", str(acct), "BTC",
-                                      script_to_address(random_script(), REGTEST), str(AMOUNT))[0]["id"]
-        with pytest.raises(CrashForTest):
-            sender(app, signer, crash_at="after_store").tick()
+        acct, wid = stored_payment(app, signer)
         (coin,) = reserved(app)
         chain.miner.send(spend(coin, BTC, account_xprv(1).derive("m/0/1").key, random_script()))
         with pytest.raises(CrashForTest):
@@ -218,7 +227,7 @@ def test_a_broadcast_whose_answer_is_lost_is_not_paid_twice(db_url, chain, signe
         s.tick()
         (attempt,) = attempts(app)
         assert proxy.dropped == ["sendrawtransaction", "sendrawtransaction"]  # the call and its retry
-        assert chain.in_mempool(attempt["txid"])  # the node took it
+        assert chain.miner.in_mempool(attempt["txid"], wait_s=10)  # the node took it
         assert status(app, wid)["status"] == "SIGNED"  # unknown outcome: not refused, not failed
         s.tick()
         assert status(app, wid)["status"] == "BROADCAST"
@@ -260,13 +269,8 @@ def test_a_twin_with_another_txid_alerts_and_staff_complete_it_once(db_url, chai
     try:
         start = chain.height()
         fund_hot_wallet(app, chain, BTC)
-        acct = app.create_account("payer").account_id
-        fund(app, acct, BTC)
         script = random_script()
-        wid = app.withdrawals.request("wallet-service", "k", str(acct), "BTC", script_to_address(script, REGTEST),
-                                      str(AMOUNT))[0]["id"]
-        with pytest.raises(CrashForTest):
-            sender(app, signer, crash_at="after_store").tick()
+        acct, wid = stored_payment(app, signer, script)
         (ours,) = attempts(app)
         (coin,) = reserved(app)
         twin = twin_of(ours["raw"], [(*coin, BTC)])
@@ -343,17 +347,10 @@ def test_a_self_spend_the_signer_refuses_holds_the_batch_for_staff(db_url, chain
     """The signer's max_fee admits the payment (282 sats) but not the self-spend that must
     outbid it (440 sats): nothing is failed or requeued; an alert, the batch held for staff."""
     app = make_app(db_url, chain)
-    signer = start_signer(tmp_path, name="low-fee", assets=[{
-        "asset": "BTC", "chain": "bitcoin", "max_per_transaction": str(BTC), "max_per_24h": str(10 * BTC),
-        "max_fee": "400"}])
+    signer = low_fee_signer(tmp_path)
     try:
         fund_hot_wallet(app, chain, BTC)
-        acct = app.create_account("payer").account_id
-        fund(app, acct, BTC)
-        wid = app.withdrawals.request("wallet-service", "k", str(acct), "BTC",
-                                      script_to_address(random_script(), REGTEST), str(AMOUNT))[0]["id"]
-        with pytest.raises(CrashForTest):
-            sender(app, signer, crash_at="after_store").tick()
+        acct, wid = stored_payment(app, signer)
         (payment,) = attempts(app)
         assert payment["fee"] == 282
         (coin,) = reserved(app)
@@ -607,12 +604,7 @@ def test_a_batch_whose_inputs_two_outside_transactions_spent_books_both_losses(d
     try:
         fund_hot_wallet(app, chain, 1_500_000, 1_500_000)
         hot_before = ledger_balance(app, "wallet:bitcoin:hot")
-        payer = app.create_account("payer").account_id
-        fund(app, payer, BTC)
-        wid = app.withdrawals.request("wallet-service", "k", str(payer), "BTC",
-                                      script_to_address(random_script(), REGTEST), str(AMOUNT))[0]["id"]
-        with pytest.raises(CrashForTest):
-            sender(app, signer, crash_at="after_store").tick()
+        payer, wid = stored_payment(app, signer)
         coins = reserved(app)
         assert len(coins) == 2
         key = account_xprv(1).derive("m/0/1").key
@@ -638,12 +630,8 @@ def stored_batch_and_a_thief(app, chain, signer, payee: bytes):
     from chains.bitcoin.addresses import parse_address
 
     fund_hot_wallet(app, chain, 3_000_000)
-    payer, thief = app.create_account("payer").account_id, app.create_account("thief").account_id
-    fund(app, payer, BTC)
-    wid = app.withdrawals.request("wallet-service", "k", str(payer), "BTC", script_to_address(payee, REGTEST),
-                                  str(AMOUNT))[0]["id"]
-    with pytest.raises(CrashForTest):
-        sender(app, signer, crash_at="after_store").tick()
+    payer, wid = stored_payment(app, signer, payee)
+    thief = app.create_account("thief").account_id
     (coin,) = reserved(app)
     _, thief_script = parse_address(app.deposit_address(str(thief), "bitcoin")[1], REGTEST)
     return payer, thief, wid, coin, thief_script
@@ -700,6 +688,7 @@ def test_an_outside_transaction_paying_the_withdrawal_and_a_deposit_address_is_n
     finally:
         app.close()
 
+
 def test_a_held_batch_whose_conflict_goes_away_is_paid_by_its_stored_payment(db_url, chain, tmp_path):
     """The node refuses the payment (a conflicting spend in its mempool) and the signer refuses the
     self-spend (its max_fee): the batch is held for staff. Then the conflict leaves the mempool,
@@ -707,20 +696,13 @@ def test_a_held_batch_whose_conflict_goes_away_is_paid_by_its_stored_payment(db_
     could not be cancelled, and its hold stayed for good (found by the staff flows review). The
     job now sends the stored payment again; it confirms and completes, once."""
     app = make_app(db_url, chain)
-    signer = start_signer(tmp_path, name="low-fee", assets=[{
-        "asset": "BTC", "chain": "bitcoin", "max_per_transaction": str(BTC), "max_per_24h": str(10 * BTC),
-        "max_fee": "400"}])
+    signer = low_fee_signer(tmp_path)
     try:
         fund_hot_wallet(app, chain, BTC)
         chain.mine(1)  # an empty tip, taken back later to wipe the mempool
         app.scanner("bitcoin").catch_up()
-        payer = app.create_account("payer").account_id
-        fund(app, payer, BTC)
         payee, start = random_script(), chain.height()
-        wid = app.withdrawals.request("wallet-service", "k", str(payer), "BTC",
-                                      script_to_address(payee, REGTEST), str(AMOUNT))[0]["id"]
-        with pytest.raises(CrashForTest):
-            sender(app, signer, crash_at="after_store").tick()
+        payer, wid = stored_payment(app, signer, payee)
         (payment,) = attempts(app)
         (coin,) = reserved(app)
         chain.miner.send(spend(coin, BTC, account_xprv(1).derive("m/0/1").key, random_script()))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import time
 
 from embit import bip39
 from embit.bip32 import HDKey
@@ -95,17 +94,6 @@ class Chain:
 
     def mine(self, n: int = 1) -> list[str]:
         return self.miner.mine(n)
-
-    def in_mempool(self, txid: str, wait_s: float = 10.0) -> bool:
-        """Whether the node's mempool takes txid within wait_s: bcoin answers sendrawtransaction
-        before its mempool has looked at the transaction."""
-        deadline = time.monotonic() + wait_s
-        while txid not in self.rpc.call("getrawmempool"):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
-
     def pay(self, *outputs: tuple[bytes, int]) -> tuple[str, bytes]:
         return self.miner.pay(list(outputs))
 
