@@ -15,7 +15,7 @@ from custody.errors import InvalidArgument, Unavailable
 from custody.deposits import service as deposits
 from custody.deposits.model import Deposit
 from custody.deposits.scanner import Scanner
-from custody.events.journal import EventNotifier, last_cursor, read_after
+from custody.events.journal import EventNotifier, digest_at, last_cursor, read_after
 from custody.ledger.commands import BatchResult, Command, Idempotency, parse_idempotency_key
 from custody.ledger.process_writer import ProcessLedgerWriter
 from custody.ledger.writer import LedgerWriter
@@ -244,6 +244,9 @@ class Custody:
 
     def last_event_cursor(self) -> int:
         return last_cursor(self.engine)
+
+    def event_digest_at(self, cursor: int) -> str | None:
+        return digest_at(self.engine, cursor)
 
 
 def _make_plugin(chain: config_mod.ChainConfig) -> ChainPlugin:

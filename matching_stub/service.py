@@ -8,6 +8,7 @@ Nothing here knows about gRPC.
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import logging
 import queue
 import threading
@@ -20,7 +21,7 @@ from custody.config import Config, MarketConfig
 from custody.db import schema as t
 from custody.db.engine import read_transaction
 from custody.errors import InvalidArgument, NotFound
-from custody.events.journal import EventNotifier, check_cursor
+from custody.events.journal import EventNotifier, check_cursor, item_digest
 from custody.ledger.commands import Idempotency, parse_idempotency_key
 from custody.ledger.model import parse_id
 from custody.ledger.writer import settle
@@ -159,7 +160,14 @@ class MatchingService:
             query = query.where(md.c.market == self.config.market(market).name)
         with read_transaction(self.db) as conn:
             rows = conn.execute(query.order_by(md.c.cursor).limit(limit)).all()
-        return [MarketDataItem(r.cursor, r.market, r.type, r.payload, r.created_at) for r in rows]
+        return [_market_data_item(r) for r in rows]
+
+    def market_data_digest_at(self, cursor: int) -> str | None:
+        """The digest of the item at cursor, whatever its market; None if there is none."""
+        md = t.market_data
+        with read_transaction(self.db) as conn:
+            row = conn.execute(select(md).where(md.c.cursor == cursor)).first()
+        return None if row is None else _market_data_item(row).digest
 
     def last_market_data_cursor(self) -> int:
         with read_transaction(self.db) as conn:
@@ -229,3 +237,11 @@ def check_units(market: MarketConfig, price: int, quantity: int) -> None:
         raise InvalidArgument(f"quantity {quantity} is below the minimum {market.min_quantity} of {market.name}")
     if quantity * price * PPM > MAX_TOTAL:
         raise InvalidArgument("quantity x price is too large for the ledger's exact totals")
+
+
+def _market_data_item(row) -> MarketDataItem:
+    created_at = row.created_at
+    if created_at.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
+        created_at = created_at.replace(tzinfo=datetime.timezone.utc)
+    return MarketDataItem(row.cursor, row.market, row.type, row.payload, created_at,
+                          item_digest(row.cursor, row.market, row.type, row.payload, created_at.isoformat()))

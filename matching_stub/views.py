@@ -76,3 +76,4 @@ class MarketDataItem:
     type: str  # "trade" or "book"
     payload: str  # JSON (see docs/matching.md)
     created_at: datetime.datetime
+    digest: str  # names the item in this journal (custody.events.journal.item_digest)

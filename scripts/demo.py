@@ -230,7 +230,9 @@ def story(address: str, tokens: dict[str, tuple[str, list[str]]], miner: Regtest
 
     step("StreamEvents from the start (a consumer resumes from its last cursor)")
     call = custody.StreamEvents(pb.StreamEventsRequest(after_cursor=0), metadata=exchange, timeout=10)
+    seen = []
     for event in call:
+        seen.append(event)
         payload = json.loads(event.payload)
         if event.type.startswith("ledger."):
             moves = ", ".join(f"{p['amount']} {p['asset']} {p['debit']} -> {p['credit']}" for p in payload["postings"])
@@ -241,6 +243,23 @@ def story(address: str, tokens: dict[str, tuple[str, list[str]]], miner: Regtest
         if event.type == "deposit.credited":
             break
     call.cancel()
+
+    step("StreamEvents resumed: the last cursor and its digest; a digest this journal never gave is refused")
+    before, last = seen[-2], seen[-1]
+    call = custody.StreamEvents(pb.StreamEventsRequest(after_cursor=before.cursor, after_digest=before.digest),
+                                metadata=exchange, timeout=10)
+    resumed = next(call)
+    call.cancel()
+    assert (resumed.cursor, resumed.digest) == (last.cursor, last.digest), resumed
+    print(f"  after cursor {before.cursor} (digest {before.digest}): cursor {resumed.cursor}, {resumed.type}")
+    call = custody.StreamEvents(pb.StreamEventsRequest(after_cursor=before.cursor, after_digest=last.digest),
+                                metadata=exchange, timeout=10)
+    try:
+        next(call)
+        raise AssertionError("a resume with another event's digest was served")
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
+        print(f"  after cursor {before.cursor} with cursor {last.cursor}'s digest: {err.code().name}")
     return ann.account_id
 
 

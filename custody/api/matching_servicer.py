@@ -8,7 +8,7 @@ import json
 from custody.api.auth import current_client
 from custody.app import Custody
 from custody.errors import InvalidArgument
-from custody.events.journal import check_cursor, check_not_beyond
+from custody.events.journal import check_cursor, check_digest, check_not_beyond, check_same_item
 from custody.events.tail import JournalTail
 from custody.v1 import matching_pb2 as pb
 from custody.v1 import matching_pb2_grpc
@@ -61,7 +61,8 @@ def trade_message(tr) -> pb.Trade:
 
 def market_data_message(item) -> pb.StreamMarketDataResponse:
     payload = json.loads(item.payload)
-    reply = pb.StreamMarketDataResponse(cursor=item.cursor, market=item.market, created_at=_iso(item.created_at))
+    reply = pb.StreamMarketDataResponse(cursor=item.cursor, market=item.market, created_at=_iso(item.created_at),
+                                        digest=item.digest)
     if item.type == "trade":
         reply.trade.CopyFrom(pb.Trade(
             trade_id=payload["trade_id"], market=item.market, price=payload["price"], quantity=payload["quantity"],
@@ -123,8 +124,12 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
     async def StreamMarketData(self, request, context):
         market = self.matching.config.market(request.market).name  # unknown: INVALID_ARGUMENT before streaming
         cursor = check_cursor(request.after_cursor, "after_cursor")
+        after_digest = check_digest(cursor, request.after_digest)
         head = await asyncio.to_thread(self.matching.last_market_data_cursor)
         check_not_beyond(cursor, head, "market data")
+        if after_digest:
+            found = await asyncio.to_thread(self.matching.market_data_digest_at, cursor)
+            check_same_item(cursor, after_digest, found, "market data item")
         async for item in self.market_data.follow(
                 cursor, head, wanted=lambda item: item.market == market,
                 read_wanted=lambda after, limit: self.matching.market_data_after(market, after, limit)):

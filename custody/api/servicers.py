@@ -9,7 +9,7 @@ import structlog
 from custody.api.auth import current_client
 from custody.app import Custody
 from custody.errors import InvalidArgument
-from custody.events.journal import check_cursor, check_not_beyond
+from custody.events.journal import check_cursor, check_digest, check_not_beyond, check_same_item
 from custody.events.tail import JournalTail
 from custody.money import format_amount
 from custody.v1 import backoffice_pb2, backoffice_pb2_grpc, custody_pb2, custody_pb2_grpc
@@ -57,11 +57,15 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
 
     async def StreamEvents(self, request, context):
         cursor = check_cursor(request.after_cursor, "after_cursor")
+        after_digest = check_digest(cursor, request.after_digest)
         head = await asyncio.to_thread(self.app.last_event_cursor)
         check_not_beyond(cursor, head, "event")
+        if after_digest:
+            found = await asyncio.to_thread(self.app.event_digest_at, cursor)
+            check_same_item(cursor, after_digest, found, "event")
         async for e in self.events.follow(cursor, head):
             yield custody_pb2.StreamEventsResponse(cursor=e.cursor, type=e.type, payload=e.payload,
-                                                   created_at=e.created_at)
+                                                   created_at=e.created_at, digest=e.digest)
 
 
     async def GetDepositAddress(self, request, context):

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import json
+import re
 import threading
 
 from sqlalchemy import Engine, select
 
 from custody.db import schema as t
 from custody.db.engine import read_transaction
-from custody.errors import InvalidArgument, OutOfRange
+from custody.errors import FailedPrecondition, InvalidArgument, OutOfRange
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +21,7 @@ class Event:
     type: str
     payload: str
     created_at: str
+    digest: str
 
 
 MAX_CURSOR = 2**63 - 1  # cursors and ids are 64-bit signed integers in both databases
@@ -37,7 +41,48 @@ def read_after(engine: Engine, after_cursor: int, limit: int = 500) -> list[Even
         rows = conn.execute(
             select(t.events).where(t.events.c.cursor > after_cursor).order_by(t.events.c.cursor).limit(limit)
         ).all()
-    return [Event(r.cursor, r.type, r.payload, _iso(r.created_at)) for r in rows]
+    return [_event(r) for r in rows]
+
+
+def digest_at(engine: Engine, cursor: int) -> str | None:
+    """The digest of the event at cursor; None if there is none."""
+    with read_transaction(engine) as conn:
+        row = conn.execute(select(t.events).where(t.events.c.cursor == cursor)).first()
+    return None if row is None else _event(row).digest
+
+
+def _event(row) -> Event:
+    created_at = _iso(row.created_at)
+    return Event(row.cursor, row.type, row.payload, created_at,
+                 item_digest(row.cursor, row.type, row.payload, created_at))
+
+
+def item_digest(cursor: int, *fields: str) -> str:
+    """Names one journal item: another database's or a restored database's item at the same
+    cursor differs (its time, and the ids in its payload), so a resume can be checked."""
+    return hashlib.sha256(json.dumps([cursor, *fields]).encode()).hexdigest()[:32]
+
+
+_DIGEST = re.compile(r"[0-9a-f]{32}")
+
+
+def check_digest(after_cursor: int, after_digest: str) -> str:
+    """A resume's after_digest: empty (not checked), or the 32 hex digits a stream gave."""
+    if after_digest and not _DIGEST.fullmatch(after_digest):
+        raise InvalidArgument("after_digest must be the 32 lowercase hex digits a stream gave, or empty")
+    if after_digest and after_cursor == 0:
+        raise InvalidArgument("after_digest names the item at after_cursor; with after_cursor 0 leave it empty")
+    return after_digest
+
+
+def check_same_item(after_cursor: int, after_digest: str, found: str | None, journal: str) -> None:
+    """The cursor is within the journal (check_not_beyond), but is it the item the client saw?
+    After a restore the journal grows again under the same cursors with other items, and once it
+    passes the client's cursor only this tells the two apart."""
+    if after_digest and found != after_digest:
+        raise FailedPrecondition(
+            f"the {journal} at cursor {after_cursor} is not the one you saw (after_digest {after_digest}): "
+            "this database is another one or was restored from a backup; resume from your own records")
 
 
 def check_not_beyond(after_cursor: int, last_cursor: int, journal: str) -> None:

@@ -262,22 +262,26 @@ class ListAssetsResponse(_message.Message):
     def __init__(self, assets: _Optional[_Iterable[_Union[Asset, _Mapping]]] = ...) -> None: ...
 
 class StreamEventsRequest(_message.Message):
-    __slots__ = ("after_cursor",)
+    __slots__ = ("after_cursor", "after_digest")
     AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    AFTER_DIGEST_FIELD_NUMBER: _ClassVar[int]
     after_cursor: int
-    def __init__(self, after_cursor: _Optional[int] = ...) -> None: ...
+    after_digest: str
+    def __init__(self, after_cursor: _Optional[int] = ..., after_digest: _Optional[str] = ...) -> None: ...
 
 class StreamEventsResponse(_message.Message):
-    __slots__ = ("cursor", "type", "payload", "created_at")
+    __slots__ = ("cursor", "type", "payload", "created_at", "digest")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     type: str
     payload: str
     created_at: str
-    def __init__(self, cursor: _Optional[int] = ..., type: _Optional[str] = ..., payload: _Optional[str] = ..., created_at: _Optional[str] = ...) -> None: ...
+    digest: str
+    def __init__(self, cursor: _Optional[int] = ..., type: _Optional[str] = ..., payload: _Optional[str] = ..., created_at: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class GetDepositAddressRequest(_message.Message):
     __slots__ = ("account_id", "chain", "new_address")

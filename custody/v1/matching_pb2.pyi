@@ -262,12 +262,14 @@ class ListTradesResponse(_message.Message):
     def __init__(self, trades: _Optional[_Iterable[_Union[Trade, _Mapping]]] = ...) -> None: ...
 
 class StreamMarketDataRequest(_message.Message):
-    __slots__ = ("market", "after_cursor")
+    __slots__ = ("market", "after_cursor", "after_digest")
     MARKET_FIELD_NUMBER: _ClassVar[int]
     AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    AFTER_DIGEST_FIELD_NUMBER: _ClassVar[int]
     market: str
     after_cursor: int
-    def __init__(self, market: _Optional[str] = ..., after_cursor: _Optional[int] = ...) -> None: ...
+    after_digest: str
+    def __init__(self, market: _Optional[str] = ..., after_cursor: _Optional[int] = ..., after_digest: _Optional[str] = ...) -> None: ...
 
 class BookUpdate(_message.Message):
     __slots__ = ("bids", "asks")
@@ -278,15 +280,17 @@ class BookUpdate(_message.Message):
     def __init__(self, bids: _Optional[_Iterable[_Union[PriceLevel, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[PriceLevel, _Mapping]]] = ...) -> None: ...
 
 class StreamMarketDataResponse(_message.Message):
-    __slots__ = ("cursor", "market", "created_at", "trade", "book")
+    __slots__ = ("cursor", "market", "created_at", "trade", "book", "digest")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     MARKET_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     TRADE_FIELD_NUMBER: _ClassVar[int]
     BOOK_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     market: str
     created_at: str
     trade: Trade
     book: BookUpdate
-    def __init__(self, cursor: _Optional[int] = ..., market: _Optional[str] = ..., created_at: _Optional[str] = ..., trade: _Optional[_Union[Trade, _Mapping]] = ..., book: _Optional[_Union[BookUpdate, _Mapping]] = ...) -> None: ...
+    digest: str
+    def __init__(self, cursor: _Optional[int] = ..., market: _Optional[str] = ..., created_at: _Optional[str] = ..., trade: _Optional[_Union[Trade, _Mapping]] = ..., book: _Optional[_Union[BookUpdate, _Mapping]] = ..., digest: _Optional[str] = ...) -> None: ...

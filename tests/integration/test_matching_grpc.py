@@ -142,9 +142,10 @@ def test_place_get_cancel_and_list_trades(app, clients):
         assert err.value.code() == code
 
 
-def read(clients, after, want, market=MARKET):
-    call = clients.matching.StreamMarketData(pb.StreamMarketDataRequest(market=market, after_cursor=after),
-                                             metadata=bearer("exchange"), timeout=30)
+def read(clients, after, want, market=MARKET, digest=""):
+    call = clients.matching.StreamMarketData(
+        pb.StreamMarketDataRequest(market=market, after_cursor=after, after_digest=digest),
+        metadata=bearer("exchange"), timeout=30)
     got = []
     for item in call:
         got.append(item)
@@ -194,6 +195,26 @@ def test_a_market_data_cursor_beyond_the_journal_is_refused(app, clients):
     assert f"beyond the last market data cursor, {head}" in err.value.details()
     place(app, makers[0], "SELL", 100_010, ETH // 10, key="s2")
     assert read(clients, head, 1)[0].cursor == head + 1
+
+
+def test_a_market_data_resume_is_checked_against_the_items_digest(app, clients):
+    """The digest names the item at the cursor: the right one resumes; another item's (as from a
+    restored or another database, where the cursor holds something else) is refused."""
+    makers = accounts(app, 1, eth=10 * ETH, prefix="maker")
+    for k in range(4):
+        place(app, makers[0], "SELL", 100_000 + 10 * k, ETH // 10, key=f"s{k}")
+    items = read(clients, 0, 4)
+    assert [m.digest for m in read(clients, 0, 4)] == [m.digest for m in items]  # stable across reads
+    assert len({m.digest for m in items}) == 4
+    rest = read(clients, items[1].cursor, 2, digest=items[1].digest)
+    assert [m.cursor for m in rest] == [m.cursor for m in items[2:]]
+    with pytest.raises(grpc.RpcError) as err:
+        read(clients, items[1].cursor, 1, digest=items[2].digest)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"market data item at cursor {items[1].cursor} is not the one you saw" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        read(clients, items[1].cursor, 1, digest="not a digest")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_a_book_snapshot_plus_the_updates_after_its_cursor_is_the_book(app, clients):

@@ -10,7 +10,9 @@ import atexit
 import os
 import pathlib
 import shutil
+import sqlite3
 import uuid
+from contextlib import closing
 
 import sqlalchemy
 from sqlalchemy.engine import make_url
@@ -126,3 +128,26 @@ def new_database(kind: str, folder: pathlib.Path) -> str:
 def drop_database(url: str) -> None:
     if url.startswith("postgresql"):
         drop_postgres_database(url)
+
+
+def kind_of(url: str) -> str:
+    return "postgresql" if url.startswith("postgresql") else "sqlite"
+
+
+def back_up(url: str, folder: pathlib.Path) -> str:
+    """A copy of the database as it is now, as a backup restored elsewhere would be; returns its
+    URL. PostgreSQL copies by template, which needs nobody connected to the source."""
+    if kind_of(url) == "postgresql":
+        name = "custody_test_" + uuid.uuid4().hex[:12]
+        admin = _admin_engine()
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {make_url(url).database}")
+        finally:
+            admin.dispose()
+        return _database_url(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "custody.db"
+    with closing(sqlite3.connect(make_url(url).database)) as source, closing(sqlite3.connect(target)) as copy:
+        source.backup(copy)  # SQLite's online backup: a consistent copy, WAL included
+    return f"sqlite:///{target}"
