@@ -2,7 +2,6 @@
 import datetime
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from custody.db import schema as t
 from custody.db.engine import write_transaction
 from custody.v1 import custody_pb2 as pb
 from custody.v1 import custody_pb2_grpc
+from tests.support.ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CUSTODY = [sys.executable, "-m", "custody.cli"]
@@ -26,11 +26,6 @@ CUSTODY = [sys.executable, "-m", "custody.cli"]
 def run(*args, **kw):
     return subprocess.run([*CUSTODY, *args], capture_output=True, text=True, cwd=ROOT, timeout=60, **kw)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_token_prints_a_token_and_its_digest():

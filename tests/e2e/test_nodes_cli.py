@@ -1,20 +1,15 @@
 """`custody nodes up|status|down` as a developer runs it."""
 import json
 import pathlib
-import socket
 import subprocess
 import sys
 
 from chains.nodes import json_rpc
+from tests.support.ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CUSTODY = [sys.executable, "-m", "custody.cli"]
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(*args):

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from tests.e2e.test_cli import ROOT, free_port, write_config
+from tests.e2e.test_cli import ROOT, write_config
+from tests.support.ports import free_port
 from tests.support import signer as S
 from tests.support.signals import send_to_another_thread, wait_until_catching
 

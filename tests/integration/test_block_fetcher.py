@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 
 import pytest
 
@@ -70,11 +69,8 @@ def test_a_killed_fetcher_is_node_unavailable_then_replaced(chain, plugin):
     assert [b.hash for b in blocks] == [h for h, _ in one_by_one(plugin, start + 8, 8)]
 
 
-def test_an_unreachable_node_is_node_unavailable_after_the_childs_retries():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once closed
-    fetcher = BlockFetcher(dict(url=f"http://u:p@127.0.0.1:{port}", timeout_s=1, retries=2, backoff_s=0.01), 4)
+def test_an_unreachable_node_is_node_unavailable_after_the_childs_retries(dead_port):
+    fetcher = BlockFetcher(dict(url=f"http://u:p@127.0.0.1:{dead_port}", timeout_s=1, retries=2, backoff_s=0.01), 4)
     try:
         with pytest.raises(NodeUnavailable, match="unreachable after 3 attempts"):
             list(fetcher.chunks(fetcher.request(1, 8)))

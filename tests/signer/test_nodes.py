@@ -4,7 +4,6 @@ with keys in the software keystore and in a SoftHSM2 token."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 
@@ -15,15 +14,11 @@ from hsm.keystores.pkcs11 import Pkcs11Keystore
 from tests.support import signer as S
 from tests.support import softhsm
 from tests.support.bitcoin import node_folder
+from tests.support.ports import free_port
 
 ANVIL_ACCOUNT_0 = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"  # unlocked in anvil's default accounts
 TOKEN_KEY = "hot-token"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

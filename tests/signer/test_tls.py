@@ -3,7 +3,6 @@ only its configured clients get in (a certificate from its CA and a listed beare
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -14,12 +13,8 @@ from hsm.client import SignerClient
 from tests.support import signer as S
 from tests.support.signer import to_toml
 from tests.support.tls import make_pki
+from tests.support.ports import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 
 from embit import bip39
 from embit.bip32 import HDKey
@@ -24,6 +23,7 @@ from custody import config as config_mod
 from custody.api.auth import token_digest
 from tests.support.databases import VAR
 from tests.support.servers import SCOPES, TOKENS
+from tests.support.ports import free_port
 
 # The BIP84 test mnemonic: its account keys are public knowledge, which is
 # what a test wants (tests can sign spends from deposit addresses).
@@ -46,11 +46,6 @@ COLD_XPUB = account_vpub(2)
 OTHER_XPUB = account_vpub(9)  # never configured: its addresses are not ours
 CONFIRMATIONS = 3
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_node(folder, port: int | None = None) -> Nodes:
