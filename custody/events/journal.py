@@ -121,7 +121,10 @@ class EventNotifier:
             self.last_cursor = max(self.last_cursor, cursor)
             waiters = list(self._waiters)
         for loop, event in waiters:
-            loop.call_soon_threadsafe(event.set)
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # its loop was closed without ending its readers: nobody waits there
+                self.unsubscribe(event)
 
     def subscribe(self) -> asyncio.Event:
         event = asyncio.Event()

@@ -247,7 +247,12 @@ class QueuedWriter:
         cursor = last_cursor(results)
         if cursor is not None:
             for listener in self._listeners:
-                listener(cursor)
+                try:
+                    listener(cursor)
+                except Exception:
+                    # The group is committed and its callers answered. A listener raising here
+                    # ended the writer's thread, and every later call waited for ever.
+                    log.exception("a commit listener failed (cursor %s); the writer goes on", cursor)
 
 
 class LedgerWriter(QueuedWriter):

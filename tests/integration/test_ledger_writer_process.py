@@ -246,3 +246,28 @@ def test_stopping_the_server_keeps_its_event_loop_running_while_the_writer_close
 
     asyncio.run(main())
     assert ticks_while_closing and ticks_while_closing[0] >= 10, ticks_while_closing
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_failing_commit_listener_does_not_stop_the_writer(db_url, writer):
+    """Listeners run on the writer's thread after a commit: one raising ended that thread, and
+    every later call waited for ever."""
+    custody = Custody(make_config(db_url, ledger_writer=writer))
+    try:
+        calls = []
+
+        def broken(cursor):
+            calls.append(cursor)
+            raise RuntimeError("Event loop is closed")
+
+        custody.writer.on_commit(broken)
+        a = str(custody.create_account("alice").account_id)
+        b = str(custody.create_account("bob").account_id)
+        custody.adjust_balance("admin", "fund", a, "BTC", "10", True, "funding for test")
+        results = [custody.submit_transfer("exchange", f"t-{k}", a, b, "BTC", "1", "").result(timeout=30)
+                   for k in range(3)]
+        assert [r.event_cursor for r in results] == [2, 3, 4]
+        assert calls == [1, 2, 3, 4]
+        assert _available(custody, b) == 3
+    finally:
+        custody.close()

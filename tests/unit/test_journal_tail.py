@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from custody.events.journal import EventNotifier
 from custody.events.tail import JournalTail
 
 
@@ -163,3 +164,23 @@ def test_a_stalled_follower_holds_at_most_a_page_of_items():
         await stalled.aclose()
 
     asyncio.run(main())
+
+
+def test_a_waiter_whose_loop_was_closed_is_dropped_not_raised_to_the_committer():
+    """notify runs on the ledger writer's thread: a RuntimeError from a closed loop ended it."""
+    notifier = EventNotifier()
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(_subscribe(notifier))
+    loop.close()
+    alive = asyncio.new_event_loop()
+    woken = alive.run_until_complete(_subscribe(notifier))
+    notifier.notify(7)
+    notifier.notify(8)
+    alive.run_until_complete(asyncio.wait_for(woken.wait(), 5))
+    alive.close()
+    assert notifier.last_cursor == 8
+    assert len(notifier._waiters) == 1
+
+
+async def _subscribe(notifier):
+    return notifier.subscribe()
