@@ -16,6 +16,7 @@ from chains.base import DerivedAddress, InvalidAddress, InvalidKey
 from chains.bitcoin.params import KNOWN_BASE58, KNOWN_HRPS, BitcoinNetwork
 
 BECH32_MAX_LENGTH = 90
+BASE58_MAX_LENGTH = 35  # 25 bytes: 34 characters at most; one more to spare
 BASE58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
@@ -94,6 +95,11 @@ def _parse_segwit(text: str, lower: str, sep: int, net: BitcoinNetwork) -> tuple
 
 
 def _parse_base58(text: str, net: BitcoinNetwork) -> tuple[str, bytes]:
+    # Checked before decoding: base58 decoding takes time growing with the square of the length,
+    # and a request's one address of a million characters kept a server thread busy for minutes.
+    if len(text) > BASE58_MAX_LENGTH:
+        raise InvalidAddress(f"wrong length: a base58 address has at most {BASE58_MAX_LENGTH} characters, "
+                             f"got {len(text)}")
     raw = base58.decode(text)
     if len(raw) != 25:
         raise InvalidAddress(f"wrong length: a base58 address holds 25 bytes, got {len(raw)}")

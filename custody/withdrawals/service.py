@@ -32,6 +32,7 @@ from custody.withdrawals.review import page_facts
 from hsm.approvals import approval_message
 
 LAST_EVENT = "custody.last_event"
+MAX_ADDRESS_LENGTH = 128  # the width of withdrawals.to_address
 # Every status a batch can be in (custody/withdrawals/sender.py, refusal.py): a misspelt one is refused,
 # not answered with an empty list that reads as "nothing there".
 BATCH_STATUSES = (model.QUEUED, model.SIGNING, model.SIGNED, model.BROADCAST, model.CONFIRMING, model.COMPLETED,
@@ -73,6 +74,8 @@ class Withdrawals:
         except CustodyError:
             raise InvalidArgument(f"asset {asset} is on chain {asset_cfg.chain}, which has no withdrawals here") \
                 from None
+        if len(to_address) > MAX_ADDRESS_LENGTH:  # before the chain's parser: nothing longer is stored
+            raise InvalidArgument(f"to_address: at most {MAX_ADDRESS_LENGTH} characters, got {len(to_address)}")
         try:
             address = plugin.validate_address(to_address)
         except ChainError as exc:

@@ -105,6 +105,9 @@ def test_small_amount_is_auto_approved(wapp, wclients):
     ("above maximum", {"amount": 10 * BTC + 1}, grpc.StatusCode.INVALID_ARGUMENT, "above the maximum"),
     ("fraction", {"amount": "0.5"}, grpc.StatusCode.INVALID_ARGUMENT, "not a fraction"),
     ("above balance", {"amount": 5 * BTC}, grpc.StatusCode.FAILED_PRECONDITION, "insufficient"),
+    # Not parsed at all: base58 decoding of a message-sized address took minutes of server CPU.
+    ("address of a megabyte", {"to": "9" * 1_000_000}, grpc.StatusCode.INVALID_ARGUMENT,
+     "to_address: at most 128 characters, got 1000000"),
 ])
 def test_bad_requests_are_refused_and_hold_nothing(wapp, wclients, case, fields, code, message):
     acct = account(wapp)

@@ -92,6 +92,8 @@ INVALID = [
     (segwit("bc", 0, bytes(21), bech32.Encoding.BECH32), MAIN, "witness v0 program is 20 or 32 bytes, got 21"),
     (segwit("bc", 1, bytes(41), bech32.Encoding.BECH32M), MAIN, "too long|at most 90|2 to 40 bytes"),
     (base58.encode_check(b"\x00" + bytes(21)), MAIN, "base58 address holds 25 bytes, got 26"),
+    # refused before decoding, whose time grows with the square of the length (200,000: seconds)
+    ("9" * 200_000, MAIN, "base58 address has at most 35 characters, got 200000"),
     # mixed case
     ("bc1qW508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4", MAIN, "mixed upper and lower case"),
     # wrong encoding for the witness version
