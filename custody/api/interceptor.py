@@ -7,6 +7,7 @@ import grpc
 import structlog
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from chains.base import ChainError, NodeUnavailable
 from custody import errors
 from custody.api.auth import ANY_SCOPE_PREFIXES, Authenticator, set_current_client
 
@@ -36,6 +37,15 @@ async def _abort_for(exc: Exception, context, method: str):
     if isinstance(exc, (OperationalError, InterfaceError)):  # the database went away, a deadlock: not a bug
         log.warning("database unavailable", method=method, reason=errors.driver_reason(exc))
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(errors.DatabaseUnavailable()))
+    # A call that asks a chain node (staff settling a batch): the node's state, not a bug. The
+    # details (node address, its own words) go to the log only.
+    if isinstance(exc, NodeUnavailable):
+        log.warning("chain node unavailable", method=method, reason=str(exc))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "a chain node is unreachable; retry later")
+    if isinstance(exc, ChainError):
+        log.warning("chain node error", method=method, reason=str(exc))
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                            "the chain node could not answer this; see the server log")
     log.error("unhandled error", method=method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 

@@ -4,15 +4,17 @@ nodes), so nothing is failed or requeued until a self-spend of the batch's input
 the hot wallet is confirmed; then the refused transaction can never pay anyone."""
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from chains.base import NodeError
 from chains.bitcoin.addresses import script_to_address
 from chains.bitcoin.params import network
 from custody.app import Custody
+from custody.v1 import backoffice_pb2 as bo
 from custody.withdrawals.sender import CrashForTest
 from tests.support.bitcoin import HOT_XPUB, account_xprv, random_script, spend
-from tests.support.servers import ServerThread
+from tests.support.servers import Clients, ServerThread, bearer
 from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, approve_signature, attempts, available_held, batches,
                                        confirm, events, fund, fund_hot_wallet, ledger_balance, outputs_paying,
                                        reserved, sender, start_signer, wipe_mempool, withdrawal_config)
@@ -782,3 +784,36 @@ def test_one_outside_transaction_paying_one_held_batch_from_two_batches_coins_is
         assert available_held(app, payer) == (BTC - amount - WITHDRAWAL_FEE, 0)
     finally:
         app.close()
+
+
+def test_settling_a_batch_while_the_node_is_down_is_unavailable_and_changes_nothing(db_url, chain, signer,
+                                                                                    dead_port):
+    """Resolve asks the node for the named transaction's block: unreachable, that came back as
+    INTERNAL ("a bug; see the log") instead of a status staff can retry on."""
+    app = make_app(db_url, chain)
+    try:
+        fund_hot_wallet(app, chain, 3_000_000)
+        _, wid = stored_payment(app, signer)
+        (coin,) = reserved(app)
+        taken = chain.miner.send(spend(coin, 3_000_000, account_xprv(1).derive("m/0/1").key, random_script()))
+        confirm(app, chain, sender(app, signer), blocks=3)
+        (batch,) = batches(app)
+        assert batch["status"] == "NEEDS_STAFF"
+    finally:
+        app.close()
+    host = chain.rpc.url.rsplit(":", 1)[0]
+    offline = Custody(withdrawal_config(db_url, f"{host}:{dead_port}", confirmations=2))
+    server = ServerThread(offline.config, offline)
+    clients = Clients(server.address)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            clients.backoffice.ResolveWithdrawalBatch(bo.ResolveWithdrawalBatchRequest(
+                batch_id=batch["id"], txid=taken, reason="hot key leaked"), metadata=bearer("alice-admin"), timeout=60)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+        assert err.value.details() == "a chain node is unreachable; retry later"
+        assert batches(offline)[0]["status"] == "NEEDS_STAFF" and status(offline, wid)["status"] != "FAILED"
+        assert ledger_balance(offline, "suspense") == 0
+    finally:
+        clients.close()
+        server.stop()
+        offline.close()
