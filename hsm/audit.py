@@ -40,8 +40,12 @@ from hsm.errors import AuditLogBroken, SignerError
 GENESIS = "0" * 64
 
 
+HASHED_KEYS = ("seq", "at", "kind", "data", "prev")
+ENTRY_KEYS = {*HASHED_KEYS, "hash"}
+
+
 def _entry_hash(entry: dict) -> str:
-    body = {k: entry[k] for k in ("seq", "at", "kind", "data", "prev")}
+    body = {k: entry[k] for k in HASHED_KEYS}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -201,6 +205,11 @@ def verify(path: pathlib.Path, expect_count: int | None = None, expect_head: str
                             "or cut short by a crash while it was written)")
             continue
         expected_seq = count + 1
+        if set(entry) != ENTRY_KEYS:
+            # The hash covers only these: a field added to an entry verified, and a reader would
+            # have taken it for part of the signed record.
+            problems.append(f"line {line_no} (seq {entry.get('seq')}): has fields "
+                            f"{sorted(set(entry) - ENTRY_KEYS)[:5]} that this signer never writes: added")
         if line != json.dumps(entry, sort_keys=True, separators=(",", ":")):
             # The hash is over the parsed entry: a line with a second "data" key in front of the
             # real one verified, while a reader that takes the first key saw the forged one.

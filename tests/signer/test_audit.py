@@ -275,3 +275,16 @@ def test_a_head_recorded_elsewhere_without_its_count_is_not_silently_ignored(log
     assert not audit.verify(log_with_entries, expect_head="deadbeef").ok
     assert audit.verify(log_with_entries, expect_count=count,
                         expect_head=json.loads(lines(log_with_entries)[-1])["hash"]).ok
+
+
+def test_a_field_added_to_an_entry_is_found(log_with_entries):
+    """The hash covers seq, at, kind, data and prev: a field added beside them, written in the
+    signer's own format, verified, and a reader took it for part of the record (a review note)."""
+    entries = lines(log_with_entries)
+    entry = json.loads(entries[1])
+    entry["override"] = {"approved_by": "alice", "decision": "signed"}
+    entries[1] = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+    log_with_entries.write_text("\n".join(entries) + "\n")
+    report = audit.verify(log_with_entries)
+    assert not report.ok, report.render()
+    assert any("line 2" in p and "['override']" in p and "added" in p for p in report.problems), report.render()
