@@ -8,6 +8,8 @@ import signal
 
 import grpc
 import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -75,6 +77,7 @@ class Server:
         srv = config.server
         try:
             if srv.tls_cert:
+                _check_pem(srv)  # grpc reports a file it can't use as a bind failure: "the port is in use"
                 ca = srv.tls_client_ca.read_bytes() if srv.tls_client_ca else None
                 creds = grpc.ssl_server_credentials(
                     [(srv.tls_key.read_bytes(), srv.tls_cert.read_bytes())],
@@ -111,6 +114,21 @@ class Server:
             # rest of a message that only this loop can write (it hung there until SIGKILL).
             await asyncio.to_thread(self.app.close)
         log.info("stopped")
+
+
+def _check_pem(srv) -> None:
+    files = [("tls_cert", srv.tls_cert, x509.load_pem_x509_certificates),
+             ("tls_key", srv.tls_key, lambda data: serialization.load_pem_private_key(data, password=None)),
+             ("tls_client_ca", srv.tls_client_ca, x509.load_pem_x509_certificates)]
+    for name, path, load in files:
+        if path is None:
+            continue
+        try:
+            load(path.read_bytes())
+        except OSError as exc:
+            raise CannotListen(f"[server] {name} = {str(path)!r}: cannot read it ({exc.strerror})") from None
+        except (ValueError, TypeError) as exc:
+            raise CannotListen(f"[server] {name} = {str(path)!r}: not a usable PEM file ({exc})") from None
 
 
 def freeze_startup_objects() -> None:

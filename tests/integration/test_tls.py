@@ -2,6 +2,7 @@
 import grpc
 import pytest
 
+from custody.api.server import CannotListen
 from custody.app import Custody
 from custody.v1 import custody_pb2 as pb
 from tests.support.config import make_config
@@ -69,4 +70,26 @@ def test_tls_still_needs_a_token(db_url, pki):
         c.close()
     finally:
         server.stop()
+        app.close()
+
+
+@pytest.mark.parametrize("field, content", [
+    ("tls_client_ca", b""),
+    ("tls_client_ca", b"not a certificate\n"),
+    ("tls_cert", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+    ("tls_key", b"garbage"),
+])
+def test_a_tls_file_that_is_not_pem_is_named_at_start_not_taken_for_a_busy_port(db_url, pki, tmp_path, field,
+                                                                               content):
+    bad = tmp_path / "bad.pem"
+    bad.write_bytes(content)
+    files = {"tls_cert": pki["server_crt"], "tls_key": pki["server_key"], "tls_client_ca": pki["ca"], field: bad}
+    config = make_config(db_url, **{k: str(v) for k, v in files.items()})
+    app = Custody(config)
+    try:
+        with pytest.raises(CannotListen) as err:
+            ServerThread(config, app)
+        assert f"[server] {field} = {str(bad)!r}: not a usable PEM file" in str(err.value)
+        assert "in use" not in str(err.value)
+    finally:
         app.close()
