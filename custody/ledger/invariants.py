@@ -121,6 +121,9 @@ def check(engine: Engine, progress: Callable[[str], None] | None = None, progres
         findings += _check_events(conn, batches)
         findings += _check_references(conn)
         findings += _check_deposits(conn, accounts)
+        # The rare user accounts below zero: which batch took each there (and further) decides.
+        deepened = {a.id: _unflagged_deepening(conn, a.id) for a in accounts.values()
+                    if owner_of(a.code) is not None and a.credits < a.debits}
 
     per_asset: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for a in accounts.values():
@@ -133,11 +136,15 @@ def check(engine: Engine, progress: Callable[[str], None] | None = None, progres
         owner = owner_of(a.code)
         if owner is not None and a.credits < a.debits:
             # Flagged only as deep as flagged corrections took it: a negative beyond what they debited
-            # came from somewhere else.
-            if owner in frozen and a.credits - a.debits + flagged_debits.get(a.id, 0) >= 0:
+            # came from somewhere else, and so did one an unflagged batch took lower, whenever.
+            if owner in frozen and a.credits - a.debits + flagged_debits.get(a.id, 0) >= 0 and not deepened[a.id]:
                 findings.append(Finding("2", "flagged",
                                         f"{a.code} ({a.asset}) is {a.credits - a.debits} after a flagged correction; "
                                         f"account {owner} is frozen"))
+            elif deepened[a.id]:
+                findings.append(Finding("2", "violation",
+                                        f"{a.code} ({a.asset}) is negative: {a.credits - a.debits}; batch "
+                                        f"{deepened[a.id]}, not flagged, took it below zero or further"))
             else:
                 findings.append(Finding("2", "violation", f"{a.code} ({a.asset}) is negative: {a.credits - a.debits}"))
         if owner is not None and a.code.endswith(":held"):
@@ -153,6 +160,27 @@ def check(engine: Engine, progress: Callable[[str], None] | None = None, progres
             findings.append(Finding("1", "violation", f"{asset}: debits {debits} != credits {credits}"))
     findings.append(Finding("4", "skipped", "wallet accounts are not yet compared with what the chains show (that needs the reconciliation job)"))
     return Report(findings, accounts=len(accounts), transfers=transfers, batches=batches)
+
+
+def _unflagged_deepening(conn, account_id: int) -> str | None:
+    """The first batch, not flagged, that left the account below zero and lower than before (only
+    a flagged correction may): its batches replayed in commit order (event cursor)."""
+    b, tr = t.ledger_batches.c, t.ledger_transfers.c
+    rows = conn.execute(
+        select(b.id, b.flagged, tr.debit_account_id, tr.amount)
+        .join(t.ledger_transfers, tr.batch_id == b.id)
+        .where((tr.debit_account_id == account_id) | (tr.credit_account_id == account_id))
+        .order_by(b.event_cursor, b.id))
+    balance, batch, change, flagged = 0, None, 0, False
+    for batch_id, is_flagged, debit, amount in [*rows, (None, False, None, 0)]:
+        if batch_id != batch:
+            if batch is not None:
+                balance += change
+                if change < 0 and balance < 0 and not flagged:
+                    return batch
+            batch, change, flagged = batch_id, 0, is_flagged
+        change += -amount if debit == account_id else amount
+    return None
 
 
 def _check_events(conn, batches: int) -> list[Finding]:

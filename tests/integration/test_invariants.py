@@ -94,6 +94,25 @@ def test_a_negative_deeper_than_its_flagged_corrections_is_a_violation_on_a_froz
     assert any(f"user:{b}:available (BTC) is negative: -60" in m for m in findings(app, "2"))
 
 
+def test_an_unflagged_debit_after_a_flagged_correction_emptied_the_account_is_a_violation(app, funded):
+    """b has 100; a flagged correction takes all of it, then a debit that was not flagged takes
+    60 more: the whole -60 came from the unflagged one, though flagged debits (100) exceed it
+    (a core review: this passed as 'flagged')."""
+    _, b = funded
+    with app.engine.begin() as conn:
+        conn.execute(update(t.accounts).where(t.accounts.c.id == b).values(frozen=True))
+    for amount, reference in ((100, "empties"), (60, "unflagged")):
+        app.writer.execute(Command(kind="correction", actor="t", flagged=True, reference=reference,
+                                   postings=(Posting("BTC", user_available(b), EQUITY, amount),)))
+    report = check(app.engine)
+    assert report.ok and [f.severity for f in report.findings if f.invariant == "2"] == ["flagged"]
+    with app.engine.begin() as conn:
+        batch = conn.execute(select(t.ledger_batches.c.id).where(t.ledger_batches.c.reference == "unflagged")).scalar()
+        conn.execute(update(t.ledger_batches).where(t.ledger_batches.c.id == batch).values(flagged=False))
+    assert any(f"user:{b}:available (BTC) is negative: -60; batch {batch}, not flagged" in m
+               for m in findings(app, "2"))
+
+
 def test_a_deposit_credited_twice_is_found(btc_app, chain, db_url, request):
     from custody.ledger.model import wallet
     from tests.support.bitcoin import CONFIRMATIONS
