@@ -18,7 +18,8 @@ import collections
 import dataclasses
 from typing import Callable
 
-from sqlalchemy import Engine, exists, func, select
+from sqlalchemy import Engine, cast, exists, func, select
+from sqlalchemy.dialects.postgresql import JSONB
 
 from custody.db import schema as t
 from custody.db.engine import read_transaction
@@ -208,6 +209,18 @@ def _check_events(conn, batches: int) -> list[Finding]:
     distinct = conn.execute(select(func.count(func.distinct(b.event_cursor)))).scalar_one()
     if distinct != batches:
         out.append(Finding("events", "violation", f"{batches - distinct} ledger batches share an event cursor"))
+    # And that event must be about this batch: two batches with their cursors swapped pass all of
+    # the above, and a consumer of the stream books each one's postings as the other's.
+    if conn.dialect.name == "postgresql":
+        named = cast(e.payload, JSONB)["batch_id"].astext
+    else:
+        named = func.json_extract(e.payload, "$.batch_id")
+    wrong, example = conn.execute(
+        select(func.count(), func.min(b.id)).join(t.events, e.cursor == b.event_cursor)
+        .where(e.type.like("ledger.%"), (named != b.id) | (named.is_(None)))).one()
+    if wrong:
+        out.append(Finding("events", "violation",
+                           f"{wrong} ledger batches name an event about another batch (e.g. batch {example})"))
     return out
 
 

@@ -151,6 +151,17 @@ def test_a_hold_with_more_remaining_than_its_amount_or_less_than_zero_is_found(a
     assert not any("open holds sum" in m for m in found), "the held balance itself still adds up"
 
 
+def test_two_batches_with_their_event_cursors_swapped_are_found(app, funded):
+    """Each still names one ledger event, none shared: only the events' own batch ids tell."""
+    with app.engine.begin() as conn:
+        first, second = conn.execute(select(t.ledger_batches.c.id, t.ledger_batches.c.event_cursor)
+                                     .order_by(t.ledger_batches.c.event_cursor).limit(2)).all()
+        for batch, cursor in ((first.id, -1), (second.id, first.event_cursor), (first.id, second.event_cursor)):
+            conn.execute(update(t.ledger_batches).where(t.ledger_batches.c.id == batch).values(event_cursor=cursor))
+    assert f"2 ledger batches name an event about another batch (e.g. batch {min(first.id, second.id)})" in \
+        findings(app, "events")
+
+
 def test_two_batches_naming_one_event_are_found_though_the_counts_agree(app, funded):
     with app.engine.begin() as conn:
         first, second = conn.execute(select(t.ledger_batches.c.id, t.ledger_batches.c.event_cursor)
