@@ -84,14 +84,27 @@ def test_a_negative_deeper_than_its_flagged_corrections_is_a_violation_on_a_froz
     """b has 100; a flagged correction takes 10, and a debit of 150 that was not flagged (its flag
     cleared here) takes it to -60: only 10 of that is explained by a flagged correction."""
     _, b = funded
-    with app.engine.begin() as conn:
-        conn.execute(update(t.accounts).where(t.accounts.c.id == b).values(frozen=True))
-    for amount, reference in ((10, "small"), (150, "large")):
-        app.writer.execute(Command(kind="correction", actor="t", flagged=True, reference=reference,
-                                   postings=(Posting("BTC", user_available(b), EQUITY, amount),)))
-    with app.engine.begin() as conn:
-        conn.execute(update(t.ledger_batches).where(t.ledger_batches.c.reference == "large").values(flagged=False))
+    frozen_after_flagged_corrections(app, b, small=10, large=150)
+    unflag(app, "large")
     assert any(f"user:{b}:available (BTC) is negative: -60" in m for m in findings(app, "2"))
+
+
+def frozen_after_flagged_corrections(app, account: int, **amounts: int) -> None:
+    """Freezes the account, then takes each amount from it in a flagged correction (reference: its name)."""
+    with app.engine.begin() as conn:
+        conn.execute(update(t.accounts).where(t.accounts.c.id == account).values(frozen=True))
+    for reference, amount in amounts.items():
+        app.writer.execute(Command(kind="correction", actor="t", flagged=True, reference=reference,
+                                   postings=(Posting("BTC", user_available(account), EQUITY, amount),)))
+
+
+def unflag(app, reference: str) -> str:
+    """Clears the flag of the batch with this reference (a debit that was never flagged); its id."""
+    b = t.ledger_batches.c
+    with app.engine.begin() as conn:
+        batch = conn.execute(select(b.id).where(b.reference == reference)).scalar_one()
+        conn.execute(update(t.ledger_batches).where(b.id == batch).values(flagged=False))
+    return batch
 
 
 def test_an_unflagged_debit_after_a_flagged_correction_emptied_the_account_is_a_violation(app, funded):
@@ -99,16 +112,10 @@ def test_an_unflagged_debit_after_a_flagged_correction_emptied_the_account_is_a_
     60 more: the whole -60 came from the unflagged one, though flagged debits (100) exceed it
     (a core review: this passed as 'flagged')."""
     _, b = funded
-    with app.engine.begin() as conn:
-        conn.execute(update(t.accounts).where(t.accounts.c.id == b).values(frozen=True))
-    for amount, reference in ((100, "empties"), (60, "unflagged")):
-        app.writer.execute(Command(kind="correction", actor="t", flagged=True, reference=reference,
-                                   postings=(Posting("BTC", user_available(b), EQUITY, amount),)))
+    frozen_after_flagged_corrections(app, b, empties=100, unflagged=60)
     report = check(app.engine)
     assert report.ok and [f.severity for f in report.findings if f.invariant == "2"] == ["flagged"]
-    with app.engine.begin() as conn:
-        batch = conn.execute(select(t.ledger_batches.c.id).where(t.ledger_batches.c.reference == "unflagged")).scalar()
-        conn.execute(update(t.ledger_batches).where(t.ledger_batches.c.id == batch).values(flagged=False))
+    batch = unflag(app, "unflagged")
     assert any(f"user:{b}:available (BTC) is negative: -60; batch {batch}, not flagged" in m
                for m in findings(app, "2"))
 

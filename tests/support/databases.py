@@ -77,11 +77,14 @@ def _drop_template() -> None:
 
 
 def drop_postgres_database(url: str) -> None:
-    name = make_url(url).database
+    _on_the_server(f"DROP DATABASE IF EXISTS {make_url(url).database} WITH (FORCE)")
+
+
+def _on_the_server(statement: str) -> None:
     admin = _admin_engine()
     try:
         with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.exec_driver_sql(statement)
     finally:
         admin.dispose()
 
@@ -139,12 +142,7 @@ def back_up(url: str, folder: pathlib.Path) -> str:
     URL. PostgreSQL copies by template, which needs nobody connected to the source."""
     if kind_of(url) == "postgresql":
         name = "custody_test_" + uuid.uuid4().hex[:12]
-        admin = _admin_engine()
-        try:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {make_url(url).database}")
-        finally:
-            admin.dispose()
+        _on_the_server(f"CREATE DATABASE {name} TEMPLATE {make_url(url).database}")
         return _database_url(name)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "custody.db"
