@@ -164,14 +164,17 @@ class BitcoinDecoder:
             # (the inputs rule compares a request's claims with those signed before).
             raise Refused("decode", "the transaction spends one outpoint twice")
         transfers, total_out = [], 0
+        spent = {spent_script for _, _, spent_script in claims}
         for j in range(n_out):
             script = _wally.output_script(tx, j)
             amount = c.tx_get_output_satoshi(tx, j)
             address = self._addresses.get(script) or script_to_address(script, self.net)
             if address is None:
                 raise Refused("decode", f"output {j} pays a script with no address (OP_RETURN or non-standard)")
-            # Ours if it pays a key signing this very transaction, or re-derives from our keys.
-            path = "" if address in self.internal_addresses or script in signers else self._is_ours(psbt, j, script)
+            # Ours if it pays back a key whose coin this very transaction spends, or re-derives from
+            # our keys. Not any key the request names: the keys list is the caller's word, and a key
+            # named there only to be paid made an output to it "ours" at any path, past every limit.
+            path = "" if address in self.internal_addresses or script in spent else self._is_ours(psbt, j, script)
             internal = path is not None
             transfers.append(Transfer(address, self.asset, "", amount, internal, path or ""))
             total_out += amount

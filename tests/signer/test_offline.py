@@ -97,3 +97,23 @@ def test_the_cli_refuses_without_the_proof_and_warns_when_told_to_trust(tmp_path
     trusted = custody(*args, "--trust-stated-amounts")
     assert trusted.returncode == 0, trusted.stderr
     assert "amounts not proven" in trusted.stdout and (tmp_path / "out.psbt").exists()
+
+
+def test_an_extra_derivation_hint_on_an_input_does_not_make_an_output_to_that_key_ours(keystore):
+    """Every input hint with our fingerprint becomes a signing key; one naming a key the input is
+    not paid to made the output paying that key (at a path no wallet scan finds) show as ours,
+    'leaving our wallets: 0' (a signer review)."""
+    hidden = "m/84h/1h/0h/0/7777777"
+    hidden_pub = keystore.public_key(S.HOT, hidden)
+    (coin,) = coins(keystore, 10 * S.BTC)
+    script = S.p2wpkh_script(keystore.public_key(S.HOT, PATH))
+    unsigned = S.make_psbt([(coin.txid().hex(), 0, 10 * S.BTC, script)],
+                           [(S.p2wpkh_script(hidden_pub), 10 * S.BTC - 1_000)])
+    psbt = PSBT.parse(S.with_creators(unsigned, [coin]))
+    fingerprint = bytes.fromhex(keystore.fingerprint(S.HOT))
+    for path, pub in ((PATH, keystore.public_key(S.HOT, PATH)), (hidden, hidden_pub)):
+        psbt.inputs[0].bip32_derivations[PublicKey.parse(pub)] = DerivationPath(
+            fingerprint, [int(p[:-1]) + 2**31 if p.endswith("h") else int(p) for p in path.split("/")[1:]])
+    explained, _ = offline.explain(JOB, psbt.serialize(), keystore)
+    assert [t.internal for t in explained.transfers] == [False]
+    assert f"leaving our wallets: {10 * S.BTC - 1_000}" in offline.describe(explained)

@@ -63,6 +63,23 @@ def test_change_to_our_key_at_a_path_nobody_records_counts_as_external(signer, k
     assert out.transfers[1].internal is False and out.refused_rule == "max_per_transaction"
 
 
+@pytest.mark.parametrize("path", ["m/84h/1h/1h/1/5000000", "m/0/1/2/3/4/5/6/7", "m/99h/1h/1h/1/0"])
+def test_a_key_named_in_the_request_but_spending_nothing_does_not_make_an_output_ours(signer, keystore, path):
+    """The request's keys are the caller's word: naming our key at a path no wallet scan finds,
+    beside the input's, made an output paying it internal, past the limits, allow-list and
+    approvals (a signer review: 50 BTC signed against a 2 BTC limit). Paying back a spent coin's
+    own key stays ours."""
+    pub = keystore.public_key(S.HOT, path)
+    payload = S.make_psbt([("11" * 32, 0, 5 * S.BTC, S.hot_script(keystore))],
+                          [(S.p2wpkh_script(pub), 5 * S.BTC - 1_000)])
+    out = signer.sign("bitcoin", payload, [(S.HOT, S.HOT_BTC_PATH), (S.HOT, path)], [])
+    assert out.transfers[0].internal is False and not out.signed and out.refused_rule == "max_per_transaction"
+    back = S.make_psbt([("12" * 32, 0, 5 * S.BTC, S.hot_script(keystore))],
+                       [(S.hot_script(keystore), 5 * S.BTC - 1_000)])
+    out = signer.sign("bitcoin", back, [(S.HOT, S.HOT_BTC_PATH)], [])
+    assert out.transfers[0].internal is True and out.signed
+
+
 def test_the_audit_log_says_where_our_change_went(signer, keystore):
     import json
 
