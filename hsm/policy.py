@@ -94,6 +94,7 @@ class Policy:
                                                      f"{policies[asset].max_per_transaction} per transaction")
         outflow = Outflow(external)
         outflow.inputs = tx.inputs
+        outflow.spends = tx.spends
         fee_before = None
         if self.counted is not None and payload:
             outflow.spend_key = spend_key(tx)
@@ -120,11 +121,13 @@ class Policy:
     def _paid_once(self, tx: Explained, withdrawal_ids: list[str]) -> tuple[str, ...]:
         """Refuses a payment of a withdrawal paid before by coins this one does not all spend: both
         could confirm. Returns the withdrawals paid here for the first time."""
-        if self.counted is None or not tx.inputs:
-            return ()  # Ethereum: not tracked here yet (docs/signer.md)
-        spending = {outpoint for outpoint, _, _ in tx.inputs}
+        if self.counted is None or not tx.spends:
+            return ()
+        spending = set(tx.spends)
         before = self.counted.first_spends(withdrawal_ids)
         for withdrawal_id, coins in before.items():
+            # Bitcoin: a bump spends the same coins. Ethereum: a replacement has the same sender and
+            # nonce; one with another nonce could confirm beside the first.
             if not coins <= spending:
                 raise Refused("approvals", f"withdrawal {withdrawal_id} was paid before by a transaction spending "
                                            f"{', '.join(sorted(coins - spending))}, which this one does not spend: "
@@ -164,9 +167,10 @@ class Policy:
             self.fees.record(external.fee_asset, fee_counted, now_s, payload_sha256)
         key = getattr(external, "spend_key", None)
         inputs = getattr(external, "inputs", ())
-        if self.counted is not None and (key is not None or inputs):
-            self.counted.add(key, now_s, inputs, getattr(external, "paid_first", ()),
-                             fee=getattr(external, "fee", 0), replaces=replaces, audit_seq=audit_seq)
+        paid_first = getattr(external, "paid_first", ())
+        if self.counted is not None and (key is not None or inputs or paid_first):
+            self.counted.add(key, now_s, inputs, paid_first, fee=getattr(external, "fee", 0), replaces=replaces,
+                             audit_seq=audit_seq, spends=getattr(external, "spends", ()))
 
     def close(self) -> None:
         if self.counted is not None:

@@ -154,10 +154,11 @@ class CountedSpends:
         return out
 
     def add(self, key: str | None, at_s: float, inputs=(), paid_first=(), fee: int = 0, replaces: bool = False,
-            audit_seq: int | None = None) -> None:
+            audit_seq: int | None = None, spends=()) -> None:
         """Records a signed spend's key and the fee counted for it (replaces: a bump of a spend
         counted before, whose counted fee becomes the higher of the two), its inputs' claims and,
-        for the withdrawals it is the first to pay (paid_first), its inputs: in one commit.
+        for the withdrawals it is the first to pay (paid_first), what it uses up (spends: Bitcoin
+        outpoints, an Ethereum sender's nonce): in one commit.
         audit_seq: the sequence its decision will have in the audit log."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -175,7 +176,7 @@ class CountedSpends:
                                      "VALUES (?, ?, ?, ?)", [(*i, audit_seq) for i in inputs])
                 self._db.executemany("INSERT OR IGNORE INTO withdrawal_first_spends (withdrawal_id, outpoint, "
                                      "audit_seq) VALUES (?, ?, ?)",
-                                     [(w, i[0], audit_seq) for w in paid_first for i in inputs])
+                                     [(w, spent, audit_seq) for w in paid_first for spent in spends])
                 note = audit_seq is not None and audit_seq >= self._noted + SEQ_NOTED_EVERY
                 if note:
                     self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('last_audit_seq', ?)",

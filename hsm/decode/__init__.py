@@ -28,6 +28,9 @@ class Explained:
     detail: object = None
     # Bitcoin: (outpoint "txid:vout", amount, script) of each input, as the payload claims them.
     inputs: tuple = ()
+    # What the transaction uses up, so that no other transaction using any of it can also confirm:
+    # Bitcoin its inputs' outpoints, Ethereum its sender's nonce ("0x<sender>/<nonce>").
+    spends: tuple[str, ...] = ()
 
 
 class Signed(typing.NamedTuple):

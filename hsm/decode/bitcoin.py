@@ -181,7 +181,8 @@ class BitcoinDecoder:
         fee = total_in - total_out
         if fee < 0:
             raise Refused("decode", f"outputs ({total_out} sats) exceed inputs ({total_in} sats)")
-        return Explained("bitcoin", transfers, fee, self.asset, (psbt, tx, plan), tuple(claims))
+        return Explained("bitcoin", transfers, fee, self.asset, (psbt, tx, plan), tuple(claims),
+                         tuple(outpoint for outpoint, _, _ in claims))
 
     def sign(self, explained: Explained) -> Signed:
         psbt, tx, plan = explained.detail

@@ -109,7 +109,8 @@ class EthereumDecoder:
         except UnknownKey as exc:
             raise Refused("keys", str(exc)) from None
         fee = numbers["gas"] * numbers["max_fee_per_gas"]  # the most it can cost
-        return Explained("ethereum", transfers, fee, "ETH", (items, key_id, path, public_key))
+        return Explained("ethereum", transfers, fee, "ETH", (items, key_id, path, public_key),
+                         spends=(f"{address_of(public_key)}/{numbers['nonce']}",))
 
     def sign(self, explained: Explained) -> Signed:
         items, key_id, path, _ = explained.detail

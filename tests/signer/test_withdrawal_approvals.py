@@ -112,3 +112,30 @@ def test_an_approved_withdrawal_is_paid_by_one_set_of_coins_only(make_signer, ke
     restarted = make_signer()
     assert sign(restarted, S.simple_psbt(keystore, S.BTC, to=TO, input_txid="dd" * 32), [w1]).refused_rule == \
         "approvals"
+
+
+def test_an_approved_ethereum_withdrawal_is_paid_by_one_nonce_only(make_signer, keystore):
+    """Approved once, it was signed again under each new nonce: every one of those transactions
+    could confirm (a signer review). A replacement (the same nonce, a higher fee) is still signed,
+    another nonce is refused, also after a restart."""
+    to, amount = "0x" + "ab" * 20, 2 * S.ETH + 1  # approval_above 2 ETH; 8 ETH a day, replacements count
+
+    def pay(signer, nonce, wid="w1", max_fee=2 * 10**9):
+        digest = withdrawal_digest(wid, 7, "ETH", "ethereum", to, amount, 0)
+        approved = WithdrawalApproval(wid, 7, "ETH", to, amount, 0, tuple(
+            Approval(n, S.STAFF[n].sign(approval_message("ethereum", digest))) for n in ("alice", "bob")))
+        return signer.sign("ethereum", S.eth_payload(to, amount, nonce=nonce, max_fee=max_fee),
+                           [(S.HOT, S.HOT_ETH_PATH)], [], withdrawals=[approved])
+
+    signer = make_signer()
+    assert pay(signer, 0).signed
+    assert pay(signer, 0, max_fee=3 * 10**9).signed  # a replacement: only one of the two can confirm
+    again = pay(signer, 1)
+    assert (again.signed, again.refused_rule) == (False, "approvals")
+    assert f"withdrawal w1 was paid before by a transaction spending {S.hot_eth_address(keystore)}/0" in \
+        again.refused_reason
+    signer.audit.close()
+    signer.policy.close()
+    restarted = make_signer()
+    assert pay(restarted, 2).refused_rule == "approvals"
+    assert pay(restarted, 1, wid="w2").signed, "another withdrawal is its own payment"
