@@ -11,6 +11,7 @@ re-summing.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import threading
 
@@ -47,6 +48,8 @@ def fees_of(entry: dict) -> tuple[float, dict[str, int]]:
 # How far ahead of the signer's clock a replayed entry's time may be (clocks of two hosts, a
 # clock stepped back since): more, and the entry was not written by this signer.
 MAX_AHEAD_S = 3600
+# Counted entries are kept this long after they leave the window (see RollingLimits).
+KEEP_S = 7 * WINDOW_S
 
 
 class RollingLimits:
@@ -56,8 +59,11 @@ class RollingLimits:
         self._latest_s = now_s + MAX_AHEAD_S
         self._counted = counted
         self._lock = threading.Lock()
-        # asset -> deque of (at_s, amount) in time order, and their running sum.
-        self._window: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        # asset -> [(at_s, amount), ...] in time order. Entries before _cut[asset] are out of the last
+        # window asked about but kept (KEEP_S): a clock stepped forward and back again must find them
+        # counted again, not dropped for good. _sums[asset] is the sum of the entries from the cut on.
+        self._window: dict[str, list] = collections.defaultdict(list)
+        self._cut: dict[str, int] = collections.defaultdict(int)
         self._sums: dict[str, int] = collections.defaultdict(int)
 
     def replay(self, entry: dict) -> None:
@@ -79,23 +85,30 @@ class RollingLimits:
 
     def spent_since(self, asset: str, since_s: float) -> int:
         with self._lock:
-            window = self._window[asset]
-            while window and window[0][0] <= since_s:
-                self._sums[asset] -= window.popleft()[1]
-            return self._sums[asset]
+            window, cut, total = self._window[asset], self._cut[asset], self._sums[asset]
+            while cut < len(window) and window[cut][0] <= since_s:
+                total -= window[cut][1]
+                cut += 1
+            while cut > 0 and window[cut - 1][0] > since_s:  # the clock went back: count them again
+                cut -= 1
+                total += window[cut][1]
+            old = bisect.bisect_right(window, (since_s - KEEP_S, float("inf")), hi=cut)
+            if old > len(window) // 2:  # dropped in bulk: a list's front is costly to pop one by one
+                del window[:old]
+                cut -= old
+            self._cut[asset], self._sums[asset] = cut, total
+            return total
 
     def record(self, asset: str, amount: int, at_s: float, payload_sha256: str) -> None:
         """In memory; the caller makes it durable in the "signed" audit entry (outflow, at_s)."""
         with self._lock:
             window = self._window[asset]
-            if window and at_s < window[-1][0]:
-                # Out of order (a clock stepped back): keep the deque sorted so expiry stays correct.
-                items = sorted([*window, (at_s, amount)])
-                window.clear()
-                window.extend(items)
+            at = bisect.bisect_right(window, (at_s, float("inf")))  # a clock stepped back: keep them sorted
+            window.insert(at, (at_s, amount))
+            if at < self._cut[asset]:
+                self._cut[asset] += 1  # before the cut: the next spent_since decides whether it counts
             else:
-                window.append((at_s, amount))
-            self._sums[asset] += amount
+                self._sums[asset] += amount
 
     def close(self) -> None:
         pass

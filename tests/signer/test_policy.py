@@ -162,6 +162,27 @@ def test_rolling_24h_limit_refuses_then_allows_after_the_window(make_signer, key
     assert btc(signer, S.simple_psbt(keystore, S.BTC // 2)).signed
 
 
+def test_a_clock_stepped_forward_and_back_again_does_not_forget_what_was_counted(make_signer, keystore):
+    """A day's allowance signed; the clock steps 25 h ahead (a bad NTP answer) and back. The step
+    itself lets one more allowance through (nothing tells it from a day passing), but after the
+    correction everything counted before counts again: the window used to drop it for good, and
+    a third allowance went out within the same real day (a signer review)."""
+    now = [3_000_000.0]
+    signer = make_signer(clock=lambda: now[0])
+    coins = iter(range(1, 100))
+
+    def pay():
+        return btc(signer, S.simple_psbt(keystore, S.BTC // 2, input_txid=f"{next(coins):064x}")).signed
+
+    assert [pay() for _ in range(7)] == [True] * 6 + [False]
+    now[0] += 25 * 3600
+    assert pay()
+    now[0] -= 25 * 3600 - 60
+    assert not any(pay() for _ in range(6))
+    now[0] += 24 * 3600 + 1  # a real day later the first six have left the window; the step's one has not
+    assert [pay() for _ in range(6)] == [True] * 5 + [False]
+
+
 def test_rolling_limits_survive_a_restart(make_signer, keystore):
     now = [2_000_000.0]
     first = make_signer(clock=lambda: now[0])
@@ -324,3 +345,16 @@ def test_never_signs_what_it_cannot_decode(signer):
     assert signer.sign("bitcoin", digest, HOT_KEY, []).refused_rule == "decode"
     assert signer.sign("ethereum", digest, ETH_KEY, []).refused_rule in ("decode", "chain_id")
     assert signer.sign("dogecoin", digest, HOT_KEY, []).refused_rule == "chain"
+
+
+def test_the_rolling_window_keeps_a_week_of_entries_not_more():
+    """Entries that left the window are kept (a clock stepped back counts them again), but only for
+    KEEP_S: a signer running for months must not hold every signature it ever made."""
+    from hsm.limits import KEEP_S, WINDOW_S, RollingLimits
+
+    limits = RollingLimits(now_s=0.0)
+    for hour in range(30 * 24):  # a month, one payment of 1 an hour
+        limits.record("BTC", 1, hour * 3600.0, "")
+        assert limits.spent_since("BTC", hour * 3600.0 - WINDOW_S) == min(hour + 1, 24)
+    assert len(limits._window["BTC"]) <= 2 * KEEP_S / 3600 + 1
+    assert limits.spent_since("BTC", (30 * 24 - 1) * 3600.0 - 3 * WINDOW_S) == 3 * 24  # three days back
