@@ -144,6 +144,11 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
         sock = listen.removeprefix("unix:")
         listen = "unix:" + str(rel(sock))
     server = ServerConfig(listen, rel(srv.get("tls_cert")), rel(srv.get("tls_key")), rel(srv.get("tls_client_ca")))
+    if listen.startswith("unix:") and (server.tls_cert or server.tls_key or server.tls_client_ca):
+        # Served in plain over the socket (its file permissions guard it): a tls_client_ca here
+        # read as "client certificates required" while nothing checked one.
+        raise ConfigError("server: tls_cert, tls_key and tls_client_ca apply to a TCP listener only; a unix "
+                          "socket is guarded by its file permissions: remove them, or listen on 127.0.0.1:PORT")
     if not listen.startswith("unix:"):
         host = listen.rsplit(":", 1)[0]
         if host not in ("127.0.0.1", "localhost", "[::1]"):

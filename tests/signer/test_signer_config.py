@@ -29,6 +29,8 @@ def test_a_minimal_config_loads():
 @pytest.mark.parametrize("overrides, message", [
     ({"server": {"listen": "0.0.0.0:7000"}}, "loopback only"),
     ({"server": {"listen": "127.0.0.1:7000"}}, "needs tls_cert"),
+    # Nothing checks a client certificate on a unix socket: a tls_client_ca there promised it.
+    ({"server": {"listen": "unix:signer.sock", "tls_client_ca": "ca.pem"}}, "apply to a TCP listener only"),
     ({"clients": []}, "at least one client"),
     ({"clients": [{"name": "core", "token_sha256": KEY_A}, {"name": "other", "token_sha256": KEY_A.upper()}]},
      r"clients\[1\] \(other\): another client has the same name or token_sha256"),
