@@ -40,13 +40,26 @@ def required_confirmations(asset_confirmations: int, coinbase: bool, coinbase_ma
 def policy_status(amount: int, asset: str, min_deposit: int, deposits_enabled: bool) -> tuple[str, str | None]:
     """(status, reason) for a deposit first seen now: PENDING, or why it won't be credited."""
     if not deposits_enabled:
-        return ASSET_DISABLED, f"deposits of {asset} are disabled"
+        return ASSET_DISABLED, DISABLED_REASON.format(asset=asset)
     # At least 1 whatever min_deposit says: a 0-value output is valid on chain, but the ledger
     # refuses a transfer of 0, and a deposit it refuses halts the scanner for every user.
     minimum = max(1, min_deposit)
     if amount < minimum:
         return BELOW_MINIMUM, f"{amount} is below the {asset} minimum deposit of {minimum} base units"
     return PENDING, None
+
+
+DISABLED_REASON = "deposits of {asset} are disabled"
+
+
+def decided_before(reason: str | None) -> tuple[str, str | None]:
+    """The (status, reason) a deposit mined again after a reorg keeps: the one it got when first
+    seen (its reason stays when it is orphaned or reversed). Today's policy applied again took a
+    credit back for good when deposits were disabled or the minimum raised meanwhile."""
+    if reason is None:
+        return PENDING, None
+    disabled = DISABLED_REASON.split("{")[0]
+    return (ASSET_DISABLED if reason.startswith(disabled) else BELOW_MINIMUM), reason
 
 
 def credit_due(block_height: int, view_height: int, required: int) -> bool:

@@ -41,6 +41,7 @@ from custody.deposits.model import (
     REVERSED,
     confirmations,
     credit_due,
+    decided_before,
     policy_status,
     required_confirmations,
 )
@@ -506,10 +507,13 @@ class Scanner:
     def _record_deposit(self, conn, block: Block, receipt, owner: dict, existing: dict | None,
                         view: int) -> tuple[str, dict]:
         """PENDING, or BELOW_MINIMUM / ASSET_DISABLED with the reason (never credited).
-        The asset's policy is applied each time the transaction enters the chain:
-        when first seen, and when mined again after a reorg."""
-        status, reason = policy_status(receipt.amount, self.asset.asset, self.asset.min_deposit,
-                                       self.asset.deposits_enabled)
+        The asset's policy decides when the transaction is first seen; mined again after a reorg,
+        the deposit keeps that decision."""
+        if existing is None:
+            status, reason = policy_status(receipt.amount, self.asset.asset, self.asset.min_deposit,
+                                           self.asset.deposits_enabled)
+        else:
+            status, reason = decided_before(existing["reason"])
         where = {"status": status, "reason": reason, "block_height": block.height, "block_hash": block.hash}
         if existing is None:
             deposit_id = store.insert_deposit(

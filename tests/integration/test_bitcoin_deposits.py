@@ -342,6 +342,41 @@ def test_a_credited_deposit_reversed_by_a_deep_reorg_and_mined_again_ends_credit
     assert acct["frozen"], "a re-credit does not lift the freeze: staff review the account"
 
 
+def test_a_deposit_mined_again_after_a_reorg_keeps_the_policy_decision_it_got_first(db_url, chain):
+    """Staff disable deposits during a chain incident, when reorgs happen. A credited deposit the
+    reorg reversed was judged again by today's policy when it was mined again: ASSET_DISABLED, its
+    credit gone for good and the account frozen (a deposit review). A deposit refused first
+    (below the minimum then) stays refused, whatever the policy says now."""
+    from custody.app import Custody
+    from tests.support.bitcoin import make_chain_config
+
+    app = Custody(make_chain_config(db_url, chain.rpc.url, btc={"min_deposit": 10_000}))
+    try:
+        scan(app)
+        ann, ann_address = account_with_address(app, "ann")
+        bob, bob_address = account_with_address(app, "bob")
+        txid, raw = chain.pay((script_of(app, ann_address), SATS), (script_of(app, bob_address), 5_000))
+        chain.mine(CONFIRMATIONS)
+        scan(app)
+        assert [d.status for d in deposits_of(app, ann) + deposits_of(app, bob)] == ["CREDITED", "BELOW_MINIMUM"]
+        height = deposits_of(app, ann)[0].block_height
+    finally:
+        app.close()
+    app = Custody(make_chain_config(db_url, chain.rpc.url, btc={"min_deposit": 0, "deposits_enabled": False}))
+    try:
+        chain.reorg(height, CONFIRMATIONS + 1)
+        scan(app)
+        assert [d.status for d in deposits_of(app, ann) + deposits_of(app, bob)] == ["REVERSED", "ORPHANED"]
+        chain.miner.send(raw)  # the same transaction, mined again
+        chain.mine(CONFIRMATIONS)
+        scan(app)
+        (d,), (refused,) = deposits_of(app, ann), deposits_of(app, bob)
+        assert (d.status, d.txid) == ("CREDITED", txid) and balance(app, ann).available == SATS
+        assert refused.status == "BELOW_MINIMUM" and balance(app, bob).available == 0
+    finally:
+        app.close()
+
+
 def test_a_credited_deposit_the_new_branch_holds_again_deep_enough_stays_credited(btc_app, chain):
     """A reorg that replaces the deposit's block with one holding the same transaction (a stale tip,
     the common case) changes where it is, not whether it is: no reversal, no frozen account, no
