@@ -640,8 +640,12 @@ class Scanner:
             blocks = self.plugin.fetch_blocks(fork.height + 1, count, Watch(self.keys, outpoints))
         except BlockNotFound:
             blocks = []
-        if not blocks or _linked(fork, blocks) != blocks or not self._on_best_chain(blocks[-1]):
-            # The chain moved again while we read it: roll back, the next run starts over.
+        if (not blocks or _linked(fork, blocks) != blocks or not self._on_best_chain(blocks[-1])
+                or not self._tip_still_best(tip, blocks[-1])):
+            # The chain moved again while we read it: roll back, the next run starts over. The tip
+            # read before the watched set was refreshed must still be on it, as in the main loop: a
+            # reorg after that read may bring in a block paying an address issued after the refresh,
+            # which these blocks were read without (the payment was never recorded).
             raise NodeUnavailable(f"{self.chain}: the node's best chain changed while a reorg was unwound")
         return blocks
 

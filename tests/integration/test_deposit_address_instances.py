@@ -4,6 +4,7 @@ is issued once, under load, with no failure (found by a review of accounts and a
 
 import pytest
 
+from chains.base import NodeUnavailable
 from custody.app import Custody
 from custody.errors import ConfigChanged
 from tests.support.bitcoin import CONFIRMATIONS, DEPOSIT_XPUB, OTHER_XPUB, make_chain_config
@@ -117,6 +118,44 @@ def test_a_block_a_reorg_brings_in_after_the_tip_was_read_is_not_applied_unwatch
         scanner.catch_up()
         plugin.fetch_blocks = fetch
         chain.mine(CONFIRMATIONS + 1)
+        scanner.catch_up()
+        assert [(d.amount, d.status) for d in api.list_deposits(str(late["account"]))[1]] == [(123_456, "CREDITED")]
+    finally:
+        api.close()
+        scanning.close()
+
+
+
+def test_a_reorg_after_the_tip_was_read_that_replaces_the_cursors_block_is_not_unwound_unwatched(pg_url, chain):
+    """As above, but the reorg also replaces the block at the scanner's cursor, so the run unwinds:
+    the new branch was read with the watched set from before the address was issued and applied,
+    and the payment at the cursor's height was never recorded (a deposit review)."""
+    config = make_chain_config(pg_url, chain.rpc.url)
+    api, scanning = Custody(config), Custody(config)
+    try:
+        scanner = scanning.scanner("bitcoin")
+        scanner.catch_up()
+        cursor_height = chain.height()
+        chain.mine(1)
+        plugin = scanning.plugin("bitcoin")
+        fetch, late = plugin.fetch_blocks, {}
+
+        def fetch_after_a_deeper_reorg(start, count, watch):
+            if not late:
+                late["account"] = api.create_account("late").account_id
+                _, address = api.deposit_address(str(late["account"]), "bitcoin")
+                chain.miner.invalidate(cursor_height)
+                chain.pay((api.plugin("bitcoin").watch_key(address), 123_456))
+                chain.mine(2)  # the payment is in the new block at the cursor's height
+            return fetch(start, count, watch)
+
+        plugin.fetch_blocks = fetch_after_a_deeper_reorg
+        try:
+            scanner.catch_up()
+        except NodeUnavailable as exc:  # the run rolls back and the next one starts over (the fix)
+            assert "changed while a reorg was unwound" in str(exc)
+        plugin.fetch_blocks = fetch
+        chain.mine(CONFIRMATIONS)
         scanner.catch_up()
         assert [(d.amount, d.status) for d in api.list_deposits(str(late["account"]))[1]] == [(123_456, "CREDITED")]
     finally:
