@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from custody.config import Config
 from custody.db import schema as t
 from custody.db.engine import write_transaction
-from custody.errors import ConfigChanged
+from custody.errors import ConfigChanged, FailedPrecondition
 from custody.text import parse_reason, parse_staff
 
 __all__ = ["ConfigChanged", "accept", "differences", "pinned_fields", "verify"]
@@ -104,6 +104,16 @@ def accept(engine: Engine, config: Config, chain: str, staff: str, reason: str) 
     """Moves the pins of chain to the configured values; returns what changed."""
     staff, reason = parse_staff(staff), parse_reason(reason)
     diffs = differences(engine, config, chain)
+    for name, old, new in diffs:
+        for wallet in ("hot_xpub", "cold_xpub"):
+            if name.startswith("chain:") and old and old.get(wallet) and old.get(wallet) != new.get(wallet):
+                # Its addresses are registered by index (branch/key_index) for the old key, so none of
+                # the new key's would be: withdrawal change (the new hot address 0) and cold coins
+                # would go untracked, and the old key's coins need the old key to be spent.
+                raise FailedPrecondition(
+                    f"{name}: {wallet} changed: moving the {wallet.split('_')[0]} wallet to another key is not "
+                    "supported (its old addresses stay tracked, the new key's would not be, and the old key's "
+                    "coins need the old key); put the pinned key back in the config. Nothing was accepted")
     now = datetime.datetime.now(datetime.timezone.utc)
     with write_transaction(engine) as conn:
         for name, old, new in diffs:

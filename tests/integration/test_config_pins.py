@@ -13,8 +13,8 @@ from custody import config_pins
 from custody.api.auth import token_digest
 from custody.app import Custody
 from custody.db import schema as t
-from custody.errors import ConfigChanged
-from tests.support.bitcoin import chain_config
+from custody.errors import ConfigChanged, FailedPrecondition
+from tests.support.bitcoin import OTHER_XPUB, chain_config
 from tests.support.servers import SCOPES, TOKENS
 
 
@@ -81,6 +81,30 @@ def test_a_renamed_native_asset_stops_the_scanner_until_staff_accept_it(db_url, 
         renamed.scanner("bitcoin").catch_up()
     finally:
         renamed.close()
+
+
+@pytest.mark.parametrize("wallet", ["hot_xpub", "cold_xpub"])
+def test_another_hot_or_cold_key_is_refused_not_accepted(db_url, chain, wallet):
+    """Hot and cold addresses are registered by index for the pinned key: after accepting another
+    key, none of its addresses were registered, so withdrawal change (the new hot address 0) and
+    cold coins went untracked (a deposit review). Refused; nothing accepted."""
+    first = Custody(config_mod.parse(raw_config(db_url, chain.rpc.url)))
+    try:
+        first.scanner("bitcoin").catch_up()
+    finally:
+        first.close()
+    changed = Custody(config_mod.parse(raw_config(db_url, chain.rpc.url, **{wallet: OTHER_XPUB})))
+    try:
+        with pytest.raises(ConfigChanged, match=wallet):
+            changed.scanner("bitcoin")
+        before = pin_changes(changed)
+        with pytest.raises(FailedPrecondition, match=f"{wallet} changed: moving the .* wallet to another key is not"):
+            config_pins.accept(changed.engine, changed.config, "bitcoin", "alice", "new hardware")
+        assert pin_changes(changed) == before
+        with pytest.raises(ConfigChanged):
+            changed.scanner("bitcoin")
+    finally:
+        changed.close()
 
 
 def test_a_pin_stored_before_a_field_existed_gets_it_on_first_use(db_url, chain):
