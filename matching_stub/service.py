@@ -8,7 +8,6 @@ Nothing here knows about gRPC.
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 import logging
 import queue
 import threading
@@ -21,7 +20,7 @@ from custody.config import Config, MarketConfig
 from custody.db import schema as t
 from custody.db.engine import read_transaction
 from custody.errors import InvalidArgument, NotFound
-from custody.events.journal import EventNotifier, check_cursor, item_digest
+from custody.events.journal import EventNotifier, check_cursor, item_digest, utc_iso
 from custody.ledger.commands import Idempotency, parse_idempotency_key
 from custody.ledger.model import parse_id
 from custody.ledger.writer import settle
@@ -240,8 +239,5 @@ def check_units(market: MarketConfig, price: int, quantity: int) -> None:
 
 
 def _market_data_item(row) -> MarketDataItem:
-    created_at = row.created_at
-    if created_at.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
-        created_at = created_at.replace(tzinfo=datetime.timezone.utc)
-    return MarketDataItem(row.cursor, row.market, row.type, row.payload, created_at,
-                          item_digest(row.cursor, row.market, row.type, row.payload, created_at.isoformat()))
+    return MarketDataItem(row.cursor, row.market, row.type, row.payload, row.created_at,
+                          item_digest(row.cursor, row.market, row.type, row.payload, utc_iso(row.created_at)))

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 
 from custody.api.auth import current_client
 from custody.app import Custody
 from custody.errors import InvalidArgument
-from custody.events.journal import check_cursor, check_digest, check_not_beyond, check_same_item
+from custody.events.journal import check_cursor, check_digest, check_not_beyond, check_same_item, utc_iso
 from custody.events.tail import JournalTail
 from custody.v1 import matching_pb2 as pb
 from custody.v1 import matching_pb2_grpc
@@ -29,12 +28,6 @@ STATUS_PB = {"OPEN": pb.ORDER_STATUS_OPEN, "PARTIALLY_FILLED": pb.ORDER_STATUS_P
              "EXPIRED": pb.ORDER_STATUS_EXPIRED}
 
 
-def _iso(value: datetime.datetime) -> str:
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
-        value = value.replace(tzinfo=datetime.timezone.utc)
-    return value.isoformat().replace("+00:00", "Z")
-
-
 def _enum(table: dict, value: int, field: str, names: str) -> str:
     if value not in table:
         raise InvalidArgument(f"{field} must be one of {names}")
@@ -47,7 +40,7 @@ def order_message(o) -> pb.Order:
         type=TYPE_PB[o.type], time_in_force=TIF_PB[o.time_in_force], post_only=o.post_only, price=str(o.price),
         quantity=str(o.quantity), filled_quantity=str(o.filled_quantity), status=STATUS_PB[o.status],
         reason=o.reason or "", quote_filled=str(o.quote_filled), fee=str(o.fee), held=str(o.held),
-        sequence=o.sequence, created_at=_iso(o.created_at))
+        sequence=o.sequence, created_at=utc_iso(o.created_at))
 
 
 def trade_message(tr) -> pb.Trade:
@@ -56,18 +49,18 @@ def trade_message(tr) -> pb.Trade:
         taker_order_id=tr.taker_order_id, maker_order_id=tr.maker_order_id, taker_side=SIDE_PB[tr.taker_side],
         buyer_account_id=str(tr.buyer_account_id), seller_account_id=str(tr.seller_account_id),
         buyer_paid=str(tr.buyer_paid), buyer_fee=str(tr.buyer_fee), seller_gross=str(tr.seller_gross),
-        seller_fee=str(tr.seller_fee), rounding=str(tr.rounding), batch_id=tr.batch_id, created_at=_iso(tr.created_at))
+        seller_fee=str(tr.seller_fee), rounding=str(tr.rounding), batch_id=tr.batch_id, created_at=utc_iso(tr.created_at))
 
 
 def market_data_message(item) -> pb.StreamMarketDataResponse:
     payload = json.loads(item.payload)
-    reply = pb.StreamMarketDataResponse(cursor=item.cursor, market=item.market, created_at=_iso(item.created_at),
+    reply = pb.StreamMarketDataResponse(cursor=item.cursor, market=item.market, created_at=utc_iso(item.created_at),
                                         digest=item.digest)
     if item.type == "trade":
         reply.trade.CopyFrom(pb.Trade(
             trade_id=payload["trade_id"], market=item.market, price=payload["price"], quantity=payload["quantity"],
             taker_order_id=payload["taker_order_id"], maker_order_id=payload["maker_order_id"],
-            taker_side=SIDE_PB[payload["taker_side"]], created_at=_iso(item.created_at)))
+            taker_side=SIDE_PB[payload["taker_side"]], created_at=utc_iso(item.created_at)))
     else:
         reply.book.CopyFrom(pb.BookUpdate(
             bids=[pb.PriceLevel(price=p, quantity=q) for p, q in payload["bids"]],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import hashlib
 import json
 import re
@@ -52,7 +53,7 @@ def digest_at(engine: Engine, cursor: int) -> str | None:
 
 
 def _event(row) -> Event:
-    created_at = _iso(row.created_at)
+    created_at = utc_iso(row.created_at)
     return Event(row.cursor, row.type, row.payload, created_at,
                  item_digest(row.cursor, row.type, row.payload, created_at))
 
@@ -99,10 +100,12 @@ def last_cursor(engine: Engine) -> int:
         return conn.execute(select(t.event_sequence.c.last_cursor)).scalar_one()
 
 
-def _iso(value) -> str:
+def utc_iso(value: datetime.datetime) -> str:
+    """RFC 3339 in UTC ("...Z"), whatever the database session's time zone: PostgreSQL hands
+    back times in it, and a session set to another zone changed the text, and so the digests."""
     if value.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
-        return value.isoformat() + "Z"
-    return value.isoformat().replace("+00:00", "Z")
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return value.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 class EventNotifier:

@@ -181,3 +181,19 @@ def test_a_malformed_digest_is_invalid(app, clients, after, digest, message):
     err = refused(clients, after, digest)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in err.details()
+
+
+def test_an_instance_whose_database_session_is_in_another_time_zone_gives_the_same_events(pg_url):
+    """PostgreSQL hands back times in the session's zone: an instance set to another one sent
+    created_at as "+09:00" (the API says UTC) and other digests, so a resume moving between
+    instances was refused as if the database had been restored."""
+    tokyo_url = pg_url + ("&" if "?" in pg_url else "?") + "options=-c%20TimeZone%3DAsia/Tokyo"
+    with serving(pg_url) as (app, clients):
+        setup_accounts(app, 2)
+        seen = read(clients, 0, 2)
+    with serving(tokyo_url) as (app, clients):
+        again = read(clients, 0, 2)
+        assert [(e.created_at, e.digest) for e in again] == [(e.created_at, e.digest) for e in seen]
+        assert all(e.created_at.endswith("Z") for e in again)
+        transfers(app, [1, 2], 1, "t")
+        assert [e.cursor for e in read(clients, seen[-1].cursor, 1, digest=seen[-1].digest)] == [3]
