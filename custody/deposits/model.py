@@ -52,12 +52,12 @@ def policy_status(amount: int, asset: str, min_deposit: int, deposits_enabled: b
 DISABLED_REASON = "deposits of {asset} are disabled"
 
 
-def decided_before(reason: str | None) -> tuple[str, str | None]:
+def decided_before(reason: str | None, amount: int, asset: str) -> tuple[str, str | None]:
     """The (status, reason) a deposit mined again after a reorg keeps: the one it got when first
     seen (its reason stays when it is orphaned or reversed). Today's policy applied again took a
     credit back for good when deposits were disabled or the minimum raised meanwhile."""
-    if reason is None:
-        return PENDING, None
+    if reason is None:  # accepted then; a 0-value one (orphaned before 0015 moved them) still can't be
+        return policy_status(amount, asset, 0, True)
     disabled = DISABLED_REASON.split("{")[0]
     return (ASSET_DISABLED if reason.startswith(disabled) else BELOW_MINIMUM), reason
 

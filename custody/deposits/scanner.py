@@ -513,7 +513,7 @@ class Scanner:
             status, reason = policy_status(receipt.amount, self.asset.asset, self.asset.min_deposit,
                                            self.asset.deposits_enabled)
         else:
-            status, reason = decided_before(existing["reason"])
+            status, reason = decided_before(existing["reason"], receipt.amount, self.asset.asset)
         where = {"status": status, "reason": reason, "block_height": block.height, "block_hash": block.hash}
         if existing is None:
             deposit_id = store.insert_deposit(
