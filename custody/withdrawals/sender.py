@@ -28,7 +28,7 @@ from custody.ledger.engine import AccountIds
 from custody.ledger.model import new_id
 from custody.withdrawals import model, store
 from custody.withdrawals.coins import CoinsMixin, signing_path
-from custody.withdrawals.refusal import CANCEL, CANCELLING, CHAIN, NEEDS_STAFF, PAYMENT, RefusalMixin
+from custody.withdrawals.refusal import CANCEL, CANCELLED, CANCELLING, CHAIN, NEEDS_STAFF, PAYMENT, RefusalMixin
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,10 @@ class BitcoinSender(CoinsMixin, RefusalMixin):
             self._steps(errors, batch_id, self.sign)
         for batch_id in self._batches("SIGNED", "BROADCAST", "CONFIRMING", CANCELLING):
             self._steps(errors, batch_id, self.follow)
-        for batch_id in self._watched_cancelled():
+        for batch_id in self._watched(CANCELLED):
             self._steps(errors, batch_id, self.watch_cancelled)
+        for batch_id in self._watched(model.COMPLETED):
+            self._steps(errors, batch_id, self.watch_completed)
         for batch_id in self._batches(NEEDS_STAFF):
             self._steps(errors, batch_id, self.retry_held)
         for _ in range(self.rules.max_batches_per_pass):

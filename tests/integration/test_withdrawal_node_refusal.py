@@ -817,3 +817,27 @@ def test_settling_a_batch_while_the_node_is_down_is_unavailable_and_changes_noth
         clients.close()
         server.stop()
         offline.close()
+
+
+def test_a_completed_batch_whose_inputs_someone_else_spends_after_a_reorg_goes_to_staff(db_url, chain, signer):
+    """The reorg takes the completed payment out of the chain and a hot-key thief spends its input
+    first: the payee is not paid though the ledger says so. Staff are told (alert, NEEDS_STAFF)."""
+    app = make_app(db_url, chain)
+    try:
+        fund_hot_wallet(app, chain, 3_000_000)
+        _, wid = stored_payment(app, signer)
+        (coin,) = reserved(app)
+        s = sender(app, signer)
+        s.tick()
+        mined_at = chain.height() + 1
+        confirm(app, chain, s, blocks=2)
+        assert status(app, wid)["status"] == "COMPLETED"
+        chain.reorg(mined_at, 3)
+        taken = chain.miner.send(spend(coin, 3_000_000, account_xprv(1).derive("m/0/1").key, random_script()))
+        confirm(app, chain, s, blocks=1)
+        (batch,) = batches(app)
+        assert batch["status"] == "NEEDS_STAFF" and taken in batch["reason"]
+        (alert,) = events(app, "alert.withdrawal_spent_after_completion")
+        assert alert["withdrawal_ids"] == [wid] and status(app, wid)["status"] == "COMPLETED"
+    finally:
+        app.close()

@@ -17,8 +17,9 @@ from custody.db.engine import is_postgres, read_transaction, write_transaction
 from custody.deposits.store import freeze_account
 from custody.withdrawals.sender import BitcoinSender, CrashForTest
 from tests.support.bitcoin import HOT_XPUB, random_script
-from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_held, confirm, fund, fund_hot_wallet,
-                                       ledger_balance, sender, start_signer, withdrawal_config)
+from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_held, batches, confirm, events, fund,
+                                       fund_hot_wallet, ledger_balance, outputs_paying, sender, start_signer,
+                                       withdrawal_config)
 
 REGTEST = network("regtest")
 
@@ -192,6 +193,35 @@ def test_completion_rechecks_a_spend_the_scanner_unwound_after_the_sender_read_i
     s.tick()  # sent again
     confirm(btc, chain, s)
     assert btc.withdrawals.get(wid)[0]["status"] == "COMPLETED"
+
+
+def test_a_completed_withdrawal_whose_block_a_reorg_drops_is_sent_again(btc, chain, signer):
+    """COMPLETED at 2 confirmations; a 3-block reorg (within max_reorg_depth) drops the transaction
+    (bcoin forgets it). Nothing sent it again: the ledger said paid, the payee had nothing, the
+    input stayed reserved for good and later withdrawals waited for a refill (a withdrawal review).
+    The completed batch is watched: its stored transaction goes out again, once, with an alert."""
+    fund_hot_wallet(btc, chain, 3 * BTC)
+    acct = str(btc.create_account("payer").account_id)
+    fund(btc, acct, 5 * BTC)
+    payee = random_script()
+    wid = btc.withdrawals.request("wallet-service", "k", acct, "BTC", script_to_address(payee, REGTEST),
+                                  "1000000")[0]["id"]
+    s = sender(btc, signer)
+    s.tick()
+    (attempt,) = attempts(btc)
+    mined_at = chain.height() + 1
+    confirm(btc, chain, s)
+    assert btc.withdrawals.get(wid)[0]["status"] == "COMPLETED"
+    chain.reorg(mined_at, 3)
+    btc.scanner("bitcoin").catch_up()
+    assert outputs_paying(chain, payee, mined_at) == []
+    s.tick()
+    s.tick()  # in the mempool now: not sent twice, no second alert
+    confirm(btc, chain, s)
+    assert outputs_paying(chain, payee, mined_at) == [(attempt["txid"], 1_000_000)]
+    assert [e["txid"] for e in events(btc, "alert.withdrawal_resent_after_reorg")] == [attempt["txid"]]
+    assert btc.withdrawals.get(wid)[0]["status"] == "COMPLETED" and batches(btc)[0]["status"] == "COMPLETED"
+    assert available_held(btc, acct) == (5 * BTC - 1_000_000 - WITHDRAWAL_FEE, 0)
 
 
 def test_a_batch_of_twenty_in_one_transaction(btc, chain, signer):
