@@ -93,7 +93,9 @@ class RollingLimits:
                 cut -= 1
                 total += window[cut][1]
             old = bisect.bisect_right(window, (since_s - KEEP_S, float("inf")), hi=cut)
-            if old > len(window) // 2:  # dropped in bulk: a list's front is costly to pop one by one
+            # Dropped in bulk (a list's front is costly to pop one by one), but often enough that what is
+            # kept stays near KEEP_S: waiting for half the list held twice that.
+            if old >= max(1024, len(window) // 8):
                 del window[:old]
                 cut -= old
             self._cut[asset], self._sums[asset] = cut, total

@@ -76,7 +76,8 @@ class CountedSpends:
     def __init__(self, path: pathlib.Path, durable: bool = True, logged_up_to: int | None = None,
                  last_bitcoin_signed: int = 0):
         """logged_up_to: the audit log's last sequence; rows written by later decisions are dropped.
-        last_bitcoin_signed: the log's last signed Bitcoin decision, which this file must have seen."""
+        last_bitcoin_signed: the log's last signed decision that wrote this file (every Bitcoin one, an
+        Ethereum first payment of an approved withdrawal), which this file must have seen."""
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
@@ -119,7 +120,7 @@ class CountedSpends:
         self._noted = written[0] if written is not None else 0
         if written is not None and written[0] + SEQ_NOTED_EVERY < last_bitcoin_signed:
             raise StateMismatch(f"limits_db was last written by decision {written[0]}, but the audit log signed "
-                                f"Bitcoin decision {last_bitcoin_signed} after it: an older copy of the file "
+                                f"decision {last_bitcoin_signed}, which wrote it, after that: an older copy of the file "
                                 "(restored from a backup, or copied without its -wal file)")
 
     def counted_since(self, key: str, since_s: float) -> int | None:

@@ -54,22 +54,25 @@ class Signer:
         # limits_db (hsm/replacements.py).
         self.limits = RollingLimits(now_s=clock())
         self.fees = RollingLimits(now_s=clock(), counted=fees_of)
-        self._signed_bitcoin, self._last_bitcoin_signed, self._last_request_chain = 0, 0, ""
+        # Signed decisions that wrote limits_db: every Bitcoin one, and an Ethereum one that paid an
+        # approved withdrawal first (its nonce is remembered there).
+        self._signed_recorded, self._last_recorded_signed, self._last_request_chain = 0, 0, ""
         limits_db_existed = config.limits_db.exists() and config.limits_db.stat().st_size > 0
         self.audit = AuditLog(config.audit_log, durable=config.durable, visit=self._replay)
-        if self._signed_bitcoin and not limits_db_existed:
+        if self._signed_recorded and not limits_db_existed:
             if not new_limits_db:
                 self.audit.close()
                 raise LimitsFileMissing(
-                    f"limits_db {config.limits_db} is missing, but the audit log holds {self._signed_bitcoin} "
-                    "Bitcoin signatures: it remembers the amounts inputs were signed with (CVE-2020-14199) and "
-                    "the coins that paid approved withdrawals, which an empty file would forget. Restore it "
-                    "from a backup; if it is lost for good, start once with --new-limits-db")
+                    f"limits_db {config.limits_db} is missing, but the audit log holds {self._signed_recorded} "
+                    "signatures it remembers (every Bitcoin one, and Ethereum first payments of approved "
+                    "withdrawals): the amounts inputs were signed with (CVE-2020-14199) and the coins or nonces "
+                    "that paid approved withdrawals, which an empty file would forget. Restore it from a backup; "
+                    "if it is lost for good, start once with --new-limits-db")
             self.audit.append("limits_db_recreated", {"path": str(config.limits_db),
-                                                      "signed_bitcoin_before": self._signed_bitcoin})
+                                                      "signed_bitcoin_before": self._signed_recorded})
         try:
             counted = CountedSpends(config.limits_db, durable=config.durable, logged_up_to=self.audit.count,
-                                    last_bitcoin_signed=self._last_bitcoin_signed)
+                                    last_bitcoin_signed=self._last_recorded_signed)
         except StateMismatch as exc:
             self.audit.close()
             raise LimitsFileMissing(f"limits_db {config.limits_db} and audit log {config.audit_log} do not match: "
@@ -91,9 +94,10 @@ class Signer:
         self.fees.replay(entry)
         if entry.get("kind") == "request":
             self._last_request_chain = entry["data"].get("chain", "")
-        elif entry.get("kind") == "signed" and self._last_request_chain == "bitcoin":
-            self._signed_bitcoin += 1
-            self._last_bitcoin_signed = entry["seq"]
+        elif entry.get("kind") == "signed" and (self._last_request_chain == "bitcoin"
+                                                or entry["data"].get("paid_first")):
+            self._signed_recorded += 1
+            self._last_recorded_signed = entry["seq"]
 
     def list_keys(self) -> list[KeyInfo]:
         return self.keystore.list_keys()
@@ -157,7 +161,10 @@ class Signer:
                                # What the rolling fees count: the fee, or a bump's excess over its spend's.
                                "fees": {explained.fee_asset: str(external.fee_counted)} if external.fee_counted
                                else {},
-                               "at_s": now, **_summary(explained)})
+                               "at_s": now, **_summary(explained),
+                               # Withdrawals this one paid first (limits_db remembers by what).
+                               **({"paid_first": list(external.paid_first)}
+                                  if getattr(external, "paid_first", ()) else {})})
         return Outcome(True, digest_hex, 0, signed_payload=signed.signed_payload,
                        raw_transaction=signed.raw_transaction, txid=signed.txid,
                        transfers=explained.transfers, fee=explained.fee,

@@ -72,7 +72,7 @@ def test_a_lost_limits_db_stops_the_signer_until_the_operator_says_so(make_signe
     first.audit.close(), first.policy.close()
     config = first.config
     config.limits_db.unlink()
-    with pytest.raises(LimitsFileMissing, match="holds 1 Bitcoin signatures"):
+    with pytest.raises(LimitsFileMissing, match="holds 1 signatures it remembers"):
         make_signer(assets=ASSETS)
     assert not config.limits_db.exists() or config.limits_db.stat().st_size == 0
     again = make_signer(assets=ASSETS, new_limits_db=True)

@@ -4,7 +4,9 @@ needs a quorum of valid approvals over one withdrawal of exactly that destinatio
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from chains.bitcoin.addresses import script_to_address
@@ -139,3 +141,24 @@ def test_an_approved_ethereum_withdrawal_is_paid_by_one_nonce_only(make_signer, 
     restarted = make_signer()
     assert pay(restarted, 2).refused_rule == "approvals"
     assert pay(restarted, 1, wid="w2").signed, "another withdrawal is its own payment"
+
+
+def test_an_ethereum_only_signer_whose_limits_db_is_lost_refuses_to_start(make_signer, keystore, tmp_path):
+    """limits_db now remembers the nonce that paid an approved ETH withdrawal; the "file lost"
+    check counted only Bitcoin signatures, so an Ethereum-only signer started on an empty file and
+    paid the withdrawal again under a new nonce (a review of today's changes)."""
+    from hsm.errors import LimitsFileMissing
+
+    to, amount = "0x" + "ab" * 20, 2 * S.ETH + 1
+    digest = withdrawal_digest("w1", 7, "ETH", "ethereum", to, amount, 0)
+    approved = WithdrawalApproval("w1", 7, "ETH", to, amount, 0, tuple(
+        Approval(n, S.STAFF[n].sign(approval_message("ethereum", digest))) for n in ("alice", "bob")))
+    signer = make_signer()
+    assert signer.sign("ethereum", S.eth_payload(to, amount, nonce=0), [(S.HOT, S.HOT_ETH_PATH)], [],
+                       withdrawals=[approved]).signed
+    signer.audit.close()
+    signer.policy.close()
+    for suffix in ("", "-wal", "-shm"):
+        pathlib.Path(str(signer.config.limits_db) + suffix).unlink(missing_ok=True)
+    with pytest.raises(LimitsFileMissing, match="holds 1 signatures it remembers"):
+        make_signer()
