@@ -49,37 +49,6 @@ class RefusalMixin:
                 b.confirm_height >= cursor.height - self.chain_cfg.max_reorg_depth).order_by(b.created_at, b.id)
             ).scalars())
 
-    def watch_completed(self, batch_id: str) -> None:
-        """A completed batch's outpoints stay watched while a reorg could take its transaction out of
-        the chain. Its withdrawals are COMPLETED, their holds posted: unwatched, a reorg deeper than
-        the confirmations left them paid in the ledger and unpaid on chain, the inputs reserved for
-        good. Unspent again -> its transaction (still paying exactly them) is sent again; spent by
-        anything else -> staff. Only batches our own transaction completed (not one staff settled)."""
-        batch, attempts, spends, _ = self._state(batch_id)
-        spenders = {s.spent_txid for s in spends}
-        if spenders == {batch["txid"]} or batch["txid"] not in attempts:
-            return
-        others = spenders - {batch["txid"], None}
-        if others:
-            self._needs_staff(batch_id, f"after it was completed by {batch['txid']} a reorg took that out of the "
-                                        f"chain and its inputs were spent by {', '.join(sorted(others))}",
-                              "alert.withdrawal_spent_after_completion")
-            return
-        attempt = attempts[batch["txid"]]
-        if self.plugin.in_mempool(attempt["txid"]):
-            return
-        try:
-            self.plugin.broadcast(attempt["raw"])
-        except (NodeError, NodeUnavailable) as exc:
-            log.error("batch %s: completed by %s, which a reorg took out of the chain; the node refuses it "
-                      "again (%s); sent again next pass", batch_id, attempt["txid"], exc)
-            return
-        log.error("batch %s: completed by %s, which a reorg took out of the chain; sent again", batch_id,
-                  attempt["txid"])
-        self._write(lambda conn: store.emit_events(conn, [("alert.withdrawal_resent_after_reorg", {
-            "chain": CHAIN, "batch_id": batch_id, "txid": attempt["txid"],
-            "withdrawal_ids": [m["id"] for m in self._members(conn, batch_id)]})]))
-
     # -- node refusal: spend the inputs back to ourselves before anything is failed or requeued ---------------
     def _rejected(self, batch_id: str, batch: dict, attempts: list[dict], exc: Exception) -> None:
         """The node refused every attempt. A refused transaction is still validly signed and

@@ -28,6 +28,7 @@ from custody.ledger.engine import AccountIds
 from custody.ledger.model import new_id
 from custody.withdrawals import model, store
 from custody.withdrawals.coins import CoinsMixin, signing_path
+from custody.withdrawals.completed import CompletedWatchMixin
 from custody.withdrawals.refusal import CANCEL, CANCELLED, CANCELLING, CHAIN, NEEDS_STAFF, PAYMENT, RefusalMixin
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class CrashForTest(BaseException):
     """Raised at a named step when a test asks (crash_at): the process 'dies' there."""
 
 
-class BitcoinSender(CoinsMixin, RefusalMixin):
+class BitcoinSender(CoinsMixin, RefusalMixin, CompletedWatchMixin):
     def __init__(self, config: Config, engine: Engine, plugin, signer, notify, crash_at: str | None = None,
                  clock=None):
         self.config = config

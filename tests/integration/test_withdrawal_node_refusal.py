@@ -819,9 +819,11 @@ def test_settling_a_batch_while_the_node_is_down_is_unavailable_and_changes_noth
         offline.close()
 
 
-def test_a_completed_batch_whose_inputs_someone_else_spends_after_a_reorg_goes_to_staff(db_url, chain, signer):
+def test_a_completed_batch_whose_inputs_someone_else_spends_after_a_reorg_alerts_once(db_url, chain, signer):
     """The reorg takes the completed payment out of the chain and a hot-key thief spends its input
-    first: the payee is not paid though the ledger says so. Staff are told (alert, NEEDS_STAFF)."""
+    first: the payee is not paid though the ledger says so. One alert for staff; the batch and its
+    withdrawals stay COMPLETED (held for staff, they could never be settled: resolve takes no
+    COMPLETED withdrawal back)."""
     app = make_app(db_url, chain)
     try:
         fund_hot_wallet(app, chain, 3_000_000)
@@ -835,9 +837,43 @@ def test_a_completed_batch_whose_inputs_someone_else_spends_after_a_reorg_goes_t
         chain.reorg(mined_at, 3)
         taken = chain.miner.send(spend(coin, 3_000_000, account_xprv(1).derive("m/0/1").key, random_script()))
         confirm(app, chain, s, blocks=1)
+        s.tick()
         (batch,) = batches(app)
-        assert batch["status"] == "NEEDS_STAFF" and taken in batch["reason"]
+        assert batch["status"] == "COMPLETED" and taken in batch["reason"]
         (alert,) = events(app, "alert.withdrawal_spent_after_completion")
         assert alert["withdrawal_ids"] == [wid] and status(app, wid)["status"] == "COMPLETED"
+    finally:
+        app.close()
+
+
+def test_a_completed_batch_whose_fee_bump_is_mined_instead_after_a_reorg_is_still_paid(db_url, chain, signer):
+    """A reorg drops the completed payment and the new branch mines our own fee bump of it (the
+    same payments): still paid, by the bump. Not an alert: the batch and its withdrawals take the
+    bump's txid and the fee difference is booked (a review of today's changes: it went to staff,
+    who could not settle it)."""
+    app = Custody(withdrawal_config(db_url, chain.rpc.url, confirmations=2, replace_after_s=0))
+    try:
+        app.scanner("bitcoin").catch_up()
+        fund_hot_wallet(app, chain, 3_000_000)
+        hot_before = ledger_balance(app, "wallet:bitcoin:hot")
+        payer, wid = stored_payment(app, signer)
+        s = sender(app, signer)
+        s.tick()
+        s.tick()  # replace_after_s=0: a fee bump is stored (bcoin keeps the first in its mempool)
+        first, bump = attempts(app)
+        assert bump["fee"] > first["fee"]
+        mined_at = chain.height() + 1
+        confirm(app, chain, s, blocks=2)
+        assert batches(app)[0]["txid"] == first["txid"]
+        chain.miner.invalidate(mined_at)
+        chain.miner.send(bump["raw"])
+        confirm(app, chain, s, blocks=3)
+        s.tick()
+        (batch,) = batches(app)
+        assert (batch["status"], batch["txid"], batch["fee"]) == ("COMPLETED", bump["txid"], bump["fee"])
+        assert status(app, wid)["txid"] == bump["txid"]
+        assert events(app, "alert.withdrawal_spent_after_completion") == []
+        assert [e["txid"] for e in events(app, "withdrawal.batch_remined")] == [bump["txid"]]
+        assert ledger_balance(app, "wallet:bitcoin:hot") == hot_before - AMOUNT - bump["fee"]
     finally:
         app.close()
