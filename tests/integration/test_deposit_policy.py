@@ -178,3 +178,25 @@ def test_a_zero_value_deposit_left_pending_by_an_older_version_is_moved_below_mi
     assert btc_app.scanner("bitcoin").tick().status == "ok"
     (zero,) = btc_app.list_deposits(str(mallory))[1]
     assert (zero.status, zero.reason) == ("BELOW_MINIMUM", "0 is below the BTC minimum deposit of 1 base units")
+
+
+def test_a_zero_value_deposit_orphaned_by_an_older_version_and_mined_again_stays_below_minimum(btc_app, chain):
+    """An older version recorded a 0-value output PENDING (no reason); orphaned then, migration 0015
+    did not touch it (it moved only PENDING ones). Mined again, it keeps the decision it got first,
+    "accepted", but a credit of 0 would halt the scanner for every user: still BELOW_MINIMUM."""
+    from sqlalchemy import update
+
+    mallory, mallorys = address_of(btc_app, "mallory")
+    txid, raw = chain.pay((btc_app.plugin("bitcoin").watch_key(mallorys), 0))
+    chain.mine(1)
+    scan(btc_app)
+    (d,) = btc_app.list_deposits(str(mallory))[1]
+    chain.reorg(d.block_height, 2)
+    scan(btc_app)
+    with btc_app.engine.begin() as conn:  # as the older version left it
+        conn.execute(update(t.deposits).where(t.deposits.c.id == int(d.deposit_id)).values(reason=None))
+    chain.miner.send(raw)
+    chain.mine(CONFIRMATIONS + 1)
+    scan(btc_app)
+    (d,) = btc_app.list_deposits(str(mallory))[1]
+    assert (d.txid, d.amount, d.status) == (txid, 0, "BELOW_MINIMUM")
