@@ -15,15 +15,12 @@ from sqlalchemy import update
 
 from chains.base import NodeError, NodeUnavailable
 from custody.db import schema as t
-from custody.errors import CustodyError
 from custody.ledger.commands import Command, Idempotency
-from custody.ledger.engine import apply_commands
 from custody.ledger.model import Posting
 from custody.withdrawals import model, store
+from custody.withdrawals.refusal import CHAIN, PAYMENT
 
 log = logging.getLogger(__name__)
-CHAIN = "bitcoin"
-PAYMENT = "payment"
 
 
 class CompletedWatchMixin:
@@ -92,14 +89,12 @@ class CompletedWatchMixin:
             if difference:
                 source, target = ("fees:network", f"wallet:{CHAIN}:hot") if difference > 0 else \
                                  (f"wallet:{CHAIN}:hot", "fees:network")
-                (result,) = apply_commands(conn, [Command(
+                store.apply_command(conn, self.ids, Command(
                     kind="withdrawal_fee_correction", actor="withdrawal-job",
                     postings=(Posting("BTC", source, target, abs(difference)),),
                     idempotency=Idempotency(store.SCOPE, f"fee:{batch_id}:{attempt['txid']}",
                                             hashlib.sha256(f"{attempt['txid']}:{difference}".encode()).hexdigest()),
-                    reference=batch_id, memo=f"mined as {attempt['txid']} instead of {batch['txid']}")], self.ids)
-                if isinstance(result, CustodyError):
-                    raise result
+                    reference=batch_id, memo=f"mined as {attempt['txid']} instead of {batch['txid']}"))
             self._set_batch(conn, batch_id, txid=attempt["txid"], fee=attempt["fee"], fee_rate=attempt["fee_rate"],
                             confirm_height=height)
             conn.execute(update(t.withdrawals).where(t.withdrawals.c.batch_id == batch_id,

@@ -18,9 +18,7 @@ from chains.base import NodeError, NodeUnavailable
 from custody.db import schema as t
 from custody.db.engine import read_transaction
 from custody.deposits.store import load_cursor
-from custody.errors import CustodyError
 from custody.ledger.commands import Command, Idempotency
-from custody.ledger.engine import apply_commands
 from custody.ledger.model import Posting
 from custody.withdrawals import model, store
 
@@ -140,13 +138,11 @@ class RefusalMixin:
 
     def _book_fee(self, conn, batch_id: str, attempt: dict, kind: str) -> None:
         """A transaction of ours that pays nobody (a self-spend, a consolidation): only its fee left the hot wallet."""
-        (result,) = apply_commands(conn, [Command(
+        store.apply_command(conn, self.ids, Command(
             kind=kind, actor="withdrawal-job",
             postings=(Posting("BTC", "fees:network", f"wallet:{CHAIN}:hot", attempt["fee"]),),
             idempotency=Idempotency(store.SCOPE, f"fee:{batch_id}", batch_id), reference=batch_id,
-            memo=attempt["txid"])], self.ids)
-        if isinstance(result, CustodyError):
-            raise result
+            memo=attempt["txid"]))
 
     def watch_cancelled(self, batch_id: str) -> None:
         """A cancelled batch's outpoints stay watched while a reorg could undo its self-spend:

@@ -24,9 +24,8 @@ from custody.db import schema as t
 from custody.db.engine import read_transaction
 from custody.deposits.model import DEPOSIT_WALLET, WALLETS
 from custody.deposits.store import load_cursor
-from custody.errors import CustodyError, FailedPrecondition, InvalidArgument, NotFound
+from custody.errors import FailedPrecondition, InvalidArgument, NotFound
 from custody.ledger.commands import Command, Idempotency
-from custody.ledger.engine import apply_commands
 from custody.ledger.model import Posting, parse_id
 from custody.paging import Page
 from custody.text import parse_reason
@@ -251,9 +250,7 @@ def _to(conn, withdrawals, m: dict, status: str, actor: str, why: str, **values)
 
 
 def _ledger(conn, withdrawals, command: Command) -> None:
-    (result,) = apply_commands(conn, [command], withdrawals.ids)
-    if isinstance(result, CustodyError):
-        raise result
+    store.apply_command(conn, withdrawals.ids, command)
 
 
 def _native_asset(config, chain: str):

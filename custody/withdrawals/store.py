@@ -75,21 +75,22 @@ def move(conn: Connection, ids: AccountIds, w: dict, new: str, actor: str, reaso
         raise FailedPrecondition(f"withdrawal {w['id']} changed state concurrently")
     w = {**w, "status": new, **values, **({"reason": reason} if reason else {})}
     if new in model.VOIDING:
-        _ledger(conn, ids, Command(kind="withdrawal_release", actor=actor, hold_voids=(HoldVoid(w["hold_id"]),),
+        apply_command(conn, ids, Command(kind="withdrawal_release", actor=actor, hold_voids=(HoldVoid(w["hold_id"]),),
                                    idempotency=Idempotency(SCOPE, f"release:{w['id']}", w["id"]),
                                    reference=w["id"], memo=reason))
     elif new == model.COMPLETED:
         hot = f"wallet:{w['chain']}:hot"
         legs = [(hot, w["amount"])] + ([("fees:revenue", w["fee"])] if w["fee"] else [])
         postings = ((Posting(w["asset"], "fees:network", hot, w["network_fee"]),) if w["network_fee"] else ())
-        _ledger(conn, ids, Command(kind="withdrawal_complete", actor=actor,
+        apply_command(conn, ids, Command(kind="withdrawal_complete", actor=actor,
                                    hold_posts=(HoldPost(w["hold_id"], tuple(legs), close=True),), postings=postings,
                                    idempotency=Idempotency(SCOPE, f"complete:{w['id']}", w["id"]),
                                    reference=w["id"], memo=w.get("txid")))
     return w, emit_events(conn, [record(conn, w, current, actor, reason)])
 
 
-def _ledger(conn: Connection, ids: AccountIds, command: Command) -> None:
+def apply_command(conn: Connection, ids: AccountIds, command: Command) -> None:
+    """One ledger command in the caller's transaction; its refusal is raised."""
     (result,) = apply_commands(conn, [command], ids)
     if isinstance(result, CustodyError):
         raise result
