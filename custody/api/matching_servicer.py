@@ -7,7 +7,7 @@ import json
 from custody.api.auth import current_client
 from custody.app import Custody
 from custody.errors import InvalidArgument
-from custody.events.journal import check_cursor, check_digest, check_not_beyond, check_same_item, utc_iso
+from custody.events.journal import checked_resume, utc_iso
 from custody.events.tail import JournalTail
 from custody.v1 import matching_pb2 as pb
 from custody.v1 import matching_pb2_grpc
@@ -116,13 +116,10 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
 
     async def StreamMarketData(self, request, context):
         market = self.matching.config.market(request.market).name  # unknown: INVALID_ARGUMENT before streaming
-        cursor = check_cursor(request.after_cursor, "after_cursor")
-        after_digest = check_digest(cursor, request.after_digest)
-        head = await asyncio.to_thread(self.matching.last_market_data_cursor)
-        check_not_beyond(cursor, head, "market data")
-        if after_digest:
-            found = await asyncio.to_thread(self.matching.market_data_digest_at, cursor)
-            check_same_item(cursor, after_digest, found, "market data item")
+        cursor, head = await checked_resume(request.after_cursor, request.after_digest,
+                                            self.matching.last_market_data_cursor,
+                                            self.matching.market_data_digest_at, "market data",
+                                            "market data item")
         async for item in self.market_data.follow(
                 cursor, head, wanted=lambda item: item.market == market,
                 read_wanted=lambda after, limit: self.matching.market_data_after(market, after, limit)):

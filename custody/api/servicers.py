@@ -9,7 +9,7 @@ import structlog
 from custody.api.auth import current_client
 from custody.app import Custody
 from custody.errors import InvalidArgument
-from custody.events.journal import check_cursor, check_digest, check_not_beyond, check_same_item
+from custody.events.journal import checked_resume
 from custody.events.tail import JournalTail
 from custody.money import format_amount
 from custody.v1 import backoffice_pb2, backoffice_pb2_grpc, custody_pb2, custody_pb2_grpc
@@ -56,13 +56,8 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
             for a in self.app.list_assets()])
 
     async def StreamEvents(self, request, context):
-        cursor = check_cursor(request.after_cursor, "after_cursor")
-        after_digest = check_digest(cursor, request.after_digest)
-        head = await asyncio.to_thread(self.app.last_event_cursor)
-        check_not_beyond(cursor, head, "event")
-        if after_digest:
-            found = await asyncio.to_thread(self.app.event_digest_at, cursor)
-            check_same_item(cursor, after_digest, found, "event")
+        cursor, head = await checked_resume(request.after_cursor, request.after_digest, self.app.last_event_cursor,
+                                            self.app.event_digest_at, "event", "event")
         async for e in self.events.follow(cursor, head):
             yield custody_pb2.StreamEventsResponse(cursor=e.cursor, type=e.type, payload=e.payload,
                                                    created_at=e.created_at, digest=e.digest)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 import threading
+from typing import Callable
 
 from sqlalchemy import Engine, select
 
@@ -65,6 +66,20 @@ def item_digest(cursor: int, *fields: str) -> str:
 
 
 _DIGEST = re.compile(r"[0-9a-f]{32}")
+
+
+async def checked_resume(after_cursor: int, after_digest: str, last: Callable[[], int],
+                         digest_at_cursor: Callable[[int], str | None], journal: str, item: str) -> tuple[int, int]:
+    """A stream's starting point, checked: (its cursor, the journal's head) or the refusal of a
+    cursor out of range, a malformed digest, or a digest of another item (another or a restored
+    database). last and digest_at_cursor read the database, off the event loop."""
+    cursor = check_cursor(after_cursor, "after_cursor")
+    check_digest(cursor, after_digest)
+    head = await asyncio.to_thread(last)
+    check_not_beyond(cursor, head, journal)
+    if after_digest:
+        check_same_item(cursor, after_digest, await asyncio.to_thread(digest_at_cursor, cursor), item)
+    return cursor, head
 
 
 def check_digest(after_cursor: int, after_digest: str) -> str:
