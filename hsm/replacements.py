@@ -74,9 +74,9 @@ class StateMismatch(Exception):
 
 class CountedSpends:
     def __init__(self, path: pathlib.Path, durable: bool = True, logged_up_to: int | None = None,
-                 last_bitcoin_signed: int = 0):
+                 last_recorded_signed: int = 0):
         """logged_up_to: the audit log's last sequence; rows written by later decisions are dropped.
-        last_bitcoin_signed: the log's last signed decision that wrote this file (every Bitcoin one, an
+        last_recorded_signed: the log's last signed decision that wrote this file (every Bitcoin one, an
         Ethereum first payment of an approved withdrawal), which this file must have seen."""
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -100,13 +100,13 @@ class CountedSpends:
         self.dropped: dict[str, int] = {}
         self._noted = 0
         if logged_up_to is not None:
-            self._check_against_log(logged_up_to, last_bitcoin_signed)
+            self._check_against_log(logged_up_to, last_recorded_signed)
             self.dropped = {table: self._db.execute(f"DELETE FROM {table} WHERE audit_seq > ?",
                                                     (logged_up_to,)).rowcount for table in _TABLES}
         self._lock = threading.Lock()
         self._inputs = SignedInputs(self._db)
 
-    def _check_against_log(self, logged_up_to: int, last_bitcoin_signed: int) -> None:
+    def _check_against_log(self, logged_up_to: int, last_recorded_signed: int) -> None:
         rows = sum(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in _TABLES)
         newest = max((self._db.execute(f"SELECT max(audit_seq) FROM {table}").fetchone()[0] or 0
                       for table in _TABLES), default=0)
@@ -118,9 +118,9 @@ class CountedSpends:
             raise StateMismatch(f"limits_db holds decision {newest}, the audit log ends at {logged_up_to}: "
                                 "the log was replaced or cut")
         self._noted = written[0] if written is not None else 0
-        if written is not None and written[0] + SEQ_NOTED_EVERY < last_bitcoin_signed:
+        if written is not None and written[0] + SEQ_NOTED_EVERY < last_recorded_signed:
             raise StateMismatch(f"limits_db was last written by decision {written[0]}, but the audit log signed "
-                                f"decision {last_bitcoin_signed}, which wrote it, after that: an older copy of the file "
+                                f"decision {last_recorded_signed}, which wrote it, after that: an older copy of the file "
                                 "(restored from a backup, or copied without its -wal file)")
 
     def counted_since(self, key: str, since_s: float) -> int | None:

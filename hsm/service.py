@@ -72,7 +72,7 @@ class Signer:
                                                       "signed_bitcoin_before": self._signed_recorded})
         try:
             counted = CountedSpends(config.limits_db, durable=config.durable, logged_up_to=self.audit.count,
-                                    last_bitcoin_signed=self._last_recorded_signed)
+                                    last_recorded_signed=self._last_recorded_signed)
         except StateMismatch as exc:
             self.audit.close()
             raise LimitsFileMissing(f"limits_db {config.limits_db} and audit log {config.audit_log} do not match: "
