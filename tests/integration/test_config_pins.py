@@ -107,6 +107,29 @@ def test_another_hot_or_cold_key_is_refused_not_accepted(db_url, chain, wallet):
         changed.close()
 
 
+def test_cli_accept_of_another_hot_key_exits_2_and_records_nothing(db_url, chain, tmp_path):
+    from tests.support.signer import to_toml
+
+    app = Custody(config_mod.parse(raw_config(db_url, chain.rpc.url)))
+    try:
+        app.verify_config("bitcoin")
+        before = pin_changes(app)
+    finally:
+        app.close()
+    path = tmp_path / "custody.toml"
+    path.write_text(to_toml(raw_config(db_url, chain.rpc.url, hot_xpub=OTHER_XPUB, poll_interval_s=1, rpc_backoff_s=1)))
+    refused = subprocess.run([sys.executable, "-m", "custody.cli", "admin", "config", "accept", "--config", str(path),
+                              "--chain", "bitcoin", "--staff", "carol", "--reason", "new hardware"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    assert "hot_xpub changed: moving the hot wallet to another key is not supported" in refused.stderr
+    app = Custody(config_mod.parse(raw_config(db_url, chain.rpc.url)))
+    try:
+        assert pin_changes(app) == before
+    finally:
+        app.close()
+
+
 def test_a_pin_stored_before_a_field_existed_gets_it_on_first_use(db_url, chain):
     app = Custody(config_mod.parse(raw_config(db_url, chain.rpc.url)))
     try:
