@@ -71,10 +71,22 @@ class Custody:
             self.config.chain(chain)  # raises InvalidArgument naming the configured chains
         return self.chains[chain]
 
-    def deposit_address(self, account_id: str, chain: str, new: bool = False) -> tuple[int, str]:
+    def deposit_address(self, account_id: str, chain: str, new: bool = False, *, client: str = "",
+                        idempotency_key: str = "") -> tuple[int, str]:
+        """(account id, its current address on chain). new issues another one, once per
+        idempotency key of the client: a retry with the key gets the same address back."""
         account = accounts.parse_account_id(account_id)
         if not chain:
             raise InvalidArgument("chain is required")
+        idempotency = None
+        if new:
+            if not idempotency_key:
+                raise InvalidArgument("idempotency_key is required with new_address: a retry must not issue "
+                                      "another address")
+            idempotency = Idempotency.for_request(client, parse_idempotency_key(idempotency_key),
+                                                  "GetDepositAddress", {"account": account, "chain": chain})
+        elif idempotency_key:
+            parse_idempotency_key(idempotency_key)
         plugin = self.plugin(chain)
         # An instance whose config differs from the chain's pins (another deposit_xpub: a typo, a stale
         # config in a rolling deploy) handed out addresses that another instance's scanner credited:
@@ -84,7 +96,7 @@ class Custody:
             self._pins_verified[chain] = time.monotonic()
         xpub = self.config.chain(chain).deposit_xpub
         try:
-            return account, deposits.deposit_address(self.engine, plugin, chain, xpub, account, new)
+            return account, deposits.deposit_address(self.engine, plugin, chain, xpub, account, new, idempotency)
         except deposits.ChainNotScannedYet:
             # First address of the chain, before its scanner's first run: start the scan cursor now
             # (at the node's tip), so that the address is watched from a height at or below where it
@@ -94,7 +106,7 @@ class Custody:
             except ChainError as exc:
                 raise Unavailable(f"{chain}: the chain is not scanned yet and its node is unreachable "
                                   f"({exc}); no deposit address is handed out before it is") from None
-            return account, deposits.deposit_address(self.engine, plugin, chain, xpub, account, new)
+            return account, deposits.deposit_address(self.engine, plugin, chain, xpub, account, new, idempotency)
 
     def list_deposits(self, account_id: str, page_size: int = 0, page_token: str = "") -> tuple[int, list[Deposit], str]:
         """(account id, a page of its deposits newest first, the token for the next page or "")."""

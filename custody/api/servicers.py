@@ -65,7 +65,8 @@ class CustodyServicer(custody_pb2_grpc.CustodyServiceServicer):
 
     async def GetDepositAddress(self, request, context):
         account_id, address = await asyncio.to_thread(
-            self.app.deposit_address, request.account_id, request.chain, request.new_address)
+            self.app.deposit_address, request.account_id, request.chain, request.new_address,
+            client=current_client(), idempotency_key=request.idempotency_key)
         return custody_pb2.GetDepositAddressResponse(account_id=str(account_id), chain=request.chain, address=address)
 
     async def ListDeposits(self, request, context):

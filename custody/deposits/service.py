@@ -1,6 +1,8 @@
 """Deposit use cases: issuing addresses and listing deposits."""
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -9,8 +11,9 @@ from custody.db import schema as t
 from custody.db.engine import read_transaction, write_transaction
 from custody.deposits import store
 from custody.deposits.model import DEPOSIT_WALLET, ON_CHAIN, Deposit, confirmations
-from custody.errors import FailedPrecondition, InvalidArgument, NotFound
+from custody.errors import FailedPrecondition, IdempotencyConflict, InvalidArgument, NotFound
 from custody.jobs import locks
+from custody.ledger.commands import Idempotency
 from custody.text import parse_reason, parse_staff
 from custody.paging import Page
 
@@ -24,12 +27,15 @@ class ChainNotScannedYet(FailedPrecondition):
 
 
 def deposit_address(engine: Engine, plugin: ChainPlugin, chain: str, xpub: str, account_id: int,
-                    new: bool = False) -> str:
+                    new: bool = False, idempotency: Idempotency | None = None) -> str:
     """The account's current deposit address on chain; a new one if asked or if it has none.
 
     The address is stored (and so watched by the scanner) before it is
     returned, and never given to another account (FAILURE_MODES 23, 33).
-    ChainNotScannedYet if the chain has no scan cursor yet."""
+    A new one asked for under an idempotency key is issued once: the key is
+    stored with the address, in the same transaction, and a retry with it
+    gets that address back. ChainNotScannedYet if the chain has no scan cursor
+    yet."""
     if not new:  # the common case, without the issuing lock
         with read_transaction(engine) as conn:
             current = _current_address(conn, chain, account_id)
@@ -45,11 +51,33 @@ def deposit_address(engine: Engine, plugin: ChainPlugin, chain: str, xpub: str, 
                     current = _current_address(conn, chain, account_id)
                     if current is not None:
                         return current
-                return _issue(conn, plugin, chain, DEPOSIT_WALLET, xpub, account_id).address
-        except IntegrityError:  # SQLite has no lock to take; the two writers' indexes collided
+                if idempotency is not None and (issued := _issued_before(conn, idempotency)) is not None:
+                    return issued
+                address = _issue(conn, plugin, chain, DEPOSIT_WALLET, xpub, account_id).address
+                if idempotency is not None:
+                    conn.execute(t.idempotency_keys.insert().values(
+                        scope=idempotency.scope, key=idempotency.key, request_hash=idempotency.request_hash,
+                        result=json.dumps({"address": address}), created_at=store.now()))
+                return address
+        # SQLite has no lock to take; the two writers' indexes collided. Or one idempotency key
+        # came on two chains at once (the lock is per chain): the retry finds it taken.
+        except IntegrityError:
             if attempt == ISSUE_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def _issued_before(conn, idempotency: Idempotency) -> str | None:
+    """The address a new-address request under this key issued; IdempotencyConflict if the key
+    named another request (another account or chain, or another call such as a Transfer)."""
+    k = t.idempotency_keys.c
+    row = conn.execute(select(k.request_hash, k.result).where(k.scope == idempotency.scope,
+                                                              k.key == idempotency.key)).first()
+    if row is None:
+        return None
+    if row.request_hash != idempotency.request_hash:
+        raise IdempotencyConflict(f"idempotency key {idempotency.key!r} was used for a different request")
+    return json.loads(row.result)["address"]
 
 
 def _current_address(conn, chain: str, account_id: int) -> str | None:

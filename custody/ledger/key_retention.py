@@ -1,6 +1,6 @@
 """Forgetting old idempotency keys (`custody admin prune-keys`).
 
-A Transfer or AdjustBalance key is kept so that a retry replays the first
+A Transfer, AdjustBalance or new deposit address key is kept so that a retry replays the first
 result. Kept for ever, the table grows by one row per call, and every
 transfer's key lookup searches it. The operator chooses how long a client may
 retry (`--older-than DAYS`) and prunes what is older: a key used again after

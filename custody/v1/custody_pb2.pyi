@@ -284,14 +284,16 @@ class StreamEventsResponse(_message.Message):
     def __init__(self, cursor: _Optional[int] = ..., type: _Optional[str] = ..., payload: _Optional[str] = ..., created_at: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class GetDepositAddressRequest(_message.Message):
-    __slots__ = ("account_id", "chain", "new_address")
+    __slots__ = ("account_id", "chain", "new_address", "idempotency_key")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     NEW_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     chain: str
     new_address: bool
-    def __init__(self, account_id: _Optional[str] = ..., chain: _Optional[str] = ..., new_address: _Optional[bool] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, account_id: _Optional[str] = ..., chain: _Optional[str] = ..., new_address: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class GetDepositAddressResponse(_message.Message):
     __slots__ = ("account_id", "chain", "address")

@@ -141,8 +141,9 @@ class CustodyServiceServicer:
 
     def GetDepositAddress(self, request, context):
         """The account's deposit address on a chain: the same one on every call
-        until new_address is set, which issues a fresh one (old ones stay
-        watched). An address is never given to another account.
+        until new_address is set, which issues a fresh one once per
+        idempotency_key (old ones stay watched). An address is never given to
+        another account.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -281,7 +281,7 @@ def test_deposit_addresses_are_stable_never_shared_and_new_on_request(btc_app):
     b = btc_app.create_account("ben").account_id
     _, first = btc_app.deposit_address(str(a), "bitcoin")
     assert btc_app.deposit_address(str(a), "bitcoin")[1] == first
-    _, second = btc_app.deposit_address(str(a), "bitcoin", new=True)
+    _, second = btc_app.deposit_address(str(a), "bitcoin", new=True, client="exchange", idempotency_key="second")
     _, bens = btc_app.deposit_address(str(b), "bitcoin")
     assert len({first, second, bens}) == 3
     assert btc_app.deposit_address(str(a), "bitcoin")[1] == second

@@ -71,10 +71,11 @@ def test_addresses_issued_at_once_by_two_instances_are_distinct_and_none_fails(p
         accounts = [instances[0].create_account(f"user-{i}").account_id for i in range(8)]
         answers = []
 
-        def issue(app, account, new):
-            answers.append((account, new, app.deposit_address(str(account), "bitcoin", new=new)[1]))
+        def issue(app, account, new, key=""):
+            answers.append((account, new, app.deposit_address(str(account), "bitcoin", new=new, client="exchange",
+                                                              idempotency_key=key)[1]))
 
-        errors = run_in_threads([lambda i=i: issue(instances[i % 2], accounts[i // 2], i % 4 == 3)
+        errors = run_in_threads([lambda i=i: issue(instances[i % 2], accounts[i // 2], i % 4 == 3, f"new-{i}")
                                  for i in range(16)], together=True)
         assert not errors, errors
         owner, current = {}, {}
@@ -86,6 +87,13 @@ def test_addresses_issued_at_once_by_two_instances_are_distinct_and_none_fails(p
         assert all(len(current[a]) == 1 for a in twice_current), current
         fresh = [address for _, new, address in answers if new]
         assert len(set(fresh)) == len(fresh) == 4
+
+        # A client's retry of one new-address request reaching both instances at once: one address.
+        answers.clear()
+        errors = run_in_threads([lambda i=i: issue(instances[i % 2], accounts[0], True, "retried") for i in range(4)],
+                                together=True)
+        assert not errors, errors
+        assert len({address for _, _, address in answers}) == 1 and len(answers) == 4
     finally:
         for app in instances:
             app.close()

@@ -26,7 +26,8 @@ def test_deposit_flow_over_grpc(api, btc_app, chain):
     first = api.custody.GetDepositAddress(pb.GetDepositAddressRequest(account_id=account, chain="bitcoin"), metadata=md)
     again = api.custody.GetDepositAddress(pb.GetDepositAddressRequest(account_id=account, chain="bitcoin"), metadata=md)
     fresh = api.custody.GetDepositAddress(pb.GetDepositAddressRequest(account_id=account, chain="bitcoin",
-                                                                      new_address=True), metadata=md)
+                                                                      new_address=True, idempotency_key="n1"),
+                                          metadata=md)
     assert first.address == again.address != fresh.address
     assert first.address.startswith("bcrt1q") and first.chain == "bitcoin" and first.account_id == account
 
@@ -75,6 +76,64 @@ def test_deposit_rpcs_refuse_bad_requests(api):
     with pytest.raises(grpc.RpcError) as err:
         api.custody.ListDeposits(pb.ListDepositsRequest(account_id=account), metadata=api.md("reviewer"))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def issued_addresses(btc_app) -> int:
+    from sqlalchemy import func, select
+
+    from custody.db import schema as t
+    with btc_app.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(t.chain_addresses)).scalar_one()
+
+
+def test_a_new_address_is_issued_once_per_idempotency_key(api, btc_app):
+    """new_address changes something (one more address to watch for ever): a client's retry must
+    not issue a second one, and the key follows the rules of every other idempotent call."""
+    md = api.md()
+    ann = api.custody.CreateAccount(pb.CreateAccountRequest(external_id="key-ann"), metadata=md).account_id
+    bob = api.custody.CreateAccount(pb.CreateAccountRequest(external_id="key-bob"), metadata=md).account_id
+
+    def new(account, key, metadata=md):
+        return api.custody.GetDepositAddress(pb.GetDepositAddressRequest(
+            account_id=account, chain="bitcoin", new_address=True, idempotency_key=key), metadata=metadata).address
+
+    current = api.custody.GetDepositAddress(pb.GetDepositAddressRequest(account_id=ann, chain="bitcoin"),
+                                            metadata=md).address
+    first = new(ann, "k1")
+    assert first != current
+    before = issued_addresses(btc_app)
+    assert new(ann, "k1") == first, "a retry gets the address its key issued"
+    assert issued_addresses(btc_app) == before
+    assert api.custody.GetDepositAddress(pb.GetDepositAddressRequest(account_id=ann, chain="bitcoin"),
+                                         metadata=md).address == first
+    second = new(ann, "k2")
+    assert second not in (first, current) and issued_addresses(btc_app) == before + 1
+
+    for request, code, message in [
+        (pb.GetDepositAddressRequest(account_id=ann, chain="bitcoin", new_address=True),
+         grpc.StatusCode.INVALID_ARGUMENT, "idempotency_key is required with new_address"),
+        (pb.GetDepositAddressRequest(account_id=ann, chain="bitcoin", new_address=True, idempotency_key="a b"),
+         grpc.StatusCode.INVALID_ARGUMENT, "idempotency_key must be 1-128 printable ASCII"),
+        (pb.GetDepositAddressRequest(account_id=ann, chain="bitcoin", idempotency_key="x" * 129),
+         grpc.StatusCode.INVALID_ARGUMENT, "idempotency_key must be 1-128 printable ASCII"),
+        (pb.GetDepositAddressRequest(account_id=bob, chain="bitcoin", new_address=True, idempotency_key="k1"),
+         grpc.StatusCode.ALREADY_EXISTS, "was used for a different request"),
+        (pb.GetDepositAddressRequest(account_id="999", chain="bitcoin", new_address=True, idempotency_key="k9"),
+         grpc.StatusCode.NOT_FOUND, "account 999 does not exist"),
+    ]:
+        with pytest.raises(grpc.RpcError) as err:
+            api.custody.GetDepositAddress(request, metadata=md)
+        assert (err.value.code(), message in err.value.details()) == (code, True), err.value.details()
+    assert issued_addresses(btc_app) == before + 1, "a refused request issues nothing"
+    # A key that failed (unknown account) was not used up.
+    assert new(bob, "k9") not in (first, second)
+
+    # Keys are per client and shared with the client's other calls.
+    with pytest.raises(grpc.RpcError) as err:
+        api.custody.Transfer(pb.TransferRequest(idempotency_key="k1", from_account_id=ann, to_account_id=bob,
+                                                asset="BTC", amount="1"), metadata=md)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert new(ann, "k1", api.md("wallet-service")) not in (first, second)
 
 
 def list_all(api, account, page_size, md):
