@@ -70,13 +70,15 @@ class Pkcs11Keystore(Keystore):
             params.generate_keypair(
                 store=True, label=label,
                 public_template={Attribute.VERIFY: True},
-                private_template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.SIGN: True})
+                private_template={Attribute.PRIVATE: True, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+                                  Attribute.SIGN: True})
         return self.public_key(label, "")
 
     # -- Keystore interface ------------------------------------------------------------------
     def list_keys(self) -> list[KeyInfo]:
         with self._lock:
-            labels = sorted({k.label for k in self._session.get_objects(_template(ObjectClass.PRIVATE_KEY))})
+            labels = sorted({k.label for k in self._session.get_objects(
+                {**_template(ObjectClass.PRIVATE_KEY), **_MADE_IN_THE_TOKEN})})
         out = []
         for label in labels:
             pub = self.public_key(label, "")
@@ -107,35 +109,52 @@ class Pkcs11Keystore(Keystore):
             return found
         with self._lock:
             private = self._find(ObjectClass.PRIVATE_KEY, key_id)
-            public = self._find(ObjectClass.PUBLIC_KEY, key_id)
-        if private is None or public is None:
+            publics = list(self._session.get_objects({**_template(ObjectClass.PUBLIC_KEY), Attribute.LABEL: key_id}))
+            if private is not None and publics:
+                raw = private.sign(_PAIRING_DIGEST, mechanism=Mechanism.ECDSA)
+        if private is None or not publics:
             raise UnknownKey(f"no key pair labelled {key_id[:64]!r} in token {self.token_label!r}")
-        point = public[Attribute.EC_POINT]
-        # EC_POINT is DER-wrapped: OCTET STRING (04 41) around the 65-byte uncompressed point.
-        if len(point) == 67 and point[:2] == b"\x04\x41":
-            point = point[2:]
-        compressed = coincurve.PublicKey(bytes(point)).format(compressed=True)
         # The two halves are separate objects found by label, and a public key object can be
-        # replaced without the PIN: a swapped one made the signer count payments to someone else's
-        # key as our own (internal, no limits). The pair is proven by a signature before first use.
-        with self._lock:
-            raw = private.sign(_PAIRING_DIGEST, mechanism=Mechanism.ECDSA)
-        try:
-            normalise(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"), _PAIRING_DIGEST, compressed)
-        except ValueError:
-            raise KeystoreError(f"token {self.token_label!r}: the public key labelled {key_id[:64]!r} is not the "
-                                "private key's: the token's objects were changed; the key is not used") from None
-        self._keys[key_id] = (private, compressed)
-        return private, compressed
+        # created or replaced without the PIN: a swapped one made the signer count payments to
+        # someone else's key as our own (internal, no limits). The public key is the one a
+        # signature of the private key proves; another one under the label is ignored.
+        r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+        for public in publics:
+            try:  # a point that does not parse is someone else's object too
+                compressed = _compressed(public[Attribute.EC_POINT])
+                normalise(r, s, _PAIRING_DIGEST, compressed)
+            except ValueError:
+                continue
+            self._keys[key_id] = (private, compressed)
+            return private, compressed
+        raise KeystoreError(f"token {self.token_label!r}: the public key labelled {key_id[:64]!r} is not the "
+                            "private key's: the token's objects were changed; the key is not used")
 
     def _find(self, object_class, label: str):
-        found = list(self._session.get_objects({**_template(object_class), Attribute.LABEL: label}))
+        template = {**_template(object_class), Attribute.LABEL: label}
+        if object_class == ObjectClass.PRIVATE_KEY:
+            template.update(_MADE_IN_THE_TOKEN)
+        found = list(self._session.get_objects(template))
         if len(found) > 1:
             raise KeystoreError(f"token {self.token_label!r} has several keys labelled {label!r}")
         return found[0] if found else None
 
 
 _PAIRING_DIGEST = hashlib.sha256(b"custody-signer/pkcs11-key-pairing/v1").digest()
+
+# A private key is ours only if the token generated it and it never left: objects can be created
+# without the PIN (CKA_PRIVATE false), and a key pair planted so, whose secret someone else knows,
+# was listed as ours, and payments to it counted as internal: no limits, allow-list or approvals.
+# The token sets LOCAL, ALWAYS_SENSITIVE and NEVER_EXTRACTABLE itself; no caller can.
+_MADE_IN_THE_TOKEN = {Attribute.PRIVATE: True, Attribute.SENSITIVE: True, Attribute.ALWAYS_SENSITIVE: True,
+                      Attribute.NEVER_EXTRACTABLE: True, Attribute.LOCAL: True}
+
+
+def _compressed(point: bytes) -> bytes:
+    # EC_POINT is DER-wrapped: OCTET STRING (04 41) around the 65-byte uncompressed point.
+    if len(point) == 67 and point[:2] == b"\x04\x41":
+        point = point[2:]
+    return coincurve.PublicKey(bytes(point)).format(compressed=True)
 
 
 def _template(object_class) -> dict:

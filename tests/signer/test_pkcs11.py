@@ -135,3 +135,63 @@ def test_a_public_key_object_swapped_in_the_token_is_refused(token):
         store.list_keys()
     assert store.public_key("hot-a", "")  # the untouched pair still proves itself
     assert genuine != attacker.format()
+
+
+_PLANT = """
+import sys, coincurve, pkcs11
+from pkcs11 import Attribute, KeyType, ObjectClass
+SECP = bytes.fromhex("06052b8104000a")
+library, token_label, label, secret = sys.argv[1:5]
+secret = bytes.fromhex(secret)
+point = b"\\x04\\x41" + coincurve.PrivateKey(secret).public_key.format(compressed=False)
+with pkcs11.lib(library).get_token(token_label=token_label).open(rw=True) as session:  # no PIN: a public session
+    session.create_object({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.KEY_TYPE: KeyType.EC,
+                           Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.SENSITIVE: False,
+                           Attribute.LABEL: label, Attribute.EC_PARAMS: SECP, Attribute.VALUE: secret,
+                           Attribute.SIGN: True})
+    session.create_object({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC,
+                           Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.LABEL: label,
+                           Attribute.EC_PARAMS: SECP, Attribute.EC_POINT: point, Attribute.VERIFY: True})
+"""
+
+
+def _plant_without_pin(token_label: str, label: str, secret: bytes) -> None:
+    """What anyone who can reach the token can do without its PIN, from another process."""
+    import os
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", _PLANT, str(softhsm.LIBRARY), token_label, label, secret.hex()],
+                   check=True, capture_output=True, env=os.environ)
+
+
+def test_a_key_pair_planted_without_the_pin_is_not_ours(tmp_path):
+    """Objects can be created in a token without its PIN (CKA_PRIVATE false). A secp256k1 pair
+    planted so, whose secret the planter knows, was listed as one of the signer's keys, and a
+    payment to it counted as internal: a review signed 4.9999 BTC to it against a 2 BTC limit,
+    past the allow-list and approvals. Only keys the token generated and never let out are ours;
+    a public object planted under our own key's label is ignored too."""
+    label = softhsm.new_token()
+    first = Pkcs11Keystore.open(softhsm.LIBRARY, label, softhsm.PIN)
+    pub = first.generate_key("hot-token")
+    first.close()
+    secret = (0x4242).to_bytes(32, "big")
+    _plant_without_pin(label, "maintenance", secret)
+    _plant_without_pin(label, "hot-token", (0x4343).to_bytes(32, "big"))  # a second pair under our label
+
+    store = Pkcs11Keystore.open(softhsm.LIBRARY, label, softhsm.PIN)
+    try:
+        assert [(k.key_id, k.public_key) for k in store.list_keys()] == [("hot-token", pub)]
+        with pytest.raises(UnknownKey, match="no key pair labelled 'maintenance'"):
+            store.public_key("maintenance", "")
+        signer = Signer(S.make_config(tmp_path), store)
+        planted = S.p2wpkh_script(coincurve.PrivateKey(secret).public_key.format())
+        payload = S.make_psbt([("44" * 32, 0, 5 * S.BTC, S.p2wpkh_script(pub))], [(planted, 5 * S.BTC - 10_000)])
+        refused = signer.sign("bitcoin", payload, [("hot-token", ""), ("maintenance", "")], [])
+        assert (refused.signed, refused.refused_rule) == (False, "keys"), refused.refused_reason
+        out = signer.sign("bitcoin", payload, [("hot-token", "")], [])
+        assert (out.signed, out.refused_rule) == (False, "max_per_transaction"), out.refused_reason
+        signer.audit.close()
+        signer.limits.close()
+    finally:
+        store.close()
