@@ -11,7 +11,7 @@ from typing import Callable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from chains.base import ChainError
@@ -234,21 +234,28 @@ class Withdrawals:
         def work(conn):
             w = store.load(conn, withdrawal_id, for_update=True)
             a = t.withdrawal_approvals.c
-            given = set(conn.execute(select(a.approver).where(a.withdrawal_id == w["id"])).scalars())
-            if w["status"] != model.PENDING_REVIEW and staff not in given:
+            stored = dict(conn.execute(select(a.approver, a.signature).where(a.withdrawal_id == w["id"])).all())
+            if w["status"] != model.PENDING_REVIEW and staff not in stored:
                 raise FailedPrecondition(f"withdrawal {withdrawal_id} is {w['status']}, not PENDING_REVIEW")
             if staff == w["client"]:
                 raise FailedPrecondition(f"{staff} requested withdrawal {withdrawal_id} and can't approve it")
-            try:
-                Ed25519PublicKey.from_public_bytes(keys[staff]).verify(bytes(signature), self.approval_message(w))
-            except (InvalidSignature, ValueError):
+            message = self.approval_message(w)
+            if not _verifies(keys[staff], signature, message):
                 raise InvalidArgument("the approval signature does not verify for this withdrawal and "
-                                      f"{staff}'s key") from None
+                                      f"{staff}'s key")
+            # Only approvals by staff listed now, under their key now, count: someone removed from
+            # the list (gone, or their key stolen) or whose key was replaced no longer approves.
+            given = {name for name, stored_signature in stored.items()
+                     if name in keys and _verifies(keys[name], stored_signature, message)}
             if staff in given:
                 # A retry (the first reply was lost): the approval counts once; the withdrawal as it is now.
                 return w
-            conn.execute(insert(t.withdrawal_approvals).values(
-                withdrawal_id=w["id"], approver=staff, signature=bytes(signature), created_at=store.now()))
+            if staff in stored:  # given under a key replaced since: this one, under the current key, counts
+                conn.execute(update(t.withdrawal_approvals).where(a.withdrawal_id == w["id"], a.approver == staff)
+                             .values(signature=bytes(signature), created_at=store.now()))
+            else:
+                conn.execute(insert(t.withdrawal_approvals).values(
+                    withdrawal_id=w["id"], approver=staff, signature=bytes(signature), created_at=store.now()))
             given.add(staff)
             needed = self._approvals_needed(w["amount"])
             if len(given) >= needed:
@@ -306,3 +313,11 @@ class Withdrawals:
         from custody.withdrawals.resolve import resolve_batch
 
         return resolve_batch(self, staff, batch_id, txid, reason)
+
+
+def _verifies(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(bytes(signature), message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True

@@ -194,9 +194,9 @@ def test_four_eyes(wapp, wclients):
     facts = {i.withdrawal.withdrawal_id: i.facts for i in items}
     assert set(facts) == {two.withdrawal_id, own.withdrawal_id}
     assert facts[two.withdrawal_id].approvals_needed == 2 and list(facts[two.withdrawal_id].approvers) == ["alice"]
-    assert facts[two.withdrawal_id].destination_seen_before == 2
+    assert facts[two.withdrawal_id].destination_seen_before == 0, "none paid yet"
     assert facts[own.withdrawal_id].requested_by == "carol"
-    assert facts[two.withdrawal_id].withdrawn_24h == str(3 * BTC)
+    assert facts[two.withdrawal_id].withdrawn_24h == str(2 * BTC + BTC // 2), "up to its own request"
     assert approve(wclients, wapp, two.withdrawal_id, "bob").status == S.WITHDRAWAL_STATUS_APPROVED
     assert approve(wclients, wapp, own.withdrawal_id, "bob").status == S.WITHDRAWAL_STATUS_APPROVED
     # The exchange's token can't review.
@@ -247,12 +247,12 @@ def test_each_review_item_carries_its_own_facts(wapp, wclients):
                              f.requested_by, f.account_age_days, f.credited_deposits, f.deposited_amount,
                              f.account_frozen)
            for w, f in ((w, facts[w.withdrawal_id]) for w in (a1, a2, b1, b2))}
+    # Each as of its own request: the day's amount up to it; nothing paid to any address yet.
     assert got == {
-        a1.withdrawal_id: (1, str(2 * BTC + BTC // 2), ["alice"], 2, "wallet-service", 0, 0, "0", False),
-        a2.withdrawal_id: (1, str(2 * BTC + BTC // 2), [], 1, "wallet-service", 0, 0, "0", False),
-        # bob's rejected withdrawal to PAYEE counts as a destination seen, not towards the day's amount.
-        b1.withdrawal_id: (0, str(3 * BTC + BTC // 2), ["bob"], 2, "wallet-service", 0, 0, "0", True),
-        b2.withdrawal_id: (1, str(3 * BTC + BTC // 2), [], 1, "wallet-service", 0, 0, "0", True),
+        a1.withdrawal_id: (0, str(2 * BTC), ["alice"], 2, "wallet-service", 0, 0, "0", False),
+        a2.withdrawal_id: (0, str(2 * BTC + BTC // 2), [], 1, "wallet-service", 0, 0, "0", False),
+        b1.withdrawal_id: (0, str(3 * BTC), ["bob"], 2, "wallet-service", 0, 0, "0", True),
+        b2.withdrawal_id: (0, str(3 * BTC + BTC // 2), [], 1, "wallet-service", 0, 0, "0", True),
     }
     assert set(facts) == {a1.withdrawal_id, a2.withdrawal_id, b1.withdrawal_id, b2.withdrawal_id}
 
@@ -394,3 +394,50 @@ def test_listing_the_withdrawals_of_an_account_that_does_not_exist_is_not_found(
         wclients.custody.ListWithdrawals(S.ListWithdrawalsRequest(account_id="987654"),
                                          metadata=Clients.md("wallet-service"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and "987654" in err.value.details()
+
+
+def test_an_approval_counts_only_while_its_giver_is_staff_under_the_same_key(db_url):
+    """Approvals are stored, and were counted whatever the staff list said later: with alice removed
+    (gone, or her key stolen) her approval plus bob's moved a two-approval withdrawal to APPROVED.
+    Now only approvals by staff listed now, under their key now, count."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tests.support.signer import staff_public_hex
+
+    app = Custody(withdrawal_config(db_url))
+    try:
+        acct = account(app, amount=5 * BTC)
+        w, _ = app.withdrawals.request("wallet-service", "big", acct, "BTC", PAYEE, str(2 * BTC))
+        assert app.withdrawals.approve("alice", w["id"], approve_signature(app, w["id"], "alice"))["status"] \
+            == "PENDING_REVIEW"
+    finally:
+        app.close()
+
+    bob_new = Ed25519PrivateKey.generate()
+    bob_new_hex = bob_new.public_key().public_bytes(serialization.Encoding.Raw,
+                                                     serialization.PublicFormat.Raw).hex()
+    without_alice = [{"name": "bob", "ed25519_public_key": staff_public_hex("bob")},
+                     {"name": "carol", "ed25519_public_key": staff_public_hex("carol")}]
+    app = Custody(withdrawal_config(db_url, staff=without_alice))
+    try:
+        assert app.withdrawals.approve("bob", w["id"], approve_signature(app, w["id"], "bob"))["status"] \
+            == "PENDING_REVIEW", "alice's approval no longer counts"
+    finally:
+        app.close()
+
+    rotated = [{"name": "bob", "ed25519_public_key": bob_new_hex},
+               {"name": "carol", "ed25519_public_key": staff_public_hex("carol")}]
+    app = Custody(withdrawal_config(db_url, staff=rotated))
+    try:
+        assert app.withdrawals.approve("carol", w["id"], approve_signature(app, w["id"], "carol"))["status"] \
+            == "PENDING_REVIEW", "bob's approval under his replaced key no longer counts"
+        with pytest.raises(InvalidArgument):
+            app.withdrawals.approve("bob", w["id"], approve_signature(app, w["id"], "bob"))  # the old key
+        message = app.withdrawals.approval_message(app.withdrawals.get(w["id"])[0])
+        approved = app.withdrawals.approve("bob", w["id"], bob_new.sign(message))
+        assert approved["status"] == "APPROVED"
+        _, history = app.withdrawals.get(w["id"])
+        assert history[-1]["reason"] == "approved by bob, carol"
+    finally:
+        app.close()
