@@ -121,7 +121,7 @@ def show(item, out) -> None:
     print(f"{w.withdrawal_id}  account {w.account_id}  {coins(w.amount, d)} {w.asset} ({w.amount} base units; "
           f"+ fee {coins(w.fee, d)}) -> {w.to_address}", file=out)
     print(f"    requested by {f.requested_by}; account age {f.account_age_days} days; {f.credited_deposits} "
-          f"credited deposits ({coins(f.deposited_amount, d)} {w.asset}); destination used before: "
+          f"credited deposits ({coins(f.deposited_amount, d)} {w.asset}); paid to this address before: "
           f"{f.destination_seen_before}; 24h {coins(f.withdrawn_24h, d)} of {coins(f.daily_limit, d)}; "
           f"max {coins(f.max_withdrawal, d)}; approvals "
           f"{len(f.approvers)}/{f.approvals_needed} {list(f.approvers)}"

@@ -86,6 +86,30 @@ def test_one_withdrawal_end_to_end(btc, chain, signer):
     run_batch(btc, chain, signer, 1)
 
 
+def test_a_reviewer_sees_how_often_an_address_was_paid_before_not_how_often_it_was_asked(btc, chain, signer):
+    """Rejected requests (fraud among them) were counted as 'destination used before', a sign of a
+    safe address to a reviewer; and a later request counted towards an earlier one's."""
+    fund_hot_wallet(btc, chain, 3 * BTC)
+    acct = str(btc.create_account("payer").account_id)
+    fund(btc, acct, 5 * BTC)
+    payee = script_to_address(random_script(), REGTEST)
+    paid = btc.withdrawals.request("wallet-service", "paid", acct, "BTC", payee, "1000000")[0]["id"]
+    s = sender(btc, signer)
+    s.tick()
+    confirm(btc, chain, s)
+    assert btc.withdrawals.get(paid)[0]["status"] == "COMPLETED"
+    for key in ("fraud-1", "fraud-2"):
+        w = btc.withdrawals.request("wallet-service", key, acct, "BTC", payee, str(BTC // 2))[0]
+        btc.withdrawals.reject("alice", w["id"], "fraud: phishing address")
+    first = btc.withdrawals.request("wallet-service", "big-1", acct, "BTC", payee, str(BTC // 2))[0]["id"]
+    later = btc.withdrawals.request("wallet-service", "big-2", acct, "BTC", payee, str(BTC // 2))[0]["id"]
+    items, _ = btc.withdrawals.review_list()
+    facts = {w["id"]: f for w, f in items}
+    assert set(facts) == {first, later}
+    assert [facts[i]["destination_seen_before"] for i in (first, later)] == [1, 1]
+    assert [facts[i]["withdrawn_24h"] for i in (first, later)] == [1_000_000 + BTC // 2, 1_000_000 + BTC]
+
+
 def test_a_frozen_accounts_approved_withdrawal_waits_until_it_is_unfrozen(btc, chain, signer):
     """Frozen after its withdrawal was approved (a reversed deposit, or staff): the withdrawal is not sent."""
     fund_hot_wallet(btc, chain, 3 * BTC)
