@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import datetime
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 
 from custody.db import schema as t
 from custody.deposits.model import CREDITED
