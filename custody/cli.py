@@ -150,16 +150,22 @@ def _load(path: str) -> config_mod.Config:
         raise config_mod.ConfigError(f"{path}: {exc.strerror}") from None
 
 
-def _existing(path) -> config_mod.Config:
+def _existing(path, migrating: bool = False) -> config_mod.Config:
     """The config, for a command that works on a custody database: it must exist. Only `db upgrade`
     creates one: a mistyped path would otherwise get a fresh, empty database, served as if it were
-    the real one (its deposit addresses starting again at index 0, already given to other users)."""
-    from custody.db.migrate import has_schema
+    the real one (its deposit addresses starting again at index 0, already given to other users).
+    And unless the command migrates it first, its schema must be the one this code needs: on an
+    older one a command failed half way with a driver error (PostgreSQL: a traceback, exit 1)."""
+    from custody.db.migrate import current, has_schema, head
 
     config = _load(path)
     if not has_schema(config.database_url):
         raise config_mod.ConfigError(f"no custody database at {_shown(config.database_url)}: check [database] url, "
                                      f"or create it with `custody db upgrade --config {path}`")
+    if not migrating and (at := current(config.database_url)) != (needed := head()):
+        raise config_mod.ConfigError(f"the database at {_shown(config.database_url)} is at schema revision {at}, "
+                                     f"this custody needs {needed}: run `custody db upgrade --config {path}` "
+                                     "(or use the custody that upgraded it, if it is newer)")
     return config
 
 
@@ -173,7 +179,7 @@ def _serve(args) -> int:
     from custody.api.server import serve
     from custody.db.migrate import upgrade
 
-    config = _existing(args.config)
+    config = _existing(args.config, migrating=not args.no_migrate)
     if not args.no_migrate:
         log = structlog.get_logger("custody.db")
         upgrade(config.database_url, progress=lambda step: log.info("migration", step=step))

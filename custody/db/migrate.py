@@ -70,3 +70,10 @@ def has_schema(database_url: str) -> bool:
     if url.get_backend_name() == "sqlite" and not (url.database and pathlib.Path(url.database).is_file()):
         return False
     return current(database_url) is not None
+
+
+def head() -> str:
+    """The revision this custody's code needs (the last migration it ships)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()

@@ -201,3 +201,28 @@ def test_upgrades_started_together_take_turns_on_sqlite(tmp_path):
     assert len(ran) == len(shipped), ran  # each migration ran once, in one of the four
     check = run("admin", "check", "--config", str(config))
     assert check.returncode == 0 and "RESULT: OK" in check.stdout
+
+
+def test_commands_refuse_a_database_whose_schema_is_behind_the_code(db_url, tmp_path):
+    """A command on a database one migration behind ran until a query met the missing column: on
+    PostgreSQL `admin check` died with a driver traceback and exit 1, which says 'violations'."""
+    from alembic import command
+
+    from custody.db.migrate import alembic_config, current, head, upgrade
+
+    previous = sorted(p.name[:4] for p in (ROOT / "custody" / "db" / "migrations" / "versions").glob("0*.py"))[-2]
+    command.downgrade(alembic_config(db_url), previous)
+    config = write_config(tmp_path / "custody.toml", free_port(), db_url)
+    for args in (("admin", "check"), ("scan", "--once"), ("serve", "--no-migrate"), ("admin", "prune-keys",
+                                                                                       "--older-than", "30")):
+        r = subprocess.run([*CUSTODY, *args, "--config", str(config)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2, (args, r.returncode, r.stderr)
+        assert f"is at schema revision {previous}, this custody needs {head()}: run `custody db upgrade" in r.stderr, \
+            (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert current(db_url) == previous, "nothing was migrated or changed"
+    upgrade(db_url)
+    r = subprocess.run([*CUSTODY, "admin", "check", "--config", str(config)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
