@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import pathlib
 import sys
@@ -169,8 +170,12 @@ def main(argv=None, out=sys.stdout, confirm=input) -> int:
     if not token:
         print(f"backoffice: set {args.token_env} to your staff token", file=sys.stderr)
         return 2
-    if args.timeout <= 0:
-        parser.error("--timeout must be more than 0 seconds")
+    if not (token.isascii() and token.isprintable()):  # gRPC refuses such metadata with INTERNAL
+        print(f"backoffice: {args.token_env} holds something that is not a token (printable ASCII only)",
+              file=sys.stderr)
+        return 2
+    if not (math.isfinite(args.timeout) and args.timeout > 0):  # nan and inf timed every call out
+        parser.error("--timeout must be a number of seconds more than 0")
     rpc = {"metadata": [("authorization", f"Bearer {token}")], "timeout": args.timeout}
     try:
         channel = open_channel(args)

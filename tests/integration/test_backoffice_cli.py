@@ -87,6 +87,22 @@ def test_no_token_and_no_review_scope(served, monkeypatch, capsys):
     assert code == 1 and "PERMISSION_DENIED" in capsys.readouterr().err
 
 
+def test_a_timeout_that_is_no_number_of_seconds_or_a_token_that_is_no_token_is_a_bad_argument(
+        served, monkeypatch, capsys):
+    """nan and inf passed the '> 0' check and every call then failed DEADLINE_EXCEEDED; a token with a
+    newline or non-ASCII text failed INTERNAL with gRPC's own log: exit 1, as if the server said no."""
+    _, address = served
+    for timeout in ("nan", "inf", "-1", "0"):
+        with pytest.raises(SystemExit) as done:
+            run(address, "alice", monkeypatch, "--timeout", timeout, "list")
+        assert done.value.code == 2 and "--timeout must be a number of seconds more than 0" in capsys.readouterr().err
+    for token in ("tok\nen", "tökén"):
+        monkeypatch.setenv("CUSTODY_STAFF_TOKEN", token)
+        assert main(["--server", address, "list"], out=io.StringIO()) == 2
+        err = capsys.readouterr().err
+        assert "CUSTODY_STAFF_TOKEN holds something that is not a token" in err and token not in err
+
+
 def test_the_queue_is_read_to_its_last_page(served, tmp_path, monkeypatch):
     """The server answers in pages; list shows every pending withdrawal and approve finds one on a later page."""
     app, address = served
