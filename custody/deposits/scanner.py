@@ -20,18 +20,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import hashlib
 import logging
 import threading
 import time
 
 import structlog
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from chains.base import Block, BlockNotFound, ChainError, ChainPlugin, NodeUnavailable, Watch, WrongNetwork
 from custody.config import AssetConfig, ChainConfig
-from custody.db.engine import is_postgres, read_transaction, write_transaction
+from custody.db.engine import read_transaction, write_transaction
 from custody.deposits import store
 from custody.deposits.model import (
     CREDITED,
@@ -47,6 +46,7 @@ from custody.deposits.model import (
 )
 from custody.deposits.store import Cursor
 from custody.errors import ScannerHalted
+from custody.jobs import locks
 from custody.ledger.commands import BatchResult, Command
 from custody.ledger.engine import AccountIds, apply_commands
 from custody.ledger.model import Posting, user_available, wallet
@@ -120,8 +120,6 @@ class Scanner:
         self._mutex = threading.Lock()
         self.failures = 0
         self.next_attempt = 0.0
-        self._lock_key = int.from_bytes(hashlib.sha256(f"custody.scan.{self.chain}".encode()).digest()[:8],
-                                        "big", signed=True)
 
     # -- entry points --------------------------------------------------------------------
     def tick(self, max_blocks: int | None = None) -> TickResult:
@@ -723,23 +721,10 @@ class Scanner:
                 failures=self.failures, retry_in_s=delay)
         return TickResult(status, 0, str(exc))
 
-    @contextlib.contextmanager
     def _exclusive(self):
-        """On PostgreSQL, an advisory lock so that one scanner per chain runs
-        across all instances (DESIGN 6). SQLite serves one process; the cursor's
-        compare-and-set protects either way."""
-        if not is_postgres(self.engine):
-            yield True
-            return
-        with self.engine.connect() as conn:
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._lock_key}).scalar()
-            conn.commit()
-            try:
-                yield bool(got)
-            finally:
-                if got:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._lock_key})
-                    conn.commit()
+        """One scanner per chain runs, across all instances (DESIGN 6); the cursor's compare-and-set
+        protects either way."""
+        return locks.exclusive(self.engine, f"custody.scan.{self.chain}")
 
 
 def _linked(cursor: Cursor, blocks: list[Block]) -> list[Block]:

@@ -1,8 +1,11 @@
-"""One holder at a time across core instances: PostgreSQL advisory locks."""
+"""One holder at a time across core instances: PostgreSQL advisory locks; on
+SQLite, a lock on a file beside the database."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import os
 
 from sqlalchemy import Engine, text
 
@@ -13,9 +16,10 @@ def lock_key(name: str) -> int:
 
 @contextlib.contextmanager
 def exclusive(engine: Engine, name: str):
-    """Yields True if this process holds the lock `name` (always on SQLite: one process)."""
+    """Yields True if this process holds the lock `name`, False if another holder has it."""
     if engine.dialect.name != "postgresql":
-        yield True
+        with _file_lock(engine, name) as got:
+            yield got
         return
     key = lock_key(name)
     with engine.connect() as conn:
@@ -27,6 +31,27 @@ def exclusive(engine: Engine, name: str):
             if got:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 conn.commit()
+
+
+@contextlib.contextmanager
+def _file_lock(engine: Engine, name: str):
+    """SQLite: `custody serve` and `custody scan` on one database file each ran the scanners and
+    the withdrawal job, two at once. An flock on <database>.<name>.lock lets one in; the kernel
+    drops it when its holder exits, however it exits. An in-memory database has one process."""
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield True
+        return
+    fd = os.open(f"{database}.{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True  # closing the file below releases the lock
+    finally:
+        os.close(fd)
 
 
 def for_this_transaction(conn, name: str) -> None:

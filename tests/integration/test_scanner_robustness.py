@@ -8,13 +8,14 @@ import time
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from chains.base import Watch
 from chains.bitcoin.blocks import parse_block
 from chains.bitcoin.regtest import RegtestMiner
 from custody.app import Custody
 from custody.db import schema as t
+from custody.jobs import locks
 from tests.support.bitcoin import (
     CONFIRMATIONS,
     chain_config,
@@ -140,18 +141,16 @@ def test_a_node_outage_is_retried_with_backoff_and_no_block_is_skipped(db_url, t
         nodes.down()
 
 
-@pytest.mark.postgres_only
-def test_only_one_scanner_per_chain_runs_at_a_time_across_instances(pg_url, chain):
-    first = Custody(make_chain_config(pg_url, chain.rpc.url))
-    second = Custody(make_chain_config(pg_url, chain.rpc.url))
+def test_only_one_scanner_per_chain_runs_at_a_time_across_instances(db_url, chain):
+    """On both databases (SQLite: `custody serve` and `custody scan` on one file)."""
+    first = Custody(make_chain_config(db_url, chain.rpc.url))
+    second = Custody(make_chain_config(db_url, chain.rpc.url))
     try:
         first.scanner("bitcoin").catch_up()
         chain.mine(2)
-        with first.engine.connect() as holder:
-            holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": first.scanner("bitcoin")._lock_key})
+        with locks.exclusive(first.engine, "custody.scan.bitcoin") as held:
+            assert held
             assert second.scanner("bitcoin").run_once().busy
-            holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": first.scanner("bitcoin")._lock_key})
-            holder.commit()
         result = second.scanner("bitcoin").run_once()
         assert not result.busy and result.applied == 2
         assert first.scanner("bitcoin").run_once().applied == 0
