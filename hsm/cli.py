@@ -11,6 +11,7 @@ secret, declined); 2 a bad argument or config; 3 refused by a policy rule.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import hashlib
 import json
@@ -191,17 +192,26 @@ def _open(args):
     return SoftwareKeystore.open(pathlib.Path(args.keystore), _secret(args))
 
 
-def _open_or_create(args):
-    from hsm.keystores.software import DEFAULT_SCRYPT_N, KeyFile, SoftwareKeystore
+@contextlib.contextmanager
+def _keystore_to_change(args):
+    """The keystore opened, or created if there is none, and locked until the block has saved its change."""
+    from hsm.keystores.software import DEFAULT_SCRYPT_N, KeyFile, SoftwareKeystore, held_for_change
 
     path = pathlib.Path(args.keystore)
-    if path.exists():
-        return _open(args)
-    secret = None if args.key_file else _secret(args, new=True)  # asked before anything is written
-    if args.key_file and not pathlib.Path(args.key_file).exists():
-        KeyFile.generate(pathlib.Path(args.key_file))
-        print(f"wrote a new key file {args.key_file}: keep it apart from the keystore", file=sys.stderr)
-    return SoftwareKeystore.create(path, secret or _secret(args), scrypt_n=args.scrypt_n or DEFAULT_SCRYPT_N)
+    new = not path.exists()
+    secret = _secret(args, new=new)  # asked before the lock and before anything is written
+    with held_for_change(path):
+        if new:
+            if path.exists():  # made since by another command, perhaps under another passphrase
+                raise KeystoreError(f"{path} was created by another command meanwhile; nothing was written; "
+                                    "run this one again to add the wallet to it")
+            if args.key_file and not pathlib.Path(args.key_file).exists():
+                KeyFile.generate(pathlib.Path(args.key_file))
+                print(f"wrote a new key file {args.key_file}: keep it apart from the keystore", file=sys.stderr)
+            store = SoftwareKeystore.create(path, secret, scrypt_n=args.scrypt_n or DEFAULT_SCRYPT_N)
+        else:
+            store = SoftwareKeystore.open(path, secret)
+        yield store
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -215,7 +225,7 @@ def _serve(args) -> int:
     signer = Signer(config, keystore, new_limits_db=args.new_limits_db)
     try:
         serve(config, signer)
-    except OSError:
+    except (OSError, ConfigError):  # it could not listen
         signer.close()  # its lock on the audit log, its limits_db
         raise
     return 0
@@ -233,14 +243,14 @@ def _wallet_create(args) -> int:
     words_out = pathlib.Path(args.mnemonic_out) if args.mnemonic_out else None
     words_fd = _create_private_file(words_out) if words_out else None
     try:
-        store = _open_or_create(args)
-        if words_out:
-            mnemonic = new_mnemonic(args.words)
-            fd, words_fd = words_fd, None
-            _finish_private_file(fd, words_out, (mnemonic + "\n").encode())
-            store.import_wallet(args.wallet, mnemonic)
-        else:
-            mnemonic = store.generate_wallet(args.wallet, words=args.words)
+        with _keystore_to_change(args) as store:
+            if words_out:
+                mnemonic = new_mnemonic(args.words)
+                fd, words_fd = words_fd, None
+                _finish_private_file(fd, words_out, (mnemonic + "\n").encode())
+                store.import_wallet(args.wallet, mnemonic)
+            else:
+                mnemonic = store.generate_wallet(args.wallet, words=args.words)
     except BaseException:  # a wrong passphrase, an existing wallet, a failed write or save, ^C at a prompt
         if words_out:
             if words_fd is not None:
@@ -295,8 +305,8 @@ def _wallet_import(args) -> int:
         mnemonic = sys.stdin.readline()
     if not bip39.mnemonic_is_valid(" ".join(mnemonic.split())):  # before a keystore or key file is created
         raise KeystoreError("not a valid BIP39 mnemonic (unknown word or bad checksum); nothing was written")
-    store = _open_or_create(args)
-    store.import_wallet(args.wallet, mnemonic)
+    with _keystore_to_change(args) as store:
+        store.import_wallet(args.wallet, mnemonic)
     print(f"wallet {args.wallet} imported, fingerprint {store.fingerprint(args.wallet)}")
     return 0
 

@@ -5,6 +5,7 @@ import concurrent.futures
 import os
 import pathlib
 import signal
+import stat
 import threading
 
 import grpc
@@ -13,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from hsm.api.auth import TokenAuth
 from hsm.api.servicer import SignerServicer
 from hsm.config import Config
+from hsm.errors import ConfigError
 from hsm.service import Signer
 from hsm.v1 import signer_pb2_grpc
 
@@ -38,7 +40,7 @@ class SignerServer:
         srv = self.config.server
         if srv.listen.startswith("unix:"):
             sock = pathlib.Path(srv.listen.removeprefix("unix:"))
-            sock.unlink(missing_ok=True)
+            _remove_old_socket(sock)
             old = os.umask(0o077)  # the socket is only for this user (and root)
             try:
                 return self.server.add_insecure_port(srv.listen)
@@ -56,6 +58,19 @@ class SignerServer:
     def stop(self, grace_s: float = 2.0) -> None:
         self.server.stop(grace_s).wait()
         self.signer.close()
+
+
+def _remove_old_socket(sock: pathlib.Path) -> None:
+    """A socket left by an earlier run must go before binding; anything else there is a slip in [server] listen
+    (pointed at keystore.json, it deleted the encrypted seeds), so it is left alone and the signer stops."""
+    try:
+        mode = os.lstat(sock).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"server.listen: {sock} exists and is not a socket; the signer removes only an old "
+                          "socket there: choose another path")
+    sock.unlink()
 
 
 def serve(config: Config, signer: Signer) -> None:

@@ -16,7 +16,9 @@ in memory when first used and kept only in this process.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import hmac
 import json
@@ -76,9 +78,14 @@ class KeyFile:
 
     @staticmethod
     def generate(path: pathlib.Path) -> "KeyFile":
+        # Durable before the keystore it unlocks is written: after a power loss, a keystore on disk whose
+        # only key file was still in the page cache could never be opened again.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _sync_folder(pathlib.Path(path).parent)
         return KeyFile(path)
 
 
@@ -102,6 +109,34 @@ def _kdf_problem(kdf) -> str | None:
 
 def _header_aad(header: dict) -> bytes:
     return json.dumps({k: header[k] for k in ("format", "kdf", "check")}, sort_keys=True).encode()
+
+
+def _sync_folder(folder: pathlib.Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # a new name or a rename is durable only once its folder is
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def held_for_change(path: pathlib.Path):
+    """Held by a command that changes the keystore at path, from before it reads the file until it has saved it.
+
+    Each command saves the wallets it read plus its own: two at once each saved their copy and the first one's
+    wallet was lost, though both said "created". The lock is <keystore>.lock, left in place (removing it
+    would let a third command lock a new file while the second still holds the old one)."""
+    path = pathlib.Path(path)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise KeystoreError(f"keystore {path} is being changed by another command; nothing was written; "
+                                "run this one again once that one has finished") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class SoftwareKeystore(Keystore):
@@ -134,7 +169,12 @@ class SoftwareKeystore(Keystore):
         if problem:  # a keystore that open() would refuse
             raise KeystoreError(f"can't create {path}: {problem}")
         store = cls(path, secret.key(kdf), kdf, {})
-        store.save()
+        # os.link, unlike a rename, fails if the name exists: a keystore made since the check above (another
+        # command's, perhaps under another passphrase) or a dangling symlink is never replaced.
+        try:
+            store._write(os.link)
+        except FileExistsError:
+            raise KeystoreError(f"{path} exists already; a keystore is never overwritten") from None
         return store
 
     @classmethod
@@ -175,6 +215,10 @@ class SoftwareKeystore(Keystore):
 
     def save(self) -> None:
         """Writes a fresh encryption (new nonce) atomically: a crash leaves the old or the new file."""
+        self._write(os.replace)
+
+    def _write(self, publish) -> None:
+        """Writes the keystore to a new temporary file and gives it the keystore's name with publish(tmp, path)."""
         header = {"format": FORMAT, "kdf": self._kdf,
                   "check": hmac.new(self._key, _CHECK_LABEL, hashlib.sha256).hexdigest()}
         plain = json.dumps({"wallets": {n: {"seed": s.hex()} for n, s in self._seeds.items()}}).encode()
@@ -189,15 +233,10 @@ class SoftwareKeystore(Keystore):
                 json.dump(header, f, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        folder = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)  # the rename too, not only the bytes
+            publish(tmp, self.path)
         finally:
-            os.close(folder)
+            tmp.unlink(missing_ok=True)  # after os.link, a second name; after os.replace, gone already
+        _sync_folder(self.path.parent)
 
     # -- wallets ----------------------------------------------------------------------------
     def generate_wallet(self, name: str, words: int = 24) -> str:
@@ -213,8 +252,15 @@ class SoftwareKeystore(Keystore):
         if not name or name in self._seeds:
             raise KeystoreError(f"wallet {name!r} exists already or has no name")
         seed = bip39.mnemonic_to_seed(mnemonic, password=bip39_passphrase)
+        root = HDKey.from_seed(seed)
+        # One seed under two names (cold words typed into the hot keystore) would put cold funds a hot key
+        # away; PSBTs name a wallet by this fingerprint too, so two wallets can't share one.
+        for other, other_root in self._roots.items():
+            if other_root.my_fingerprint == root.my_fingerprint:
+                raise KeystoreError(f"this seed (fingerprint {root.my_fingerprint.hex()}) is wallet {other!r} "
+                                    "already; nothing was written")
         self._seeds[name] = seed
-        self._roots[name] = HDKey.from_seed(seed)
+        self._roots[name] = root
         self.save()
 
     # -- Keystore interface --------------------------------------------------------------------

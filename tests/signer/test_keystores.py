@@ -96,7 +96,7 @@ def test_save_does_not_reuse_a_leftover_temporary_file(tmp_path, keystore):
     path, leftover = tmp_path / "keystore.json", tmp_path / "keystore.json.tmp"
     leftover.write_text("")
     os.chmod(leftover, 0o644)
-    keystore.import_wallet("second", S.MNEMONIC)
+    keystore.import_wallet("second", S.OTHER_MNEMONIC)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert sorted(SoftwareKeystore.open(path, Passphrase(S.PASSPHRASE))._seeds) == [S.HOT, "second"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keystore.json", "keystore.json.tmp"]
@@ -107,7 +107,7 @@ def test_save_does_not_follow_a_planted_symlink(tmp_path, keystore):
     keystore itself replaced by the link."""
     path, elsewhere = tmp_path / "keystore.json", tmp_path / "elsewhere.json"
     (tmp_path / "keystore.json.tmp").symlink_to(elsewhere)
-    keystore.import_wallet("second", S.MNEMONIC)
+    keystore.import_wallet("second", S.OTHER_MNEMONIC)
     assert not path.is_symlink() and not elsewhere.exists()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert sorted(SoftwareKeystore.open(path, Passphrase(S.PASSPHRASE))._seeds) == [S.HOT, "second"]
@@ -122,7 +122,7 @@ def test_a_failed_save_leaves_the_old_keystore_and_no_temporary_file(tmp_path, k
 
     monkeypatch.setattr(os, "replace", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        keystore.import_wallet("second", S.MNEMONIC)
+        keystore.import_wallet("second", S.OTHER_MNEMONIC)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["keystore.json"]
 
 
