@@ -67,7 +67,9 @@ def update_rows(conn: Connection, table: Table, columns: Sequence[str], rows: li
         return
     key, *values = columns
     if conn.dialect.name == "postgresql":
-        types = [table.c[name].type.compile(dialect=conn.dialect) for name in columns]
+        # text, not the column's VARCHAR(n): casting to VARCHAR(n) cuts a longer value short without
+        # a word (a key one character longer updated another row); assigning text raises instead.
+        types = [_array_element_type(conn, table.c[name].type) for name in columns]
         arrays = ", ".join(f"%s::{kind}[]" for kind in types)
         conn.exec_driver_sql(
             f"UPDATE {table.name} AS t SET {', '.join(f'{c} = v.{c}' for c in values)} "
@@ -78,6 +80,10 @@ def update_rows(conn: Connection, table: Table, columns: Sequence[str], rows: li
     sql = f"UPDATE {table.name} SET {', '.join(f'{c} = ?' for c in values)} WHERE {key} = ?"
     # The driver binds in statement order: the key comes last.
     _executemany(conn, sql, [(*row[1:], row[0]) for row in _bind(conn, table, columns, rows)])
+
+
+def _array_element_type(conn: Connection, kind) -> str:
+    return "text" if isinstance(kind, String) else kind.compile(dialect=conn.dialect)
 
 
 def _bind(conn: Connection, table: Table, columns: Sequence[str], rows: list) -> list:

@@ -47,3 +47,38 @@ def test_copied_timestamps_are_the_instants_written(pg_url):
     finally:
         engine.dispose()
     assert back == stamps
+
+
+def test_update_rows_never_cuts_a_key_or_a_value_short(db_url, request):
+    """PostgreSQL: the column arrays were cast to the columns' VARCHAR(n), which cuts a longer value
+    short without a word: an update keyed one hold id plus more updated that hold, and a status too
+    long was stored cut. Now the key matches nothing and the long value is refused, as on SQLite
+    for the key (SQLite keeps any length, so there the long status is stored whole)."""
+    import pytest
+    from sqlalchemy import insert, select
+    from sqlalchemy.exc import DBAPIError
+
+    from custody.db import schema as t
+    from custody.db.bulk import update_rows
+    from custody.db.engine import write_transaction
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    engine = make_engine(db_url)
+    columns = ("id", "remaining", "status", "closed_at")
+    request.node.skip_invariants = True  # a hold row written here, not by the ledger
+    try:
+        with write_transaction(engine) as conn:
+            account = conn.execute(insert(t.accounts).values(external_id="bulk", created_at=now, frozen=False)
+                                   .returning(t.accounts.c.id)).scalar_one()
+            conn.execute(insert(t.ledger_holds).values(id="a" * 32, account_id=account, asset="BTC", amount=5,
+                                                       remaining=5, status="OPEN", created_at=now))
+        with write_transaction(engine) as conn:
+            update_rows(conn, t.ledger_holds, columns, [("a" * 32 + "-another-hold", 0, "CLOSED", now)])
+        if engine.dialect.name == "postgresql":
+            with pytest.raises(DBAPIError, match="too long"):
+                with write_transaction(engine) as conn:
+                    update_rows(conn, t.ledger_holds, columns, [("a" * 32, 0, "CLOSED-" + "x" * 16, now)])
+        with engine.connect() as conn:
+            assert conn.execute(select(t.ledger_holds.c.remaining, t.ledger_holds.c.status)).one() == (5, "OPEN")
+    finally:
+        engine.dispose()
