@@ -18,10 +18,13 @@ itself fsynced (that would be a second sync per request): after a power loss
 it may lag behind the log, never run ahead of it, so verify accepts a log
 that is longer than its head (the entries after the head were written since)
 and reports one that is shorter or differs at the head's entry. Deleting the
-head is reported too. What the head file can't show is a truncation by
-someone who also rewrites the head to match: that needs a record kept off
-the signer's host. The signer hands one out with every answer
-(audit_sequence in SignResponse); `custody signer audit verify
+head is reported too, unless the log went with it: a first start has neither,
+so an empty or missing log verifies. That a log was wiped is for the signer
+to see at start, from limits_db (which notes that a log was started) and from
+a head or lock file left beside a missing log (hsm/service.py). What the head
+file can't show is a truncation by someone who also rewrites the head to
+match: that needs a record kept off the signer's host. The signer hands one
+out with every answer (audit_sequence in SignResponse); `custody signer audit verify
 --expect-count N [--expect-head H]` checks the log against it.
 """
 from __future__ import annotations
@@ -42,6 +45,10 @@ GENESIS = "0" * 64
 
 HASHED_KEYS = ("seq", "at", "kind", "data", "prev")
 ENTRY_KEYS = {*HASHED_KEYS, "hash"}
+# What this signer writes in each field. The chain is unkeyed, so an appended entry can hash and
+# chain correctly and still hold, say, a list as its data: reported, never handed to a reader.
+ENTRY_SHAPE = {"seq": ((int,), "a whole number"), "at": ((int, float), "a number"), "kind": ((str,), "a string"),
+               "data": ((dict,), "an object"), "prev": ((str,), "a string"), "hash": ((str,), "a string")}
 
 
 def _entry_hash(entry: dict) -> str:
@@ -53,6 +60,10 @@ def head_path(log: pathlib.Path) -> pathlib.Path:
     return log.with_name(log.name + ".head")
 
 
+def lock_path(log: pathlib.Path) -> pathlib.Path:
+    return log.with_name(log.name + ".lock")
+
+
 class AuditLog:
     def __init__(self, path: pathlib.Path, durable: bool = True, visit=None):
         """Verifies the whole log first (visit(entry) sees each entry, e.g. to rebuild rolling limits)."""
@@ -62,7 +73,7 @@ class AuditLog:
         self._sync_lock = threading.Lock()  # one fsync at a time; waiters find theirs done
         # One writer per log: a second signer started on the same config wrote its own chain into
         # the same file (and the rolling limits were counted twice apart). Held until close.
-        self._owner = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        self._owner = os.open(lock_path(self.path), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -193,9 +204,13 @@ def verify(path: pathlib.Path, expect_count: int | None = None, expect_head: str
     elif expect_head is not None:  # a head alone anchors nothing: it was silently ignored
         problems.append("a head recorded elsewhere needs the entry count it was recorded at (--expect-count)")
     count, prev = 0, GENESIS
-    line_no, last = 0, "\n"
+    line_no, last = 0, b"\n"
     for line_no, last in enumerate(_lines(path), start=1):
-        line = last.rstrip("\n")
+        try:
+            line = last.decode("utf-8").rstrip("\n")
+        except UnicodeDecodeError:  # the signer writes ASCII only (JSON escapes the rest)
+            problems.append(f"line {line_no}: not UTF-8 text (damaged on disk, or changed)")
+            continue
         try:
             entry = json.loads(line)
             stored = entry["hash"]
@@ -205,6 +220,11 @@ def verify(path: pathlib.Path, expect_count: int | None = None, expect_head: str
                             "or cut short by a crash while it was written)")
             continue
         expected_seq = count + 1
+        wrong = [(key, entry[key], what) for key, (types, what) in ENTRY_SHAPE.items()
+                 if isinstance(entry[key], bool) or not isinstance(entry[key], types)]
+        for key, value, what in wrong:
+            problems.append(f"line {line_no} (seq {entry['seq']!r}): {key} is {json.dumps(value)[:40]}, "
+                            f"where this signer writes {what}: not an entry it wrote")
         if set(entry) != ENTRY_KEYS:
             # The hash covers only these: a field added to an entry verified, and a reader would
             # have taken it for part of the signed record.
@@ -226,9 +246,9 @@ def verify(path: pathlib.Path, expect_count: int | None = None, expect_head: str
         count, prev = count + 1, stored
         if count in anchors and anchors[count][0] != stored:
             problems.append(f"entry {count} is not {anchors[count][1]} ({anchors[count][0][:16]}...): rewritten")
-        if visit is not None:
+        if visit is not None and not wrong:
             visit(entry)
-    if not last.endswith("\n"):
+    if not last.endswith(b"\n"):
         # Appending after it would join the next entry to this line and break the log at the next start.
         problems.append(f"line {line_no}: ends without a newline (a write cut short by a crash, or an edit); "
                         "an operator must look before anything more is written")
@@ -243,9 +263,10 @@ def verify(path: pathlib.Path, expect_count: int | None = None, expect_head: str
 
 
 def _lines(path: pathlib.Path):
-    """The log's lines with their newlines, read as a stream: a long log is never in memory at once."""
+    """The log's lines (bytes) with their newlines, read as a stream: a long log is never in memory at
+    once. Bytes: a line that does not decode is one damaged line, not the end of the walk."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             yield from f
     except FileNotFoundError:
         return

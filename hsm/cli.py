@@ -38,6 +38,9 @@ def register(sub) -> None:
     p.add_argument("--new-limits-db", action="store_true",
                    help="limits_db is lost for good: start with an empty one (what it remembered is forgotten; "
                         "the restart is put on record in the audit log)")
+    p.add_argument("--new-audit-log", action="store_true",
+                   help="the audit log is lost for good: start a new one (the rolling 24h limits restart from zero; "
+                        "what limits_db remembers is kept; the restart is the new log's first entry)")
     p.set_defaults(run=_serve)
 
     wallet = s.add_parser("wallet", help="create or import an HD wallet seed in a software keystore")
@@ -222,7 +225,7 @@ def _serve(args) -> int:
 
     config = _load_config(args.config)
     keystore = open_keystore(config)  # fails here, at start, on a wrong secret or a missing token
-    signer = Signer(config, keystore, new_limits_db=args.new_limits_db)
+    signer = Signer(config, keystore, new_limits_db=args.new_limits_db, new_audit_log=args.new_audit_log)
     try:
         serve(config, signer)
     except (OSError, ConfigError):  # it could not listen

@@ -17,6 +17,7 @@ from hsm.errors import ConfigError
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 _ETH_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_DIGITS = re.compile(r"[0-9]+")
 NO_LIMIT = 2**256 - 1
 
 
@@ -131,19 +132,61 @@ def _known(table, where: str, keys: tuple[str, ...]) -> dict:
     return table
 
 
+# One helper per shape of value. TOML has types but Python's conversions paper over them: a string
+# where a list belongs iterated as single characters (a deny list of letters, silently off), true read
+# as 1 (mainnet's chain id), 1.9 cut to 1. A value of another type is refused, naming the setting.
+def _setting(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _text(table: dict, where: str, key: str, default: str = "") -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"{_setting(where, key)}: a string, got {value!r}")
+    return value
+
+
+def _texts(table: dict, where: str, key: str) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{_setting(where, key)}: a list of strings ([\"...\", ...]), got {value!r}")
+    return tuple(value)
+
+
+def _tables(table: dict, where: str, key: str) -> list[dict]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{_setting(where, key)}: a list of tables ([[{_setting(where, key)}]]), got {value!r}")
+    return value
+
+
+def _whole(table: dict, where: str, key: str, default: int) -> int:
+    value = table.get(key, default)
+    if type(value) is not int:  # not bool (an int in Python), not float
+        raise ConfigError(f"{_setting(where, key)}: a whole number, got {value!r}")
+    return value
+
+
+def _flag(table: dict, where: str, key: str, default: bool) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):  # bool("false") is True
+        raise ConfigError(f"{_setting(where, key)}: true or false, got {value!r}")
+    return value
+
+
 def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
     def rel(value) -> pathlib.Path | None:
         return (base_dir / value).resolve() if value else None
 
     _known(raw, "", ("server", "clients", "keystore", "state", "chains", "policy"))
     srv = _known(raw.get("server", {}), "server", ("listen", "tls_cert", "tls_key", "tls_client_ca"))
-    listen = srv.get("listen", "")
+    listen = _text(srv, "server", "listen")
     if not listen:
         raise ConfigError("server.listen is required: unix:/path/to/signer.sock or 127.0.0.1:PORT")
     if listen.startswith("unix:"):
         sock = listen.removeprefix("unix:")
         listen = "unix:" + str(rel(sock))
-    server = ServerConfig(listen, rel(srv.get("tls_cert")), rel(srv.get("tls_key")), rel(srv.get("tls_client_ca")))
+    server = ServerConfig(listen, *(rel(_text(srv, "server", key)) for key in ("tls_cert", "tls_key", "tls_client_ca")))
     if listen.startswith("unix:") and (server.tls_cert or server.tls_key or server.tls_client_ca):
         # Served in plain over the socket (its file permissions guard it): a tls_client_ca here
         # read as "client certificates required" while nothing checked one.
@@ -156,31 +199,34 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
         if not (server.tls_cert and server.tls_key):
             raise ConfigError("server: a TCP listener needs tls_cert and tls_key (or use unix:PATH)")
     clients = []
-    for i, c in enumerate(raw.get("clients", [])):
-        _known(c, f"clients[{i}]", ("name", "token_sha256"))
-        digest = str(c.get("token_sha256", "")).lower()
-        if not c.get("name") or not _SHA256_HEX.fullmatch(digest):
-            raise ConfigError(f"clients[{i}]: name and token_sha256 (64 hex digits) are required")
-        if any(digest == k.token_sha256 or c["name"] == k.name for k in clients):
+    for i, c in enumerate(_tables(raw, "", "clients")):
+        where = f"clients[{i}]"
+        _known(c, where, ("name", "token_sha256"))
+        name, digest = _text(c, where, "name"), _text(c, where, "token_sha256").lower()
+        if not name or not _SHA256_HEX.fullmatch(digest):
+            raise ConfigError(f"{where}: name and token_sha256 (64 hex digits) are required")
+        if any(digest == k.token_sha256 or name == k.name for k in clients):
             # With one token, the later client would silently take the earlier's calls.
-            raise ConfigError(f"clients[{i}] ({c['name']}): another client has the same name or token_sha256")
-        clients.append(ClientConfig(c["name"], digest))
+            raise ConfigError(f"{where} ({name}): another client has the same name or token_sha256")
+        clients.append(ClientConfig(name, digest))
     if not clients:
         raise ConfigError("clients: at least one client (the custody core) must be configured")
 
     ks = _known(raw.get("keystore", {}), "keystore",
                 ("kind", "path", "passphrase_env", "key_file", "library", "token_label", "pin_env"))
-    kind = ks.get("kind", "")
+    kind = _text(ks, "keystore", "kind")
     if kind == "software":
-        keystore = KeystoreConfig("software", path=rel(ks.get("path")), passphrase_env=ks.get("passphrase_env", ""),
-                                  key_file=rel(ks.get("key_file")))
+        keystore = KeystoreConfig("software", path=rel(_text(ks, "keystore", "path")),
+                                  passphrase_env=_text(ks, "keystore", "passphrase_env"),
+                                  key_file=rel(_text(ks, "keystore", "key_file")))
         if not keystore.path:
             raise ConfigError("keystore.path is required for a software keystore")
         if bool(keystore.passphrase_env) == bool(keystore.key_file):
             raise ConfigError("keystore: give exactly one of passphrase_env and key_file")
     elif kind == "pkcs11":
-        keystore = KeystoreConfig("pkcs11", library=rel(ks.get("library")), token_label=ks.get("token_label", ""),
-                                  pin_env=ks.get("pin_env", ""))
+        keystore = KeystoreConfig("pkcs11", library=rel(_text(ks, "keystore", "library")),
+                                  token_label=_text(ks, "keystore", "token_label"),
+                                  pin_env=_text(ks, "keystore", "pin_env"))
         if not (keystore.library and keystore.token_label and keystore.pin_env):
             raise ConfigError("keystore: a pkcs11 keystore needs library, token_label and pin_env")
     else:
@@ -188,22 +234,25 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
 
     state = _known(raw.get("state", {}), "state", ("audit_log", "limits_db", "durable"))
     chains = _known(raw.get("chains", {}), "chains", ("bitcoin", "ethereum"))
-    _known(chains.get("bitcoin", {}), "chains.bitcoin", ("network",))
-    _known(chains.get("ethereum", {}), "chains.ethereum", ("chain_id",))
-    network = chains.get("bitcoin", {}).get("network", "regtest")
+    bitcoin = _known(chains.get("bitcoin", {}), "chains.bitcoin", ("network",))
+    ethereum = _known(chains.get("ethereum", {}), "chains.ethereum", ("chain_id",))
+    network = _text(bitcoin, "chains.bitcoin", "network", "regtest")
     if network not in ("mainnet", "testnet", "signet", "regtest"):
         raise ConfigError(f"chains.bitcoin.network: unknown network {network!r}")
-    chain_id = chains.get("ethereum", {}).get("chain_id")
-    if not isinstance(chain_id, int) or chain_id <= 0:
+    chain_id = _whole(ethereum, "chains.ethereum", "chain_id", 0)
+    if chain_id <= 0:
         raise ConfigError("chains.ethereum.chain_id is required (a positive integer): "
                           "the signer refuses transactions for any other chain")
+    audit_log = _text(state, "state", "audit_log", "signer-audit.log")
+    limits_db = _text(state, "state", "limits_db", "signer-limits.sqlite")
+    if not (audit_log and limits_db):
+        raise ConfigError("state: audit_log and limits_db can't be empty (leave one out for its default)")
     return Config(
         server=server, clients=tuple(clients), keystore=keystore,
-        audit_log=rel(state.get("audit_log", "signer-audit.log")),
-        limits_db=rel(state.get("limits_db", "signer-limits.sqlite")),
+        audit_log=rel(audit_log), limits_db=rel(limits_db),
         bitcoin_network=network, ethereum_chain_id=chain_id,
         policy=_policy(raw.get("policy", {})),
-        durable=bool(state.get("durable", True)),
+        durable=_flag(state, "state", "durable", True),
     )
 
 
@@ -211,7 +260,8 @@ def _amount(raw: dict, key: str, where: str) -> int:
     if key not in raw:
         return NO_LIMIT
     value = raw[key]
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+    # Only ASCII digits: str.isdigit() passed "²", which int() then refused with its own message.
+    if not (type(value) is int and value >= 0 or isinstance(value, str) and _DIGITS.fullmatch(value)):
         raise ConfigError(f"{where}.{key}: an amount in base units (a whole number, as a string), got {value!r}")
     return int(value)
 
@@ -219,40 +269,42 @@ def _amount(raw: dict, key: str, where: str) -> int:
 def _policy(raw: dict) -> PolicyConfig:
     _known(raw, "policy", ("approval_quorum", "deny", "allow", "internal", "internal_xpubs", "staff", "assets"))
     assets, seen = [], set()
-    for i, a in enumerate(raw.get("assets", [])):
+    for i, a in enumerate(_tables(raw, "policy", "assets")):
         where = f"policy.assets[{i}]"
         _known(a, where, ("asset", "chain", "contract", "max_per_transaction", "max_per_24h", "max_fee",
                           "max_fees_per_24h", "approval_above"))
-        if not a.get("asset") or a.get("chain") not in ("bitcoin", "ethereum"):
+        asset, chain = _text(a, where, "asset"), _text(a, where, "chain")
+        if not asset or chain not in ("bitcoin", "ethereum"):
             raise ConfigError(f"{where}: asset and chain ('bitcoin' or 'ethereum') are required")
-        contract = str(a.get("contract", "")).lower()
+        contract = _text(a, where, "contract").lower()
         if contract and not _ETH_ADDRESS.fullmatch(contract):
             raise ConfigError(f"{where}.contract: not an Ethereum address")
-        if (a["chain"], contract) in seen:
-            raise ConfigError(f"{where}: a second policy for {a['chain']} {contract or 'native coin'}")
-        seen.add((a["chain"], contract))
+        if (chain, contract) in seen:
+            raise ConfigError(f"{where}: a second policy for {chain} {contract or 'native coin'}")
+        seen.add((chain, contract))
         if contract and ("max_fee" in a or "max_fees_per_24h" in a):
             raise ConfigError(f"{where}: fees are paid in the chain's native coin; set max_fee and "
                               "max_fees_per_24h on its policy (no contract)")
-        assets.append(AssetPolicy(a["asset"], a["chain"], contract, _amount(a, "max_per_transaction", where),
+        assets.append(AssetPolicy(asset, chain, contract, _amount(a, "max_per_transaction", where),
                                   _amount(a, "max_per_24h", where), _amount(a, "max_fee", where),
                                   _amount(a, "max_fees_per_24h", where), _amount(a, "approval_above", where)))
     staff, keys_seen = [], set()
-    for i, s in enumerate(raw.get("staff", [])):
-        _known(s, f"policy.staff[{i}]", ("name", "ed25519_public_key"))
-        key = str(s.get("ed25519_public_key", "")).lower()
-        if not s.get("name") or not _HEX32.fullmatch(key):
-            raise ConfigError(f"policy.staff[{i}]: name and ed25519_public_key (64 hex digits) are required")
+    for i, s in enumerate(_tables(raw, "policy", "staff")):
+        where = f"policy.staff[{i}]"
+        _known(s, where, ("name", "ed25519_public_key"))
+        name, key = _text(s, where, "name"), _text(s, where, "ed25519_public_key").lower()
+        if not name or not _HEX32.fullmatch(key):
+            raise ConfigError(f"{where}: name and ed25519_public_key (64 hex digits) are required")
         if key in keys_seen:
-            raise ConfigError(f"policy.staff[{i}] ({s['name']}): this public key is listed twice; "
+            raise ConfigError(f"{where} ({name}): this public key is listed twice; "
                               "one person must not count as two approvers")
-        if any(s["name"] == other.name for other in staff):
+        if any(name == other.name for other in staff):
             # Approvals name their approver: two keys under one name would make one of them
             # never verify, and a quorum counted over the entries could never be met.
-            raise ConfigError(f"policy.staff[{i}] ({s['name']}): this name is listed twice")
+            raise ConfigError(f"{where} ({name}): this name is listed twice")
         keys_seen.add(key)
-        staff.append(StaffKey(s["name"], bytes.fromhex(key)))
-    quorum = int(raw.get("approval_quorum", 1))
+        staff.append(StaffKey(name, bytes.fromhex(key)))
+    quorum = _whole(raw, "policy", "approval_quorum", 1)
     if quorum < 1:
         raise ConfigError("policy.approval_quorum must be at least 1")
     if staff and quorum > len(staff):
@@ -260,11 +312,11 @@ def _policy(raw: dict) -> PolicyConfig:
 
     def addresses(key: str) -> frozenset[str]:
         return frozenset(normalise_address("ethereum" if a.startswith("0x") else "bitcoin", a)
-                         for a in raw.get(key, []))
+                         for a in _texts(raw, "policy", key))
 
     return PolicyConfig(
         assets=tuple(assets), deny=addresses("deny"),
         allow=addresses("allow") if "allow" in raw else None,
-        internal=addresses("internal"), internal_xpubs=tuple(raw.get("internal_xpubs", [])),
+        internal=addresses("internal"), internal_xpubs=_texts(raw, "policy", "internal_xpubs"),
         staff=tuple(staff), approval_quorum=quorum,
     )

@@ -36,6 +36,14 @@ at start rows beyond the log's last entry are dropped: kept, a retry of that
 request would pass as a fee bump of a spend already counted and skip the
 rolling limits. A spend's row touched by a lost bump is dropped whole, so its
 next bump counts again (errs on the side of refusing).
+
+It also notes that an audit log was started (before the log's first entry is
+written): the rolling limits live in the log alone, so a log deleted or moved
+away (or an audit_log path mistyped) would otherwise restart them from zero
+unseen whenever this file holds no rows, as for a signer that has signed only
+Ethereum payments. An empty or missing log is then refused, unless the operator
+says the log is lost for good (log_lost): the rows are kept, no longer tied to
+the lost log's sequences.
 """
 from __future__ import annotations
 
@@ -45,6 +53,7 @@ import sqlite3
 import threading
 
 from hsm.decode import Explained
+from hsm.errors import SignerError
 from hsm.signed_inputs import SignedInputs
 
 
@@ -72,13 +81,39 @@ class StateMismatch(Exception):
     """limits_db and the audit log are not each other's (hsm/service.py turns this into a refusal)."""
 
 
+class LimitsDbUnreadable(SignerError):
+    """limits_db is not an SQLite database (a wrong path in [state], a damaged file)."""
+
+
 class CountedSpends:
     def __init__(self, path: pathlib.Path, durable: bool = True, logged_up_to: int | None = None,
-                 last_recorded_signed: int = 0):
+                 last_recorded_signed: int = 0, log_lost: bool = False):
         """logged_up_to: the audit log's last sequence; rows written by later decisions are dropped.
         last_recorded_signed: the log's last signed decision that wrote this file (every Bitcoin one, an
-        Ethereum first payment of an approved withdrawal), which this file must have seen."""
+        Ethereum first payment of an approved withdrawal), which this file must have seen.
+        log_lost: the operator says the audit log is lost for good; an empty one is accepted."""
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        try:
+            self._create_tables(durable)
+        except sqlite3.DatabaseError as exc:  # "file is not a database": one line naming the file
+            self._db.close()
+            raise LimitsDbUnreadable(f"limits_db {path} can't be used: {exc} (a wrong path in [state], or a "
+                                     "damaged file: restore it from a backup)") from None
+        self.dropped: dict[str, int] = {}
+        self._noted = 0
+        self.log_started = bool(self._db.execute("SELECT count(*) FROM meta WHERE name = 'audit_log_started'")
+                                .fetchone()[0])
+        self.forgot_log = False  # log_lost, and this file held what the lost log was (rows, or that it was started)
+        self._lock = threading.Lock()
+        if logged_up_to is not None:
+            self._check_against_log(logged_up_to, last_recorded_signed, log_lost)
+            self.dropped = {table: self._db.execute(f"DELETE FROM {table} WHERE audit_seq > ?",
+                                                    (logged_up_to,)).rowcount for table in _TABLES}
+            if logged_up_to:
+                self.note_log_started()  # a log begun before this was noted
+        self._inputs = SignedInputs(self._db)
+
+    def _create_tables(self, durable: bool) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.execute("CREATE TABLE IF NOT EXISTS counted_spends (spend_key TEXT PRIMARY KEY, at_s REAL NOT NULL, "
@@ -95,25 +130,37 @@ class CountedSpends:
             if "audit_seq" not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
                 # Rows from before: NULL, kept (their decisions were logged long ago).
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN audit_seq INTEGER")
-        # The sequence of the last decision that wrote here (absent in files from before it was kept).
+        # The sequence of the last decision that wrote here (absent in files from before it was kept),
+        # and audit_log_started once a log has been written.
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-        self.dropped: dict[str, int] = {}
-        self._noted = 0
-        if logged_up_to is not None:
-            self._check_against_log(logged_up_to, last_recorded_signed)
-            self.dropped = {table: self._db.execute(f"DELETE FROM {table} WHERE audit_seq > ?",
-                                                    (logged_up_to,)).rowcount for table in _TABLES}
-        self._lock = threading.Lock()
-        self._inputs = SignedInputs(self._db)
 
-    def _check_against_log(self, logged_up_to: int, last_recorded_signed: int) -> None:
+    def note_log_started(self) -> None:
+        """Called before the audit log's first entry is written (and at start, for a log begun before)."""
+        if self.log_started:
+            return
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('audit_log_started', 1)")
+        self.log_started = True
+
+    def _check_against_log(self, logged_up_to: int, last_recorded_signed: int, log_lost: bool) -> None:
         rows = sum(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in _TABLES)
         newest = max((self._db.execute(f"SELECT max(audit_seq) FROM {table}").fetchone()[0] or 0
                       for table in _TABLES), default=0)
         written = self._db.execute("SELECT value FROM meta WHERE name = 'last_audit_seq'").fetchone()
-        if rows and logged_up_to == 0:
-            raise StateMismatch(f"the audit log is empty or missing, but limits_db holds {rows} rows of signatures "
-                                "made before: a new log would wipe them")
+        if logged_up_to == 0 and (rows or self.log_started):
+            if not log_lost:
+                raise StateMismatch("the audit log is empty or missing, but limits_db "
+                                    + (f"holds {rows} rows of signatures made before: a new log would wipe them"
+                                       if rows else "says a log was started: its rolling 24h limits would "
+                                                    "restart from zero"))
+            # Kept, as rows from before sequences were kept: the lost log's numbers mean nothing to the new one.
+            self._db.execute("BEGIN IMMEDIATE")
+            for table in _TABLES:
+                self._db.execute(f"UPDATE {table} SET audit_seq = NULL")
+            self._db.execute("DELETE FROM meta WHERE name = 'last_audit_seq'")
+            self._db.execute("COMMIT")
+            self.forgot_log = True
+            return
         if newest > logged_up_to + LOST_DECISIONS_AT_MOST:
             raise StateMismatch(f"limits_db holds decision {newest}, the audit log ends at {logged_up_to}: "
                                 "the log was replaced or cut")

@@ -16,16 +16,20 @@ import time
 
 from chains.bitcoin.params import network
 from hsm.approvals import Approval, payload_hash
-from hsm.audit import AuditLog
+from hsm.audit import AuditLog, head_path, lock_path
 from hsm.config import Config
 from hsm.decode import Explained, Transfer
 from hsm.decode.bitcoin import BitcoinDecoder
 from hsm.decode.ethereum import EthereumDecoder
-from hsm.errors import LimitsFileMissing, Refused
+from hsm.errors import AuditLogBroken, LimitsFileMissing, Refused
 from hsm.keystores.base import KeyInfo, Keystore
 from hsm.limits import RollingLimits, fees_of
 from hsm.policy import Policy
 from hsm.replacements import CountedSpends, StateMismatch
+
+
+_LOST_LOG = ("if the log is lost for good, start once with --new-audit-log (the rolling 24h limits then "
+             "restart from zero)")
 
 
 @dataclasses.dataclass
@@ -44,8 +48,11 @@ class Outcome:
 
 
 class Signer:
-    def __init__(self, config: Config, keystore: Keystore, clock=time.time, new_limits_db: bool = False):
-        """new_limits_db: the operator knows limits_db is lost and starts with an empty one (on record)."""
+    def __init__(self, config: Config, keystore: Keystore, clock=time.time, new_limits_db: bool = False,
+                 new_audit_log: bool = False):
+        """new_limits_db: the operator knows limits_db is lost and starts with an empty one (on record).
+        new_audit_log: the operator knows the audit log is lost and starts a new one; the rolling limits
+        restart from zero (on record: the new log's first entry)."""
         self.config = config
         self.keystore = keystore
         self.clock = clock
@@ -58,7 +65,22 @@ class Signer:
         # approved withdrawal first (its nonce is remembered there).
         self._signed_recorded, self._last_recorded_signed, self._last_request_chain = 0, 0, ""
         limits_db_existed = config.limits_db.exists() and config.limits_db.stat().st_size > 0
-        self.audit = AuditLog(config.audit_log, durable=config.durable, visit=self._replay)
+        # The log's head and lock files are made with it and never removed: beside a missing log they
+        # say it was deleted (limits_db may not know a log was started: a file from before that was noted).
+        head = head_path(config.audit_log)
+        leftovers = [] if config.audit_log.exists() else [p for p in (head, lock_path(config.audit_log)) if p.exists()]
+        old_head = ""
+        if leftovers and new_audit_log and head.exists():
+            # It describes the lost log (the new one would fail against it): kept in the new log's first entry.
+            old_head = head.read_text(errors="replace").strip()
+            head.unlink()
+        try:
+            self.audit = AuditLog(config.audit_log, durable=config.durable, visit=self._replay)
+        except AuditLogBroken as exc:
+            if not leftovers:
+                raise
+            raise AuditLogBroken(f"{exc}. Restore the log from a backup or correct state.audit_log; "
+                                 f"{_LOST_LOG}") from None
         if self._signed_recorded and not limits_db_existed:
             if not new_limits_db:
                 self.audit.close()
@@ -72,11 +94,30 @@ class Signer:
                                                       "signed_bitcoin_before": self._signed_recorded})
         try:
             counted = CountedSpends(config.limits_db, durable=config.durable, logged_up_to=self.audit.count,
-                                    last_recorded_signed=self._last_recorded_signed)
+                                    last_recorded_signed=self._last_recorded_signed, log_lost=new_audit_log)
         except StateMismatch as exc:
             self.audit.close()
             raise LimitsFileMissing(f"limits_db {config.limits_db} and audit log {config.audit_log} do not match: "
-                                    f"{exc}. Restore the two together from one backup") from None
+                                    f"{exc}. Restore the two together from one backup"
+                                    + (f" or correct state.audit_log; {_LOST_LOG}" if self.audit.count == 0 else "")
+                                    ) from None
+        except BaseException:  # limits_db unreadable: the log's lock goes with it
+            self.audit.close()
+            raise
+        if leftovers and not new_audit_log:
+            # This start has made a new empty log: limits_db keeps the evidence for the next one.
+            counted.note_log_started()
+            self.audit.close()
+            counted.close()
+            raise AuditLogBroken(
+                f"audit log {config.audit_log} is missing, but {' and '.join(p.name for p in leftovers)} beside it "
+                "were made with it: it was deleted or moved, and the rolling 24h limits it holds with it. Restore it "
+                f"from a backup or correct state.audit_log; {_LOST_LOG}")
+        if self.audit.count == 0 and (leftovers or counted.forgot_log):
+            counted.note_log_started()  # before the log's first entry, as in sign
+            self.audit.append("audit_log_recreated", {"path": str(config.audit_log), "lost_head": old_head,
+                                                      "limits_db": str(config.limits_db)})
+        self._counted = counted
         self.policy = Policy(config.policy, self.limits, counted, self.fees)
         pc = config.policy
         btc = pc.asset("bitcoin", "")
@@ -90,8 +131,14 @@ class Signer:
         self._lock = threading.Lock()
 
     def _replay(self, entry: dict) -> None:
-        self.limits.replay(entry)
-        self.fees.replay(entry)
+        try:
+            self.limits.replay(entry)
+            self.fees.replay(entry)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # The chain is unkeyed: an entry appended by hand can verify and still not be as this
+            # signer writes them (an outflow that is no table of amounts, ...).
+            raise AuditLogBroken(f"audit log {self.config.audit_log}: entry {entry['seq']} ({entry['kind']}) is "
+                                 f"not as this signer writes it: {type(exc).__name__}: {exc}") from None
         if entry.get("kind") == "request":
             self._last_request_chain = entry["data"].get("chain", "")
         elif entry.get("kind") == "signed" and (self._last_request_chain == "bitcoin"
@@ -109,6 +156,9 @@ class Signer:
     def sign(self, chain: str, payload: bytes, keys: list[tuple[str, str]], approvals: list[Approval],
              client: str = "", reference: str = "", withdrawals=()) -> Outcome:
         with self._lock:
+            if self.audit.count == 0:
+                # limits_db first: from now on an empty or missing log is refused at start.
+                self._counted.note_log_started()
             outcome, entries = self._decide(chain, payload, keys, approvals, client, reference, withdrawals)
             outcome.audit_sequence = self.audit.write(entries)
         self.audit.sync(outcome.audit_sequence)  # outside the lock: concurrent requests share the fsync
