@@ -199,6 +199,10 @@ class ChainPlugin(abc.ABC):
     # (custody/config.py, ChainConfig). Declared: any other key stops the service at start, so a
     # misspelt setting is not silently left at its default. None: not declared, not checked.
     settings_keys: ClassVar[tuple[str, ...] | None] = None
+    # True for a UTXO chain: the outputs the scanner records (table utxos) are what the chain holds
+    # for the service's wallets, which invariant 4 compares with the ledger's wallet accounts
+    # (custody/reconciliation/wallets.py). An account chain needs balances read from its node.
+    reconciled_by_outputs: ClassVar[bool] = False
 
     @abc.abstractmethod
     def __init__(self, settings: Mapping[str, object]):

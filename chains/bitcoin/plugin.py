@@ -48,6 +48,7 @@ MEMPOOL_WAIT_S = 3.0
 class BitcoinChain(ChainPlugin):
     name = "bitcoin"
     settings_keys = ("rpc_timeout_s", "rpc_retries", "rpc_backoff_s", "rpc_max_backoff_s")
+    reconciled_by_outputs = True
 
     def __init__(self, settings: Mapping[str, object]):
         self.network = network(str(settings.get("network", "mainnet")))

@@ -14,6 +14,7 @@ from custody.db import schema as t
 from custody.deposits import service as deposits
 from custody.deposits import store
 from tests.integration.test_scanner_robustness import write_config
+from tests.support.reconciliation import only_outside_spends
 from tests.support.bitcoin import CONFIRMATIONS, DEPOSIT_XPUB, OTHER_XPUB, deposit_key, random_script, spend
 from tests.support.databases import ROOT
 
@@ -38,7 +39,7 @@ def available(app, account):
     return {b.asset: b for b in app.get_balances(str(account))[1]}["BTC"].available
 
 
-def test_an_address_at_a_high_index_registered_late_finds_its_past_payment_and_spend(btc_app, chain):
+def test_an_address_at_a_high_index_registered_late_finds_its_past_payment_and_spend(btc_app, chain, request):
     """A payment to index 100,000 and its sweep, both mined before the address is registered
     with a creation height below them: the automatic backfill credits it once and records the spend."""
     plugin = btc_app.plugin("bitcoin")
@@ -58,14 +59,14 @@ def test_an_address_at_a_high_index_registered_late_finds_its_past_payment_and_s
     address = deposits.register_deposit_address(btc_app.engine, plugin, "bitcoin", DEPOSIT_XPUB, ann, HIGH_INDEX,
                                                 created_height)
     assert address == late.address
-    (request,) = table(btc_app, t.scan_backfills)
-    assert (request["from_height"], request["finished_at"]) == (created_height + 1, None)
+    (backfill,) = table(btc_app, t.scan_backfills)
+    assert (backfill["from_height"], backfill["finished_at"]) == (created_height + 1, None)
     result = scan(btc_app)
 
     assert result.backfilled == before.height - created_height and result.applied == 0
     assert cursor(btc_app) == before, "a backfill never moves the cursor"
-    (request,) = table(btc_app, t.scan_backfills)
-    assert request["to_height"] == before.height and request["finished_at"] is not None
+    (backfill,) = table(btc_app, t.scan_backfills)
+    assert backfill["to_height"] == before.height and backfill["finished_at"] is not None
     found = {d["amount"]: d for d in table(btc_app, t.deposits)}
     assert sorted(found) == [30_000, 70_000]
     assert (found[70_000]["txid"], found[70_000]["status"], found[70_000]["account_id"]) == (txid, "CREDITED", ann)
@@ -77,6 +78,7 @@ def test_an_address_at_a_high_index_registered_late_finds_its_past_payment_and_s
     assert types.count("deposit.credited") == 2
 
     assert scan(btc_app).backfilled == 0, "a finished backfill is not run again"
+    only_outside_spends(btc_app.engine, request, {sweep_txid: 70_000})  # swept here with the deposit key
 
 
 def test_cli_rescan_finds_a_payment_the_scanner_could_not_see_and_a_second_rescan_changes_nothing(
@@ -154,7 +156,7 @@ def test_an_address_whose_id_commits_after_a_higher_one_is_watched_and_backfille
     assert request["from_height"] == created_height + 1 and request["finished_at"] is not None
 
 
-def test_a_backfill_spread_over_runs_sees_spends_in_blocks_applied_meanwhile(btc_app, chain, monkeypatch):
+def test_a_backfill_spread_over_runs_sees_spends_in_blocks_applied_meanwhile(btc_app, chain, monkeypatch, request):
     """The backfill goes up to the cursor as it is at each run: an output it finds late, and that
     was spent in a block the main loop applied before the output was known, is recorded spent."""
     from custody.deposits import scanner as scanner_mod
@@ -180,8 +182,9 @@ def test_a_backfill_spread_over_runs_sees_spends_in_blocks_applied_meanwhile(btc
     assert (d["txid"], d["status"]) == (txid, "CREDITED")
     (utxo,) = table(btc_app, t.utxos)
     assert utxo["spent_txid"] == sweep_txid
-    (request,) = table(btc_app, t.scan_backfills)
-    assert request["to_height"] == chain.height() and request["finished_at"] is not None
+    (backfill,) = table(btc_app, t.scan_backfills)
+    assert backfill["to_height"] == chain.height() and backfill["finished_at"] is not None
+    only_outside_spends(btc_app.engine, request, {sweep_txid: 40_000})  # swept here with the deposit key
 
 
 def serve_no_blocks_up_to(app, height, error, monkeypatch):

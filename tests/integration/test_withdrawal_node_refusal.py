@@ -10,6 +10,7 @@ import pytest
 from chains.base import NodeError
 from chains.bitcoin.addresses import script_to_address
 from chains.bitcoin.params import network
+from custody.ledger.invariants import check
 from custody.app import Custody
 from custody.v1 import backoffice_pb2 as bo
 from custody.withdrawals.sender import CrashForTest
@@ -819,11 +820,12 @@ def test_settling_a_batch_while_the_node_is_down_is_unavailable_and_changes_noth
         offline.close()
 
 
-def test_a_completed_batch_whose_inputs_someone_else_spends_after_a_reorg_alerts_once(db_url, chain, signer):
+def test_a_completed_batch_whose_inputs_someone_else_spends_after_a_reorg_alerts_once(db_url, chain, signer,
+                                                                                     request):
     """The reorg takes the completed payment out of the chain and a hot-key thief spends its input
     first: the payee is not paid though the ledger says so. One alert for staff; the batch and its
     withdrawals stay COMPLETED (held for staff, they could never be settled: resolve takes no
-    COMPLETED withdrawal back)."""
+    COMPLETED withdrawal back). Invariant 4 says the ledger no longer matches the chain, and why."""
     app = make_app(db_url, chain)
     try:
         fund_hot_wallet(app, chain, 3_000_000)
@@ -842,6 +844,13 @@ def test_a_completed_batch_whose_inputs_someone_else_spends_after_a_reorg_alerts
         assert batch["status"] == "COMPLETED" and taken in batch["reason"]
         (alert,) = events(app, "alert.withdrawal_spent_after_completion")
         assert alert["withdrawal_ids"] == [wid] and status(app, wid)["status"] == "COMPLETED"
+        report = check(app.engine)
+        assert [f.message for f in report.findings if f.severity == "violation"] == [
+            f"bitcoin: {taken}: spent our coins and is none of our transactions; not booked; it spent the inputs "
+            f"of batch {batch['id']} (COMPLETED) (-3000000)"]
+        assert any(f"{batch['txid']}: booked for batch {batch['id']} (COMPLETED), not on the chain now" in f.message
+                   for f in report.findings)
+        request.node.skip_invariants = True  # the loss is real: staff correct the ledger by hand
     finally:
         app.close()
 
