@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     rescan.add_argument("--from-height", type=_height, required=True, help="first block to rescan")
     rescan.add_argument("--queue", action="store_true",
                         help="only record the request; the running service's scanner does it")
+    rescan.add_argument("--staff", required=True, help="who asks for it (recorded: a rescan can credit deposits)")
     rescan.set_defaults(run=_rescan)
     cancel = scan_sub.add_parser("cancel-rescan", help="end an open rescan request (e.g. one whose blocks the node "
                                                        "cannot serve); what it found stays recorded")
@@ -315,7 +316,7 @@ def _scan(args) -> int:
 
     if not args.config:
         raise config_mod.ConfigError("scan: --config is required")
-    config = _existing(args.config)
+    config = _existing(args.config, migrating=True)  # it upgrades the schema first, as serve does
     upgrade(config.database_url)
     app = Custody(config)
     try:
@@ -343,15 +344,18 @@ def _rescan(args) -> int:
     from custody.app import Custody
     from custody.db.migrate import upgrade
     from custody.deposits import service as deposits
+    from custody.text import parse_staff
 
-    config = _existing(args.config)
+    staff = parse_staff(args.staff)  # before anything is done
+    config = _existing(args.config, migrating=True)  # it upgrades the schema first, as serve does
     config.chain(args.chain)  # an unknown chain is refused here
     upgrade(config.database_url)
     app = Custody(config)
     try:
         app.verify_config(args.chain)  # before the request: a command refused for changed config changes nothing
-        request_id, created = deposits.request_rescan(app.engine, args.chain, args.from_height,
-                                                      f"custody scan rescan --from-height {args.from_height}")
+        request_id, created = deposits.request_rescan(
+            app.engine, args.chain, args.from_height,
+            f"{staff}: custody scan rescan --from-height {args.from_height}")
         if created:
             print(f"rescan {request_id}: {args.chain} from height {args.from_height} requested")
         else:  # a re-run (the node was down) adds no second identical request
@@ -379,7 +383,7 @@ def _cancel_rescan(args) -> int:
     from custody.db.migrate import upgrade
     from custody.deposits import service as deposits
 
-    config = _existing(args.config)
+    config = _existing(args.config, migrating=True)  # it upgrades the schema first, as serve does
     config.chain(args.chain)  # an unknown chain is refused here
     upgrade(config.database_url)
     engine = make_engine(config.database_url)

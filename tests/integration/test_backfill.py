@@ -103,7 +103,7 @@ def test_cli_rescan_finds_a_payment_the_scanner_could_not_see_and_a_second_resca
 
     def rescan():
         return subprocess.run([sys.executable, "-m", "custody.cli", "scan", "rescan", "--config", str(config_file),
-                               "--chain", "bitcoin", "--from-height", str(first)],
+                               "--chain", "bitcoin", "--from-height", str(first), "--staff", "carol"],
                               cwd=ROOT, capture_output=True, text=True, timeout=300)
 
     done = rescan()
@@ -117,10 +117,11 @@ def test_cli_rescan_finds_a_payment_the_scanner_could_not_see_and_a_second_resca
     assert again.returncode == 0, again.stderr[-2000:]
     assert len(table(btc_app, t.deposits)) == 1 and len(table(btc_app, t.ledger_batches)) == 1
     assert available(btc_app, ann) == 12_345
-    assert len(table(btc_app, t.scan_backfills)) == 2
+    assert [b["reason"] for b in table(btc_app, t.scan_backfills)] == [
+        f"carol: custody scan rescan --from-height {first}"] * 2, "who asked is recorded"
 
     bad = subprocess.run([sys.executable, "-m", "custody.cli", "scan", "rescan", "--config", str(config_file),
-                          "--chain", "dogecoin", "--from-height", "1"], cwd=ROOT, capture_output=True, text=True)
+                          "--chain", "dogecoin", "--from-height", "1", "--staff", "carol"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown chain 'dogecoin'" in bad.stderr
 
 
@@ -253,7 +254,7 @@ def test_cli_cancel_rescan_ends_an_open_rescan_and_records_who_and_why(btc_app, 
         return subprocess.run([*custody, *args, "--config", str(config_file), "--chain", "bitcoin"],
                               cwd=ROOT, capture_output=True, text=True, timeout=300)
 
-    queued = run("rescan", "--from-height", str(cursor(btc_app).height - 5), "--queue")
+    queued = run("rescan", "--from-height", str(cursor(btc_app).height - 5), "--queue", "--staff", "carol")
     assert queued.returncode == 0, queued.stderr[-2000:]
     (request,) = table(btc_app, t.scan_backfills)
     refused = run("cancel-rescan", "--id", str(request["id"]), "--staff", "carol", "--reason", " ")
@@ -276,7 +277,7 @@ def test_cli_rescan_refused_for_a_changed_config_records_no_request(btc_app, cha
     config_file = write_config(tmp_path / "custody.toml", db_url, chain.rpc.url, hot_xpub=OTHER_XPUB)
     for queue in ([], ["--queue"]):
         refused = subprocess.run([sys.executable, "-m", "custody.cli", "scan", "rescan", "--config", str(config_file),
-                                  "--chain", "bitcoin", "--from-height", "1", *queue],
+                                  "--chain", "bitcoin", "--from-height", "1", "--staff", "carol", *queue],
                                  cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert refused.returncode == 2 and "hot_xpub" in refused.stderr, refused.stderr[-2000:]
         assert table(btc_app, t.scan_backfills) == []
