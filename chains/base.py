@@ -277,6 +277,11 @@ class ChainPlugin(abc.ABC):
         now. UTXO chains may raise NotImplementedError: the service
         reconciles from its own UTXO set checked against the node instead."""
 
+    def spent_on_chain(self, txid: str, index: int) -> bool:
+        """UTXO chains (reconciled_by_outputs): True if the output is spent in a block of the node's
+        best chain, or is not in it at all."""
+        raise NotImplementedError(f"{self.name} is not a UTXO chain")
+
     # -- transactions (built here, signed by the signer) ---------------------------------
     @abc.abstractmethod
     def build_transaction(self, payments: Sequence[Payment], coins: Sequence[Coin], change: DerivedAddress,
