@@ -235,14 +235,19 @@ class Withdrawals:
             w = store.load(conn, withdrawal_id, for_update=True)
             a = t.withdrawal_approvals.c
             stored = dict(conn.execute(select(a.approver, a.signature).where(a.withdrawal_id == w["id"])).all())
-            if w["status"] != model.PENDING_REVIEW and staff not in stored:
-                raise FailedPrecondition(f"withdrawal {withdrawal_id} is {w['status']}, not PENDING_REVIEW")
             if staff == w["client"]:
                 raise FailedPrecondition(f"{staff} requested withdrawal {withdrawal_id} and can't approve it")
             message = self.approval_message(w)
             if not _verifies(keys[staff], signature, message):
                 raise InvalidArgument("the approval signature does not verify for this withdrawal and "
                                       f"{staff}'s key")
+            if w["status"] != model.PENDING_REVIEW:
+                # Reviewed already: a retry by one who approved it (the first reply was lost) gets the
+                # withdrawal as it is now, and nothing else is written or moved: moved to APPROVED again
+                # from QUEUED..BROADCAST, it was batched and paid a second time.
+                if staff in stored:
+                    return w
+                raise FailedPrecondition(f"withdrawal {withdrawal_id} is {w['status']}, not PENDING_REVIEW")
             # Only approvals by staff listed now, under their key now, count: someone removed from
             # the list (gone, or their key stolen) or whose key was replaced no longer approves.
             given = {name for name, stored_signature in stored.items()

@@ -110,6 +110,47 @@ def test_a_reviewer_sees_how_often_an_address_was_paid_before_not_how_often_it_w
     assert [facts[i]["withdrawn_24h"] for i in (first, later)] == [1_000_000 + BTC // 2, 1_000_000 + BTC]
 
 
+def test_an_approval_again_under_a_rotated_key_does_not_send_a_broadcast_withdrawal_back(db_url, chain, signer):
+    """An approver whose key was replaced approves again after the withdrawal went out: the new
+    signature was stored in place of the old one, the count reached the quorum again and the
+    withdrawal moved from BROADCAST back to APPROVED, was batched again and paid twice (a review
+    of today's changes). A reviewed withdrawal now only answers as it is."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tests.support.signer import STAFF, staff_public_hex
+    from tests.support.withdrawals import approve_signature
+
+    app = Custody(withdrawal_config(db_url, chain.rpc.url, confirmations=2))
+    try:
+        app.scanner("bitcoin").catch_up()
+        fund_hot_wallet(app, chain, 3 * BTC, 3 * BTC)
+        payer = str(app.create_account("payer").account_id)
+        fund(app, payer, 5 * BTC)
+        wid = app.withdrawals.request("wallet-service", "w", payer, "BTC", script_to_address(random_script(), REGTEST),
+                                      str(BTC // 2))[0]["id"]
+        assert app.withdrawals.approve("alice", wid, approve_signature(app, wid, "alice"))["status"] == "APPROVED"
+        sender(app, signer).tick()
+        assert app.withdrawals.get(wid)[0]["status"] == "BROADCAST"
+    finally:
+        app.close()
+    alice_new = Ed25519PrivateKey.generate()
+    rotated = [{"name": "alice", "ed25519_public_key": alice_new.public_key().public_bytes(
+                   serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()},
+               *({"name": n, "ed25519_public_key": staff_public_hex(n)} for n in STAFF if n != "alice")]
+    app = Custody(withdrawal_config(db_url, chain.rpc.url, confirmations=2, staff=rotated))
+    try:
+        w, _ = app.withdrawals.get(wid)
+        again = app.withdrawals.approve("alice", wid, alice_new.sign(app.withdrawals.approval_message(w)))
+        assert again["status"] == "BROADCAST"
+        sender(app, signer).tick()
+        assert app.withdrawals.get(wid)[0]["status"] in ("BROADCAST", "CONFIRMING") and len(attempts(app)) == 1
+        _, history = app.withdrawals.get(wid)
+        assert [h["to_status"] for h in history].count("APPROVED") == 1
+    finally:
+        app.close()
+
+
 def test_a_frozen_accounts_approved_withdrawal_waits_until_it_is_unfrozen(btc, chain, signer):
     """Frozen after its withdrawal was approved (a reversed deposit, or staff): the withdrawal is not sent."""
     fund_hot_wallet(btc, chain, 3 * BTC)
