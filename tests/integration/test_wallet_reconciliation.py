@@ -58,8 +58,8 @@ def test_each_difference_between_the_chain_and_the_ledger_is_listed_until_it_is_
     fund_hot_wallet(app, chain, 3_000_000)  # paid from outside: no ledger entry says where it came from
     w = bitcoin_wallets(app)
     assert (w.on_chain, w.in_ledger, w.unexplained) == (3_000_000, 0, 0)
-    assert listed(w) == [(3_000_000, "paid the hot wallet from outside the service (not booked: book it with a "
-                                     "correction)")]
+    assert listed(w) == [(3_000_000, "paid the hot wallet from outside the service (not booked: treasury moves "
+                                     "are not built)")]
 
     ann = app.create_account("ann").account_id
     address = app.deposit_address(str(ann), "bitcoin")[1]
@@ -86,7 +86,7 @@ def test_each_difference_between_the_chain_and_the_ledger_is_listed_until_it_is_
     (batch,) = batches(app)
     w = bitcoin_wallets(app)
     assert w.unexplained == 0 and w.in_ledger == 700_000
-    assert (-(200_000 + attempt["fee"]), f"withdrawals attempt of batch {batch['id']}, which is CONFIRMING") \
+    assert (-(200_000 + attempt["fee"]), f"payment attempt of batch {batch['id']}, which is CONFIRMING") \
         in listed(w)
     assert check(app.engine).ok
 
@@ -132,7 +132,7 @@ def test_a_batch_failed_after_its_transaction_was_mined_is_a_violation(app, chai
         conn.execute(update(t.withdrawal_batches).values(status="FAILED"))
     report = check(app.engine)
     assert [f.message for f in report.findings if f.severity == "violation"] == [
-        f"bitcoin: {attempt['txid']}: withdrawals attempt of batch {batch['id']}, which is FAILED with None: mined "
+        f"bitcoin: {attempt['txid']}: payment attempt of batch {batch['id']}, which is FAILED with None: mined "
         f"and never booked ({-(200_000 + attempt['fee'])})"]
 
 

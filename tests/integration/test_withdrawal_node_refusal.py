@@ -376,9 +376,11 @@ def test_a_self_spend_the_signer_refuses_holds_the_batch_for_staff(db_url, chain
         app.close()
 
 
-def test_a_refused_payment_mined_after_its_cancellation_alerts(db_url, chain, signer):
+def test_a_refused_payment_mined_after_its_cancellation_alerts(db_url, chain, signer, request):
     """Watched after CANCELLED: a reorg takes the self-spend's block away and the refused
-    payment is mined instead. The withdrawal was failed and is now paid: an alert, NEEDS_STAFF."""
+    payment is mined instead. The withdrawal was failed and is now paid: an alert, NEEDS_STAFF, and
+    invariant 4 says the ledger no longer matches the chain (held for staff does not explain it:
+    the hold was released)."""
     app = make_app(db_url, chain)
     try:
         s, acct, wid, script, coin, payment, cancel = refused_and_cancelling(app, chain, signer, BTC)
@@ -395,6 +397,11 @@ def test_a_refused_payment_mined_after_its_cancellation_alerts(db_url, chain, si
         assert batch["status"] == "NEEDS_STAFF" and payment["txid"] in batch["reason"]
         (alert,) = events(app, "alert.withdrawal_paid_after_cancel")
         assert alert["batch_id"] == batch["id"] and alert["withdrawal_ids"] == [wid]
+        report = check(app.engine)
+        assert f"bitcoin: {payment['txid']}: payment attempt of batch {batch['id']}, held for staff after it was " \
+               "cancelled and booked: paid after its cancellation" in \
+               " ".join(f.message for f in report.findings if f.severity == "violation"), report.render()
+        request.node.skip_invariants = True  # the loss is real: staff correct the ledger by hand
     finally:
         app.close()
 
