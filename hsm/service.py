@@ -68,16 +68,18 @@ class Signer:
         # The log's head and lock files are made with it and never removed: beside a missing log they
         # say it was deleted (limits_db may not know a log was started: a file from before that was noted).
         head = head_path(config.audit_log)
-        leftovers = [] if config.audit_log.exists() else [p for p in (head, lock_path(config.audit_log)) if p.exists()]
+        missing = not config.audit_log.exists()
+        emptied = not missing and config.audit_log.stat().st_size == 0  # or a first start: the head tells
+        leftovers = [p for p in (head, lock_path(config.audit_log)) if p.exists()] if missing else []
         old_head = ""
-        if leftovers and new_audit_log and head.exists():
+        if (missing or emptied) and new_audit_log and head.exists():
             # It describes the lost log (the new one would fail against it): kept in the new log's first entry.
             old_head = head.read_text(errors="replace").strip()
             head.unlink()
         try:
             self.audit = AuditLog(config.audit_log, durable=config.durable, visit=self._replay)
         except AuditLogBroken as exc:
-            if not leftovers:
+            if not (leftovers or emptied):
                 raise
             raise AuditLogBroken(f"{exc}. Restore the log from a backup or correct state.audit_log; "
                                  f"{_LOST_LOG}") from None
@@ -113,7 +115,7 @@ class Signer:
                 f"audit log {config.audit_log} is missing, but {' and '.join(p.name for p in leftovers)} beside it "
                 "were made with it: it was deleted or moved, and the rolling 24h limits it holds with it. Restore it "
                 f"from a backup or correct state.audit_log; {_LOST_LOG}")
-        if self.audit.count == 0 and (leftovers or counted.forgot_log):
+        if self.audit.count == 0 and (leftovers or old_head or counted.forgot_log):
             counted.note_log_started()  # before the log's first entry, as in sign
             self.audit.append("audit_log_recreated", {"path": str(config.audit_log), "lost_head": old_head,
                                                       "limits_db": str(config.limits_db)})

@@ -104,13 +104,23 @@ def test_a_signer_that_never_signed_starts_again(make_signer):
     stop(make_signer())
 
 
-def test_a_lost_log_is_started_again_only_when_the_operator_says_so_and_on_record(make_signer, keystore):
+def signed_bitcoin_then_lost_log(make_signer, keystore):
     first = make_signer()
     assert first.sign("bitcoin", S.simple_psbt(keystore, S.BTC // 10, input_txid="e0" * 32), BTC_KEYS, []).signed
     stop(first)
     config = first.config
     lost_head = audit.head_path(config.audit_log).read_text().strip()
     config.audit_log.unlink()
+    return config, lost_head
+
+
+@pytest.mark.parametrize("lost", ["deleted", "emptied"])
+def test_a_lost_log_is_started_again_only_when_the_operator_says_so_and_on_record(make_signer, keystore, lost):
+    """Deleted, or emptied in place (truncated to 0 bytes): an emptied one kept its head file's
+    complaint even with --new-audit-log, and the message did not say that flag."""
+    config, lost_head = signed_bitcoin_then_lost_log(make_signer, keystore)
+    if lost == "emptied":
+        config.audit_log.write_bytes(b"")
     with pytest.raises(AuditLogBroken, match=r"truncated\). Restore the log .*--new-audit-log"):
         make_signer()
     again = Signer(config, keystore, new_audit_log=True)
