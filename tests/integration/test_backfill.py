@@ -14,9 +14,9 @@ from custody.db import schema as t
 from custody.deposits import service as deposits
 from custody.deposits import store
 from tests.integration.test_scanner_robustness import write_config
-from tests.support.reconciliation import only_outside_spends
 from tests.support.bitcoin import CONFIRMATIONS, DEPOSIT_XPUB, OTHER_XPUB, deposit_key, random_script, spend
 from tests.support.databases import ROOT
+from tests.support.reconciliation import only_outside_spends
 
 HIGH_INDEX = 100_000
 

@@ -12,9 +12,9 @@ from custody.deposits import store
 from custody.errors import FailedPrecondition
 from custody.ledger.invariants import check
 from custody.withdrawals.sender import BitcoinSender
-from tests.support.reconciliation import only_outside_spends
 from tests.support.bitcoin import CONFIRMATIONS, HOT_XPUB, deposit_key, random_script, spend
 from tests.support.withdrawals import withdrawal_config
+from tests.support.reconciliation import only_outside_spends
 
 SATS = 100_000_000
 

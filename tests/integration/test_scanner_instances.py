@@ -4,21 +4,12 @@ a coin the other had recorded: the withdrawal stayed BROADCAST for good and the 
 unspent. A run now reads the outputs again when another instance recorded since its own last."""
 from __future__ import annotations
 
-import pytest
-
 from chains.bitcoin.addresses import script_to_address
 from chains.bitcoin.params import network
 from custody.app import Custody
-from tests.support.reconciliation import only_outside_spends
 from tests.support.bitcoin import random_script
-from tests.support.withdrawals import BTC, fund, fund_hot_wallet, sender, start_signer, withdrawal_config
-
-
-@pytest.fixture
-def signer(tmp_path):
-    process = start_signer(tmp_path)
-    yield process
-    process.stop()
+from tests.support.withdrawals import BTC, fund, fund_hot_wallet, sender, withdrawal_config
+from tests.support.reconciliation import only_outside_spends
 
 
 def test_a_spend_of_a_coin_another_instance_recorded_is_seen(db_url, chain, signer):

@@ -16,16 +16,9 @@ from custody.ledger.invariants import check
 from custody.ledger.model import EQUITY, Posting
 from custody.reconciliation.wallets import ChainWallets, reconcile
 from tests.support.bitcoin import random_script
-from tests.support.withdrawals import attempts, batches, fund_hot_wallet, sender, start_signer, withdrawal_config
+from tests.support.withdrawals import attempts, batches, fund_hot_wallet, sender, withdrawal_config
 
 REGTEST = network("regtest")
-
-
-@pytest.fixture
-def signer(tmp_path):
-    process = start_signer(tmp_path)
-    yield process
-    process.stop()
 
 
 @pytest.fixture

@@ -36,13 +36,6 @@ def btc(db_url, chain):
     app.close()
 
 
-@pytest.fixture
-def signer(tmp_path):
-    process = start_signer(tmp_path)
-    yield process
-    process.stop()
-
-
 def request(app, acct, address, amount, key):
     return app.withdrawals.request("wallet-service", key, str(acct), "BTC", address, str(amount))[0]["id"]
 

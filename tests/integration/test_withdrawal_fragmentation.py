@@ -4,7 +4,6 @@ oversized transaction: the largest coins are first merged (at most max_inputs pe
 under the standard size), as many merges as the withdrawal needs; then it is paid."""
 from __future__ import annotations
 
-import pytest
 from embit.transaction import Transaction
 
 from chains.bitcoin.addresses import script_to_address
@@ -13,18 +12,10 @@ from chains.bitcoin.psbt import vsize
 from custody.app import Custody
 from tests.support.bitcoin import HOT_XPUB, random_script
 from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_held, batches, confirm, fund,
-                                       ledger_balance, outputs_paying, reserved, sender, start_signer,
-                                       withdrawal_config)
+                                       ledger_balance, outputs_paying, reserved, sender, withdrawal_config)
 
 REGTEST = network("regtest")
 DUST, COINS, MAX_INPUTS = 3_000, 3_000, 250
-
-
-@pytest.fixture
-def signer(tmp_path):
-    process = start_signer(tmp_path)
-    yield process
-    process.stop()
 
 
 def test_three_thousand_small_coins_are_merged_then_the_withdrawal_is_paid(db_url, chain, signer, monkeypatch):

@@ -24,13 +24,6 @@ REGTEST = network("regtest")
 AMOUNT = 2_000_000
 
 
-@pytest.fixture
-def signer(tmp_path):
-    process = start_signer(tmp_path)
-    yield process
-    process.stop()
-
-
 def make_app(db_url, chain, **rules):
     app = Custody(withdrawal_config(db_url, chain.rpc.url, confirmations=2, **rules))
     app.scanner("bitcoin").catch_up()

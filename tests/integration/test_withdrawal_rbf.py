@@ -45,13 +45,6 @@ def btc(db_url, chain):
     app.close()
 
 
-@pytest.fixture
-def signer(tmp_path):
-    process = start_signer(tmp_path)
-    yield process
-    process.stop()
-
-
 def mempool(chain) -> set[str]:
     return set(chain.rpc.call("getrawmempool"))
 

@@ -18,17 +18,9 @@ from custody.deposits.store import freeze_account
 from custody.withdrawals.sender import BitcoinSender, CrashForTest
 from tests.support.bitcoin import HOT_XPUB, random_script
 from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_held, batches, confirm, events, fund,
-                                       fund_hot_wallet, ledger_balance, outputs_paying, sender, start_signer,
-                                       withdrawal_config)
+                                       fund_hot_wallet, ledger_balance, outputs_paying, sender, withdrawal_config)
 
 REGTEST = network("regtest")
-
-
-@pytest.fixture
-def signer(tmp_path):
-    process = start_signer(tmp_path)
-    yield process
-    process.stop()
 
 
 @pytest.fixture
