@@ -223,6 +223,7 @@ def _admin_check(args) -> int:
 def _node_findings(config, engine, progress) -> list:
     """Invariant 4's UTXO set checked against each scanned UTXO chain's node (--node)."""
     from custody.app import _make_plugin
+    from custody.errors import Unavailable
     from custody.ledger.invariants import MAX_LISTED, Finding
     from custody.reconciliation.node import check_outputs
 
@@ -233,6 +234,9 @@ def _node_findings(config, engine, progress) -> list:
             if not (chain.scan and plugin.reconciled_by_outputs):
                 continue
             found = check_outputs(engine, plugin, chain.name, progress)
+        except ChainError as exc:  # exit 2, "could not check", not 1, "violations"
+            raise Unavailable(f"{chain.name}: the node did not answer ({exc}); nothing was checked against it") \
+                from None
         finally:
             plugin.close()
         said = (f"{chain.name}: {found.checked} unspent outputs asked of the node (scanned to "

@@ -84,3 +84,15 @@ def test_mistakes_are_one_line_and_change_nothing(tmp_path, dead_port):
         assert "Can't locate revision identified by '0099'" in one_line(newer, 2), command
     with sqlite3.connect(tmp_path / "custody.db") as db:
         assert db.execute("select version_num from alembic_version").fetchall() == [("0099",)]
+
+
+def test_admin_check_against_an_unreachable_node_could_not_check(tmp_path, dead_port):
+    """Exit 1 means violations: a node that does not answer is 'could not check' (2), one line."""
+    config = config_with_a_dead_node(tmp_path, dead_port)
+    assert custody("db", "upgrade", "--config", config).returncode == 0
+    assert custody("admin", "check", "--config", config).returncode == 0  # the database alone is fine
+    checked = custody("admin", "check", "--node", "--config", config)
+    said = checked.stderr.strip().splitlines()[-1]  # after the progress lines
+    assert checked.returncode == 2 and "Traceback" not in checked.stderr, checked.stderr
+    assert said.startswith("custody: bitcoin: the node did not answer") and said.endswith("nothing was checked "
+                                                                                          "against it"), said
