@@ -24,6 +24,12 @@ def exclusive(engine: Engine, name: str):
     key = lock_key(name)
     with engine.connect() as conn:
         got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+        if got:
+            # The lock belongs to this session, which sits idle while the job runs: a server with
+            # idle_session_timeout (PostgreSQL 14+) ended it mid pass, the lock went with it and
+            # another instance ran the job too, while this one went on.
+            conn.execute(text("SELECT set_config('idle_session_timeout', '0', false) "
+                              "WHERE current_setting('server_version_num')::int >= 140000"))
         conn.commit()
         try:
             yield bool(got)

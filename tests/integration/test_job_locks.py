@@ -47,3 +47,29 @@ def test_a_job_lock_has_one_holder_across_processes_and_a_dead_holder_releases_i
         holder.kill()
         holder.wait(timeout=10)
         engine.dispose()
+
+
+def test_a_held_lock_outlives_the_servers_idle_session_timeout(pg_url):
+    """PostgreSQL: the lock's session sits idle while the job runs; with idle_session_timeout set
+    (by a DBA, for the database or role) the server ended it mid pass and the lock went with it,
+    so another instance took the lock while this one was still at work (a database review)."""
+    import time
+
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from tests.support.databases import _on_the_server
+
+    _on_the_server(f"ALTER DATABASE {make_url(pg_url).database} SET idle_session_timeout = '1s'")
+    engine, other = make_engine(pg_url), make_engine(pg_url)
+    try:
+        with locks.exclusive(engine, "custody.withdrawals.bitcoin") as got:
+            assert got
+            time.sleep(2.5)  # a long pass
+            with other.connect() as conn:
+                taken = conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                     {"k": locks.lock_key("custody.withdrawals.bitcoin")}).scalar()
+            assert taken is False, "the lock was lost with its idle session"
+    finally:
+        engine.dispose()
+        other.dispose()

@@ -56,6 +56,10 @@ def _turn(engine):
                 logging.getLogger(PROGRESS_LOGGER).info("waiting for another process's upgrade of this database")
                 waiting = True
             time.sleep(0.2)
+        # Idle while the migrations run on another session: kept alive under idle_session_timeout
+        # (PostgreSQL 14+), which would end it and let a second upgrade in (custody/jobs/locks.py).
+        lock.exec_driver_sql("SELECT set_config('idle_session_timeout', '0', false) "
+                             "WHERE current_setting('server_version_num')::int >= 140000")
         try:
             yield
         finally:
