@@ -93,9 +93,21 @@ def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str
     tx = Transaction.parse(raw)
 
     def work(conn):
+        # The scan cursor first, as the scanner and the withdrawal job lock it first: an unwind
+        # waits for this transaction instead of slipping in before its commit.
+        cursor_now = load_cursor(conn, batch["chain"], for_update=True)
         b, coins = _load(conn, batch_id, lock=True)  # two staff at once: the second sees it settled
         if b["status"] != NEEDS_STAFF:
             raise FailedPrecondition(f"batch {batch_id} is {b['status']}, not {NEEDS_STAFF}")
+        # Checked again here: the checks above were read before the node was asked for the
+        # transaction, and a reorg meanwhile could take the spend away; settled on it all the same,
+        # the withdrawals failed and their holds were released while the batch's own signed payment
+        # could still confirm.
+        still = [c for c in coins if c["spent_txid"] == txid]
+        if not still or still[0]["spent_height"] != spent[0]["spent_height"] \
+                or cursor_now.height - still[0]["spent_height"] + 1 < confirmations:
+            raise FailedPrecondition(f"{txid} no longer spends batch {batch_id}'s inputs {confirmations} blocks deep "
+                                     "(a reorg since it was checked): nothing was changed; look again")
         members = [m for m in conn.execute(select(t.withdrawals).where(t.withdrawals.c.batch_id == batch_id)
                                            .order_by(t.withdrawals.c.created_at, t.withdrawals.c.id))]
         members = [dict(m._mapping) for m in members]

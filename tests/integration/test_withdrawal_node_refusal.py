@@ -432,6 +432,56 @@ def test_a_foreign_spend_replacing_a_confirming_batch_can_be_failed_by_staff(db_
         app.close()
 
 
+def test_a_settlement_whose_spend_a_reorg_took_away_meanwhile_changes_nothing(db_url, chain, signer):
+    """Staff name the foreign spend of a held batch; while the node is asked for it, a reorg takes it
+    away and the scanner records the coin unspent again. The checks had been read before, and the
+    withdrawal was failed, its hold released and its coin freed, though the batch's own signed
+    payment could still confirm (a review reproduced it being paid). Checked again in the write."""
+    from custody.errors import FailedPrecondition
+
+    app = make_app(db_url, chain)
+    try:
+        fund_hot_wallet(app, chain, BTC)
+        payer = app.create_account("payer").account_id
+        fund(app, payer, BTC)
+        wid = app.withdrawals.request("wallet-service", "k", str(payer), "BTC",
+                                      script_to_address(random_script(), REGTEST), str(AMOUNT))[0]["id"]
+        s = sender(app, signer)
+        s.tick()
+        (coin,) = reserved(app)
+        chain.mine(1)
+        app.scanner("bitcoin").catch_up()
+        s.tick()
+        chain.miner.invalidate(chain.height())  # bcoin: the mempool goes with the tip
+        foreign = chain.miner.send(spend(coin, BTC, account_xprv(1).derive("m/0/1").key, random_script()))
+        fork = chain.height() + 1
+        chain.mine(2)
+        app.scanner("bitcoin").catch_up()
+        s.tick()
+        (batch,) = batches(app)
+        assert batch["status"] == "NEEDS_STAFF"
+        plugin = app.withdrawals.plugin_for("bitcoin")
+        asked = plugin.block_transaction
+
+        def reorged_meanwhile(height, txid):
+            raw = asked(height, txid)
+            chain.miner.invalidate(fork)  # the foreign spend goes...
+            chain.mine(3)
+            app.scanner("bitcoin").catch_up()  # ...and the scanner records it before the write
+            return raw
+
+        plugin.block_transaction = reorged_meanwhile
+        try:
+            with pytest.raises(FailedPrecondition, match="no longer spends"):
+                app.withdrawals.resolve_batch("alice-admin", batch["id"], foreign, "a spend of the hot key")
+        finally:
+            plugin.block_transaction = asked
+        assert batches(app)[0]["status"] == "NEEDS_STAFF" and reserved(app) == [coin]
+        assert status(app, wid)["status"] == "BROADCAST" and available_held(app, payer)[1] > 0, "the hold is kept"
+    finally:
+        app.close()
+
+
 def test_a_consolidation_spent_by_a_twin_is_resolved_by_staff(db_url, chain, signer):
     """A scheduled merge (no withdrawals) is spent by a twin with another txid: held for staff,
     and the resolution completes it with the twin, its fee booked once (fees:network -> hot
