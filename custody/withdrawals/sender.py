@@ -209,6 +209,8 @@ class BitcoinSender(CoinsMixin, RefusalMixin, CompletedWatchMixin):
     def sign(self, batch_id: str) -> None:
         def start(conn):
             batch = self._batch(conn, batch_id)
+            if batch["status"] not in (model.QUEUED, model.SIGNING):
+                return None  # a stale caller (another instance dissolved, signed or sent it since)
             members = self._members(conn, batch_id)
             if batch["status"] == model.QUEUED:
                 expected = len(_outputs_paid(batch["psbt"])) if batch["psbt"] else 0
@@ -242,6 +244,11 @@ class BitcoinSender(CoinsMixin, RefusalMixin, CompletedWatchMixin):
         txid = self.plugin.txid(raw)
 
         def stored(conn):
+            if self._batch(conn, batch_id)["status"] != model.SIGNING:
+                # Dissolved or taken on by another instance while the signer worked: these bytes
+                # are never sent (its inputs may be free again, or another attempt is on its way).
+                log.warning("batch %s left SIGNING while it was signed; the signature is dropped", batch_id)
+                return
             self._store_attempt(conn, batch_id, txid, raw, result.fee or batch["fee"], batch["fee_rate"])
             for m in self._members(conn, batch_id):
                 store.move(conn, self.ids, m, model.SIGNED, "withdrawal-job", None, txid=txid)
@@ -269,6 +276,8 @@ class BitcoinSender(CoinsMixin, RefusalMixin, CompletedWatchMixin):
         withdrawal the signer paid before with other coins (requeued after a node refusal) is
         named by its id instead (hsm/policy.py _paid_once): it alone fails, not its whole new
         batch. A mere id is not enough: an approvals refusal lists the others' ids in its details."""
+        if self._batch(conn, batch_id)["status"] != model.SIGNING:
+            return  # dissolved or taken on meanwhile: the refusal is of a request that no longer stands
         members = self._members(conn, batch_id)
         named = [m for m in members if m["to_address"] in reason
                  or f"withdrawal {m['id']} was paid before" in reason] or members

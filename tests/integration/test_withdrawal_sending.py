@@ -143,6 +143,26 @@ def test_an_approval_again_under_a_rotated_key_does_not_send_a_broadcast_withdra
         app.close()
 
 
+def test_a_stale_sign_of_a_batch_that_went_on_signs_and_moves_nothing(btc, chain, signer):
+    """A job that listed the batch as QUEUED before another instance took it on (a PostgreSQL lock
+    lost with its session) asks to sign it late: it is not signed again, and nothing moves."""
+    fund_hot_wallet(btc, chain, 3 * BTC)
+    acct = str(btc.create_account("payer").account_id)
+    fund(btc, acct, 5 * BTC)
+    wid = btc.withdrawals.request("wallet-service", "k", acct, "BTC", script_to_address(random_script(), REGTEST),
+                                  "1000000")[0]["id"]
+    s = sender(btc, signer)
+    s.tick()
+    (batch,) = batches(btc)
+    assert batch["status"] == "BROADCAST"
+    audit_log = signer.config_path.parent / "audit.log"
+    decisions = len(audit_log.read_text().splitlines())
+    s.sign(batch["id"])
+    assert batches(btc)[0]["status"] == "BROADCAST" and len(attempts(btc)) == 1
+    assert btc.withdrawals.get(wid)[0]["status"] == "BROADCAST"
+    assert len(audit_log.read_text().splitlines()) == decisions, "the signer was not asked again"
+
+
 def test_a_frozen_accounts_approved_withdrawal_waits_until_it_is_unfrozen(btc, chain, signer):
     """Frozen after its withdrawal was approved (a reversed deposit, or staff): the withdrawal is not sent."""
     fund_hot_wallet(btc, chain, 3 * BTC)
