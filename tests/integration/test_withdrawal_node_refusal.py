@@ -399,32 +399,40 @@ def test_a_refused_payment_mined_after_its_cancellation_alerts(db_url, chain, si
         app.close()
 
 
+def a_confirming_payment_replaced_by_a_foreign_spend(app, chain, signer):
+    """A withdrawal's payment in a block (CONFIRMING), then a reorg that mines a spend of its coin by
+    someone holding the hot key instead: the batch is held for staff. Returns (payer, withdrawal
+    id, the batch, the foreign spend's txid, the height the reorg forked at)."""
+    fund_hot_wallet(app, chain, BTC)
+    payer = app.create_account("payer").account_id
+    fund(app, payer, BTC)
+    wid = app.withdrawals.request("wallet-service", "k", str(payer), "BTC",
+                                  script_to_address(random_script(), REGTEST), str(AMOUNT))[0]["id"]
+    s = sender(app, signer)
+    s.tick()
+    (coin,) = reserved(app)
+    chain.mine(1)
+    app.scanner("bitcoin").catch_up()
+    s.tick()
+    assert status(app, wid)["status"] == "CONFIRMING"
+    chain.miner.invalidate(chain.height())  # bcoin: the mempool goes with the tip
+    foreign = chain.miner.send(spend(coin, BTC, account_xprv(1).derive("m/0/1").key, random_script()))
+    fork = chain.height() + 1
+    chain.mine(2)
+    app.scanner("bitcoin").catch_up()
+    s.tick()
+    (batch,) = batches(app)
+    assert batch["status"] == "NEEDS_STAFF" and status(app, wid)["status"] == "BROADCAST"
+    return payer, wid, batch, foreign, fork
+
+
 def test_a_foreign_spend_replacing_a_confirming_batch_can_be_failed_by_staff(db_url, chain, signer):
     """The batch's payment is in a block (CONFIRMING); a reorg replaces it with a spend of its coin by
     someone holding the hot key. Held for staff, its withdrawals are no longer CONFIRMING, and staff
     can fail them on the foreign spend: CONFIRMING leads only to COMPLETED, so they were stuck."""
     app = make_app(db_url, chain)
     try:
-        fund_hot_wallet(app, chain, BTC)
-        payer = app.create_account("payer").account_id
-        fund(app, payer, BTC)
-        wid = app.withdrawals.request("wallet-service", "k", str(payer), "BTC",
-                                      script_to_address(random_script(), REGTEST), str(AMOUNT))[0]["id"]
-        s = sender(app, signer)
-        s.tick()
-        (coin,) = reserved(app)
-        chain.mine(1)
-        app.scanner("bitcoin").catch_up()
-        s.tick()
-        assert status(app, wid)["status"] == "CONFIRMING"
-        chain.miner.invalidate(chain.height())  # bcoin: the mempool goes with the tip
-        key = account_xprv(1).derive("m/0/1").key
-        foreign = chain.miner.send(spend(coin, BTC, key, random_script()))
-        chain.mine(2)
-        app.scanner("bitcoin").catch_up()
-        s.tick()
-        (batch,) = batches(app)
-        assert batch["status"] == "NEEDS_STAFF" and status(app, wid)["status"] == "BROADCAST"
+        payer, wid, batch, foreign, _ = a_confirming_payment_replaced_by_a_foreign_spend(app, chain, signer)
         app.withdrawals.resolve_batch("alice-admin", batch["id"], foreign, "a spend of the hot key")
         assert status(app, wid)["status"] == "FAILED"
         assert available_held(app, payer) == (BTC, 0)
@@ -441,25 +449,8 @@ def test_a_settlement_whose_spend_a_reorg_took_away_meanwhile_changes_nothing(db
 
     app = make_app(db_url, chain)
     try:
-        fund_hot_wallet(app, chain, BTC)
-        payer = app.create_account("payer").account_id
-        fund(app, payer, BTC)
-        wid = app.withdrawals.request("wallet-service", "k", str(payer), "BTC",
-                                      script_to_address(random_script(), REGTEST), str(AMOUNT))[0]["id"]
-        s = sender(app, signer)
-        s.tick()
+        payer, wid, batch, foreign, fork = a_confirming_payment_replaced_by_a_foreign_spend(app, chain, signer)
         (coin,) = reserved(app)
-        chain.mine(1)
-        app.scanner("bitcoin").catch_up()
-        s.tick()
-        chain.miner.invalidate(chain.height())  # bcoin: the mempool goes with the tip
-        foreign = chain.miner.send(spend(coin, BTC, account_xprv(1).derive("m/0/1").key, random_script()))
-        fork = chain.height() + 1
-        chain.mine(2)
-        app.scanner("bitcoin").catch_up()
-        s.tick()
-        (batch,) = batches(app)
-        assert batch["status"] == "NEEDS_STAFF"
         plugin = app.withdrawals.plugin_for("bitcoin")
         asked = plugin.block_transaction
 

@@ -143,9 +143,8 @@ def test_an_approval_again_under_a_rotated_key_does_not_send_a_broadcast_withdra
         app.close()
 
 
-def test_a_stale_sign_of_a_batch_that_went_on_signs_and_moves_nothing(btc, chain, signer):
-    """A job that listed the batch as QUEUED before another instance took it on (a PostgreSQL lock
-    lost with its session) asks to sign it late: it is not signed again, and nothing moves."""
+def one_withdrawal_sent(btc, chain, signer):
+    """A withdrawal of 0.01 BTC from a funded account, batched, signed and sent: (its id, the job)."""
     fund_hot_wallet(btc, chain, 3 * BTC)
     acct = str(btc.create_account("payer").account_id)
     fund(btc, acct, 5 * BTC)
@@ -153,6 +152,13 @@ def test_a_stale_sign_of_a_batch_that_went_on_signs_and_moves_nothing(btc, chain
                                   "1000000")[0]["id"]
     s = sender(btc, signer)
     s.tick()
+    return wid, s
+
+
+def test_a_stale_sign_of_a_batch_that_went_on_signs_and_moves_nothing(btc, chain, signer):
+    """A job that listed the batch as QUEUED before another instance took it on (a PostgreSQL lock
+    lost with its session) asks to sign it late: it is not signed again, and nothing moves."""
+    wid, s = one_withdrawal_sent(btc, chain, signer)
     (batch,) = batches(btc)
     assert batch["status"] == "BROADCAST"
     audit_log = signer.config_path.parent / "audit.log"
@@ -250,13 +256,7 @@ def _wait_until_waiting_or_done(engine, thread: threading.Thread) -> None:
 def test_completion_rechecks_a_spend_the_scanner_unwound_after_the_sender_read_it(btc, chain, signer):
     """follow() reads the spend and the cursor, then completes in its own transaction. A reorg the
     scanner unwinds in between must not let the withdrawal complete on the stale read."""
-    fund_hot_wallet(btc, chain, 3 * BTC)
-    acct = str(btc.create_account("payer").account_id)
-    fund(btc, acct, 5 * BTC)
-    wid = btc.withdrawals.request("wallet-service", "k", acct, "BTC", script_to_address(random_script(), REGTEST),
-                                  "1000000")[0]["id"]
-    s = sender(btc, signer)
-    s.tick()
+    wid, s = one_withdrawal_sent(btc, chain, signer)
     (attempt,) = attempts(btc)
     mined_at = chain.height() + 1
     chain.mine(2)
