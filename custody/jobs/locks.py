@@ -25,11 +25,7 @@ def exclusive(engine: Engine, name: str):
     with engine.connect() as conn:
         got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
         if got:
-            # The lock belongs to this session, which sits idle while the job runs: a server with
-            # idle_session_timeout (PostgreSQL 14+) ended it mid pass, the lock went with it and
-            # another instance ran the job too, while this one went on.
-            conn.execute(text("SELECT set_config('idle_session_timeout', '0', false) "
-                              "WHERE current_setting('server_version_num')::int >= 140000"))
+            keep_while_idle(conn)
         conn.commit()
         try:
             yield bool(got)
@@ -37,6 +33,14 @@ def exclusive(engine: Engine, name: str):
             if got:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 conn.commit()
+
+
+def keep_while_idle(conn) -> None:
+    """For a session holding a session-level advisory lock while it sits idle (the work runs on
+    others): a server with idle_session_timeout (PostgreSQL 14+) ended it mid pass, the lock went
+    with it, and another instance or upgrade went ahead beside this one."""
+    conn.execute(text("SELECT set_config('idle_session_timeout', '0', false) "
+                      "WHERE current_setting('server_version_num')::int >= 140000"))
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from sqlalchemy import exists, select
 from chains import registry
 from custody.db import schema as t
 from custody.deposits import model as deposits
-from custody.ledger.commands import SERVICE_SCOPE
+from custody.withdrawals import store as withdrawal_store
 
 # Batch states in which the service has booked the transaction it names (batch.txid).
 BOOKED = ("COMPLETED", "CANCELLED")
@@ -189,8 +189,9 @@ def _attempt_state(batch, kind: str, booked: bool) -> tuple[str, bool]:
 def _foreign_spends_booked(conn) -> set[str]:
     """Spenders staff settled (custody/withdrawals/resolve.py books each under this key)."""
     k = t.idempotency_keys.c
-    keys = conn.execute(select(k.key).where(k.scope == SERVICE_SCOPE, k.key.like("foreign-spend:%"))).scalars()
-    return {key.removeprefix("foreign-spend:") for key in keys}
+    keys = conn.execute(select(k.key).where(k.scope == withdrawal_store.SCOPE,
+                                            k.key.like(withdrawal_store.FOREIGN_SPEND_KEY + "%"))).scalars()
+    return {key.removeprefix(withdrawal_store.FOREIGN_SPEND_KEY) for key in keys}
 
 
 def _wallet_accounts(conn, chain: str) -> tuple[str, int]:

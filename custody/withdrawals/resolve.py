@@ -131,7 +131,7 @@ def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str
             elif fee > 0:
                 # No withdrawals (a consolidation): only the fee left the hot wallet, booked as the job
                 # books a self-spend's or a consolidation's (refusal.py _book_fee), under the same key.
-                _ledger(conn, withdrawals, Command(
+                store.apply_command(conn, withdrawals.ids, Command(
                     kind="utxo_consolidation_fee" if b["kind"] == "consolidation" else "withdrawal_cancel_fee",
                     actor=staff, postings=(Posting(_native_asset(withdrawals.config, b["chain"]).asset,
                                                    "fees:network", f"wallet:{b['chain']}:hot", fee),),
@@ -195,11 +195,11 @@ def _book_foreign_spends(conn, withdrawals, batch: dict, coins: list[dict], staf
         lost = taken - sum(_our_outputs(conn, chain, spender).values())
         if lost > 0:
             why = f"resolved by {staff}: {spender} spent the hot wallet's coins of batch {batch['id']} ({reason})"
-            _ledger(conn, withdrawals, Command(
+            store.apply_command(conn, withdrawals.ids, Command(
                 kind="withdrawal_foreign_spend", actor=staff,
                 postings=(Posting(_native_asset(withdrawals.config, chain).asset, "suspense",
                                   f"wallet:{chain}:hot", lost),),
-                idempotency=Idempotency(store.SCOPE, f"foreign-spend:{spender}",
+                idempotency=Idempotency(store.SCOPE, store.FOREIGN_SPEND_KEY + spender,
                                         hashlib.sha256(f"{spender}:{lost}".encode()).hexdigest()),
                 reference=batch["id"], memo=why[:256]))
 
@@ -259,10 +259,6 @@ def _to(conn, withdrawals, m: dict, status: str, actor: str, why: str, **values)
     if m["status"] == status:
         return m, None
     return store.move(conn, withdrawals.ids, m, status, actor, why, **values)
-
-
-def _ledger(conn, withdrawals, command: Command) -> None:
-    store.apply_command(conn, withdrawals.ids, command)
 
 
 def _native_asset(config, chain: str):

@@ -20,6 +20,9 @@ from custody.ledger.model import Posting
 from custody.withdrawals import model
 
 SCOPE = SERVICE_SCOPE  # idempotency scope of the ledger commands withdrawals issue themselves
+# The key a spend of our coins by someone else is booked under once staff settle it (resolve.py),
+# followed by the spender's txid; invariant 4 reads it (custody/reconciliation/wallets.py).
+FOREIGN_SPEND_KEY = "foreign-spend:"
 
 
 def now() -> datetime.datetime:

@@ -8,6 +8,7 @@ from alembic import context
 from custody.db.engine import make_engine
 from custody.db.migrate import PROGRESS_LOGGER
 from custody.db.schema import metadata
+from custody.jobs import locks
 
 
 # Any constant: two `custody db upgrade` (or two instances' `custody serve`, which migrates at
@@ -56,10 +57,7 @@ def _turn(engine):
                 logging.getLogger(PROGRESS_LOGGER).info("waiting for another process's upgrade of this database")
                 waiting = True
             time.sleep(0.2)
-        # Idle while the migrations run on another session: kept alive under idle_session_timeout
-        # (PostgreSQL 14+), which would end it and let a second upgrade in (custody/jobs/locks.py).
-        lock.exec_driver_sql("SELECT set_config('idle_session_timeout', '0', false) "
-                             "WHERE current_setting('server_version_num')::int >= 140000")
+        locks.keep_while_idle(lock)  # idle while the migrations run on another session
         try:
             yield
         finally:
