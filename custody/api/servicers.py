@@ -8,6 +8,7 @@ import structlog
 
 from custody.api.auth import current_client
 from custody.app import Custody
+from custody.db.types import as_utc
 from custody.errors import InvalidArgument
 from custody.events.journal import checked_resume
 from custody.events.tail import JournalTail
@@ -110,9 +111,7 @@ def _status(name: str | None) -> int:
 def _iso(value) -> str:
     if value is None:
         return ""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)
-    return value.astimezone(datetime.timezone.utc).isoformat()
+    return as_utc(value).astimezone(datetime.timezone.utc).isoformat()
 
 
 def withdrawal_message(w: dict, history: list[dict]) -> custody_pb2.Withdrawal:

@@ -1,10 +1,11 @@
-"""Column types for exact money.
+"""Column types for exact money, and stored times read back in UTC.
 
 PostgreSQL stores amounts as NUMERIC(78,0), exact for every integer below
 10^78 (> 2^256). SQLite has no exact type that wide (its INTEGER is 64-bit and
 NUMERIC falls back to a float), so there amounts are decimal text; the ledger
 never compares or sums amounts in SQL, only in Python ints.
 """
+import datetime
 from decimal import Decimal
 
 from sqlalchemy import Numeric, String
@@ -62,3 +63,8 @@ def _to_int(value):
             raise ValueError(f"stored amount is not an integer: {value}")
         return integral
     return int(value)
+
+
+def as_utc(value: datetime.datetime) -> datetime.datetime:
+    """A stored time, aware: SQLite hands back the UTC time it stored without its zone."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.timezone.utc)

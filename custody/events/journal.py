@@ -14,6 +14,7 @@ from sqlalchemy import Engine, select
 
 from custody.db import schema as t
 from custody.db.engine import read_transaction
+from custody.db.types import as_utc
 from custody.errors import FailedPrecondition, InvalidArgument, OutOfRange
 
 
@@ -118,9 +119,7 @@ def last_cursor(engine: Engine) -> int:
 def utc_iso(value: datetime.datetime) -> str:
     """RFC 3339 in UTC ("...Z"), whatever the database session's time zone: PostgreSQL hands
     back times in it, and a session set to another zone changed the text, and so the digests."""
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
-        value = value.replace(tzinfo=datetime.timezone.utc)
-    return value.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    return as_utc(value).astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 class EventNotifier:

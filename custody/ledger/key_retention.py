@@ -29,6 +29,7 @@ from sqlalchemy import Engine, delete, select, tuple_
 from custody.db import schema as t
 from custody.db.bulk import in_pairs
 from custody.db.engine import write_transaction
+from custody.db.types import as_utc
 from custody.ledger.commands import SERVICE_SCOPE
 
 MIN_AGE = datetime.timedelta(days=1)
@@ -58,7 +59,7 @@ def prune(engine: Engine, older_than: datetime.timedelta, *, now: datetime.datet
             query = query.where(tuple_(keys.scope, keys.key) > tuple_(*after))
         with write_transaction(engine) as conn:
             rows = conn.execute(query.order_by(keys.scope, keys.key).limit(step)).all()
-            old = [(r.scope, r.key) for r in rows if _utc(r.created_at) < cut]
+            old = [(r.scope, r.key) for r in rows if as_utc(r.created_at) < cut]
             if old:
                 conn.execute(delete(t.idempotency_keys).where(in_pairs(conn, keys.scope, keys.key, old)))
         done.scanned += len(rows)
@@ -69,8 +70,3 @@ def prune(engine: Engine, older_than: datetime.timedelta, *, now: datetime.datet
         if progress is not None and time.monotonic() - reported >= PROGRESS_EVERY_S:
             progress(done)
             reported = time.monotonic()
-
-
-def _utc(value: datetime.datetime) -> datetime.datetime:
-    # SQLite gives the stored UTC time back without its zone.
-    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.timezone.utc)

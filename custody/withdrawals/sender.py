@@ -13,7 +13,6 @@ and foreign spends (staff) in refusal.py: parts of the same job.
 """
 from __future__ import annotations
 
-import datetime
 import logging
 import math
 
@@ -23,6 +22,7 @@ from chains.base import Coin, NodeError, NodeUnavailable, Payment
 from custody.config import Config
 from custody.db import schema as t
 from custody.db.engine import read_transaction
+from custody.db.types import as_utc
 from custody.deposits.store import load_cursor
 from custody.ledger.engine import AccountIds
 from custody.ledger.model import new_id
@@ -388,10 +388,7 @@ class BitcoinSender(CoinsMixin, RefusalMixin, CompletedWatchMixin):
 
     # -- fee bumping (RBF) -------------------------------------------------------------------------------------
     def _stale(self, latest: dict) -> bool:
-        sent = latest["created_at"]
-        if sent.tzinfo is None:
-            sent = sent.replace(tzinfo=datetime.timezone.utc)
-        return (self.clock() - sent).total_seconds() >= self.rules.replace_after_s
+        return (self.clock() - as_utc(latest["created_at"])).total_seconds() >= self.rules.replace_after_s
 
     def _replace(self, batch_id: str, batch: dict) -> None:
         """A replacement of the latest attempt: same inputs, same payments, a higher fee
