@@ -187,8 +187,15 @@ class BitcoinSender(CoinsMixin, RefusalMixin, CompletedWatchMixin):
         return [dict(r._mapping) for r in conn.execute(
             select(t.withdrawals).where(w.batch_id == batch_id).order_by(w.created_at, w.id))]
 
-    def _batch(self, conn, batch_id: str) -> dict:
-        return dict(conn.execute(select(t.withdrawal_batches).where(t.withdrawal_batches.c.id == batch_id)).one()._mapping)
+    def _batch(self, conn, batch_id: str, lock: bool = True) -> dict:
+        """The batch row. In a write transaction on PostgreSQL it is read FOR UPDATE: every caller
+        decides on its status and then writes it, and a change committed meanwhile (a staff
+        settlement from another instance) must be waited for and seen, not overwritten. SQLite's
+        write lock already orders the two. lock=False for reads in a read-only snapshot."""
+        query = select(t.withdrawal_batches).where(t.withdrawal_batches.c.id == batch_id)
+        if lock and conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        return dict(conn.execute(query).one()._mapping)
 
     def _set_batch(self, conn, batch_id: str, **values) -> None:
         conn.execute(update(t.withdrawal_batches).where(t.withdrawal_batches.c.id == batch_id)
@@ -313,7 +320,7 @@ class BitcoinSender(CoinsMixin, RefusalMixin, CompletedWatchMixin):
     def _state(self, batch_id: str):
         """(batch, attempts by txid in the order stored, the spends of its reserved outpoints, scan cursor)."""
         with read_transaction(self.engine) as conn:
-            batch = self._batch(conn, batch_id)
+            batch = self._batch(conn, batch_id, lock=False)
             attempts = {r.txid: dict(r._mapping) for r in conn.execute(
                 select(t.withdrawal_attempts).where(t.withdrawal_attempts.c.batch_id == batch_id)
                 .order_by(t.withdrawal_attempts.c.created_at, t.withdrawal_attempts.c.fee_rate))}

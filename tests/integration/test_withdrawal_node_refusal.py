@@ -770,6 +770,57 @@ def test_a_held_batch_whose_conflict_goes_away_is_paid_by_its_stored_payment(db_
         app.close()
 
 
+def test_a_held_batch_changed_by_another_writer_while_it_is_released_is_not_overwritten(pg_url, chain, tmp_path):
+    """The job releases a held batch (its stored payment was taken again) while another instance
+    changes the batch in a transaction of its own (as a staff settlement would). The job read the
+    row without a lock, waited on the settlement's row lock only at its update, and then wrote its
+    own status over the settled one: a failed batch, holds released, back to SIGNED and paid. On
+    PostgreSQL the job now reads the row FOR UPDATE and sees the committed change."""
+    import threading
+
+    import sqlalchemy
+
+    app = make_app(pg_url, chain)
+    signer = low_fee_signer(tmp_path)
+    other = sqlalchemy.create_engine(pg_url)
+    try:
+        fund_hot_wallet(app, chain, BTC)
+        chain.mine(1)  # an empty tip, taken back later to wipe the mempool
+        app.scanner("bitcoin").catch_up()
+        stored_payment(app, signer)
+        (coin,) = reserved(app)
+        chain.miner.send(spend(coin, BTC, account_xprv(1).derive("m/0/1").key, random_script()))
+        s = sender(app, signer)
+        s.tick()
+        (batch,) = batches(app)
+        assert batch["status"] == "NEEDS_STAFF"
+        wipe_mempool(app, chain)
+        with other.connect() as conn:
+            conn.execute(sqlalchemy.text("UPDATE withdrawal_batches SET status = 'FAILED', reason = 'settled' "
+                                         "WHERE id = :id"), {"id": batch["id"]})
+            job = threading.Thread(target=s.retry_held, args=(batch["id"],))
+            job.start()
+            waiting = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                      "AND datname = current_database()")
+            with other.connect() as watcher:
+                for _ in range(200):
+                    if watcher.execute(waiting).scalar_one():
+                        break
+                    job.join(0.05)
+                else:
+                    raise AssertionError("the job never waited for the other writer's row lock")
+            conn.commit()
+        job.join(30)
+        assert not job.is_alive()
+        (batch,) = batches(app)
+        assert (batch["status"], batch["reason"]) == ("FAILED", "settled")
+        assert events(app, "withdrawal.batch_released") == []
+    finally:
+        other.dispose()
+        signer.stop()
+        app.close()
+
+
 def test_one_outside_transaction_paying_one_held_batch_from_two_batches_coins_is_booked_once(db_url, chain, signer):
     """P spends the coins of two held batches A and B, pays A's withdrawal and sends change to the hot
     wallet. Settling B booked all P took as a foreign spend, and settling A booked A's amount and fee
