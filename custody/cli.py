@@ -250,8 +250,8 @@ def _node_findings(config, engine, progress) -> list:
                                 + ("; the node is ahead of the scanner: check again once it has caught up"
                                    if found.node_ahead else "")))
         findings += [Finding("4", severity, f"{chain.name}: {txid}:{index} ({amount}) is unspent in the service's "
-                                            "UTXO set, spent or absent on the node")
-                     for txid, index, amount in found.gone[:MAX_LISTED]]
+                                            f"UTXO set, spent or absent on the node; block {height}, address {address}")
+                     for txid, index, amount, height, address in found.gone[:MAX_LISTED]]
         if len(found.gone) > MAX_LISTED:
             findings.append(Finding("4", severity, f"{chain.name}: and {len(found.gone) - MAX_LISTED} more"))
     return findings

@@ -174,15 +174,22 @@ def _check_wallets(conn) -> list[Finding]:
         wrong = [i for i in c.items if not i.explained]
         summary = (f"{c.chain} ({c.asset or 'no asset booked'}): unspent outputs {c.on_chain}, wallet accounts "
                    f"{c.in_ledger}; listed in flight or waiting: {len(listed)} item(s), {sum(i.amount for i in listed)}")
-        out += [Finding("4", "violation", f"{c.chain}: {i.what} ({i.amount:+})") for i in wrong]
+        first = c.first_divergence
+        if first is not None:
+            summary += f"; the first block where they part: {first.height} ({first.what.split(':')[0]})"
+        out += [Finding("4", "violation", _item_line(c.chain, i)) for i in wrong]
         if c.unexplained:
             out.append(Finding("4", "violation", f"{summary}; unexplained: {c.unexplained:+}"))
         else:
             out.append(Finding("4", "info", summary))
-        out += [Finding("4", "info", f"{c.chain}: {i.what} ({i.amount:+})") for i in listed[:MAX_LISTED]]
+        out += [Finding("4", "info", _item_line(c.chain, i)) for i in listed[:MAX_LISTED]]
         if len(listed) > MAX_LISTED:
             out.append(Finding("4", "info", f"{c.chain}: and {len(listed) - MAX_LISTED} more listed items"))
     return out
+
+
+def _item_line(chain: str, item) -> str:
+    return f"{chain}: {item.what} ({item.amount:+})" + (f"; {item.where}" if item.where else "")
 
 
 def _unflagged_deepening(conn, account_id: int) -> str | None:

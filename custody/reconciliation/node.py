@@ -29,7 +29,8 @@ class NodeCheck:
     checked: int
     scanned_to: int | None  # the scanner's cursor height
     node_tip: int  # the node's tip after the last output was asked about
-    gone: list[tuple[str, int, int]]  # (txid, index, amount) unspent in our set, spent or absent on the node
+    # (txid, index, amount, block height, address) unspent in our set, spent or absent on the node
+    gone: list[tuple[str, int, int, int, str]]
 
     @property
     def node_ahead(self) -> bool:
@@ -38,15 +39,21 @@ class NodeCheck:
 
 def check_outputs(engine: Engine, plugin: ChainPlugin, chain: str,
                   progress: Callable[[str], None] | None = None) -> NodeCheck:
-    u = t.utxos.c
+    u, ca = t.utxos.c, t.chain_addresses.c
     with read_transaction(engine) as conn:
         cursor = store.load_cursor(conn, chain)
-        unspent = conn.execute(select(u.txid, u.output_index, u.amount)
+        unspent = conn.execute(select(u.txid, u.output_index, u.amount, u.block_height, u.address_id)
                                .where(u.chain == chain, u.spent_txid.is_(None))).all()
     gone = []
-    for n, (txid, index, amount) in enumerate(unspent, start=1):
+    for n, (txid, index, amount, height, address_id) in enumerate(unspent, start=1):
         if plugin.spent_on_chain(txid, index):
-            gone.append((txid, index, amount))
+            gone.append((txid, index, amount, height, address_id))
         if progress is not None and n % PROGRESS_EVERY == 0:
             progress(f"{chain}: {n:,} of {len(unspent):,} unspent outputs asked of the node")
+    if gone:  # few: their addresses are looked up once the node has answered
+        with read_transaction(engine) as conn:
+            addresses = dict(conn.execute(select(ca.id, ca.address).where(
+                ca.id.in_(sorted({g[4] for g in gone[:1000]})))).all())
+        gone = [(txid, index, amount, height, addresses.get(address_id, "?"))
+                for txid, index, amount, height, address_id in gone]
     return NodeCheck(chain, len(unspent), cursor.height if cursor else None, plugin.tip().height, gone)

@@ -34,6 +34,7 @@ from sqlalchemy import exists, select
 
 from chains import registry
 from custody.db import schema as t
+from custody.db.types import as_utc
 from custody.deposits import model as deposits
 from custody.withdrawals import store as withdrawal_store
 
@@ -51,6 +52,19 @@ class Item:
     amount: int  # chain minus ledger
     what: str
     explained: bool
+    height: int | None = None  # the block it is in (a spend: the block of the spending transaction)
+    address_id: int | None = None  # the address it paid or spent from (a spend: one of them)
+    address: str = ""  # filled in from address_id once the pass is over
+    more_addresses: int = 0  # a spend of coins of several addresses: how many besides `address`
+
+    @property
+    def where(self) -> str:
+        """Where on chain it is, as reconciliation must say (FAILURE_MODES 31): block and address."""
+        parts = [f"block {self.height}"] if self.height is not None else []
+        if self.address:
+            parts.append(f"address {self.address}" + (f" and {self.more_addresses} more" if self.more_addresses
+                                                       else ""))
+        return ", ".join(parts)
 
 
 @dataclasses.dataclass
@@ -64,6 +78,12 @@ class ChainWallets:
     @property
     def unexplained(self) -> int:
         return self.on_chain - self.in_ledger - sum(i.amount for i in self.items)
+
+    @property
+    def first_divergence(self) -> Item | None:
+        """The item nothing explains in the lowest block: where the chain and the ledger part."""
+        return min((i for i in self.items if not i.explained and i.height is not None),
+                   key=lambda i: i.height, default=None)
 
 
 def reconcile(conn) -> tuple[list[ChainWallets], dict[str, str]]:
@@ -115,37 +135,46 @@ def _reconcile_chain(conn, chain: str) -> ChainWallets:
     # nested loop on tables without statistics: 107 s for 100,000 outputs).
     not_credited = {(row.txid, row.output_index): (row.id, row.status) for row in conn.execute(
         select(d.txid, d.output_index, d.id, d.status).where(d.chain == chain, d.status != deposits.CREDITED))}
-    unrecorded = conn.execute(select(u.txid, u.output_index, u.amount).where(
+    unrecorded = conn.execute(select(u.txid, u.output_index, u.amount, u.block_height, u.address_id).where(
         u.chain == chain, u.wallet == deposits.DEPOSIT_WALLET,
         ~exists().where(d.chain == u.chain, d.txid == u.txid, d.output_index == u.output_index))).all()
-    for txid, index, amount in unrecorded:
-        items.append(Item(amount, f"{txid}:{index}: paid a deposit address and no deposit records it", False))
+    for txid, index, amount, height, address_id in unrecorded:
+        items.append(Item(amount, f"{txid}:{index}: paid a deposit address and no deposit records it", False,
+                          height, address_id))
+    # Where each spender is: its block, one address it spent from and how many it spent from.
+    spent_at: dict[str, tuple[int, int, set]] = {}
     rows = conn.execution_options(yield_per=10_000).execute(
-        select(u.txid, u.output_index, u.wallet, u.amount, u.spent_txid).where(u.chain == chain))
-    for txid, index, wallet, amount, spender in rows:
+        select(u.txid, u.output_index, u.wallet, u.amount, u.spent_txid, u.block_height, u.spent_height,
+               u.address_id).where(u.chain == chain))
+    for txid, index, wallet, amount, spender, height, spent_height, address_id in rows:
         if spender is None:
             on_chain += amount
         else:
             spent[spender] += amount
             if (txid, index) in reserved_by:
                 spenders_of[spender].add(reserved_by[(txid, index)])
+            _, first, others = spent_at.setdefault(spender, (spent_height, address_id, set()))
+            if address_id != first and len(others) < 100:
+                others.add(address_id)
         if wallet != deposits.DEPOSIT_WALLET:
             returned[txid] += amount
-            to_wallets.append((txid, index, wallet, amount))
+            to_wallets.append((txid, index, wallet, amount, height, address_id))
         elif (txid, index) in not_credited:
             deposit_id, status = not_credited[(txid, index)]
             waiting = status in (deposits.PENDING, deposits.BELOW_MINIMUM, deposits.ASSET_DISABLED)
-            items.append(Item(amount, f"{txid}:{index}: deposit {deposit_id}, {status}", waiting))
+            items.append(Item(amount, f"{txid}:{index}: deposit {deposit_id}, {status}", waiting, height, address_id))
 
     # Transactions that spent our coins, not booked (yet).
     for spender in sorted(spent):
         if spender in booked_by_batch or spender in foreign_booked:
             continue
         net = returned.get(spender, 0) - spent[spender]
+        height, address_id, others = spent_at[spender]
+        where = {"height": height, "address_id": address_id, "more_addresses": len(others)}
         if spender in attempts:
             batch_id, kind = attempts[spender]
             state, waiting = _attempt_state(batches[batch_id], kind, bool(effects.get(batch_id)))
-            items.append(Item(net, f"{spender}: {kind} attempt of batch {batch_id}, {state}", waiting))
+            items.append(Item(net, f"{spender}: {kind} attempt of batch {batch_id}, {state}", waiting, **where))
             continue
         of = sorted(spenders_of.get(spender, ()))
         held = [i for i in of if batches[i].status == "NEEDS_STAFF"]
@@ -153,18 +182,34 @@ def _reconcile_chain(conn, chain: str) -> ChainWallets:
                                + (f"held for staff in batch {', '.join(held)}" if held else
                                   "not booked" + "".join(f"; it spent the inputs of batch {i} ({batches[i].status})"
                                                          for i in of)),
-                          bool(held)))
+                          bool(held), **where))
     # Payments to the hot or cold wallet by transactions that spent none of our coins.
-    for txid, index, wallet, amount in to_wallets:
+    for txid, index, wallet, amount, height, address_id in to_wallets:
         if txid not in spent:
             items.append(Item(amount, f"{txid}:{index}: paid the {wallet} wallet from outside the service (not "
-                                      "booked: treasury moves are not built)", True))
+                                      "booked: treasury moves are not built)", True, height, address_id))
     # Booked, and not on the chain now: a reorg deeper than the confirmations took it off.
     for txid, batch_id in sorted(booked_by_batch.items()):
         if txid not in spent:
             items.append(Item(-effects.get(batch_id, 0), f"{txid}: booked for batch {batch_id} "
                                                          f"({batches[batch_id].status}), not on the chain now", True))
+    # Bookings on the wallet accounts that no chain event makes (a staff adjustment, a correction
+    # booked against the wrong account): named, with who made them, instead of a bare residual.
+    for batch_id, kind, actor, created_at, effect in _bookings_of_no_chain_event(conn, chain):
+        items.append(Item(-effect, f"ledger batch {batch_id}: {kind} by {actor} at {created_at:%Y-%m-%d %H:%M:%S}, "
+                                   "booked on the wallet accounts; no chain event is booked so", False))
+    _fill_addresses(conn, items)
     return ChainWallets(chain, asset, on_chain, in_ledger, items)
+
+
+def _fill_addresses(conn, items: list[Item]) -> None:
+    ca = t.chain_addresses.c
+    wanted = sorted({i.address_id for i in items if i.address_id is not None})
+    found = {}
+    for start in range(0, len(wanted), 1000):  # bound the IN list
+        found.update(conn.execute(select(ca.id, ca.address).where(ca.id.in_(wanted[start:start + 1000]))).all())
+    for i in items:
+        i.address = found.get(i.address_id, "")
 
 
 # Batch states in which a mined attempt is still to be booked by the withdrawal job.
@@ -202,6 +247,30 @@ def _wallet_accounts(conn, chain: str) -> tuple[str, int]:
     if len(assets) > 1:
         raise ValueError(f"{chain}: wallet accounts in {', '.join(sorted(assets))}: not a one-asset UTXO chain")
     return (assets.pop() if assets else ""), sum(debits - credits for _, debits, credits in rows)
+
+
+# Ledger batch kinds that book what a chain did: deposits (against the deposit's outputs) and the
+# withdrawal kinds above (against the batches' transactions).
+CHAIN_EVENT_KINDS = ("deposit", "deposit_reversal", *BY_WITHDRAWAL, *BY_BATCH)
+
+
+def _bookings_of_no_chain_event(conn, chain: str) -> list[tuple]:
+    """(batch id, kind, actor, time, what it booked on the chain's wallet accounts) of each ledger
+    batch of another kind that touched them, in commit order."""
+    lb, tr, la = t.ledger_batches.c, t.ledger_transfers.c, t.ledger_accounts.c
+    wallet_ids = set(conn.execute(select(la.id).where(la.code.like(f"wallet:{chain}:%"))).scalars())
+    if not wallet_ids:
+        return []
+    effects: dict[str, list] = {}
+    for batch_id, kind, actor, created_at, debit, credit, amount in conn.execute(
+            select(lb.id, lb.kind, lb.actor, lb.created_at, tr.debit_account_id, tr.credit_account_id, tr.amount)
+            .join(t.ledger_transfers, tr.batch_id == lb.id)
+            .where(lb.kind.not_in(CHAIN_EVENT_KINDS),
+                   tr.debit_account_id.in_(wallet_ids) | tr.credit_account_id.in_(wallet_ids))
+            .order_by(lb.event_cursor, lb.id)):
+        entry = effects.setdefault(batch_id, [batch_id, kind, actor, as_utc(created_at), 0])
+        entry[4] += (amount if debit in wallet_ids else 0) - (amount if credit in wallet_ids else 0)
+    return [tuple(e) for e in effects.values() if e[4]]
 
 
 def _booked_effects(conn, chain: str) -> dict[str, int]:
