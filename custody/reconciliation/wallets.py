@@ -42,8 +42,8 @@ from custody.withdrawals import store as withdrawal_store
 BOOKED = ("COMPLETED", "CANCELLED")
 # Ledger batch kinds that book a withdrawal batch's transactions, and what they reference.
 BY_WITHDRAWAL = ("withdrawal_complete",)  # reference: the withdrawal
-BY_BATCH = ("withdrawal_cancel_fee", "utxo_consolidation_fee", "withdrawal_fee_correction",
-            "withdrawal_foreign_spend")  # reference: the batch
+BY_BATCH = ("withdrawal_cancel_fee", "withdrawal_cancel_fee_reversal", "utxo_consolidation_fee",
+            "withdrawal_fee_correction", "withdrawal_foreign_spend")  # reference: the batch
 
 
 @dataclasses.dataclass

@@ -150,6 +150,7 @@ def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str
         else:
             raise FailedPrecondition(f"{txid} pays some but not all of batch {batch_id}'s withdrawals, or pays "
                                      "others too: this needs a ledger correction by hand")
+        _reverse_cancel_fee(conn, withdrawals, b, txid, staff, reason)
         # Inputs nobody spent are free again: no attempt of this batch can confirm without the spent ones.
         r = t.utxo_reservations.c
         for c in coins:
@@ -164,6 +165,25 @@ def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str
         return [store.load(conn, m["id"]) for m in members]
     done = withdrawals._write(work)
     return list_batches_by_id(withdrawals.engine, batch_id), done
+
+
+def _reverse_cancel_fee(conn, withdrawals, batch: dict, txid: str, staff: str, reason: str) -> None:
+    """A batch cancelled and booked (its self-spend's fee), then paid after all: a reorg took the
+    self-spend away and staff settle on another spend of the same inputs, so the self-spend can't
+    be on the chain any more. Its fee, booked out of the hot wallet, never left it: reversed, once
+    (the settlement books what the spend they name took)."""
+    lb, tr = t.ledger_batches.c, t.ledger_transfers.c
+    booked = conn.execute(select(lb.memo, tr.amount).join(t.ledger_transfers, tr.batch_id == lb.id).where(
+        lb.kind == "withdrawal_cancel_fee", lb.reference == batch["id"])).all()
+    fee = sum(amount for memo, amount in booked if memo != txid)
+    if fee <= 0:
+        return
+    store.apply_command(conn, withdrawals.ids, Command(
+        kind="withdrawal_cancel_fee_reversal", actor=staff,
+        postings=(Posting(_native_asset(withdrawals.config, batch["chain"]).asset,
+                          f"wallet:{batch['chain']}:hot", "fees:network", fee),),
+        idempotency=Idempotency(store.SCOPE, f"fee-reversal:{batch['id']}", batch["id"]),
+        reference=batch["id"], memo=f"resolved by {staff}: {txid} spent its inputs, not the self-spend ({reason})"[:256]))
 
 
 def _book_foreign_spends(conn, withdrawals, batch: dict, coins: list[dict], staff: str, reason: str,

@@ -371,11 +371,13 @@ def test_a_self_spend_the_signer_refuses_holds_the_batch_for_staff(db_url, chain
         app.close()
 
 
-def test_a_refused_payment_mined_after_its_cancellation_alerts(db_url, chain, signer, request):
+def test_a_refused_payment_mined_after_its_cancellation_alerts_and_staff_settle_it(db_url, chain, signer):
     """Watched after CANCELLED: a reorg takes the self-spend's block away and the refused
     payment is mined instead. The withdrawal was failed and is now paid: an alert, NEEDS_STAFF, and
     invariant 4 says the ledger no longer matches the chain (held for staff does not explain it:
-    the hold was released)."""
+    the hold was released). Staff settle it; the self-spend's booked fee is reversed."""
+    from custody.errors import FailedPrecondition
+
     app = make_app(db_url, chain)
     try:
         s, acct, wid, script, coin, payment, cancel = refused_and_cancelling(app, chain, signer, BTC)
@@ -396,7 +398,25 @@ def test_a_refused_payment_mined_after_its_cancellation_alerts(db_url, chain, si
         assert f"bitcoin: {payment['txid']}: payment attempt of batch {batch['id']}, held for staff after it was " \
                "cancelled and booked: paid after its cancellation" in \
                " ".join(f.message for f in report.findings if f.severity == "violation"), report.render()
-        request.node.skip_invariants = True  # the loss is real: staff correct the ledger by hand
+
+        # Staff settle on the payment: what it took is booked to suspense (the user was paid and
+        # kept the funds), and the self-spend's fee, booked at the cancellation for a transaction
+        # the reorg took away, is reversed: the ledger matches the chain again.
+        chain.mine(1)  # confirmed enough to settle on
+        app.scanner("bitcoin").catch_up()
+        fees, hot, suspense = (ledger_balance(app, "fees:network"), ledger_balance(app, "wallet:bitcoin:hot"),
+                               ledger_balance(app, "suspense"))
+        app.withdrawals.resolve_batch("alice-admin", batch["id"], payment["txid"], "paid after the reorg")
+        assert batches(app)[0]["status"] == "FAILED"
+        assert ledger_balance(app, "fees:network") == fees + cancel["fee"] == 0
+        assert ledger_balance(app, "suspense") == suspense - (AMOUNT + payment["fee"])
+        assert ledger_balance(app, "wallet:bitcoin:hot") == hot - (AMOUNT + payment["fee"]) + cancel["fee"]
+        report = check(app.engine)
+        assert report.ok, report.render()
+        # Once: a retry finds the batch settled.
+        with pytest.raises(FailedPrecondition):
+            app.withdrawals.resolve_batch("alice-admin", batch["id"], payment["txid"], "paid after the reorg")
+        assert ledger_balance(app, "fees:network") == fees + cancel["fee"] == 0
     finally:
         app.close()
 
