@@ -60,6 +60,13 @@ class ProcessLedgerWriter(QueuedWriter):
         self.database_url = database_url
         self._context = multiprocessing.get_context("spawn")  # never fork a process that runs gRPC threads
         self._lock = threading.Lock()
+        # Held by the sender thread while it writes to the child, and by the receiver while it
+        # closes a dead child's connection. A close during a write left the write with no handle
+        # (the sender thread died, and every later threads'-channel call waited for good) or
+        # writing into the next child's pipe, which had reused the descriptor (that child waited
+        # for good for the rest of a frame, and with it every call). The sender never takes _lock
+        # while holding it, and a write to a dead child fails at once.
+        self._send_lock = threading.Lock()
         self._pending: dict[int, list] = {}
         self._numbers = itertools.count(1)
         self._closing = False
@@ -134,19 +141,24 @@ class ProcessLedgerWriter(QueuedWriter):
                 self._pending[number] = [f for _, f in group]
                 conn = self._conn
             try:
-                conn.send((number, [c for c, _ in group]))
-            except (OSError, EOFError, ValueError):
-                # The child is gone; the receiver starts a new one. If it has
-                # not swept this group yet, fail it here.
+                with self._send_lock:
+                    conn.send((number, [c for c, _ in group]))
+            except Exception as exc:  # noqa: BLE001 - this thread must live on whatever one group does
+                # The child is gone (the receiver starts a new one) or the group could not be
+                # written. If the receiver has not swept this group yet, fail it here.
                 with self._lock:
                     futures = self._pending.pop(number, None)
-                if futures:
+                if futures and isinstance(exc, (OSError, EOFError, ValueError)):
                     _fail(futures)
+                elif futures:
+                    log.exception("ledger writer: a group could not be sent to the child process")
+                    resolve_futures(futures, [RuntimeError(f"{type(exc).__name__}: {exc}")] * len(futures))
         with self._lock:
             self._closing = True
             conn = self._conn
         try:
-            conn.send(None)  # the child finishes what it has, answers, and exits
+            with self._send_lock:
+                conn.send(None)  # the child finishes what it has, answers, and exits
         except (OSError, EOFError, ValueError):
             pass
 
@@ -168,7 +180,8 @@ class ProcessLedgerWriter(QueuedWriter):
                                   "%d unanswered calls failed", self._process.pid, self._process.exitcode,
                                   sum(map(len, lost)))
                         self._process.join(5)
-                        conn.close()
+                        with self._send_lock:
+                            conn.close()
                         if self._loop_sock is not None:
                             self._loop_sock.close()
                         self._process, self._conn, self._loop_sock = self._start_child()
@@ -183,7 +196,10 @@ class ProcessLedgerWriter(QueuedWriter):
             everything = []
             for number, results in answers:
                 with self._lock:
-                    futures = self._pending.pop(number)
+                    futures = self._pending.pop(number, None)
+                if futures is None:  # failed already as unanswered; a retry with its key replays it
+                    log.error("ledger writer: an answer to group %d, which was failed as unanswered", number)
+                    continue
                 resolve_futures(futures, results)
                 everything += results
             self._notify(everything)

@@ -11,6 +11,7 @@ import pytest
 from custody import config as config_mod
 from custody.app import Custody
 from custody.ledger.process_writer import ProcessLedgerWriter
+from custody.ledger.writer import WriterUnavailable
 from custody.v1 import backoffice_pb2 as bo
 from custody.v1 import custody_pb2 as pb
 from tests.support.config import make_config
@@ -202,6 +203,83 @@ def test_a_killed_writer_process_fails_open_calls_and_retries_apply_each_transfe
         paid, received = per_account[n], per_account[(n - 1) % 8]
         assert _available(app, account) == 100_000 - 7 * paid + 7 * received, (n, paid, received, unavailable)
     assert app.writer._loop_channel.generation == 1, "the event loop's calls did not move to the new child"
+
+
+def test_a_dead_writer_s_connection_is_not_closed_under_a_send_in_progress(app):
+    """The receiver thread closed a dead child's connection while the sender thread was writing
+    a group to it: the write went on with no handle (the sender thread died, and every later call
+    of jobs, the CLI and AdjustBalance waited for good) or into the next child's pipe, which had the
+    same descriptor (that child waited for good for the rest of a frame, and every call with it).
+    Found by the writer review under repeated kills; here the send is held open on purpose."""
+    a = str(app.create_account("alice").account_id)
+    b = str(app.create_account("bob").account_id)
+    app.adjust_balance("alice-admin", "fund", a, "BTC", "1000", True, "funding for test")
+    writer = app.writer
+    entered, proceed = threading.Event(), threading.Event()
+
+    class HeldSend:
+        """The child's connection, with each send held open until the test lets it go on."""
+
+        def __init__(self, real):
+            self.real = real
+
+        def __getattr__(self, name):  # recv, close: the real connection's
+            return getattr(self.real, name)
+
+        def send(self, message):
+            entered.set()
+            proceed.wait(10)
+            self.real.send(message)
+
+    with writer._lock:
+        real = writer._conn
+        writer._conn = HeldSend(real)
+    call = app.submit_transfer("exchange", "t-1", a, b, "BTC", "7", "")
+    assert entered.wait(10)
+    first_child = writer.pid
+    os.kill(first_child, signal.SIGKILL)
+    deadline = time.monotonic() + 2
+    while not real.closed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    closed_under_send = real.closed
+    proceed.set()
+    assert not closed_under_send, "the dead child's connection was closed while a send to it was in progress"
+    with pytest.raises(WriterUnavailable, match="retry it with the same idempotency key"):
+        call.result(timeout=30)
+    assert writer._sender.is_alive() and writer.pid != first_child
+    app.submit_transfer("exchange", "t-1", a, b, "BTC", "7", "").result(timeout=30)  # the retry: applied once
+    app.submit_transfer("exchange", "t-1", a, b, "BTC", "7", "").result(timeout=30)  # then replayed
+    assert (_available(app, a), _available(app, b)) == (993, 7)
+
+
+def test_a_group_that_can_not_be_sent_fails_alone_and_the_sender_thread_lives_on(app):
+    """Any error writing one group (here a TypeError) failed nothing and ended the sender thread:
+    that group's callers and every later threads'-channel call waited for good."""
+    a = str(app.create_account("alice").account_id)
+    b = str(app.create_account("bob").account_id)
+    app.adjust_balance("alice-admin", "fund", a, "BTC", "1000", True, "funding for test")
+    writer = app.writer
+
+    class FailsOnce:
+        def __init__(self, real):
+            self.real, self.failed = real, False
+
+        def __getattr__(self, name):  # recv, close: the real connection's
+            return getattr(self.real, name)
+
+        def send(self, message):
+            if not self.failed:
+                self.failed = True
+                raise TypeError("cannot send this")
+            self.real.send(message)
+
+    with writer._lock:
+        writer._conn = FailsOnce(writer._conn)
+    with pytest.raises(RuntimeError, match="TypeError: cannot send this"):
+        app.submit_transfer("exchange", "t-1", a, b, "BTC", "7", "").result(timeout=30)
+    assert writer._sender.is_alive()
+    app.submit_transfer("exchange", "t-1", a, b, "BTC", "7", "").result(timeout=30)
+    assert (_available(app, a), _available(app, b)) == (993, 7)
 
 
 def test_unknown_ledger_writer_is_a_config_error(db_url):
