@@ -23,6 +23,7 @@ from chains.base import ChainError
 from custody import config as config_mod
 from custody import logs
 from custody.errors import CustodyError, ScannerHalted, driver_reason
+from matching_stub.engine import RecoveryError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except CommandError as exc:  # e.g. "Can't locate revision": a newer custody migrated the database
         print(f"custody: database schema: {exc} (was the database upgraded by a newer custody?)", file=sys.stderr)
+        return 2
+    except RecoveryError as exc:  # the stored order books disagree with [[markets]]
+        print(f"custody: the order books can't be restored: {exc}", file=sys.stderr)
         return 2
     except ChainError as exc:
         print(f"custody: chain node: {exc}", file=sys.stderr)

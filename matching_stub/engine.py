@@ -186,7 +186,8 @@ class MatchingEngine:
         self.loaded_epoch = conn.execute(select(t.matching_engine.c.epoch)).scalar_one()
         for r in rows:
             if r.market not in self.books:
-                raise RecoveryError(f"open order {r.id} is in market {r.market}, which is not configured")
+                raise RecoveryError(f"open order {r.id} is in market {r.market}, which is not configured: put the "
+                                    "market back in [[markets]], cancel its open orders, then remove it")
             order = _order_from_row(r)
             if order.held_fee_ppm is None:
                 # Written before migration 0014, which stored no rate: sized with the market's
@@ -198,7 +199,9 @@ class MatchingEngine:
             expected = self._still_held(order)
             if order.hold_remaining != expected:
                 raise RecoveryError(f"open order {order.id} should hold {expected} but its hold {order.hold_id} "
-                                    f"holds {order.hold_remaining}")
+                                    f"holds {order.hold_remaining}: was market {r.market}'s price_unit (or, for "
+                                    "an order from before migration 0014, its fees) changed while orders rest? "
+                                    "put it back, cancel its open orders, then change it")
             self.books[r.market].rest(order)
         with self._published_lock:
             self.published = {name: _levels(book) for name, book in self.books.items()}

@@ -72,6 +72,31 @@ decimals = 8
     return path
 
 
+def test_serve_with_a_market_removed_under_open_orders_says_what_to_do(tmp_path):
+    """Open orders rest in a market the config no longer lists: their holds can't be checked, so
+    nothing starts; staff get one line naming the order and what to do, not a traceback."""
+    from custody.app import Custody
+    from custody.db.migrate import upgrade
+    from tests.support.config import make_config
+    from tests.support.matching import ETH, accounts, place
+
+    database = f"sqlite:///{tmp_path / 'custody.db'}"
+    upgrade(database)
+    app = Custody(make_config(database))
+    try:
+        (buyer,) = accounts(app, 1, btc=10**8, eth=0)
+        order_id = place(app, buyer, "BUY", 100_000, ETH).order.order_id
+    finally:
+        app.close()
+    config = write_config(tmp_path / "custody.toml", free_port(), database)  # no [[markets]]
+    result = run("serve", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert (f"custody: the order books can't be restored: open order {order_id} is in market ETH/BTC, which is "
+            "not configured: put the market back in [[markets]], cancel its open orders, then remove it") \
+        in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_serve_refuses_a_database_that_does_not_exist(tmp_path):
     """Only `db upgrade` creates a database: serve on a mistyped path made a fresh, empty one and
     served from it, handing out deposit addresses from index 0 again (already other users')."""
