@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Sequence
 
 from psycopg.adapt import Dumper
-from sqlalchemy import BigInteger, Connection, String, Table, and_, any_, bindparam, false, or_
+from sqlalchemy import BigInteger, Connection, String, Table, and_, any_, bindparam, false, func, or_, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 
@@ -130,15 +130,26 @@ def _processors(conn: Connection, table: Table, columns: tuple[str, ...]) -> tup
     return _cache[key]
 
 
+# Up to this many values, SQLite gets one parameter per value (its plain IN list); above it, one
+# JSON parameter. A statement may bind at most 32,766 parameters on SQLite (its default build) and
+# 65,535 on PostgreSQL: a list of a scanned block group's txids or addresses past that failed the
+# group, and with it every later scan (found by the deposits review).
+SQLITE_IN_LIST_MAX = 1000
+
+
 def in_values(conn: Connection, column, values):
-    """column IN values; on PostgreSQL one array parameter instead of one parameter per value."""
+    """column IN values, with one parameter however many values: an array on PostgreSQL, and on
+    SQLite a JSON list past SQLITE_IN_LIST_MAX values."""
     values = list(values)
     if not values:
         return false()
     if conn.dialect.name == "postgresql":
         kind = BigInteger() if isinstance(values[0], int) else String()
         return column == any_(bindparam(None, values, type_=ARRAY(kind)))
-    return column.in_(values)
+    if len(values) <= SQLITE_IN_LIST_MAX:
+        return column.in_(values)
+    each = func.json_each(bindparam(None, json.dumps(values), type_=String())).table_valued("value")
+    return column.in_(select(each.c.value))
 
 
 def in_pairs(conn: Connection, first, second, pairs):

@@ -12,6 +12,7 @@ import json
 from sqlalchemy import Connection, delete, insert, select, update
 
 from custody.db import schema as t
+from custody.db.bulk import in_values
 from custody.deposits.model import ON_CHAIN, PENDING
 
 
@@ -102,12 +103,12 @@ def addresses_by_id(conn: Connection, chain: str, ids) -> list[tuple[int, bytes,
     """(id, watch key, created height) of those ids that exist now."""
     rows = conn.execute(select(t.chain_addresses.c.id, t.chain_addresses.c.watch_key,
                                t.chain_addresses.c.created_height)
-                        .where(t.chain_addresses.c.chain == chain, t.chain_addresses.c.id.in_(list(ids))))
+                        .where(t.chain_addresses.c.chain == chain, in_values(conn, t.chain_addresses.c.id, ids)))
     return [(r.id, bytes(r.watch_key), r.created_height) for r in rows]
 
 
 def address_rows(conn: Connection, ids) -> dict[int, dict]:
-    rows = conn.execute(select(t.chain_addresses).where(t.chain_addresses.c.id.in_(set(ids))))
+    rows = conn.execute(select(t.chain_addresses).where(in_values(conn, t.chain_addresses.c.id, set(ids))))
     return {r.id: dict(r._mapping) for r in rows}
 
 
@@ -130,7 +131,7 @@ def deposits_by_key(conn: Connection, chain: str, keys: list[tuple[str, int]]) -
     if not keys:
         return {}
     txids = {txid for txid, _ in keys}
-    rows = conn.execute(select(t.deposits).where(t.deposits.c.chain == chain, t.deposits.c.txid.in_(txids)))
+    rows = conn.execute(select(t.deposits).where(t.deposits.c.chain == chain, in_values(conn, t.deposits.c.txid, txids)))
     wanted = set(keys)
     return {(r.txid, r.output_index): dict(r._mapping) for r in rows if (r.txid, r.output_index) in wanted}
 
@@ -190,7 +191,7 @@ def known_utxos(conn: Connection, chain: str, keys: list[tuple[str, int]]) -> se
     if not keys:
         return set()
     rows = conn.execute(select(t.utxos.c.txid, t.utxos.c.output_index).where(
-        t.utxos.c.chain == chain, t.utxos.c.txid.in_({txid for txid, _ in keys})))
+        t.utxos.c.chain == chain, in_values(conn, t.utxos.c.txid, {txid for txid, _ in keys})))
     return {(r.txid, r.output_index) for r in rows} & set(keys)
 
 

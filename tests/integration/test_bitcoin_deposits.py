@@ -93,6 +93,29 @@ def test_deposit_is_pending_then_credited_exactly_at_the_configured_depth(btc_ap
                                                                "amount": "150000000"}]
 
 
+def test_the_scanner_s_lookups_take_more_values_than_a_statement_may_bind(btc_app, chain):
+    """A scanned group of blocks paying over 65,535 of our addresses, or as many transactions,
+    bound one parameter per address id or txid: PostgreSQL refuses that many (SQLite's default
+    build past 32,766), the group failed, and the scanner retried it for good, crediting nobody
+    again (the deposits review paid 66,000 addresses on bcoin to show it). Each lookup now binds
+    one parameter whatever the count."""
+    ann, address = account_with_address(btc_app, "ann")
+    txid, _ = chain.pay((script_of(btc_app, address), 80_000))
+    chain.mine(CONFIRMATIONS)
+    scan(btc_app)
+    many = 70_000
+    with read_transaction(btc_app.engine) as conn:
+        (address_id,) = conn.execute(select(t.chain_addresses.c.id).where(t.chain_addresses.c.address == address)
+                                     ).scalars().all()
+        other_ids = range(10**9, 10**9 + many)
+        other_keys = [(f"{n:064x}", 0) for n in range(many)]
+        assert list(store.address_rows(conn, [address_id, *other_ids])) == [address_id]
+        assert [a for a, _, _ in store.addresses_by_id(conn, "bitcoin", [address_id, *other_ids])] == [address_id]
+        (deposit,) = store.deposits_by_key(conn, "bitcoin", [(txid, 0), *other_keys]).values()
+        assert (deposit["account_id"], deposit["amount"], deposit["status"]) == (ann, 80_000, "CREDITED")
+        assert store.known_utxos(conn, "bitcoin", [(txid, 0), *other_keys]) == {(txid, 0)}
+
+
 def test_one_transaction_paying_several_users_and_repeat_payments_are_each_credited_once(btc_app, chain):
     """Three users in one transaction (one of them twice), a second transaction to the same
     address, and an unwatched output alongside: every deposit output credited once."""
