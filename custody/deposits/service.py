@@ -112,12 +112,14 @@ def register_deposit_address(engine: Engine, plugin: ChainPlugin, chain: str, xp
                              index: int, created_height: int) -> str:
     """Registers the deposit address at `index` for an account, as created at
     `created_height`: for addresses handed out before the service knew them
-    (a restore, a migration, an index far beyond the last one issued). Once the
-    scanner has a cursor, a backfill from the next block is requested in the same
-    transaction, so past payments are found (FAILURE_MODES 23); even if the cursor is
-    below that height: a group of blocks the scanner is applying right now was read
-    with the addresses watched before this one, and the backfill (which runs up to the
-    cursor as it is at the scanner's next run) covers that group."""
+    (a restore, a migration, an index far beyond the last one issued). A backfill
+    from the next block is requested in the same transaction, so past payments are
+    found (FAILURE_MODES 23); even if the cursor is below that height: a group of
+    blocks the scanner is applying right now was read with the addresses watched
+    before this one, and the backfill (which runs up to the cursor as it is at the
+    scanner's next run) covers that group. Also before the scanner's first run: it
+    starts at the node's tip, and the blocks from the creation height up to there
+    were never scanned for the address (found by the deposits review)."""
     if index < 0 or created_height < 0:
         raise InvalidArgument("index and created_height must not be negative")
     derived = plugin.derive_address(xpub, index)
@@ -135,9 +137,8 @@ def register_deposit_address(engine: Engine, plugin: ChainPlugin, chain: str, xp
             chain=chain, wallet=DEPOSIT_WALLET, branch=0, key_index=index, address=derived.address,
             watch_key=derived.watch_key, account_id=account_id, created_height=created_height,
             created_at=store.now()))
-        if store.load_cursor(conn, chain) is not None:
-            store.request_backfill(conn, chain, created_height + 1,
-                                   f"address {derived.address} registered with creation height {created_height}")
+        store.request_backfill(conn, chain, created_height + 1,
+                               f"address {derived.address} registered with creation height {created_height}")
     return derived.address
 
 

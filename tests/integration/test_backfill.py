@@ -81,6 +81,30 @@ def test_an_address_at_a_high_index_registered_late_finds_its_past_payment_and_s
     only_outside_spends(btc_app.engine, request, {sweep_txid: 70_000})  # swept here with the deposit key
 
 
+def test_an_address_registered_before_the_scanner_s_first_run_finds_its_past_payment(db_url, chain):
+    """A migration registers its addresses first and starts the service after. The scanner's first
+    run starts at the node's tip: without a backfill (none was requested without a cursor), a
+    payment between the address's creation height and that tip was never seen (found by the
+    deposits review)."""
+    from custody.app import Custody
+    from tests.support.bitcoin import make_chain_config
+
+    app = Custody(make_chain_config(db_url, chain.rpc.url))
+    try:
+        ann = app.create_account("ann").account_id
+        plugin = app.plugin("bitcoin")
+        address = deposits.register_deposit_address(app.engine, plugin, "bitcoin", DEPOSIT_XPUB, ann, HIGH_INDEX,
+                                                    chain.height())
+        chain.pay((plugin.watch_key(address), 70_000))
+        chain.mine(CONFIRMATIONS)
+        app.scanner("bitcoin").catch_up()  # the first run: its cursor starts at the tip
+        app.scanner("bitcoin").catch_up()  # the backfill
+        (deposit,) = app.list_deposits(str(ann))[1]
+        assert (deposit.amount, deposit.status) == (70_000, "CREDITED"), deposit
+    finally:
+        app.close()
+
+
 def test_cli_rescan_finds_a_payment_the_scanner_could_not_see_and_a_second_rescan_changes_nothing(
         btc_app, chain, db_url, tmp_path):
     """A restore: the address row came back with no creation height, after its payment was
