@@ -30,10 +30,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 
 from chains import registry
 from custody.db import schema as t
+from custody.db.bulk import in_values
 from custody.db.types import as_utc
 from custody.deposits import model as deposits
 from custody.withdrawals import store as withdrawal_store
@@ -46,7 +47,7 @@ BY_BATCH = ("withdrawal_cancel_fee", "withdrawal_cancel_fee_reversal", "utxo_con
             "withdrawal_fee_correction", "withdrawal_foreign_spend")  # reference: the batch
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)  # a pass over a large UTXO set may list many
 class Item:
     """A part of the difference between the chain and the ledger, explained (or not) by a state."""
     amount: int  # chain minus ledger
@@ -141,21 +142,16 @@ def _reconcile_chain(conn, chain: str) -> ChainWallets:
     for txid, index, amount, height, address_id in unrecorded:
         items.append(Item(amount, f"{txid}:{index}: paid a deposit address and no deposit records it", False,
                           height, address_id))
-    # Where each spender is: its block, one address it spent from and how many it spent from.
-    spent_at: dict[str, tuple[int, int, set]] = {}
     rows = conn.execution_options(yield_per=10_000).execute(
-        select(u.txid, u.output_index, u.wallet, u.amount, u.spent_txid, u.block_height, u.spent_height,
-               u.address_id).where(u.chain == chain))
-    for txid, index, wallet, amount, spender, height, spent_height, address_id in rows:
+        select(u.txid, u.output_index, u.wallet, u.amount, u.spent_txid, u.block_height, u.address_id)
+        .where(u.chain == chain))
+    for txid, index, wallet, amount, spender, height, address_id in rows:
         if spender is None:
             on_chain += amount
         else:
             spent[spender] += amount
             if (txid, index) in reserved_by:
                 spenders_of[spender].add(reserved_by[(txid, index)])
-            _, first, others = spent_at.setdefault(spender, (spent_height, address_id, set()))
-            if address_id != first and len(others) < 100:
-                others.add(address_id)
         if wallet != deposits.DEPOSIT_WALLET:
             returned[txid] += amount
             to_wallets.append((txid, index, wallet, amount, height, address_id))
@@ -165,24 +161,25 @@ def _reconcile_chain(conn, chain: str) -> ChainWallets:
             items.append(Item(amount, f"{txid}:{index}: deposit {deposit_id}, {status}", waiting, height, address_id))
 
     # Transactions that spent our coins, not booked (yet).
+    spender_items: dict[str, Item] = {}
     for spender in sorted(spent):
         if spender in booked_by_batch or spender in foreign_booked:
             continue
         net = returned.get(spender, 0) - spent[spender]
-        height, address_id, others = spent_at[spender]
-        where = {"height": height, "address_id": address_id, "more_addresses": len(others)}
         if spender in attempts:
             batch_id, kind = attempts[spender]
             state, waiting = _attempt_state(batches[batch_id], kind, bool(effects.get(batch_id)))
-            items.append(Item(net, f"{spender}: {kind} attempt of batch {batch_id}, {state}", waiting, **where))
+            spender_items[spender] = Item(net, f"{spender}: {kind} attempt of batch {batch_id}, {state}", waiting)
             continue
         of = sorted(spenders_of.get(spender, ()))
         held = [i for i in of if batches[i].status == "NEEDS_STAFF"]
-        items.append(Item(net, f"{spender}: spent our coins and is none of our transactions; "
-                               + (f"held for staff in batch {', '.join(held)}" if held else
-                                  "not booked" + "".join(f"; it spent the inputs of batch {i} ({batches[i].status})"
-                                                         for i in of)),
-                          bool(held), **where))
+        spender_items[spender] = Item(
+            net, f"{spender}: spent our coins and is none of our transactions; "
+                 + (f"held for staff in batch {', '.join(held)}" if held else
+                    "not booked" + "".join(f"; it spent the inputs of batch {i} ({batches[i].status})" for i in of)),
+            bool(held))
+    _locate_spenders(conn, chain, spender_items)
+    items += spender_items.values()
     # Payments to the hot or cold wallet by transactions that spent none of our coins.
     for txid, index, wallet, amount, height, address_id in to_wallets:
         if txid not in spent:
@@ -200,6 +197,19 @@ def _reconcile_chain(conn, chain: str) -> ChainWallets:
                                    "booked on the wallet accounts; no chain event is booked so", False))
     _fill_addresses(conn, items)
     return ChainWallets(chain, asset, on_chain, in_ledger, items)
+
+
+def _locate_spenders(conn, chain: str, items: dict[str, Item]) -> None:
+    """Each spender's block, an address it spent from and how many more: read for the few spenders
+    listed, not kept for every spender of the pass (a million spends cost 400 MiB more that way)."""
+    if not items:
+        return
+    u = t.utxos.c
+    for spender, height, first, addresses in conn.execute(
+            select(u.spent_txid, func.min(u.spent_height), func.min(u.address_id), func.count(u.address_id.distinct()))
+            .where(u.chain == chain, in_values(conn, u.spent_txid, list(items))).group_by(u.spent_txid)):
+        item = items[spender]
+        item.height, item.address_id, item.more_addresses = height, first, addresses - 1
 
 
 def _fill_addresses(conn, items: list[Item]) -> None:

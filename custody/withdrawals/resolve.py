@@ -130,13 +130,20 @@ def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str
                     store.move(conn, withdrawals.ids, m, model.COMPLETED, staff, why, network_fee=share, txid=txid)
             elif fee > 0:
                 # No withdrawals (a consolidation): only the fee left the hot wallet, booked as the job
-                # books a self-spend's or a consolidation's (refusal.py _book_fee), under the same key.
-                store.apply_command(conn, withdrawals.ids, Command(
-                    kind="utxo_consolidation_fee" if b["kind"] == "consolidation" else "withdrawal_cancel_fee",
-                    actor=staff, postings=(Posting(_native_asset(withdrawals.config, b["chain"]).asset,
-                                                   "fees:network", f"wallet:{b['chain']}:hot", fee),),
-                    idempotency=Idempotency(store.SCOPE, f"fee:{batch_id}", batch_id),
-                    reference=batch_id, memo=txid))
+                # books a self-spend's or a consolidation's (refusal.py _book_fee), under the same key,
+                # unless that key holds the fee of another transaction: a self-spend booked when the
+                # batch was cancelled, which a reorg took away (reversed below). Under its key the
+                # settlement replayed that booking, and this spend's fee was booked nowhere (found by
+                # today's review).
+                booked = {memo for memo, _ in _fee_bookings(conn, batch_id)}
+                if txid not in booked:
+                    store.apply_command(conn, withdrawals.ids, Command(
+                        kind="utxo_consolidation_fee" if b["kind"] == "consolidation" else "withdrawal_cancel_fee",
+                        actor=staff, postings=(Posting(_native_asset(withdrawals.config, b["chain"]).asset,
+                                                       "fees:network", f"wallet:{b['chain']}:hot", fee),),
+                        idempotency=Idempotency(store.SCOPE, f"fee:{batch_id}:{txid}" if booked else f"fee:{batch_id}",
+                                                batch_id),
+                        reference=batch_id, memo=txid))
             _book_foreign_spends(conn, withdrawals, b, coins, staff, reason, exclude=txid)
             status = model.COMPLETED
         elif none_paid:
@@ -167,15 +174,20 @@ def resolve_batch(withdrawals, staff: str, batch_id: str, txid: str, reason: str
     return list_batches_by_id(withdrawals.engine, batch_id), done
 
 
+def _fee_bookings(conn, batch_id: str, *kinds: str) -> list[tuple[str, int]]:
+    """(transaction, fee) of each fee booked for the batch's own transactions that paid nobody."""
+    lb, tr = t.ledger_batches.c, t.ledger_transfers.c
+    return [tuple(row) for row in conn.execute(
+        select(lb.memo, tr.amount).join(t.ledger_transfers, tr.batch_id == lb.id)
+        .where(lb.kind.in_(kinds or ("withdrawal_cancel_fee", "utxo_consolidation_fee")), lb.reference == batch_id))]
+
+
 def _reverse_cancel_fee(conn, withdrawals, batch: dict, txid: str, staff: str, reason: str) -> None:
     """A batch cancelled and booked (its self-spend's fee), then paid after all: a reorg took the
     self-spend away and staff settle on another spend of the same inputs, so the self-spend can't
     be on the chain any more. Its fee, booked out of the hot wallet, never left it: reversed, once
     (the settlement books what the spend they name took)."""
-    lb, tr = t.ledger_batches.c, t.ledger_transfers.c
-    booked = conn.execute(select(lb.memo, tr.amount).join(t.ledger_transfers, tr.batch_id == lb.id).where(
-        lb.kind == "withdrawal_cancel_fee", lb.reference == batch["id"])).all()
-    fee = sum(amount for memo, amount in booked if memo != txid)
+    fee = sum(amount for memo, amount in _fee_bookings(conn, batch["id"], "withdrawal_cancel_fee") if memo != txid)
     if fee <= 0:
         return
     store.apply_command(conn, withdrawals.ids, Command(

@@ -792,6 +792,50 @@ def test_a_held_batch_whose_conflict_goes_away_is_paid_by_its_stored_payment(db_
         app.close()
 
 
+def test_a_consolidation_mined_after_its_cancellation_is_settled_with_its_own_fee(db_url, chain, signer):
+    """A consolidation refused by the node is cancelled by its self-spend (its fee booked); a reorg
+    takes the self-spend away and the consolidation is mined instead. Settled by staff on it, its
+    fee booking replayed the self-spend's (same key), the self-spend's was reversed, and the fee
+    that did leave the hot wallet was booked nowhere (found by today's review). Now it is booked."""
+    app = make_app(db_url, chain, consolidate_above=2)
+    try:
+        fund_hot_wallet(app, chain, 100_000, 200_000, 300_000)
+        chain.mine(1)  # an empty tip, taken back later to wipe the mempool
+        app.scanner("bitcoin").catch_up()
+        with pytest.raises(CrashForTest):
+            sender(app, signer, crash_at="after_store").tick()
+        (merge,) = batches(app)
+        assert merge["kind"] == "consolidation"
+        s = sender(app, signer)
+        coin = sorted(reserved(app))[0]
+        amount = {(c.txid, c.index): c.amount for c in s._reserved_coins(merge["id"])}[coin]
+        chain.miner.send(spend(coin, amount, account_xprv(1).derive("m/0/1").key, random_script()))
+        s.tick()
+        payment, cancel = attempts(app)
+        assert batches(app)[0]["status"] == "CANCELLING" and (payment["kind"], cancel["kind"]) == ("payment", "cancel")
+        wipe_mempool(app, chain)  # the conflict is gone: the self-spend goes in
+        s.tick()
+        confirm(app, chain, s, blocks=2)
+        assert batches(app)[0]["status"] == "CANCELLED"
+        assert ledger_balance(app, "fees:network") == -cancel["fee"]
+        chain.reorg(chain.height() - 1, 1)  # the self-spend goes; the refused consolidation is mined
+        chain.miner.send(payment["raw"])
+        chain.mine(1)
+        app.scanner("bitcoin").catch_up()
+        s.tick()
+        assert batches(app)[0]["status"] == "NEEDS_STAFF"
+        chain.mine(1)
+        app.scanner("bitcoin").catch_up()
+        app.withdrawals.resolve_batch("alice-admin", merge["id"], payment["txid"], "merged after the reorg")
+        assert batches(app)[0]["status"] == "COMPLETED"
+        assert ledger_balance(app, "fees:network") == -payment["fee"]
+        assert ledger_balance(app, "wallet:bitcoin:hot") == -payment["fee"]  # funded from outside: not booked
+        report = check(app.engine)
+        assert report.ok, report.render()
+    finally:
+        app.close()
+
+
 def test_a_held_batch_changed_by_another_writer_while_it_is_released_is_not_overwritten(pg_url, chain, tmp_path):
     """The job releases a held batch (its stored payment was taken again) while another instance
     changes the batch in a transaction of its own (as a staff settlement would). The job read the
