@@ -89,10 +89,24 @@ class ProcessLedgerWriter(QueuedWriter):
             return super().submit_async(command)
         return channel.submit(command)
 
+    # How long close() waits for the child to finish what it has before it kills it: a child that
+    # stopped answering (SIGSTOPped, or stuck) kept `custody serve` from ever exiting.
+    close_wait_s = 60.0
+
     def close(self) -> None:
         self._queue.put(STOP)
-        self._sender.join()
-        self._receiver.join()
+        deadline = time.monotonic() + self.close_wait_s
+        self._sender.join(self.close_wait_s)
+        self._receiver.join(max(0.0, deadline - time.monotonic()))
+        if self._sender.is_alive() or self._receiver.is_alive():
+            log.error("ledger writer process %s did not finish within %.0f s of being asked to stop; killed; "
+                      "its unanswered calls fail (retry them with the same key)", self._process.pid,
+                      self.close_wait_s)
+            with self._lock:
+                self._closing = True  # the receiver starts no new child when this one goes
+            self._process.kill()
+            self._sender.join()
+            self._receiver.join()
         with self._lock:
             channel, self._loop_channel = self._loop_channel, None
             spare, self._loop_sock = self._loop_sock, None
@@ -190,7 +204,8 @@ class ProcessLedgerWriter(QueuedWriter):
                     _fail(futures)
                 if closing:
                     self._process.join(30)
-                    conn.close()
+                    with self._send_lock:
+                        conn.close()
                     return
                 continue
             everything = []
@@ -199,9 +214,9 @@ class ProcessLedgerWriter(QueuedWriter):
                     futures = self._pending.pop(number, None)
                 if futures is None:  # failed already as unanswered; a retry with its key replays it
                     log.error("ledger writer: an answer to group %d, which was failed as unanswered", number)
-                    continue
-                resolve_futures(futures, results)
-                everything += results
+                else:
+                    resolve_futures(futures, results)
+                everything += results  # committed either way: event streams are woken
             self._notify(everything)
 
 

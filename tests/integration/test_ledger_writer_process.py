@@ -282,6 +282,41 @@ def test_a_group_that_can_not_be_sent_fails_alone_and_the_sender_thread_lives_on
     assert (_available(app, a), _available(app, b)) == (993, 7)
 
 
+def test_closing_with_a_child_that_stopped_answering_ends_after_the_wait(db_url):
+    """A child that stopped answering (SIGSTOPped here; stuck) kept close(), and with it `custody
+    serve`'s shutdown, waiting for good (found by today's review). After close_wait_s it is killed,
+    and its unanswered calls fail with "retry with the same key"."""
+    app = Custody(make_config(db_url, ledger_writer="process"))
+    a = str(app.create_account("alice").account_id)
+    b = str(app.create_account("bob").account_id)
+    app.adjust_balance("alice-admin", "fund", a, "BTC", "1000", True, "funding for test")
+    writer = app.writer
+    writer.close_wait_s = 1.0
+    child = writer.pid
+    os.kill(child, signal.SIGSTOP)
+    try:
+        call = app.submit_transfer("exchange", "t-1", a, b, "BTC", "7", "")
+        closing = threading.Thread(target=app.close)
+        started = time.monotonic()
+        closing.start()
+        closing.join(30)
+        assert not closing.is_alive(), "close() still waiting for the stopped child"
+        assert time.monotonic() - started >= 1.0
+        with pytest.raises(WriterUnavailable):
+            call.result(timeout=1)
+    finally:
+        try:
+            os.kill(child, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    again = Custody(make_config(db_url, ledger_writer="process"))
+    try:  # the call may or may not have been applied: its retry settles it, once
+        again.submit_transfer("exchange", "t-1", a, b, "BTC", "7", "").result(timeout=30)
+        assert (_available(again, a), _available(again, b)) == (993, 7)
+    finally:
+        again.close()
+
+
 def test_unknown_ledger_writer_is_a_config_error(db_url):
     with pytest.raises(config_mod.ConfigError, match="ledger_writer"):
         make_config(db_url, ledger_writer="fibre")
