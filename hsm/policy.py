@@ -136,11 +136,14 @@ class Policy:
 
     def _check_approvals(self, tx: Explained, needs, approvals, withdrawals, digest: bytes) -> list[str]:
         cfg = self.config
-        """Returns the ids of the withdrawals whose approvals cover the outputs (none when the whole
-        payload is approved)."""
+        """Returns the ids of the withdrawals whose approvals cover the outputs; when the whole
+        payload is approved, one id standing for that approval, so that _paid_once pins it to the
+        first payment: an Ethereum payload does not name its sender (the key the core names at
+        signing does), and one approval of it signed by each of our keys paid its payee once per
+        key (found by the signer review)."""
         valid, rejected = count_valid(approvals, cfg.staff, tx.chain, digest)
         if len(valid) >= cfg.approval_quorum:
-            return []  # the whole payload is approved
+            return [f"payload:{digest.hex()}"]
         pool, short = approved_withdrawals(withdrawals, cfg.staff, tx.chain, cfg.approval_quorum)
         used = []
         for t in needs:

@@ -123,6 +123,38 @@ def test_signed_eip1559_transaction_is_accepted_and_mined_by_anvil(served, anvil
     assert int(eth_call(anvil, "eth_getBalance", payee, "latest"), 16) == S.ETH
 
 
+def test_one_staff_approval_of_an_ethereum_payload_pays_once_whatever_key_signs_it(tmp_path, anvil):
+    """An Ethereum payload does not name its sender: the key the core names at signing does. Staff
+    approved one 3 ETH payment (above approval_above); a compromised core had it signed by two of
+    our keys, each with nonce 0 and funds, and anvil mined both: 6 ETH paid on one approval (found
+    by the signer review). The approval now stands for the first payment made with it."""
+    from hsm.approvals import sign_approval
+    from hsm.decode.ethereum import address_of
+
+    S.make_keystore(tmp_path).close()
+    process = S.SignerProcess(tmp_path, S.raw_config(tmp_path))
+    try:
+        client = process.client
+        first_index = 1000 + int.from_bytes(os.urandom(2), "big")  # keys no other test on this anvil has used
+        paths = [f"m/44h/60h/0h/0/{first_index}", f"m/44h/60h/0h/0/{first_index + 1}"]
+        for path in paths:
+            eth_call(anvil, "anvil_setBalance", address_of(client.public_key(S.HOT, path).public_key), hex(10 * S.ETH))
+        payee = "0x" + os.urandom(20).hex()
+        payload = S.eth_payload(payee, 3 * S.ETH, nonce=0, max_fee=20 * 10**9, tip=10**9)
+        approvals = [sign_approval(S.STAFF[name], name, "ethereum", payload) for name in ("alice", "bob")]
+        assert client.sign("ethereum", payload, [(S.HOT, paths[0])]).refused_rule == "approvals"
+        first = client.sign("ethereum", payload, [(S.HOT, paths[0])], approvals)
+        assert first.signed, first.refused_reason
+        other = client.sign("ethereum", payload, [(S.HOT, paths[1])], approvals)
+        assert (other.signed, other.refused_rule) == (False, "approvals"), other
+        assert "paid before" in other.refused_reason
+        mined = receipt(anvil, eth_call(anvil, "eth_sendRawTransaction", "0x" + first.raw_transaction.hex()))
+        assert int(mined["status"], 16) == 1
+        assert int(eth_call(anvil, "eth_getBalance", payee, "latest"), 16) == 3 * S.ETH
+    finally:
+        process.stop()
+
+
 def test_transaction_for_anvil_is_rejected_by_a_node_with_another_chain_id(tmp_path):
     """FAILURE_MODES 10: what the signer signs for chain 31337 can't be replayed on chain 1337."""
     S.make_keystore(tmp_path)
