@@ -3,6 +3,7 @@ and the tests all go through this object; none of it knows about gRPC."""
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import time
 
 from custody import config as config_mod
@@ -11,7 +12,7 @@ from chains import registry
 from chains.base import ChainError, ChainPlugin
 from custody.accounts import service as accounts
 from custody.db.engine import make_engine
-from custody.errors import InvalidArgument, Unavailable
+from custody.errors import ConfigChanged, InvalidArgument, Unavailable
 from custody.deposits import service as deposits
 from custody.deposits.model import Deposit
 from custody.deposits.scanner import Scanner
@@ -26,6 +27,8 @@ from custody.text import parse_memo, parse_reason
 from matching_stub.service import MatchingService
 
 
+
+log = logging.getLogger(__name__)
 
 # How long a check of a chain's config pins holds for deposit_address (one query each time).
 PINS_RECHECK_S = 60.0
@@ -92,7 +95,14 @@ class Custody:
         # config in a rolling deploy) handed out addresses that another instance's scanner credited:
         # coins the signer's keys can't spend.
         if time.monotonic() - self._pins_verified.get(chain, -PINS_RECHECK_S) >= PINS_RECHECK_S:
-            self.verify_config(chain)
+            try:
+                self.verify_config(chain)
+            except ConfigChanged as exc:
+                # The differences name the old and new wallet xpubs: for the operator (the log and
+                # `custody admin config`), not for a client, who could list every address with them.
+                log.error("deposit address refused: %s", exc)
+                raise ConfigChanged(f"{chain}: this instance's configuration differs from the one its data was "
+                                    "read with; no deposit address is handed out (see the server log)") from None
             self._pins_verified[chain] = time.monotonic()
         xpub = self.config.chain(chain).deposit_xpub
         try:
@@ -103,9 +113,10 @@ class Custody:
             # could first be paid. Without it the scanner started above that payment, never read it.
             try:
                 self.scanner(chain).ensure_cursor()
-            except ChainError as exc:
-                raise Unavailable(f"{chain}: the chain is not scanned yet and its node is unreachable "
-                                  f"({exc}); no deposit address is handed out before it is") from None
+            except ChainError as exc:  # the node's address and words: for the log, not the client
+                log.warning("deposit address refused: %s: the node is unreachable: %s", chain, exc)
+                raise Unavailable(f"{chain}: the chain is not scanned yet and its node is unreachable; no deposit "
+                                  "address is handed out before it is; retry later") from None
             return account, deposits.deposit_address(self.engine, plugin, chain, xpub, account, new, idempotency)
 
     def list_deposits(self, account_id: str, page_size: int = 0, page_token: str = "") -> tuple[int, list[Deposit], str]:

@@ -20,6 +20,31 @@ def api(btc_app):
     server.stop()
 
 
+def test_a_first_address_with_the_node_down_is_unavailable_without_the_node_s_address(db_url, dead_port):
+    """The chain is not scanned yet and its node does not answer: UNAVAILABLE, and the message
+    named the node's host and port and its socket error to any client (found by the gRPC
+    review). Those go to the server log only."""
+    from custody.app import Custody
+    from tests.support.bitcoin import make_chain_config
+
+    app = Custody(make_chain_config(db_url, f"http://user:pass@127.0.0.1:{dead_port}"))
+    server = ServerThread(app.config, app)
+    clients = Clients(server.address)
+    try:
+        md = clients.md()
+        account = clients.custody.CreateAccount(pb.CreateAccountRequest(external_id="ann"), metadata=md).account_id
+        with pytest.raises(grpc.RpcError) as refused:
+            clients.custody.GetDepositAddress(pb.GetDepositAddressRequest(account_id=account, chain="bitcoin"),
+                                              metadata=md)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert refused.value.details() == ("bitcoin: the chain is not scanned yet and its node is unreachable; no "
+                                           "deposit address is handed out before it is; retry later")
+    finally:
+        clients.close()
+        server.stop()
+        app.close()
+
+
 def test_deposit_flow_over_grpc(api, btc_app, chain):
     md = api.md()
     account = api.custody.CreateAccount(pb.CreateAccountRequest(external_id="grpc-ann"), metadata=md).account_id
