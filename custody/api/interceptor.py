@@ -5,6 +5,7 @@ import inspect
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from chains.base import ChainError, NodeUnavailable
@@ -50,6 +51,15 @@ async def _abort_for(exc: Exception, context, method: str):
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
 
+async def _parsed(raw: bytes, parse, context):
+    if parse is None:
+        return raw
+    try:
+        return parse(raw)
+    except DecodeError:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid message of this method")
+
+
 class CustodyInterceptor(grpc.aio.ServerInterceptor):
     """Wraps each method's handler once (handlers are fixed when the server starts);
     the wrapper authorizes every call from its own metadata."""
@@ -73,15 +83,20 @@ class CustodyInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         authorize = self.authenticator.authorize
+        # The wrappers get the request's bytes and parse them once the caller is authorized: parsed
+        # by gRPC before, a malformed body (bad UTF-8 in a string field) was UNKNOWN, with the
+        # decoder's words and our message names, to any caller, token or not.
+        parse = handler.request_deserializer
 
         if handler.unary_unary:
             inner = handler.unary_unary
 
-            async def unary_unary(request, context):
+            async def unary_unary(raw, context):
                 client, status, message = authorize(method, context.invocation_metadata())
                 if client is None:
                     await context.abort(status, message)
                 set_current_client(client)
+                request = await _parsed(raw, parse, context)
                 try:
                     return await inner(request, context)
                 except grpc.aio.AbortError:
@@ -89,15 +104,15 @@ class CustodyInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as exc:
                     await _abort_for(exc, context, method)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(unary_unary, None, handler.response_serializer)
 
         if handler.unary_stream:
             inner_stream = handler.unary_stream
             if inspect.isasyncgenfunction(inner_stream):
-                async def unary_stream(request, context):
+                async def unary_stream(raw, context):
                     client = await self._open_stream(method, context)
                     try:
+                        request = await _parsed(raw, parse, context)
                         async for item in inner_stream(request, context):
                             yield item
                     except grpc.aio.AbortError:
@@ -107,15 +122,14 @@ class CustodyInterceptor(grpc.aio.ServerInterceptor):
                     finally:
                         self._close_stream(client)
             else:  # a coroutine that writes with context.write (grpc's health Watch)
-                async def unary_stream(request, context):
+                async def unary_stream(raw, context):
                     client = await self._open_stream(method, context)
                     try:
-                        await inner_stream(request, context)
+                        await inner_stream(await _parsed(raw, parse, context), context)
                     finally:
                         self._close_stream(client)
 
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(unary_stream, None, handler.response_serializer)
 
         if handler.stream_stream and method.startswith(ANY_SCOPE_PREFIXES):  # server reflection
             inner_bidi = handler.stream_stream

@@ -95,6 +95,32 @@ def check_every_rpc(app, clients):
     assert app.events_after(0, limit=10) == [], "hostile input changed something"
 
 
+def test_a_body_that_is_not_a_message_is_refused_after_the_caller_is_checked(clients):
+    """gRPC parsed the body before the interceptor ran: a malformed one (a client's own encoder,
+    or anyone reaching the port) was UNKNOWN with the decoder's words, whatever the token (found
+    by the gRPC review). Now the caller is checked first, then the body: INVALID_ARGUMENT."""
+    truncated, bad_utf8 = b"\x0a\x05ab", b"\x0a\x02\xff\xfe"  # field 1: 5 bytes promised, 2 sent; not UTF-8
+
+    def outcome(name, streaming, body, metadata):
+        call = (clients.channel.unary_stream if streaming else clients.channel.unary_unary)(
+            name, request_serializer=lambda raw: raw, response_deserializer=lambda raw: raw)
+        try:
+            for _ in (call(body, metadata=metadata, timeout=10) if streaming else [call(body, metadata=metadata,
+                                                                                        timeout=10)]):
+                pass
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details()
+        return grpc.StatusCode.OK, ""
+
+    refused = (grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid message of this method")
+    for name, method in methods():
+        streaming, caller = method.server_streaming, bearer(CLIENT_FOR[REQUIRED_SCOPE[name]])
+        assert outcome(name, streaming, truncated, None)[0] == grpc.StatusCode.UNAUTHENTICATED, name
+        assert outcome(name, streaming, truncated, bearer("nobody"))[0] == grpc.StatusCode.PERMISSION_DENIED, name
+        assert outcome(name, streaming, truncated, caller) == refused, name
+    assert outcome("/custody.v1.CustodyService/CreateAccount", False, bad_utf8, bearer("exchange")) == refused
+
+
 def test_cursors_and_ids_beyond_64_bit_signed_are_invalid_arguments(clients):
     """Proto cursors are uint64; rows never pass 2^63-1, and neither database takes a larger integer."""
     huge, md = 2**64 - 1, bearer("exchange")
