@@ -17,15 +17,20 @@ from custody.errors import InvalidArgument
 MAX_MEMO = 256
 MIN_REASON, MAX_REASON = 3, 512
 
-# C0 and C1 controls but tab and new line, and the bidirectional overrides and isolates
-# that can make text display in another order than it is stored ("Trojan Source").
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 controls but tab and new line; the bidirectional overrides, isolates and marks
+# that can make text display in another order than it is stored ("Trojan Source"); the
+# invisible ones (zero-width space, word joiner and invisible operators, the byte order mark)
+# that can make two texts look alike; and the line and paragraph separators, line breaks that
+# some viewers show and others do not. Zero-width (non-)joiners stay: scripts such as Persian
+# and emoji sequences need them.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064"
+                      "\u2066-\u2069\ufeff]")
 
 
 def _check(value: str, field: str) -> str:
     if _CONTROL.search(value):
-        raise InvalidArgument(f"{field} must not contain control characters (other than tab and new line) "
-                              f"or bidirectional overrides")
+        raise InvalidArgument(f"{field} must not contain control characters (other than tab and new line), "
+                              f"bidirectional overrides or invisible characters")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
