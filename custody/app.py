@@ -114,9 +114,9 @@ class Custody:
             try:
                 self.scanner(chain).ensure_cursor()
             except ChainError as exc:  # the node's address and words: for the log, not the client
-                log.warning("deposit address refused: %s: the node is unreachable: %s", chain, exc)
-                raise Unavailable(f"{chain}: the chain is not scanned yet and its node is unreachable; no deposit "
-                                  "address is handed out before it is; retry later") from None
+                log.warning("deposit address refused: %s: the node can't be used: %s", chain, exc)
+                raise Unavailable(f"{chain}: the chain is not scanned yet and its node can't be used now (the server "
+                                  "log says why); no deposit address is handed out before it is; retry later") from None
             return account, deposits.deposit_address(self.engine, plugin, chain, xpub, account, new, idempotency)
 
     def list_deposits(self, account_id: str, page_size: int = 0, page_token: str = "") -> tuple[int, list[Deposit], str]:

@@ -532,7 +532,7 @@ def test_a_reorg_exactly_max_reorg_depth_deep_is_unwound_and_one_block_deeper_ha
         app.close()
 
 
-def test_a_mainnet_service_pointed_at_a_regtest_node_scans_nothing(db_url, chain):
+def test_a_mainnet_service_pointed_at_a_regtest_node_scans_nothing(db_url, chain, caplog):
     """A script is the same bytes on every network: a mainnet config whose rpc_url reached a
     regtest (or testnet) node, by a mistake or a failover, credited free coins as real BTC. The
     plugin could tell, but nothing asked it (found by the chain plugin review)."""
@@ -549,8 +549,9 @@ def test_a_mainnet_service_pointed_at_a_regtest_node_scans_nothing(db_url, chain
 
         scanner = app.scanner("bitcoin")
         ann = app.create_account("ann").account_id
-        with pytest.raises(Unavailable, match="runs 'regtest'"):  # no address before the chain is scanned
+        with pytest.raises(Unavailable, match="not scanned yet"):  # no address before the chain is scanned
             app.deposit_address(str(ann), "bitcoin")
+        assert "runs 'regtest' but the config says network = 'mainnet'" in caplog.text  # why: for staff, in the log
         chain.pay((app.plugin("bitcoin").watch_key(app.plugin("bitcoin").derive_address(xpub(0), 0).address),
                    2 * 10**8))
         chain.mine(CONFIRMATIONS)

@@ -37,8 +37,9 @@ def test_a_first_address_with_the_node_down_is_unavailable_without_the_node_s_ad
             clients.custody.GetDepositAddress(pb.GetDepositAddressRequest(account_id=account, chain="bitcoin"),
                                               metadata=md)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert refused.value.details() == ("bitcoin: the chain is not scanned yet and its node is unreachable; no "
-                                           "deposit address is handed out before it is; retry later")
+        assert refused.value.details() == ("bitcoin: the chain is not scanned yet and its node can't be used now "
+                                           "(the server log says why); no deposit address is handed out before it "
+                                           "is; retry later")
     finally:
         clients.close()
         server.stop()
