@@ -14,8 +14,7 @@ import tomllib
 
 from hsm.errors import ConfigError
 
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_HEX32 = re.compile(r"[0-9a-f]{64}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")  # a SHA-256 digest, an Ed25519 public key
 _ETH_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _DIGITS = re.compile(r"[0-9]+")
 NO_LIMIT = 2**256 - 1
@@ -146,6 +145,15 @@ def _text(table: dict, where: str, key: str, default: str = "") -> str:
     return value
 
 
+def _name_and_hex(table: dict, where: str, key: str) -> tuple[str, str]:
+    """(name, key's 64 hex digits in lower case) of a [[clients]] or [[policy.staff]] entry."""
+    _known(table, where, ("name", key))
+    name, value = _text(table, where, "name"), _text(table, where, key).lower()
+    if not name or not _HEX64.fullmatch(value):
+        raise ConfigError(f"{where}: name and {key} (64 hex digits) are required")
+    return name, value
+
+
 def _texts(table: dict, where: str, key: str) -> tuple[str, ...]:
     value = table.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -201,10 +209,7 @@ def parse(raw: dict, base_dir: pathlib.Path = pathlib.Path(".")) -> Config:
     clients = []
     for i, c in enumerate(_tables(raw, "", "clients")):
         where = f"clients[{i}]"
-        _known(c, where, ("name", "token_sha256"))
-        name, digest = _text(c, where, "name"), _text(c, where, "token_sha256").lower()
-        if not name or not _SHA256_HEX.fullmatch(digest):
-            raise ConfigError(f"{where}: name and token_sha256 (64 hex digits) are required")
+        name, digest = _name_and_hex(c, where, "token_sha256")
         if any(digest == k.token_sha256 or name == k.name for k in clients):
             # With one token, the later client would silently take the earlier's calls.
             raise ConfigError(f"{where} ({name}): another client has the same name or token_sha256")
@@ -291,10 +296,7 @@ def _policy(raw: dict) -> PolicyConfig:
     staff, keys_seen = [], set()
     for i, s in enumerate(_tables(raw, "policy", "staff")):
         where = f"policy.staff[{i}]"
-        _known(s, where, ("name", "ed25519_public_key"))
-        name, key = _text(s, where, "name"), _text(s, where, "ed25519_public_key").lower()
-        if not name or not _HEX32.fullmatch(key):
-            raise ConfigError(f"{where}: name and ed25519_public_key (64 hex digits) are required")
+        name, key = _name_and_hex(s, where, "ed25519_public_key")
         if key in keys_seen:
             raise ConfigError(f"{where} ({name}): this public key is listed twice; "
                               "one person must not count as two approvers")

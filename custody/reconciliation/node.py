@@ -39,7 +39,7 @@ class NodeCheck:
 
 def check_outputs(engine: Engine, plugin: ChainPlugin, chain: str,
                   progress: Callable[[str], None] | None = None) -> NodeCheck:
-    u, ca = t.utxos.c, t.chain_addresses.c
+    u = t.utxos.c
     with read_transaction(engine) as conn:
         cursor = store.load_cursor(conn, chain)
         unspent = conn.execute(select(u.txid, u.output_index, u.amount, u.block_height, u.address_id)
@@ -52,8 +52,7 @@ def check_outputs(engine: Engine, plugin: ChainPlugin, chain: str,
             progress(f"{chain}: {n:,} of {len(unspent):,} unspent outputs asked of the node")
     if gone:  # few: their addresses are looked up once the node has answered
         with read_transaction(engine) as conn:
-            addresses = dict(conn.execute(select(ca.id, ca.address).where(
-                ca.id.in_(sorted({g[4] for g in gone[:1000]})))).all())
-        gone = [(txid, index, amount, height, addresses.get(address_id, "?"))
+            rows = store.address_rows(conn, {g[4] for g in gone})
+        gone = [(txid, index, amount, height, rows[address_id]["address"] if address_id in rows else "?")
                 for txid, index, amount, height, address_id in gone]
     return NodeCheck(chain, len(unspent), cursor.height if cursor else None, plugin.tip().height, gone)

@@ -37,6 +37,7 @@ from custody.db import schema as t
 from custody.db.bulk import in_values
 from custody.db.types import as_utc
 from custody.deposits import model as deposits
+from custody.deposits import store as deposit_store
 from custody.withdrawals import store as withdrawal_store
 
 # Batch states in which the service has booked the transaction it names (batch.txid).
@@ -213,13 +214,9 @@ def _locate_spenders(conn, chain: str, items: dict[str, Item]) -> None:
 
 
 def _fill_addresses(conn, items: list[Item]) -> None:
-    ca = t.chain_addresses.c
-    wanted = sorted({i.address_id for i in items if i.address_id is not None})
-    found = {}
-    for start in range(0, len(wanted), 1000):  # bound the IN list
-        found.update(conn.execute(select(ca.id, ca.address).where(ca.id.in_(wanted[start:start + 1000]))).all())
+    found = deposit_store.address_rows(conn, {i.address_id for i in items if i.address_id is not None})
     for i in items:
-        i.address = found.get(i.address_id, "")
+        i.address = found[i.address_id]["address"] if i.address_id in found else ""
 
 
 # Batch states in which a mined attempt is still to be booked by the withdrawal job.
