@@ -17,7 +17,7 @@ from custody.db.engine import read_transaction
 from tests.support.bitcoin import random_script
 from tests.support.databases import ROOT
 from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_held, fund, fund_hot_wallet,
-                                       ledger_balance, sender, start_signer, withdrawal_config)
+                                       ledger_balance, sender, start_signer)
 
 CHILD = r"""
 import os, signal, sys
@@ -36,15 +36,6 @@ s.tick()
 app.close()
 """
 
-
-@pytest.fixture
-def btc(db_url, chain):
-    from custody.app import Custody
-
-    app = Custody(withdrawal_config(db_url, chain.rpc.url, confirmations=2))
-    app.scanner("bitcoin").catch_up()
-    yield app
-    app.close()
 
 
 @pytest.mark.parametrize("step", ["after_sign", "after_store", "after_broadcast", "before_complete"])

@@ -23,13 +23,6 @@ from tests.support.withdrawals import (BTC, WITHDRAWAL_FEE, attempts, available_
 REGTEST = network("regtest")
 
 
-@pytest.fixture
-def btc(db_url, chain):
-    app = Custody(withdrawal_config(db_url, chain.rpc.url, confirmations=2))
-    app.scanner("bitcoin").catch_up()
-    yield app
-    app.close()
-
 
 def run_batch(btc, chain, signer, n):
     fund_hot_wallet(btc, chain, 3 * BTC)
@@ -143,13 +136,20 @@ def test_an_approval_again_under_a_rotated_key_does_not_send_a_broadcast_withdra
         app.close()
 
 
-def one_withdrawal_sent(btc, chain, signer):
-    """A withdrawal of 0.01 BTC from a funded account, batched, signed and sent: (its id, the job)."""
+def one_withdrawal_approved(btc, chain) -> tuple[str, str]:
+    """A withdrawal of 0.01 BTC from an account funded with 5 BTC, the hot wallet holding 3 BTC:
+    (the account, the withdrawal), approved (below the review threshold)."""
     fund_hot_wallet(btc, chain, 3 * BTC)
     acct = str(btc.create_account("payer").account_id)
     fund(btc, acct, 5 * BTC)
     wid = btc.withdrawals.request("wallet-service", "k", acct, "BTC", script_to_address(random_script(), REGTEST),
                                   "1000000")[0]["id"]
+    return acct, wid
+
+
+def one_withdrawal_sent(btc, chain, signer):
+    """A withdrawal of 0.01 BTC from a funded account, batched, signed and sent: (its id, the job)."""
+    _, wid = one_withdrawal_approved(btc, chain)
     s = sender(btc, signer)
     s.tick()
     return wid, s
@@ -171,11 +171,7 @@ def test_a_stale_sign_of_a_batch_that_went_on_signs_and_moves_nothing(btc, chain
 
 def test_a_frozen_accounts_approved_withdrawal_waits_until_it_is_unfrozen(btc, chain, signer):
     """Frozen after its withdrawal was approved (a reversed deposit, or staff): the withdrawal is not sent."""
-    fund_hot_wallet(btc, chain, 3 * BTC)
-    acct = str(btc.create_account("payer").account_id)
-    fund(btc, acct, 5 * BTC)
-    wid = btc.withdrawals.request("wallet-service", "k", acct, "BTC", script_to_address(random_script(), REGTEST),
-                                  "1000000")[0]["id"]
+    acct, wid = one_withdrawal_approved(btc, chain)
     assert btc.withdrawals.get(wid)[0]["status"] == "APPROVED"
     btc.set_frozen("alice-admin", acct, True, "deposit reversed by a reorg")
     s = sender(btc, signer)

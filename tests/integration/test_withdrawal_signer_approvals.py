@@ -3,7 +3,6 @@ real bcoin node): the core passes each withdrawal's content and its Ed25519 appr
 output above the signer's approval_above needs the signer's own quorum over it."""
 from __future__ import annotations
 
-import pytest
 
 from chains.bitcoin.addresses import script_to_address
 from chains.bitcoin.params import network
@@ -14,13 +13,6 @@ from tests.support.withdrawals import (BTC, approve_signature, confirm, fund, fu
 
 REGTEST = network("regtest")
 
-
-@pytest.fixture
-def btc(db_url, chain):
-    app = Custody(withdrawal_config(db_url, chain.rpc.url, confirmations=2))
-    app.scanner("bitcoin").catch_up()
-    yield app
-    app.close()
 
 
 def test_the_signer_pays_only_outputs_its_own_staff_quorum_approved(btc, chain, tmp_path):
